@@ -1,0 +1,37 @@
+"""Where metapeft keeps its data. Every location can be overridden by an environment variable.
+
+- ``METAPEFT_HOME``: data directory (default ``$XDG_DATA_HOME/metapeft`` or ``~/.local/share/metapeft``).
+- ``METAPEFT_STORE``: SQLAlchemy URL of the experience store (default: SQLite file in the data directory).
+- ``MLFLOW_TRACKING_URI``: MLflow tracking server or store (default: SQLite file in the data directory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def data_dir() -> Path:
+    if home := os.environ.get("METAPEFT_HOME"):
+        path = Path(home).expanduser()
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        path = Path(base) / "metapeft"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def store_url() -> str:
+    return os.environ.get("METAPEFT_STORE") or f"sqlite:///{data_dir() / 'experience.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_dir() / 'mlflow.db'}"
+
+
+def runs_dir() -> Path:
+    path = data_dir() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

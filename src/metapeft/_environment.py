@@ -1,0 +1,61 @@
+"""Device choice and a description of the machine, recorded with every run (timings mean little without it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+
+def pick_device(requested: str | None = None):
+    """``requested`` if given, else CUDA, then Apple MPS, then CPU."""
+    import torch
+
+    from ._errors import MetapeftError
+
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise MetapeftError(f"unknown device {requested!r}; use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise MetapeftError("--device cuda was asked for but no CUDA GPU is available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise MetapeftError("--device mps was asked for but Apple MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(device=None) -> dict:
+    import torch
+
+    device = device or pick_device()
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "packages": {p: package_version(p) for p in ("metapeft", "torch", "transformers", "peft", "optuna", "mlflow")},
+    }
+    if device.type == "cuda":
+        info["accelerator"] = torch.cuda.get_device_name(device)
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    return info

@@ -1,0 +1,326 @@
+"""The ``metapeft`` command line (Typer + Rich).
+
+Errors the user can fix arrive as :class:`MetapeftError` and are printed as one red line with exit code 2;
+anything else is a bug, printed as one line too (``METAPEFT_DEBUG=1`` shows the traceback), exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from ._errors import MetapeftError
+
+console = Console(stderr=True)
+out = Console()
+app = typer.Typer(
+    name="metapeft",
+    help="Choose, configure and run parameter-efficient fine-tuning, learned from past fine-tuning runs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+experience_app = typer.Typer(help="The experience store: list, export, import.", no_args_is_help=True)
+app.add_typer(experience_app, name="experience")
+
+StoreOption = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the experience store [env: METAPEFT_STORE].", show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="Base model: local Hugging Face folder or hub id [default: all-MiniLM-L6-v2, bundled].", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"metapeft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    # Library deprecation chatter is not actionable for our users; real problems arrive as exceptions.
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    try:
+        from peft.utils.warning import PeftWarning
+
+        warnings.filterwarnings("ignore", category=PeftWarning)
+    except ImportError:
+        pass
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _load(data: str, text_column, pair_column, label_column, seed: int = 0):
+    from .tasks import load_task
+
+    return load_task(data, text_column=text_column, pair_column=pair_column, label_column=label_column, seed=seed)
+
+
+TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text (auto-detected).", show_default=False)]
+PairColumn = Annotated[Optional[str], typer.Option("--pair-column", help="Column holding the second sentence of a pair (auto-detected).", show_default=False)]
+LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (auto-detected).", show_default=False)]
+DataArgument = Annotated[str, typer.Argument(help="JSONL/CSV/TSV/Parquet file, folder with train/test files, datasets.save_to_disk folder, or 'example'.", show_default=False)]
+
+
+@app.command()
+def info(store: StoreOption = None, as_json: JsonOption = False) -> None:
+    """Versions, compute device, and where the store, tracking and runs live."""
+    from ._config import data_dir, runs_dir, store_url, tracking_uri
+    from ._environment import environment
+
+    env = environment()
+    data = {
+        "metapeft": __version__,
+        **{k: v for k, v in env.items() if k != "packages"},
+        "packages": env["packages"],
+        "data_dir": str(data_dir()),
+        "store": store or store_url(),
+        "tracking_uri": tracking_uri(),
+        "runs_dir": str(runs_dir()),
+    }
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        table.add_row(f"[bold]{key}[/]", ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value))
+    out.print(table)
+
+
+@app.command()
+def methods(as_json: JsonOption = False) -> None:
+    """The method zoo with each method's hyperparameters and search space."""
+    from .methods import list_methods
+
+    described = [m.describe() for m in list_methods()]
+    if as_json:
+        _print_json(described)
+        return
+    for m in described:
+        table = Table(title=f"[bold]{m['name']}[/] — {m['summary']}", title_justify="left", show_lines=False)
+        for column in ("hyperparameter", "default", "search space", "help"):
+            table.add_column(column)
+        for name, p in m["hyperparameters"].items():
+            s = p["search"]
+            space = ", ".join(map(str, s["choices"])) if s["type"] == "categorical" else f"{s['low']} … {s['high']}{' (log)' if s['log'] else ''}"
+            table.add_row(name, str(p["default"]), space, p["help"])
+        out.print(table)
+
+
+@app.command()
+def profile(
+    data: DataArgument,
+    model: ModelOption = None,
+    as_json: JsonOption = False,
+    with_vector: Annotated[bool, typer.Option("--with-vector", help="Include the 384-d domain vector in the table output.")] = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Profile a task: size, classes, lengths, vocabulary, domain vector, complexity, model traits."""
+    from .tasks import profile_task
+
+    task = _load(data, text_column, pair_column, label_column)
+    with console.status(f"profiling {task.name}…"):
+        result = profile_task(task, model).as_dict()
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title=f"profile of {task.name}", show_header=False)
+    for key, value in result.items():
+        if key == "domain_vector" and not with_vector:
+            value = f"[{len(value)} values; --json or --with-vector to see]"
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)
+
+
+def _parse_sets(values: list[str]) -> dict[str, str]:
+    parsed = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MetapeftError(f"--set expects key=value, got {item!r} (e.g. --set r=16)")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+@app.command()
+def train(
+    data: DataArgument,
+    method: Annotated[str, typer.Option("--method", "-m", help="Method to train (see `metapeft methods`).")] = "lora",
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Hyperparameter override key=value (repeatable).", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimisation steps (same as --set max_steps=N).", show_default=False)] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop training after this many seconds.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to save the adapter [default: a folder in the data dir].", show_default=False)] = None,
+    model: ModelOption = None,
+    seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, dropout, held-out split).")] = 0,
+    eval_size: Annotated[int, typer.Option("--eval-size", help="Held-out examples evaluated (stratified sample; 0 = all).")] = 500,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or mps [default: best available].", show_default=False)] = None,
+    store: StoreOption = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")] = True,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (only for models you trust).")] = False,
+    as_json: JsonOption = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Fine-tune one method on a task, evaluate it, save the adapter and record the run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn as RichText, TimeElapsedColumn, TimeRemainingColumn
+
+    from .experience import ExperienceStore
+    from .methods import get_method
+    from .tasks import profile_task
+    from .training import train as run_training
+
+    hyperparameters = _parse_sets(sets or [])
+    if max_steps is not None:
+        hyperparameters["max_steps"] = max_steps
+    get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
+    if time_budget is not None and time_budget <= 0:
+        raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
+    task = _load(data, text_column, pair_column, label_column, seed)
+    experience_store = ExperienceStore(store)
+    with console.status(f"profiling {task.name}…"):
+        task_profile = profile_task(task, model)
+
+    columns = [RichText("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=as_json) as bar:
+        job = bar.add_task(f"{method} on {task.name}", total=None, info="")
+
+        def update(step: int, total: int, numbers: dict) -> None:
+            info = f"loss {numbers['loss']:.3f}" + (f" · acc {numbers['accuracy']:.3f}" if "accuracy" in numbers else "")
+            bar.update(job, completed=step, total=total, info=info)
+
+        result = run_training(
+            task, method, hyperparameters, model=model, seed=seed, time_budget=time_budget, output_dir=output,
+            eval_size=eval_size, profile=task_profile, store=experience_store, track=track, device=device,
+            progress=update, trust_remote_code=trust_remote_code,
+        )
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    m = result.metrics
+    table = Table(title=f"{result.method} on {result.task} ({result.model})", show_header=False)
+    rows = [
+        ("accuracy", f"{m['accuracy']:.4f}"), ("macro-F1", f"{m['macro_f1']:.4f}"),
+        ("train time", f"{m['train_time_s']:.1f} s ({m['steps']} steps, {m['tokens_per_s']:.0f} tokens/s)"),
+        ("peak memory", f"{m['peak_memory_mb']:.0f} MB"),
+        ("trainable params", f"{m['trainable_params']:,} of {m['total_params']:,} ({100 * m['trainable_params'] / m['total_params']:.2f}%)"),
+        ("adapter size", f"{m.get('adapter_size_bytes', 0) / 1024:.0f} KiB"),
+        ("learning curve", "  ".join(f"{p['step']}:{p['accuracy']:.3f}" for p in result.curve)),
+        ("adapter", str(result.adapter_path)), ("experience id", str(result.experience_id)), ("MLflow run id", str(result.mlflow_run_id)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+@experience_app.command("list")
+def experience_list(
+    store: StoreOption = None,
+    method: Annotated[Optional[str], typer.Option(help="Only this method.", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option(help="Only this task name.", show_default=False)] = None,
+    status: Annotated[Optional[str], typer.Option(help="finished, failed, interrupted or running.", show_default=False)] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List stored experiences."""
+    from .experience import ExperienceStore
+
+    records = ExperienceStore(store).query(method=method, task=task, status=status)[-limit:]
+    if as_json:
+        _print_json([r.as_dict() for r in records])
+        return
+    table = Table(title=f"{len(records)} experiences")
+    for column in ("id", "created", "status", "task", "method", "model", "accuracy", "train s", "peak MB"):
+        table.add_column(column)
+    for r in records:
+        m = r.metrics
+        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "—"  # noqa: E731
+        table.add_row(r.id[:8], r.created_at.strftime("%Y-%m-%d %H:%M"), r.status, r.task_name, r.method, r.model,
+                      fmt(m.get("accuracy"), ".4f"), fmt(m.get("train_time_s"), ".1f"), fmt(m.get("peak_memory_mb"), ".0f"))
+    out.print(table)
+
+
+@experience_app.command("export")
+def experience_export(path: Annotated[Path, typer.Argument(help="JSONL file to write.")], store: StoreOption = None) -> None:
+    """Write every experience to a JSONL file."""
+    from .experience import ExperienceStore
+
+    n = ExperienceStore(store).export_jsonl(path)
+    console.print(f"exported {n} experiences to {path}")
+
+
+@experience_app.command("import")
+def experience_import(path: Annotated[Path, typer.Argument(help="JSONL file written by `experience export`.")], store: StoreOption = None) -> None:
+    """Add experiences from a JSONL export (records already present are skipped)."""
+    from .experience import ExperienceStore
+
+    added, skipped = ExperienceStore(store).import_jsonl(path)
+    console.print(f"imported {added} experiences ({skipped} already present)")
+
+
+@experience_app.command("import-peft-results")
+def experience_import_peft(
+    folder: Annotated[Path, typer.Argument(help="Folder of HF PEFT method-comparison result JSONs (searched recursively).")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import Hugging Face PEFT method-comparison results as experiences."""
+    from .experience import ExperienceStore, read_peft_results
+
+    records = read_peft_results(folder)
+    added = ExperienceStore(store).add_many(records)
+    summary = {"files": len(records), "added": added, "already_present": len(records) - added}
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(f"read {len(records)} result files: {added} new experiences, {len(records) - added} already present")
+
+
+def run() -> None:
+    """Console-script entry point: run the app, turning every error into one line."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM → KeyboardInterrupt → run marked interrupted
+    try:
+        app(standalone_mode=False)
+    except MetapeftError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors are handled below; anything else is a bug
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("METAPEFT_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {first} (set METAPEFT_DEBUG=1 for the traceback; please report it)", highlight=False, soft_wrap=True)
+        sys.exit(1)

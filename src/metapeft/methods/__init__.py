@@ -1,0 +1,11 @@
+"""The method zoo: every fine-tuning method metapeft can train, with its hyperparameter space.
+
+Importing this package registers the built-in methods; ``register_method`` adds more.
+"""
+
+from ._base import TARGET_PRESETS, Method, MethodConfig, get_method, hp, list_methods, register_method, target_modules
+
+# Registration order is the order users see: the five methods users asked for first.
+from . import lora, adalora, prompt_learning, ia3, loha, reference  # noqa: E402,F401  (import registers)
+
+__all__ = ["TARGET_PRESETS", "Method", "MethodConfig", "get_method", "hp", "list_methods", "register_method", "target_modules"]

@@ -1,0 +1,53 @@
+"""AdaLoRA (Zhang et al., 2023): LoRA whose rank budget is re-allocated across layers during training."""
+
+from dataclasses import dataclass
+
+import peft
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from .._errors import MethodError
+from ._base import TARGET_PRESETS, Method, MethodConfig, check_targets, hp, register_method, target_modules
+
+
+@dataclass
+class AdaLoraConfig(MethodConfig):
+    learning_rate: float = hp(2e-3, FloatDistribution(1e-4, 1e-2, log=True), "Peak AdamW learning rate of the adapters.", bounds=(1e-7, 1.0))
+    init_r: int = hp(12, IntDistribution(4, 48, log=True), "Initial rank of every adapted matrix.", bounds=(1, 1024))
+    target_r: int = hp(6, IntDistribution(2, 24, log=True), "Average rank left after budget re-allocation (<= init_r).", bounds=(1, 1024))
+    lora_alpha: int = hp(16, IntDistribution(4, 128, log=True), "Scaling numerator of the updates.", bounds=(1, 4096))
+    lora_dropout: float = hp(0.05, FloatDistribution(0.0, 0.2), "Dropout on the adapter input.", bounds=(0.0, 0.9))
+    tinit_ratio: float = hp(0.1, FloatDistribution(0.0, 0.3), "Fraction of steps of warm-up before ranks are pruned.", bounds=(0.0, 0.8))
+    tfinal_ratio: float = hp(0.2, FloatDistribution(0.05, 0.4), "Fraction of final steps trained with the ranks fixed.", bounds=(0.0, 0.8))
+    target_modules: str = hp("qv", CategoricalDistribution(TARGET_PRESETS), "Which linear layers get adapters (as for LoRA).")
+
+
+def _check(config: AdaLoraConfig, backbone) -> None:
+    if config.target_r > config.init_r:
+        raise MethodError(f"adalora: target_r={config.target_r} exceeds init_r={config.init_r}; the budget can only shrink ranks")
+    if config.tinit_ratio + config.tfinal_ratio >= 0.95:
+        raise MethodError("adalora: tinit_ratio + tfinal_ratio must leave steps for budget re-allocation (keep their sum below 0.95)")
+    check_targets(config, backbone, "adalora")
+
+
+def _build(config: AdaLoraConfig, backbone):
+    steps = config.max_steps
+    tinit, tfinal = int(steps * config.tinit_ratio), int(steps * config.tfinal_ratio)
+    return peft.AdaLoraConfig(
+        init_r=config.init_r,
+        target_r=config.target_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=max(1, (steps - tinit - tfinal) // 10),
+        total_step=steps,
+        target_modules=target_modules(config.target_modules, backbone, "adalora"),
+    )
+
+
+def _reallocate(model, step: int) -> None:
+    # AdaLoRA re-distributes rank from importance scores computed on the current gradients.
+    model.base_model.update_and_allocate(step)
+
+
+register_method(Method("adalora", AdaLoraConfig, "LoRA with adaptive rank allocation across layers (peft.AdaLoraConfig).", build=_build, check=_check, on_step=_reallocate))

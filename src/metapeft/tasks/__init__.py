@@ -1,0 +1,19 @@
+"""Tasks: loading labelled text data, suites of tasks, and the task profile the meta-learner reads."""
+
+from ._loading import example_names, load_task
+from ._profile import TaskProfile, embed_texts, profile_task
+from ._suite import SuiteEntry, load_suite
+from ._task import Split, Task, stratified_indices
+
+__all__ = [
+    "Split",
+    "SuiteEntry",
+    "Task",
+    "TaskProfile",
+    "embed_texts",
+    "example_names",
+    "load_suite",
+    "load_task",
+    "profile_task",
+    "stratified_indices",
+]

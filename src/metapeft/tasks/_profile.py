@@ -1,0 +1,162 @@
+"""Task profile: the features the meta-learner sees for a (dataset, base model) pair.
+
+Everything is computed from samples so that profiling stays fast on large files: token statistics from
+<= 2,000 texts, the domain vector and the complexity landmark from <= 512 texts embedded with the default
+encoder (all-MiniLM-L6-v2, mean pooling, as it was trained).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .._backbone import backbone_info, load_encoder, load_tokenizer
+from ._task import Task, stratified_indices
+
+TOKEN_SAMPLE = 2000
+EMBED_SAMPLE = 512
+
+
+@dataclass
+class TaskProfile:
+    """Meta-features of a task. Extends the seed design's TaskCharacteristics (dataset_size, sequence_length,
+    vocabulary_size, domain, task_type, complexity_score)."""
+
+    task_name: str
+    fingerprint: str
+    dataset_size: int
+    test_size: int
+    num_classes: int
+    task_type: str  # "single" or "pair"
+    class_entropy: float  # label entropy / log(num_classes): 1 = balanced
+    imbalance_ratio: float  # largest class count / smallest class count
+    token_length_p50: float
+    token_length_p90: float
+    token_length_p95: float
+    token_length_max: int
+    sequence_length: int  # the max_length the engine will use by default: p95 rounded up to 8, within [16, 256]
+    vocabulary_size: int  # distinct lower-cased word types in the sampled texts
+    type_token_ratio: float
+    unk_rate: float  # fraction of tokens the tokenizer maps to its unknown token
+    probe_accuracy: float  # cross-validated logistic regression on frozen embeddings
+    majority_accuracy: float  # chance level: share of the largest class
+    complexity_score: float  # 1 - (probe - chance) / (1 - chance): 0 = linearly easy, 1 = no better than chance
+    domain: str | None
+    model: dict  # base model traits: name, architecture, parameters, layers, hidden size…
+    domain_vector: list[float] = field(repr=False, default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskProfile:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _texts(task: Task, idx) -> list[str]:
+    split = task.train
+    if split.pairs is None:
+        return [split.texts[i] for i in idx]
+    return [f"{split.texts[i]} [SEP] {split.pairs[i]}" for i in idx]
+
+
+def profile_task(task: Task, model: str | None = None, seed: int = 0) -> TaskProfile:
+    info = backbone_info(model)
+    tokenizer = load_tokenizer(model)
+    labels = np.asarray(task.train.labels)
+    counts = np.bincount(labels, minlength=task.num_labels)
+    present = counts[counts > 0]
+    probs = present / present.sum()
+    entropy = float(-(probs * np.log(probs)).sum() / math.log(task.num_labels)) if task.num_labels > 1 else 0.0
+
+    token_idx = stratified_indices(task.train.labels, min(TOKEN_SAMPLE, len(task.train)), seed)
+    split = task.train
+    texts = [split.texts[i] for i in token_idx]
+    pairs = [split.pairs[i] for i in token_idx] if split.pairs is not None else None
+    encoded = tokenizer(texts, pairs, truncation=False, add_special_tokens=True)["input_ids"]
+    lengths = np.array([len(ids) for ids in encoded])
+    unk_id = tokenizer.unk_token_id
+    n_tokens = int(lengths.sum())
+    unk = sum(ids.count(unk_id) for ids in encoded) if unk_id is not None else 0
+    words = Counter(w for t in texts + (pairs or []) for w in re.findall(r"\w+", t.lower()))
+    p95 = float(np.percentile(lengths, 95))
+
+    embed_idx = token_idx[:EMBED_SAMPLE]
+    embeddings = embed_texts(_texts(task, embed_idx))
+    probe, majority = _probe(embeddings, labels[embed_idx], seed)
+    complexity = 1.0 - (probe - majority) / (1.0 - majority) if majority < 1 else 1.0
+
+    return TaskProfile(
+        task_name=task.name,
+        fingerprint=task.fingerprint,
+        dataset_size=len(task.train),
+        test_size=len(task.test),
+        num_classes=task.num_labels,
+        task_type="pair" if task.is_pair else "single",
+        class_entropy=round(entropy, 4),
+        imbalance_ratio=round(float(present.max() / present.min()), 3),
+        token_length_p50=float(np.percentile(lengths, 50)),
+        token_length_p90=float(np.percentile(lengths, 90)),
+        token_length_p95=p95,
+        token_length_max=int(lengths.max()),
+        sequence_length=default_max_length(p95),
+        vocabulary_size=len(words),
+        type_token_ratio=round(len(words) / max(1, sum(words.values())), 4),
+        unk_rate=round(unk / max(1, n_tokens), 5),
+        probe_accuracy=round(probe, 4),
+        majority_accuracy=round(majority, 4),
+        complexity_score=round(float(np.clip(complexity, 0.0, 1.0)), 4),
+        domain=task.domain,
+        model={k: v for k, v in info.as_dict().items() if k not in ("path", "linear_modules")},
+        domain_vector=[round(float(x), 5) for x in embeddings.mean(axis=0)],
+    )
+
+
+def default_max_length(p95: float) -> int:
+    return int(min(256, max(16, math.ceil(p95 / 8) * 8)))
+
+
+def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled, L2-normalised sentence embeddings with the default encoder."""
+    import torch
+
+    tokenizer, encoder = load_tokenizer(None), _frozen_default_encoder()
+    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
+
+
+_ENCODER = None
+
+
+def _frozen_default_encoder():
+    global _ENCODER
+    if _ENCODER is None:
+        _ENCODER = load_encoder(None)
+    return _ENCODER
+
+
+def _probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+
+    majority = float(np.bincount(y).max() / len(y))
+    if len(np.unique(y)) < 2 or len(y) < 6:
+        return majority, majority
+    min_count = np.bincount(y)[np.bincount(y) > 0].min()
+    folds = StratifiedKFold(3, shuffle=True, random_state=seed) if min_count >= 3 else KFold(3, shuffle=True, random_state=seed)
+    scores = cross_val_score(LogisticRegression(C=10.0, max_iter=300), x, y, cv=folds)
+    return float(scores.mean()), majority

@@ -1,0 +1,86 @@
+"""Experiment tracking in MLflow: every run's params, learning curve by step, metrics, tags and artifacts.
+
+The default tracking store is a SQLite file beside the experience store (``MLFLOW_TRACKING_URI`` overrides).
+``MlflowClient`` is used directly rather than the fluent ``mlflow.start_run`` API so that no global "active
+run" state leaks between runs of a warm worker.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .._config import data_dir, tracking_uri
+
+EXPERIMENT = "metapeft"
+
+
+class MLflowTracker:
+    def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            # A local store keeps artifacts in the data directory (not ./mlruns of wherever the user stands).
+            location = (data_dir() / "mlartifacts").as_uri() if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri else None
+            try:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            except Exception:  # another process created it first
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+
+    def log_run(
+        self,
+        *,
+        name: str,
+        params: dict[str, Any],
+        metrics: dict[str, Any],
+        curve: list[dict[str, Any]],
+        tags: dict[str, Any],
+        status: str = "FINISHED",
+        artifacts: dict[str, Any] | None = None,
+        artifact_dir: str | Path | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Log one finished (or failed) run and return its MLflow run id.
+
+        ``curve`` entries are logged as metrics at their ``step``; ``artifacts`` are JSON documents;
+        ``artifact_dir`` (the adapter) is copied under ``adapter/``.
+        """
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_tags = {k: str(v) for k, v in tags.items() if v is not None}
+        if parent_run_id:
+            run_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        logged = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for point in curve:
+            for key in ("accuracy", "macro_f1", "train_loss"):
+                if point.get(key) is not None:
+                    logged.append(Metric(f"curve/{key}", float(point[key]), now, int(point["step"])))
+        params_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, max(len(logged), len(params_list)), 900):  # log_batch limits: 1000 metrics, 100 params
+            self.client.log_batch(run_id, metrics=logged[i : i + 900], params=params_list[i // 9 : i // 9 + 100] if i == 0 else [])
+        if len(params_list) > 100:
+            for j in range(100, len(params_list), 100):
+                self.client.log_batch(run_id, params=params_list[j : j + 100])
+        if artifacts:
+            with tempfile.TemporaryDirectory() as tmp:
+                for filename, document in artifacts.items():
+                    Path(tmp, filename).write_text(json.dumps(document, indent=2, default=str))
+                self.client.log_artifacts(run_id, tmp)
+        if artifact_dir is not None:
+            self.client.log_artifacts(run_id, str(artifact_dir), artifact_path="adapter")
+        self.client.set_terminated(run_id, status)
+        return run_id
+
+
+__all__ = ["MLflowTracker"]

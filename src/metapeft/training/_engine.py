@@ -1,0 +1,225 @@
+"""The training loop.
+
+A plain PyTorch loop rather than ``transformers.Trainer``: the head sits outside the peft model, AdaLoRA needs
+a hook between ``optimizer.step`` and ``zero_grad``, runs stop on a wall-clock budget, and learning curves are
+taken at fixed fractions of the budget. Those are four Trainer callbacks and a custom ``compute_loss``; the
+loop below is shorter, and ``benchmarks/train_throughput.py`` checks it costs nothing against a bare loop.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._backbone import BackboneInfo, load_encoder, load_tokenizer
+from ..methods import Method, MethodConfig
+from ..tasks import Split, Task, stratified_indices
+from ._memory import PeakMemory
+from ._model import TextClassifier
+
+ProgressCallback = Callable[[int, int, dict], None]  # (step, total steps, latest numbers)
+
+
+@dataclass
+class FitResult:
+    model: TextClassifier
+    metrics: dict
+    curve: list[dict] = field(default_factory=list)
+    stopped_by: str = "max_steps"  # or "time_budget"
+
+
+class Batches:
+    """Pre-tokenised examples, padded per batch to the longest member (no padding to max_length)."""
+
+    def __init__(self, tokenizer, split: Split, max_length: int):
+        encoded = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)
+        self.input_ids = encoded["input_ids"]
+        self.token_type_ids = encoded.get("token_type_ids")
+        self.labels = torch.tensor(split.labels)
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def collate(self, indices, device) -> dict[str, torch.Tensor]:
+        rows = [self.input_ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long) if self.token_type_ids is not None else None
+        for j, (i, row) in enumerate(zip(indices, rows)):
+            ids[j, : len(row)] = torch.tensor(row)
+            mask[j, : len(row)] = 1
+            if types is not None:
+                types[j, : len(row)] = torch.tensor(self.token_type_ids[i])
+        batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        if types is not None:
+            batch["token_type_ids"] = types.to(device)
+        return batch
+
+
+def build_classifier(method: Method, config: MethodConfig, backbone: BackboneInfo, num_labels: int, model: str | None, trust_remote_code: bool = False) -> TextClassifier:
+    """Encoder wrapped by the method (peft, all trainable, or frozen) plus a fresh head."""
+    from peft import TaskType, get_peft_model
+
+    encoder = load_encoder(model, trust_remote_code)
+    if method.kind == "peft":
+        peft_config = method.build(config, backbone)
+        peft_config.task_type = TaskType.FEATURE_EXTRACTION
+        encoder = get_peft_model(encoder, peft_config)
+    else:
+        encoder.requires_grad_(method.kind == "full")
+    return TextClassifier(encoder, num_labels, backbone.hidden_size, prompt_learning=method.prompt_learning)
+
+
+def fit(
+    task: Task,
+    method: Method,
+    config: MethodConfig,
+    backbone: BackboneInfo,
+    *,
+    model: str | None,
+    max_length: int,
+    device: torch.device,
+    seed: int = 0,
+    time_budget: float | None = None,
+    eval_size: int = 500,
+    eval_points: int = 4,
+    progress: ProgressCallback | None = None,
+    trust_remote_code: bool = False,
+) -> FitResult:
+    """Train ``method`` on ``task`` and evaluate at ``eval_points`` evenly spaced steps (the learning curve).
+
+    Evaluation uses a seeded stratified subset of the held-out split of ``eval_size`` examples (0 = all of it),
+    never its first rows. ``time_budget`` (seconds of training, evaluation excluded) may stop the run early; the
+    model is then evaluated at the step it reached.
+    """
+    _seed_everything(seed)
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    train_data = Batches(tokenizer, task.train, max_length)
+    eval_split = task.test if not eval_size or eval_size >= len(task.test) else task.test.select(np.sort(stratified_indices(task.test.labels, eval_size, seed)))
+    eval_data = Batches(tokenizer, eval_split, max_length)
+
+    classifier = build_classifier(method, config, backbone, task.num_labels, model, trust_remote_code).to(device)
+    encoder_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
+    groups = [{"params": classifier.head.parameters(), "lr": config.head_learning_rate}]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": config.learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps = config.max_steps
+    warmup = int(steps * config.warmup_ratio)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
+    )
+    trainable = [p for p in classifier.parameters() if p.requires_grad]
+    eval_at = {max(1, round(steps * k / eval_points)) for k in range(1, eval_points + 1)}
+    loss_fn = nn.CrossEntropyLoss()
+    order = _Order(len(train_data), config.batch_size, seed)
+
+    curve: list[dict] = []
+    train_time = eval_time = 0.0
+    tokens = 0
+    running_loss, running_n = 0.0, 0
+    stopped_by = "max_steps"
+    step = 0
+    with PeakMemory(device) as memory:
+        for step in range(1, steps + 1):
+            started = time.perf_counter()
+            classifier.train()
+            indices = next(order)
+            batch = train_data.collate(indices, device)
+            labels = train_data.labels[indices].to(device)
+            loss = loss_fn(classifier(**batch), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            if method.on_step is not None:
+                method.on_step(classifier.encoder, step)
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            train_time += time.perf_counter() - started
+            tokens += int(batch["attention_mask"].sum())
+            running_loss += loss.item()
+            running_n += 1
+            over_budget = time_budget is not None and train_time >= time_budget
+            if step in eval_at or over_budget:
+                started = time.perf_counter()
+                accuracy, macro_f1 = evaluate(classifier, eval_data, device)
+                eval_time += time.perf_counter() - started
+                curve.append({
+                    "step": step, "fraction": round(step / steps, 4), "train_loss": round(running_loss / running_n, 5),
+                    "accuracy": accuracy, "macro_f1": macro_f1, "train_time_s": round(train_time, 3),
+                })
+                running_loss, running_n = 0.0, 0
+            if progress is not None:
+                progress(step, steps, {"loss": loss.item(), **({"accuracy": curve[-1]["accuracy"]} if curve else {})})
+            if over_budget:
+                stopped_by = "time_budget"
+                break
+
+    trainable_params = sum(p.numel() for p in trainable)
+    metrics = {
+        "accuracy": curve[-1]["accuracy"],
+        "macro_f1": curve[-1]["macro_f1"],
+        "train_loss": curve[-1]["train_loss"],
+        "train_time_s": round(train_time, 3),
+        "eval_time_s": round(eval_time, 3),
+        "peak_memory_mb": memory.peak_mb,
+        "trainable_params": trainable_params,
+        "total_params": sum(p.numel() for p in classifier.parameters()),
+        "steps": step,
+        "tokens_per_s": round(tokens / train_time, 1) if train_time else None,
+        "eval_examples": len(eval_data),
+        "max_length": max_length,
+    }
+    return FitResult(classifier, metrics, curve, stopped_by)
+
+
+@torch.inference_mode()
+def evaluate(classifier: TextClassifier, data: Batches, device: torch.device, batch_size: int = 128) -> tuple[float, float]:
+    """Accuracy and macro-F1 on ``data`` (batched by length: identical results, less padding)."""
+    from sklearn.metrics import f1_score
+
+    classifier.eval()
+    by_length = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    predictions = torch.empty(len(data), dtype=torch.long)
+    for start in range(0, len(data), batch_size):
+        idx = by_length[start : start + batch_size]
+        predictions[idx] = classifier(**data.collate(idx, device)).argmax(-1).cpu()
+    y = data.labels.numpy()
+    return round(float((predictions.numpy() == y).mean()), 5), round(float(f1_score(y, predictions.numpy(), average="macro")), 5)
+
+
+class _Order:
+    """Endless seeded sequence of shuffled batches (reshuffled every epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.rng = np.random.default_rng(seed)
+        self.queue: list[int] = []
+
+    def __next__(self) -> list[int]:
+        if len(self.queue) < self.batch_size:
+            self.queue = self.queue + self.rng.permutation(self.n).tolist()
+        batch, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
+        return batch
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

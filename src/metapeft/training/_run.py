@@ -1,0 +1,162 @@
+"""``train``: one fine-tuning run end to end — validate, profile, fit, save, track, remember."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._backbone import backbone_info, resolve_model
+from .._config import runs_dir
+from .._environment import environment, pick_device
+from .._errors import MetapeftError
+from ..experience import Experience, ExperienceStore
+from ..methods import get_method
+from ..tasks import Task, TaskProfile, profile_task
+from ._engine import ProgressCallback, fit
+from ._model import save_classifier
+
+log = logging.getLogger("metapeft")
+
+
+@dataclass
+class TrainResult:
+    task: str
+    method: str
+    model: str
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, Any]
+    curve: list[dict[str, Any]]
+    adapter_path: str | None
+    experience_id: str | None
+    mlflow_run_id: str | None
+    stopped_by: str
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train(
+    task: Task,
+    method: str = "lora",
+    hyperparameters: dict[str, Any] | None = None,
+    *,
+    model: str | None = None,
+    seed: int = 0,
+    time_budget: float | None = None,
+    output_dir: str | Path | None = None,
+    save: bool = True,
+    eval_size: int = 500,
+    eval_points: int = 4,
+    profile: TaskProfile | None = None,
+    record: bool = True,
+    store: ExperienceStore | None = None,
+    track: bool = True,
+    tracker=None,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    tags: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> TrainResult:
+    """Fine-tune ``model`` (default all-MiniLM-L6-v2) on ``task`` with ``method`` and return what it achieved.
+
+    ``hyperparameters`` override the method's defaults (values are validated against its ranges). With
+    ``record`` the run is written to the experience store before training starts and completed after it, so a
+    crash leaves a ``failed``/``interrupted`` record; with ``track`` it is logged to MLflow.
+    """
+    spec = get_method(method)
+    config = spec.make_config(hyperparameters)
+    model_name, _ = resolve_model(model)
+    backbone = backbone_info(model, trust_remote_code)
+    spec.check_compatible(config, backbone)
+    torch_device = pick_device(device)
+    profile = profile or profile_task(task, model)
+    max_length = config.max_length or profile.sequence_length
+    if spec.prompt_learning and backbone.max_positions:
+        max_length = min(max_length, backbone.max_positions - getattr(config, "num_virtual_tokens", 0))
+
+    store = (store or ExperienceStore()) if record else None
+    experience = Experience(
+        task_name=task.name,
+        task_fingerprint=task.fingerprint,
+        method=spec.name,
+        model=model_name,
+        hyperparameters=config.as_dict(),
+        profile=profile.as_dict(),
+        environment=environment(torch_device),
+        tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "time_budget": time_budget},
+        seed=seed,
+    )
+    if store is not None:
+        store.start(experience)
+
+    try:
+        result = fit(
+            task, spec, config, backbone, model=model, max_length=max_length, device=torch_device, seed=seed,
+            time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, progress=progress,
+            trust_remote_code=trust_remote_code,
+        )
+        adapter_path = None
+        if save:
+            out = Path(output_dir) if output_dir else runs_dir() / experience.id
+            meta = {
+                "method": spec.name, "base_model": model_name if model is None else model, "label_names": task.label_names,
+                "max_length": max_length, "prompt_learning": spec.prompt_learning, "pooling": "mean",
+                "hyperparameters": config.as_dict(), "task": task.name, "task_fingerprint": task.fingerprint,
+                "experience_id": experience.id,
+            }
+            result.metrics["adapter_size_bytes"] = save_classifier(result.model, out, kind=spec.kind, meta=meta)
+            adapter_path = str(out.resolve())
+    except KeyboardInterrupt:
+        if store is not None:
+            store.mark(experience.id, "interrupted", error="interrupted by the user (Ctrl-C or SIGTERM)")
+        raise
+    except Exception as exc:
+        if store is not None:
+            store.mark(experience.id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        if isinstance(exc, MetapeftError):
+            raise
+        raise MetapeftError(f"training {spec.name} on {task.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience.id})") from exc
+
+    warnings = []
+    run_id = None
+    if track:
+        try:
+            run_id = (tracker or _default_tracker()).log_run(
+                name=f"{task.name}/{spec.name}",
+                params={**config.as_dict(), "seed": seed, "max_length": max_length, "n_train": len(task.train)},
+                metrics=result.metrics,
+                curve=result.curve,
+                tags={"metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": spec.name,
+                      "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {})},
+                artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve},
+                artifact_dir=adapter_path,
+            )
+        except Exception as exc:  # tracking trouble must not lose a finished run
+            warnings.append(f"MLflow logging failed: {type(exc).__name__}: {exc}")
+            log.warning(warnings[-1])
+
+    if store is not None:
+        store.finish(
+            experience.id, metrics=result.metrics, curve=result.curve,
+            tags={**experience.tags, "adapter_path": adapter_path, "mlflow_run_id": run_id, "stopped_by": result.stopped_by, "max_length": max_length},
+        )
+    return TrainResult(
+        task=task.name, method=spec.name, model=model_name, hyperparameters=config.as_dict(), metrics=result.metrics,
+        curve=result.curve, adapter_path=adapter_path, experience_id=experience.id if store is not None else None,
+        mlflow_run_id=run_id, stopped_by=result.stopped_by, warnings=warnings,
+    )
+
+
+_TRACKER = None
+
+
+def _default_tracker():
+    global _TRACKER
+    from ..tracking import MLflowTracker
+
+    if _TRACKER is None:
+        _TRACKER = MLflowTracker()
+    return _TRACKER
