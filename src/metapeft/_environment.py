@@ -59,3 +59,18 @@ def environment(device=None) -> dict:
     except ImportError:
         pass
     return info
+
+
+def quiet_libraries() -> None:
+    """Silence library deprecation chatter: not actionable for our users; real problems arrive as exceptions."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    try:
+        from peft.utils.warning import PeftWarning
+
+        warnings.filterwarnings("ignore", category=PeftWarning)
+    except ImportError:
+        pass
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from ._environment import quiet_libraries
 from ._errors import MetapeftError
 
 console = Console(stderr=True)
@@ -48,20 +48,7 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
-    _quiet_libraries()
-
-
-def _quiet_libraries() -> None:
-    # Library deprecation chatter is not actionable for our users; real problems arrive as exceptions.
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-    try:
-        from peft.utils.warning import PeftWarning
-
-        warnings.filterwarnings("ignore", category=PeftWarning)
-    except ImportError:
-        pass
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
 
 
 def _print_json(data: Any) -> None:
@@ -233,6 +220,46 @@ def train(
     out.print(table)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+@app.command()
+def bench(
+    suite: Annotated[Path, typer.Argument(help="Suite manifest (MANIFEST.json) or the folder holding it.")],
+    design: Annotated[Optional[Path], typer.Option("--design", help="Design JSON [default: the design of the shipped prior].", show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes (each gets cores/workers threads).")] = 2,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Per-run training time limit in seconds.", show_default=False)] = None,
+    store: Annotated[Optional[str], typer.Option("--storage", "--store", help="SQLAlchemy URL of the store the runs go to (several machines may share a PostgreSQL one).", show_default=False)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a design of fine-tuning runs over a suite into the experience store (resumable, parallel)."""
+    import time as _time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn as RichText, TimeElapsedColumn, TimeRemainingColumn
+
+    from ._config import store_url
+    from .bench import Design, expand, run_bench
+    from .prior import DESIGN_PATH
+    from .tasks import load_suite
+
+    design_path = str(design or DESIGN_PATH)
+    parsed = Design.load(design_path)
+    total = len(expand(parsed, [e.name for e in load_suite(suite)]))
+    if workers < 1:
+        raise MetapeftError(f"--workers must be at least 1, got {workers}")
+    columns = [RichText("[bold]bench {task.description}"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=as_json) as bar:
+        job = bar.add_task(parsed.name, total=total, info="")
+        started = _time.monotonic()
+
+        def update(counts: dict, total: int) -> None:
+            bar.update(job, completed=counts["done"] + counts["failed"], total=total, info=f"{counts['failed']} failed · {counts['running']} running")
+
+        summary = run_bench(str(suite), design_path, store or store_url(), workers, time_budget, on_progress=update)
+    summary["elapsed_s"] = round(_time.monotonic() - started, 1)
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(f"{summary['design']}: {summary['done']} of {summary['total']} runs done, {summary['failed']} failed ({summary['elapsed_s']:.0f} s)")
 
 
 @experience_app.command("list")

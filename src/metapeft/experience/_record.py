@@ -11,7 +11,7 @@ Status = Literal["running", "finished", "failed", "interrupted"]
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(timezone.utc)
 
 
 @dataclass

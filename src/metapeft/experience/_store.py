@@ -93,6 +93,11 @@ class ExperienceStore:
         self._host = socket.gethostname()
         self.reap_interrupted()
 
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine (for tables that live beside the experiences, such as bench claims)."""
+        return self._engine
+
     def _create_schema(self) -> None:
         for attempt in range(5):  # several processes may create a fresh store at the same moment
             try:
@@ -160,7 +165,7 @@ class ExperienceStore:
         values = {k: (_jsonable(v) if k in _JSON_FIELDS else v) for k, v in fields.items()}
         if "metrics" in fields:
             values["accuracy"] = fields["metrics"].get("accuracy")
-        values["updated_at"] = datetime.now(timezone.utc).replace(microsecond=0)
+        values["updated_at"] = datetime.now(timezone.utc)
         with self._engine.begin() as conn:
             conn.execute(experiences.update().where(experiences.c.id == experience_id).values(**values))
 

@@ -8,6 +8,7 @@ loop below is shorter, and ``benchmarks/train_throughput.py`` checks it costs no
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -118,7 +119,7 @@ def fit(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
     )
     trainable = [p for p in classifier.parameters() if p.requires_grad]
-    eval_at = {max(1, round(steps * k / eval_points)) for k in range(1, eval_points + 1)}
+    eval_at = {max(1, math.ceil(steps * k / eval_points)) for k in range(1, eval_points + 1)}  # at or just after each fraction
     loss_fn = nn.CrossEntropyLoss()
     order = _Order(len(train_data), config.batch_size, seed)
 

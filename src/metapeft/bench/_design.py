@@ -1,0 +1,109 @@
+"""A benchmark design: which (task, train size, method, hyperparameters, seed) runs make up the meta-dataset.
+
+Hyperparameters come from each method's search space through a scrambled Sobol sequence (Optuna's
+``QMCSampler``), so that every method is seen across its whole space, not only at its defaults; a pass may
+also ask for the defaults (the setting a user gets without search). Protocol-fixed values (steps, batch
+size…) override both. The expansion is deterministic: the same design always yields the same runs, in the
+same order, with the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import MetapeftError
+from ..methods import get_method
+
+
+@dataclass
+class Pass:
+    sizes: list[int]
+    config: str = "sobol"  # "defaults" or "sobol"
+    repeats: int = 1  # Sobol points per (task, size, method)
+
+
+@dataclass
+class Design:
+    name: str
+    methods: list[str]
+    passes: list[Pass]
+    model: str | None = None
+    fixed: dict[str, Any] = field(default_factory=lambda: {"max_steps": 80, "batch_size": 16})
+    eval_size: int = 300
+    eval_points: int = 4
+    seeds: list[int] = field(default_factory=lambda: [0])
+    sampler_seed: int = 0
+    tasks: list[str] | None = None  # None = every task of the suite
+
+    @classmethod
+    def load(cls, path: str | Path) -> Design:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            data["passes"] = [Pass(**p) for p in data["passes"]]
+            design = cls(**data)
+        except FileNotFoundError:
+            raise MetapeftError(f"no design file at {path}") from None
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise MetapeftError(f"{path}: not a valid bench design ({exc})") from None
+        for m in design.methods:
+            get_method(m)
+        return design
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    key: str  # unique and stable: design/task/size/method/config/seed
+    task: str
+    size: int
+    method: str
+    config_id: str
+    seed: int
+    hyperparameters: dict[str, Any]
+
+
+def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
+    """All runs of ``design`` over ``task_names``, in execution order: pass by pass, size by size, then task by
+    task, so that any finished prefix covers every task at the sizes reached."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tasks = [t for t in task_names if design.tasks is None or t in design.tasks]
+    studies = {}
+    for m in design.methods:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # QMCSampler is marked experimental
+            sampler = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=design.sampler_seed)
+        studies[m] = optuna.create_study(sampler=sampler)
+    runs = []
+    for p_index, p in enumerate(design.passes):
+        for size in p.sizes:
+            for task in tasks:
+                for method in design.methods:
+                    spec = get_method(method)
+                    space = {k: v for k, v in spec.search_space().items() if k not in design.fixed}
+                    configs = [("default", {})] if p.config == "defaults" else []
+                    if p.config == "sobol":
+                        for r in range(p.repeats):
+                            with warnings.catch_warnings():
+                                warnings.simplefilter("ignore")
+                                params = studies[method].ask(space).params
+                            configs.append((f"p{p_index}s{r}", params))
+                    for config_id, params in configs:
+                        hyperparameters = spec.make_config({**params, **_fixed_for(spec, design.fixed)}).as_dict()
+                        for seed in design.seeds:
+                            key = f"{design.name}/{task}/{size}/{method}/{config_id}/{seed}"
+                            runs.append(RunSpec(key, task, size, method, config_id, seed, hyperparameters))
+    return runs
+
+
+def _fixed_for(spec, fixed: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in spec.fields()}
+    return {k: v for k, v in fixed.items() if k in names}

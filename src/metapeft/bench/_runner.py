@@ -1,0 +1,182 @@
+"""Running a design: worker processes claim runs in the store, train them, and record the experience.
+
+Claims live in a ``bench_claims`` table of the experience store's database. A worker claims a run by
+inserting its key (primary key: a second claimant gets an integrity error and moves on), so workers on one
+machine or many machines sharing a PostgreSQL store never do a run twice. A run whose finished experience
+exists is skipped; a claim whose process died (same host) is released on the next start, so a killed bench
+loses at most the runs in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import psutil
+import sqlalchemy as sa
+
+from .._errors import MetapeftError
+from ..experience import ExperienceStore
+from ._design import Design, expand
+
+_metadata = sa.MetaData()
+claims = sa.Table(
+    "bench_claims",
+    _metadata,
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # claimed | done | failed
+)
+
+
+def _engine(store: ExperienceStore):
+    for attempt in range(5):  # two fresh workers may race to create the table
+        try:
+            _metadata.create_all(store.engine)
+            break
+        except sa.exc.OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return store.engine
+
+
+def release_stale_claims(store: ExperienceStore) -> int:
+    """Drop claims of dead processes on this host that never completed."""
+    engine, host = _engine(store), socket.gethostname()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(claims.c.key, claims.c.pid).where(claims.c.state == "claimed", claims.c.host == host)).all()
+    stale = [r.key for r in rows if not psutil.pid_exists(r.pid) or _zombie(r.pid)]
+    if stale:
+        with engine.begin() as conn:
+            conn.execute(claims.delete().where(claims.c.key.in_(stale)))
+    return len(stale)
+
+
+def finished_keys(store: ExperienceStore, design_name: str | None = None) -> set[str]:
+    keys = set()
+    for record in store.iter(status="finished"):
+        key = record.tags.get("design_key")
+        if key and (design_name is None or key.startswith(design_name + "/")):
+            keys.add(key)
+    return keys
+
+
+def progress_counts(store: ExperienceStore, keys: set[str]) -> dict[str, int]:
+    engine = _engine(store)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(claims.c.key, claims.c.state)).all()
+    counts = {"done": 0, "failed": 0, "running": 0}
+    for key, state in rows:
+        if key in keys:
+            counts[{"claimed": "running"}.get(state, state)] += 1
+    return counts
+
+
+def _try_claim(engine, key: str) -> bool:
+    try:
+        with engine.begin() as conn:
+            conn.execute(claims.insert().values(key=key, host=socket.gethostname(), pid=os.getpid(), claimed_at=datetime.now(timezone.utc), state="claimed"))
+        return True
+    except sa.exc.IntegrityError:
+        return False
+
+
+def _set_state(engine, key: str, state: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(claims.update().where(claims.c.key == key).values(state=state))
+
+
+@dataclass
+class WorkerArgs:
+    suite: str
+    design_path: str
+    store_url: str
+    threads: int
+    time_budget: float | None
+    parent_pid: int
+
+
+def worker(args: WorkerArgs) -> int:
+    """Claim and run design runs until none is left. Returns how many this worker ran."""
+    import torch
+
+    from .._environment import quiet_libraries
+    from ..tasks import load_suite, profile_task
+    from ..training import train
+
+    quiet_libraries()
+    torch.set_num_threads(max(1, args.threads))
+    design = Design.load(args.design_path)
+    entries = {e.name: e for e in load_suite(args.suite)}
+    store = ExperienceStore(args.store_url)
+    engine = _engine(store)
+    runs = expand(design, list(entries))
+    done = finished_keys(store, design.name)
+    tasks, profiles = {}, {}
+    ran = 0
+    for spec in runs:
+        if spec.key in done or os.getppid() != args.parent_pid:  # parent gone: stop claiming
+            continue
+        if not _try_claim(engine, spec.key):
+            continue
+        try:
+            if spec.task not in tasks:
+                tasks = {spec.task: entries[spec.task].load()}  # keep one full task in memory at a time
+            task = tasks[spec.task].subsample(spec.size, seed=spec.seed)
+            if task.fingerprint not in profiles:
+                profiles[task.fingerprint] = profile_task(task, design.model)
+            train(
+                task, spec.method, spec.hyperparameters, model=design.model, seed=spec.seed, time_budget=args.time_budget,
+                save=False, eval_size=design.eval_size, eval_points=design.eval_points, profile=profiles[task.fingerprint],
+                store=store, track=False,
+                tags={"design": design.name, "design_key": spec.key, "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size},
+            )
+            _set_state(engine, spec.key, "done")
+            ran += 1
+        except MetapeftError:
+            _set_state(engine, spec.key, "failed")  # the failure is recorded in the store by train()
+    return ran
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_budget: float | None, on_progress=None) -> dict:
+    """Run (or resume) a design with ``workers`` processes; ``on_progress(counts, total)`` is called every ~2 s."""
+    import multiprocessing as mp
+
+    from ..tasks import load_suite
+
+    design = Design.load(design_path)
+    names = [e.name for e in load_suite(suite)]
+    store = ExperienceStore(store_url)
+    released = release_stale_claims(store)
+    keys = {r.key for r in expand(design, names)}
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(WorkerArgs(suite, design_path, store.url, threads, time_budget, os.getpid()),), daemon=True) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            if on_progress is not None:
+                on_progress(progress_counts(store, keys), len(keys))
+            time.sleep(2)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+    counts = progress_counts(store, keys)
+    if on_progress is not None:
+        on_progress(counts, len(keys))
+    return {"design": design.name, "total": len(keys), **counts, "released_stale_claims": released}

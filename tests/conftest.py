@@ -1,0 +1,77 @@
+"""Shared fixtures. Every test runs against the real bundled MiniLM weights and real data (the bundled
+sst2-mini example, or slices of the reference suite in ../shared when it is present)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("METAPEFT_SHARED", REPO.parent / "shared"))
+EXAMPLE = REPO / "src" / "metapeft" / "examples" / "sst2-mini"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory):
+    """Keep the user's data directory and MLflow store out of the tests."""
+    home = tmp_path_factory.mktemp("metapeft-home")
+    old = {k: os.environ.get(k) for k in ("METAPEFT_HOME", "METAPEFT_STORE", "MLFLOW_TRACKING_URI")}
+    os.environ["METAPEFT_HOME"] = str(home)
+    os.environ.pop("METAPEFT_STORE", None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    from metapeft._environment import quiet_libraries
+
+    quiet_libraries()
+    yield home
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def example_task():
+    from metapeft.tasks import load_task
+
+    return load_task(EXAMPLE)
+
+
+@pytest.fixture(scope="session")
+def small_task(example_task):
+    """48 training examples of sst2-mini: enough to see learning in a few steps, fast on CPU."""
+    return example_task.subsample(48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def example_profile(small_task):
+    from metapeft.tasks import profile_task
+
+    return profile_task(small_task)
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data not found at {path} (set METAPEFT_SHARED)")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300):
+    """Run the real console entry point in a subprocess (what a user types)."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-c", "from metapeft.cli import run; run()", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
+    )

@@ -1,0 +1,89 @@
+"""The commands a user types, run as a user runs them (subprocess, real model, real data)."""
+
+import json
+
+import pytest
+
+from conftest import run_cli, write_jsonl
+
+
+def test_version_and_methods():
+    assert run_cli("--version").stdout.startswith("metapeft ")
+    methods = json.loads(run_cli("methods", "--json").stdout)
+    assert {m["name"] for m in methods} >= {"lora", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning"}
+
+
+def test_train_json_tracks_in_mlflow_and_stores_the_experience(isolated_home):
+    proc = run_cli("train", "example", "--method", "lora", "--max-steps", "6", "--eval-size", "60", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert 0 <= result["metrics"]["accuracy"] <= 1 and result["metrics"]["steps"] == 6
+
+    from mlflow.tracking import MlflowClient
+
+    from metapeft._config import tracking_uri
+    from metapeft.experience import ExperienceStore
+
+    client = MlflowClient(tracking_uri())
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.params["r"] == "8" and run.data.tags["metapeft.method"] == "lora"
+    assert run.data.metrics["accuracy"] == result["metrics"]["accuracy"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "curve/accuracy")] == [2, 3, 5, 6]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"task_profile.json", "learning_curve.json", "adapter"} <= artifacts
+
+    record = ExperienceStore().get(result["experience_id"])
+    assert record.status == "finished" and record.tags["mlflow_run_id"] == result["mlflow_run_id"]
+    assert record.profile["task_name"] == "sst2-mini" and record.environment["device"] == "cpu"
+
+
+def test_profile_json():
+    p = json.loads(run_cli("profile", "example", "--json").stdout)
+    assert p["dataset_size"] == 1000 and len(p["domain_vector"]) == 384
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "/nonexistent/data.jsonl"], "no such file or directory"),
+        (["train", "example", "--method", "lorax"], "unknown method 'lorax'"),
+        (["train", "example", "--set", "r=100000"], "out of range"),
+        (["train", "example", "--set", "alpha=2"], "no hyperparameter 'alpha'"),
+        (["profile", "example", "--model", "/tmp"], "has no config.json"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_jsonl_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": "ok", "label": "b"}\n\n{"text": oops}\n')
+    proc = run_cli("train", str(path), "--method", "lora", "--max-steps", "3", "--json")
+    assert proc.returncode == 2 and "line 4: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_incompatible_method_is_one_line(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    from metapeft._backbone import load_tokenizer
+
+    GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30522, n_positions=64)).save_pretrained(tmp_path)
+    load_tokenizer(None).save_pretrained(tmp_path)
+    proc = run_cli("train", "example", "--model", str(tmp_path), "--method", "lora", "--max-steps", "2", "--no-track")
+    assert proc.returncode == 2 and "no torch.nn.Linear layers" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_experience_import_peft_results_and_export(tmp_path):
+    from conftest import shared_path
+
+    folder = shared_path("peft-method-comparison")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    summary = json.loads(run_cli("experience", "import-peft-results", str(folder), "--store", url, "--json").stdout)
+    assert summary["added"] == summary["files"] > 50
+    proc = run_cli("experience", "export", str(tmp_path / "out.jsonl"), "--store", url)
+    assert proc.returncode == 0 and len((tmp_path / "out.jsonl").read_text().splitlines()) == summary["files"]

@@ -1,0 +1,45 @@
+import json
+import time
+
+import numpy as np
+
+from conftest import EXAMPLE, write_jsonl
+from metapeft.tasks import load_task, profile_task
+
+
+def test_profile_describes_task_and_model(example_profile, small_task):
+    p = example_profile
+    assert p.dataset_size == 48 and p.num_classes == 2 and p.task_type == "single"
+    assert 0.9 < p.class_entropy <= 1.0 and p.imbalance_ratio >= 1.0
+    assert p.token_length_p50 <= p.token_length_p90 <= p.token_length_p95 <= p.token_length_max
+    assert p.sequence_length % 8 == 0 and 16 <= p.sequence_length <= 256
+    assert p.vocabulary_size > 100 and p.unk_rate < 0.01
+    assert len(p.domain_vector) == 384 and abs(np.linalg.norm(p.domain_vector)) > 0.1
+    assert 0.0 <= p.complexity_score <= 1.0 and 0.0 <= p.probe_accuracy <= 1.0
+    assert p.model["architecture"] == "BertModel" and p.model["num_layers"] == 6 and p.model["hidden_size"] == 384
+    assert p.fingerprint == small_task.fingerprint
+    json.dumps(p.as_dict())
+
+
+def test_easy_task_is_less_complex_than_shuffled_labels(example_task):
+    """The complexity landmark must track real signal: same texts, labels shuffled → no better than chance."""
+    real = profile_task(example_task.subsample(300, 0))
+    shuffled = example_task.subsample(300, 0)
+    rng = np.random.default_rng(0)
+    shuffled.train.labels = rng.permutation(shuffled.train.labels).tolist()
+    noise = profile_task(shuffled)
+    assert real.probe_accuracy > noise.probe_accuracy + 0.1
+    assert real.complexity_score < noise.complexity_score
+
+
+def test_profiling_100k_rows_is_fast(tmp_path):
+    texts = [json.loads(line) for line in (EXAMPLE / "train.jsonl").read_text().splitlines()]
+    rows = [{"text": f"{texts[i % 1000]['text']} #{i}", "label": texts[i % 1000]["label"]} for i in range(100_000)]
+    write_jsonl(tmp_path / "big" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "big" / "test.jsonl", rows[:1000])
+    profile_task(load_task(EXAMPLE).subsample(32, 0))  # warm the model, as a running CLI would be
+    started = time.perf_counter()
+    profile = profile_task(load_task(tmp_path / "big"))
+    elapsed = time.perf_counter() - started
+    assert profile.dataset_size == 100_000
+    assert elapsed < 20, f"profiling 100k rows took {elapsed:.1f}s"

@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import EXAMPLE, shared_path, write_jsonl
+from metapeft._errors import TaskError
+from metapeft.tasks import load_suite, load_task, stratified_indices
+
+ROWS = [{"text": f"great film number {i}" if i % 2 else f"awful film number {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+
+
+def test_folder_with_train_and_test_files(example_task):
+    assert example_task.name == "sst2-mini"
+    assert len(example_task.train) == 1000 and len(example_task.test) == 300
+    assert example_task.label_names == ["negative", "positive"]
+    assert example_task.test_source == "file" and not example_task.is_pair
+
+
+def test_bundled_example_alias():
+    assert load_task("example").fingerprint == load_task(EXAMPLE).fingerprint
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".jsonl"])
+def test_single_file_formats_get_a_seeded_stratified_split(tmp_path, suffix):
+    frame = pd.DataFrame(ROWS)
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        write_jsonl(path, ROWS)
+    task = load_task(path, seed=1)
+    assert len(task.train) == 32 and len(task.test) == 8 and task.test_source == "split"
+    assert sorted(np.bincount(task.test.labels)) == [4, 4]  # stratified
+    assert load_task(path, seed=1).fingerprint == task.fingerprint  # seeded
+    assert load_task(path, seed=2).fingerprint != task.fingerprint
+
+
+def test_saved_to_disk_dataset_with_class_labels(tmp_path):
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    rows = {"sentence": [r["text"] for r in ROWS], "label": [int(r["label"] == "pos") for r in ROWS]}
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features), "validation": datasets.Dataset.from_dict(rows, features=features).select(range(10))})
+    dd.save_to_disk(str(tmp_path / "ds"))
+    task = load_task(tmp_path / "ds")
+    assert task.label_names == ["neg", "pos"] and len(task.test) == 10 and task.test_source == "file"
+
+
+def test_sentence_pairs_and_column_flags(tmp_path):
+    rows = [{"q1": f"how do I {i}", "q2": f"what is {i}", "dup": i % 3 == 0} for i in range(30)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(TaskError, match="no text column"):
+        load_task(path)
+    task = load_task(path, text_column="q1", pair_column="q2", label_column="dup")
+    assert task.is_pair and task.train.pairs[0].startswith("what is")
+    assert task.label_names == ["False", "True"]
+
+
+def test_reference_pair_task_is_detected():
+    task = load_task(shared_path("datasets", "mrpc"))
+    assert task.is_pair and task.num_labels == 2
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", "label": }\n', r"line 3: not valid JSON"),
+        ("", "has no rows"),
+        ('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n{"text": "c", "label": "x"}\n', "single class"),
+        ('{"text": "a", "label": "x"}\n{"text": "b"}\n', "line 2: missing label"),
+        ('[1, 2]\n', "line 1: expected a JSON object"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(TaskError, match=message):
+        load_task(path)
+
+
+def test_missing_path_and_unseen_test_labels(tmp_path):
+    with pytest.raises(TaskError, match="no such file"):
+        load_task(tmp_path / "nope.jsonl")
+    write_jsonl(tmp_path / "t" / "train.jsonl", ROWS)
+    write_jsonl(tmp_path / "t" / "test.jsonl", [{"text": "meh", "label": "neutral"}])
+    with pytest.raises(TaskError, match="never seen in training: 'neutral'"):
+        load_task(tmp_path / "t")
+
+
+def test_stratified_indices_keep_every_class_and_are_seeded():
+    labels = [0] * 90 + [1] * 9 + [2] * 1
+    idx = stratified_indices(labels, 20, seed=0)
+    assert len(idx) == 20 and len(set(idx.tolist())) == 20
+    assert {labels[i] for i in idx} == {0, 1, 2}
+    assert stratified_indices(labels, 20, seed=0).tolist() == idx.tolist()
+
+
+def test_subsample_is_stratified_and_named(example_task):
+    sub = example_task.subsample(64, seed=3)
+    assert len(sub.train) == 64 and sub.name == "sst2-mini@64" and sub.test is example_task.test
+    assert abs(np.mean(sub.train.labels) - np.mean(example_task.train.labels)) < 0.05
+
+
+def test_suite_manifest():
+    entries = load_suite(shared_path("datasets"))
+    assert len(entries) == 40
+    assert entries[0].load().domain == json.loads(shared_path("datasets", "MANIFEST.json").read_text())[0]["domain"]

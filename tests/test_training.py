@@ -1,0 +1,96 @@
+"""Real training of every zoo method on real data with the real MiniLM weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from metapeft._backbone import backbone_info
+from metapeft.methods import get_method
+from metapeft.training import build_classifier, fit, load_classifier, train
+from metapeft.training._engine import Batches
+from metapeft.training._engine import _seed_everything
+from metapeft.training._model import save_classifier
+from test_methods import ZOO
+
+
+def _loss(classifier, data: Batches) -> float:
+    classifier.eval()
+    with torch.inference_mode():
+        logits = classifier(**data.collate(list(range(len(data))), torch.device("cpu")))
+    return float(torch.nn.functional.cross_entropy(logits, data.labels))
+
+
+@pytest.mark.parametrize("method", ZOO)
+def test_every_method_learns(method, small_task, example_profile):
+    """Training loss on the training set falls, and the method's own parameters (not only the head) move."""
+    from metapeft._backbone import load_tokenizer
+
+    spec = get_method(method)
+    config = spec.make_config({"max_steps": 12, "batch_size": 16})
+    backbone = backbone_info(None)
+    data = Batches(load_tokenizer(None), small_task.train, 48)
+    _seed_everything(0)
+    before_model = build_classifier(spec, config, backbone, 2, None)
+    before = _loss(before_model, data)
+    initial = {n: p.detach().clone() for n, p in before_model.encoder.named_parameters() if p.requires_grad}
+
+    result = fit(small_task, spec, config, backbone, model=None, max_length=48, device=torch.device("cpu"), seed=0, eval_size=32, eval_points=2)
+    after = _loss(result.model, data)
+    assert after < before, f"{method}: loss {before:.4f} -> {after:.4f}"
+    trained = {n: p for n, p in result.model.encoder.named_parameters() if p.requires_grad}
+    if spec.kind == "head":
+        assert not trained
+    else:
+        assert trained and any(not torch.equal(initial[n], trained[n].detach()) for n in trained if n in initial)
+    m = result.metrics
+    assert m["steps"] == 12 and 0 <= m["accuracy"] <= 1 and m["peak_memory_mb"] > 100
+    assert m["trainable_params"] < m["total_params"] or spec.kind == "full"
+    assert [p["step"] for p in result.curve] == [6, 12]
+
+
+def test_training_is_reproducible(small_task, example_profile):
+    kwargs = dict(profile=example_profile, record=False, track=False, save=False, eval_size=40)
+    a = train(small_task, "lora", {"max_steps": 5}, seed=3, **kwargs)
+    b = train(small_task, "lora", {"max_steps": 5}, seed=3, **kwargs)
+    assert a.curve == [{**p, "train_time_s": q["train_time_s"]} for p, q in zip(b.curve, a.curve)]
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix_tuning", "prompt_tuning", "adalora", "full_finetuning", "head_only"])
+def test_save_and_reload_gives_identical_predictions(method, small_task, tmp_path):
+    spec = get_method(method)
+    config = spec.make_config({"max_steps": 4})
+    result = fit(small_task, spec, config, backbone_info(None), model=None, max_length=48, device=torch.device("cpu"), seed=0, eval_size=16, eval_points=1)
+    meta = {"method": method, "base_model": None, "label_names": small_task.label_names, "max_length": 48, "prompt_learning": spec.prompt_learning}
+    size = save_classifier(result.model, tmp_path, kind=spec.kind, meta=meta)
+    assert size > 0
+    texts = small_task.test.texts[:24]
+    reloaded = load_classifier(tmp_path)
+    from metapeft.training._model import SavedClassifier
+
+    original = SavedClassifier(result.model, reloaded.tokenizer, small_task.label_names, 48, meta)
+    torch.testing.assert_close(reloaded.predict_logits(texts), original.predict_logits(texts))
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))  # safetensors only
+    if spec.kind == "peft":  # the adapter is standard peft format
+        from peft import PeftModel
+        from transformers import AutoModel
+
+        from metapeft._backbone import resolve_model
+
+        peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(resolve_model(None)[1]), tmp_path)
+        assert peft_model.peft_config["default"].peft_type.value.lower().replace("_", "") == {
+            "lora": "lora", "prefix_tuning": "prefixtuning", "prompt_tuning": "prompttuning", "adalora": "adalora"}[method]
+
+
+def test_time_budget_stops_early(small_task, example_profile):
+    result = train(small_task, "full_finetuning", {"max_steps": 1000}, time_budget=2.0, profile=example_profile, record=False, track=False, save=False, eval_size=16)
+    assert result.stopped_by == "time_budget" and result.metrics["steps"] < 1000
+    assert result.curve[-1]["step"] == result.metrics["steps"]
+
+
+def test_eval_uses_a_stratified_sample_not_the_head(example_task, example_profile):
+    """Evaluation draws across the whole held-out split: not simply its first rows."""
+    from metapeft.tasks import stratified_indices
+
+    idx = np.sort(stratified_indices(example_task.test.labels, 50, 0))
+    assert idx.max() > 100
+    assert abs(np.mean([example_task.test.labels[i] for i in idx]) - np.mean(example_task.test.labels)) < 0.05
