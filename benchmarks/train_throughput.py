@@ -90,14 +90,19 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def flops_per_token(method, seq: int) -> float:
+def flops_per_token(method, config, seq: int) -> float:
+    """Training FLOPs per real (non-virtual) token."""
     info = backbone_info(None)
     d, layers = info.hidden_size, info.num_layers
-    ff = 4 * d
-    n_matmul = layers * (4 * d * d + 2 * d * ff)
-    attention_forward = layers * 2 * (2 * seq * d)  # QK^T and AV: 2 FLOPs per multiply-add
-    weight_grads = 2 * n_matmul if method.kind == "full" else 0  # adapters' own weight grads are negligible
-    return 2 * attention_forward + 4 * n_matmul + weight_grads  # forward + backward through activations
+    n_matmul = layers * (4 * d * d + 2 * d * 4 * d)
+    positions = seq + (config.num_virtual_tokens if method.name in ("prompt_tuning", "p_tuning") else 0)
+    keys = positions + (config.num_virtual_tokens if method.name == "prefix_tuning" else 0)
+    forward = 2 * n_matmul + layers * 2 * (2 * keys * d)  # matmuls + QK^T and AV (2 FLOPs per multiply-add)
+    if method.kind == "head":
+        per_position = forward  # frozen encoder: no backward pass through it at all
+    else:  # backward through activations costs another forward; full fine-tuning adds weight gradients
+        per_position = 2 * forward + (2 * n_matmul if method.kind == "full" else 0)
+    return per_position * positions / seq
 
 
 def main() -> None:
@@ -123,7 +128,7 @@ def main() -> None:
             ours.append(engine(method, config, task, args.steps, args.seq))
             bare.append(bare_loop(method, config, task, args.steps, args.batch, args.seq))
         o, b = statistics.median(ours), statistics.median(bare)
-        mfu = o * flops_per_token(method, args.seq) / peak
+        mfu = o * flops_per_token(method, config, args.seq) / peak
         rows.append({"method": name, "engine_tokens_per_s": round(o, 1), "bare_tokens_per_s": round(b, 1), "ratio": round(o / b, 3), "mfu": round(mfu, 4)})
         print(f"{name:<16} {o:>13.0f} {b:>11.0f} {o / b:>6.3f} {100 * mfu:>5.1f}%")
     if args.json_path:

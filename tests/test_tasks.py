@@ -93,6 +93,21 @@ def test_missing_path_and_unseen_test_labels(tmp_path):
         load_task(tmp_path / "t")
 
 
+def test_unicode_line_separators_inside_text_are_not_line_breaks(tmp_path):
+    rows = [{"text": f"hmm\u0085might i suggest {i}\u2028ok", "label": "a" if i % 2 else "b"} for i in range(10)]
+    path = tmp_path / "nel.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    task = load_task(path)
+    assert len(task.train) + len(task.test) == 10 and "\u0085" in task.train.texts[0]
+
+
+def test_every_reference_task_loads():
+    for entry in load_suite(shared_path("datasets")):
+        task = entry.load()
+        assert len(task.train) == entry.meta["n_train"] and len(task.test) == entry.meta["n_test"], entry.name
+        assert task.num_labels == len(entry.meta["labels"]) and task.is_pair == (entry.meta["task_type"] == "pair")
+
+
 def test_stratified_indices_keep_every_class_and_are_seeded():
     labels = [0] * 90 + [1] * 9 + [2] * 1
     idx = stratified_indices(labels, 20, seed=0)

@@ -229,6 +229,7 @@ def bench(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes (each gets cores/workers threads).")] = 2,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Per-run training time limit in seconds.", show_default=False)] = None,
     store: Annotated[Optional[str], typer.Option("--storage", "--store", help="SQLAlchemy URL of the store the runs go to (several machines may share a PostgreSQL one).", show_default=False)] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the runs that failed before.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run a design of fine-tuning runs over a suite into the experience store (resumable, parallel)."""
@@ -254,12 +255,42 @@ def bench(
         def update(counts: dict, total: int) -> None:
             bar.update(job, completed=counts["done"] + counts["failed"], total=total, info=f"{counts['failed']} failed · {counts['running']} running")
 
-        summary = run_bench(str(suite), design_path, store or store_url(), workers, time_budget, on_progress=update)
+        summary = run_bench(str(suite), design_path, store or store_url(), workers, time_budget, on_progress=update, retry_failed=retry_failed)
     summary["elapsed_s"] = round(_time.monotonic() - started, 1)
     if as_json:
         _print_json(summary)
     else:
         console.print(f"{summary['design']}: {summary['done']} of {summary['total']} runs done, {summary['failed']} failed ({summary['elapsed_s']:.0f} s)")
+
+
+@app.command()
+def report(
+    store: StoreOption = None,
+    prior: Annotated[bool, typer.Option("--prior/--no-prior", help="Include the shipped prior experience.")] = True,
+    own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")] = True,
+    html_dir: Annotated[Optional[Path], typer.Option("--html", help="Write PNG plots, index.html and summary.md into this folder.", show_default=False)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Which method wins where: per-task best method and gaps, wins, size effects, trade-offs, sensitivity."""
+    from .experience import ExperienceStore
+    from .prior import experiences
+    from .report import analyse, markdown, render
+
+    records = experiences(ExperienceStore(store) if own else None, include_prior=prior, include_own=own)
+    summary = analyse(records)
+    if summary["runs"] == 0:
+        raise MetapeftError("no finished runs to report on (the store is empty and the prior is off or missing); run `metapeft train` or `metapeft bench` first")
+    if html_dir is not None:
+        files = render(summary, records, html_dir)
+        summary["files"] = [str(f) for f in files]
+    if as_json:
+        _print_json(summary)
+        return
+    from rich.markdown import Markdown
+
+    out.print(Markdown(markdown(summary)))
+    if html_dir is not None:
+        console.print(f"wrote {len(summary['files'])} files to {html_dir} (open {html_dir / 'index.html'})")
 
 
 @experience_app.command("list")

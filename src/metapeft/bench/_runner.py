@@ -46,12 +46,14 @@ def _engine(store: ExperienceStore):
     return store.engine
 
 
-def release_stale_claims(store: ExperienceStore) -> int:
-    """Drop claims of dead processes on this host that never completed."""
+def release_stale_claims(store: ExperienceStore, retry_failed: bool = False) -> int:
+    """Drop claims of dead processes on this host that never completed (and, with ``retry_failed``, claims of
+    runs that failed, so that they run again)."""
     engine, host = _engine(store), socket.gethostname()
     with engine.connect() as conn:
         rows = conn.execute(sa.select(claims.c.key, claims.c.pid).where(claims.c.state == "claimed", claims.c.host == host)).all()
-    stale = [r.key for r in rows if not psutil.pid_exists(r.pid) or _zombie(r.pid)]
+        failed = conn.execute(sa.select(claims.c.key).where(claims.c.state == "failed")).scalars().all() if retry_failed else []
+    stale = [r.key for r in rows if not psutil.pid_exists(r.pid) or _zombie(r.pid)] + list(failed)
     if stale:
         with engine.begin() as conn:
             conn.execute(claims.delete().where(claims.c.key.in_(stale)))
@@ -151,7 +153,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_budget: float | None, on_progress=None) -> dict:
+def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_budget: float | None, on_progress=None, retry_failed: bool = False) -> dict:
     """Run (or resume) a design with ``workers`` processes; ``on_progress(counts, total)`` is called every ~2 s."""
     import multiprocessing as mp
 
@@ -160,7 +162,7 @@ def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_b
     design = Design.load(design_path)
     names = [e.name for e in load_suite(suite)]
     store = ExperienceStore(store_url)
-    released = release_stale_claims(store)
+    released = release_stale_claims(store, retry_failed)
     keys = {r.key for r in expand(design, names)}
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     ctx = mp.get_context("spawn")

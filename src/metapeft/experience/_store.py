@@ -233,7 +233,7 @@ class ExperienceStore:
         if not path.exists():
             raise StoreError(f"no such file: {path}")
         records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
             if not line.strip():
                 continue
             try:

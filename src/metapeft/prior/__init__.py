@@ -1,7 +1,90 @@
-"""The shipped prior: real fine-tuning experience over the 40-task reference suite (see docs/benchmark-protocol.md)."""
+"""The shipped prior: real fine-tuning experience over the 40-task reference suite, which every install starts
+with (protocol: docs/benchmark-protocol.md; design: ``design.json``; records: ``experiences.jsonl.gz``).
 
+It is read-only and kept apart from the user's own runs: :class:`PriorExperience` serves it with the same
+read interface as :class:`~metapeft.experience.ExperienceStore`, and :func:`experiences` merges the two
+unless the prior is switched off (``include_prior=False``, ``--no-prior`` or ``METAPEFT_PRIOR=0``).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from .._errors import StoreError
+from ..experience import Experience, ExperienceStore
 
 HERE = Path(__file__).resolve().parent
 DESIGN_PATH = HERE / "design.json"
 EXPERIENCES_PATH = HERE / "experiences.jsonl.gz"
+SOURCE = "prior"
+
+
+class PriorExperience:
+    """The packaged prior as a read-only experience storage."""
+
+    def __init__(self, path: str | Path = EXPERIENCES_PATH):
+        self.path = Path(path)
+
+    def records(self) -> list[Experience]:
+        return _load(str(self.path))
+
+    def iter(self, *, status=None, method=None, task=None, source=None, limit=None) -> Iterator[Experience]:
+        n = 0
+        for r in self.records():
+            if (status and r.status != status) or (method and r.method != method) or (task and r.task_name != task) or (source and r.source != source):
+                continue
+            if limit is not None and n >= limit:
+                return
+            n += 1
+            yield r
+
+    def query(self, **filters) -> list[Experience]:
+        return list(self.iter(**filters))
+
+    def count(self, **filters) -> int:
+        return sum(1 for _ in self.iter(**{k if k != "task_name" else "task": v for k, v in filters.items()}))
+
+    def add(self, *_args, **_kwargs):
+        raise StoreError("the shipped prior is read-only; your runs go to your experience store")
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str) -> list[Experience]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    with gzip.open(p, "rt", encoding="utf-8") as f:
+        return [Experience.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+def prior_enabled(include_prior: bool | None = None) -> bool:
+    if include_prior is not None:
+        return include_prior
+    return os.environ.get("METAPEFT_PRIOR", "1").lower() not in ("0", "false", "no", "off")
+
+
+def experiences(store: ExperienceStore | None = None, *, include_prior: bool | None = None, include_own: bool = True, **filters) -> list[Experience]:
+    """The prior (unless switched off) followed by the user's own runs, filtered alike."""
+    out = PriorExperience().query(**filters) if prior_enabled(include_prior) else []
+    if include_own:
+        out += (store or ExperienceStore()).query(**filters)
+    return out
+
+
+def write_prior(store: ExperienceStore, design_name: str, path: str | Path = EXPERIENCES_PATH) -> int:
+    """Export the finished and failed runs of a bench design as the packaged prior (``source="prior"``)."""
+    records = [r for r in store.iter() if r.tags.get("design") == design_name and r.status in ("finished", "failed")]
+    records.sort(key=lambda r: r.tags.get("design_key", r.id))
+    lines = []
+    for r in records:
+        r.source = SOURCE
+        lines.append(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n")
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:  # mtime=0: same runs, same bytes
+        f.write("".join(lines).encode("utf-8"))
+    _load.cache_clear()
+    return len(records)

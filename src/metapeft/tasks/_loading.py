@@ -148,7 +148,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             raise TaskError(f"{path}: expected a JSON array of objects")
         return rows
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): JSONL ends records at \n only, and real text contains U+0085/U+2028,
+    # which splitlines() would also break on.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -1,0 +1,131 @@
+"""What the experience says: per task the best method and every method's gap to it, how often each method
+wins, accuracy against train-set size, accuracy/time/memory trade-offs and hyperparameter sensitivity.
+
+A *cell* is a (task, train size) pair; a method's score in a cell is the best accuracy among its runs there
+(what a user would get after choosing that method and trying those settings). Task-level scores average a
+method's cell scores over the task's sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from ..experience import Experience
+
+
+def frame(records: list[Experience]) -> pd.DataFrame:
+    """One row per finished run with an accuracy."""
+    rows = []
+    for r in records:
+        if r.status != "finished" or r.metrics.get("accuracy") is None:
+            continue
+        task = r.tags.get("suite_task") or r.task_name.split("@")[0]
+        size = r.tags.get("train_size") or r.profile.get("dataset_size") or r.tags.get("n_train") or 0
+        rows.append({
+            "task": task, "size": int(size), "method": r.method, "accuracy": float(r.metrics["accuracy"]),
+            "macro_f1": r.metrics.get("macro_f1"), "train_time_s": r.metrics.get("train_time_s"),
+            "peak_memory_mb": r.metrics.get("peak_memory_mb"), "trainable_params": r.metrics.get("trainable_params"),
+            "source": r.source, "config_id": r.tags.get("config_id"), "hyperparameters": r.hyperparameters,
+        })
+    return pd.DataFrame(rows)
+
+
+def analyse(records: list[Experience]) -> dict:
+    df = frame(records)
+    failed = sum(1 for r in records if r.status == "failed")
+    if df.empty:
+        return {"runs": 0, "failed": failed, "tasks": 0, "methods": [], "per_task": {}}
+    cells = df.groupby(["task", "size", "method"])["accuracy"].max().rename("score").reset_index()
+    best_in_cell = cells.groupby(["task", "size"])["score"].transform("max")
+    cells["gap"] = best_in_cell - cells["score"]
+
+    per_task = {}
+    for task, group in cells.groupby("task"):
+        by_method = group.groupby("method")["score"].mean()
+        best = by_method.idxmax()
+        per_task[task] = {
+            "best_method": best,
+            "best_accuracy": round(float(by_method.max()), 4),
+            "sizes": sorted(int(s) for s in group["size"].unique()),
+            "by_method": {m: {"accuracy": round(float(a), 4), "gap": round(float(by_method.max() - a), 4), "runs": int((df.task == task).mul(df.method == m).sum())} for m, a in by_method.sort_values(ascending=False).items()},
+            "by_size": {
+                int(size): {"best_method": g.loc[g.score.idxmax(), "method"], "best_accuracy": round(float(g.score.max()), 4), "spread": round(float(g.score.max() - g.score.min()), 4)}
+                for size, g in group.groupby("size")
+            },
+        }
+
+    winners = cells.loc[cells.gap == 0]
+    n_cells = cells.groupby(["task", "size"]).ngroups
+    wins: Counter = Counter()
+    for _, group in winners.groupby(["task", "size"]):  # ties share the win
+        for m in group.method:
+            wins[m] += 1 / len(group)
+    mean_gap = cells.groupby("method")["gap"].mean()
+    single_best = mean_gap.idxmin()
+    top_share = max(wins.values()) / n_cells if wins else 0.0
+
+    by_size = cells.groupby(["method", "size"])["score"].mean().unstack("size")
+    tradeoffs = df.groupby("method")[["accuracy", "train_time_s", "peak_memory_mb", "trainable_params"]].median()
+
+    return {
+        "runs": int(len(df)),
+        "failed": failed,
+        "tasks": int(df.task.nunique()),
+        "cells": int(n_cells),
+        "methods": sorted(df.method.unique()),
+        "sources": {k: int(v) for k, v in df.source.value_counts().items()},
+        "min_methods_per_task": int(df.groupby("task").method.nunique().min()),
+        "methods_per_task": {t: int(n) for t, n in df.groupby("task").method.nunique().items()},
+        "per_task": per_task,
+        "wins": {m: round(w, 2) for m, w in wins.most_common()},
+        "variation": {
+            "distinct_winners": int(winners.method.nunique()),
+            "top_method": wins.most_common(1)[0][0] if wins else None,
+            "top_method_win_share": round(top_share, 3),
+            "single_best_method": single_best,
+            "single_best_mean_regret": round(float(mean_gap.min()), 4),
+            "single_best_max_regret": round(float(cells.loc[cells.method == single_best, "gap"].max()), 4),
+            "mean_spread_in_cell": round(float(cells.groupby(["task", "size"]).score.agg(lambda s: s.max() - s.min()).mean()), 4),
+            "winner_changes_with_size": _winner_changes(per_task),
+        },
+        "mean_gap": {m: round(float(g), 4) for m, g in mean_gap.sort_values().items()},
+        "accuracy_by_size": {m: {int(s): round(float(v), 4) for s, v in row.dropna().items()} for m, row in by_size.iterrows()},
+        "tradeoffs": {m: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()} for m, row in tradeoffs.iterrows()},
+        "sensitivity": sensitivity(df),
+    }
+
+
+def _winner_changes(per_task: dict) -> float:
+    """Share of tasks with several sizes whose best method differs between sizes."""
+    multi = [t for t in per_task.values() if len(t["by_size"]) > 1]
+    if not multi:
+        return 0.0
+    return round(sum(len({s["best_method"] for s in t["by_size"].values()}) > 1 for t in multi) / len(multi), 3)
+
+
+def sensitivity(df: pd.DataFrame) -> dict:
+    """Per method and numeric hyperparameter: Spearman correlation with accuracy relative to its cell's mean
+    (log scale for learning rates), over the method's runs with varied settings."""
+    from scipy.stats import spearmanr
+
+    df = df.assign(relative=df.accuracy - df.groupby(["task", "size"]).accuracy.transform("mean"))
+    out = {}
+    for method, group in df.groupby("method"):
+        params = pd.DataFrame(list(group.hyperparameters), index=group.index)
+        result = {}
+        for name in params.columns:
+            values = pd.to_numeric(params[name], errors="coerce")
+            if values.nunique() < 3:
+                continue
+            if "learning_rate" in name:
+                values = np.log10(values.clip(lower=1e-12))
+            rho = spearmanr(values, group.relative).statistic
+            if not math.isnan(rho):
+                result[name] = {"spearman": round(float(rho), 3), "n": int(values.notna().sum())}
+        if result:
+            out[method] = result
+    return out

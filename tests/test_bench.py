@@ -1,0 +1,112 @@
+"""metapeft bench and report on a tiny real design: 2 tasks × 2 methods × 2 Sobol configs, a few steps each."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from conftest import EXAMPLE, REPO, run_cli, write_jsonl
+from metapeft.bench import Design, expand, run_bench
+from metapeft.experience import ExperienceStore
+
+DESIGN = {
+    "name": "tiny", "methods": ["lora", "head_only"], "passes": [{"sizes": [24], "config": "sobol", "repeats": 2}],
+    "fixed": {"max_steps": 3, "batch_size": 8}, "eval_size": 20, "eval_points": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """Two real tasks: two disjoint slices of the bundled sst2-mini."""
+    root = tmp_path_factory.mktemp("suite")
+    lines = [json.loads(line) for line in (EXAMPLE / "train.jsonl").read_text().splitlines()]
+    manifest = []
+    for i, name in enumerate(["sst2_a", "sst2_b"]):
+        write_jsonl(root / name / "train.jsonl", lines[i * 200 : i * 200 + 150])
+        write_jsonl(root / name / "test.jsonl", lines[i * 200 + 150 : i * 200 + 200])
+        manifest.append({"name": name, "domain": "movie reviews", "task_type": "single"})
+    (root / "MANIFEST.json").write_text(json.dumps(manifest))
+    (root / "design.json").write_text(json.dumps(DESIGN))
+    return root
+
+
+def _finished_keys(url: str) -> Counter:
+    return Counter(r.tags["design_key"] for r in ExperienceStore(url).query(status="finished"))
+
+
+def test_design_expands_deterministically(suite):
+    design = Design.load(suite / "design.json")
+    runs = expand(design, ["sst2_a", "sst2_b"])
+    assert len(runs) == 8 and len({r.key for r in runs}) == 8
+    assert [r.hyperparameters for r in runs] == [r.hyperparameters for r in expand(design, ["sst2_a", "sst2_b"])]
+    lrs = {r.hyperparameters["learning_rate"] for r in runs if r.method == "lora"}
+    assert len(lrs) == 4  # a space-filling draw per (task, config), not the defaults
+
+
+@pytest.fixture(scope="module")
+def bench_store(suite, tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('bench') / 'b.db'}"
+    summary = run_bench(str(suite), str(suite / "design.json"), url, workers=2, time_budget=None)
+    return url, summary
+
+
+def test_two_workers_do_every_run_once(bench_store):
+    url, summary = bench_store
+    assert summary["done"] == 8 and summary["failed"] == 0
+    keys = _finished_keys(url)
+    assert len(keys) == 8 and set(keys.values()) == {1}
+    record = ExperienceStore(url).query(status="finished")[0]
+    assert record.profile["dataset_size"] == 24 and record.tags["train_size"] == 24 and len(record.curve) == 1
+
+
+def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    args = [sys.executable, "-c", "from metapeft.cli import run; run()", "bench", str(suite), "--design", str(suite / "design.json"), "--storage", url]
+    proc = subprocess.Popen(args + ["--workers", "2"], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = ExperienceStore(url)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and store.count(status="finished") < 2:
+            time.sleep(0.5)
+        assert store.count(status="finished") >= 2
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the bench and its workers, mid-run
+        proc.wait(30)
+    done_before = set(_finished_keys(url))
+    assert len(done_before) < 8, "the bench finished before it could be killed"
+
+    # Restart as two separate bench processes sharing the SQLite store.
+    procs = [subprocess.Popen(args + ["--workers", "1", "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    for p in procs:
+        p.wait(600)
+        assert p.returncode == 0
+    keys = _finished_keys(url)
+    assert len(keys) == 8 and set(keys.values()) == {1}, keys  # nothing lost, nothing run twice
+    assert done_before <= set(keys)
+    statuses = Counter(r.status for r in ExperienceStore(url).query())
+    assert statuses["running"] == 0 and statuses["finished"] == 8  # runs cut by the kill are marked interrupted
+
+
+def test_report_renders_json_and_png(bench_store, tmp_path):
+    url, _ = bench_store
+    proc = run_cli("report", "--store", url, "--no-prior", "--json", "--html", str(tmp_path / "html"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["runs"] == 8 and summary["tasks"] == 2 and summary["min_methods_per_task"] == 2
+    for task in ("sst2_a", "sst2_b"):
+        entry = summary["per_task"][task]
+        assert entry["best_method"] in ("lora", "head_only") and 0 <= entry["best_accuracy"] <= 1
+        assert entry["by_method"][entry["best_method"]]["gap"] == 0
+    assert sum(summary["wins"].values()) == pytest.approx(summary["cells"])
+    png = tmp_path / "html" / "wins.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "html" / "index.html").stat().st_size > png.stat().st_size
+
+
+def test_report_without_runs_is_a_clear_error(tmp_path):
+    proc = run_cli("report", "--store", f"sqlite:///{tmp_path / 'e.db'}", "--no-prior")
+    assert proc.returncode == 2 and "no finished runs" in proc.stderr and "Traceback" not in proc.stderr
