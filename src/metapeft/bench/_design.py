@@ -24,6 +24,8 @@ class Pass:
     sizes: list[int]
     config: str = "sobol"  # "defaults" or "sobol"
     repeats: int = 1  # Sobol points per (task, size, method)
+    seeds: list[int] | None = None  # default: the design's seeds (other seeds measure run-to-run noise)
+    tasks: list[str] | None = None  # default: the design's tasks
 
 
 @dataclass
@@ -85,7 +87,7 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
     runs = []
     for p_index, p in enumerate(design.passes):
         for size in p.sizes:
-            for task in tasks:
+            for task in [t for t in tasks if p.tasks is None or t in p.tasks]:
                 for method in design.methods:
                     spec = get_method(method)
                     space = {k: v for k, v in spec.search_space().items() if k not in design.fixed}
@@ -98,7 +100,7 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
                             configs.append((f"p{p_index}s{r}", params))
                     for config_id, params in configs:
                         hyperparameters = spec.make_config({**params, **_fixed_for(spec, design.fixed)}).as_dict()
-                        for seed in design.seeds:
+                        for seed in p.seeds or design.seeds:
                             key = f"{design.name}/{task}/{size}/{method}/{config_id}/{seed}"
                             runs.append(RunSpec(key, task, size, method, config_id, seed, hyperparameters))
     return runs

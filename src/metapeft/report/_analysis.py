@@ -1,9 +1,10 @@
 """What the experience says: per task the best method and every method's gap to it, how often each method
 wins, accuracy against train-set size, accuracy/time/memory trade-offs and hyperparameter sensitivity.
 
-A *cell* is a (task, train size) pair; a method's score in a cell is the best accuracy among its runs there
-(what a user would get after choosing that method and trying those settings). Task-level scores average a
-method's cell scores over the task's sizes.
+A *cell* is a (task, train size, seed) triple — the seed draws the training sample, so each seed is another
+instance of the task at that size; a method's score in a cell is the best accuracy among its runs there (what a
+user would get after choosing that method and trying those settings). Task-level scores average a method's cell
+scores over the task's cells. Cells that differ only by seed measure the noise.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def frame(records: list[Experience]) -> pd.DataFrame:
             "macro_f1": r.metrics.get("macro_f1"), "train_time_s": r.metrics.get("train_time_s"),
             "peak_memory_mb": r.metrics.get("peak_memory_mb"), "trainable_params": r.metrics.get("trainable_params"),
             "source": r.source, "config_id": r.tags.get("config_id"), "hyperparameters": r.hyperparameters,
+            "seed": int(r.seed or 0),
         })
     return pd.DataFrame(rows)
 
@@ -39,8 +41,9 @@ def analyse(records: list[Experience]) -> dict:
     failed = sum(1 for r in records if r.status == "failed")
     if df.empty:
         return {"runs": 0, "failed": failed, "tasks": 0, "methods": [], "per_task": {}}
-    cells = df.groupby(["task", "size", "method"])["accuracy"].max().rename("score").reset_index()
-    best_in_cell = cells.groupby(["task", "size"])["score"].transform("max")
+    cell = ["task", "size", "seed"]
+    cells = df.groupby([*cell, "method"])["accuracy"].max().rename("score").reset_index()
+    best_in_cell = cells.groupby(cell)["score"].transform("max")
     cells["gap"] = best_in_cell - cells["score"]
 
     per_task = {}
@@ -52,16 +55,13 @@ def analyse(records: list[Experience]) -> dict:
             "best_accuracy": round(float(by_method.max()), 4),
             "sizes": sorted(int(s) for s in group["size"].unique()),
             "by_method": {m: {"accuracy": round(float(a), 4), "gap": round(float(by_method.max() - a), 4), "runs": int((df.task == task).mul(df.method == m).sum())} for m, a in by_method.sort_values(ascending=False).items()},
-            "by_size": {
-                int(size): {"best_method": g.loc[g.score.idxmax(), "method"], "best_accuracy": round(float(g.score.max()), 4), "spread": round(float(g.score.max() - g.score.min()), 4)}
-                for size, g in group.groupby("size")
-            },
+            "by_size": {int(size): _best(g.groupby("method").score.mean()) for size, g in group.groupby("size")},
         }
 
     winners = cells.loc[cells.gap == 0]
-    n_cells = cells.groupby(["task", "size"]).ngroups
+    n_cells = cells.groupby(cell).ngroups
     wins: Counter = Counter()
-    for _, group in winners.groupby(["task", "size"]):  # ties share the win
+    for _, group in winners.groupby(cell):  # ties share the win
         for m in group.method:
             wins[m] += 1 / len(group)
     mean_gap = cells.groupby("method")["gap"].mean()
@@ -89,14 +89,39 @@ def analyse(records: list[Experience]) -> dict:
             "single_best_method": single_best,
             "single_best_mean_regret": round(float(mean_gap.min()), 4),
             "single_best_max_regret": round(float(cells.loc[cells.method == single_best, "gap"].max()), 4),
-            "mean_spread_in_cell": round(float(cells.groupby(["task", "size"]).score.agg(lambda s: s.max() - s.min()).mean()), 4),
+            "mean_spread_in_cell": round(float(cells.groupby(cell).score.agg(lambda s: s.max() - s.min()).mean()), 4),
             "winner_changes_with_size": _winner_changes(per_task),
         },
         "mean_gap": {m: round(float(g), 4) for m, g in mean_gap.sort_values().items()},
         "accuracy_by_size": {m: {int(s): round(float(v), 4) for s, v in row.dropna().items()} for m, row in by_size.iterrows()},
         "tradeoffs": {m: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()} for m, row in tradeoffs.iterrows()},
         "sensitivity": sensitivity(df),
+        "noise": noise(cells),
     }
+
+
+def noise(cells: pd.DataFrame) -> dict:
+    """Run-to-run noise from cells that differ only by seed: how far a method's score moves, and how often the
+    winner stays the same."""
+    multi = cells.groupby(["task", "size"]).seed.nunique()
+    multi = multi[multi > 1]
+    if multi.empty:
+        return {"task_sizes": 0}
+    sub = cells.set_index(["task", "size"]).loc[multi.index].reset_index()
+    spread = sub.groupby(["task", "size", "method"]).score.agg(lambda s: s.max() - s.min())
+    winners = sub.loc[sub.groupby(["task", "size", "seed"]).score.idxmax()]
+    agree = winners.groupby(["task", "size"]).method.nunique().eq(1).mean()
+    return {
+        "task_sizes": int(len(multi)),
+        "mean_abs_seed_difference": round(float(spread.mean()), 4),
+        "p90_abs_seed_difference": round(float(spread.quantile(0.9)), 4),
+        "winner_agreement": round(float(agree), 3),
+    }
+
+
+def _best(scores: pd.Series) -> dict:
+    """Best method among ``scores`` (indexed by method) and the spread between best and worst."""
+    return {"best_method": scores.idxmax(), "best_accuracy": round(float(scores.max()), 4), "spread": round(float(scores.max() - scores.min()), 4)}
 
 
 def _winner_changes(per_task: dict) -> float:
@@ -112,7 +137,7 @@ def sensitivity(df: pd.DataFrame) -> dict:
     (log scale for learning rates), over the method's runs with varied settings."""
     from scipy.stats import spearmanr
 
-    df = df.assign(relative=df.accuracy - df.groupby(["task", "size"]).accuracy.transform("mean"))
+    df = df.assign(relative=df.accuracy - df.groupby(["task", "size", "seed"]).accuracy.transform("mean"))
     out = {}
     for method, group in df.groupby("method"):
         params = pd.DataFrame(list(group.hyperparameters), index=group.index)

@@ -44,7 +44,7 @@ def render(summary: dict, records, out_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     wins = pd.Series(summary["wins"]).reindex(methods).fillna(0).sort_values()
     ax.barh(wins.index, wins.values, color=[colours[m] for m in wins.index])
-    ax.set_xlabel(f"cells won (of {summary['cells']} task × train-size cells; ties shared)")
+    ax.set_xlabel(f"cells won (of {summary['cells']} task × train-size × seed cells; ties shared)")
     ax.set_title("Which method wins")
     save(fig, "wins.png")
 
@@ -61,7 +61,7 @@ def render(summary: dict, records, out_dir: str | Path) -> list[Path]:
     save(fig, "accuracy_by_size.png")
 
     # 3. Trade-offs: accuracy relative to the cell, against time and memory.
-    rel = df.accuracy - df.groupby(["task", "size"]).accuracy.transform("max")
+    rel = df.accuracy - df.groupby(["task", "size", "seed"]).accuracy.transform("max")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for m in methods:
         sel = df.method == m
@@ -92,7 +92,7 @@ def render(summary: dict, records, out_dir: str | Path) -> list[Path]:
     cols = 4
     rows = -(-len(methods) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12, 2.6 * rows), squeeze=False)
-    relative = df.accuracy - df.groupby(["task", "size"]).accuracy.transform("mean")
+    relative = df.accuracy - df.groupby(["task", "size", "seed"]).accuracy.transform("mean")
     for ax, m in zip(axes.flat, methods):
         sel = df.method == m
         lr = pd.to_numeric(pd.Series([h.get("learning_rate") if m != "head_only" else h.get("head_learning_rate") for h in df.hyperparameters[sel]], index=df.index[sel]), errors="coerce")
@@ -118,7 +118,7 @@ def markdown(summary: dict) -> str:
     v = summary["variation"]
     lines = [
         f"**{summary['runs']} finished runs** ({summary['failed']} failed) over **{summary['tasks']} tasks**, "
-        f"{summary['cells']} task × train-size cells, {len(summary['methods'])} methods (at least {summary['min_methods_per_task']} per task).",
+        f"{summary['cells']} task × train-size × seed cells, {len(summary['methods'])} methods (at least {summary['min_methods_per_task']} per task).",
         "",
         f"- Distinct winning methods: **{v['distinct_winners']}**; the most frequent winner, {v['top_method']}, wins "
         f"{100 * v['top_method_win_share']:.0f}% of cells.",
@@ -126,6 +126,15 @@ def markdown(summary: dict) -> str:
         f"accuracy points, worst {100 * v['single_best_max_regret']:.1f}.",
         f"- Mean spread between best and worst method in a cell: {100 * v['mean_spread_in_cell']:.1f} points; "
         f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks.",
+    ]
+    n = summary.get("noise", {})
+    if n.get("task_sizes"):
+        lines.append(
+            f"- Noise (a second seed: another training sample, initialisation and order, on {n['task_sizes']} task × size pairs): "
+            f"a method's accuracy moves {100 * n['mean_abs_seed_difference']:.1f} points on average (90th percentile "
+            f"{100 * n['p90_abs_seed_difference']:.1f}); the winner is the same on {100 * n['winner_agreement']:.0f}%."
+        )
+    lines += [
         "",
         "| task | best method | accuracy | runner-up (gap, points) | sizes |",
         "|---|---|---|---|---|",

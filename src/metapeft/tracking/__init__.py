@@ -20,8 +20,12 @@ EXPERIMENT = "metapeft"
 
 class MLflowTracker:
     def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT):
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow", "alembic"):  # "creating initial database tables…" is not for our users
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(experiment)
