@@ -29,6 +29,8 @@ def test_round_trip_and_jsonl_exchange(tmp_path):
     assert other.import_jsonl(tmp_path / "x.jsonl") == (5, 0)
     assert other.import_jsonl(tmp_path / "x.jsonl") == (0, 5)  # idempotent
     assert other.get(ids[2]).as_dict() == got.as_dict()
+    assert store.export_jsonl(tmp_path / "x.jsonl.gz") == 5
+    assert ExperienceStore(f"sqlite:///{tmp_path / 'c.db'}").import_jsonl(tmp_path / "x.jsonl.gz") == (5, 0)
 
 
 def _writer(url: str, worker: int, n: int) -> None:

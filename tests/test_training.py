@@ -43,7 +43,7 @@ def test_every_method_learns(method, small_task, example_profile):
     else:
         assert trained and any(not torch.equal(initial[n], trained[n].detach()) for n in trained if n in initial)
     m = result.metrics
-    assert m["steps"] == 12 and 0 <= m["accuracy"] <= 1 and m["peak_memory_mb"] > 100
+    assert m["steps"] == 12 and 0 <= m["accuracy"] <= 1 and m["peak_memory_mb"] > 100 and 0 <= m["train_memory_mb"] < m["peak_memory_mb"]
     assert m["trainable_params"] < m["total_params"] or spec.kind == "full"
     assert [p["step"] for p in result.curve] == [6, 12]
 

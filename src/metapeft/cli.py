@@ -209,7 +209,7 @@ def train(
     rows = [
         ("accuracy", f"{m['accuracy']:.4f}"), ("macro-F1", f"{m['macro_f1']:.4f}"),
         ("train time", f"{m['train_time_s']:.1f} s ({m['steps']} steps, {m['tokens_per_s']:.0f} tokens/s)"),
-        ("peak memory", f"{m['peak_memory_mb']:.0f} MB"),
+        ("peak memory", f"{m['peak_memory_mb']:.0f} MB ({m['train_memory_mb']:.0f} MB above the loaded model: activations, gradients, optimiser)"),
         ("trainable params", f"{m['trainable_params']:,} of {m['total_params']:,} ({100 * m['trainable_params'] / m['total_params']:.2f}%)"),
         ("adapter size", f"{m.get('adapter_size_bytes', 0) / 1024:.0f} KiB"),
         ("learning curve", "  ".join(f"{p['step']}:{p['accuracy']:.3f}" for p in result.curve)),
@@ -322,7 +322,7 @@ def experience_list(
 
 @experience_app.command("export")
 def experience_export(path: Annotated[Path, typer.Argument(help="JSONL file to write.")], store: StoreOption = None) -> None:
-    """Write every experience to a JSONL file."""
+    """Write every experience to a JSONL file (gzip-compressed if the name ends in .gz)."""
     from .experience import ExperienceStore
 
     n = ExperienceStore(store).export_jsonl(path)

@@ -221,7 +221,7 @@ class ExperienceStore:
     # --- exchange ----------------------------------------------------------------------------------------------
     def export_jsonl(self, path: str | Path, **filters: Any) -> int:
         n = 0
-        with open(path, "w", encoding="utf-8") as out:
+        with _open_text(path, "w") as out:
             for record in self.iter(**filters):
                 out.write(json.dumps(record.as_dict(), default=str) + "\n")
                 n += 1
@@ -233,7 +233,9 @@ class ExperienceStore:
         if not path.exists():
             raise StoreError(f"no such file: {path}")
         records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        with _open_text(path, "r") as f:
+            text = f.read()
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -245,6 +247,15 @@ class ExperienceStore:
 
     def dispose(self) -> None:
         self._engine.dispose()
+
+
+def _open_text(path: str | Path, mode: str):
+    """Text file, gzip-compressed when its name ends in .gz."""
+    import gzip
+
+    if str(path).endswith(".gz"):
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
 
 
 def _record(row) -> Experience:

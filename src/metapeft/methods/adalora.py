@@ -1,4 +1,9 @@
-"""AdaLoRA (Zhang et al., 2023): LoRA whose rank budget is re-allocated across layers during training."""
+"""AdaLoRA (Zhang et al., 2023): LoRA whose rank budget is re-allocated across layers during training.
+
+Rank re-allocation runs after every optimiser step (``update_and_allocate``). peft adds AdaLoRA's orthogonal
+regulariser only to a loss returned by the wrapped model; our loss is computed after the mean-pooling head, outside
+it, so that regulariser is not applied here.
+"""
 
 from dataclasses import dataclass
 

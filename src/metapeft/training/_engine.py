@@ -173,6 +173,7 @@ def fit(
         "train_time_s": round(train_time, 3),
         "eval_time_s": round(eval_time, 3),
         "peak_memory_mb": memory.peak_mb,
+        "train_memory_mb": memory.growth_mb,
         "trainable_params": trainable_params,
         "total_params": sum(p.numel() for p in classifier.parameters()),
         "steps": step,
