@@ -10,6 +10,7 @@ loses at most the runs in flight.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ def worker(args: WorkerArgs) -> int:
     from ..training import train
 
     quiet_libraries()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminate → KeyboardInterrupt → run marked interrupted
     torch.set_num_threads(max(1, args.threads))
     design = Design.load(args.design_path)
     entries = {e.name: e for e in load_suite(args.suite)}
@@ -143,6 +145,10 @@ def worker(args: WorkerArgs) -> int:
             ran += 1
         except MetapeftError:
             _set_state(engine, spec.key, "failed")  # the failure is recorded in the store by train()
+        except KeyboardInterrupt:
+            with engine.begin() as conn:  # give the run back so that a restart does it
+                conn.execute(claims.delete().where(claims.c.key == spec.key))
+            return ran
     return ran
 
 
