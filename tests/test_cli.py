@@ -87,3 +87,9 @@ def test_experience_import_peft_results_and_export(tmp_path):
     assert summary["added"] == summary["files"] > 50
     proc = run_cli("experience", "export", str(tmp_path / "out.jsonl"), "--store", url)
     assert proc.returncode == 0 and len((tmp_path / "out.jsonl").read_text().splitlines()) == summary["files"]
+
+
+@pytest.mark.parametrize("args, message", [(["train"], "Missing argument"), (["train", "example", "--max-steps", "abc"], "Invalid value for '--max-steps'"), (["frobnicate"], "No such command")])
+def test_usage_errors_are_reported_not_raised(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr and "internal error" not in proc.stderr

@@ -330,7 +330,7 @@ def experience_export(path: Annotated[Path, typer.Argument(help="JSONL file to w
 
 
 @experience_app.command("import")
-def experience_import(path: Annotated[Path, typer.Argument(help="JSONL file written by `experience export`.")], store: StoreOption = None) -> None:
+def experience_import(path: Annotated[Path, typer.Argument(help="JSONL (or .jsonl.gz) file written by `experience export`.")], store: StoreOption = None) -> None:
     """Add experiences from a JSONL export (records already present are skipped)."""
     from .experience import ExperienceStore
 
@@ -357,26 +357,18 @@ def experience_import_peft(
 
 
 def run() -> None:
-    """Console-script entry point: run the app, turning every error into one line."""
+    """Console-script entry point. Typer's standalone mode prints usage errors itself (exit 2); our errors
+    become one line (exit 2); anything else is a bug, reported in one line too (exit 1)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM → KeyboardInterrupt → run marked interrupted
     try:
-        app(standalone_mode=False)
+        app()
     except MetapeftError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors are handled below; anything else is a bug
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
         if os.environ.get("METAPEFT_DEBUG"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
