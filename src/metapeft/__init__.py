@@ -1,1 +1,48 @@
+"""metapeft: choose and configure parameter-efficient fine-tuning from past fine-tuning experience.
+
+The public surface is re-exported here and imported lazily (PEP 562), so that ``import metapeft`` and the CLI's
+``--version`` stay instant while torch and transformers load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_task": "metapeft.tasks",
+    "load_suite": "metapeft.tasks",
+    "profile_task": "metapeft.tasks",
+    "Task": "metapeft.tasks",
+    "TaskProfile": "metapeft.tasks",
+    "get_method": "metapeft.methods",
+    "list_methods": "metapeft.methods",
+    "register_method": "metapeft.methods",
+    "Method": "metapeft.methods",
+    "MethodConfig": "metapeft.methods",
+    "train": "metapeft.training",
+    "load_classifier": "metapeft.training",
+    "TrainResult": "metapeft.training",
+    "Experience": "metapeft.experience",
+    "ExperienceStore": "metapeft.experience",
+    "MetapeftError": "metapeft._errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from ._errors import MetapeftError
+    from .experience import Experience, ExperienceStore
+    from .methods import Method, MethodConfig, get_method, list_methods, register_method
+    from .tasks import Task, TaskProfile, load_suite, load_task, profile_task
+    from .training import TrainResult, load_classifier, train
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'metapeft' has no attribute {name!r}")
