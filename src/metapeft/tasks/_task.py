@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -48,9 +49,10 @@ class Task:
     def is_pair(self) -> bool:
         return self.train.pairs is not None
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Content hash: the same data gives the same fingerprint wherever it was loaded from."""
+        """Content hash: the same data gives the same fingerprint wherever it was loaded from (computed once:
+        treat a task's data as read-only after first use)."""
         digest = hashlib.sha256(json.dumps(self.label_names).encode())
         for split in (self.train, self.test):
             pairs = split.pairs or [None] * len(split)
