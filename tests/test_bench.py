@@ -92,6 +92,23 @@ def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):
     assert statuses["running"] == 0 and statuses["finished"] == 8  # runs cut by the kill are marked interrupted
 
 
+def test_a_run_that_cannot_start_is_recorded_as_failed(suite, tmp_path):
+    """A broken task file fails its runs before training starts; they land in the store as failed, not fatal."""
+    import shutil
+
+    broken = tmp_path / "suite"
+    shutil.copytree(suite, broken)
+    with open(broken / "sst2_b" / "train.jsonl", "a") as f:
+        f.write('{"text": "unterminated\n')
+    design = {**DESIGN, "methods": ["head_only"], "passes": [{"sizes": [24], "config": "defaults"}]}
+    (broken / "design.json").write_text(json.dumps(design))
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    summary = run_bench(str(broken), str(broken / "design.json"), url, workers=1, time_budget=None)
+    assert summary["done"] == 1 and summary["failed"] == 1
+    (failed,) = ExperienceStore(url).query(status="failed")
+    assert failed.tags["suite_task"] == "sst2_b" and "not valid JSON" in failed.error
+
+
 def test_report_renders_json_and_png(bench_store, tmp_path):
     url, _ = bench_store
     proc = run_cli("report", "--store", url, "--no-prior", "--json", "--html", str(tmp_path / "html"))

@@ -20,7 +20,7 @@ import psutil
 import sqlalchemy as sa
 
 from .._errors import MetapeftError
-from ..experience import ExperienceStore
+from ..experience import Experience, ExperienceStore
 from ._design import Design, expand
 
 _metadata = sa.MetaData()
@@ -143,8 +143,12 @@ def worker(args: WorkerArgs) -> int:
             )
             _set_state(engine, spec.key, "done")
             ran += 1
-        except MetapeftError:
-            _set_state(engine, spec.key, "failed")  # the failure is recorded in the store by train()
+        except MetapeftError as exc:
+            if getattr(exc, "experience_id", None) is None:  # failed before train() recorded the run: record it here
+                store.add(Experience(task_name=spec.task, method=spec.method, model=design.model or "default", hyperparameters=spec.hyperparameters,
+                                     status="failed", error=str(exc), seed=spec.seed, tags={"design": design.name, "design_key": spec.key,
+                                     "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size}))
+            _set_state(engine, spec.key, "failed")
         except KeyboardInterrupt:
             with engine.begin() as conn:  # give the run back so that a restart does it
                 conn.execute(claims.delete().where(claims.c.key == spec.key))

@@ -116,9 +116,13 @@ def train(
     except Exception as exc:
         if store is not None:
             store.mark(experience.id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
-        if isinstance(exc, MetapeftError):
+        error = exc if isinstance(exc, MetapeftError) else MetapeftError(
+            f"training {spec.name} on {task.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience.id})"
+        )
+        error.experience_id = experience.id if store is not None else None  # lets callers tell a recorded failure apart
+        if error is exc:
             raise
-        raise MetapeftError(f"training {spec.name} on {task.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience.id})") from exc
+        raise error from exc
 
     warnings = []
     run_id = None
