@@ -50,6 +50,7 @@ def test_profile_json():
         (["train", "example", "--set", "r=100000"], "out of range"),
         (["train", "example", "--set", "alpha=2"], "no hyperparameter 'alpha'"),
         (["profile", "example", "--model", "/tmp"], "has no config.json"),
+        (["train", "example", "--eval-size", "-1"], "--eval-size must be"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, message):

@@ -43,6 +43,11 @@ def test_config_parsing_and_errors():
         lora.make_config({"r": "2.5"})
     with pytest.raises(MethodError, match="choose one of"):
         lora.make_config({"target_modules": "everything"})
+    assert lora.make_config({"max_steps": 100.0}).max_steps == 100 and isinstance(lora.make_config({"max_steps": 100.0}).max_steps, int)
+    with pytest.raises(MethodError, match="not a valid int"):
+        lora.make_config({"max_steps": 2.5})
+    with pytest.raises(MethodError, match="not a boolean"):
+        lora.make_config({"r": True})
     with pytest.raises(MethodError, match="unknown method 'lorax'"):
         get_method("lorax")
 

@@ -94,3 +94,28 @@ def test_eval_uses_a_stratified_sample_not_the_head(example_task, example_profil
     idx = np.sort(stratified_indices(example_task.test.labels, 50, 0))
     assert idx.max() > 100
     assert abs(np.mean([example_task.test.labels[i] for i in idx]) - np.mean(example_task.test.labels)) < 0.05
+
+
+def test_adalora_stopped_mid_budget_saves_what_it_evaluated(small_task, tmp_path):
+    """Between rank re-allocations pruned ranks regrow; an early stop must apply the pattern before evaluating."""
+    spec = get_method("adalora")
+    config = spec.make_config({"max_steps": 400, "batch_size": 8, "tinit_ratio": 0.0, "tfinal_ratio": 0.05})
+    # deltaT = (400 - 0 - 20) // 10 = 38: ranks are re-allocated at step 38; stop at 45, after regrowth began.
+    result = fit(small_task, spec, config, backbone_info(None), model=None, max_length=32, device=torch.device("cpu"), seed=0, eval_size=16,
+                 should_stop=lambda step, curve: step == 45)
+    assert result.stopped_by == "should_stop" and result.metrics["steps"] == 45 and result.curve[-1]["step"] == 45
+    assert result.model.encoder.peft_config["default"].rank_pattern
+    meta = {"method": "adalora", "base_model": None, "label_names": small_task.label_names, "max_length": 32}
+    save_classifier(result.model, tmp_path, kind="peft", meta=meta)
+    texts = small_task.test.texts[:24]
+    reloaded = load_classifier(tmp_path)
+    from metapeft.training._model import SavedClassifier
+
+    torch.testing.assert_close(reloaded.predict_logits(texts), SavedClassifier(result.model, reloaded.tokenizer, small_task.label_names, 32, meta).predict_logits(texts))
+
+
+def test_max_length_beyond_the_model_is_refused(small_task, example_profile):
+    from metapeft._errors import MethodError
+
+    with pytest.raises(MethodError, match="exceeds all-MiniLM-L6-v2's 512 positions"):
+        train(small_task, "lora", {"max_length": 1000}, profile=example_profile, record=False, track=False)

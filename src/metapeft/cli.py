@@ -183,10 +183,12 @@ def train(
     get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
     if time_budget is not None and time_budget <= 0:
         raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
+    if eval_size < 0:
+        raise MetapeftError(f"--eval-size must be 0 (all) or positive, got {eval_size}")
     task = _load(data, text_column, pair_column, label_column, seed)
     experience_store = ExperienceStore(store)
     with console.status(f"profiling {task.name}…"):
-        task_profile = profile_task(task, model)
+        task_profile = profile_task(task, model, trust_remote_code=trust_remote_code)
 
     columns = [RichText("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=as_json) as bar:

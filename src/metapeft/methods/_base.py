@@ -51,7 +51,7 @@ class Method:
     ``build`` turns a config and the backbone's traits into a ``peft.PeftConfig`` (``None`` for the two
     reference points, full fine-tuning and head-only). ``check`` raises :class:`IncompatibleMethodError` with
     the reason a method cannot run on a model. ``on_step`` is called after every optimiser step (AdaLoRA's
-    rank re-allocation needs it).
+    rank re-allocation needs it), ``on_end`` once after the last one, before the final evaluation.
     """
 
     name: str
@@ -61,6 +61,7 @@ class Method:
     build: Callable[[Any, BackboneInfo], Any] | None = None
     check: Callable[[Any, BackboneInfo], None] | None = None
     on_step: Callable[[Any, int], None] | None = None
+    on_end: Callable[[Any], None] | None = None  # once after the last step (also when a time budget stops early)
     prompt_learning: bool = False  # virtual tokens: token_type_ids are dropped and the mask is extended
 
     # --- hyperparameters -------------------------------------------------------------------------------------
@@ -117,7 +118,13 @@ def _field_type(f: dataclasses.Field, cls: type) -> type:
 def _parse(method: str, f: dataclasses.Field, raw: Any, cls: type) -> Any:
     kind = _field_type(f, cls)
     if not isinstance(raw, str):
-        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        if kind in (int, float) and isinstance(raw, bool):
+            raise MethodError(f"{method}: {f.name}={raw!r} must be a number, not a boolean")
+        if kind is int and isinstance(raw, float):  # JSON and YAML readers turn 100 into 100.0
+            if not raw.is_integer():
+                raise MethodError(f"{method}: {f.name}={raw!r} is not a valid int")
+            return int(raw)
+        if kind is float and isinstance(raw, int):
             return float(raw)
         return raw
     try:

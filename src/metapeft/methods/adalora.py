@@ -55,4 +55,16 @@ def _reallocate(model, step: int) -> None:
     model.base_model.update_and_allocate(step)
 
 
-register_method(Method("adalora", AdaLoraConfig, "LoRA with adaptive rank allocation across layers (peft.AdaLoraConfig).", build=_build, check=_check, on_step=_reallocate))
+def _apply_rank_pattern(model) -> None:
+    # Between re-allocations the optimiser regrows pruned ranks; peft prunes them at save time. A run stopped
+    # early (time budget) must be evaluated as it will be saved, so apply the current pattern now.
+    adalora = model.base_model
+    pattern = adalora.peft_config[adalora.trainable_adapter_name].rank_pattern
+    if pattern:
+        adalora.rankallocator.mask_using_rank_pattern(adalora.model, pattern)
+
+
+register_method(
+    Method("adalora", AdaLoraConfig, "LoRA with adaptive rank allocation across layers (peft.AdaLoraConfig).",
+           build=_build, check=_check, on_step=_reallocate, on_end=_apply_rank_pattern)
+)

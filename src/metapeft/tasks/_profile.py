@@ -65,9 +65,9 @@ def _texts(task: Task, idx) -> list[str]:
     return [f"{split.texts[i]} [SEP] {split.pairs[i]}" for i in idx]
 
 
-def profile_task(task: Task, model: str | None = None, seed: int = 0) -> TaskProfile:
-    info = backbone_info(model)
-    tokenizer = load_tokenizer(model)
+def profile_task(task: Task, model: str | None = None, seed: int = 0, trust_remote_code: bool = False) -> TaskProfile:
+    info = backbone_info(model, trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code)
     labels = np.asarray(task.train.labels)
     counts = np.bincount(labels, minlength=task.num_labels)
     present = counts[counts > 0]

@@ -93,13 +93,15 @@ def fit(
     eval_size: int = 500,
     eval_points: int = 4,
     progress: ProgressCallback | None = None,
+    should_stop: Callable[[int, list[dict]], bool] | None = None,
     trust_remote_code: bool = False,
 ) -> FitResult:
     """Train ``method`` on ``task`` and evaluate at ``eval_points`` evenly spaced steps (the learning curve).
 
     Evaluation uses a seeded stratified subset of the held-out split of ``eval_size`` examples (0 = all of it),
-    never its first rows. ``time_budget`` (seconds of training, evaluation excluded) may stop the run early; the
-    model is then evaluated at the step it reached.
+    never its first rows. ``time_budget`` (seconds of training, evaluation excluded) or ``should_stop(step,
+    curve)`` (e.g. a pruner reading the learning curve) may stop the run early; the model is then evaluated at the
+    step it reached.
     """
     _seed_everything(seed)
     tokenizer = load_tokenizer(model, trust_remote_code)
@@ -150,7 +152,11 @@ def fit(
             running_loss += loss.item()
             running_n += 1
             over_budget = time_budget is not None and train_time >= time_budget
-            if step in eval_at or over_budget:
+            stop = over_budget or (should_stop is not None and step < steps and should_stop(step, curve))
+            if (stop or step == steps) and method.on_end is not None:
+                with torch.no_grad():
+                    method.on_end(classifier.encoder)
+            if step in eval_at or stop:
                 started = time.perf_counter()
                 accuracy, macro_f1 = evaluate(classifier, eval_data, device)
                 eval_time += time.perf_counter() - started
@@ -161,8 +167,8 @@ def fit(
                 running_loss, running_n = 0.0, 0
             if progress is not None:
                 progress(step, steps, {"loss": loss.item(), **({"accuracy": curve[-1]["accuracy"]} if curve else {})})
-            if over_budget:
-                stopped_by = "time_budget"
+            if stop:
+                stopped_by = "time_budget" if over_budget else "should_stop"
                 break
 
     trainable_params = sum(p.numel() for p in trainable)

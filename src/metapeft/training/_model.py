@@ -64,7 +64,8 @@ class SavedClassifier:
                 texts[i : i + batch_size], pairs[i : i + batch_size] if pairs else None,
                 truncation=True, max_length=self.max_length, padding=True, return_tensors="pt",
             )
-            out.append(self.model(**batch).float())
+            device = next(self.model.parameters()).device
+            out.append(self.model(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
         return torch.cat(out)
 
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[str]:
@@ -75,16 +76,19 @@ def save_classifier(model: TextClassifier, path: Path, *, kind: str, meta: dict)
     """Write the adapter (peft format), full encoder (full fine-tuning) or nothing (head-only), plus the head
     and ``metapeft.json``. Returns the bytes written for the trained parameters."""
     path.mkdir(parents=True, exist_ok=True)
+    written = [path / HEAD_FILE]
     if kind == "peft":
-        model.encoder.save_pretrained(path)  # adapter_config.json + adapter_model.safetensors
+        model.encoder.save_pretrained(path)
+        written += [path / "adapter_config.json", path / "adapter_model.safetensors"]
     elif kind == "full":
         model.encoder.save_pretrained(path / "encoder", safe_serialization=True)
+        written += [f for f in (path / "encoder").rglob("*") if f.is_file()]
     save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(path / HEAD_FILE))
     (path / META_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, "kind": kind, **meta}, indent=2))
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name != META_FILE)
+    return sum(f.stat().st_size for f in written if f.exists())
 
 
-def load_classifier(path: str | Path, device: str = "cpu") -> SavedClassifier:
+def load_classifier(path: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> SavedClassifier:
     """Rebuild a classifier saved by ``metapeft train`` (safetensors only: nothing is unpickled)."""
     from peft import PeftModel
     from transformers import AutoModel
@@ -96,9 +100,9 @@ def load_classifier(path: str | Path, device: str = "cpu") -> SavedClassifier:
     meta = json.loads(meta_path.read_text())
     base = meta["base_model"]
     if meta["kind"] == "full":
-        encoder = AutoModel.from_pretrained(path / "encoder")
+        encoder = AutoModel.from_pretrained(path / "encoder", trust_remote_code=trust_remote_code)
     else:
-        encoder = load_encoder(base)
+        encoder = load_encoder(base, trust_remote_code)
         if meta["kind"] == "peft":
             encoder = PeftModel.from_pretrained(encoder, path)
     head_state = load_file(str(path / HEAD_FILE))
@@ -106,4 +110,4 @@ def load_classifier(path: str | Path, device: str = "cpu") -> SavedClassifier:
     model = TextClassifier(encoder, num_labels, hidden, prompt_learning=meta.get("prompt_learning", False))
     model.head.load_state_dict(head_state)
     model.to(device).eval()
-    return SavedClassifier(model, load_tokenizer(base), meta["label_names"], meta["max_length"], meta)
+    return SavedClassifier(model, load_tokenizer(base, trust_remote_code), meta["label_names"], meta["max_length"], meta)

@@ -10,7 +10,7 @@ from typing import Any
 from .._backbone import backbone_info, resolve_model
 from .._config import runs_dir
 from .._environment import environment, pick_device
-from .._errors import MetapeftError
+from .._errors import MetapeftError, MethodError
 from ..experience import Experience, ExperienceStore
 from ..methods import get_method
 from ..tasks import Task, TaskProfile, profile_task
@@ -68,12 +68,14 @@ def train(
     """
     spec = get_method(method)
     config = spec.make_config(hyperparameters)
-    model_name, _ = resolve_model(model)
+    model_name, model_path = resolve_model(model)
     backbone = backbone_info(model, trust_remote_code)
     spec.check_compatible(config, backbone)
     torch_device = pick_device(device)
-    profile = profile or profile_task(task, model)
+    profile = profile or profile_task(task, model, trust_remote_code=trust_remote_code)
     max_length = config.max_length or profile.sequence_length
+    if backbone.max_positions and config.max_length > backbone.max_positions:
+        raise MethodError(f"{spec.name}: max_length={config.max_length} exceeds {model_name}'s {backbone.max_positions} positions; lower max_length")
     if spec.prompt_learning and backbone.max_positions:
         max_length = min(max_length, backbone.max_positions - getattr(config, "num_virtual_tokens", 0))
 
@@ -102,7 +104,7 @@ def train(
         if save:
             out = Path(output_dir) if output_dir else runs_dir() / experience.id
             meta = {
-                "method": spec.name, "base_model": model_name if model is None else model, "label_names": task.label_names,
+                "method": spec.name, "base_model": model_name if model is None else model_path,  # absolute for local models: reloadable from anywhere "label_names": task.label_names,
                 "max_length": max_length, "prompt_learning": spec.prompt_learning, "pooling": "mean",
                 "hyperparameters": config.as_dict(), "task": task.name, "task_fingerprint": task.fingerprint,
                 "experience_id": experience.id,
