@@ -48,6 +48,20 @@ def test_design_expands_deterministically(suite):
     assert len(lrs) == 4  # a space-filling draw per (task, config), not the defaults
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"eval_points": 0}, "eval_points must be"),
+    ({"fixed": {"max_stepz": 3}}, "unknown hyperparameters: max_stepz"),
+    ({"passes": [{"sizes": [24], "config": "sobolx"}]}, "needs config 'defaults' or 'sobol'"),
+    ({"methods": ["lorax"]}, "unknown method 'lorax'"),
+])
+def test_bad_designs_are_refused(tmp_path, change, message):
+    from metapeft._errors import MetapeftError
+
+    (tmp_path / "d.json").write_text(json.dumps({**DESIGN, **change}))
+    with pytest.raises(MetapeftError, match=message):
+        Design.load(tmp_path / "d.json")
+
+
 @pytest.fixture(scope="module")
 def bench_store(suite, tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('bench') / 'b.db'}"

@@ -116,6 +116,13 @@ def test_stratified_indices_keep_every_class_and_are_seeded():
     assert stratified_indices(labels, 20, seed=0).tolist() == idx.tolist()
 
 
+def test_held_out_split_never_takes_a_class_last_example(tmp_path):
+    rows = ROWS + [{"text": "a lone example of a rare class", "label": "rare"}]
+    task = load_task(write_jsonl(tmp_path / "rare.jsonl", rows), seed=0)
+    rare = task.label_names.index("rare")
+    assert rare in task.train.labels and rare not in task.test.labels
+
+
 def test_subsample_is_stratified_and_named(example_task):
     sub = example_task.subsample(64, seed=3)
     assert len(sub.train) == 64 and sub.name == "sst2-mini@64" and sub.test is example_task.test

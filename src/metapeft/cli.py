@@ -249,6 +249,8 @@ def bench(
     total = len(expand(parsed, [e.name for e in load_suite(suite)]))
     if workers < 1:
         raise MetapeftError(f"--workers must be at least 1, got {workers}")
+    if time_budget is not None and time_budget <= 0:
+        raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
     columns = [RichText("[bold]bench {task.description}"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=as_json) as bar:
         job = bar.add_task(parsed.name, total=total, info="")

@@ -9,6 +9,7 @@ same order, with the same keys.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -52,9 +53,20 @@ class Design:
             raise MetapeftError(f"no design file at {path}") from None
         except (json.JSONDecodeError, TypeError, KeyError) as exc:
             raise MetapeftError(f"{path}: not a valid bench design ({exc})") from None
-        for m in design.methods:
-            get_method(m)
+        design.validate(path)
         return design
+
+    def validate(self, where: str | Path = "design") -> None:
+        for m in self.methods:
+            get_method(m)
+        if self.eval_points < 1 or self.eval_size < 0:
+            raise MetapeftError(f"{where}: eval_points must be >= 1 and eval_size >= 0")
+        known = set().union(*({f.name for f in get_method(m).fields()} for m in self.methods))
+        if unknown := set(self.fixed) - known:
+            raise MetapeftError(f"{where}: 'fixed' names unknown hyperparameters: {', '.join(sorted(unknown))}")
+        for i, p in enumerate(self.passes):
+            if p.config not in ("defaults", "sobol") or p.repeats < 1 or not p.sizes or min(p.sizes) < 2:
+                raise MetapeftError(f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1 and train sizes >= 2")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,8 +110,12 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
                                 warnings.simplefilter("ignore")
                                 params = studies[method].ask(space).params
                             configs.append((f"p{p_index}s{r}", params))
+                    # Sobol points depend on the order of all earlier draws; the key carries a hash of the values so
+                    # that a changed expansion (tasks added or reordered) can never file other settings under an old key.
                     for config_id, params in configs:
                         hyperparameters = spec.make_config({**params, **_fixed_for(spec, design.fixed)}).as_dict()
+                        if config_id != "default":
+                            config_id += "-" + hashlib.sha256(json.dumps(hyperparameters, sort_keys=True).encode()).hexdigest()[:8]
                         for seed in p.seeds or design.seeds:
                             key = f"{design.name}/{task}/{size}/{method}/{config_id}/{seed}"
                             runs.append(RunSpec(key, task, size, method, config_id, seed, hyperparameters))

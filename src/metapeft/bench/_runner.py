@@ -62,21 +62,24 @@ def release_stale_claims(store: ExperienceStore, retry_failed: bool = False) -> 
 
 
 def finished_keys(store: ExperienceStore, design_name: str | None = None) -> set[str]:
-    keys = set()
-    for record in store.iter(status="finished"):
-        key = record.tags.get("design_key")
-        if key and (design_name is None or key.startswith(design_name + "/")):
-            keys.add(key)
-    return keys
+    """Design keys of finished runs (read with one light query: tags only, not whole records)."""
+    from ..experience._store import experiences
+
+    key = experiences.c.tags["design_key"].as_string()
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(key).where(experiences.c.status == "finished", key.is_not(None))).scalars().all()
+    return {k for k in rows if k and (design_name is None or k.startswith(design_name + "/"))}
 
 
 def progress_counts(store: ExperienceStore, keys: set[str]) -> dict[str, int]:
+    """done = finished records (the truth, whatever the claims say); failed/running from the claims."""
     engine = _engine(store)
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(claims.c.key, claims.c.state)).all()
-    counts = {"done": 0, "failed": 0, "running": 0}
+        rows = conn.execute(sa.select(claims.c.key, claims.c.state).where(claims.c.state != "done")).all()
+    done = finished_keys(store) & keys
+    counts = {"done": len(done), "failed": 0, "running": 0}
     for key, state in rows:
-        if key in keys:
+        if key in keys and key not in done:
             counts[{"claimed": "running"}.get(state, state)] += 1
     return counts
 
@@ -107,6 +110,13 @@ class WorkerArgs:
 
 def worker(args: WorkerArgs) -> int:
     """Claim and run design runs until none is left. Returns how many this worker ran."""
+    try:
+        return _work(args)
+    except KeyboardInterrupt:  # Ctrl-C or terminate while not inside a run: nothing to clean up
+        return 0
+
+
+def _work(args: WorkerArgs) -> int:
     import torch
 
     from .._environment import quiet_libraries
@@ -129,6 +139,7 @@ def worker(args: WorkerArgs) -> int:
             continue
         if not _try_claim(engine, spec.key):
             continue
+        tags = {"design": design.name, "design_key": spec.key, "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size}
         try:
             if spec.task not in tasks:
                 tasks = {spec.task: entries[spec.task].load()}  # keep one full task in memory at a time
@@ -138,21 +149,20 @@ def worker(args: WorkerArgs) -> int:
             train(
                 task, spec.method, spec.hyperparameters, model=design.model, seed=spec.seed, time_budget=args.time_budget,
                 save=False, eval_size=design.eval_size, eval_points=design.eval_points, profile=profiles[task.fingerprint],
-                store=store, track=False,
-                tags={"design": design.name, "design_key": spec.key, "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size},
+                store=store, track=False, tags=tags,
             )
             _set_state(engine, spec.key, "done")
             ran += 1
-        except MetapeftError as exc:
-            if getattr(exc, "experience_id", None) is None:  # failed before train() recorded the run: record it here
-                store.add(Experience(task_name=spec.task, method=spec.method, model=design.model or "default", hyperparameters=spec.hyperparameters,
-                                     status="failed", error=str(exc), seed=spec.seed, tags={"design": design.name, "design_key": spec.key,
-                                     "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size}))
-            _set_state(engine, spec.key, "failed")
         except KeyboardInterrupt:
             with engine.begin() as conn:  # give the run back so that a restart does it
                 conn.execute(claims.delete().where(claims.c.key == spec.key))
             return ran
+        except Exception as exc:  # failures are data, not the end of the bench
+            if getattr(exc, "experience_id", None) is None:  # failed before train() recorded the run: record it here
+                error = str(exc) if isinstance(exc, MetapeftError) else f"{type(exc).__name__}: {exc}"
+                store.add(Experience(task_name=spec.task, method=spec.method, model=design.model or "default", hyperparameters=spec.hyperparameters,
+                                     status="failed", error=error[:4000], seed=spec.seed, tags=tags))
+            _set_state(engine, spec.key, "failed")
     return ran
 
 

@@ -128,7 +128,7 @@ class ExperienceStore:
 
     def add_many(self, records: Iterable[Experience], *, skip_existing: bool = True) -> int:
         """Insert many records in one transaction; with ``skip_existing`` ids already stored are left alone."""
-        records = list(records)
+        records = list({r.id: r for r in records}.values())  # a file may repeat a record
         if skip_existing and records:
             existing = set()
             ids = [r.id for r in records]
@@ -136,7 +136,10 @@ class ExperienceStore:
                 for i in range(0, len(ids), 500):
                     existing |= set(conn.execute(sa.select(experiences.c.id).where(experiences.c.id.in_(ids[i : i + 500]))).scalars())
             records = [r for r in records if r.id not in existing]
-        self._insert(records, owner=False)
+        try:
+            self._insert(records, owner=False)
+        except sa.exc.IntegrityError:
+            raise StoreError("another process added some of these records at the same time; run the import again (it skips what is stored)") from None
         return len(records)
 
     def finish(self, experience_id: str, **fields: Any) -> None:
@@ -155,7 +158,10 @@ class ExperienceStore:
             conn.execute(experiences.insert(), rows)
 
     def _row(self, r: Experience, owner: bool) -> dict[str, Any]:
-        row = {k: getattr(r, k) for k in ("id", "created_at", "updated_at", "status", "source", "task_name", "task_fingerprint", "model", "method", "seed", "error")}
+        row = {k: getattr(r, k) for k in ("id", "status", "source", "task_name", "task_fingerprint", "model", "method", "seed", "error")}
+        for key in ("created_at", "updated_at"):  # SQLite keeps no offsets: store everything in UTC
+            stamp = getattr(r, key)
+            row[key] = stamp.astimezone(timezone.utc) if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
         row.update({k: _jsonable(getattr(r, k)) for k in _JSON_FIELDS})
         row["accuracy"] = r.metrics.get("accuracy")
         row["host"], row["pid"] = (self._host, os.getpid()) if owner else (None, None)
@@ -176,8 +182,13 @@ class ExperienceStore:
                 sa.select(experiences.c.id, experiences.c.pid).where(experiences.c.status == "running", experiences.c.host == self._host)
             ).all()
         dead = [r.id for r in rows if r.pid is None or not psutil.pid_exists(r.pid) or _is_zombie(r.pid)]
-        for experience_id in dead:
-            self.mark(experience_id, "interrupted", error="the process running it ended without finishing (killed or crashed)")
+        if dead:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    experiences.update()
+                    .where(experiences.c.id.in_(dead), experiences.c.status == "running")
+                    .values(status="interrupted", error="the process running it ended without finishing (killed or crashed)", updated_at=datetime.now(timezone.utc))
+                )
         return len(dead)
 
     # --- reading -----------------------------------------------------------------------------------------------

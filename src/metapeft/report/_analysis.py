@@ -25,7 +25,8 @@ def frame(records: list[Experience]) -> pd.DataFrame:
         if r.status != "finished" or r.metrics.get("accuracy") is None:
             continue
         task = r.tags.get("suite_task") or r.task_name.split("@")[0]
-        size = r.tags.get("train_size") or r.profile.get("dataset_size") or r.tags.get("n_train") or 0
+        # the size trained on (a design size above a task's size trains on the whole task)
+        size = r.profile.get("dataset_size") or r.tags.get("n_train") or r.tags.get("train_size") or 0
         rows.append({
             "task": task, "size": int(size), "method": r.method, "accuracy": float(r.metrics["accuracy"]),
             "macro_f1": r.metrics.get("macro_f1"), "train_time_s": r.metrics.get("train_time_s"),
@@ -37,8 +38,10 @@ def frame(records: list[Experience]) -> pd.DataFrame:
 
 
 def analyse(records: list[Experience]) -> dict:
+    records = list({r.id: r for r in records}.values())  # the prior imported into one's own store counts once
     df = frame(records)
-    failed = sum(1 for r in records if r.status == "failed")
+    finished_keys = {r.tags.get("design_key") for r in records if r.status == "finished"}
+    failed = sum(1 for r in records if r.status == "failed" and (r.tags.get("design_key") is None or r.tags["design_key"] not in finished_keys))
     if df.empty:
         return {"runs": 0, "failed": failed, "tasks": 0, "methods": [], "per_task": {}}
     cell = ["task", "size", "seed"]
@@ -93,6 +96,8 @@ def analyse(records: list[Experience]) -> dict:
             "winner_changes_with_size": _winner_changes(per_task),
         },
         "mean_gap": {m: round(float(g), 4) for m, g in mean_gap.sort_values().items()},
+        # share of cells in which the method has a finished run: gaps and wins only count cells it ran in
+        "coverage": {m: round(float(c) / n_cells, 3) for m, c in cells.groupby("method").size().items()},
         "accuracy_by_size": {m: {int(s): round(float(v), 4) for s, v in row.dropna().items()} for m, row in by_size.iterrows()},
         "tradeoffs": {m: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()} for m, row in tradeoffs.iterrows()},
         "sensitivity": sensitivity(df),
@@ -144,13 +149,15 @@ def sensitivity(df: pd.DataFrame) -> dict:
         result = {}
         for name in params.columns:
             values = pd.to_numeric(params[name], errors="coerce")
+            keep = values.notna()
+            values, relative = values[keep], group.relative[keep]
             if values.nunique() < 3:
                 continue
             if "learning_rate" in name:
                 values = np.log10(values.clip(lower=1e-12))
-            rho = spearmanr(values, group.relative).statistic
+            rho = spearmanr(values, relative).statistic
             if not math.isnan(rho):
-                result[name] = {"spearman": round(float(rho), 3), "n": int(values.notna().sum())}
+                result[name] = {"spearman": round(float(rho), 3), "n": int(len(values))}
         if result:
             out[method] = result
     return out

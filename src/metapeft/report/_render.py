@@ -143,9 +143,9 @@ def markdown(summary: dict) -> str:
         ranked = list(d["by_method"].items())
         runner = f"{ranked[1][0]} ({100 * ranked[1][1]['gap']:.1f})" if len(ranked) > 1 else "—"
         lines.append(f"| {task} | {d['best_method']} | {d['best_accuracy']:.3f} | {runner} | {', '.join(map(str, d['sizes']))} |")
-    lines += ["", "| method | cells won | mean gap to best (points) |", "|---|---|---|"]
+    lines += ["", "| method | cells won | mean gap to best (points) | cells covered |", "|---|---|---|---|"]
     for m, g in summary["mean_gap"].items():
-        lines.append(f"| {m} | {summary['wins'].get(m, 0):g} | {100 * g:.1f} |")
+        lines.append(f"| {m} | {summary['wins'].get(m, 0):g} | {100 * g:.1f} | {100 * summary['coverage'].get(m, 0):.0f}% |")
     return "\n".join(lines) + "\n"
 
 

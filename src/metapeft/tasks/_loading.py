@@ -242,7 +242,7 @@ def _holdout(train: Split, fraction: float, seed: int, where: str) -> tuple[Spli
     n_test = max(1, round(len(train) * fraction))
     if len(train) - n_test < 2:
         raise TaskError(f"{where}: only {len(train)} rows, too few to hold out a test split; add data or give a test file")
-    test_idx = stratified_indices(train.labels, n_test, seed)
+    test_idx = stratified_indices(train.labels, n_test, seed, leave=1)
     mask = np.ones(len(train), dtype=bool)
     mask[test_idx] = False
     return train.select(np.flatnonzero(mask)), train.select(test_idx)

@@ -78,24 +78,27 @@ class Task:
         )
 
 
-def stratified_indices(labels: list[int], n: int, seed: int) -> np.ndarray:
+def stratified_indices(labels: list[int], n: int, seed: int, leave: int = 0) -> np.ndarray:
     """Indices of a seeded sample of ``n`` rows whose class proportions follow ``labels``.
 
     Every class present keeps at least one row while ``n`` allows it (scikit-learn's stratified splitter
     refuses classes with a single member, which real long-tailed tasks such as clinc150 subsets have).
+    ``leave`` rows of every class stay out of the sample (a held-out split must not take a class's last
+    training example).
     """
     labels_arr = np.asarray(labels)
-    n = min(n, len(labels_arr))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels_arr, return_counts=True)
-    quota = np.floor(counts / counts.sum() * n).astype(int)
-    quota = np.maximum(quota, 1) if n >= len(classes) else quota
+    available = np.maximum(counts - leave, 0)
+    n = min(n, int(available.sum()))
+    quota = np.minimum(np.floor(counts / counts.sum() * n).astype(int), available)
+    quota = np.minimum(np.maximum(quota, 1), available) if n >= len(classes) else quota
     # Hand out what rounding left over (or take back any excess), largest remainders first.
     order = np.argsort(-(counts / counts.sum() * n - quota))
     i = 0
     while quota.sum() != n:
         c = order[i % len(order)]
-        if quota.sum() < n and quota[c] < counts[c]:
+        if quota.sum() < n and quota[c] < available[c]:
             quota[c] += 1
         elif quota.sum() > n and quota[c] > 1:
             quota[c] -= 1
