@@ -57,12 +57,18 @@ def test_failed_run_is_recorded_with_its_error(small_task, example_profile, tmp_
     import metapeft.training._run as run_module
     from metapeft._errors import MetapeftError
 
+    from metapeft.tracking import MLflowTracker
+
     store = ExperienceStore(f"sqlite:///{tmp_path / 'f.db'}")
+    tracker = MLflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(run_module, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
     with pytest.raises(MetapeftError, match="failed: RuntimeError: out of memory"):
-        train(small_task, "lora", {"max_steps": 2}, profile=example_profile, store=store, track=False)
+        train(small_task, "lora", {"max_steps": 2}, profile=example_profile, store=store, tracker=tracker)
     (record,) = store.query()
     assert record.status == "failed" and "out of memory" in record.error
+    (run,) = tracker.client.search_runs([tracker.experiment_id])
+    assert run.info.status == "FAILED" and "out of memory" in run.data.tags["metapeft.error"]
+    assert run.data.tags["metapeft.experience_id"] == record.id
 
 
 def test_sigkill_mid_training_leaves_the_store_readable(tmp_path):

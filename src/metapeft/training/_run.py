@@ -118,6 +118,8 @@ def train(
     except Exception as exc:
         if store is not None:
             store.mark(experience.id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        if track:
+            _log_failure(tracker, task, spec, model_name, config, experience.id, exc)
         error = exc if isinstance(exc, MetapeftError) else MetapeftError(
             f"training {spec.name} on {task.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience.id})"
         )
@@ -154,6 +156,18 @@ def train(
         curve=result.curve, adapter_path=adapter_path, experience_id=experience.id if store is not None else None,
         mlflow_run_id=run_id, stopped_by=result.stopped_by, warnings=warnings,
     )
+
+
+def _log_failure(tracker, task: Task, spec, model_name: str, config, experience_id: str, exc: Exception) -> None:
+    """Failed runs go to MLflow too (status FAILED, the error as a tag), best effort."""
+    try:
+        (tracker or _default_tracker()).log_run(
+            name=f"{task.name}/{spec.name}", params=config.as_dict(), metrics={}, curve=[], status="FAILED",
+            tags={"metapeft.task": task.name, "metapeft.method": spec.name, "metapeft.model": model_name,
+                  "metapeft.experience_id": experience_id, "metapeft.error": f"{type(exc).__name__}: {exc}"[:5000]},
+        )
+    except Exception as tracking_error:
+        log.warning(f"MLflow logging of the failed run failed: {tracking_error}")
 
 
 _TRACKER = None
