@@ -141,3 +141,37 @@ def test_report_renders_json_and_png(bench_store, tmp_path):
 def test_report_without_runs_is_a_clear_error(tmp_path):
     proc = run_cli("report", "--store", f"sqlite:///{tmp_path / 'e.db'}", "--no-prior")
     assert proc.returncode == 2 and "no finished runs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prior_packaging_is_read_only_apart_and_switchable(bench_store, tmp_path, monkeypatch):
+    from metapeft._errors import StoreError
+    from metapeft.prior import PriorExperience, experiences, write_prior
+
+    url, _ = bench_store
+    path = tmp_path / "prior.jsonl.gz"
+    assert write_prior(ExperienceStore(url), "tiny", path) == 8
+    first = path.read_bytes()
+    write_prior(ExperienceStore(url), "tiny", path)
+    assert path.read_bytes() == first  # same runs, same bytes: the committed prior is reproducible
+    prior = PriorExperience(path)
+    assert len(prior.records()) == 8 and {r.source for r in prior.records()} == {"prior"}
+    with pytest.raises(StoreError, match="read-only"):
+        prior.add(prior.records()[0])
+
+    own = ExperienceStore(f"sqlite:///{tmp_path / 'own.db'}")
+    monkeypatch.setattr("metapeft.prior.EXPERIENCES_PATH", path)
+    monkeypatch.setattr(PriorExperience.__init__, "__defaults__", (path,))
+    assert len(experiences(own)) == 8 and len(experiences(own, include_prior=False)) == 0
+    monkeypatch.setenv("METAPEFT_PRIOR", "0")
+    assert experiences(own) == []
+    assert own.count() == 0  # the prior never lands in the user's store
+
+
+def test_shipped_prior_is_real_suite_experience():
+    from metapeft.prior import PriorExperience
+
+    records = PriorExperience().records()
+    assert records, "the package ships no prior"
+    assert all(r.source == "prior" and r.tags["design"] == "prior-v1" for r in records)
+    finished = [r for r in records if r.status == "finished"]
+    assert finished and all(0 <= r.metrics["accuracy"] <= 1 and len(r.curve) == 4 and r.profile["dataset_size"] in (64, 256, 1024) for r in finished)
