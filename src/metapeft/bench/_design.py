@@ -41,6 +41,7 @@ class Design:
     seeds: list[int] = field(default_factory=lambda: [0])
     sampler_seed: int = 0
     tasks: list[str] | None = None  # None = every task of the suite
+    max_length_cap: int | None = None  # cap on the profile's automatic sequence length (cost control)
 
     @classmethod
     def load(cls, path: str | Path) -> Design:

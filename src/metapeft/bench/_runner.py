@@ -146,8 +146,11 @@ def _work(args: WorkerArgs) -> int:
             task = tasks[spec.task].subsample(spec.size, seed=spec.seed)
             if task.fingerprint not in profiles:
                 profiles[task.fingerprint] = profile_task(task, design.model)
+            hyperparameters = dict(spec.hyperparameters)
+            if design.max_length_cap and not hyperparameters.get("max_length"):
+                hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
             train(
-                task, spec.method, spec.hyperparameters, model=design.model, seed=spec.seed, time_budget=args.time_budget,
+                task, spec.method, hyperparameters, model=design.model, seed=spec.seed, time_budget=args.time_budget,
                 save=False, eval_size=design.eval_size, eval_points=design.eval_points, profile=profiles[task.fingerprint],
                 store=store, track=False, tags=tags,
             )
