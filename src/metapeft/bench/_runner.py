@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import psutil
 import sqlalchemy as sa
 
 from .._errors import MetapeftError
 from ..experience import Experience, ExperienceStore
+from ..experience._store import process_gone
 from ._design import Design, expand
 
 _metadata = sa.MetaData()
@@ -54,7 +54,7 @@ def release_stale_claims(store: ExperienceStore, retry_failed: bool = False) -> 
     with engine.connect() as conn:
         rows = conn.execute(sa.select(claims.c.key, claims.c.pid).where(claims.c.state == "claimed", claims.c.host == host)).all()
         failed = conn.execute(sa.select(claims.c.key).where(claims.c.state == "failed")).scalars().all() if retry_failed else []
-    stale = [r.key for r in rows if not psutil.pid_exists(r.pid) or _zombie(r.pid)] + list(failed)
+    stale = [r.key for r in rows if process_gone(r.pid)] + list(failed)
     if stale:
         with engine.begin() as conn:
             conn.execute(claims.delete().where(claims.c.key.in_(stale)))
@@ -167,13 +167,6 @@ def _work(args: WorkerArgs) -> int:
                                      status="failed", error=error[:4000], seed=spec.seed, tags=tags))
             _set_state(engine, spec.key, "failed")
     return ran
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
 
 
 def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_budget: float | None, on_progress=None, retry_failed: bool = False) -> dict:

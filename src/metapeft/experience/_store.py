@@ -181,7 +181,7 @@ class ExperienceStore:
             rows = conn.execute(
                 sa.select(experiences.c.id, experiences.c.pid).where(experiences.c.status == "running", experiences.c.host == self._host)
             ).all()
-        dead = [r.id for r in rows if r.pid is None or not psutil.pid_exists(r.pid) or _is_zombie(r.pid)]
+        dead = [r.id for r in rows if r.pid is None or process_gone(r.pid)]
         if dead:
             with self._engine.begin() as conn:
                 conn.execute(
@@ -281,7 +281,8 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _is_zombie(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
+    """True when no live process (on this host) has ``pid``: it ended, or is a zombie awaiting its parent."""
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
