@@ -65,12 +65,25 @@ def quiet_libraries() -> None:
     """Silence library deprecation chatter: not actionable for our users; real problems arrive as exceptions."""
     import warnings
 
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
+    for category in (FutureWarning, DeprecationWarning, UserWarning):  # peft's PeftWarning is a UserWarning
         warnings.filterwarnings("ignore", category=category)
-    try:
-        from peft.utils.warning import PeftWarning
-
-        warnings.filterwarnings("ignore", category=PeftWarning)
-    except ImportError:
-        pass
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def single_threaded(fn):
+    """Run ``fn`` with one torch thread: for tiny networks (the meta-learners) extra threads only add
+    synchronisation, and they stall badly when the cores are busy, e.g. beside a benchmark."""
+    import functools
+
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper

@@ -297,6 +297,167 @@ def report(
         console.print(f"wrote {len(summary['files'])} files to {html_dir} (open {html_dir / 'index.html'})")
 
 
+PriorOption = Annotated[bool, typer.Option("--prior/--no-prior", help="Learn from the shipped prior experience too.")]
+
+
+def _meta(store: Optional[str], prior: bool, model: Optional[str] = None):
+    from .experience import ExperienceStore
+    from .meta import MetaPEFT
+
+    meta = MetaPEFT(ExperienceStore(store), include_prior=prior, model=model)
+    with console.status("loading the meta-learner…") as status:
+        meta.fit(progress=lambda text: status.update(text + "…"))
+    return meta
+
+
+def _task_profile(meta, data: str, text_column, pair_column, label_column) -> dict:
+    task = _load(data, text_column, pair_column, label_column)
+    with console.status(f"profiling {task.name}…"):
+        return meta.profile(task)
+
+
+def _interval(d: dict, fmt: str, scale: float = 1.0) -> str:
+    return f"{format(d['mean'] * scale, fmt)} [{format(d['low'] * scale, fmt)}–{format(d['high'] * scale, fmt)}]"
+
+
+@app.command()
+def recommend(
+    data: DataArgument,
+    model: ModelOption = None,
+    max_memory: Annotated[Optional[float], typer.Option("--max-memory", help="Peak memory limit in MB: methods expected to exceed it are excluded.", show_default=False)] = None,
+    max_time: Annotated[Optional[float], typer.Option("--max-time", help="Training time limit in seconds: methods expected to exceed it are excluded.", show_default=False)] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods to rank [default: the whole zoo].", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps you will run (the budget every prediction assumes) [default: each method's default].", show_default=False)] = None,
+    store: StoreOption = None,
+    prior: PriorOption = True,
+    as_json: JsonOption = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Rank PEFT methods for a task: confidence each is best, expected accuracy/time/memory, settings and why."""
+    from .methods import get_method
+
+    names = [get_method(m).name for m in methods.split(",") if m.strip()] if methods else None
+    for value, flag in ((max_memory, "--max-memory"), (max_time, "--max-time"), (max_steps, "--max-steps")):
+        if value is not None and value <= 0:
+            raise MetapeftError(f"{flag} must be positive, got {value}")
+    meta = _meta(store, prior, model)
+    profile = _task_profile(meta, data, text_column, pair_column, label_column)
+    ranking = meta.recommend(profile, max_memory_mb=max_memory, max_time_s=max_time, methods=names, budget={"max_steps": max_steps} if max_steps else None)
+    similar = meta.similar(profile)
+    if as_json:
+        _print_json({
+            "task": profile["task_name"], "fingerprint": profile["fingerprint"], "model": profile["model"].get("name"),
+            "experience": {"runs": len(meta.experiences()), "tasks": len({c.group for c in meta.cells()[0]})},
+            "recommendations": [r.as_dict() for r in ranking],
+            "similar_tasks": [vars(s) for s in similar],
+        })  # fmt: skip
+        return
+    table = Table(title=f"methods for {profile['task_name']} ({profile['dataset_size']} examples, {profile['num_classes']} classes) — 90% intervals")
+    for column in ("#", "method", "P(best)", "accuracy %", "train s", "peak MB", "settings"):
+        table.add_column(column)
+    for r in ranking:
+        e = r.expected_performance
+        shown = {k: v for k, v in r.hyperparameters.items() if k in ("learning_rate", "r", "num_virtual_tokens", "target_modules", "init_r", "target_r")}
+        settings = " ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        style = None if r.feasible else "dim"
+        table.add_row(str(r.rank), r.method, f"{r.confidence:.2f}", _interval(e["accuracy"], ".1f", 100), _interval(e["train_time_s"], ".0f"), _interval(e["peak_memory_mb"], ".0f"), settings, style=style)
+    out.print(table)
+    for r in ranking[:3]:
+        out.print(f"[bold]{r.method}[/]: {r.reasoning}", highlight=False)
+    out.print("similar past tasks: " + ", ".join(f"{s.task} (best {s.best_method} {100 * s.best_accuracy:.1f}%)" for s in similar), highlight=False)
+
+
+@app.command()
+def similar(
+    data: DataArgument,
+    k: Annotated[int, typer.Option("-k", help="How many similar tasks.")] = 5,
+    model: ModelOption = None,
+    store: StoreOption = None,
+    prior: PriorOption = True,
+    as_json: JsonOption = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """The past tasks nearest to a task in the learned task embedding, with their best methods."""
+    if k < 1:
+        raise MetapeftError(f"-k must be at least 1, got {k}")
+    meta = _meta(store, prior, model)
+    profile = _task_profile(meta, data, text_column, pair_column, label_column)
+    found = meta.similar(profile, k)
+    if as_json:
+        _print_json([vars(s) for s in found])
+        return
+    table = Table(title=f"tasks similar to {profile['task_name']}")
+    for column in ("task", "distance", "best method", "best accuracy", "runner-up"):
+        table.add_column(column)
+    for s in found:
+        second = list(s.scores.items())[1] if len(s.scores) > 1 else ("—", 0.0)
+        table.add_row(s.task, f"{s.distance:.3f}", s.best_method, f"{100 * s.best_accuracy:.1f}", f"{second[0]} {100 * second[1]:.1f}")
+    out.print(table)
+
+
+@app.command(name="map")
+def task_map(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for map.png and index.html.")] = Path("metapeft-map"),
+    store: StoreOption = None,
+    prior: PriorOption = True,
+    as_json: JsonOption = False,
+) -> None:
+    """A 2-D map of all past tasks in the learned embedding, coloured by their best method (PNG + HTML)."""
+    from .report import render_map
+
+    meta = _meta(store, prior)
+    points = meta.task_map()
+    files = render_map(points, output)
+    if as_json:
+        _print_json({"points": points, "files": [str(f) for f in files]})
+        return
+    console.print(f"mapped {len(points)} task instances; open {output / 'index.html'}")
+
+
+@app.command()
+def evaluate(
+    store: StoreOption = None,
+    prior: PriorOption = True,
+    own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")] = True,
+    few_shot: Annotated[int, typer.Option("--few-shot", help="Also measure conditioning on this many observed runs of the held-out task (0 = skip).")] = 2,
+    as_json: JsonOption = False,
+) -> None:
+    """Leave-one-task-out evaluation of the recommendation against baselines (regret, top-1, NDCG, ECE, coverage)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn as RichText, TimeElapsedColumn, TimeRemainingColumn
+
+    from .experience import ExperienceStore
+    from .meta import evaluate as run_evaluation
+    from .prior import experiences
+
+    if few_shot < 0:
+        raise MetapeftError(f"--few-shot must be 0 or positive, got {few_shot}")
+    records = experiences(ExperienceStore(store) if own else None, include_prior=prior, include_own=own)
+    columns = [RichText("[bold]leave-one-task-out"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task("evaluate", total=None, info="")
+        try:
+            result = run_evaluation(records, few_shot=few_shot, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
+        except ValueError as exc:
+            raise MetapeftError(f"cannot evaluate: {exc} (run `metapeft bench`, or drop --no-prior)") from None
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title=f"leave-one-task-out over {result['tasks']} tasks, {result['cells']} task instances (regret in accuracy points)")
+    for column in ("selector", "mean regret", "worst task", "regret@3", "top-1", "NDCG", "Wilcoxon p (ours lower)"):
+        table.add_column(column)
+    for name, r in result["selectors"].items():
+        table.add_row(name, f"{r['mean_regret']:.2f}", f"{r['worst_task_regret']:.2f}", f"{r['regret_at_3']:.2f}", f"{100 * r['top1']:.0f}%", f"{r['ndcg']:.3f}", str(r.get("wilcoxon_p_ours_lower", "—")))
+    out.print(table)
+    ours = result["selectors"]["metapeft"]
+    out.print(f"metapeft: ECE of the best-method confidence {ours['ece']:.3f}; 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs")
+    if fs := result.get("few_shot"):
+        out.print(f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error {fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, regret {fs['regret_zero_shot']:.2f} → {fs['regret_conditioned']:.2f}")
+
+
 @experience_app.command("list")
 def experience_list(
     store: StoreOption = None,

@@ -7,7 +7,6 @@ it, so that regulariser is not applied here.
 
 from dataclasses import dataclass
 
-import peft
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from .._errors import MethodError
@@ -35,6 +34,8 @@ def _check(config: AdaLoraConfig, backbone) -> None:
 
 
 def _build(config: AdaLoraConfig, backbone):
+    import peft
+
     steps = config.max_steps
     tinit, tfinal = int(steps * config.tinit_ratio), int(steps * config.tfinal_ratio)
     return peft.AdaLoraConfig(

@@ -2,10 +2,7 @@
 
 from dataclasses import dataclass
 
-import peft
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF_MAP
-from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGET_MAP
 
 from .._errors import IncompatibleMethodError
 from ._base import Method, MethodConfig, hp, register_method
@@ -18,11 +15,17 @@ class IA3Config(MethodConfig):
 
 
 def _check(config: IA3Config, backbone) -> None:
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGET_MAP
+
     if backbone.model_type not in TARGET_MAP:
         raise IncompatibleMethodError(f"ia3: peft has no (IA)^3 module mapping for model type {backbone.model_type!r} ({backbone.name})")
 
 
 def _build(config: IA3Config, backbone):
+    import peft
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF_MAP
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGET_MAP
+
     return peft.IA3Config(
         target_modules=TARGET_MAP[backbone.model_type],
         feedforward_modules=FF_MAP[backbone.model_type],

@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 
-import peft
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ._base import TARGET_PRESETS, Method, MethodConfig, check_targets, hp, register_method, target_modules
@@ -19,6 +18,8 @@ class LoHaConfig(MethodConfig):
 
 
 def _build(config: LoHaConfig, backbone):
+    import peft
+
     return peft.LoHaConfig(
         r=config.r,
         alpha=config.alpha,

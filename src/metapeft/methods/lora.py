@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 
-import peft
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ._base import TARGET_PRESETS, Method, MethodConfig, check_targets, hp, register_method, target_modules
@@ -18,6 +17,8 @@ class LoraConfig(MethodConfig):
 
 
 def _build(config: LoraConfig, backbone, *, use_dora: bool = False):
+    import peft  # imported when used: the zoo's descriptions load without transformers
+
     return peft.LoraConfig(
         r=config.r,
         lora_alpha=config.lora_alpha,

@@ -6,7 +6,6 @@ small encoder; prefix tuning (Li & Liang, 2021) learns key/value prefixes for ev
 
 from dataclasses import dataclass
 
-import peft
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from .._errors import IncompatibleMethodError
@@ -41,11 +40,15 @@ class PTuningConfig(MethodConfig):
 
 
 def _prompt_tuning(config: PromptTuningConfig, backbone):
+    import peft
+
     init = peft.PromptTuningInit.SAMPLE_VOCAB if config.prompt_init == "sample_vocab" else peft.PromptTuningInit.RANDOM
     return peft.PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens, prompt_tuning_init=init)
 
 
 def _prefix_tuning(config: PrefixTuningConfig, backbone):
+    import peft
+
     return peft.PrefixTuningConfig(
         num_virtual_tokens=config.num_virtual_tokens,
         prefix_projection=config.prefix_projection,
@@ -54,6 +57,8 @@ def _prefix_tuning(config: PrefixTuningConfig, backbone):
 
 
 def _p_tuning(config: PTuningConfig, backbone):
+    import peft
+
     return peft.PromptEncoderConfig(
         num_virtual_tokens=config.num_virtual_tokens,
         encoder_reparameterization_type=config.encoder_reparameterization_type,

@@ -172,3 +172,40 @@ always choosing {html.escape(v['single_best_method'])} costs {100 * v['single_be
 {images}
 <h2>Per task: best method, and every method's gap to it (accuracy points)</h2>
 <table><tr><th>task</th><th>best</th><th>accuracy</th>{head}</tr>{rows}</table></body></html>"""
+
+
+def render_map(points: list[dict], out_dir: str | Path) -> list[Path]:
+    """The learned task map: every past task instance at its 2-D position, coloured by its best method, as
+    ``map.png`` and an ``index.html`` that also lists the points."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    methods = sorted({p["best_method"] for p in points})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, ax = plt.subplots(figsize=(9, 7))
+    for m in methods:
+        sel = [p for p in points if p["best_method"] == m]
+        ax.scatter([p["x"] for p in sel], [p["y"] for p in sel], s=36, color=colours[m], label=m, alpha=0.85)
+    for p in points:
+        ax.annotate(p["task"], (p["x"], p["y"]), fontsize=6, alpha=0.75, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("embedding component 1")
+    ax.set_ylabel("embedding component 2")
+    ax.legend(title="best method", fontsize=7)
+    ax.set_title("Past tasks in the learned embedding (near = the methods rank alike)")
+    fig.tight_layout()
+    png = out / "map.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    rows = "".join(
+        f"<tr><td>{html.escape(p['task'])}</td><td>{html.escape(str(p.get('domain') or ''))}</td><td>{html.escape(p['best_method'])}</td>"
+        f"<td>{p['best_accuracy']:.3f}</td><td>{p['x']:.3f}</td><td>{p['y']:.3f}</td></tr>"
+        for p in sorted(points, key=lambda p: p["task"])
+    )
+    page = out / "index.html"
+    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>metapeft task map</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}td,th{{padding:2px 8px;text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>Task map</h1><p>{len(points)} past task instances placed by the learned task embedding: tasks close together are tasks on which the
+methods performed alike. Colour: the best method measured on the task.</p>
+<img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" alt="task map">
+<table><tr><th>task</th><th>domain</th><th>best method</th><th>best accuracy</th><th>x</th><th>y</th></tr>{rows}</table></body></html>""")
+    return [png, page]

@@ -1,0 +1,13 @@
+"""Meta-learning over the experience store: task embeddings, the performance surrogate and recommendation.
+
+Every meta-learner follows one protocol, as in scikit-learn: ``fit(experiences)`` learns from scratch,
+``partial_fit(experiences)`` continues learning when runs arrive, ``predict(...)`` answers for any task, seen or
+not. :class:`MetaPEFT` puts them together behind ``recommend``.
+"""
+
+from ._embedding import Cell, TaskEmbedder
+from ._evaluate import evaluate
+from ._recommend import MetaPEFT, MethodRecommendation, SimilarTask
+from ._surrogate import Candidate, Prediction, Surrogate
+
+__all__ = ["Candidate", "Cell", "MetaPEFT", "MethodRecommendation", "Prediction", "SimilarTask", "Surrogate", "TaskEmbedder", "evaluate"]

@@ -1,0 +1,290 @@
+"""Leave-one-task-out evaluation of method selection, against baselines.
+
+For each task of the experience, every run of it (all its sizes) is held out; the selector is fitted on the other
+tasks and, from the held-out task's profile alone, ranks the configurations that were actually run on it. Since
+their accuracies are known, the choice can be scored: regret (best run minus chosen run, in accuracy points),
+top-1 (the chosen method is a best method), regret@3, NDCG of the method ranking, calibration of the
+best-method confidence, and coverage of the 90% intervals.
+
+Every selector follows the meta-learners' protocol: ``fit(experiences)``, then ``predict(profile, candidates)``,
+which returns a :class:`Prediction` (baselines without uncertainty leave ``samples`` empty).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+
+from ..experience import Experience
+from ._embedding import TaskFeaturizer, cells_of
+from ._features import cell_key, task_group, usable
+from ._surrogate import Candidate, Prediction, Surrogate
+
+
+class _ScoreOnly:
+    """Baselines predict a score per candidate, no intervals."""
+
+    def _prediction(self, scores: np.ndarray) -> Prediction:
+        mean = np.zeros((len(scores), 3))
+        mean[:, 0] = scores
+        return Prediction(mean, mean.copy(), mean.copy(), None)
+
+
+class AlwaysMethod(_ScoreOnly):
+    """What most users do today: one method at its defaults (LoRA), whatever the task."""
+
+    def __init__(self, method: str = "lora"):
+        self.method = method
+
+    def fit(self, records: list[Experience]) -> AlwaysMethod:
+        return self
+
+    def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
+        return self._prediction(np.array([(c.method == self.method) + 0.5 * (c.method == self.method and _is_default(c)) for c in candidates], float))
+
+
+class GlobalBest(_ScoreOnly):
+    """The method with the smallest mean gap to the best across past task instances, at its defaults."""
+
+    def fit(self, records: list[Experience]) -> GlobalBest:
+        gaps = defaultdict(list)
+        for c in cells_of(records):
+            for m, s in c.scores.items():
+                gaps[m].append(c.best_accuracy - s)
+        self.gap = {m: float(np.mean(g)) for m, g in gaps.items()}
+        return self
+
+    def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
+        return self._prediction(np.array([-self.gap.get(c.method, 1.0) + 1e-3 * _is_default(c) for c in candidates]))
+
+
+class RandomChoice(_ScoreOnly):
+    """A configuration drawn at random (averaged over many draws by the evaluation)."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def fit(self, records: list[Experience]) -> RandomChoice:
+        return self
+
+    def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
+        return self._prediction(self.rng.random(len(candidates)))
+
+
+class NearestNeighbours(_ScoreOnly):
+    """k nearest past task instances on the raw (standardised) profile features; each method is scored by its
+    mean gap to the best on those neighbours."""
+
+    def __init__(self, k: int = 3):
+        self.k = k
+
+    def fit(self, records: list[Experience]) -> NearestNeighbours:
+        self.cells = cells_of(records)
+        self.featurizer = TaskFeaturizer().fit([c.profile for c in self.cells])
+        self.x = self.featurizer.transform([c.profile for c in self.cells])
+        return self
+
+    def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
+        d = np.linalg.norm(self.x - self.featurizer.transform([profile])[0], axis=1)
+        near = [self.cells[i] for i in np.argsort(d)[: self.k]]
+        score = {}
+        for m in {c.method for c in candidates}:
+            gaps = [c.best_accuracy - c.scores[m] for c in near if m in c.scores]
+            score[m] = -float(np.mean(gaps)) if gaps else -1.0
+        return self._prediction(np.array([score[c.method] + 1e-3 * _is_default(c) for c in candidates]))
+
+
+def _is_default(c: Candidate) -> bool:
+    from ..methods import get_method
+
+    spec = get_method(c.method)
+    defaults = spec.defaults().as_dict()
+    searched = spec.search_space()
+    return all(c.hyperparameters.get(k, v) == v for k, v in defaults.items() if k in searched and k not in ("batch_size", "max_steps", "max_length"))
+
+
+def select(pred: Prediction, candidates: list[Candidate]) -> tuple[list[str], dict[str, int], np.ndarray]:
+    """The same rule as ``MetaPEFT.recommend``: per method the candidate with the best cautious score (mean minus
+    half an sd), methods ranked by that candidate's mean. Returns the ranking, the chosen candidate per method and
+    each ranked method's probability of being best."""
+    sd = (pred.high[:, 0] - pred.low[:, 0]) / (2 * 1.6449)
+    cautious = pred.mean[:, 0] - 0.5 * sd
+    chosen: dict[str, int] = {}
+    for i, c in enumerate(candidates):
+        if c.method not in chosen or cautious[i] > cautious[chosen[c.method]]:
+            chosen[c.method] = i
+    ranking = sorted(chosen, key=lambda m: -pred.mean[chosen[m], 0])
+    idx = [chosen[m] for m in ranking]
+    sub = Prediction(pred.mean[idx], pred.low[idx], pred.high[idx], None if pred.samples is None else pred.samples[:, idx])
+    return ranking, chosen, sub.best_probability()
+
+
+def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarray) -> dict:
+    ranking, chosen, probs = select(pred, candidates)
+    method_best = {m: max(accuracy[i] for i, c in enumerate(candidates) if c.method == m) for m in ranking}
+    best = max(method_best.values())
+    best_methods = {m for m, a in method_best.items() if a >= best - 1e-9}
+    picked = [accuracy[chosen[m]] for m in ranking]
+    rel = np.array([method_best[m] for m in ranking])
+    spread = rel.max() - rel.min()
+    gains = (rel - rel.min()) / spread if spread > 0 else np.ones_like(rel)
+    discounts = 1 / np.log2(np.arange(2, len(rel) + 2))
+    ndcg = float((gains * discounts).sum() / (np.sort(gains)[::-1] * discounts).sum())
+    inside = (pred.low[:, 0] - 1e-9 <= accuracy) & (accuracy <= pred.high[:, 0] + 1e-9)
+    return {
+        "regret": 100 * (best - picked[0]),
+        "regret_at_3": 100 * (best - max(picked[:3])),
+        "top1": float(ranking[0] in best_methods),
+        "ndcg": ndcg,
+        "confidence": float(probs[0]),
+        "coverage": float(inside.mean()),
+        "runs": len(candidates),
+    }
+
+
+def expected_calibration_error(confidence: list[float], correct: list[float], bins: int = 10) -> float:
+    conf, corr = np.asarray(confidence), np.asarray(correct)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(conf[inside].mean() - corr[inside].mean())
+    return float(ece)
+
+
+SELECTORS: dict[str, Callable[[], object]] = {
+    "metapeft": Surrogate,
+    "always_lora": AlwaysMethod,
+    "global_best": GlobalBest,
+    "random": RandomChoice,
+    "knn_profile": NearestNeighbours,
+}
+
+
+def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], object]] | None = None, few_shot: int = 2,
+             random_repeats: int = 50, progress: Callable[[int, int, str], None] | None = None) -> dict:  # fmt: skip
+    """Leave-one-task-out over ``records``. ``few_shot`` > 0 also measures conditioning on that many observed
+    runs of the held-out task instance (the rest are scored)."""
+    from scipy.stats import wilcoxon
+
+    selectors = selectors or SELECTORS
+    records = [r for r in {r.id: r for r in records}.values() if usable(r)]
+    groups = sorted({task_group(r) for r in records})
+    if len(groups) < 3:
+        raise ValueError(f"leave-one-task-out needs runs on at least 3 tasks; the experience has {len(groups)}")
+    per_cell: dict[str, list[dict]] = defaultdict(list)
+    few: list[dict] = []
+    embedding_rho: list[float] = []
+    for n, held in enumerate(groups):
+        if progress:
+            progress(n, len(groups), held)
+        train = [r for r in records if task_group(r) != held]
+        test = defaultdict(list)
+        for r in records:
+            if task_group(r) == held:
+                test[cell_key(r)].append(r)
+        for name, make in selectors.items():
+            model = make().fit(train)
+            repeats = random_repeats if name == "random" else 1
+            for runs in test.values():
+                if len({r.method for r in runs}) < 2:
+                    continue
+                cands = [Candidate(r.method, r.hyperparameters) for r in runs]
+                acc = np.array([r.metrics["accuracy"] for r in runs])
+                cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc) for _ in range(repeats)]
+                per_cell[name].append({"task": held, "cell": runs[0].task_name, **{k: float(np.mean([c[k] for c in cells])) for k in cells[0]}})
+                if name == "metapeft" and few_shot and len(runs) > few_shot + 1:
+                    few.append(_few_shot(model, runs, few_shot, seed=len(few)))
+            if name == "metapeft":
+                embedding_rho += _embedding_agreement(model.embedder, train, [r for runs in test.values() for r in runs])
+    if progress:
+        progress(len(groups), len(groups), "")
+    out = {"tasks": len(groups), "cells": len(per_cell["metapeft"]), "runs": len(records), "selectors": {}}
+    per_task = {name: _by_task(rows) for name, rows in per_cell.items()}
+    for name, rows in per_cell.items():
+        tasks = per_task[name]
+        summary = {
+            "mean_regret": round(float(np.mean(list(tasks.values()))), 3),
+            "worst_task_regret": round(float(max(tasks.values())), 3),
+            "worst_cell_regret": round(float(max(r["regret"] for r in rows)), 3),
+            "regret_at_3": round(float(np.mean([r["regret_at_3"] for r in rows])), 3),
+            "top1": round(float(np.mean([r["top1"] for r in rows])), 3),
+            "ndcg": round(float(np.mean([r["ndcg"] for r in rows])), 3),
+        }
+        if name == "metapeft":
+            summary["embedding_spearman"] = round(float(np.nanmean(embedding_rho)), 3) if embedding_rho else None
+            summary["ece"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3)
+            summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
+        out["selectors"][name] = summary
+    ours = per_task.get("metapeft")
+    if ours:
+        for name, tasks in per_task.items():
+            if name == "metapeft":
+                continue
+            a = np.array([ours[t] for t in sorted(ours)])
+            b = np.array([tasks[t] for t in sorted(ours)])
+            p = float(wilcoxon(a, b, alternative="less").pvalue) if np.any(a != b) else 1.0
+            out["selectors"][name]["wilcoxon_p_ours_lower"] = round(p, 4) if not math.isnan(p) else None
+        out["per_task_regret"] = {t: {name: round(per_task[name][t], 2) for name in per_task} for t in sorted(ours)}
+    if few:
+        out["few_shot"] = {
+            "observed_runs": few_shot,
+            "cells": len(few),
+            **{k: round(float(np.mean([f[k] for f in few])), 4) for k in few[0]},
+        }
+    return out
+
+
+def _by_task(rows: list[dict]) -> dict[str, float]:
+    by = defaultdict(list)
+    for r in rows:
+        by[r["task"]].append(r["regret"])
+    return {t: float(np.mean(v)) for t, v in by.items()}
+
+
+def _embedding_agreement(embedder, train: list[Experience], held: list[Experience]) -> list[float]:
+    """Per held-out task instance: Spearman correlation between its embedding distances to the past instances and
+    the distances between their performance vectors (how well the embedding places a task it never saw)."""
+    from scipy.stats import spearmanr
+
+    from ._embedding import performance_distances
+
+    past, new = cells_of(train), cells_of(held)
+    if not past or not new:
+        return []
+    dist, valid = performance_distances(new + past, embedder.methods)
+    z = embedder.predict([c.profile for c in new + past])
+    out = []
+    for i in range(len(new)):
+        keep = valid[i, len(new):]
+        if keep.sum() >= 3:
+            d = np.linalg.norm(z[len(new):] - z[i], axis=1)
+            out.append(float(spearmanr(d[keep], dist[i, len(new):][keep]).statistic))
+    return out
+
+
+def _few_shot(model: Surrogate, runs: list[Experience], k: int, seed: int) -> dict:
+    """Observe ``k`` random runs of a task instance, predict the others: error and regret with and without
+    conditioning on the observed runs."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(runs))
+    seen, rest = [runs[i] for i in order[:k]], [runs[i] for i in order[k:]]
+    cands = [Candidate(r.method, r.hyperparameters) for r in rest]
+    acc = np.array([r.metrics["accuracy"] for r in rest])
+    cold = model.predict(rest[0].profile, cands)
+    warm = model.predict(rest[0].profile, cands, observed=seen)
+
+    def picked_regret(pred: Prediction) -> float:
+        return 100 * (acc.max() - acc[int(np.argmax(pred.mean[:, 0]))])
+
+    return {
+        "mae_zero_shot": 100 * float(np.abs(cold.mean[:, 0] - acc).mean()),
+        "mae_conditioned": 100 * float(np.abs(warm.mean[:, 0] - acc).mean()),
+        "regret_zero_shot": picked_regret(cold),
+        "regret_conditioned": picked_regret(warm),
+        "coverage_conditioned": float(((warm.low[:, 0] <= acc) & (acc <= warm.high[:, 0])).mean()),
+    }

@@ -1,0 +1,164 @@
+"""From experience records to numbers: task features, configuration features and targets.
+
+The meta-learners see a run as (task profile, method, hyperparameters) → (accuracy, train time, peak memory).
+Task features are fixed transforms of the profile (log sizes, ratios, the probe landmark…) plus the 384-d domain
+vector; configuration features are the method one-hot and each hyperparameter scaled to [0, 1] within its
+search range (log scale where the range is logarithmic), so a value means the same whatever the method.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from optuna.distributions import CategoricalDistribution
+
+from ..experience import Experience
+from ..methods import get_method, list_methods
+from ..tasks import TaskProfile
+
+TARGETS = ("accuracy", "train_time_s", "peak_memory_mb")
+PROFILE_FEATURES = (
+    "log_size", "log_classes", "class_entropy", "log_imbalance", "log_length_p50", "log_length_p95", "pair",
+    "type_token_ratio", "unk_rate", "probe_accuracy", "majority_accuracy", "complexity_score",
+    "log_model_params", "model_layers", "log_hidden_size",
+)  # fmt: skip
+
+
+def usable(record: Experience) -> bool:
+    """Finished runs of a known method whose task profile the meta-learners can read."""
+    p = record.profile or {}
+    return (
+        record.status == "finished"
+        and record.metrics.get("accuracy") is not None
+        and bool(p.get("domain_vector"))
+        and p.get("dataset_size") is not None
+        and _known_method(record.method)
+    )
+
+
+def _known_method(name: str) -> bool:
+    return name in {m.name for m in list_methods()}
+
+
+def profile_dict(profile: TaskProfile | dict) -> dict:
+    return profile.as_dict() if isinstance(profile, TaskProfile) else profile
+
+
+def profile_vector(profile: TaskProfile | dict) -> np.ndarray:
+    """The hand-made task features, in the order of ``PROFILE_FEATURES``."""
+    p = profile_dict(profile)
+    model = p.get("model") or {}
+    values = [
+        math.log2(max(2, p["dataset_size"])),
+        math.log2(max(2, p.get("num_classes", 2))),
+        p.get("class_entropy", 1.0),
+        math.log(max(1.0, p.get("imbalance_ratio", 1.0))),
+        math.log2(max(1.0, p.get("token_length_p50", 16))),
+        math.log2(max(1.0, p.get("token_length_p95", 16))),
+        1.0 if p.get("task_type") == "pair" else 0.0,
+        p.get("type_token_ratio", 0.0),
+        p.get("unk_rate", 0.0),
+        p.get("probe_accuracy", 0.5),
+        p.get("majority_accuracy", 0.5),
+        p.get("complexity_score", 0.5),
+        math.log10(max(1, model.get("num_parameters") or 1)),
+        float(model.get("num_layers") or 0),
+        math.log2(max(1, model.get("hidden_size") or 1)),
+    ]
+    return np.asarray(values, dtype=np.float32)
+
+
+def domain_vector(profile: TaskProfile | dict) -> np.ndarray:
+    return np.asarray(profile_dict(profile).get("domain_vector") or [], dtype=np.float32)
+
+
+def cell_key(record: Experience) -> str:
+    """The task instance a run belongs to: task at its train size and sample seed (its profile fingerprint)."""
+    return record.task_fingerprint or record.profile.get("fingerprint") or record.task_name
+
+
+def task_group(record: Experience) -> str:
+    """The task a run belongs to, whatever its size: leave-one-task-out holds out whole groups."""
+    return record.tags.get("suite_task") or record.task_name.split("@")[0]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    method: str | None  # None: a field every method shares
+    name: str
+    dist: Any
+
+
+class ConfigEncoder:
+    """Method one-hot plus one slot per hyperparameter (shared fields once, method-specific fields per method)."""
+
+    def __init__(self, methods: list[str] | None = None):
+        self.methods = methods or [m.name for m in list_methods()]
+        shared = None
+        for name in self.methods:
+            names = set(get_method(name).search_space())
+            shared = names if shared is None else shared & names
+        self.shared = sorted(shared or [])
+        self.slots: list[_Slot] = [_Slot(None, n, get_method(self.methods[0]).search_space()[n]) for n in self.shared]
+        for name in self.methods:
+            for field, dist in get_method(name).search_space().items():
+                if field not in self.shared:
+                    self.slots.append(_Slot(name, field, dist))
+        self.names = [f"method={m}" for m in self.methods] + ["log_max_length"]
+        for s in self.slots:
+            prefix = f"{s.method}." if s.method else ""
+            if isinstance(s.dist, CategoricalDistribution):
+                self.names += [f"{prefix}{s.name}={c}" for c in s.dist.choices]
+            else:
+                self.names.append(prefix + s.name)
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def encode(self, method: str, hyperparameters: dict[str, Any], max_length: int) -> np.ndarray:
+        out: list[float] = [1.0 if method == m else 0.0 for m in self.methods]
+        out.append(math.log2(max(1, max_length)) / 8.0)
+        for s in self.slots:
+            active = s.method is None or s.method == method
+            value = hyperparameters.get(s.name) if active else None
+            if isinstance(s.dist, CategoricalDistribution):
+                out += [1.0 if active and value == c else 0.0 for c in s.dist.choices]
+            else:
+                out.append(_scale(value, s.dist) if active and value is not None else 0.0)
+        return np.asarray(out, dtype=np.float32)
+
+
+def _scale(value: float, dist) -> float:
+    low, high = float(dist.low), float(dist.high)
+    value = float(value)
+    if dist.log:
+        x = (math.log(max(value, 1e-12)) - math.log(low)) / (math.log(high) - math.log(low))
+    else:
+        x = (value - low) / (high - low) if high > low else 0.0
+    return float(np.clip(x, -0.5, 1.5))  # settings outside the searched range stay ordered but bounded
+
+
+def effective_max_length(record_or_hp: Experience | dict, profile: dict) -> int:
+    """Tokens per example the run used (or will use): the setting, else the profile's rule."""
+    if isinstance(record_or_hp, Experience):
+        if record_or_hp.metrics.get("max_length"):
+            return int(record_or_hp.metrics["max_length"])
+        hp = record_or_hp.hyperparameters
+    else:
+        hp = record_or_hp
+    return int(hp.get("max_length") or profile.get("sequence_length") or 128)
+
+
+def targets(record: Experience) -> np.ndarray:
+    """Accuracy, log train time and log peak memory (NaN where the run did not measure one)."""
+    m = record.metrics
+
+    def log_or_nan(key: str) -> float:
+        v = m.get(key)
+        return math.log(v) if isinstance(v, (int, float)) and v > 0 else math.nan
+
+    return np.asarray([float(m["accuracy"]), log_or_nan("train_time_s"), log_or_nan("peak_memory_mb")], dtype=np.float32)

@@ -1,0 +1,352 @@
+"""``MetaPEFT``: recommend a PEFT method and its settings for a task from the experience, and learn from new runs.
+
+Data flows one way: task → profile → embedding → surrogate prediction → ranking. Fitted models are cached in the
+data directory (safetensors plus JSON, never pickle), keyed by the experience they were fitted on; when runs
+arrive the cached models are updated in place (``partial_fit``) rather than refitted, and refitted from scratch
+once the experience has grown by a quarter since the last full fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._config import DEFAULT_MODEL, data_dir
+from .._errors import MetapeftError
+from ..experience import Experience, ExperienceStore
+from ..methods import get_method, list_methods
+from ..tasks import Task, TaskProfile
+from ._embedding import Cell, cells_of
+from ._features import TARGETS, cell_key, profile_dict, task_group, usable
+from ._surrogate import Candidate, Prediction, Surrogate
+
+CACHE_VERSION = 1
+REFIT_GROWTH = 0.25
+MIN_VARIED = 10
+
+
+@dataclass
+class MethodRecommendation:
+    """One method in the ranking (the seed design's record, plus rank, feasibility and similar tasks)."""
+
+    method: str
+    rank: int
+    confidence: float  # probability that this method (with these settings) is the best of the ranking
+    hyperparameters: dict[str, Any]
+    expected_performance: dict[str, dict[str, float]]  # accuracy / train_time_s / peak_memory_mb → mean, low, high (90%)
+    reasoning: str
+    feasible: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SimilarTask:
+    task: str
+    distance: float
+    best_method: str
+    best_accuracy: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+class MetaPEFT:
+    """The meta-learner over the experience: the shipped prior plus your own runs.
+
+    >>> meta = MetaPEFT()
+    >>> ranking = meta.recommend(load_task("example"))   # doctest: +SKIP
+    >>> ranking[0].method, ranking[0].confidence, ranking[0].hyperparameters   # doctest: +SKIP
+    """
+
+    def __init__(self, store: ExperienceStore | str | None = None, *, include_prior: bool | None = None, include_own: bool = True,
+                 model: str | None = None, cache_dir: str | Path | None = None, surrogate: Surrogate | None = None):  # fmt: skip
+        self.store = store if isinstance(store, ExperienceStore) or store is None else ExperienceStore(store)
+        self.include_prior, self.include_own = include_prior, include_own
+        self.model = model
+        self.cache_dir = Path(cache_dir) if cache_dir else data_dir() / "meta"
+        self.surrogate = surrogate
+        self._records: list[Experience] | None = None
+        self._cells: list[Cell] | None = None
+        self._cell_z: np.ndarray | None = None
+        self._candidates: dict[str, list[dict]] = {}
+
+    # --- experience and models -----------------------------------------------------------------------------
+    def experiences(self) -> list[Experience]:
+        if self._records is None:
+            from ..prior import experiences
+
+            own = self._own_store() if self.include_own else None
+            records = experiences(own, include_prior=self.include_prior, include_own=self.include_own)
+            self._records = [r for r in {r.id: r for r in records}.values() if usable(r)]
+        return self._records
+
+    def _own_store(self) -> ExperienceStore:
+        if self.store is None:
+            self.store = ExperienceStore()
+        return self.store
+
+    def fit(self, *, force: bool = False, progress=None) -> MetaPEFT:
+        """Fit (or load from the cache, or update) the surrogate and its task embedding on the experience."""
+        records = self.experiences()
+        if len({task_group(r) for r in records}) < 2:
+            raise MetapeftError(
+                f"not enough experience to learn from: {len(records)} finished runs on fewer than 2 tasks "
+                "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior)"
+            )
+        key = _experience_key(records)
+        path = self.cache_dir / "surrogate.safetensors"
+        cached = None if force else _load_cached(path)
+        if cached is not None and cached[1]["key"] == key:
+            self.surrogate = cached[0]
+        elif cached is not None and cached[1]["full_fit_records"] * (1 + REFIT_GROWTH) > len(records):
+            self.surrogate = cached[0].partial_fit(records)  # a few new runs: continue training, keep calibration
+            _save(path, self.surrogate, key, cached[1]["full_fit_records"])
+        else:
+            if progress:
+                progress(f"fitting the meta-learner on {len(records)} runs")
+            self.surrogate = Surrogate().fit(records)
+            _save(path, self.surrogate, key, len(records))
+        self._cells = None
+        return self
+
+    def _fitted(self) -> Surrogate:
+        if self.surrogate is None:
+            self.fit()
+        return self.surrogate
+
+    def learn_from_experience(self, experience: Experience) -> None:
+        """Record a finished run in your store and update the models with it."""
+        if experience.status == "finished":
+            self._own_store().add(experience)
+        if self._records is not None and usable(experience):
+            self._records = [r for r in self._records if r.id != experience.id] + [experience]
+        self.fit()
+
+    # --- profiles ------------------------------------------------------------------------------------------
+    def profile(self, task: Task | TaskProfile | dict | str) -> dict:
+        """The task's profile, cached by dataset fingerprint and model (profiling loads the encoder)."""
+        if isinstance(task, (TaskProfile, dict)):
+            return profile_dict(task)
+        from ..tasks import load_task, profile_task
+
+        if isinstance(task, (str, Path)):
+            task = load_task(str(task))
+        model = self.model or DEFAULT_MODEL
+        path = data_dir() / "profiles" / f"{task.fingerprint}-{hashlib.sha256(model.encode()).hexdigest()[:8]}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        profile = profile_task(task, self.model).as_dict()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(profile))
+        tmp.replace(path)
+        return profile
+
+    # --- similar tasks -------------------------------------------------------------------------------------
+    def cells(self) -> tuple[list[Cell], np.ndarray]:
+        surrogate = self._fitted()
+        if self._cells is None:
+            self._cells = cells_of(self.experiences())
+            self._cell_z = surrogate.embedder.predict([c.profile for c in self._cells])
+        return self._cells, self._cell_z
+
+    def similar(self, task, k: int = 5) -> list[SimilarTask]:
+        """The nearest past task instances in the learned embedding (one per task, its nearest size)."""
+        profile = self.profile(task)
+        cells, zs = self.cells()
+        z = self._fitted().embedder.predict([profile])[0]
+        dist = np.linalg.norm(zs - z, axis=1)
+        out, seen = [], set()
+        for i in np.argsort(dist):
+            c = cells[i]
+            if c.group in seen or c.key == profile.get("fingerprint"):
+                continue
+            seen.add(c.group)
+            out.append(SimilarTask(c.task, round(float(dist[i]), 3), c.best_method, round(c.best_accuracy, 4), {m: round(s, 4) for m, s in sorted(c.scores.items(), key=lambda x: -x[1])}))
+            if len(out) == k:
+                break
+        return out
+
+    # --- recommendation ------------------------------------------------------------------------------------
+    def candidates(self, method: str, n: int = 24, seed: int = 0) -> list[dict]:
+        """Settings to score for a method: its defaults, every setting the experience has tried for it, and — once
+        the experience has tried at least ``MIN_VARIED`` settings, so that the surrogate has seen settings vary —
+        a random design over its search space (Optuna's RandomSampler). Batch size, steps and sequence length
+        are left out: they are the user's budget, not a choice."""
+        if method not in self._candidates:
+            budget_keys = ("batch_size", "max_steps", "max_length")
+            spec = get_method(method)
+            space = {k: v for k, v in spec.search_space().items() if k not in budget_keys}
+            seen = {json.dumps({k: v for k, v in r.hyperparameters.items() if k in space}, sort_keys=True) for r in self.experiences() if r.method == method}
+            settings = [{}] + [json.loads(s) for s in sorted(seen)]
+            if len(seen) >= MIN_VARIED:
+                import optuna
+
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+                study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    settings += [study.ask(space).params for _ in range(n)]
+            self._candidates[method] = settings
+        return self._candidates[method]
+
+    def recommend(self, task, *, max_memory_mb: float | None = None, max_time_s: float | None = None, methods: list[str] | None = None,
+                  budget: dict[str, Any] | None = None, observed: list[Experience] | None = None, similar_k: int = 5) -> list[MethodRecommendation]:  # fmt: skip
+        """Rank methods for ``task`` (a Task, a profile, or a path): confidence that each is the best, expected
+        accuracy / train time / peak memory with 90% intervals, suggested settings and the reasons.
+
+        ``budget`` fixes shared settings such as ``max_steps`` for every candidate; ``observed`` are runs of this
+        task (by default: your store's finished runs with the task's fingerprint) to condition the prediction on."""
+        profile = self.profile(task)
+        surrogate = self._fitted()
+        names = methods or [m.name for m in list_methods() if m.name in surrogate.encoder.methods]
+        for name in names:
+            get_method(name)
+        if observed is None:
+            observed = [r for r in self.experiences() if cell_key(r) == profile.get("fingerprint")]
+        budget = budget or {}
+
+        rows: list[tuple[str, dict]] = []
+        for name in names:
+            for params in self.candidates(name):
+                hp = get_method(name).make_config({**params, **budget}).as_dict()
+                rows.append((name, hp))
+        pred = surrogate.predict(profile, [Candidate(m, hp) for m, hp in rows], observed=observed)
+        sd = (pred.high[:, 0] - pred.low[:, 0]) / (2 * 1.6449)
+        cautious = pred.mean[:, 0] - 0.5 * sd  # prefer settings the experience supports over bold extrapolations
+        feasible = np.ones(len(rows), bool)
+        if max_memory_mb is not None:
+            feasible &= pred.mean[:, 2] <= max_memory_mb
+        if max_time_s is not None:
+            feasible &= pred.mean[:, 1] <= max_time_s
+
+        chosen: dict[str, int] = {}
+        blocked: dict[str, str] = {}
+        for name in names:
+            idx = [i for i, (m, _) in enumerate(rows) if m == name]
+            ok = [i for i in idx if feasible[i]]
+            if ok:
+                chosen[name] = max(ok, key=lambda i: cautious[i])
+            else:
+                best = min(idx, key=lambda i: (pred.mean[i, 2], pred.mean[i, 1]))
+                chosen[name] = best
+                blocked[name] = _why_blocked(pred, best, max_memory_mb, max_time_s)
+
+        live = [n for n in names if n not in blocked]
+        probs = dict.fromkeys(names, 0.0)
+        if live:
+            sub = Prediction(pred.mean[[chosen[n] for n in live]], pred.low[[chosen[n] for n in live]], pred.high[[chosen[n] for n in live]],
+                             pred.samples[:, [chosen[n] for n in live]])  # fmt: skip
+            probs.update(zip(live, (float(p) for p in sub.best_probability())))
+        similar = self.similar(profile, similar_k)
+        order = sorted(names, key=lambda n: (n in blocked, -pred.mean[chosen[n], 0]))
+        context = self._task_context(profile, observed)
+        out = []
+        for rank, name in enumerate(order, 1):
+            i = chosen[name]
+            expected = {t: {"mean": _round(t, pred.mean[i, j]), "low": _round(t, pred.low[i, j]), "high": _round(t, pred.high[i, j])} for j, t in enumerate(TARGETS)}
+            out.append(MethodRecommendation(
+                method=name, rank=rank, confidence=round(probs[name], 4), hyperparameters=rows[i][1], expected_performance=expected,
+                reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1] == get_method(name).make_config(budget).as_dict()),
+                feasible=name not in blocked,
+            ))  # fmt: skip
+        return out
+
+    def _task_context(self, profile: dict, observed: list[Experience]) -> dict:
+        sizes = [c.profile["dataset_size"] for c in self.cells()[0]]
+        models = {c.profile.get("model", {}).get("name") for c in self.cells()[0]}
+        return {"profile": profile, "observed": len(observed), "size_range": (min(sizes), max(sizes)), "models": sorted(m for m in models if m)}
+
+    # --- map -----------------------------------------------------------------------------------------------
+    def task_map(self) -> list[dict]:
+        """Every past task instance on a 2-D map of the learned embedding (its two principal components)."""
+        from sklearn.decomposition import PCA
+
+        cells, zs = self.cells()
+        xy = PCA(n_components=2, random_state=0).fit_transform(zs) if len(cells) > 2 else zs[:, :2]
+        return [{"task": c.task, "group": c.group, "x": round(float(p[0]), 4), "y": round(float(p[1]), 4), "best_method": c.best_method,
+                 "best_accuracy": round(c.best_accuracy, 4), "size": c.profile.get("dataset_size"), "domain": c.profile.get("domain")} for c, p in zip(cells, xy)]  # fmt: skip
+
+
+def _round(target: str, value: float) -> float:
+    return round(float(value), 4 if target == "accuracy" else 1)
+
+
+def _why_blocked(pred: Prediction, i: int, max_memory_mb, max_time_s) -> str:
+    reasons = []
+    if max_memory_mb is not None and pred.mean[i, 2] > max_memory_mb:
+        reasons.append(f"expected peak memory {pred.mean[i, 2]:.0f} MB > limit {max_memory_mb:.0f} MB")
+    if max_time_s is not None and pred.mean[i, 1] > max_time_s:
+        reasons.append(f"expected training time {pred.mean[i, 1]:.0f} s > limit {max_time_s:.0f} s")
+    return "; ".join(reasons)
+
+
+def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask], context: dict, blocked: str | None, is_default: bool) -> str:
+    p = context["profile"]
+    acc = expected["accuracy"]
+    parts = []
+    if blocked:
+        parts.append(f"Excluded by your limits: {blocked}.")
+    parts.append(f"Expected accuracy {100 * acc['mean']:.1f}% (90% interval {100 * acc['low']:.1f}–{100 * acc['high']:.1f}).")
+    wins = [s for s in similar if s.best_method == method]
+    gaps = [s.best_accuracy - s.scores[method] for s in similar if method in s.scores]
+    if similar:
+        names = ", ".join(s.task for s in similar[:3])
+        text = f"Best on {len(wins)} of the {len(similar)} most similar past tasks ({names}…)"
+        if gaps:
+            text += f"; {100 * float(np.mean(gaps)):.1f} points behind their best on average"
+        parts.append(text + ".")
+    parts.append("Settings: the method's defaults." if is_default else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design.")
+    if rank == 1:
+        traits = f"{p['dataset_size']} training examples, {p['num_classes']} classes, {'sentence pairs' if p.get('task_type') == 'pair' else 'single texts'}, p95 length {p.get('token_length_p95', 0):.0f} tokens, frozen-probe accuracy {100 * p.get('probe_accuracy', 0):.0f}%"
+        parts.append(f"Task traits: {traits}.")
+        low, high = context["size_range"]
+        if not low <= p["dataset_size"] <= high:
+            parts.append(f"The experience covers train sizes {low}–{high}; this task's size lies outside, so expect more error than the interval says.")
+        model = (p.get("model") or {}).get("name")
+        if model and model not in context["models"]:
+            parts.append(f"No past runs use {model}; the prediction transfers from {', '.join(context['models'])}.")
+        if context["observed"]:
+            parts.append(f"Conditioned on {context['observed']} run(s) of this task.")
+    return " ".join(parts)
+
+
+# --- cache ---------------------------------------------------------------------------------------------------
+
+
+def _experience_key(records: list[Experience]) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{','.join(m.name for m in list_methods())}".encode())
+    for r in sorted(records, key=lambda r: r.id):
+        h.update(f"{r.id}:{r.updated_at.isoformat()}|".encode())
+    return h.hexdigest()
+
+
+def _save(path: Path, surrogate: Surrogate, key: str, full_fit_records: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors, meta = surrogate.state()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps({**meta, "key": key, "full_fit_records": full_fit_records})})
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def _load_cached(path: Path) -> tuple[Surrogate, dict] | None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+        return Surrogate.from_state(load_file(str(path)), meta), meta
+    except Exception:  # stale or foreign cache: refit rather than fail
+        return None
+

@@ -1,0 +1,179 @@
+"""The meta-learners on real experience: the shipped prior (real runs of the reference suite), never invented
+metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def prior_records():
+    from metapeft.meta._features import usable
+    from metapeft.prior import PriorExperience
+
+    records = [r for r in PriorExperience().records() if usable(r)]
+    if len({r.task_name for r in records}) < 5:
+        pytest.skip("the shipped prior holds too few tasks")
+    return records
+
+
+@pytest.fixture(scope="module")
+def held_out(prior_records):
+    """One task's runs kept out of fitting, the rest to fit on."""
+    task = sorted({r.task_name for r in prior_records})[0]
+    return [r for r in prior_records if r.task_name != task], [r for r in prior_records if r.task_name == task]
+
+
+@pytest.fixture(scope="module")
+def surrogate(held_out):
+    from metapeft.meta import Surrogate
+
+    return Surrogate().fit(held_out[0])
+
+
+def test_embedding_learns_the_performance_metric(prior_records):
+    from scipy.stats import spearmanr
+
+    from metapeft.meta import TaskEmbedder
+    from metapeft.meta._embedding import cells_of, performance_distances
+
+    cells = cells_of(prior_records)
+    untrained = TaskEmbedder(epochs=1).fit(prior_records)
+    trained = TaskEmbedder().fit(prior_records)
+    target, valid = performance_distances(cells, trained.methods)
+
+    def agreement(embedder):
+        z = embedder.predict([c.profile for c in cells])
+        return spearmanr(np.linalg.norm(z[:, None] - z[None], axis=-1)[valid], target[valid]).statistic
+
+    assert agreement(trained) > 0.8 > agreement(untrained)
+    # continual update: more training on (the same or grown) experience starts from the learned network
+    before = trained.predict([cells[0].profile])
+    trained.partial_fit(prior_records, epochs=5)
+    assert np.abs(trained.predict([cells[0].profile]) - before).max() < 0.5
+
+
+def test_surrogate_predicts_every_method_with_intervals_and_probabilities(surrogate, held_out):
+    from metapeft.meta import Candidate
+
+    profile = held_out[1][0].profile
+    candidates = [Candidate(m) for m in surrogate.encoder.methods]
+    pred = surrogate.predict(profile, candidates)
+    assert pred.mean.shape == (len(candidates), 3)
+    assert np.all(pred.low <= pred.mean) and np.all(pred.mean <= pred.high)
+    assert np.all((pred.mean[:, 0] >= 0) & (pred.mean[:, 0] <= 1)) and np.all(pred.mean[:, 1:] > 0)
+    p = pred.best_probability()
+    assert p.sum() == pytest.approx(1.0) and np.all(p >= 0)
+    assert surrogate.scale.min() > 0 and surrogate.task_var.min() > 0
+
+
+def test_observed_runs_condition_the_prediction(surrogate, held_out):
+    from metapeft.meta import Candidate
+
+    runs = held_out[1]
+    cands = [Candidate(r.method, r.hyperparameters) for r in runs]
+    truth = np.array([r.metrics["accuracy"] for r in runs])
+    cold = surrogate.predict(runs[0].profile, cands)
+    warm = surrogate.predict(runs[0].profile, cands, observed=runs[:3])
+    assert not np.allclose(cold.mean, warm.mean)
+    # the conditioned intervals are narrower, and the task's level moves towards what was observed
+    assert np.all((warm.high - warm.low)[:, 0] <= (cold.high - cold.low)[:, 0] + 1e-9)
+    seen = slice(0, 3)
+    assert abs(warm.mean[seen, 0].mean() - truth[seen].mean()) < abs(cold.mean[seen, 0].mean() - truth[seen].mean())
+
+
+def test_surrogate_round_trips_through_safetensors(surrogate, held_out, tmp_path):
+    from metapeft.meta import Candidate, Surrogate
+    from metapeft.meta._recommend import _load_cached, _save
+
+    _save(tmp_path / "s.safetensors", surrogate, "key", 10)
+    loaded, meta = _load_cached(tmp_path / "s.safetensors")
+    assert meta["key"] == "key"
+    cands = [Candidate("lora"), Candidate("prefix_tuning")]
+    a, b = surrogate.predict(held_out[1][0].profile, cands), loaded.predict(held_out[1][0].profile, cands)
+    assert isinstance(loaded, Surrogate) and np.allclose(a.mean, b.mean) and np.allclose(a.samples, b.samples)
+
+
+def test_recommend_ranks_the_zoo_and_learns_from_a_new_run(held_out, tmp_path):
+    from metapeft.experience import ExperienceStore
+    from metapeft.meta import MetaPEFT
+    from metapeft.methods import list_methods
+
+    train, test = held_out
+    store = ExperienceStore(f"sqlite:///{tmp_path / 'own.db'}")
+    store.add_many(train)
+    meta = MetaPEFT(store, include_prior=False, cache_dir=tmp_path / "meta")
+    profile = test[0].profile
+    ranking = meta.recommend(profile)
+    assert {r.method for r in ranking} == {m.name for m in list_methods()}
+    assert sum(r.confidence for r in ranking) == pytest.approx(1.0, abs=1e-6)
+    assert [r.rank for r in ranking] == list(range(1, len(ranking) + 1))
+    for r in ranking:
+        e = r.expected_performance
+        assert all(e[k]["low"] <= e[k]["mean"] <= e[k]["high"] for k in ("accuracy", "train_time_s", "peak_memory_mb"))
+        assert r.reasoning and "learning_rate" in r.hyperparameters
+    assert "Task traits" in ranking[0].reasoning and meta.similar(profile)
+
+    run = test[0]
+    meta.learn_from_experience(run)
+    assert store.get(run.id).status == "finished"
+    after = meta.recommend(profile)
+    same = {r.method: r.expected_performance["accuracy"]["mean"] for r in ranking}
+    assert any(abs(same[r.method] - r.expected_performance["accuracy"]["mean"]) > 1e-4 for r in after)
+    assert "Conditioned on 1 run" in after[0].reasoning
+
+    # memory limit below every prediction: nothing is feasible, every method says why
+    blocked = meta.recommend(profile, max_memory_mb=1.0)
+    assert not any(r.feasible for r in blocked) and all("memory" in r.reasoning for r in blocked)
+    assert sum(r.confidence for r in blocked) == 0
+
+
+def test_empty_experience_is_a_clear_error(tmp_path):
+    from metapeft import MetapeftError
+    from metapeft.experience import ExperienceStore
+    from metapeft.meta import MetaPEFT
+
+    with pytest.raises(MetapeftError, match="not enough experience"):
+        MetaPEFT(ExperienceStore(f"sqlite:///{tmp_path / 'e.db'}"), include_prior=False, cache_dir=tmp_path).fit()
+
+
+def test_evaluate_scores_ours_and_every_baseline(prior_records):
+    from metapeft.meta import Surrogate, evaluate
+    from metapeft.meta._evaluate import SELECTORS
+
+    tasks = sorted({r.task_name for r in prior_records})[:5]
+    records = [r for r in prior_records if r.task_name in tasks]
+    selectors = {**SELECTORS, "metapeft": lambda: Surrogate(members=3, epochs=150, folds=2)}
+    result = evaluate(records, selectors=selectors, random_repeats=5)
+    assert result["tasks"] == 5 and set(result["selectors"]) == set(SELECTORS)
+    for r in result["selectors"].values():
+        assert 0 <= r["top1"] <= 1 and r["mean_regret"] >= 0 and 0 < r["ndcg"] <= 1 and r["regret_at_3"] <= r["mean_regret"] + 1e-9
+    ours = result["selectors"]["metapeft"]
+    assert 0 <= ours["ece"] <= 1 and 0 <= ours["coverage_90"] <= 1
+    assert set(result["per_task_regret"]) == {t.split("@")[0] for t in tasks}
+    assert result["few_shot"]["cells"] > 0
+
+
+def test_cli_recommend_similar_map_and_errors(tmp_path):
+    proc = run_cli("recommend", "example", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert sum(r["confidence"] for r in result["recommendations"]) == pytest.approx(1.0, abs=1e-3)
+    assert result["similar_tasks"] and result["experience"]["runs"] > 0
+
+    proc = run_cli("similar", "example", "-k", "2", "--json")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 2
+
+    proc = run_cli("map", "--output", str(tmp_path / "map"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "map" / "map.png").stat().st_size > 1000 and "<img" in (tmp_path / "map" / "index.html").read_text()
+
+    bad = run_cli("recommend", "example", "--model", str(tmp_path / "no-such-model"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    empty = run_cli("recommend", "example", "--no-prior", "--store", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert empty.returncode == 2 and "not enough experience" in empty.stderr
