@@ -27,6 +27,8 @@ _EXPORTS = {
     "TrainResult": "metapeft.training",
     "Experience": "metapeft.experience",
     "ExperienceStore": "metapeft.experience",
+    "MetaPEFT": "metapeft.meta",
+    "MethodRecommendation": "metapeft.meta",
     "MetapeftError": "metapeft._errors",
 }
 
@@ -35,6 +37,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from ._errors import MetapeftError
     from .experience import Experience, ExperienceStore
+    from .meta import MetaPEFT, MethodRecommendation
     from .methods import Method, MethodConfig, get_method, list_methods, register_method
     from .tasks import Task, TaskProfile, load_suite, load_task, profile_task
     from .training import TrainResult, load_classifier, train

@@ -106,12 +106,22 @@ class Surrogate:
         return np.concatenate([task, z, conf], axis=1).astype(np.float32)
 
     def _rows(self, records: list[Experience]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+        """Inputs and the four trained targets: accuracy relative to its task instance's mean, log time, log
+        memory, and that mean (the task's level). Selection depends only on the relative part, so the network
+        learns it as a target of its own instead of as a small difference between two large, noisy numbers."""
         records = [r for r in records if usable(r)]
         profiles = [r.profile for r in records]
         rows = [(r.method, r.hyperparameters, effective_max_length(r, r.profile)) for r in records]
         x = self._x(profiles, rows)
         y = np.stack([targets(r) for r in records])
-        return x, y, [task_group(r) for r in records], [cell_key(r) for r in records]
+        cells = [cell_key(r) for r in records]
+        level = np.full(len(records), np.nan, np.float32)
+        for c in set(cells):
+            idx = [i for i, k in enumerate(cells) if k == c]
+            if len({records[i].method for i in idx}) >= 3:  # fewer methods say too little about the task's level
+                level[idx] = y[idx, 0].mean()
+        y4 = np.stack([y[:, 0] - level, y[:, 1], y[:, 2], level], axis=1)
+        return x, y4, [task_group(r) for r in records], cells
 
     # --- fitting -------------------------------------------------------------------------------------------
     @single_threaded
@@ -126,7 +136,7 @@ class Surrogate:
         self.y_mean, self.y_std = np.nanmean(y, 0), np.nanstd(y, 0)
         self.y_mean, self.y_std = np.nan_to_num(self.y_mean), np.where(np.nan_to_num(self.y_std) > 1e-6, self.y_std, 1.0)
         torch.manual_seed(self.seed)
-        self.net = _Ensemble(self.members, x.shape[1], self.hidden, len(TARGETS))
+        self.net = _Ensemble(self.members, x.shape[1], self.hidden, y.shape[1])
         self._train(x, y, groups, self.epochs)
         self.n_records = len(records)
         if self.calibrate:
@@ -198,15 +208,18 @@ class Surrogate:
             self.task_var[t] = float(max(np.var(list(offsets.values())) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
 
     # --- prediction ----------------------------------------------------------------------------------------
-    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per member: means and variances of (accuracy, log s, log MB), and the variance of the relative part of
+        accuracy alone (the run noise that differs between candidates of one task)."""
         with torch.no_grad():
             mu, logvar = self.net(torch.from_numpy((x - self.x_mean) / self.x_std))
         mu = mu.numpy() * self.y_std + self.y_mean
         var = np.exp(logvar.numpy()) * self.y_std**2
-        return mu, var  # (members, n, targets), in target units (accuracy, log s, log MB)
+        accuracy, accuracy_var = mu[..., 0] + mu[..., 3], var[..., 0] + var[..., 3]
+        return np.stack([accuracy, mu[..., 1], mu[..., 2]], -1), np.stack([accuracy_var, var[..., 1], var[..., 2]], -1), var[..., 0]
 
     def _moments(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, var = self._forward(x)
+        mu, var, _ = self._forward(x)
         return mu.mean(0), np.sqrt(var.mean(0) + mu.var(0))
 
     @single_threaded
@@ -215,7 +228,7 @@ class Surrogate:
             raise ValueError("Surrogate is not fitted")
         profile = profile_dict(profile)
         rows = [(c.method, c.hyperparameters, effective_max_length(c.hyperparameters, profile)) for c in candidates]
-        mu, var = self._forward(self._x([profile] * len(rows), rows))
+        mu, var, relative_var = self._forward(self._x([profile] * len(rows), rows))
         offset, shrink = self._condition(profile, observed or [])
         mu = mu + offset
         mean = mu.mean(0)
@@ -225,7 +238,7 @@ class Surrogate:
         # candidates of one draw, so a common shift does not change which is best)
         rng = np.random.default_rng(self.seed)
         k = rng.integers(0, mu.shape[0], draws)
-        noise = rng.standard_normal((draws, len(rows))) * np.sqrt(var[k, :, 0] * shrink[0]) * self.scale[0]
+        noise = rng.standard_normal((draws, len(rows))) * np.sqrt(relative_var[k]) * self.scale[0]
         samples = mu[k, :, 0] + noise
         natural = [lambda a: np.clip(a, 0.0, 1.0), np.exp, np.exp]
         return Prediction(
@@ -271,7 +284,7 @@ class Surrogate:
             raise ValueError("saved surrogate was trained on another method zoo")
         for name in ("x_mean", "x_std", "y_mean", "y_std", "scale", "task_var", "noise_var"):
             setattr(self, name, tensors[name].numpy())
-        self.net = _Ensemble(self.members, len(self.x_mean), self.hidden, len(TARGETS))
+        self.net = _Ensemble(self.members, len(self.x_mean), self.hidden, len(self.y_mean))
         self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
         self.n_records = meta["n_records"]
         return self
