@@ -458,6 +458,127 @@ def evaluate(
         out.print(f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error {fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, regret {fs['regret_zero_shot']:.2f} → {fs['regret_conditioned']:.2f}")
 
 
+ObjectivesOption = Annotated[str, typer.Option("--objectives", help="Comma-separated objectives among accuracy, train_time, peak_memory.")]
+PreferOption = Annotated[str, typer.Option("--prefer", help="Which Pareto configuration to pick: accuracy, time or memory.")]
+MaxMemoryOption = Annotated[Optional[float], typer.Option("--max-memory", help="Pick only configurations within this peak memory (MB).", show_default=False)]
+MaxTimeOption = Annotated[Optional[float], typer.Option("--max-time", help="Pick only configurations within this training time (s).", show_default=False)]
+
+
+def _objectives(text: str) -> tuple[str, ...]:
+    names = {"accuracy": "accuracy", "train_time": "train_time_s", "train_time_s": "train_time_s", "time": "train_time_s",
+             "peak_memory": "peak_memory_mb", "peak_memory_mb": "peak_memory_mb", "memory": "peak_memory_mb"}  # fmt: skip
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if item not in names:
+            raise MetapeftError(f"--objectives: unknown objective {item!r}; use accuracy, train_time, peak_memory")
+        out.append(names[item])
+    return tuple(out)
+
+
+def _trial_table(trials, pick, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("trial", "state", "method", "proposed by", "accuracy", "train s", "peak MB", "lr"):
+        table.add_column(column)
+    for t in trials:
+        m = t.metrics
+        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "—"  # noqa: E731
+        star = " ★" if pick is not None and t.number == pick.number else ""
+        table.add_row(f"{t.number}{star}", t.state, t.method or "—", t.source or "—", fmt(m.get("accuracy"), ".4f"), fmt(m.get("train_time_s"), ".1f"),
+                      fmt(m.get("peak_memory_mb"), ".0f"), fmt(t.hyperparameters.get("learning_rate"), ".2g"))  # fmt: skip
+    return table
+
+
+@app.command()
+def tune(
+    data: DataArgument,
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", help="Trials in total (over every process sharing the study) [default: 10 unless --time-budget].", show_default=False)] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting trials after this many seconds.", show_default=False)] = None,
+    objectives: ObjectivesOption = "accuracy",
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods to search [default: the whole zoo].", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps of each trial [default: each method's default].", show_default=False)] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="meta (warm-started by the meta-learner), or cold: gp, tpe, random.")] = "meta",
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL shared by cooperating processes [default: SQLite in the data dir].", show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name: processes with the same --storage and --study share one search [default: new].", show_default=False)] = None,
+    prefer: PreferOption = "accuracy",
+    max_memory: MaxMemoryOption = None,
+    max_time: MaxTimeOption = None,
+    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Stop bad trials early from their learning curves (one objective only).")] = True,
+    eval_size: Annotated[int, typer.Option("--eval-size", help="Held-out examples evaluated per trial.")] = 300,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Sampler seed.", show_default=False)] = None,
+    model: ModelOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Search methods and hyperparameters (Bayesian, warm-started by the meta-learner); Pareto set, plot and a pick."""
+    from .experience import ExperienceStore
+    from .search import tune as run_tune
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    if max_steps is not None and max_steps < 1:
+        raise MetapeftError(f"--max-steps must be at least 1, got {max_steps}")
+    task = _load(data, text_column, pair_column, label_column)
+    with console.status(f"searching {task.name}…") as status:
+        def on_trial(t) -> None:
+            console.print(f"trial {t.number}: {t.method} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, {t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}", highlight=False)
+            status.update(f"searching {task.name}… {t.number + 1} trials done")
+
+        result = run_tune(task, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps,
+                          sampler=sampler, storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time,
+                          prune=prune, eval_size=eval_size, seed=seed, model=model, store=ExperienceStore(store), on_trial=on_trial)  # fmt: skip
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    out.print(_trial_table(result.pareto, result.pick, f"Pareto set of {result.study} ({len(result.trials)} trials; ★ = pick)"))
+    if result.files:
+        console.print(f"plot and table: {result.files[-1]}")
+
+
+@app.command()
+def autotune(
+    data: DataArgument,
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Search trials.")] = 4,
+    search_steps: Annotated[int, typer.Option("--search-steps", help="Training steps of each search trial.")] = 40,
+    final_steps: Annotated[Optional[int], typer.Option("--final-steps", help="Training steps of the final run of the pick [default: the method's default].", show_default=False)] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting search trials after this many seconds.", show_default=False)] = None,
+    objectives: ObjectivesOption = "accuracy,train_time,peak_memory",
+    prefer: PreferOption = "accuracy",
+    max_memory: MaxMemoryOption = None,
+    max_time: MaxTimeOption = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Registered model name [default: metapeft-<task>].", show_default=False)] = None,
+    model: ModelOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Profile → recommend → tune → train the pick → register it in MLflow's model registry with the decision."""
+    from .experience import ExperienceStore
+    from .search import autotune as run_autotune
+
+    for value, flag in ((trials, "--trials"), (search_steps, "--search-steps"), (final_steps, "--final-steps")):
+        if value is not None and value < 1:
+            raise MetapeftError(f"{flag} must be at least 1, got {value}")
+    task = _load(data, text_column, pair_column, label_column)
+    with console.status(f"autotuning {task.name}…") as status:
+        result = run_autotune(task, trials=trials, search_steps=search_steps, final_steps=final_steps, time_budget=time_budget,
+                              objectives=_objectives(objectives), prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, model=model,
+                              store=ExperienceStore(store), registered_name=name, on_stage=lambda text: status.update(text + "…"),
+                              on_trial=lambda t: console.print(f"trial {t.number}: {t.method} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}", highlight=False))  # fmt: skip
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    out.print(_trial_table(result.search.pareto, result.search.pick, f"Pareto set ({len(result.search.trials)} trials; ★ = pick)"))
+    f = result.final
+    out.print(f"recommended: {result.recommended['method']} (P(best) {result.recommended['confidence']:.2f}); picked: {f['method']} — "
+              f"final accuracy {f['metrics']['accuracy']:.4f} after {f['metrics']['steps']} steps; adapter {f['adapter_path']}", highlight=False)  # fmt: skip
+    if result.registered:
+        out.print(f"registered as {result.registered['name']} version {result.registered['version']} in MLflow's model registry", highlight=False)
+
+
 @experience_app.command("list")
 def experience_list(
     store: StoreOption = None,

@@ -86,5 +86,30 @@ class MLflowTracker:
         self.client.set_terminated(run_id, status)
         return run_id
 
+    def start_parent(self, name: str, tags: dict[str, Any]) -> str:
+        """Open a run that others nest under (a search); close it with :meth:`end_parent`."""
+        return self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items() if v is not None}).info.run_id
+
+    def end_parent(self, run_id: str, *, metrics: dict[str, float] | None = None, files: list[str | Path] = (), status: str = "FINISHED") -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        if metrics:
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for f in files:
+            self.client.log_artifact(run_id, str(f))
+        self.client.set_terminated(run_id, status)
+
+    def register(self, name: str, run_id: str, *, artifact_path: str = "adapter", tags: dict[str, Any] | None = None, description: str | None = None):
+        """Register ``artifact_path`` of ``run_id`` as a new version of model ``name`` in the model registry."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:
+            pass  # exists already: add a version
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        return self.client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()}, description=description)
+
 
 __all__ = ["MLflowTracker"]

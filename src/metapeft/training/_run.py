@@ -59,12 +59,15 @@ def train(
     progress: ProgressCallback | None = None,
     tags: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    should_stop=None,
+    parent_run_id: str | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` (default all-MiniLM-L6-v2) on ``task`` with ``method`` and return what it achieved.
 
     ``hyperparameters`` override the method's defaults (values are validated against its ranges). With
     ``record`` the run is written to the experience store before training starts and completed after it, so a
-    crash leaves a ``failed``/``interrupted`` record; with ``track`` it is logged to MLflow.
+    crash leaves a ``failed``/``interrupted`` record; with ``track`` it is logged to MLflow (nested under
+    ``parent_run_id`` when given). ``should_stop(step, curve)`` may end the run early (a pruner).
     """
     spec = get_method(method)
     config = spec.make_config(hyperparameters)
@@ -98,7 +101,7 @@ def train(
         result = fit(
             task, spec, config, backbone, model=model, max_length=max_length, device=torch_device, seed=seed,
             time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, progress=progress,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, should_stop=should_stop,
         )
         adapter_path = None
         if save:
@@ -141,6 +144,7 @@ def train(
                       "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {})},
                 artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve},
                 artifact_dir=adapter_path,
+                parent_run_id=parent_run_id,
             )
         except Exception as exc:  # tracking trouble must not lose a finished run
             warnings.append(f"MLflow logging failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,248 @@
+"""``tune``: multi-objective search over methods and hyperparameters with Optuna, warm-started by the meta-learner.
+
+One Optuna study per search, in an RDB storage (SQLite in the data directory by default, PostgreSQL for a team):
+several processes given the same ``storage`` and ``study_name`` share the search, and a killed process loses only
+its trial in flight. Every trial is a real ``train`` run: it lands in the experience store and in MLflow, nested
+under one parent run per search. With one objective, a median pruner reads the engine's learning curve and stops
+bad trials early (Optuna does not prune multi-objective studies).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .._config import data_dir, runs_dir
+from .._errors import MetapeftError
+from ..experience import ExperienceStore
+from ..methods import get_method, list_methods
+from ..tasks import Task, TaskProfile
+from ._sampler import OBJECTIVES, MetaSampler
+from ._space import joint_space, to_config, to_params
+
+SAMPLERS = ("meta", "gp", "tpe", "random")
+PREFERENCES = {"accuracy": "accuracy", "time": "train_time_s", "memory": "peak_memory_mb"}
+
+
+@dataclass
+class TrialResult:
+    number: int
+    state: str
+    method: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    experience_id: str | None = None
+    adapter_path: str | None = None
+    mlflow_run_id: str | None = None
+    source: str | None = None  # why this trial was proposed: "surrogate", "similar task", or the sampler
+
+
+@dataclass
+class TuneResult:
+    study: str
+    storage: str
+    objectives: list[str]
+    sampler: str
+    trials: list[TrialResult]
+    pareto: list[TrialResult]
+    pick: TrialResult | None
+    parent_run_id: str | None = None
+    files: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tune(task: Task, *, trials: int | None = None, time_budget: float | None = None, objectives: tuple[str, ...] = ("accuracy",),
+         methods: list[str] | None = None, max_steps: int | None = None, sampler: str = "meta", storage: str | None = None,
+         study_name: str | None = None, prune: bool = True, seed: int | None = None, meta=None, store: ExperienceStore | None = None,
+         model: str | None = None, eval_size: int = 300, prefer: str = "accuracy", max_memory_mb: float | None = None,
+         max_time_s: float | None = None, track: bool = True, output_dir: str | Path | None = None, warm_start: int = 3,
+         on_trial: Callable[[TrialResult], None] | None = None) -> TuneResult:  # fmt: skip
+    """Search ``trials`` configurations (in total over every process sharing the study) or for ``time_budget``
+    seconds, and return all trials, the Pareto set over ``objectives`` and one pick under ``prefer`` and the limits."""
+    import optuna
+
+    from ..meta import MetaPEFT
+    from ..training import train
+
+    objectives = tuple(objectives)
+    _validate(objectives, sampler, prefer, trials, time_budget)
+    if trials is None and time_budget is None:
+        trials = 10
+    methods = [get_method(m).name for m in (methods or [m.name for m in list_methods()])]
+    budget = {"max_steps": max_steps} if max_steps else {}
+    store = store or ExperienceStore()
+    meta = meta or MetaPEFT(store, model=model)
+    profile = meta.profile(task)
+    space = joint_space(methods)
+    storage = storage or f"sqlite:///{data_dir() / 'optuna.db'}"
+    study_name = study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if sampler == "meta":
+        chosen = MetaSampler(meta.fit().surrogate, profile, methods, objectives, budget=budget, seed=seed)
+    else:
+        chosen = {"gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
+                  "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False),
+                  "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[sampler]()  # fmt: skip
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune and len(objectives) == 1 else optuna.pruners.NopPruner()
+    directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
+    # heartbeats let a live process mark the trial of a killed one as failed instead of leaving it running forever
+    try:
+        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
+                                         engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
+    except Exception as exc:  # bad URL, missing driver, unreachable server
+        raise MetapeftError(f"cannot open the Optuna storage {storage!r}: {type(exc).__name__}: {str(exc).splitlines()[0]} (fix --storage)") from None
+    try:
+        study = optuna.create_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner, directions=directions, load_if_exists=True)
+    except ValueError as exc:  # an existing study with other objectives
+        raise MetapeftError(f"study {study_name!r} in {storage}: {exc}; choose another --study name") from None
+    if sampler == "meta" and not study.trials:
+        for params, source in warm_start_configs(meta, profile, methods, space, budget, warm_start):
+            study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
+
+    tracker = parent = None
+    if track:
+        from ..tracking import MLflowTracker
+
+        tracker = MLflowTracker()
+        parent = study.user_attrs.get("mlflow_parent_run_id")
+        if parent is None:
+            parent = tracker.start_parent(f"tune/{task.name}", {"metapeft.study": study_name, "metapeft.objectives": ",".join(objectives),
+                                                                "metapeft.sampler": sampler, "metapeft.task": task.name})  # fmt: skip
+            study.set_user_attr("mlflow_parent_run_id", parent)
+    folder = Path(output_dir) if output_dir else runs_dir() / "tune" / study_name
+    task_profile = TaskProfile.from_dict(profile)
+
+    def objective(trial: optuna.Trial):
+        params = {name: _suggest(trial, name, dist) for name, dist in space.items()}
+        method, hp = to_config(params)
+        trial.set_user_attr("source", trial.user_attrs.get("source", sampler))
+
+        def should_stop(step: int, curve: list[dict]) -> bool:
+            if len(objectives) > 1 or not prune or not curve or curve[-1]["step"] != step:
+                return False
+            trial.report(curve[-1]["accuracy"], step)
+            return trial.should_prune()
+
+        result = train(task, method, {**hp, **budget}, model=model, profile=task_profile, store=store, eval_size=eval_size, track=track,
+                       tracker=tracker, parent_run_id=parent, should_stop=should_stop, output_dir=folder / f"trial-{trial.number}",
+                       tags={"study": study_name, "trial": trial.number, "sampler": sampler})  # fmt: skip
+        m = result.metrics
+        trial.set_user_attr("hyperparameters", result.hyperparameters)
+        trial.set_user_attr("metrics", {k: m.get(k) for k in (*OBJECTIVES, "macro_f1", "max_length", "steps", "trainable_params")})
+        for key in ("experience_id", "adapter_path", "mlflow_run_id"):
+            trial.set_user_attr(key, getattr(result, key))
+        if on_trial:
+            state = "PRUNED" if result.stopped_by == "should_stop" else "COMPLETE"
+            on_trial(TrialResult(trial.number, state, method, result.hyperparameters, trial.user_attrs["metrics"], result.experience_id,
+                                 result.adapter_path, result.mlflow_run_id, trial.user_attrs["source"]))  # fmt: skip
+        if result.stopped_by == "should_stop":
+            raise optuna.TrialPruned()
+        return tuple(float(m[o]) for o in objectives)
+
+    callbacks = [optuna.study.MaxTrialsCallback(trials, states=_counted())] if trials else []
+    started = time.monotonic()
+    if not trials or _finished(study) < trials:
+        study.optimize(objective, timeout=time_budget, callbacks=callbacks, catch=(MetapeftError,), gc_after_trial=True)
+
+    all_trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
+    pareto_numbers = {t.number for t in study.best_trials} if any(t.state == "COMPLETE" for t in all_trials) else set()
+    pareto = [t for t in all_trials if t.number in pareto_numbers]
+    pick = choose(pareto, [t for t in all_trials if t.state == "COMPLETE"], prefer, max_memory_mb, max_time_s)
+    result = TuneResult(study_name, storage, list(objectives), sampler, all_trials, pareto, pick, parent)
+    if pareto:
+        from ._plot import render_pareto
+
+        result.files = [str(f) for f in render_pareto(result, folder)]
+    if tracker is not None and parent is not None:
+        best = max((t.metrics["accuracy"] for t in pareto if t.metrics.get("accuracy") is not None), default=None)
+        metrics = {"trials": len(all_trials), "search_s": time.monotonic() - started, **({"best_accuracy": best} if best is not None else {})}
+        tracker.end_parent(parent, metrics=metrics, files=result.files)
+    return result
+
+
+def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, budget: dict, k: int) -> list[tuple[dict, str]]:
+    """The first trials: the surrogate's best-predicted configurations (its pick first), then the best run of the
+    most similar past task."""
+    ranking = meta.recommend(profile, methods=methods, budget=budget)
+    out = [(to_params(r.method, r.hyperparameters, space), "surrogate") for r in ranking[: max(1, k - 1)]]
+    for near in meta.similar(profile, 1):
+        runs = [r for r in meta.experiences() if r.task_name == near.task and r.method in methods]
+        if runs:
+            best = max(runs, key=lambda r: r.metrics["accuracy"])
+            params = to_params(best.method, best.hyperparameters, space)
+            if params not in [p for p, _ in out]:
+                out.append((params, f"similar task {near.task}"))
+    for r in ranking[max(1, k - 1) :]:
+        if len(out) >= k:
+            break
+        out.append((to_params(r.method, r.hyperparameters, space), "surrogate"))
+    return out[:k]
+
+
+def choose(pareto: list[TrialResult], complete: list[TrialResult], prefer: str, max_memory_mb: float | None, max_time_s: float | None) -> TrialResult | None:
+    """The Pareto trial best on the preferred objective among those within the limits (any finished trial within
+    the limits if no Pareto trial is)."""
+    key = PREFERENCES[prefer]
+
+    def within(t: TrialResult) -> bool:
+        m = t.metrics
+        return (max_memory_mb is None or (m.get("peak_memory_mb") or 0) <= max_memory_mb) and (max_time_s is None or (m.get("train_time_s") or 0) <= max_time_s)
+
+    for pool in (pareto, complete):
+        ok = [t for t in pool if within(t) and t.metrics.get(key) is not None]
+        if ok:
+            sign = -1 if key == "accuracy" else 1
+            return min(ok, key=lambda t: (sign * t.metrics[key], -(t.metrics.get("accuracy") or 0)))
+    return None
+
+
+def _validate(objectives, sampler, prefer, trials, time_budget) -> None:
+    if not objectives or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives):
+        raise MetapeftError(f"--objectives must be distinct names among {', '.join(OBJECTIVES)}, got {','.join(objectives) or 'nothing'}")
+    if sampler not in SAMPLERS:
+        raise MetapeftError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if prefer not in PREFERENCES:
+        raise MetapeftError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}")
+    if trials is not None and trials < 1:
+        raise MetapeftError(f"--trials must be at least 1, got {trials}")
+    if time_budget is not None and time_budget <= 0:
+        raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
+
+
+def _suggest(trial, name: str, dist):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+
+
+def _counted():
+    from optuna.trial import TrialState
+
+    # running trials count, so that processes sharing a study stop at the total; waiting (enqueued) ones do not
+    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
+def _finished(study) -> int:
+    return len(study.get_trials(deepcopy=False, states=_counted()))
+
+
+def _trial_result(t) -> TrialResult:
+    method = t.params.get("method")
+    return TrialResult(
+        number=t.number, state=t.state.name, method=method, hyperparameters=t.user_attrs.get("hyperparameters") or ({} if method is None else to_config(t.params)[1]),
+        metrics=t.user_attrs.get("metrics") or {}, experience_id=t.user_attrs.get("experience_id"), adapter_path=t.user_attrs.get("adapter_path"),
+        mlflow_run_id=t.user_attrs.get("mlflow_run_id"), source=t.user_attrs.get("source"),
+    )  # fmt: skip
+
+
+__all__ = ["SAMPLERS", "TrialResult", "TuneResult", "choose", "tune", "warm_start_configs"]

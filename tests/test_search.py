@@ -1,0 +1,106 @@
+"""Search: real training trials on a tiny real task, Optuna studies in real SQLite storages, MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_task(example_task):
+    return example_task.subsample(32, seed=1)
+
+
+def test_joint_space_round_trips_every_method():
+    from metapeft.methods import get_method, list_methods
+    from metapeft.search._space import joint_space, to_config, to_params
+
+    methods = [m.name for m in list_methods()]
+    space = joint_space(methods)
+    for m in methods:
+        method, hp = to_config(to_params(m, {}, space))
+        defaults = {k: v for k, v in get_method(m).defaults().as_dict().items() if f"{m}.{k}" in space}
+        assert method == m and hp == defaults
+        for name, value in to_params(m, {}, space).items():
+            assert name == "method" or space[name]._contains(space[name].to_internal_repr(value))
+
+
+def test_tune_three_trials_store_track_and_pareto(tiny_task, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from metapeft._config import tracking_uri
+    from metapeft.experience import ExperienceStore
+    from metapeft.meta import MetaPEFT
+    from metapeft.search import tune
+
+    store = ExperienceStore(f"sqlite:///{tmp_path / 'exp.db'}")
+    meta = MetaPEFT(store)
+    first = meta.recommend(tiny_task, budget={"max_steps": 4})[0]
+    result = tune(tiny_task, trials=3, max_steps=4, eval_size=40, store=store, meta=meta, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                  objectives=("accuracy", "train_time_s", "peak_memory_mb"), output_dir=tmp_path / "search")  # fmt: skip
+    assert [t.state for t in result.trials] == ["COMPLETE"] * 3
+    # warm start: the surrogate's pick is the first trial
+    assert result.trials[0].method == first.method and result.trials[0].source == "surrogate"
+    assert result.trials[0].hyperparameters == {**first.hyperparameters, "max_steps": 4}
+    ids = {t.experience_id for t in result.trials}
+    assert len(ids) == 3 and all(store.get(i).status == "finished" for i in ids)
+    assert result.pareto and result.pick in result.pareto
+    client = MlflowClient(tracking_uri())
+    children = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert {r.info.run_id for r in children} == {t.mlflow_run_id for t in result.trials}
+    assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000 and "Pareto set" in (tmp_path / "search" / "index.html").read_text()
+
+
+def test_choose_honours_preference_and_limits():
+    from metapeft.search._tune import TrialResult, choose
+
+    a = TrialResult(0, "COMPLETE", "lora", metrics={"accuracy": 0.9, "train_time_s": 100, "peak_memory_mb": 3000})
+    b = TrialResult(1, "COMPLETE", "ia3", metrics={"accuracy": 0.8, "train_time_s": 20, "peak_memory_mb": 2000})
+    assert choose([a, b], [a, b], "accuracy", None, None) is a
+    assert choose([a, b], [a, b], "time", None, None) is b
+    assert choose([a, b], [a, b], "accuracy", 2500, None) is b
+    assert choose([a, b], [a, b], "accuracy", 100, None) is None
+
+
+def test_two_processes_share_one_sqlite_study(tiny_task, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": tiny_task.label_names[y]}) + "\n" for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)))
+    args = ["tune", str(data), "--trials", "4", "--max-steps", "3", "--eval-size", "30", "--storage", storage, "--study", "shared", "--sampler", "random", "--json"]
+    procs = [subprocess.Popen([sys.executable, "-c", "from metapeft.cli import run; run()", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    import optuna
+
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    assert len(trials) == 4 and sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_tune_and_autotune_bad_input():
+    bad = run_cli("tune", "example", "--objectives", "accuracy,speed")
+    assert bad.returncode == 2 and "unknown objective 'speed'" in bad.stderr
+    bad = run_cli("tune", "example", "--sampler", "magic", "--trials", "1")
+    assert bad.returncode == 2 and "--sampler" in bad.stderr
+    bad = run_cli("autotune", "example", "--trials", "0")
+    assert bad.returncode == 2 and "--trials" in bad.stderr
+
+
+def test_autotune_registers_a_model_version_with_the_decision(tiny_task, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from metapeft._config import tracking_uri
+    from metapeft.experience import ExperienceStore
+    from metapeft.search import autotune
+
+    result = autotune(tiny_task, trials=2, search_steps=3, final_steps=4, eval_size=40, store=ExperienceStore(f"sqlite:///{tmp_path / 'a.db'}"), registered_name="tiny-test")
+    assert result.registered["name"] == "tiny-test" and result.final["metrics"]["steps"] == 4
+    version = MlflowClient(tracking_uri()).get_model_version("tiny-test", str(result.registered["version"]))
+    assert version.tags["metapeft.method"] == result.search.pick.method
+    assert len(json.loads(version.tags["metapeft.task_embedding"])) > 0 and json.loads(version.tags["metapeft.pareto"])
+    assert "chosen from a Pareto set" in version.tags["metapeft.decision"]
