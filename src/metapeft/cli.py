@@ -540,7 +540,7 @@ def tune(
 def autotune(
     data: DataArgument,
     trials: Annotated[int, typer.Option("--trials", "-n", help="Search trials.")] = 4,
-    search_steps: Annotated[int, typer.Option("--search-steps", help="Training steps of each search trial.")] = 40,
+    search_steps: Annotated[Optional[int], typer.Option("--search-steps", help="Training steps of each search trial [default: each method's default].", show_default=False)] = None,
     final_steps: Annotated[Optional[int], typer.Option("--final-steps", help="Training steps of the final run of the pick [default: the method's default].", show_default=False)] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting search trials after this many seconds.", show_default=False)] = None,
     objectives: ObjectivesOption = "accuracy,train_time,peak_memory",
@@ -574,7 +574,7 @@ def autotune(
     out.print(_trial_table(result.search.pareto, result.search.pick, f"Pareto set ({len(result.search.trials)} trials; ★ = pick)"))
     f = result.final
     out.print(f"recommended: {result.recommended['method']} (P(best) {result.recommended['confidence']:.2f}); picked: {f['method']} — "
-              f"final accuracy {f['metrics']['accuracy']:.4f} after {f['metrics']['steps']} steps; adapter {f['adapter_path']}", highlight=False)  # fmt: skip
+              f"accuracy {f['metrics']['accuracy']:.4f} after {f['metrics']['steps']} steps; adapter {f['adapter_path']}", highlight=False)  # fmt: skip
     if result.registered:
         out.print(f"registered as {result.registered['name']} version {result.registered['version']} in MLflow's model registry", highlight=False)
 

@@ -33,7 +33,7 @@ MIN_VARIED = 10
 
 @dataclass
 class MethodRecommendation:
-    """One method in the ranking (the seed design's record, plus rank, feasibility and similar tasks)."""
+    """One method in the ranking: the seed design's record plus its rank and whether it fits the user's limits."""
 
     method: str
     rank: int
@@ -100,11 +100,14 @@ class MetaPEFT:
                 "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior)"
             )
         key = _experience_key(records)
-        path = self.cache_dir / "surrogate.safetensors"
+        # one cache per choice of experience (store, prior on/off), so that switching the prior off and on does not
+        # make each choice overwrite the other's models
+        selection = f"{self.store.url if self.store is not None else ''}|{self.include_prior}|{self.include_own}"
+        path = self.cache_dir / f"surrogate-{hashlib.sha256(selection.encode()).hexdigest()[:12]}.safetensors"
         cached = None if force else _load_cached(path)
         if cached is not None and cached[1]["key"] == key:
             self.surrogate = cached[0]
-        elif cached is not None and cached[1]["full_fit_records"] * (1 + REFIT_GROWTH) > len(records):
+        elif cached is not None and cached[1]["n_records"] <= len(records) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH):
             self.surrogate = cached[0].partial_fit(records)  # a few new runs: continue training, keep calibration
             _save(path, self.surrogate, key, cached[1]["full_fit_records"])
         else:

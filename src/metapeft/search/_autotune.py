@@ -1,5 +1,9 @@
 """``autotune``: profile → recommend → tune within a budget → train the pick with the full budget → register it.
 
+Search trials train with each method's default budget unless ``search_steps`` shortens them; then the pick is
+trained again with ``final_steps`` (default: its method's). When the search already used the final budget, the
+pick's own run is the result: nothing is trained twice.
+
 The registered model version carries the meta-learning decision as tags: the task embedding, the recommended
 method and its confidence, the pick and why, and the Pareto set it came from.
 """
@@ -29,7 +33,7 @@ class AutotuneResult:
         return asdict(self)
 
 
-def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, search_steps: int = 40, final_steps: int | None = None,
+def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, search_steps: int | None = None, final_steps: int | None = None,
              objectives: tuple[str, ...] = ("accuracy", "train_time_s", "peak_memory_mb"), prefer: str = "accuracy",
              max_memory_mb: float | None = None, max_time_s: float | None = None, model: str | None = None, store: ExperienceStore | None = None,
              registered_name: str | None = None, register: bool = True, eval_size: int = 300,
@@ -49,30 +53,34 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
     profile = meta.profile(task)
     meta.fit()
     ranking = meta.recommend(profile, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
-    stage(f"searching: {trials} trials of {search_steps} steps, warm-started with {ranking[0].method}")
+    stage(f"searching: {trials} trials, warm-started with {ranking[0].method}")
     search = tune(task, trials=trials, time_budget=time_budget, objectives=objectives, max_steps=search_steps, meta=meta, store=store, model=model,
                   prefer=prefer, max_memory_mb=max_memory_mb, max_time_s=max_time_s, eval_size=eval_size, on_trial=on_trial)  # fmt: skip
     pick = search.pick
     if pick is None:
         raise MetapeftError("no trial finished within your limits; raise --trials or loosen --max-memory/--max-time")
     steps = final_steps or get_method(pick.method).defaults().max_steps
-    stage(f"training the pick ({pick.method}, trial {pick.number}) for {steps} steps")
-    final = train(task, pick.method, {**pick.hyperparameters, "max_steps": steps}, model=model, profile=TaskProfile.from_dict(profile), store=store,
-                  eval_size=eval_size, parent_run_id=search.parent_run_id, tags={"study": search.study, "autotune": True})  # fmt: skip
+    if steps == pick.metrics.get("steps"):  # the pick was trained with the final budget already: keep that run
+        final = {"method": pick.method, "hyperparameters": pick.hyperparameters, "metrics": pick.metrics, "adapter_path": pick.adapter_path,
+                 "experience_id": pick.experience_id, "mlflow_run_id": pick.mlflow_run_id, "trial": pick.number}  # fmt: skip
+    else:
+        stage(f"training the pick ({pick.method}, trial {pick.number}) for {steps} steps")
+        final = train(task, pick.method, {**pick.hyperparameters, "max_steps": steps}, model=model, profile=TaskProfile.from_dict(profile), store=store,
+                      eval_size=eval_size, parent_run_id=search.parent_run_id, tags={"study": search.study, "autotune": True}).as_dict()  # fmt: skip
     registered = None
-    if register and final.mlflow_run_id:
+    if register and final["mlflow_run_id"]:
         confidence = next((r.confidence for r in ranking if r.method == pick.method), None)
         embedding = [round(float(x), 4) for x in meta.surrogate.embedder.predict([profile])[0]]
         tags = {
             "metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.task_embedding": json.dumps(embedding),
             "metapeft.recommended_method": ranking[0].method, "metapeft.recommended_confidence": ranking[0].confidence,
-            "metapeft.method": pick.method, "metapeft.method_confidence": confidence, "metapeft.accuracy": final.metrics.get("accuracy"),
+            "metapeft.method": pick.method, "metapeft.method_confidence": confidence, "metapeft.accuracy": final["metrics"].get("accuracy"),
             "metapeft.decision": f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of {len(search.pareto)} by preference '{prefer}'",
             "metapeft.pareto": json.dumps([{"trial": t.number, "method": t.method, **{o: t.metrics.get(o) for o in objectives}} for t in search.pareto]),
-            "metapeft.study": search.study, "metapeft.experience_id": final.experience_id,
+            "metapeft.study": search.study, "metapeft.experience_id": final["experience_id"],
         }  # fmt: skip
         name = registered_name or "metapeft-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task.name)
-        version = MLflowTracker().register(name, final.mlflow_run_id, tags=tags, description=tags["metapeft.decision"])
+        version = MLflowTracker().register(name, final["mlflow_run_id"], tags=tags, description=tags["metapeft.decision"])
         registered = {"name": name, "version": int(version.version), "tags": tags}
     top = ranking[0]
-    return AutotuneResult(task.name, {"method": top.method, "confidence": top.confidence, "hyperparameters": top.hyperparameters}, search, final.as_dict(), registered)
+    return AutotuneResult(task.name, {"method": top.method, "confidence": top.confidence, "hyperparameters": top.hyperparameters}, search, final, registered)

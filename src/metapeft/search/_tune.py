@@ -10,6 +10,7 @@ bad trials early (Optuna does not prune multi-objective studies).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +94,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
     # heartbeats let a live process mark the trial of a killed one as failed instead of leaving it running forever
     try:
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
         rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
                                          engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
     except Exception as exc:  # bad URL, missing driver, unreachable server
