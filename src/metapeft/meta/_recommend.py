@@ -65,13 +65,15 @@ class MetaPEFT:
     """
 
     def __init__(self, store: ExperienceStore | str | None = None, *, include_prior: bool | None = None, include_own: bool = True,
-                 model: str | None = None, cache_dir: str | Path | None = None, surrogate: Surrogate | None = None):  # fmt: skip
+                 model: str | None = None, cache_dir: str | Path | None = None, surrogate: Surrogate | None = None,
+                 experiences: list[Experience] | None = None):  # fmt: skip
         self.store = store if isinstance(store, ExperienceStore) or store is None else ExperienceStore(store)
         self.include_prior, self.include_own = include_prior, include_own
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir else data_dir() / "meta"
         self.surrogate = surrogate
-        self._records: list[Experience] | None = None
+        # ``experiences`` replaces the store and prior as what the models learn from (e.g. leave-one-task-out)
+        self._records: list[Experience] | None = [r for r in experiences if usable(r)] if experiences is not None else None
         self._cells: list[Cell] | None = None
         self._cell_z: np.ndarray | None = None
         self._candidates: dict[str, list[dict]] = {}
