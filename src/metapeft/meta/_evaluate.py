@@ -166,9 +166,11 @@ SELECTORS: dict[str, Callable[[], object]] = {
 
 
 def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], object]] | None = None, few_shot: int = 2,
-             random_repeats: int = 50, progress: Callable[[int, int, str], None] | None = None) -> dict:  # fmt: skip
-    """Leave-one-task-out over ``records``. ``few_shot`` > 0 also measures conditioning on that many observed
-    runs of the held-out task instance (the rest are scored)."""
+             random_repeats: int = 50, min_methods: int = 5, progress: Callable[[int, int, str], None] | None = None) -> dict:  # fmt: skip
+    """Leave-one-task-out over ``records``. Task instances with runs of fewer than ``min_methods`` methods are
+    not scored (too small a choice to measure selection, e.g. a task the bench is still running), though their
+    runs still train the selectors. ``few_shot`` > 0 also measures conditioning on that many observed runs of
+    the held-out task instance (the rest are scored)."""
     from scipy.stats import wilcoxon
 
     selectors = selectors or SELECTORS
@@ -191,7 +193,7 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
             model = make().fit(train)
             repeats = random_repeats if name == "random" else 1
             for runs in test.values():
-                if len({r.method for r in runs}) < 2:
+                if len({r.method for r in runs}) < min_methods:
                     continue
                 cands = [Candidate(r.method, r.hyperparameters) for r in runs]
                 acc = np.array([r.metrics["accuracy"] for r in runs])
@@ -203,7 +205,9 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
                 embedding_rho += _embedding_agreement(model.embedder, train, [r for runs in test.values() for r in runs])
     if progress:
         progress(len(groups), len(groups), "")
-    out = {"tasks": len(groups), "cells": len(per_cell["metapeft"]), "runs": len(records), "selectors": {}}
+    if not per_cell:
+        raise ValueError(f"no task instance has runs of at least {min_methods} methods")
+    out = {"tasks": len({r["task"] for r in next(iter(per_cell.values()))}), "cells": len(next(iter(per_cell.values()))), "runs": len(records), "selectors": {}}
     per_task = {name: _by_task(rows) for name, rows in per_cell.items()}
     for name, rows in per_cell.items():
         tasks = per_task[name]

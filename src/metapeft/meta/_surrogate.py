@@ -184,7 +184,7 @@ class Surrogate:
 
         groups = np.array([task_group(r) for r in records])
         folds = min(self.folds, len(set(groups)))
-        if folds < 2:
+        if len(set(groups)) < 3:  # each fold's fit needs two tasks: too little to calibrate, keep the raw spread
             return
         resid, sd, cells = [], [], []
         for train, test in GroupKFold(n_splits=folds).split(records, groups=groups):
