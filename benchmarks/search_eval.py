@@ -5,9 +5,13 @@ searches the held-out task instance, where a proposed configuration is answered 
 instance nearest to it (same method, nearest settings in the surrogate's configuration features): a
 *table benchmark* — many repeated searches at no training cost, every answer a real measured run. Reported per
 sampler: best accuracy after 1, 3, 5, 10 trials relative to the instance's best recorded run, and trials needed
-to reach 99% of it (searches that never reach it count as budget + 1).
+to reach 99% of it (searches that never reach it count as budget + 1). With ``--objectives`` naming several,
+the searches are multi-objective and the measure is the hypervolume of the trials so far relative to that of
+all the instance's recorded runs (losses: 1 − accuracy, log time, log memory, scaled to [0, 1] over the
+instance's runs; reference point 1.1).
 
     uv run python benchmarks/search_eval.py [--store sqlite:///.bench/prior.db] [--trials 20] [--seeds 3]
+    uv run python benchmarks/search_eval.py --objectives accuracy,train_time_s,peak_memory_mb --trials 30
 
 While the experience holds one setting per method (defaults), this measures method selection by search; with the
 Sobol passes it measures settings too.
@@ -35,10 +39,27 @@ from metapeft.search._space import to_config
 from metapeft.search._space import BUDGET
 from metapeft.search._tune import _suggest, warm_start_configs
 
-CHECKPOINTS = (1, 3, 5, 10)
+CHECKPOINTS = (1, 3, 5, 10, 20, 30)
 
 
-def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Surrogate | None, trials: int, seed: int) -> list[float]:
+def losses(runs, objectives) -> np.ndarray:
+    """(n, k) losses of recorded runs, scaled to [0, 1] over the instance's runs."""
+    cols = {"accuracy": lambda r: 1 - r.metrics["accuracy"], "train_time_s": lambda r: np.log(r.metrics["train_time_s"]),
+            "peak_memory_mb": lambda r: np.log(r.metrics["peak_memory_mb"])}  # fmt: skip
+    x = np.array([[cols[o](r) for o in objectives] for r in runs], float)
+    lo, hi = x.min(0), x.max(0)
+    return (x - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)
+
+
+def hypervolume(points: np.ndarray) -> float:
+    # Optuna's exact WFG hypervolume (not re-exported publicly; used by its own hypervolume-history plot)
+    from optuna._hypervolume import compute_hypervolume
+
+    return float(compute_hypervolume(points, np.full(points.shape[1], 1.1)))
+
+
+def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Surrogate | None, trials: int, seed: int,
+           objectives: tuple[str, ...] = ("accuracy",)) -> list[float]:  # fmt: skip
     profile = runs[0].profile
     methods = sorted({r.method for r in runs})
     enc = (surrogate or Surrogate()).encoder
@@ -52,25 +73,31 @@ def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Sur
 
     budget = {k: runs[0].hyperparameters[k] for k in BUDGET if k in runs[0].hyperparameters}  # the table's own budget
     if sampler_name == "meta":
-        sampler = MetaSampler(surrogate, profile, methods, budget=budget, seed=seed)
+        sampler = MetaSampler(surrogate, profile, methods, objectives, budget=budget, seed=seed)
     else:
         sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False),
                    "gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
                    "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[sampler_name]()  # fmt: skip
-    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study = optuna.create_study(directions=["maximize" if o == "accuracy" else "minimize" for o in objectives], sampler=sampler)
     if sampler_name == "meta":
         for params, source in warm_start_configs(meta, profile, methods, space, budget, 3):
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
 
-    def objective(trial: optuna.Trial) -> float:
+    chosen: list[int] = []
+
+    def objective(trial: optuna.Trial):
         run = answer(*to_config({name: _suggest(trial, name, dist) for name, dist in space.items()}))
+        chosen.append(runs.index(run))
         trial.set_user_attr("hyperparameters", run.hyperparameters)
         trial.set_user_attr("metrics", {k: run.metrics.get(k) for k in ("accuracy", "train_time_s", "peak_memory_mb", "max_length")})
-        return float(run.metrics["accuracy"])
+        return tuple(float(run.metrics[o]) for o in objectives)
 
     study.optimize(objective, n_trials=trials)
-    values = [t.value for t in study.trials]
-    return list(np.maximum.accumulate(values))
+    if len(objectives) == 1:
+        return list(np.maximum.accumulate([t.values[0] for t in study.trials]))
+    loss = losses(runs, objectives)
+    full = hypervolume(loss)
+    return [hypervolume(loss[chosen[: k + 1]]) / full for k in range(len(chosen))]
 
 
 def main() -> None:
@@ -80,6 +107,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--samplers", default="meta,tpe,gp,random")
+    parser.add_argument("--objectives", default="accuracy")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
@@ -87,6 +115,9 @@ def main() -> None:
     records = [r for r in {r.id: r for r in experiences(store, include_prior=not args.no_prior, include_own=store is not None)}.values() if usable(r)]
     groups = sorted({task_group(r) for r in records})
     samplers = args.samplers.split(",")
+    objectives = tuple(args.objectives.split(","))
+    if len(objectives) > 1:
+        records = [r for r in records if all(r.metrics.get(o) for o in objectives)]
     curves: dict[str, list[list[float]]] = defaultdict(list)
     started = time.time()
     for n, held in enumerate(groups):
@@ -100,11 +131,12 @@ def main() -> None:
         for runs in cells.values():
             if len({r.method for r in runs}) < 2:
                 continue
-            best = max(r.metrics["accuracy"] for r in runs)
+            best = max(r.metrics["accuracy"] for r in runs) if len(objectives) == 1 else 1.0  # hypervolume curves are relative already
             space = joint_space(sorted({r.method for r in runs}))
             for name in samplers:
-                for seed in range(args.seeds if name != "meta" else 1):  # the meta search is deterministic given its data
-                    curve = search(name, runs, space, meta, surrogate, args.trials, seed)
+                # the single-objective meta search is deterministic given its data; ParEGO draws its weightings
+                for seed in range(args.seeds if name != "meta" or len(objectives) > 1 else 1):
+                    curve = search(name, runs, space, meta, surrogate, args.trials, seed, objectives)
                     curves[name].append([v / best for v in curve])
         print(f"{n + 1}/{len(groups)} {held} ({time.time() - started:.0f} s)", flush=True)
 
@@ -115,8 +147,9 @@ def main() -> None:
             **{f"after_{k}": round(float(np.mean([c[min(k, len(c)) - 1] for c in cs])), 4) for k in CHECKPOINTS if k <= args.trials},
             "median_trials_to_99pct": statistics.median(reach), "mean_trials_to_99pct": round(float(np.mean(reach)), 2), "searches": len(cs),
         }  # fmt: skip
+    measure = "best accuracy / instance best" if len(objectives) == 1 else "hypervolume / hypervolume of all recorded runs"
     print(json.dumps({"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "tasks": len(groups), "runs": len(records),
-                      "trials": args.trials, "samplers": table}, indent=2))  # fmt: skip
+                      "objectives": list(objectives), "measure": measure, "trials": args.trials, "samplers": table}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

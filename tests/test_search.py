@@ -71,7 +71,8 @@ def test_two_processes_share_one_sqlite_study(tiny_task, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     data = tmp_path / "tiny.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": tiny_task.label_names[y]}) + "\n" for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)))
-    args = ["tune", str(data), "--trials", "4", "--max-steps", "3", "--eval-size", "30", "--storage", storage, "--study", "shared", "--sampler", "random", "--json"]
+    # the default (meta) sampler: both processes load the meta-learner, race to warm-start the study and share it
+    args = ["tune", str(data), "--trials", "4", "--max-steps", "3", "--eval-size", "30", "--storage", storage, "--study", "shared", "--json"]
     procs = [subprocess.Popen([sys.executable, "-c", "from metapeft.cli import run; run()", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
@@ -80,6 +81,12 @@ def test_two_processes_share_one_sqlite_study(tiny_task, tmp_path):
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert len(trials) == 4 and sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4  # no configuration run twice
+    assert trials[0].user_attrs["source"] == "surrogate"
+
+    # the same study with other objectives is refused in one line
+    other = run_cli("tune", str(data), "--trials", "1", "--storage", storage, "--study", "shared", "--objectives", "accuracy,train_time")
+    assert other.returncode == 2 and "was started with objectives" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_tune_and_autotune_bad_input():

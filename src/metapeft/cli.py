@@ -455,7 +455,8 @@ def evaluate(
     ours = result["selectors"]["metapeft"]
     out.print(f"metapeft: ECE of the best-method confidence {ours['ece']:.3f}; 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs")
     if fs := result.get("few_shot"):
-        out.print(f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error {fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, regret {fs['regret_zero_shot']:.2f} → {fs['regret_conditioned']:.2f}")
+        out.print(f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error {fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, "
+                  f"90% interval coverage {100 * fs['coverage_zero_shot']:.0f}% → {100 * fs['coverage_conditioned']:.0f}%")
 
 
 ObjectivesOption = Annotated[str, typer.Option("--objectives", help="Comma-separated objectives among accuracy, train_time, peak_memory.")]

@@ -74,6 +74,7 @@ class MetaPEFT:
         self.surrogate = surrogate
         # ``experiences`` replaces the store and prior as what the models learn from (e.g. leave-one-task-out)
         self._records: list[Experience] | None = [r for r in experiences if usable(r)] if experiences is not None else None
+        self._given = experiences is not None
         self._cells: list[Cell] | None = None
         self._cell_z: np.ndarray | None = None
         self._candidates: dict[str, list[dict]] = {}
@@ -101,7 +102,14 @@ class MetaPEFT:
                 f"not enough experience to learn from: {len(records)} finished runs on fewer than 2 tasks "
                 "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior)"
             )
+        if self._given:  # an explicit experience list (e.g. leave-one-task-out) is fitted in memory, never cached
+            if progress:
+                progress(f"fitting the meta-learner on {len(records)} runs")
+            self.surrogate = Surrogate().fit(records)
+            self._cells = None
+            return self
         key = _experience_key(records)
+        ids = sorted(r.id for r in records)
         # one cache per choice of experience (store, prior on/off), so that switching the prior off and on does not
         # make each choice overwrite the other's models
         selection = f"{self.store.url if self.store is not None else ''}|{self.include_prior}|{self.include_own}"
@@ -109,14 +117,14 @@ class MetaPEFT:
         cached = None if force else _load_cached(path)
         if cached is not None and cached[1]["key"] == key:
             self.surrogate = cached[0]
-        elif cached is not None and cached[1]["n_records"] <= len(records) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH):
+        elif cached is not None and set(cached[1]["ids"]) <= set(ids) and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH):
             self.surrogate = cached[0].partial_fit(records)  # a few new runs: continue training, keep calibration
-            _save(path, self.surrogate, key, cached[1]["full_fit_records"])
+            _save(path, self.surrogate, key, cached[1]["full_fit_records"], ids)
         else:
             if progress:
                 progress(f"fitting the meta-learner on {len(records)} runs")
             self.surrogate = Surrogate().fit(records)
-            _save(path, self.surrogate, key, len(records))
+            _save(path, self.surrogate, key, len(records), ids)
         self._cells = None
         return self
 
@@ -128,9 +136,10 @@ class MetaPEFT:
     def learn_from_experience(self, experience: Experience) -> None:
         """Record a finished run in your store and update the models with it."""
         if experience.status == "finished":
-            self._own_store().add(experience)
+            self._own_store().add_many([experience], skip_existing=True)  # runs made by train() or tune() are stored already
         if self._records is not None and usable(experience):
             self._records = [r for r in self._records if r.id != experience.id] + [experience]
+        self._candidates.clear()  # the settings tried per method may have grown
         self.fit()
 
     # --- profiles ------------------------------------------------------------------------------------------
@@ -148,9 +157,7 @@ class MetaPEFT:
             return json.loads(path.read_text())
         profile = profile_task(task, self.model).as_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(profile))
-        tmp.replace(path)
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(profile)))
         return profile
 
     # --- similar tasks -------------------------------------------------------------------------------------
@@ -332,14 +339,30 @@ def _experience_key(records: list[Experience]) -> str:
     return h.hexdigest()
 
 
-def _save(path: Path, surrogate: Surrogate, key: str, full_fit_records: int) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file of this process's own, then rename: readers never see half a file and
+    concurrent writers (two searches starting at once) never collide."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save(path: Path, surrogate: Surrogate, key: str, full_fit_records: int, ids: list[str] | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors, meta = surrogate.state()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps({**meta, "key": key, "full_fit_records": full_fit_records})})
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    meta = {**meta, "key": key, "full_fit_records": full_fit_records, "ids": ids or []}
+    _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)}))
 
 
 def _load_cached(path: Path) -> tuple[Surrogate, dict] | None:

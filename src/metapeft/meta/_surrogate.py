@@ -9,7 +9,9 @@ costs about as much as training one.
 Uncertainty is then calibrated on tasks held out of the fit (grouped cross-validation): the factor that makes
 the 90% interval cover 90% of held-out runs (split-conformal), and the split of the error into a task-level
 offset and run-level noise, which conditions predictions on a few observed runs of the new task (a Bayesian
-update of that task's offset: the few-shot adaptation of the meta-learner).
+update of that task's offset: the few-shot adaptation of the meta-learner). The offset is shared by every
+configuration of the task, so it corrects levels and narrows intervals but does not reorder configurations;
+per-configuration evidence is the search's job (its GP on the surrogate's residuals, ``search/_sampler.py``).
 """
 
 from __future__ import annotations
@@ -93,10 +95,14 @@ class Surrogate:
         self.encoder = ConfigEncoder()
         self.net: _Ensemble | None = None
         self.x_mean = self.x_std = self.y_mean = self.y_std = None
+        self._reset_calibration()
+        self.n_records = 0
+
+    def _reset_calibration(self) -> None:
         self.scale = np.ones(len(TARGETS), np.float32)  # conformal widening of the predicted sd, per target
         self.task_var = np.zeros(len(TARGETS), np.float32)  # variance of a task's offset (held-out tasks)
         self.noise_var = np.ones(len(TARGETS), np.float32)  # variance of a run around its task's offset
-        self.n_records = 0
+        self.relative_scale = np.ones(1, np.float32)  # widening of the run-to-run accuracy noise (for P(best))
 
     # --- data ----------------------------------------------------------------------------------------------
     def _x(self, profiles: list[dict], rows: list[tuple[str, dict, int]]) -> np.ndarray:
@@ -118,8 +124,12 @@ class Surrogate:
         level = np.full(len(records), np.nan, np.float32)
         for c in set(cells):
             idx = [i for i, k in enumerate(cells) if k == c]
-            if len({records[i].method for i in idx}) >= 3:  # fewer methods say too little about the task's level
-                level[idx] = y[idx, 0].mean()
+            by_method: dict[str, list[float]] = {}
+            for i in idx:
+                by_method.setdefault(records[i].method, []).append(float(y[i, 0]))
+            if len(by_method) >= 3:  # fewer methods say too little about the task's level
+                # mean of per-method means: a method tried often does not pull the level towards itself
+                level[idx] = np.mean([np.mean(v) for v in by_method.values()])
         y4 = np.stack([y[:, 0] - level, y[:, 1], y[:, 2], level], axis=1)
         return x, y4, [task_group(r) for r in records], cells
 
@@ -139,6 +149,7 @@ class Surrogate:
         self.net = _Ensemble(self.members, x.shape[1], self.hidden, y.shape[1])
         self._train(x, y, groups, self.epochs)
         self.n_records = len(records)
+        self._reset_calibration()
         if self.calibrate:
             self._calibrate(records)
         return self
@@ -186,16 +197,18 @@ class Surrogate:
         folds = min(self.folds, len(set(groups)))
         if len(set(groups)) < 3:  # each fold's fit needs two tasks: too little to calibrate, keep the raw spread
             return
-        resid, sd, cells = [], [], []
+        resid, sd, cells, rel_sd = [], [], [], []
         for train, test in GroupKFold(n_splits=folds).split(records, groups=groups):
             sub = Surrogate(self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed).fit([records[i] for i in train])
             held = [records[i] for i in test]
-            mean, std = sub._moments(sub._x([r.profile for r in held], [(r.method, r.hyperparameters, effective_max_length(r, r.profile)) for r in held]))
+            x = sub._x([r.profile for r in held], [(r.method, r.hyperparameters, effective_max_length(r, r.profile)) for r in held])
+            mean, std = sub._moments(x)
+            rel_sd.append(np.sqrt(sub._forward(x)[2].mean(0)))
             y = np.stack([targets(r) for r in held])
             resid.append(y - mean)
             sd.append(std)
             cells += [cell_key(r) for r in held]
-        resid, sd = np.concatenate(resid), np.concatenate(sd)
+        resid, sd, rel_sd = np.concatenate(resid), np.concatenate(sd), np.concatenate(rel_sd)
         cells = np.array(cells)
         for t in range(len(TARGETS)):
             ok = ~np.isnan(resid[:, t])
@@ -204,7 +217,9 @@ class Surrogate:
             self.scale[t] = float(np.quantile(np.abs(resid[ok, t]) / sd[ok, t], 0.9) / Z90)
             offsets = {c: resid[ok & (cells == c), t].mean() for c in set(cells[ok])}
             within = np.array([resid[i, t] - offsets[cells[i]] for i in np.flatnonzero(ok)])
-            self.noise_var[t] = float(max(within.var(), 1e-8))
+            self.noise_var[t] = float(max(within.var() * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8))  # cell means removed: unbias
+            if t == 0:  # how far runs of one task scatter around its level, against the predicted relative noise
+                self.relative_scale[0] = float(np.sqrt(np.mean(within**2) / np.mean(rel_sd[np.flatnonzero(ok)] ** 2)))
             self.task_var[t] = float(max(np.var(list(offsets.values())) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
 
     # --- prediction ----------------------------------------------------------------------------------------
@@ -238,7 +253,7 @@ class Surrogate:
         # candidates of one draw, so a common shift does not change which is best)
         rng = np.random.default_rng(self.seed)
         k = rng.integers(0, mu.shape[0], draws)
-        noise = rng.standard_normal((draws, len(rows))) * np.sqrt(relative_var[k]) * self.scale[0]
+        noise = rng.standard_normal((draws, len(rows))) * np.sqrt(relative_var[k]) * self.relative_scale[0]
         samples = mu[k, :, 0] + noise
         natural = [lambda a: np.clip(a, 0.0, 1.0), np.exp, np.exp]
         return Prediction(
@@ -269,7 +284,7 @@ class Surrogate:
         tensors, emb_meta = self.embedder.state()
         tensors = {f"embedder.{k}": v for k, v in tensors.items()}
         tensors.update({f"net.{k}": v for k, v in self.net.state_dict().items()})
-        for name in ("x_mean", "x_std", "y_mean", "y_std", "scale", "task_var", "noise_var"):
+        for name in ("x_mean", "x_std", "y_mean", "y_std", "scale", "task_var", "noise_var", "relative_scale"):
             tensors[name] = torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
         meta = {"members": self.members, "hidden": self.hidden, "epochs": self.epochs, "folds": self.folds, "seed": self.seed,
                 "methods": self.encoder.methods, "features": self.encoder.names, "n_records": self.n_records, "embedder": emb_meta}  # fmt: skip
@@ -282,7 +297,7 @@ class Surrogate:
         self.encoder = ConfigEncoder(meta["methods"])
         if self.encoder.names != meta["features"]:
             raise ValueError("saved surrogate was trained on another method zoo")
-        for name in ("x_mean", "x_std", "y_mean", "y_std", "scale", "task_var", "noise_var"):
+        for name in ("x_mean", "x_std", "y_mean", "y_std", "scale", "task_var", "noise_var", "relative_scale"):
             setattr(self, name, tensors[name].numpy())
         self.net = _Ensemble(self.members, len(self.x_mean), self.hidden, len(self.y_mean))
         self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})

@@ -17,6 +17,7 @@ each propose from all trials finished so far.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,10 @@ class MetaSampler(BaseSampler):
             return {}
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
         candidates = self._candidates(study, trial, done)
+        # never propose what is already tried or being tried (by this or another process sharing the study)
+        taken = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)) if t.params}
+        fresh = [c for c in candidates if _key(c) not in taken]
+        candidates = fresh or candidates
         scores = self.acquisition(candidates, done)
         return candidates[int(np.argmax(scores))]
 
@@ -103,7 +108,8 @@ class MetaSampler(BaseSampler):
         x_obs = np.stack([features(m, hp) for m, hp in seen])
         prior = self.surrogate.predict(self.profile, [Candidate(m, {**hp, **self.budget}) for m, hp in seen], observed=observed).mean[:, 0]
         resid = np.array([t.user_attrs["metrics"]["accuracy"] for t in done]) - prior
-        kernel = ConstantKernel(float(np.mean(sd) ** 2), (1e-6, 1.0)) * RBF(1.0, (0.05, 20.0)) + WhiteKernel(1e-4, (1e-6, 1e-2))
+        # amplitude fixed to the surrogate's own uncertainty: two or three trials cannot estimate it
+        kernel = ConstantKernel(float(np.mean(sd) ** 2), "fixed") * RBF(1.0, (0.05, 20.0)) + WhiteKernel(1e-4, (1e-6, 1e-2))
         gp = GaussianProcessRegressor(kernel, normalize_y=False, random_state=0).fit(x_obs, resid)
         g_mean, g_sd = gp.predict(np.stack([features(m, hp) for m, hp in configs]), return_std=True)
         return mean + g_mean, np.sqrt(np.maximum(g_sd**2, 1e-8))
@@ -128,3 +134,7 @@ class MetaSampler(BaseSampler):
         return Experience(task_name=self.profile.get("task_name", ""), method=method, model="", hyperparameters=t.user_attrs["hyperparameters"],
                           metrics=t.user_attrs["metrics"], profile=self.profile, status="finished")  # fmt: skip
 
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)

@@ -99,12 +99,17 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
                                          engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
     except Exception as exc:  # bad URL, missing driver, unreachable server
         raise MetapeftError(f"cannot open the Optuna storage {storage!r}: {type(exc).__name__}: {str(exc).splitlines()[0]} (fix --storage)") from None
-    try:
-        study = optuna.create_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner, directions=directions, load_if_exists=True)
-    except ValueError as exc:  # an existing study with other objectives
-        raise MetapeftError(f"study {study_name!r} in {storage}: {exc}; choose another --study name") from None
+    study = optuna.create_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner, directions=directions, load_if_exists=True)
+    setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
+    for key, value in setup.items():  # a study resumed or shared must search the same problem
+        found = study.user_attrs.get(key)
+        if found is None:
+            study.set_user_attr(key, value)
+        elif found != value:
+            raise MetapeftError(f"study {study_name!r} in {storage} was started with {key}={found}, not {value}; use the same settings or another --study name")
     if sampler == "meta" and not study.trials:
-        for params, source in warm_start_configs(meta, profile, methods, space, budget, warm_start):
+        start = warm_start_configs(meta, profile, methods, space, budget, min(warm_start, trials or warm_start), max_memory_mb, max_time_s)
+        for params, source in start:
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
 
     tracker = parent = None
@@ -131,9 +136,15 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
             trial.report(curve[-1]["accuracy"], step)
             return trial.should_prune()
 
-        result = train(task, method, {**hp, **budget}, model=model, profile=task_profile, store=store, eval_size=eval_size, track=track,
-                       tracker=tracker, parent_run_id=parent, should_stop=should_stop, output_dir=folder / f"trial-{trial.number}",
-                       tags={"study": study_name, "trial": trial.number, "sampler": sampler})  # fmt: skip
+        try:
+            result = train(task, method, {**hp, **budget}, model=model, profile=task_profile, store=store, eval_size=eval_size, track=track,
+                           tracker=tracker, parent_run_id=parent, should_stop=should_stop, output_dir=folder / f"trial-{trial.number}",
+                           tags={"study": study_name, "trial": trial.number, "sampler": sampler})  # fmt: skip
+        except MetapeftError as exc:  # e.g. a method the model cannot take: the trial fails, the search goes on
+            trial.set_user_attr("error", str(exc))
+            if on_trial:
+                on_trial(TrialResult(trial.number, "FAIL", method, hp, {}, getattr(exc, "experience_id", None), source=trial.user_attrs["source"]))
+            return tuple(float("nan") for _ in objectives)  # Optuna records the trial as failed
         m = result.metrics
         trial.set_user_attr("hyperparameters", result.hyperparameters)
         trial.set_user_attr("metrics", {k: m.get(k) for k in (*OBJECTIVES, "macro_f1", "max_length", "steps", "trainable_params")})
@@ -150,7 +161,8 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     callbacks = [optuna.study.MaxTrialsCallback(trials, states=_counted())] if trials else []
     started = time.monotonic()
     if not trials or _finished(study) < trials:
-        study.optimize(objective, timeout=time_budget, callbacks=callbacks, catch=(MetapeftError,), gc_after_trial=True)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported through on_trial, in one line
+        study.optimize(objective, timeout=time_budget, callbacks=callbacks, gc_after_trial=True)
 
     all_trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
     pareto_numbers = {t.number for t in study.best_trials} if any(t.state == "COMPLETE" for t in all_trials) else set()
@@ -161,17 +173,20 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
         from ._plot import render_pareto
 
         result.files = [str(f) for f in render_pareto(result, folder)]
-    if tracker is not None and parent is not None:
+    if tracker is not None and parent is not None and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         best = max((t.metrics["accuracy"] for t in pareto if t.metrics.get("accuracy") is not None), default=None)
         metrics = {"trials": len(all_trials), "search_s": time.monotonic() - started, **({"best_accuracy": best} if best is not None else {})}
         tracker.end_parent(parent, metrics=metrics, files=result.files)
     return result
 
 
-def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, budget: dict, k: int) -> list[tuple[dict, str]]:
-    """The first trials: the surrogate's best-predicted configurations (its pick first), then the best run of the
-    most similar past task."""
-    ranking = meta.recommend(profile, methods=methods, budget=budget)
+def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, budget: dict, k: int,
+                       max_memory_mb: float | None = None, max_time_s: float | None = None) -> list[tuple[dict, str]]:  # fmt: skip
+    """The first trials: the surrogate's best-predicted configurations within the limits (its pick first), then the
+    best run of the most similar past task."""
+    if k < 1:
+        return []
+    ranking = [r for r in meta.recommend(profile, methods=methods, budget=budget, max_memory_mb=max_memory_mb, max_time_s=max_time_s) if r.feasible]
     out = [(to_params(r.method, r.hyperparameters, space), "surrogate") for r in ranking[: max(1, k - 1)]]
     for near in meta.similar(profile, 1):
         runs = [r for r in meta.experiences() if r.task_name == near.task and r.method in methods]
