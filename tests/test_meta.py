@@ -178,3 +178,20 @@ def test_cli_recommend_similar_map_and_errors(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     empty = run_cli("recommend", "example", "--no-prior", "--store", f"sqlite:///{tmp_path / 'empty.db'}")
     assert empty.returncode == 2 and "not enough experience" in empty.stderr
+
+
+def test_packaged_model_is_the_fit_of_the_shipped_prior():
+    """The package ships the meta-learner fitted on its prior (fast first use); it must be regenerated with the
+    prior (``write_packaged_model``), or this fails."""
+    from safetensors import safe_open
+
+    from metapeft.meta._features import usable
+    from metapeft.meta._recommend import PACKAGED_MODEL, _experience_key
+    from metapeft.prior import PriorExperience
+
+    if not PACKAGED_MODEL.exists():
+        pytest.skip("no packaged model")
+    with safe_open(str(PACKAGED_MODEL), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+    records = [r for r in PriorExperience().records() if usable(r)]
+    assert meta["key"] == _experience_key(records) and meta["n_records"] == len(records)

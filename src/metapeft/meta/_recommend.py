@@ -27,6 +27,7 @@ from ._features import TARGETS, cell_key, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 1
+PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
 
@@ -114,7 +115,7 @@ class MetaPEFT:
         # make each choice overwrite the other's models
         selection = f"{self.store.url if self.store is not None else ''}|{self.include_prior}|{self.include_own}"
         path = self.cache_dir / f"surrogate-{hashlib.sha256(selection.encode()).hexdigest()[:12]}.safetensors"
-        cached = None if force else _load_cached(path)
+        cached = None if force else (_load_cached(path) or _load_cached(PACKAGED_MODEL))  # the shipped fit on the prior
         if cached is not None and cached[1]["key"] == key:
             self.surrogate = cached[0]
         elif cached is not None and set(cached[1]["ids"]) <= set(ids) and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH):
@@ -332,6 +333,22 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
 # --- cache ---------------------------------------------------------------------------------------------------
 
 
+def write_packaged_model(path: str | Path = PACKAGED_MODEL) -> int:
+    """Fit the meta-learner on the shipped prior alone and store it in the package, so that a fresh install
+    recommends at once (and, with its own runs, updates this fit instead of starting over)."""
+    meta = MetaPEFT(experiences=_prior_records(), include_own=False)
+    meta.fit()
+    records = meta.experiences()
+    _save(Path(path), meta.surrogate, _experience_key(records), len(records), sorted(r.id for r in records))
+    return len(records)
+
+
+def _prior_records() -> list[Experience]:
+    from ..prior import PriorExperience
+
+    return PriorExperience().records()
+
+
 def _experience_key(records: list[Experience]) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{','.join(m.name for m in list_methods())}".encode())
     for r in sorted(records, key=lambda r: r.id):
@@ -350,6 +367,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the models and profiles are not secrets
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

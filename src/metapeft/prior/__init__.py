@@ -1,5 +1,6 @@
 """The shipped prior: real fine-tuning experience over the 40-task reference suite, which every install starts
-with (protocol: docs/benchmark-protocol.md; design: ``design.json``; records: ``experiences.jsonl.gz``).
+with (protocol: docs/benchmark-protocol.md; design: ``design.json``; records: ``experiences.jsonl.gz``; the
+meta-learner fitted on them: ``surrogate.safetensors``).
 
 It is read-only and kept apart from the user's own runs: :class:`PriorExperience` serves it with the same
 read interface as :class:`~metapeft.experience.ExperienceStore`, and :func:`experiences` merges the two
@@ -87,4 +88,8 @@ def write_prior(store: ExperienceStore, design_name: str, path: str | Path = EXP
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:  # mtime=0: same runs, same bytes
         f.write("".join(lines).encode("utf-8"))
     _load.cache_clear()
+    if Path(path).resolve() == EXPERIENCES_PATH:  # the shipped prior changed: so does the meta-learner fitted on it
+        from ..meta._recommend import write_packaged_model
+
+        write_packaged_model()
     return len(records)
