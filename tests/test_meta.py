@@ -69,7 +69,7 @@ def test_surrogate_predicts_every_method_with_intervals_and_probabilities(surrog
     assert np.all((pred.mean[:, 0] >= 0) & (pred.mean[:, 0] <= 1)) and np.all(pred.mean[:, 1:] > 0)
     p = pred.best_probability()
     assert p.sum() == pytest.approx(1.0) and np.all(p >= 0)
-    assert surrogate.scale.min() > 0 and surrogate.task_var.min() > 0
+    assert surrogate.extra_var.min() > 0 and surrogate.task_var.min() > 0 and surrogate.noise_var.min() > 0
 
 
 def test_observed_runs_condition_the_prediction(surrogate, held_out):

@@ -1,9 +1,10 @@
 """Performance surrogate: (task, method, hyperparameters) → accuracy, train time and peak memory, each with an
 uncertainty.
 
-A deep ensemble (Lakshminarayanan et al., 2017): members are small MLPs with a Gaussian head (mean and variance per
-target), trained on bootstrap resamples of whole *tasks*, so that their disagreement measures how far a new task
-lies from the experience. The members are trained together as one batched network (``torch.bmm``), which
+A deep ensemble (Lakshminarayanan et al., 2017): members are small MLPs trained on bootstrap resamples of whole
+*tasks*, so that their disagreement measures how far a new task lies from the experience; the run noise around
+their mean is measured (in-sample residual variance) rather than predicted per input, which with a few dozen
+tasks collapses. The members are trained together as one batched network (``torch.bmm``), which
 costs about as much as training one.
 
 Uncertainty is then calibrated on tasks held out of the fit (grouped cross-validation): the factor that makes
@@ -95,26 +96,32 @@ class Surrogate:
         self.encoder = ConfigEncoder()
         self.net: _Ensemble | None = None
         self.x_mean = self.x_std = self.y_mean = self.y_std = None
+        self.bounds = np.array([[-np.inf] * len(TARGETS), [np.inf] * len(TARGETS)], np.float32)
         self._reset_calibration()
         self.n_records = 0
 
-    def _reset_calibration(self) -> None:
-        self.scale = np.ones(len(TARGETS), np.float32)  # conformal widening of the predicted sd, per target
-        self.task_var = np.zeros(len(TARGETS), np.float32)  # variance of a task's offset (held-out tasks)
-        self.noise_var = np.ones(len(TARGETS), np.float32)  # variance of a run around its task's offset
-        self.relative_scale = np.ones(1, np.float32)  # widening of the run-to-run accuracy noise (for P(best))
+    def _reset_calibration(self, spread: np.ndarray | None = None) -> None:
+        """Uncalibrated defaults: the targets' own spread over past runs, three quarters of it task to task."""
+        spread = np.ones(len(TARGETS), np.float32) if spread is None else np.asarray(spread, np.float32)
+        self.extra_var = spread.copy()  # variance added to the members' spread so that 90% intervals cover 90% (held-out tasks)
+        self.task_var = 0.75 * spread  # variance of a task's offset (held-out tasks)
+        self.noise_var = 0.25 * spread  # variance of a run around its task's offset
+        self.shrink = np.ones(1, np.float32)  # factor on the predicted differences between configurations of a task
 
     # --- data ----------------------------------------------------------------------------------------------
     def _x(self, profiles: list[dict], rows: list[tuple[str, dict, int]]) -> np.ndarray:
         task = self.embedder.featurizer.transform(profiles)
         z = self.embedder.predict(profiles)
         conf = np.stack([self.encoder.encode(m, hp, length) for m, hp, length in rows])
-        return np.concatenate([task, z, conf], axis=1).astype(np.float32)
+        probe = np.array([[p.get("probe_accuracy", 0.5)] for p in profiles], np.float32)  # last column: see _forward
+        return np.concatenate([task, z, conf, probe], axis=1).astype(np.float32)
 
     def _rows(self, records: list[Experience]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
         """Inputs and the four trained targets: accuracy relative to its task instance's mean, log time, log
-        memory, and that mean (the task's level). Selection depends only on the relative part, so the network
-        learns it as a target of its own instead of as a small difference between two large, noisy numbers."""
+        memory, and that mean (the task's level) above the frozen-probe accuracy of its profile. Selection depends
+        only on the relative part, so the network learns it as a target of its own instead of as a small
+        difference between two large, noisy numbers; and the level is learned as the lift over the probe, which
+        alone explains most of how hard a task is (r = 0.86 on the prior's tasks)."""
         records = [r for r in records if usable(r)]
         profiles = [r.profile for r in records]
         rows = [(r.method, r.hyperparameters, effective_max_length(r, r.profile)) for r in records]
@@ -130,7 +137,8 @@ class Surrogate:
             if len(by_method) >= 3:  # fewer methods say too little about the task's level
                 # mean of per-method means: a method tried often does not pull the level towards itself
                 level[idx] = np.mean([np.mean(v) for v in by_method.values()])
-        y4 = np.stack([y[:, 0] - level, y[:, 1], y[:, 2], level], axis=1)
+        probe = x[:, -1]
+        y4 = np.stack([y[:, 0] - level, y[:, 1], y[:, 2], level - probe], axis=1)
         return x, y4, [task_group(r) for r in records], cells
 
     # --- fitting -------------------------------------------------------------------------------------------
@@ -149,7 +157,10 @@ class Surrogate:
         self.net = _Ensemble(self.members, x.shape[1], self.hidden, y.shape[1])
         self._train(x, y, groups, self.epochs)
         self.n_records = len(records)
-        self._reset_calibration()
+        seen = np.stack([targets(r) for r in records])
+        # predictions of time and memory stay within a factor e of what the experience has seen
+        self.bounds = np.stack([np.nan_to_num(np.nanmin(seen, 0)) - 1.0, np.nan_to_num(np.nanmax(seen, 0)) + 1.0]).astype(np.float32)
+        self._reset_calibration(np.nanvar(seen, 0))
         if self.calibrate:
             self._calibrate(records)
         return self
@@ -180,10 +191,11 @@ class Surrogate:
         weight = w[..., None] * mask[None]
         total = weight.sum(dim=(1, 2), keepdim=True).clamp(min=1.0)
         opt = torch.optim.Adam(self.net.parameters(), lr=3e-3, weight_decay=1e-4)
+        # squared error, not the Gaussian likelihood with a learned variance per input: with a few dozen tasks a
+        # variance head learns to be confident about its training rows and collapses; the noise is measured instead
         for _ in range(epochs):
-            mu, logvar = self.net(xt)
-            nll = 0.5 * (logvar + (yt[None] - mu) ** 2 / logvar.exp())
-            loss = ((nll * weight) / total).sum()
+            mu, _ = self.net(xt)
+            loss = ((0.5 * (yt[None] - mu) ** 2 * weight) / total).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -197,45 +209,61 @@ class Surrogate:
         folds = min(self.folds, len(set(groups)))
         if len(set(groups)) < 3:  # each fold's fit needs two tasks: too little to calibrate, keep the raw spread
             return
-        resid, sd, cells, rel_sd = [], [], [], []
+        resid, ens_var, cells, relative, level, truth = [], [], [], [], [], []
         for train, test in GroupKFold(n_splits=folds).split(records, groups=groups):
             sub = Surrogate(self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed).fit([records[i] for i in train])
             held = [records[i] for i in test]
             x = sub._x([r.profile for r in held], [(r.method, r.hyperparameters, effective_max_length(r, r.profile)) for r in held])
-            mean, std = sub._moments(x)
-            rel_sd.append(np.sqrt(sub._forward(x)[2].mean(0)))
+            members = sub._forward(x)
+            raw = sub._raw(x).mean(0)
+            relative.append(raw[:, 0])
+            level.append(raw[:, 3] + x[:, -1])
             y = np.stack([targets(r) for r in held])
-            resid.append(y - mean)
-            sd.append(std)
+            truth.append(y[:, 0])
+            resid.append(y - members.mean(0))
+            ens_var.append(members.var(0))
             cells += [cell_key(r) for r in held]
-        resid, sd, rel_sd = np.concatenate(resid), np.concatenate(sd), np.concatenate(rel_sd)
+        resid, ens_var = np.concatenate(resid), np.concatenate(ens_var)
         cells = np.array(cells)
+        # how much of the predicted difference between configurations of one task is real: the least-squares
+        # factor from held-out tasks (within each, observed deviations from the task's mean against predicted ones)
+        relative, level, observed = np.concatenate(relative), np.concatenate(level), np.concatenate(truth)
+        deviation = observed - np.array([observed[cells == c].mean() for c in cells])
+        predicted = relative - np.array([relative[cells == c].mean() for c in cells])
+        self.shrink[0] = float(np.clip((predicted * deviation).sum() / max((predicted**2).sum(), 1e-12), 0.0, 1.0))
+        # residuals of the shrunk predictions
+        resid[:, 0] = observed - np.clip(self.shrink[0] * relative + level, 0.0, 1.0)
         for t in range(len(TARGETS)):
             ok = ~np.isnan(resid[:, t])
             if ok.sum() < 10:
                 continue
-            self.scale[t] = float(np.quantile(np.abs(resid[ok, t]) / sd[ok, t], 0.9) / Z90)
+            self.extra_var[t] = _coverage_variance(resid[ok, t], ens_var[ok, t])
             offsets = {c: resid[ok & (cells == c), t].mean() for c in set(cells[ok])}
             within = np.array([resid[i, t] - offsets[cells[i]] for i in np.flatnonzero(ok)])
-            self.noise_var[t] = float(max(within.var() * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8))  # cell means removed: unbias
-            if t == 0:  # how far runs of one task scatter around its level, against the predicted relative noise
-                self.relative_scale[0] = float(np.sqrt(np.mean(within**2) / np.mean(rel_sd[np.flatnonzero(ok)] ** 2)))
-            self.task_var[t] = float(max(np.var(list(offsets.values())) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
+            # robust spreads (1.4826 × median absolute deviation): one task the folds predicted badly must not
+            # decide how much every task's offset may vary
+            self.noise_var[t] = float(max(_robust_var(within) * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8))  # cell means removed: unbias
+            self.task_var[t] = float(max(_robust_var(np.array(list(offsets.values()))) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
 
     # --- prediction ----------------------------------------------------------------------------------------
-    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per member: means and variances of (accuracy, log s, log MB), and the variance of the relative part of
-        accuracy alone (the run noise that differs between candidates of one task)."""
+    def _raw(self, x: np.ndarray) -> np.ndarray:
+        """Each member's four trained outputs (relative accuracy, log s, log MB, lift): (members, n, 4)."""
         with torch.no_grad():
-            mu, logvar = self.net(torch.from_numpy((x - self.x_mean) / self.x_std))
-        mu = mu.numpy() * self.y_std + self.y_mean
-        var = np.exp(logvar.numpy()) * self.y_std**2
-        accuracy, accuracy_var = mu[..., 0] + mu[..., 3], var[..., 0] + var[..., 3]
-        return np.stack([accuracy, mu[..., 1], mu[..., 2]], -1), np.stack([accuracy_var, var[..., 1], var[..., 2]], -1), var[..., 0]
+            mu, _ = self.net(torch.from_numpy((x - self.x_mean) / self.x_std))
+        return mu.numpy() * self.y_std + self.y_mean
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """Each member's prediction of (accuracy, log s, log MB): (members, n, 3)."""
+        mu = self._raw(x)
+        # shrunk relative part + lift + probe accuracy; a network far from its data can extrapolate without bound:
+        # keep accuracy inside [0, 1]
+        accuracy = np.clip(self.shrink * mu[..., 0] + mu[..., 3] + x[:, -1], 0.0, 1.0)
+        time, memory = (np.clip(mu[..., t], self.bounds[0, t], self.bounds[1, t]) for t in (1, 2))
+        return np.stack([accuracy, time, memory], -1)
 
     def _moments(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, var, _ = self._forward(x)
-        return mu.mean(0), np.sqrt(var.mean(0) + mu.var(0))
+        mu = self._forward(x)
+        return mu.mean(0), np.sqrt(mu.var(0) + self.extra_var)
 
     @single_threaded
     def predict(self, profile: dict, candidates: list[Candidate], observed: list[Experience] | None = None, draws: int = 2000) -> Prediction:
@@ -243,17 +271,17 @@ class Surrogate:
             raise ValueError("Surrogate is not fitted")
         profile = profile_dict(profile)
         rows = [(c.method, c.hyperparameters, effective_max_length(c.hyperparameters, profile)) for c in candidates]
-        mu, var, relative_var = self._forward(self._x([profile] * len(rows), rows))
-        offset, shrink = self._condition(profile, observed or [])
+        mu = self._forward(self._x([profile] * len(rows), rows))
+        offset, extra = self._condition(profile, observed or [])
         mu = mu + offset
         mean = mu.mean(0)
-        sd = np.sqrt((var.mean(0) + mu.var(0)) * shrink) * self.scale
+        sd = np.sqrt(mu.var(0) + extra)
         low, high = mean - Z90 * sd, mean + Z90 * sd
         # joint draws: a member, then run noise around its mean (the members' disagreement is shared by all
         # candidates of one draw, so a common shift does not change which is best)
         rng = np.random.default_rng(self.seed)
         k = rng.integers(0, mu.shape[0], draws)
-        noise = rng.standard_normal((draws, len(rows))) * np.sqrt(relative_var[k]) * self.relative_scale[0]
+        noise = rng.standard_normal((draws, len(rows))) * np.sqrt(self.noise_var[0])
         samples = mu[k, :, 0] + noise
         natural = [lambda a: np.clip(a, 0.0, 1.0), np.exp, np.exp]
         return Prediction(
@@ -264,11 +292,12 @@ class Surrogate:
         )
 
     def _condition(self, profile: dict, observed: list[Experience]) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean of the task's offset from its observed runs, and the factor by which the variance
-        shrinks (conjugate normal update with the held-out task and noise variances)."""
+        """Posterior mean of the task's offset from its observed runs, and the variance to add to the members'
+        spread (conjugate normal update with the held-out task and noise variances; without runs, the calibrated
+        variance)."""
         observed = [r for r in observed if usable(r)]
         if not observed:
-            return np.zeros(len(TARGETS)), np.ones(len(TARGETS))
+            return np.zeros(len(TARGETS)), self.extra_var
         x = self._x([profile] * len(observed), [(r.method, r.hyperparameters, effective_max_length(r, profile)) for r in observed])
         mean, _ = self._moments(x)
         resid = np.stack([targets(r) for r in observed]) - mean
@@ -276,15 +305,14 @@ class Surrogate:
         r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), 0.0)
         gain = n * self.task_var / (n * self.task_var + self.noise_var)
         post_var = self.task_var * self.noise_var / (n * self.task_var + self.noise_var)
-        shrink = (post_var + self.noise_var) / (self.task_var + self.noise_var)
-        return gain * r, np.minimum(shrink, 1.0)
+        return gain * r, np.minimum(post_var + self.noise_var, self.extra_var)
 
     # --- persistence ---------------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, emb_meta = self.embedder.state()
         tensors = {f"embedder.{k}": v for k, v in tensors.items()}
         tensors.update({f"net.{k}": v for k, v in self.net.state_dict().items()})
-        for name in ("x_mean", "x_std", "y_mean", "y_std", "scale", "task_var", "noise_var", "relative_scale"):
+        for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "extra_var", "task_var", "noise_var", "shrink"):
             tensors[name] = torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
         meta = {"members": self.members, "hidden": self.hidden, "epochs": self.epochs, "folds": self.folds, "seed": self.seed,
                 "methods": self.encoder.methods, "features": self.encoder.names, "n_records": self.n_records, "embedder": emb_meta}  # fmt: skip
@@ -297,9 +325,29 @@ class Surrogate:
         self.encoder = ConfigEncoder(meta["methods"])
         if self.encoder.names != meta["features"]:
             raise ValueError("saved surrogate was trained on another method zoo")
-        for name in ("x_mean", "x_std", "y_mean", "y_std", "scale", "task_var", "noise_var", "relative_scale"):
+        for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "extra_var", "task_var", "noise_var", "shrink"):
             setattr(self, name, tensors[name].numpy())
         self.net = _Ensemble(self.members, len(self.x_mean), self.hidden, len(self.y_mean))
         self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
         self.n_records = meta["n_records"]
         return self
+
+
+def _robust_var(x: np.ndarray) -> float:
+    """Variance from the median absolute deviation (equal to the variance for normal data)."""
+    return float((1.4826 * np.median(np.abs(x - np.median(x)))) ** 2)
+
+
+def _coverage_variance(resid: np.ndarray, ens_var: np.ndarray, level: float = 0.9) -> float:
+    """The smallest variance which, added to the members' spread, puts ``level`` of the held-out errors inside
+    their central interval (split-conformal calibration, solved by bisection)."""
+    def covered(extra: float) -> float:
+        return float(np.mean(np.abs(resid) <= Z90 * np.sqrt(ens_var + extra)))
+
+    low, high = 0.0, float(np.max(resid**2)) + 1e-12
+    if covered(low) >= level:
+        return 1e-12
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (low, mid) if covered(mid) >= level else (mid, high)
+    return high
