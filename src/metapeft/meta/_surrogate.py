@@ -97,6 +97,7 @@ class Surrogate:
         self.net: _Ensemble | None = None
         self.x_mean = self.x_std = self.y_mean = self.y_std = None
         self.bounds = np.array([[-np.inf] * len(TARGETS), [np.inf] * len(TARGETS)], np.float32)
+        self.method_effect = np.zeros(len(self.encoder.methods), np.float32)
         self._reset_calibration()
         self.n_records = 0
 
@@ -106,7 +107,7 @@ class Surrogate:
         self.extra_var = spread.copy()  # variance added to the members' spread so that 90% intervals cover 90% (held-out tasks)
         self.task_var = 0.75 * spread  # variance of a task's offset (held-out tasks)
         self.noise_var = 0.25 * spread  # variance of a run around its task's offset
-        self.shrink = np.ones(1, np.float32)  # factor on the predicted differences between configurations of a task
+        self.shrink = np.ones(1, np.float32)  # factor on the network's task-specific correction of the method effects
 
     # --- data ----------------------------------------------------------------------------------------------
     def _x(self, profiles: list[dict], rows: list[tuple[str, dict, int]]) -> np.ndarray:
@@ -116,7 +117,7 @@ class Surrogate:
         probe = np.array([[p.get("probe_accuracy", 0.5)] for p in profiles], np.float32)  # last column: see _forward
         return np.concatenate([task, z, conf, probe], axis=1).astype(np.float32)
 
-    def _rows(self, records: list[Experience]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    def _rows(self, records: list[Experience], fit_effects: bool = False) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
         """Inputs and the four trained targets: accuracy relative to its task instance's mean, log time, log
         memory, and that mean (the task's level) above the frozen-probe accuracy of its profile. Selection depends
         only on the relative part, so the network learns it as a target of its own instead of as a small
@@ -138,8 +139,18 @@ class Surrogate:
                 # mean of per-method means: a method tried often does not pull the level towards itself
                 level[idx] = np.mean([np.mean(v) for v in by_method.values()])
         probe = x[:, -1]
-        y4 = np.stack([y[:, 0] - level, y[:, 1], y[:, 2], level - probe], axis=1)
+        relative = y[:, 0] - level
+        if fit_effects:  # each method's mean standing across past tasks: the network learns what a task changes
+            self.method_effect = np.array([np.nanmean(relative[[r.method == m for r in records]]) if any(r.method == m for r in records) else 0.0
+                                           for m in self.encoder.methods], np.float32)  # fmt: skip
+            self.method_effect = np.nan_to_num(self.method_effect)
+        y4 = np.stack([relative - self._effect(x), y[:, 1], y[:, 2], level - probe], axis=1)
         return x, y4, [task_group(r) for r in records], cells
+
+    def _effect(self, x: np.ndarray) -> np.ndarray:
+        """The method main effect of each row (from its method one-hot)."""
+        start = self.embedder.featurizer.dim + self.embedder.dim
+        return x[:, start : start + len(self.encoder.methods)] @ self.method_effect
 
     # --- fitting -------------------------------------------------------------------------------------------
     @single_threaded
@@ -148,7 +159,7 @@ class Surrogate:
         if len({task_group(r) for r in records}) < 2:
             raise ValueError("the surrogate needs finished runs on at least 2 tasks")
         self.embedder.fit(records)
-        x, y, groups, cells = self._rows(records)
+        x, y, groups, cells = self._rows(records, fit_effects=True)
         self.x_mean, self.x_std = x.mean(0), x.std(0)
         self.x_std[self.x_std < 1e-6] = 1.0
         self.y_mean, self.y_std = np.nanmean(y, 0), np.nanstd(y, 0)
@@ -217,7 +228,7 @@ class Surrogate:
             members = sub._forward(x)
             raw = sub._raw(x).mean(0)
             relative.append(raw[:, 0])
-            level.append(raw[:, 3] + x[:, -1])
+            level.append(raw[:, 3] + x[:, -1] + sub._effect(x))
             y = np.stack([targets(r) for r in held])
             truth.append(y[:, 0])
             resid.append(y - members.mean(0))
@@ -225,11 +236,16 @@ class Surrogate:
             cells += [cell_key(r) for r in held]
         resid, ens_var = np.concatenate(resid), np.concatenate(ens_var)
         cells = np.array(cells)
-        # how much of the predicted difference between configurations of one task is real: the least-squares
-        # factor from held-out tasks (within each, observed deviations from the task's mean against predicted ones)
+        # how much of the network's task-specific correction to the methods' main effects is real: the
+        # least-squares factor from held-out tasks (within each, observed deviations from the task's mean, less the
+        # main effects' deviations, against the network's); 0 falls back to the main effects alone
         relative, level, observed = np.concatenate(relative), np.concatenate(level), np.concatenate(truth)
-        deviation = observed - np.array([observed[cells == c].mean() for c in cells])
-        predicted = relative - np.array([relative[cells == c].mean() for c in cells])
+
+        def centred(v: np.ndarray) -> np.ndarray:
+            return v - np.array([v[cells == c].mean() for c in cells])
+
+        deviation = centred(observed) - centred(level)
+        predicted = centred(relative)
         self.shrink[0] = float(np.clip((predicted * deviation).sum() / max((predicted**2).sum(), 1e-12), 0.0, 1.0))
         # residuals of the shrunk predictions
         resid[:, 0] = observed - np.clip(self.shrink[0] * relative + level, 0.0, 1.0)
@@ -257,7 +273,7 @@ class Surrogate:
         mu = self._raw(x)
         # shrunk relative part + lift + probe accuracy; a network far from its data can extrapolate without bound:
         # keep accuracy inside [0, 1]
-        accuracy = np.clip(self.shrink * mu[..., 0] + mu[..., 3] + x[:, -1], 0.0, 1.0)
+        accuracy = np.clip(self._effect(x) + self.shrink * mu[..., 0] + mu[..., 3] + x[:, -1], 0.0, 1.0)
         time, memory = (np.clip(mu[..., t], self.bounds[0, t], self.bounds[1, t]) for t in (1, 2))
         return np.stack([accuracy, time, memory], -1)
 
@@ -312,7 +328,7 @@ class Surrogate:
         tensors, emb_meta = self.embedder.state()
         tensors = {f"embedder.{k}": v for k, v in tensors.items()}
         tensors.update({f"net.{k}": v for k, v in self.net.state_dict().items()})
-        for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "extra_var", "task_var", "noise_var", "shrink"):
+        for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "method_effect", "extra_var", "task_var", "noise_var", "shrink"):
             tensors[name] = torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
         meta = {"members": self.members, "hidden": self.hidden, "epochs": self.epochs, "folds": self.folds, "seed": self.seed,
                 "methods": self.encoder.methods, "features": self.encoder.names, "n_records": self.n_records, "embedder": emb_meta}  # fmt: skip
@@ -325,7 +341,7 @@ class Surrogate:
         self.encoder = ConfigEncoder(meta["methods"])
         if self.encoder.names != meta["features"]:
             raise ValueError("saved surrogate was trained on another method zoo")
-        for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "extra_var", "task_var", "noise_var", "shrink"):
+        for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "method_effect", "extra_var", "task_var", "noise_var", "shrink"):
             setattr(self, name, tensors[name].numpy())
         self.net = _Ensemble(self.members, len(self.x_mean), self.hidden, len(self.y_mean))
         self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
