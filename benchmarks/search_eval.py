@@ -33,10 +33,10 @@ import optuna
 from metapeft.experience import ExperienceStore
 from metapeft.meta import MetaPEFT, Surrogate
 from metapeft.meta._features import cell_key, effective_max_length, task_group, usable
+from metapeft.methods import BUDGET_FIELDS
 from metapeft.prior import experiences
 from metapeft.search import MetaSampler, joint_space
 from metapeft.search._space import to_config
-from metapeft.search._space import BUDGET
 from metapeft.search._tune import _suggest, warm_start_configs
 
 CHECKPOINTS = (1, 3, 5, 10, 20, 30)
@@ -71,7 +71,7 @@ def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Sur
         x = enc.encode(method, hp, length)
         return runs[min(same, key=lambda i: float(np.sum((coded[i] - x) ** 2)))]
 
-    budget = {k: runs[0].hyperparameters[k] for k in BUDGET if k in runs[0].hyperparameters}  # the table's own budget
+    budget = {k: runs[0].hyperparameters[k] for k in BUDGET_FIELDS if k in runs[0].hyperparameters}  # the table's own budget
     if sampler_name == "meta":
         sampler = MetaSampler(surrogate, profile, methods, objectives, budget=budget, seed=seed)
     else:

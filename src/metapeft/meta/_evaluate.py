@@ -98,12 +98,12 @@ class NearestNeighbours(_ScoreOnly):
 
 
 def _is_default(c: Candidate) -> bool:
-    from ..methods import get_method
+    from ..methods import BUDGET_FIELDS, get_method
 
     spec = get_method(c.method)
     defaults = spec.defaults().as_dict()
     searched = spec.search_space()
-    return all(c.hyperparameters.get(k, v) == v for k, v in defaults.items() if k in searched and k not in ("batch_size", "max_steps", "max_length"))
+    return all(c.hyperparameters.get(k, v) == v for k, v in defaults.items() if k in searched and k not in BUDGET_FIELDS)
 
 
 def select(pred: Prediction, candidates: list[Candidate]) -> tuple[list[str], dict[str, int], np.ndarray]:

@@ -20,7 +20,7 @@ import numpy as np
 from .._config import DEFAULT_MODEL, data_dir
 from .._errors import MetapeftError
 from ..experience import Experience, ExperienceStore
-from ..methods import get_method, list_methods
+from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of
 from ._features import TARGETS, cell_key, profile_dict, task_group, usable
@@ -193,9 +193,8 @@ class MetaPEFT:
         a random design over its search space (Optuna's RandomSampler). Batch size, steps and sequence length
         are left out: they are the user's budget, not a choice."""
         if method not in self._candidates:
-            budget_keys = ("batch_size", "max_steps", "max_length")
             spec = get_method(method)
-            space = {k: v for k, v in spec.search_space().items() if k not in budget_keys}
+            space = {k: v for k, v in spec.search_space().items() if k not in BUDGET_FIELDS}
             seen = {json.dumps({k: v for k, v in r.hyperparameters.items() if k in space}, sort_keys=True) for r in self.experiences() if r.method == method}
             settings = [{}] + [json.loads(s) for s in sorted(seen)]
             if len(seen) >= MIN_VARIED:

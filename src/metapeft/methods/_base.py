@@ -43,6 +43,10 @@ class MethodConfig:
 
 Kind = Literal["peft", "full", "head"]
 
+# The shared fields that are the user's budget (how long, how much per step, how long a text), not a choice a
+# search or a recommendation makes for them.
+BUDGET_FIELDS = ("batch_size", "max_steps", "max_length")
+
 
 @dataclass(frozen=True)
 class Method:

@@ -7,6 +7,8 @@ import base64
 import html
 from pathlib import Path
 
+from ..methods import BUDGET_FIELDS
+
 
 def render_pareto(result, folder: str | Path) -> list[Path]:
     import matplotlib
@@ -40,7 +42,7 @@ def render_pareto(result, folder: str | Path) -> list[Path]:
     def row(t) -> str:
         m = t.metrics
         cells = [t.number, t.method, t.source or "", f"{m.get('accuracy', 0):.4f}", f"{m.get('train_time_s', 0):.1f}", f"{m.get('peak_memory_mb', 0):.0f}",
-                 ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items() if k not in ("batch_size", "max_steps", "max_length")), t.adapter_path or ""]  # fmt: skip
+                 ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items() if k not in BUDGET_FIELDS), t.adapter_path or ""]  # fmt: skip
         mark = " style='font-weight:bold'" if result.pick is not None and t.number == result.pick.number else ""
         return f"<tr{mark}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
 

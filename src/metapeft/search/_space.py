@@ -12,16 +12,14 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from ..methods import get_method
-
-BUDGET = ("batch_size", "max_steps", "max_length")  # the user's budget, not searched
+from ..methods import BUDGET_FIELDS, get_method
 
 
 def joint_space(methods: list[str]) -> dict[str, BaseDistribution]:
     space: dict[str, BaseDistribution] = {"method": CategoricalDistribution(methods)}
     for m in methods:
         for name, dist in get_method(m).search_space().items():
-            if name not in BUDGET:
+            if name not in BUDGET_FIELDS:
                 space[f"{m}.{name}"] = dist
     return space
 
