@@ -112,7 +112,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
     store = ExperienceStore(args.store) if args.store else None
-    records = [r for r in {r.id: r for r in experiences(store, include_prior=not args.no_prior, include_own=store is not None)}.values() if usable(r)]
+    records = [r for r in experiences(store, include_prior=not args.no_prior, include_own=store is not None) if usable(r)]
     groups = sorted({task_group(r) for r in records})
     samplers = args.samplers.split(",")
     objectives = tuple(args.objectives.split(","))

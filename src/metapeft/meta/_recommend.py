@@ -87,7 +87,7 @@ class MetaPEFT:
 
             own = self._own_store() if self.include_own else None
             records = experiences(own, include_prior=self.include_prior, include_own=self.include_own)
-            self._records = [r for r in {r.id: r for r in records}.values() if usable(r)]
+            self._records = [r for r in records if usable(r)]
         return self._records
 
     def _own_store(self) -> ExperienceStore:

@@ -70,11 +70,12 @@ def prior_enabled(include_prior: bool | None = None) -> bool:
 
 
 def experiences(store: ExperienceStore | None = None, *, include_prior: bool | None = None, include_own: bool = True, **filters) -> list[Experience]:
-    """The prior (unless switched off) followed by the user's own runs, filtered alike."""
+    """The prior (unless switched off) followed by the user's own runs, filtered alike; a prior run imported into
+    one's own store (e.g. to resume the bench) counts once."""
     out = PriorExperience().query(**filters) if prior_enabled(include_prior) else []
     if include_own:
         out += (store or ExperienceStore()).query(**filters)
-    return out
+    return list({r.id: r for r in out}.values())
 
 
 def write_prior(store: ExperienceStore, design_name: str, path: str | Path = EXPERIENCES_PATH) -> int:
