@@ -117,6 +117,11 @@ class Surrogate:
         probe = np.array([[p.get("probe_accuracy", 0.5)] for p in profiles], np.float32)  # last column: see _forward
         return np.concatenate([task, z, conf, probe], axis=1).astype(np.float32)
 
+    def _x_runs(self, records: list[Experience], profile: dict | None = None) -> np.ndarray:
+        """Inputs for past runs, each with its own task profile unless ``profile`` names the task for all."""
+        profiles = [profile or r.profile for r in records]
+        return self._x(profiles, [(r.method, r.hyperparameters, effective_max_length(r, p)) for r, p in zip(records, profiles)])
+
     def _rows(self, records: list[Experience], fit_effects: bool = False) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
         """Inputs and the four trained targets: accuracy relative to its task instance's mean, log time, log
         memory, and that mean (the task's level) above the frozen-probe accuracy of its profile. Selection depends
@@ -124,9 +129,7 @@ class Surrogate:
         difference between two large, noisy numbers; and the level is learned as the lift over the probe, which
         alone explains most of how hard a task is (r = 0.86 on the prior's tasks)."""
         records = [r for r in records if usable(r)]
-        profiles = [r.profile for r in records]
-        rows = [(r.method, r.hyperparameters, effective_max_length(r, r.profile)) for r in records]
-        x = self._x(profiles, rows)
+        x = self._x_runs(records)
         y = np.stack([targets(r) for r in records])
         cells = [cell_key(r) for r in records]
         level = np.full(len(records), np.nan, np.float32)
@@ -224,7 +227,7 @@ class Surrogate:
         for train, test in GroupKFold(n_splits=folds).split(records, groups=groups):
             sub = Surrogate(self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed).fit([records[i] for i in train])
             held = [records[i] for i in test]
-            x = sub._x([r.profile for r in held], [(r.method, r.hyperparameters, effective_max_length(r, r.profile)) for r in held])
+            x = sub._x_runs(held)
             members = sub._forward(x)
             raw = sub._raw(x).mean(0)
             relative.append(raw[:, 0])
@@ -314,7 +317,7 @@ class Surrogate:
         observed = [r for r in observed if usable(r)]
         if not observed:
             return np.zeros(len(TARGETS)), self.extra_var
-        x = self._x([profile] * len(observed), [(r.method, r.hyperparameters, effective_max_length(r, profile)) for r in observed])
+        x = self._x_runs(observed, profile)
         mean, _ = self._moments(x)
         resid = np.stack([targets(r) for r in observed]) - mean
         n = (~np.isnan(resid)).sum(0)
