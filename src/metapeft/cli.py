@@ -51,6 +51,14 @@ def main(
     quiet_libraries()
 
 
+def _progress(title: str, *, transient: bool):
+    """The progress bar of long commands: title, bar, done/total, a live info field, elapsed and remaining time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=transient)
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -170,8 +178,6 @@ def train(
     label_column: LabelColumn = None,
 ) -> None:
     """Fine-tune one method on a task, evaluate it, save the adapter and record the run."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn as RichText, TimeElapsedColumn, TimeRemainingColumn
-
     from .experience import ExperienceStore
     from .methods import get_method
     from .tasks import profile_task
@@ -190,8 +196,7 @@ def train(
     with console.status(f"profiling {task.name}…"):
         task_profile = profile_task(task, model, trust_remote_code=trust_remote_code)
 
-    columns = [RichText("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=as_json) as bar:
+    with _progress("{task.description}", transient=as_json) as bar:
         job = bar.add_task(f"{method} on {task.name}", total=None, info="")
 
         def update(step: int, total: int, numbers: dict) -> None:
@@ -237,8 +242,6 @@ def bench(
     """Run a design of fine-tuning runs over a suite into the experience store (resumable, parallel)."""
     import time as _time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn as RichText, TimeElapsedColumn, TimeRemainingColumn
-
     from ._config import store_url
     from .bench import Design, expand, run_bench
     from .prior import DESIGN_PATH
@@ -251,8 +254,7 @@ def bench(
         raise MetapeftError(f"--workers must be at least 1, got {workers}")
     if time_budget is not None and time_budget <= 0:
         raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
-    columns = [RichText("[bold]bench {task.description}"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=as_json) as bar:
+    with _progress("bench {task.description}", transient=as_json) as bar:
         job = bar.add_task(parsed.name, total=total, info="")
         started = _time.monotonic()
 
@@ -427,8 +429,6 @@ def evaluate(
     as_json: JsonOption = False,
 ) -> None:
     """Leave-one-task-out evaluation of the recommendation against baselines (regret, top-1, NDCG, ECE, coverage)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn as RichText, TimeElapsedColumn, TimeRemainingColumn
-
     from .experience import ExperienceStore
     from .meta import evaluate as run_evaluation
     from .prior import experiences
@@ -436,8 +436,7 @@ def evaluate(
     if few_shot < 0:
         raise MetapeftError(f"--few-shot must be 0 or positive, got {few_shot}")
     records = experiences(ExperienceStore(store) if own else None, include_prior=prior, include_own=own)
-    columns = [RichText("[bold]leave-one-task-out"), BarColumn(), MofNCompleteColumn(), RichText("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True) as bar:
+    with _progress("leave-one-task-out", transient=True) as bar:
         job = bar.add_task("evaluate", total=None, info="")
         try:
             result = run_evaluation(records, few_shot=few_shot, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
@@ -474,6 +473,10 @@ def _objectives(text: str) -> tuple[str, ...]:
             raise MetapeftError(f"--objectives: unknown objective {item!r}; use accuracy, train_time, peak_memory")
         out.append(names[item])
     return tuple(out)
+
+
+def _print_trial(t) -> None:
+    console.print(f"trial {t.number}: {t.method} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, {t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}", highlight=False)
 
 
 def _trial_table(trials, pick, title: str) -> Table:
@@ -523,7 +526,7 @@ def tune(
     task = _load(data, text_column, pair_column, label_column)
     with console.status(f"searching {task.name}…") as status:
         def on_trial(t) -> None:
-            console.print(f"trial {t.number}: {t.method} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, {t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}", highlight=False)
+            _print_trial(t)
             status.update(f"searching {task.name}… {t.number + 1} trials done")
 
         result = run_tune(task, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps,
@@ -568,7 +571,7 @@ def autotune(
         result = run_autotune(task, trials=trials, search_steps=search_steps, final_steps=final_steps, time_budget=time_budget,
                               objectives=_objectives(objectives), prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, model=model,
                               store=ExperienceStore(store), registered_name=name, on_stage=lambda text: status.update(text + "…"),
-                              on_trial=lambda t: console.print(f"trial {t.number}: {t.method} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}", highlight=False))  # fmt: skip
+                              on_trial=_print_trial)  # fmt: skip
     if as_json:
         _print_json(result.as_dict())
         return
