@@ -32,6 +32,21 @@ def test_defaults_sit_inside_their_bounds_and_build_on_minilm():
             assert m.build(config, backbone) is not None
 
 
+def test_every_point_of_every_search_space_is_a_valid_configuration():
+    # a sampler that can draw a configuration the method refuses wastes trials and leaves failed runs in the prior
+    import optuna
+
+    backbone = backbone_info(None)
+    for m in list_methods():
+        space = m.search_space()
+        sampler = optuna.samplers.RandomSampler(seed=0)
+        study = optuna.create_study(sampler=sampler)
+        corners = [{k: getattr(d, "low", None) if i == 0 else getattr(d, "high", None) for k, d in space.items()} for i in (0, 1)]
+        draws = [study.ask(space).params for _ in range(200)] + [{k: v for k, v in c.items() if v is not None} for c in corners]
+        for params in draws:
+            m.check_compatible(m.make_config({**params, "max_length": 128}), backbone)
+
+
 def test_config_parsing_and_errors():
     lora = get_method("LoRA")
     assert lora.make_config({"r": "16", "learning_rate": "1e-3", "target_modules": "all-linear"}).r == 16

@@ -16,8 +16,9 @@ from ._base import TARGET_PRESETS, Method, MethodConfig, check_targets, hp, regi
 @dataclass
 class AdaLoraConfig(MethodConfig):
     learning_rate: float = hp(2e-3, FloatDistribution(1e-4, 1e-2, log=True), "Peak AdamW learning rate of the adapters.", bounds=(1e-7, 1.0))
-    init_r: int = hp(12, IntDistribution(4, 48, log=True), "Initial rank of every adapted matrix.", bounds=(1, 1024))
-    target_r: int = hp(6, IntDistribution(2, 24, log=True), "Average rank left after budget re-allocation (<= init_r).", bounds=(1, 1024))
+    # the two search ranges meet at 8, so that every point of the search space keeps target_r <= init_r
+    init_r: int = hp(12, IntDistribution(8, 48, log=True), "Initial rank of every adapted matrix.", bounds=(1, 1024))
+    target_r: int = hp(6, IntDistribution(2, 8, log=True), "Average rank left after budget re-allocation (<= init_r).", bounds=(1, 1024))
     lora_alpha: int = hp(16, IntDistribution(4, 128, log=True), "Scaling numerator of the updates.", bounds=(1, 4096))
     lora_dropout: float = hp(0.05, FloatDistribution(0.0, 0.2), "Dropout on the adapter input.", bounds=(0.0, 0.9))
     tinit_ratio: float = hp(0.1, FloatDistribution(0.0, 0.3), "Fraction of steps of warm-up before ranks are pruned.", bounds=(0.0, 0.8))

@@ -99,15 +99,23 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
                                          engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
     except Exception as exc:  # bad URL, missing driver, unreachable server
         raise MetapeftError(f"cannot open the Optuna storage {storage!r}: {type(exc).__name__}: {str(exc).splitlines()[0]} (fix --storage)") from None
-    study = optuna.create_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner, directions=directions, load_if_exists=True)
     setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
+    # Optuna's storages have no compare-and-set, so the one process whose insert of the study wins (the name is unique
+    # in the database) warm-starts it and opens its MLflow parent; a process that joins waits until that is done
+    try:
+        study = optuna.create_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner)
+        created = False
+        _wait_until_ready(study)
     for key, value in setup.items():  # a study resumed or shared must search the same problem
         found = study.user_attrs.get(key)
         if found is None:
             study.set_user_attr(key, value)
         elif found != value:
             raise MetapeftError(f"study {study_name!r} in {storage} was started with {key}={found}, not {value}; use the same settings or another --study name")
-    if sampler == "meta" and not study.trials:
+    if sampler == "meta" and created:
         start = warm_start_configs(meta, profile, methods, space, budget, min(warm_start, trials or warm_start), max_memory_mb, max_time_s)
         for params, source in start:
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
@@ -122,6 +130,8 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
             parent = tracker.start_parent(f"tune/{task.name}", {"metapeft.study": study_name, "metapeft.objectives": ",".join(objectives),
                                                                 "metapeft.sampler": sampler, "metapeft.task": task.name})  # fmt: skip
             study.set_user_attr("mlflow_parent_run_id", parent)
+    if created:
+        study.set_user_attr("ready", True)
     folder = Path(output_dir) if output_dir else runs_dir() / "tune" / study_name
     task_profile = TaskProfile.from_dict(profile)
 
@@ -240,6 +250,13 @@ def _suggest(trial, name: str, dist):
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
     return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+
+
+def _wait_until_ready(study, timeout: float = 120.0) -> None:
+    """Wait for the process that created a shared study to warm-start it; go on after ``timeout`` if it died."""
+    deadline = time.monotonic() + timeout
+    while not study.user_attrs.get("ready") and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _counted():
