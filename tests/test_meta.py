@@ -4,6 +4,8 @@ metrics."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,6 +88,33 @@ def test_observed_runs_condition_the_prediction(surrogate, held_out):
     seen = slice(0, 3)
     before, after = cold.mean[seen, 0].mean() - truth[seen].mean(), warm.mean[seen, 0].mean() - truth[seen].mean()
     assert abs(after) < abs(before) and np.sign(after) in (0, np.sign(before))
+
+
+def test_numpy_forward_passes_match_the_trained_torch_networks():
+    """The meta-learners train with torch and answer with numpy (no torch import in `recommend`)."""
+    import torch
+
+    from metapeft.meta import _nets
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((7, 11)).astype(np.float32)
+    emb = _nets.embedding_net(11, 4)
+    ens = _nets.ensemble_net(3, 11, 16, 4)
+    with torch.no_grad():
+        for net, numpy_forward in ((emb, _nets.embed), (ens, _nets.ensemble)):
+            expected = net(torch.from_numpy(x)).numpy()
+            assert np.allclose(numpy_forward(_nets.weights_of(net), x), expected, atol=1e-5)
+    assert np.allclose(_nets.weights_of(_nets.embedding_net(11, 4, _nets.weights_of(emb)))["layers.0.weight"], emb.layers[0].weight.detach().numpy())
+
+
+def test_recommending_does_not_import_torch():
+    first = run_cli("recommend", "example", "--json")  # profiles the task (that loads the model, with torch) and caches it
+    assert first.returncode == 0, first.stderr[-2000:]
+    code = ("import sys; from metapeft.cli import run; sys.argv = ['metapeft', 'recommend', 'example', '--json']\n"
+            "try:\n    run()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["recommendations"][0]["method"]
 
 
 def test_surrogate_round_trips_through_safetensors(surrogate, held_out, tmp_path):
@@ -192,7 +221,7 @@ def test_packaged_model_is_the_fit_of_the_shipped_prior():
 
     if not PACKAGED_MODEL.exists():
         pytest.skip("no packaged model")
-    with safe_open(str(PACKAGED_MODEL), framework="pt") as f:
+    with safe_open(str(PACKAGED_MODEL), framework="np") as f:
         meta = json.loads(f.metadata()["meta"])
     records = [r for r in PriorExperience().records() if usable(r)]
     assert meta["key"] == _experience_key(records) and meta["n_records"] == len(records)

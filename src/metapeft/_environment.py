@@ -75,10 +75,10 @@ def single_threaded(fn):
     synchronisation, and they stall badly when the cores are busy, e.g. beside a benchmark."""
     import functools
 
-    import torch
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import torch  # here, not at decoration: importing the decorated module must not import torch
+
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

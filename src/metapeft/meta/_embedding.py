@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
 
 from .._environment import single_threaded
 from ..experience import Experience
+from . import _nets
 from ._features import PROFILE_FEATURES, cell_key, domain_vector, profile_vector, task_group, usable
 
 DOMAIN_COMPONENTS = 8
@@ -124,15 +123,6 @@ def performance_distances(cells: list[Cell], methods: list[str]) -> tuple[np.nda
     return dist.astype(np.float32), valid
 
 
-class _Net(nn.Module):
-    def __init__(self, d_in: int, dim: int, hidden: int = 32):
-        super().__init__()
-        self.layers = nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
 class TaskEmbedder:
     """Profile → task vector, trained so that embedding distances match performance distances.
 
@@ -144,7 +134,7 @@ class TaskEmbedder:
     def __init__(self, dim: int = 8, epochs: int = 300, seed: int = 0):
         self.dim, self.epochs, self.seed = dim, epochs, seed
         self.featurizer = TaskFeaturizer()
-        self.net: _Net | None = None
+        self.weights: _nets.Weights | None = None  # the network's, as numpy arrays (see _nets)
         self.methods: list[str] = []
         self.stress_: float | None = None
 
@@ -153,21 +143,25 @@ class TaskEmbedder:
         cells = cells_of(records)
         if len(cells) < 2:
             raise ValueError("the task embedding needs finished runs on at least 2 task instances")
+        import torch
+
         self.featurizer = TaskFeaturizer().fit([c.profile for c in cells])
         torch.manual_seed(self.seed)
-        self.net = _Net(self.featurizer.dim, self.dim)
+        self.weights = _nets.weights_of(_nets.embedding_net(self.featurizer.dim, self.dim))
         self.methods = sorted({m for c in cells for m in c.scores})
         return self._train(cells, self.epochs)
 
     @single_threaded
     def partial_fit(self, records: list[Experience], epochs: int | None = None) -> TaskEmbedder:
-        if self.net is None:
+        if self.weights is None:
             return self.fit(records)
         cells = cells_of(records)
         self.methods = sorted(set(self.methods) | {m for c in cells for m in c.scores})
         return self._train(cells, epochs or max(50, self.epochs // 4))
 
     def _train(self, cells: list[Cell], epochs: int) -> TaskEmbedder:
+        import torch
+
         target, valid = performance_distances(cells, self.methods)
         x = torch.from_numpy(self.featurizer.transform([c.profile for c in cells]))
         if not valid.any():
@@ -176,34 +170,34 @@ class TaskEmbedder:
         scale = float(target[valid].mean()) or 1.0
         t = torch.from_numpy(target / scale)
         mask = torch.from_numpy(valid)
-        opt = torch.optim.Adam(self.net.parameters(), lr=1e-2, weight_decay=1e-3)
+        net = _nets.embedding_net(self.featurizer.dim, self.dim, self.weights)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
         for _ in range(epochs):
-            z = self.net(x)
+            z = net(x)
             d = torch.sqrt(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1) + 1e-9)
             loss = ((d - t)[mask] ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
         self.stress_ = float(loss.detach())
+        self.weights = _nets.weights_of(net)
         return self
 
     def predict(self, profiles: list[dict]) -> np.ndarray:
-        if self.net is None:
+        if self.weights is None:
             raise ValueError("TaskEmbedder is not fitted")
-        with torch.no_grad():
-            return self.net(torch.from_numpy(self.featurizer.transform(profiles))).numpy()
+        return _nets.embed(self.weights, self.featurizer.transform(profiles))
 
-    # --- persistence (safetensors-friendly: plain tensors plus JSON metadata) --------------------------------
-    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {f"featurizer.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.featurizer.state().items()}
-        tensors.update({f"net.{k}": v for k, v in self.net.state_dict().items()})
-        return tensors, {"dim": self.dim, "epochs": self.epochs, "seed": self.seed, "methods": self.methods, "stress": self.stress_}
+    # --- persistence (safetensors-friendly: plain arrays plus JSON metadata) ---------------------------------
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {f"featurizer.{k}": v for k, v in self.featurizer.state().items()}
+        arrays.update({f"net.{k}": v for k, v in self.weights.items()})
+        return arrays, {"dim": self.dim, "epochs": self.epochs, "seed": self.seed, "methods": self.methods, "stress": self.stress_}
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> TaskEmbedder:
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> TaskEmbedder:
         self = cls(meta["dim"], meta["epochs"], meta["seed"])
         self.methods, self.stress_ = meta["methods"], meta["stress"]
-        self.featurizer = TaskFeaturizer.from_state({k[len("featurizer."):]: v.numpy() for k, v in tensors.items() if k.startswith("featurizer.")})
-        self.net = _Net(self.featurizer.dim, self.dim)
-        self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.featurizer = TaskFeaturizer.from_state({k[len("featurizer."):]: v for k, v in arrays.items() if k.startswith("featurizer.")})
+        self.weights = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
         return self

@@ -26,7 +26,7 @@ from ._embedding import Cell, cells_of
 from ._features import TARGETS, cell_key, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
@@ -374,22 +374,22 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _save(path: Path, surrogate: Surrogate, key: str, full_fit_records: int, ids: list[str] | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
-    tensors, meta = surrogate.state()
+    arrays, meta = surrogate.state()
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "key": key, "full_fit_records": full_fit_records, "ids": ids or []}
-    _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)}))
+    _atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata={"meta": json.dumps(meta)}))
 
 
 def _load_cached(path: Path) -> tuple[Surrogate, dict] | None:
     from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
     if not path.exists():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="np") as f:
             meta = json.loads(f.metadata()["meta"])
         return Surrogate.from_state(load_file(str(path)), meta), meta
     except Exception:  # stale or foreign cache: refit rather than fail

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from .._environment import single_threaded
 from ..experience import Experience
+from . import _nets
 from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, cell_key, effective_max_length, profile_dict, targets, task_group, usable
 
+FORMAT = 2  # of the saved state: 2 = numpy weights without the unused variance outputs
 Z90 = 1.6449
   # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
 
@@ -62,25 +62,6 @@ class Prediction:
         return np.bincount(winners, minlength=self.samples.shape[1]) / len(winners)
 
 
-class _Ensemble(nn.Module):
-    def __init__(self, members: int, d_in: int, hidden: int, d_out: int):
-        super().__init__()
-
-        def weight(*shape):
-            return nn.Parameter(torch.randn(members, *shape) * math.sqrt(2.0 / shape[0]))
-
-        self.w1, self.b1 = weight(d_in, hidden), nn.Parameter(torch.zeros(members, 1, hidden))
-        self.w2, self.b2 = weight(hidden, hidden), nn.Parameter(torch.zeros(members, 1, hidden))
-        self.w3, self.b3 = weight(hidden, 2 * d_out), nn.Parameter(torch.zeros(members, 1, 2 * d_out))
-        self.d_out = d_out
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.relu(torch.einsum("nd,kdh->knh", x, self.w1) + self.b1)
-        h = torch.relu(torch.bmm(h, self.w2) + self.b2)
-        out = torch.bmm(h, self.w3) + self.b3
-        return out[..., : self.d_out], out[..., self.d_out :].clamp(-9.0, 3.0)
-
-
 class Surrogate:
     """Deep-ensemble surrogate over the experience store.
 
@@ -94,7 +75,7 @@ class Surrogate:
         self.members, self.hidden, self.epochs, self.calibrate, self.folds, self.seed = members, hidden, epochs, calibrate, folds, seed
         self.embedder = embedder or TaskEmbedder(seed=seed)
         self.encoder = ConfigEncoder()
-        self.net: _Ensemble | None = None
+        self.weights: _nets.Weights | None = None  # the ensemble's, as numpy arrays (see _nets)
         self.x_mean = self.x_std = self.y_mean = self.y_std = None
         self.bounds = np.array([[-np.inf] * len(TARGETS), [np.inf] * len(TARGETS)], np.float32)
         self.method_effect = np.zeros(len(self.encoder.methods), np.float32)
@@ -167,8 +148,10 @@ class Surrogate:
         self.x_std[self.x_std < 1e-6] = 1.0
         self.y_mean, self.y_std = np.nanmean(y, 0), np.nanstd(y, 0)
         self.y_mean, self.y_std = np.nan_to_num(self.y_mean), np.where(np.nan_to_num(self.y_std) > 1e-6, self.y_std, 1.0)
+        import torch
+
         torch.manual_seed(self.seed)
-        self.net = _Ensemble(self.members, x.shape[1], self.hidden, y.shape[1])
+        self.weights = _nets.weights_of(_nets.ensemble_net(self.members, x.shape[1], self.hidden, y.shape[1]))
         self._train(x, y, groups, self.epochs)
         self.n_records = len(records)
         seen = np.stack([targets(r) for r in records])
@@ -182,7 +165,7 @@ class Surrogate:
     @single_threaded
     def partial_fit(self, records: list[Experience], epochs: int | None = None) -> Surrogate:
         """Continue training on the current experience (old and new runs together) without starting over."""
-        if self.net is None:
+        if self.weights is None:
             return self.fit(records)
         records = [r for r in records if usable(r)]
         self.embedder.partial_fit(records)
@@ -192,27 +175,32 @@ class Surrogate:
         return self
 
     def _train(self, x: np.ndarray, y: np.ndarray, groups: list[str], epochs: int) -> None:
+        import torch
+
         rng = np.random.default_rng(self.seed)
         names = sorted(set(groups))
         index = np.array([names.index(g) for g in groups])
         # each member sees a bootstrap resample of whole tasks: its errors on unseen tasks differ from the others'
         counts = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)) for _ in range(self.members)])
         w = torch.from_numpy(counts[:, index].astype(np.float32))
-        xt = torch.from_numpy((x - self.x_mean) / self.x_std)
+        xn = (x - self.x_mean) / self.x_std
+        xt, task_only = torch.from_numpy(xn), torch.from_numpy(self._task_only(xn))
         yn = (y - self.y_mean) / self.y_std
         mask = torch.from_numpy(~np.isnan(yn)).float()
         yt = torch.from_numpy(np.nan_to_num(yn))
         weight = w[..., None] * mask[None]
         total = weight.sum(dim=(1, 2), keepdim=True).clamp(min=1.0)
-        opt = torch.optim.Adam(self.net.parameters(), lr=3e-3, weight_decay=1e-4)
+        net = _nets.ensemble_net(self.members, x.shape[1], self.hidden, y.shape[1], self.weights)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
         # squared error, not the Gaussian likelihood with a learned variance per input: with a few dozen tasks a
         # variance head learns to be confident about its training rows and collapses; the noise is measured instead
         for _ in range(epochs):
-            mu = self._outputs(xt)
+            mu = torch.cat([net(xt)[..., :3], net(task_only)[..., 3:]], dim=-1)  # as in _raw
             loss = ((0.5 * (yt[None] - mu) ** 2 * weight) / total).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
+        self.weights = _nets.weights_of(net)
 
     def _calibrate(self, records: list[Experience]) -> None:
         """Fit on all but a fold of tasks, predict the fold: held-out errors set the interval widening and split
@@ -266,22 +254,20 @@ class Surrogate:
             self.task_var[t] = float(max(_robust_var(np.array(list(offsets.values()))) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
 
     # --- prediction ----------------------------------------------------------------------------------------
-    def _outputs(self, xt: torch.Tensor) -> torch.Tensor:
-        """The network's four outputs for standardised inputs. The lift (the task's level) is read with the
-        configuration columns at their mean: it belongs to the task, and a lift that varied with the method
-        would reorder the methods by noise (it did: leave-one-task-out regret 2.1 → 3.1 points)."""
+    def _task_only(self, xn: np.ndarray) -> np.ndarray:
+        """Standardised inputs with the configuration columns at their mean. The lift (the task's level) is read
+        from these: it belongs to the task, and a lift that varied with the method would reorder the methods by
+        noise (it did: leave-one-task-out regret 2.1 → 3.1 points)."""
         start = self.embedder.featurizer.dim + self.embedder.dim
-        task_only = xt.clone()
-        task_only[:, start : start + self.encoder.dim] = 0.0
-        mu, _ = self.net(xt)
-        lift, _ = self.net(task_only)
-        return torch.cat([mu[..., :3], lift[..., 3:]], dim=-1)
+        out = xn.copy()
+        out[:, start : start + self.encoder.dim] = 0.0
+        return out
 
     def _raw(self, x: np.ndarray) -> np.ndarray:
         """Each member's four trained outputs (relative accuracy, log s, log MB, lift): (members, n, 4)."""
-        with torch.no_grad():
-            mu = self._outputs(torch.from_numpy((x - self.x_mean) / self.x_std))
-        return mu.numpy() * self.y_std + self.y_mean
+        xn = ((x - self.x_mean) / self.x_std).astype(np.float32)
+        mu = np.concatenate([_nets.ensemble(self.weights, xn)[..., :3], _nets.ensemble(self.weights, self._task_only(xn))[..., 3:]], axis=-1)
+        return mu * self.y_std + self.y_mean
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         """Each member's prediction of (accuracy, log s, log MB): (members, n, 3)."""
@@ -296,9 +282,8 @@ class Surrogate:
         mu = self._forward(x)
         return mu.mean(0), np.sqrt(mu.var(0) + self.extra_var)
 
-    @single_threaded
     def predict(self, profile: dict, candidates: list[Candidate], observed: list[Experience] | None = None, draws: int = 2000) -> Prediction:
-        if self.net is None:
+        if self.weights is None:
             raise ValueError("Surrogate is not fitted")
         profile = profile_dict(profile)
         rows = [(c.method, c.hyperparameters, effective_max_length(c.hyperparameters, profile)) for c in candidates]
@@ -339,27 +324,28 @@ class Surrogate:
         return gain * r, np.minimum(post_var + self.noise_var, self.extra_var)
 
     # --- persistence ---------------------------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors, emb_meta = self.embedder.state()
-        tensors = {f"embedder.{k}": v for k, v in tensors.items()}
-        tensors.update({f"net.{k}": v for k, v in self.net.state_dict().items()})
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays, emb_meta = self.embedder.state()
+        arrays = {f"embedder.{k}": v for k, v in arrays.items()}
+        arrays.update({f"net.{k}": v for k, v in self.weights.items()})
         for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "method_effect", "extra_var", "task_var", "noise_var", "shrink"):
-            tensors[name] = torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
-        meta = {"members": self.members, "hidden": self.hidden, "epochs": self.epochs, "folds": self.folds, "seed": self.seed,
+            arrays[name] = np.asarray(getattr(self, name), dtype=np.float32)
+        meta = {"format": FORMAT, "members": self.members, "hidden": self.hidden, "epochs": self.epochs, "folds": self.folds, "seed": self.seed,
                 "methods": self.encoder.methods, "features": self.encoder.names, "n_records": self.n_records, "embedder": emb_meta}  # fmt: skip
-        return tensors, meta
+        return arrays, meta
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> Surrogate:
-        embedder = TaskEmbedder.from_state({k[len("embedder."):]: v for k, v in tensors.items() if k.startswith("embedder.")}, meta["embedder"])
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> Surrogate:
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"saved surrogate has format {meta.get('format')}, this version reads {FORMAT}")
+        embedder = TaskEmbedder.from_state({k[len("embedder."):]: v for k, v in arrays.items() if k.startswith("embedder.")}, meta["embedder"])
         self = cls(meta["members"], meta["hidden"], meta["epochs"], True, meta["folds"], meta["seed"], embedder)
         self.encoder = ConfigEncoder(meta["methods"])
         if self.encoder.names != meta["features"]:
             raise ValueError("saved surrogate was trained on another method zoo")
         for name in ("x_mean", "x_std", "y_mean", "y_std", "bounds", "method_effect", "extra_var", "task_var", "noise_var", "shrink"):
-            setattr(self, name, tensors[name].numpy())
-        self.net = _Ensemble(self.members, len(self.x_mean), self.hidden, len(self.y_mean))
-        self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
+            setattr(self, name, np.asarray(arrays[name]))
+        self.weights = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
         self.n_records = meta["n_records"]
         return self
 
