@@ -17,7 +17,6 @@ per-configuration evidence is the search's job (its GP on the surrogate's residu
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +29,7 @@ from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, cell_key, effective_max_length, profile_dict, targets, task_group, usable
 
 FORMAT = 2  # of the saved state: 2 = numpy weights without the unused variance outputs
-Z90 = 1.6449
-  # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
+Z90 = 1.6449  # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
 
 
 @dataclass
