@@ -111,3 +111,13 @@ def test_autotune_registers_a_model_version_with_the_decision(tiny_task, tmp_pat
     assert version.tags["metapeft.method"] == result.search.pick.method
     assert len(json.loads(version.tags["metapeft.task_embedding"])) > 0 and json.loads(version.tags["metapeft.pareto"])
     assert "chosen from a Pareto set" in version.tags["metapeft.decision"]
+
+
+def test_processes_started_together_open_one_new_sqlite_storage(tmp_path):
+    # both create the schema of a new database at once; without a retry one of them failed about a third of the time
+    code = "import sys; from metapeft.search._tune import _open_storage; _open_storage(sys.argv[1])"
+    for i in range(5):
+        url = f"sqlite:///{tmp_path / f'race{i}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors

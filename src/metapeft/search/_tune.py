@@ -92,13 +92,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
                   "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[sampler]()  # fmt: skip
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune and len(objectives) == 1 else optuna.pruners.NopPruner()
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
-    # heartbeats let a live process mark the trial of a killed one as failed instead of leaving it running forever
-    try:
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
-        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
-                                         engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
-    except Exception as exc:  # bad URL, missing driver, unreachable server
-        raise MetapeftError(f"cannot open the Optuna storage {storage!r}: {type(exc).__name__}: {str(exc).splitlines()[0]} (fix --storage)") from None
+    rdb = _open_storage(storage)
     setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
     # Optuna's storages have no compare-and-set, so the one process whose insert of the study wins (the name is unique
     # in the database) warm-starts it and opens its MLflow parent; a process that joins waits until that is done
@@ -250,6 +244,22 @@ def _suggest(trial, name: str, dist):
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
     return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+
+
+def _open_storage(storage: str):
+    """Optuna's RDB storage for ``storage``, with heartbeats: a live process marks the trial of a killed one as
+    failed instead of leaving it running forever."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
+                                              engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
+        except Exception as exc:  # bad URL, missing driver, unreachable server; or another process creating the schema
+            if attempt == 4:
+                raise MetapeftError(f"cannot open the Optuna storage {storage!r}: {type(exc).__name__}: {str(exc).splitlines()[0]} (fix --storage)") from None
+            time.sleep(0.5 + attempt)  # processes started together race to create the tables of a new database
 
 
 def _wait_until_ready(study, timeout: float = 120.0) -> None:
