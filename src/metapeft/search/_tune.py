@@ -250,6 +250,7 @@ def _open_storage(storage: str):
     """Optuna's RDB storage for ``storage``, with heartbeats: a live process marks the trial of a killed one as
     failed instead of leaving it running forever."""
     import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
     for attempt in range(5):
@@ -257,7 +258,7 @@ def _open_storage(storage: str):
             return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
                                               engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
         except Exception as exc:  # bad URL, missing driver, unreachable server; or another process creating the schema
-            if attempt == 4:
+            if attempt == 4 or not isinstance(exc, (OperationalError, IntegrityError)):
                 raise MetapeftError(f"cannot open the Optuna storage {storage!r}: {type(exc).__name__}: {str(exc).splitlines()[0]} (fix --storage)") from None
             time.sleep(0.5 + attempt)  # processes started together race to create the tables of a new database
 
