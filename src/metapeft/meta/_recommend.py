@@ -157,7 +157,6 @@ class MetaPEFT:
         if path.exists():
             return json.loads(path.read_text())
         profile = profile_task(task, self.model).as_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(profile)))
         return profile
 
@@ -377,7 +376,6 @@ def _save(path: Path, surrogate: Surrogate, key: str, full_fit_records: int, ids
     from safetensors.numpy import save_file
 
     arrays, meta = surrogate.state()
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "key": key, "full_fit_records": full_fit_records, "ids": ids or []}
     _atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata={"meta": json.dumps(meta)}))
 

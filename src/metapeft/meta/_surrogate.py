@@ -129,9 +129,14 @@ class Surrogate:
         y4 = np.stack([relative - self._effect(x), y[:, 1], y[:, 2], level - probe], axis=1)
         return x, y4, [task_group(r) for r in records], cells
 
+    def _config_columns(self) -> slice:
+        """Where the configuration features sit in the inputs built by ``_x`` (the method one-hot first)."""
+        start = self.embedder.featurizer.dim + self.embedder.dim
+        return slice(start, start + self.encoder.dim)
+
     def _effect(self, x: np.ndarray) -> np.ndarray:
         """The method main effect of each row (from its method one-hot)."""
-        start = self.embedder.featurizer.dim + self.embedder.dim
+        start = self._config_columns().start
         return x[:, start : start + len(self.encoder.methods)] @ self.method_effect
 
     # --- fitting -------------------------------------------------------------------------------------------
@@ -256,9 +261,8 @@ class Surrogate:
         """Standardised inputs with the configuration columns at their mean. The lift (the task's level) is read
         from these: it belongs to the task, and a lift that varied with the method would reorder the methods by
         noise (it did: leave-one-task-out regret 2.1 → 3.1 points)."""
-        start = self.embedder.featurizer.dim + self.embedder.dim
         out = xn.copy()
-        out[:, start : start + self.encoder.dim] = 0.0
+        out[:, self._config_columns()] = 0.0
         return out
 
     def _raw(self, x: np.ndarray) -> np.ndarray:

@@ -135,6 +135,5 @@ class MetaSampler(BaseSampler):
                           metrics=t.user_attrs["metrics"], profile=self.profile, status="finished")  # fmt: skip
 
 
-
 def _key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
