@@ -100,6 +100,18 @@ def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Sur
     return [hypervolume(loss[chosen[: k + 1]]) / full for k in range(len(chosen))]
 
 
+def summarise(curves: dict[str, list[list[float]]], trials: int) -> dict[str, dict]:
+    """Per sampler: mean best-so-far (relative) after each checkpoint, and trials to reach 99% (never: trials + 1)."""
+    table = {}
+    for name, cs in curves.items():
+        reach = [next((i + 1 for i, v in enumerate(c) if v >= 0.99), trials + 1) for c in cs]
+        table[name] = {
+            **{f"after_{k}": round(float(np.mean([c[min(k, len(c)) - 1] for c in cs])), 4) for k in CHECKPOINTS if k <= trials},
+            "median_trials_to_99pct": statistics.median(reach), "mean_trials_to_99pct": round(float(np.mean(reach)), 2), "searches": len(cs),
+        }  # fmt: skip
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None, help="experience store with runs beyond the shipped prior")
@@ -140,13 +152,7 @@ def main() -> None:
                     curves[name].append([v / best for v in curve])
         print(f"{n + 1}/{len(groups)} {held} ({time.time() - started:.0f} s)", flush=True)
 
-    table = {}
-    for name, cs in curves.items():
-        reach = [next((i + 1 for i, v in enumerate(c) if v >= 0.99), args.trials + 1) for c in cs]
-        table[name] = {
-            **{f"after_{k}": round(float(np.mean([c[min(k, len(c)) - 1] for c in cs])), 4) for k in CHECKPOINTS if k <= args.trials},
-            "median_trials_to_99pct": statistics.median(reach), "mean_trials_to_99pct": round(float(np.mean(reach)), 2), "searches": len(cs),
-        }  # fmt: skip
+    table = summarise(curves, args.trials)
     measure = "best accuracy / instance best" if len(objectives) == 1 else "hypervolume / hypervolume of all recorded runs"
     print(json.dumps({"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "tasks": len(groups), "runs": len(records),
                       "objectives": list(objectives), "measure": measure, "trials": args.trials, "samplers": table}, indent=2))  # fmt: skip
