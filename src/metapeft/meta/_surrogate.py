@@ -244,8 +244,11 @@ class Surrogate:
         predicted = centred(relative)
         fitted = float(np.clip((predicted * deviation).sum() / max((predicted**2).sum(), 1e-12), 0.0, 1.0))
         self.shrink[0] = _selection_shrink(fitted, relative, level, observed, cells)
-        # residuals of the shrunk predictions
-        resid[:, 0] = observed - np.clip(self.shrink[0] * relative + level, 0.0, 1.0)
+        # residuals and member spread of the shrunk predictions, as _forward makes them (the spread at factor 1 is
+        # not the one predictions have)
+        members = np.clip(self.shrink[0] * member_relative + member_level, 0.0, 1.0)
+        resid[:, 0] = observed - members.mean(0)
+        ens_var[:, 0] = members.var(0)
         for t in range(len(TARGETS)):
             ok = ~np.isnan(resid[:, t])
             if ok.sum() < 10:
@@ -257,7 +260,6 @@ class Surrogate:
             # decide how much every task's offset may vary
             self.noise_var[t] = float(max(_robust_var(within) * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8))  # cell means removed: unbias
             self.task_var[t] = float(max(_robust_var(np.array(list(offsets.values()))) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
-        members = np.clip(self.shrink[0] * member_relative + member_level, 0.0, 1.0)
         self.pick_scale[0] = _pick_scale(members, observed, cells, float(np.sqrt(self.noise_var[0])), self.seed)
 
     # --- prediction ----------------------------------------------------------------------------------------
