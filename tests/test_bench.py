@@ -138,6 +138,21 @@ def test_report_renders_json_and_png(bench_store, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "html" / "index.html").stat().st_size > png.stat().st_size
 
 
+def test_report_leaves_cells_with_too_few_methods_out_of_comparisons():
+    """A cell a bench has only begun (2 of 10 methods) must not win or lose: it is counted apart, and its task is
+    still listed."""
+    from metapeft.prior import PriorExperience
+    from metapeft.report import analyse
+
+    records = PriorExperience().records()
+    before = analyse(records)
+    begun = [r for r in records if r.task_name == "trec6@64"][:2]
+    summary = analyse([r for r in records if r.task_name != "trec6@64"] + begun)
+    assert summary["partial_cells"] == before["partial_cells"] + 1 and summary["cells"] == before["cells"] - 1
+    assert sum(summary["wins"].values()) == pytest.approx(summary["cells"], abs=0.1)  # each share rounded to 0.01
+    assert summary["per_task"]["trec6"]["best_method"] in {r.method for r in begun}
+
+
 def test_report_without_runs_is_a_clear_error(tmp_path):
     proc = run_cli("report", "--store", f"sqlite:///{tmp_path / 'e.db'}", "--no-prior")
     assert proc.returncode == 2 and "no finished runs" in proc.stderr and "Traceback" not in proc.stderr

@@ -4,7 +4,9 @@ wins, accuracy against train-set size, accuracy/time/memory trade-offs and hyper
 A *cell* is a (task, train size, seed) triple — the seed draws the training sample, so each seed is another
 instance of the task at that size; a method's score in a cell is the best accuracy among its runs there (what a
 user would get after choosing that method and trying those settings). Task-level scores average a method's cell
-scores over the task's cells. Cells that differ only by seed measure the noise.
+scores over the task's cells. Cells that differ only by seed measure the noise. Comparisons (wins, gaps, variation)
+count only cells in which at least ``MIN_METHODS`` methods (or every method of the experience, if fewer) ran: a cell a
+bench has only begun is no contest.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..experience import Experience
+
+MIN_METHODS = 5  # the methods a cell needs to count in comparisons (as in `metapeft evaluate`)
 
 
 def frame(records: list[Experience]) -> pd.DataFrame:
@@ -48,9 +52,13 @@ def analyse(records: list[Experience]) -> dict:
     cells = df.groupby([*cell, "method"])["accuracy"].max().rename("score").reset_index()
     best_in_cell = cells.groupby(cell)["score"].transform("max")
     cells["gap"] = best_in_cell - cells["score"]
+    complete = cells.groupby(cell).method.transform("nunique") >= min(MIN_METHODS, df.method.nunique())
+    partial_cells = int(cells.loc[~complete].groupby(cell).ngroups)
 
     per_task = {}
     for task, group in cells.groupby("task"):
+        if complete[group.index].any():  # a task only begun is still listed, from what it has
+            group = group.loc[complete[group.index]]
         by_method = group.groupby("method")["score"].mean()
         best = by_method.idxmax()
         per_task[task] = {
@@ -61,6 +69,7 @@ def analyse(records: list[Experience]) -> dict:
             "by_size": {int(size): _best(g.groupby("method").score.mean()) for size, g in group.groupby("size")},
         }
 
+    cells = cells.loc[complete]
     winners = cells.loc[cells.gap == 0]
     n_cells = cells.groupby(cell).ngroups
     wins: Counter = Counter()
@@ -79,6 +88,7 @@ def analyse(records: list[Experience]) -> dict:
         "failed": failed,
         "tasks": int(df.task.nunique()),
         "cells": int(n_cells),
+        "partial_cells": partial_cells,
         "methods": sorted(df.method.unique()),
         "sources": {k: int(v) for k, v in df.source.value_counts().items()},
         "min_methods_per_task": int(df.groupby("task").method.nunique().min()),
@@ -129,11 +139,11 @@ def _best(scores: pd.Series) -> dict:
     return {"best_method": scores.idxmax(), "best_accuracy": round(float(scores.max()), 4), "spread": round(float(scores.max() - scores.min()), 4)}
 
 
-def _winner_changes(per_task: dict) -> float:
-    """Share of tasks with several sizes whose best method differs between sizes."""
+def _winner_changes(per_task: dict) -> float | None:
+    """Share of tasks with several sizes whose best method differs between sizes (None: no such task)."""
     multi = [t for t in per_task.values() if len(t["by_size"]) > 1]
     if not multi:
-        return 0.0
+        return None
     return round(sum(len({s["best_method"] for s in t["by_size"].values()}) > 1 for t in multi) / len(multi), 3)
 
 

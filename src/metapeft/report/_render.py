@@ -118,14 +118,16 @@ def markdown(summary: dict) -> str:
     v = summary["variation"]
     lines = [
         f"**{summary['runs']} finished runs** ({summary['failed']} failed) over **{summary['tasks']} tasks**, "
-        f"{summary['cells']} task × train-size × seed cells, {len(summary['methods'])} methods (at least {summary['min_methods_per_task']} per task).",
+        f"{summary['cells']} task × train-size × seed cells, {len(summary['methods'])} methods (at least {summary['min_methods_per_task']} per task)"
+        + (f"; {summary['partial_cells']} more cell(s) with too few methods so far left out of the comparisons." if summary.get("partial_cells") else "."),
         "",
         f"- Distinct winning methods: **{v['distinct_winners']}**; the most frequent winner, {v['top_method']}, wins "
         f"{100 * v['top_method_win_share']:.0f}% of cells.",
         f"- Best single method for every cell: {v['single_best_method']}, mean regret {100 * v['single_best_mean_regret']:.1f} "
         f"accuracy points, worst {100 * v['single_best_max_regret']:.1f}.",
         f"- Mean spread between best and worst method in a cell: {100 * v['mean_spread_in_cell']:.1f} points; "
-        f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks.",
+        + (f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks with several sizes."
+         if v["winner_changes_with_size"] is not None else "no task has several train sizes yet."),
     ]
     n = summary.get("noise", {})
     if n.get("task_sizes"):
@@ -166,7 +168,7 @@ def _html(summary: dict, files: list[Path]) -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>metapeft report</h1>
-<p>{summary['runs']} finished runs ({summary['failed']} failed) over {summary['tasks']} tasks and {summary['cells']} task × size cells.
+<p>{summary['runs']} finished runs ({summary['failed']} failed) over {summary['tasks']} tasks and {summary['cells']} task × size cells{f" (and {summary['partial_cells']} begun, left out)" if summary.get("partial_cells") else ""}.
 {v['distinct_winners']} distinct winners; {html.escape(str(v['top_method']))} wins {100 * v['top_method_win_share']:.0f}% of cells;
 always choosing {html.escape(v['single_best_method'])} costs {100 * v['single_best_mean_regret']:.1f} points on average (worst {100 * v['single_best_max_regret']:.1f}).</p>
 {images}
