@@ -74,6 +74,22 @@ def test_surrogate_predicts_every_method_with_intervals_and_probabilities(surrog
     assert surrogate.extra_var.min() > 0 and surrogate.task_var.min() > 0 and surrogate.noise_var.min() > 0
 
 
+def test_missing_settings_are_the_defaults_and_far_tasks_do_not_extrapolate(surrogate, held_out):
+    """A candidate without settings is its method's defaults (as Candidate promises), and a task far larger than any
+    in the experience is predicted as the nearest seen, not by an unbounded extrapolation of the network."""
+    from metapeft.meta import Candidate
+    from metapeft.methods import get_method
+
+    profile = held_out[1][0].profile
+    bare = surrogate.predict(profile, [Candidate("lora")])
+    explicit = surrogate.predict(profile, [Candidate("lora", get_method("lora").defaults().as_dict())])
+    assert bare.mean == pytest.approx(explicit.mean)
+    huge = [surrogate.predict({**profile, "dataset_size": n}, [Candidate("lora")]) for n in (10**6, 10**8)]
+    assert huge[0].mean == pytest.approx(huge[1].mean)
+    # unclamped, the members ran off to 0 and 1 and the 90% interval covered everything
+    assert huge[0].high[0, 0] - huge[0].low[0, 0] < 0.9
+
+
 def test_observed_runs_condition_the_prediction(surrogate, held_out):
     from metapeft.meta import Candidate
 

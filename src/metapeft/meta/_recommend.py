@@ -23,10 +23,10 @@ from ..experience import Experience, ExperienceStore
 from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of
-from ._features import TARGETS, cell_key, profile_dict, task_group, usable
+from ._features import TARGETS, fingerprint_of, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
@@ -220,7 +220,7 @@ class MetaPEFT:
         for name in names:
             get_method(name)
         if observed is None:
-            observed = [r for r in self.experiences() if cell_key(r) == profile.get("fingerprint")]
+            observed = [r for r in self.experiences() if fingerprint_of(r) == profile.get("fingerprint")]
         budget = budget or {}
 
         rows: list[tuple[str, dict]] = []
