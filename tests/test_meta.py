@@ -90,6 +90,17 @@ def test_missing_settings_are_the_defaults_and_far_tasks_do_not_extrapolate(surr
     assert huge[0].high[0, 0] - huge[0].low[0, 0] < 0.9
 
 
+def test_runs_outside_the_fit_call_for_a_full_refit(surrogate, held_out):
+    """partial_fit keeps the fit's standardisation: runs under another step budget are not 'covered' and make
+    MetaPEFT refit from scratch instead (a partial fit mistook such runs for a harder task)."""
+    import dataclasses
+
+    seen = held_out[0][:20]
+    assert surrogate.covers(seen)
+    short = dataclasses.replace(seen[0], hyperparameters={**seen[0].hyperparameters, "max_steps": 3})
+    assert not surrogate.covers([short])
+
+
 def test_observed_runs_condition_the_prediction(surrogate, held_out):
     from metapeft.meta import Candidate
 

@@ -26,7 +26,7 @@ from ._embedding import Cell, cells_of
 from ._features import TARGETS, fingerprint_of, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
@@ -118,7 +118,8 @@ class MetaPEFT:
         cached = None if force else (_load_cached(path) or _load_cached(PACKAGED_MODEL))  # the shipped fit on the prior
         if cached is not None and cached[1]["key"] == key:
             self.surrogate = cached[0]
-        elif cached is not None and set(cached[1]["ids"]) <= set(ids) and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH):
+        elif (cached is not None and set(cached[1]["ids"]) <= set(ids) and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH)
+              and cached[0].covers([r for r in records if r.id not in set(cached[1]["ids"])])):  # fmt: skip
             self.surrogate = cached[0].partial_fit(records)  # a few new runs: continue training, keep calibration
             _save(path, self.surrogate, key, cached[1]["full_fit_records"], ids)
         else:
@@ -376,7 +377,7 @@ def _save(path: Path, surrogate: Surrogate, key: str, full_fit_records: int, ids
     from safetensors.numpy import save_file
 
     arrays, meta = surrogate.state()
-    meta = {**meta, "key": key, "full_fit_records": full_fit_records, "ids": ids or []}
+    meta = {**meta, "key": key, "full_fit_records": full_fit_records, "ids": ids or [], "cache_version": CACHE_VERSION}
     _atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata={"meta": json.dumps(meta)}))
 
 
@@ -389,6 +390,8 @@ def _load_cached(path: Path) -> tuple[Surrogate, dict] | None:
     try:
         with safe_open(str(path), framework="np") as f:
             meta = json.loads(f.metadata()["meta"])
+        if meta.get("cache_version") != CACHE_VERSION:  # made by another version: not even a start for partial_fit
+            return None
         return Surrogate.from_state(load_file(str(path)), meta), meta
     except Exception:  # stale or foreign cache: refit rather than fail
         return None

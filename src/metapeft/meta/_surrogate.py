@@ -182,6 +182,16 @@ class Surrogate:
         self.n_records = len(records)
         return self
 
+    def covers(self, records: list[Experience]) -> bool:
+        """Whether ``records`` lie inside the inputs this fit was trained on. ``partial_fit`` keeps the fit's
+        standardisation, so it can only learn runs like those seen: a new step budget or train size needs ``fit``
+        (after a partial fit on four runs of 3 steps, sst2 was predicted at 57%; after a full fit, 74%)."""
+        records = [r for r in records if usable(r)]
+        if not records:
+            return True
+        xn = (self._x_runs(records) - self.x_mean) / self.x_std
+        return bool(np.all((xn >= self.x_range[0] - 1e-4) & (xn <= self.x_range[1] + 1e-4)))
+
     def _extend_range(self, x: np.ndarray) -> None:
         xn = (x - self.x_mean) / self.x_std
         seen = np.stack([xn.min(0), xn.max(0)]).astype(np.float32)
