@@ -98,7 +98,7 @@ def main() -> None:
                     if (task.name, sampler, seed) in done:
                         continue
                     if meta is None:  # the held-out task's own runs stay out of the meta-learner
-                        meta = MetaPEFT(experiences=[r for r in prior if task_group(r) != name], include_own=False).fit()
+                        meta = MetaPEFT(experiences=[r for r in prior if task_group(r) != name], include_own=False)  # tune fits it
                     line = run_search(task, sampler, seed, meta, args)
                     best = max((t["accuracy"] or 0.0 for t in line["trials"]), default=0.0)
                     print(f"{name} {sampler} seed {seed}: best {best:.3f} in {line['wall_s']:.0f} s", flush=True)
