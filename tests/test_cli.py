@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, write_jsonl
+from conftest import run_cli
 
 
 def test_version_and_methods():

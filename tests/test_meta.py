@@ -101,6 +101,15 @@ def test_runs_outside_the_fit_call_for_a_full_refit(surrogate, held_out):
     assert not surrogate.covers([short])
 
 
+def test_similar_tasks_leave_out_the_task_itself(surrogate, prior_records):
+    from metapeft.meta import MetaPEFT
+
+    meta = MetaPEFT(surrogate=surrogate, experiences=prior_records, include_own=False)
+    record = next(r for r in prior_records if r.task_name == "trec6@64")
+    names = [s.task for s in meta.similar(record.profile)]
+    assert len(names) == 5 and "trec6@64" not in names
+
+
 def test_observed_runs_condition_the_prediction(surrogate, held_out):
     from metapeft.meta import Candidate
 

@@ -16,7 +16,7 @@ import numpy as np
 from .._environment import single_threaded
 from ..experience import Experience
 from . import _nets
-from ._features import PROFILE_FEATURES, cell_key, domain_vector, profile_vector, task_group, usable
+from ._features import PROFILE_FEATURES, cell_key, domain_vector, fingerprint_of, profile_vector, task_group, usable
 
 DOMAIN_COMPONENTS = 8
 
@@ -26,7 +26,8 @@ DOMAIN_COMPONENTS = 8
 class Cell:
     """What the experience says about one task instance."""
 
-    key: str
+    key: str  # the data's fingerprint and the step budget (see cell_key)
+    fingerprint: str  # the data's
     task: str  # task name with its size, e.g. sst2@64
     group: str  # the task whatever its size, e.g. sst2
     profile: dict
@@ -48,7 +49,7 @@ def cells_of(records: list[Experience]) -> list[Cell]:
         if not usable(r):
             continue
         key = cell_key(r)
-        cell = cells.setdefault(key, Cell(key, r.task_name, task_group(r), r.profile, {}))
+        cell = cells.setdefault(key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}))
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
         cell.runs += 1
     return list(cells.values())

@@ -178,7 +178,7 @@ class MetaPEFT:
         out, seen = [], set()
         for i in np.argsort(dist):
             c = cells[i]
-            if c.group in seen or c.key == profile.get("fingerprint"):
+            if c.group in seen or c.fingerprint == profile.get("fingerprint"):
                 continue
             seen.add(c.group)
             out.append(SimilarTask(c.task, round(float(dist[i]), 3), c.best_method, round(c.best_accuracy, 4), {m: round(s, 4) for m, s in sorted(c.scores.items(), key=lambda x: -x[1])}))
