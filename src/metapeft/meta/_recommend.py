@@ -116,10 +116,11 @@ class MetaPEFT:
         selection = f"{self.store.url if self.store is not None else ''}|{self.include_prior}|{self.include_own}"
         path = self.cache_dir / f"surrogate-{hashlib.sha256(selection.encode()).hexdigest()[:12]}.safetensors"
         cached = None if force else (_load_cached(path) or _load_cached(PACKAGED_MODEL))  # the shipped fit on the prior
+        known = set(cached[1]["ids"]) if cached is not None else set()
         if cached is not None and cached[1]["key"] == key:
             self.surrogate = cached[0]
-        elif (cached is not None and set(cached[1]["ids"]) <= set(ids) and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH)
-              and cached[0].covers([r for r in records if r.id not in set(cached[1]["ids"])])):  # fmt: skip
+        elif (cached is not None and known <= set(ids) and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH)
+              and cached[0].covers([r for r in records if r.id not in known])):  # fmt: skip
             self.surrogate = cached[0].partial_fit(records)  # a few new runs: continue training, keep calibration
             _save(path, self.surrogate, key, cached[1]["full_fit_records"], ids)
         else:
