@@ -36,7 +36,7 @@ def run_search(task, sampler: str, seed: int, meta: MetaPEFT, args) -> dict:
     from metapeft.search import tune
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:  # adapters and the study are not kept: the trials' numbers are
+    with tempfile.TemporaryDirectory() as tmp:  # adapters and the study are not kept: the trials go to --out
         result = tune(task, trials=args.trials, sampler=sampler, seed=seed, max_steps=args.max_steps, eval_size=args.eval_size, meta=meta,
                       store=ExperienceStore(f"sqlite:///{tmp}/store.db"), storage=f"sqlite:///{tmp}/optuna.db", track=False, output_dir=tmp)  # fmt: skip
     trials = [{"number": t.number, "state": t.state, "method": t.method, "source": t.source, "accuracy": t.metrics.get("accuracy"),

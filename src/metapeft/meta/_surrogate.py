@@ -189,11 +189,14 @@ class Surrogate:
         records = [r for r in records if usable(r)]
         if not records:
             return True
-        xn = (self._x_runs(records) - self.x_mean) / self.x_std
+        xn = self._standardise(self._x_runs(records))
         return bool(np.all((xn >= self.x_range[0] - 1e-4) & (xn <= self.x_range[1] + 1e-4)))
 
+    def _standardise(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.x_mean) / self.x_std
+
     def _extend_range(self, x: np.ndarray) -> None:
-        xn = (x - self.x_mean) / self.x_std
+        xn = self._standardise(x)
         seen = np.stack([xn.min(0), xn.max(0)]).astype(np.float32)
         self.x_range = seen if self.x_range is None else np.stack([np.minimum(self.x_range[0], seen[0]), np.maximum(self.x_range[1], seen[1])])
 
@@ -206,7 +209,7 @@ class Surrogate:
         # each member sees a bootstrap resample of whole tasks: its errors on unseen tasks differ from the others'
         counts = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)) for _ in range(self.members)])
         w = torch.from_numpy(counts[:, index].astype(np.float32))
-        xn = (x - self.x_mean) / self.x_std
+        xn = self._standardise(x)
         xt, task_only = torch.from_numpy(xn), torch.from_numpy(self._task_only(xn))
         yn = (y - self.y_mean) / self.y_std
         mask = torch.from_numpy(~np.isnan(yn)).float()
@@ -239,8 +242,8 @@ class Surrogate:
             sub = Surrogate(self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed).fit([records[i] for i in train])
             held = [records[i] for i in test]
             x = sub._x_runs(held)
-            members = sub._forward(x)
             raw = sub._raw(x)  # per member
+            members = sub._forward(x, raw)
             relative.append(raw[..., 0])
             level.append(raw[..., 3] + x[:, -1] + sub._effect(x))
             y = np.stack([targets(r) for r in held])
@@ -265,9 +268,9 @@ class Surrogate:
         self.shrink[0] = _selection_shrink(fitted, relative, level, observed, cells)
         # residuals and member spread of the shrunk predictions, as _forward makes them (the spread at factor 1 is
         # not the one predictions have)
-        members = np.clip(self.shrink[0] * member_relative + member_level, 0.0, 1.0)
-        resid[:, 0] = observed - members.mean(0)
-        ens_var[:, 0] = members.var(0)
+        shrunk = np.clip(self.shrink[0] * member_relative + member_level, 0.0, 1.0)
+        resid[:, 0] = observed - shrunk.mean(0)
+        ens_var[:, 0] = shrunk.var(0)
         for t in range(len(TARGETS)):
             ok = ~np.isnan(resid[:, t])
             if ok.sum() < 10:
@@ -279,7 +282,7 @@ class Surrogate:
             # decide how much every task's offset may vary
             self.noise_var[t] = float(max(_robust_var(within) * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8))  # cell means removed: unbias
             self.task_var[t] = float(max(_robust_var(np.array(list(offsets.values()))) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
-        self.pick_scale[0] = _pick_scale(members, observed, cells, float(np.sqrt(self.noise_var[0])), self.seed)
+        self.pick_scale[0] = _pick_scale(shrunk, observed, cells, float(np.sqrt(self.noise_var[0])), self.seed)
 
     # --- prediction ----------------------------------------------------------------------------------------
     def _task_only(self, xn: np.ndarray) -> np.ndarray:
@@ -297,13 +300,14 @@ class Surrogate:
         # clamped to the training range: a network extrapolates without bound (sst2 at 4,000 examples, with an
         # experience of 64 and 1,024, was predicted at 60% against a frozen probe of 76%; clamped, 74%); beyond the
         # range a task is predicted as the nearest seen, and the reasoning says that it lies outside
-        xn = np.clip((x - self.x_mean) / self.x_std, self.x_range[0], self.x_range[1]).astype(np.float32)
+        xn = np.clip(self._standardise(x), self.x_range[0], self.x_range[1]).astype(np.float32)
         mu = np.concatenate([_nets.ensemble(self.weights, xn)[..., :3], _nets.ensemble(self.weights, self._task_only(xn))[..., 3:]], axis=-1)
         return mu * self.y_std + self.y_mean
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """Each member's prediction of (accuracy, log s, log MB): (members, n, 3)."""
-        mu = self._raw(x)
+    def _forward(self, x: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:
+        """Each member's prediction of (accuracy, log s, log MB): (members, n, 3), from ``_raw(x)`` (pass it if
+        already computed)."""
+        mu = self._raw(x) if raw is None else raw
         # shrunk relative part + lift + probe accuracy; a network far from its data can extrapolate without bound:
         # keep accuracy inside [0, 1]
         accuracy = np.clip(self._effect(x) + self.shrink * mu[..., 0] + mu[..., 3] + x[:, -1], 0.0, 1.0)
@@ -382,13 +386,18 @@ class Surrogate:
         return self
 
 
+def _cell_index(cells: np.ndarray) -> list[np.ndarray]:
+    """The rows of each task instance."""
+    return [np.flatnonzero(cells == c) for c in np.unique(cells)]
+
+
 def _selection_shrink(fitted: float, relative: np.ndarray, level: np.ndarray, observed: np.ndarray, cells: np.ndarray) -> float:
     """The factor on the task-specific correction that picks best on held-out tasks: the least-squares factor
     ``fitted`` predicts accuracy best, but a correction can lower the error of the level and still reorder the
     close methods of a task wrongly. Mean held-out regret (best run minus the run ranked first, per task
     instance) is compared on a grid; ``fitted`` stays unless another factor picks clearly better (by more than
     a quarter of a point: differences below that are the folds' noise)."""
-    index = [np.flatnonzero(cells == c) for c in np.unique(cells)]
+    index = _cell_index(cells)
 
     def regret(factor: float) -> float:
         score = factor * relative + level
@@ -406,7 +415,7 @@ def _pick_scale(members: np.ndarray, observed: np.ndarray, cells: np.ndarray, no
     (a proper score, like temperature scaling of a classifier). The robust run-noise estimate ignores the heavy
     tails of the errors, so unscaled draws were overconfident (ECE 0.14 on the 352-run prior)."""
     rng = np.random.default_rng(seed)
-    index = [i for i in (np.flatnonzero(cells == c) for c in np.unique(cells)) if len(i) >= 2]
+    index = [i for i in _cell_index(cells) if len(i) >= 2]
     if not index:
         return 1.0
     drawn = [members[np.ix_(rng.integers(0, members.shape[0], draws), i)] for i in index]  # a member per draw
