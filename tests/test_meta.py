@@ -90,6 +90,20 @@ def test_missing_settings_are_the_defaults_and_far_tasks_do_not_extrapolate(surr
     assert huge[0].high[0, 0] - huge[0].low[0, 0] < 0.9
 
 
+def test_time_scales_with_the_step_budget_beyond_the_experience(surrogate, held_out):
+    """The prior has one budget (80 steps): accuracy elsewhere is predicted as at 80, but time is steps × a learned
+    cost per step (as a total it stayed at 80 steps' time for any budget)."""
+    from metapeft.meta import Candidate
+
+    profile = held_out[1][0].profile
+    pred = surrogate.predict(profile, [Candidate("lora", {"max_steps": 80}), Candidate("lora", {"max_steps": 400}), Candidate("lora")])
+    assert pred.mean[1, 1] / pred.mean[0, 1] == pytest.approx(5.0, rel=0.02)
+    assert pred.mean[2, 1] / pred.mean[0, 1] == pytest.approx(100 / 80, rel=0.02)  # the default budget: 100 steps
+    assert pred.mean[1, 0] == pytest.approx(pred.mean[0, 0]) and pred.mean[1, 2] == pytest.approx(pred.mean[0, 2])
+    actual = [r.metrics["train_time_s"] for r in held_out[1] if r.method == "lora"]
+    assert min(actual) / 3 < pred.mean[0, 1] < 3 * max(actual)
+
+
 def test_runs_outside_the_fit_call_for_a_full_refit(surrogate, held_out):
     """partial_fit keeps the fit's standardisation: runs under another step budget are not 'covered' and make
     MetaPEFT refit from scratch instead (a partial fit mistook such runs for a harder task)."""
@@ -240,6 +254,26 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
     assert 0 <= ours["ece"] <= 1 and 0 <= ours["coverage_90"] <= 1
     assert set(result["per_task_regret"]) == {t.split("@")[0] for t in tasks}
     assert result["few_shot"]["cells"] > 0
+    assert result["noise_floor"]["mean_regret"] >= 0 and 0 <= result["noise_floor"]["top1"] <= 1
+
+
+def test_noise_floor_is_zero_for_a_clear_winner_and_grows_with_ties(prior_records):
+    """The regret a selector knowing the truth still shows, from the evaluation's sampling noise alone."""
+    import dataclasses
+
+    from metapeft.meta._evaluate import _noise_floor
+
+    task = sorted({r.task_name for r in prior_records})[0]
+    runs = [r for r in prior_records if r.task_name == task]
+
+    def with_accuracy(accuracies, n=300):
+        return [dataclasses.replace(r, metrics={**r.metrics, "accuracy": a, "eval_examples": n}) for r, a in zip(runs, accuracies)]
+
+    clear = _noise_floor(with_accuracy([0.95] + [0.5] * (len(runs) - 1)), seed=0)
+    assert clear["regret"] < 0.01 and clear["top1"] > 0.99
+    tied = _noise_floor(with_accuracy([0.8] * len(runs)), seed=0)
+    assert tied["regret"] > 2 and tied["top1"] < 0.5
+    assert _noise_floor(with_accuracy([0.8] * len(runs), n=3000), seed=0)["regret"] < tied["regret"] / 2  # ~1/sqrt(n)
 
 
 def test_cli_recommend_similar_map_and_errors(tmp_path):

@@ -450,7 +450,11 @@ def evaluate(
         table.add_column(column)
     for name, r in result["selectors"].items():
         table.add_row(name, f"{r['mean_regret']:.2f}", f"{r['worst_task_regret']:.2f}", f"{r['regret_at_3']:.2f}", f"{100 * r['top1']:.0f}%", f"{r['ndcg']:.3f}", str(r.get("wilcoxon_p_ours_lower", "—")))
+    floor = result["noise_floor"]
+    table.add_row("[dim]noise floor*[/dim]", f"[dim]{floor['mean_regret']:.2f}[/dim]", "", "", f"[dim]{100 * floor['top1']:.0f}%[/dim]", "", "")
     out.print(table)
+    out.print("* a selector that knew every run's true accuracy, scored against runs re-measured on as many test examples: "
+              "what the evaluation's sampling noise alone costs (a lower bound)")
     ours = result["selectors"]["metapeft"]
     out.print(f"metapeft: ECE of the best-method confidence {ours['ece']:.3f}; 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs")
     if fs := result.get("few_shot"):

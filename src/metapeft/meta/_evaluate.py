@@ -179,6 +179,7 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
     if len(groups) < 3:
         raise ValueError(f"leave-one-task-out needs runs on at least 3 tasks; the experience has {len(groups)}")
     per_cell: dict[str, list[dict]] = defaultdict(list)
+    floor: list[dict] = []
     few: list[dict] = []
     embedding_rho: list[float] = []
     for n, held in enumerate(groups):
@@ -189,6 +190,9 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
         for r in records:
             if task_group(r) == held:
                 test[cell_key(r)].append(r)
+        for runs in test.values():
+            if len({r.method for r in runs}) >= min_methods:
+                floor.append({"task": held, **_noise_floor(runs, seed=len(floor))})
         for name, make in selectors.items():
             model = make().fit(train)
             repeats = random_repeats if name == "random" else 1
@@ -224,6 +228,7 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
             summary["ece"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3)
             summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
         out["selectors"][name] = summary
+    out["noise_floor"] = {"mean_regret": round(float(np.mean(list(_by_task(floor).values()))), 3), "top1": round(float(np.mean([f["top1"] for f in floor])), 3)}
     ours = per_task.get("metapeft")
     if ours:
         for name, tasks in per_task.items():
@@ -241,6 +246,24 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
             **{k: round(float(np.mean([f[k] for f in few])), 4) for k in few[0]},
         }
     return out
+
+
+def _noise_floor(runs: list[Experience], seed: int, draws: int = 2000) -> dict:
+    """Regret and top-1 of a selector that knows every run's true accuracy, caused by the evaluation's sampling
+    noise alone: the recorded accuracies stand for the truth, each is re-measured on as many test examples
+    (binomial noise), and the truly best is scored against the re-measured best. A lower bound on what any
+    selector can reach here: training-seed noise is left out, and recorded accuracies spread wider than the truth."""
+    rng = np.random.default_rng(seed)
+    acc = np.array([r.metrics["accuracy"] for r in runs])
+    n = np.array([r.metrics.get("eval_examples") or 300 for r in runs])
+    measured = rng.binomial(n, np.clip(acc, 0, 1), size=(draws, len(runs))) / n
+    truth = int(np.argmax(acc))
+    by_method = defaultdict(list)
+    for i, r in enumerate(runs):
+        by_method[r.method].append(i)
+    best = measured.max(1)
+    method_best = measured[:, by_method[runs[truth].method]].max(1)  # top-1 asks for the method, as score_cell does
+    return {"regret": 100 * float((best - measured[:, truth]).mean()), "top1": float((method_best >= best - 1e-9).mean())}
 
 
 def _by_task(rows: list[dict]) -> dict[str, float]:

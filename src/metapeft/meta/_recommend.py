@@ -26,7 +26,7 @@ from ._embedding import Cell, cells_of
 from ._features import TARGETS, fingerprint_of, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
@@ -266,7 +266,7 @@ class MetaPEFT:
             expected = {t: {"mean": _round(t, pred.mean[i, j]), "low": _round(t, pred.low[i, j]), "high": _round(t, pred.high[i, j])} for j, t in enumerate(TARGETS)}
             out.append(MethodRecommendation(
                 method=name, rank=rank, confidence=round(probs[name], 4), hyperparameters=rows[i][1], expected_performance=expected,
-                reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1] == get_method(name).make_config(budget).as_dict()),
+                reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1]),
                 feasible=name not in blocked,
             ))  # fmt: skip
         return out
@@ -274,7 +274,9 @@ class MetaPEFT:
     def _task_context(self, profile: dict, observed: list[Experience]) -> dict:
         sizes = [c.profile["dataset_size"] for c in self.cells()[0]]
         models = {c.profile.get("model", {}).get("name") for c in self.cells()[0]}
-        return {"profile": profile, "observed": len(observed), "size_range": (min(sizes), max(sizes)), "models": sorted(m for m in models if m)}
+        steps = [r.hyperparameters.get("max_steps") for r in self.experiences() if r.hyperparameters.get("max_steps")]
+        return {"profile": profile, "observed": len(observed), "size_range": (min(sizes), max(sizes)), "models": sorted(m for m in models if m),
+                "steps_range": (min(steps), max(steps)) if steps else None}  # fmt: skip
 
     # --- map -----------------------------------------------------------------------------------------------
     def task_map(self) -> list[dict]:
@@ -300,7 +302,7 @@ def _why_blocked(pred: Prediction, i: int, max_memory_mb, max_time_s) -> str:
     return "; ".join(reasons)
 
 
-def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask], context: dict, blocked: str | None, is_default: bool) -> str:
+def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask], context: dict, blocked: str | None, hyperparameters: dict) -> str:
     p = context["profile"]
     acc = expected["accuracy"]
     parts = []
@@ -315,6 +317,7 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
         if gaps:
             text += f"; {100 * float(np.mean(gaps)):.1f} points behind their best on average"
         parts.append(text + ".")
+    is_default = hyperparameters == get_method(method).make_config({k: hyperparameters[k] for k in BUDGET_FIELDS if k in hyperparameters}).as_dict()
     parts.append("Settings: the method's defaults." if is_default else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design.")
     if rank == 1:
         traits = f"{p['dataset_size']} training examples, {p['num_classes']} classes, {'sentence pairs' if p.get('task_type') == 'pair' else 'single texts'}, p95 length {p.get('token_length_p95', 0):.0f} tokens, frozen-probe accuracy {100 * p.get('probe_accuracy', 0):.0f}%"
@@ -322,6 +325,10 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
         low, high = context["size_range"]
         if not low <= p["dataset_size"] <= high:
             parts.append(f"The experience covers train sizes {low}–{high}; this task's size lies outside, so expect more error than the interval says.")
+        steps = hyperparameters.get("max_steps")
+        if context["steps_range"] and steps and not context["steps_range"][0] <= steps <= context["steps_range"][1]:
+            low, high = context["steps_range"]
+            parts.append(f"Past runs made {low}–{high} steps: accuracy at {steps} steps is predicted as at the nearest of those (time scales with the steps).")
         model = (p.get("model") or {}).get("name")
         if model and model not in context["models"]:
             parts.append(f"No past runs use {model}; the prediction transfers from {', '.join(context['models'])}.")

@@ -28,7 +28,8 @@ from . import _nets
 from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, cell_key, effective_max_length, profile_dict, targets, task_group, usable
 
-FORMAT = 4  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range
+FORMAT = 5  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
+# 5 = time learned per step
 Z90 = 1.6449  # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
 
 
@@ -104,14 +105,14 @@ class Surrogate:
         return self._x(profiles, [(r.method, r.hyperparameters, effective_max_length(r, p)) for r, p in zip(records, profiles)])
 
     def _rows(self, records: list[Experience], fit_effects: bool = False) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-        """Inputs and the four trained targets: accuracy relative to its task instance's mean, log time, log
-        memory, and that mean (the task's level) above the frozen-probe accuracy of its profile. Selection depends
+        """Inputs and the four trained targets: accuracy relative to its task instance's mean, log time per step,
+        log memory, and that mean (the task's level) above the frozen-probe accuracy of its profile. Selection depends
         only on the relative part, so the network learns it as a target of its own instead of as a small
         difference between two large, noisy numbers; and the level is learned as the lift over the probe, which
         alone explains most of how hard a task is (r = 0.86 on the prior's tasks)."""
         records = [r for r in records if usable(r)]
         x = self._x_runs(records)
-        y = np.stack([targets(r) for r in records])
+        y = _run_targets(records)
         cells = [cell_key(r) for r in records]
         level = np.full(len(records), np.nan, np.float32)
         for c in set(cells):
@@ -161,7 +162,7 @@ class Surrogate:
         self.weights = _nets.weights_of(_nets.ensemble_net(self.members, x.shape[1], self.hidden, y.shape[1]))
         self._train(x, y, groups, self.epochs)
         self.n_records = len(records)
-        seen = np.stack([targets(r) for r in records])
+        seen = _run_targets(records)
         # predictions of time and memory stay within a factor e of what the experience has seen
         self.bounds = np.stack([np.nan_to_num(np.nanmin(seen, 0)) - 1.0, np.nan_to_num(np.nanmax(seen, 0)) + 1.0]).astype(np.float32)
         self._reset_calibration(np.nanvar(seen, 0))
@@ -246,7 +247,7 @@ class Surrogate:
             members = sub._forward(x, raw)
             relative.append(raw[..., 0])
             level.append(raw[..., 3] + x[:, -1] + sub._effect(x))
-            y = np.stack([targets(r) for r in held])
+            y = _run_targets(held)
             truth.append(y[:, 0])
             resid.append(y - members.mean(0))
             ens_var.append(members.var(0))
@@ -296,7 +297,7 @@ class Surrogate:
         return out
 
     def _raw(self, x: np.ndarray) -> np.ndarray:
-        """Each member's four trained outputs (relative accuracy, log s, log MB, lift): (members, n, 4)."""
+        """Each member's four trained outputs (relative accuracy, log s per step, log MB, lift): (members, n, 4)."""
         # clamped to the training range: a network extrapolates without bound (sst2 at 4,000 examples, with an
         # experience of 64 and 1,024, was predicted at 60% against a frozen probe of 76%; clamped, 74%); beyond the
         # range a task is predicted as the nearest seen, and the reasoning says that it lies outside
@@ -305,8 +306,8 @@ class Surrogate:
         return mu * self.y_std + self.y_mean
 
     def _forward(self, x: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:
-        """Each member's prediction of (accuracy, log s, log MB): (members, n, 3), from ``_raw(x)`` (pass it if
-        already computed)."""
+        """Each member's prediction of (accuracy, log s per step, log MB): (members, n, 3), from ``_raw(x)`` (pass
+        it if already computed)."""
         mu = self._raw(x) if raw is None else raw
         # shrunk relative part + lift + probe accuracy; a network far from its data can extrapolate without bound:
         # keep accuracy inside [0, 1]
@@ -326,6 +327,7 @@ class Surrogate:
         mu = self._forward(self._x([profile] * len(rows), rows))
         offset, extra = self._condition(profile, observed or [])
         mu = mu + offset
+        mu[..., 1] += np.log([_steps({**self.encoder.defaults[c.method], **c.hyperparameters}) for c in candidates])  # per step → the run's total
         mean = mu.mean(0)
         sd = np.sqrt(mu.var(0) + extra)
         low, high = mean - Z90 * sd, mean + Z90 * sd
@@ -352,7 +354,7 @@ class Surrogate:
             return np.zeros(len(TARGETS)), self.extra_var
         x = self._x_runs(observed, profile)
         mean, _ = self._moments(x)
-        resid = np.stack([targets(r) for r in observed]) - mean
+        resid = _run_targets(observed) - mean
         n = (~np.isnan(resid)).sum(0)
         r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), 0.0)
         gain = n * self.task_var / (n * self.task_var + self.noise_var)
@@ -384,6 +386,20 @@ class Surrogate:
         self.weights = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
         self.n_records = meta["n_records"]
         return self
+
+
+def _steps(hyperparameters: dict, metrics: dict | None = None) -> float:
+    """Optimisation steps a run made (fewer than ``max_steps`` when a time budget stopped it) or will make."""
+    return float(max(1, (metrics or {}).get("steps") or hyperparameters.get("max_steps") or 1))
+
+
+def _run_targets(records: list[Experience]) -> np.ndarray:
+    """The trained targets of runs: accuracy, log train time *per step*, log peak memory. Time is steps × a cost
+    per step that the task, method and settings decide; learned as a total, it could not leave the experience's
+    one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do."""
+    y = np.stack([targets(r) for r in records])
+    y[:, 1] -= np.log([_steps(r.hyperparameters, r.metrics) for r in records])
+    return y
 
 
 def _cell_index(cells: np.ndarray) -> list[np.ndarray]:
