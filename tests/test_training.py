@@ -87,6 +87,14 @@ def test_time_budget_stops_early(small_task, example_profile):
     assert result.curve[-1]["step"] == result.metrics["steps"]
 
 
+def test_the_final_evaluation_may_use_more_examples_than_the_curve(small_task, example_profile):
+    """The learning curve is measured on eval_size examples, the run's accuracy on final_eval_size."""
+    result = train(small_task, "lora", {"max_steps": 4}, profile=example_profile, record=False, track=False, save=False,
+                   eval_size=16, eval_points=2, final_eval_size=64)  # fmt: skip
+    assert [p["eval_examples"] for p in result.curve] == [16, 64]
+    assert result.metrics["eval_examples"] == 64 and result.metrics["accuracy"] == result.curve[-1]["accuracy"]
+
+
 def test_eval_uses_a_stratified_sample_not_the_head(example_task, example_profile):
     """Evaluation draws across the whole held-out split: not simply its first rows."""
     from metapeft.tasks import stratified_indices

@@ -38,6 +38,7 @@ class Design:
     fixed: dict[str, Any] = field(default_factory=lambda: {"max_steps": 80, "batch_size": 16})
     eval_size: int = 300
     eval_points: int = 4
+    final_eval_size: int | None = None  # the last evaluation's examples (None = eval_size, 0 = the whole test split)
     seeds: list[int] = field(default_factory=lambda: [0])
     sampler_seed: int = 0
     tasks: list[str] | None = None  # None = every task of the suite
@@ -60,8 +61,8 @@ class Design:
     def validate(self, where: str | Path = "design") -> None:
         for m in self.methods:
             get_method(m)
-        if self.eval_points < 1 or self.eval_size < 0:
-            raise MetapeftError(f"{where}: eval_points must be >= 1 and eval_size >= 0")
+        if self.eval_points < 1 or self.eval_size < 0 or (self.final_eval_size or 0) < 0:
+            raise MetapeftError(f"{where}: eval_points must be >= 1, eval_size and final_eval_size >= 0")
         known = set().union(*({f.name for f in get_method(m).fields()} for m in self.methods))
         if unknown := set(self.fixed) - known:
             raise MetapeftError(f"{where}: 'fixed' names unknown hyperparameters: {', '.join(sorted(unknown))}")

@@ -151,7 +151,7 @@ def _work(args: WorkerArgs) -> int:
                 hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
             train(
                 task, spec.method, hyperparameters, model=design.model, seed=spec.seed, time_budget=args.time_budget,
-                save=False, eval_size=design.eval_size, eval_points=design.eval_points, profile=profiles[task.fingerprint],
+                save=False, eval_size=design.eval_size, eval_points=design.eval_points, final_eval_size=design.final_eval_size, profile=profiles[task.fingerprint],
                 store=store, track=False, tags=tags,
             )
             _set_state(engine, spec.key, "done")

@@ -36,7 +36,7 @@ def frame(records: list[Experience]) -> pd.DataFrame:
             "macro_f1": r.metrics.get("macro_f1"), "train_time_s": r.metrics.get("train_time_s"),
             "peak_memory_mb": r.metrics.get("peak_memory_mb"), "trainable_params": r.metrics.get("trainable_params"),
             "source": r.source, "config_id": r.tags.get("config_id"), "hyperparameters": r.hyperparameters,
-            "seed": int(r.seed or 0),
+            "seed": int(r.seed or 0), "eval_examples": int(r.metrics.get("eval_examples") or 0),
         })
     return pd.DataFrame(rows)
 
@@ -49,9 +49,10 @@ def analyse(records: list[Experience]) -> dict:
     if df.empty:
         return {"runs": 0, "failed": failed, "tasks": 0, "methods": [], "per_task": {}}
     cell = ["task", "size", "seed"]
-    cells = df.groupby([*cell, "method"])["accuracy"].max().rename("score").reset_index()
+    cells = df.groupby([*cell, "method"]).agg(score=("accuracy", "max"), eval_examples=("eval_examples", "min")).reset_index()
     best_in_cell = cells.groupby(cell)["score"].transform("max")
     cells["gap"] = best_in_cell - cells["score"]
+    cells["within_noise"] = _within_noise(cells["score"], best_in_cell, cells["eval_examples"])
     complete = cells.groupby(cell).method.transform("nunique") >= min(MIN_METHODS, df.method.nunique())
     partial_cells = int(cells.loc[~complete].groupby(cell).ngroups)
 
@@ -102,6 +103,9 @@ def analyse(records: list[Experience]) -> dict:
             "single_best_method": single_best,
             "single_best_mean_regret": round(float(mean_gap.min()), 4),
             "single_best_max_regret": round(float(cells.loc[cells.method == single_best, "gap"].max()), 4),
+            # a gap that the evaluation's sampling noise explains is no evidence that another method is better
+            "single_best_within_noise_share": round(float(cells.loc[cells.method == single_best, "within_noise"].mean()), 3),
+            "methods_within_noise_of_best": round(float(cells.groupby(cell).within_noise.sum().mean()), 2),
             "mean_spread_in_cell": round(float(cells.groupby(cell).score.agg(lambda s: s.max() - s.min()).mean()), 4),
             "winner_changes_with_size": _winner_changes(per_task),
         },
@@ -113,6 +117,14 @@ def analyse(records: list[Experience]) -> dict:
         "sensitivity": sensitivity(df),
         "noise": noise(cells),
     }
+
+
+def _within_noise(score: pd.Series, best: pd.Series, n: pd.Series) -> pd.Series:
+    """Whether a method's gap to its cell's best lies within two standard errors of the difference of two
+    accuracies measured on ``n`` test examples each (binomial sampling noise; training noise would widen it)."""
+    n = n.where(n > 0, np.nan)
+    se = np.sqrt((score * (1 - score) + best * (1 - best)) / n)
+    return (best - score) <= 2 * se.fillna(0)
 
 
 def noise(cells: pd.DataFrame) -> dict:

@@ -124,7 +124,9 @@ def markdown(summary: dict) -> str:
         f"- Distinct winning methods: **{v['distinct_winners']}**; the most frequent winner, {v['top_method']}, wins "
         f"{100 * v['top_method_win_share']:.0f}% of cells.",
         f"- Best single method for every cell: {v['single_best_method']}, mean regret {100 * v['single_best_mean_regret']:.1f} "
-        f"accuracy points, worst {100 * v['single_best_max_regret']:.1f}.",
+        f"accuracy points, worst {100 * v['single_best_max_regret']:.1f}; its gap lies within the evaluation's sampling noise "
+        f"(two standard errors) in {100 * v['single_best_within_noise_share']:.0f}% of cells, and on average "
+        f"{v['methods_within_noise_of_best']:.1f} methods per cell are that close to the best.",
         f"- Mean spread between best and worst method in a cell: {100 * v['mean_spread_in_cell']:.1f} points; "
         + (f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks with several sizes."
          if v["winner_changes_with_size"] is not None else "no task has several train sizes yet."),
@@ -170,7 +172,8 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}td:first-child,td
 <body><h1>metapeft report</h1>
 <p>{summary['runs']} finished runs ({summary['failed']} failed) over {summary['tasks']} tasks and {summary['cells']} task × size cells{f" (and {summary['partial_cells']} begun, left out)" if summary.get("partial_cells") else ""}.
 {v['distinct_winners']} distinct winners; {html.escape(str(v['top_method']))} wins {100 * v['top_method_win_share']:.0f}% of cells;
-always choosing {html.escape(v['single_best_method'])} costs {100 * v['single_best_mean_regret']:.1f} points on average (worst {100 * v['single_best_max_regret']:.1f}).</p>
+always choosing {html.escape(v['single_best_method'])} costs {100 * v['single_best_mean_regret']:.1f} points on average (worst {100 * v['single_best_max_regret']:.1f}),
+a gap within the evaluation's sampling noise in {100 * v['single_best_within_noise_share']:.0f}% of cells; {v['methods_within_noise_of_best']:.1f} methods per cell are within that noise of the best.</p>
 {images}
 <h2>Per task: best method, and every method's gap to it (accuracy points)</h2>
 <table><tr><th>task</th><th>best</th><th>accuracy</th>{head}</tr>{rows}</table></body></html>"""

@@ -50,6 +50,7 @@ def train(
     save: bool = True,
     eval_size: int = 500,
     eval_points: int = 4,
+    final_eval_size: int | None = None,
     profile: TaskProfile | None = None,
     record: bool = True,
     store: ExperienceStore | None = None,
@@ -91,7 +92,7 @@ def train(
         hyperparameters=config.as_dict(),
         profile=profile.as_dict(),
         environment=environment(torch_device),
-        tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "time_budget": time_budget},
+        tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "final_eval_size": final_eval_size, "time_budget": time_budget},
         seed=seed,
     )
     if store is not None:
@@ -100,7 +101,7 @@ def train(
     try:
         result = fit(
             task, spec, config, backbone, model=model, max_length=max_length, device=torch_device, seed=seed,
-            time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, progress=progress,
+            time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, final_eval_size=final_eval_size, progress=progress,
             trust_remote_code=trust_remote_code, should_stop=should_stop,
         )
         adapter_path = None
