@@ -195,3 +195,22 @@ def test_shipped_prior_is_real_suite_experience():
     assert all(r.source == "prior" and r.tags["design"] == "prior-v1" for r in records)
     finished = [r for r in records if r.status == "finished"]
     assert finished and all(0 <= r.metrics["accuracy"] <= 1 and len(r.curve) == 4 and r.profile["dataset_size"] in (64, 256, 1024) for r in finished)
+
+
+def test_report_counts_methods_within_the_evaluations_noise_of_the_best():
+    """A gap that sampling noise explains is no evidence: with few test examples every method is within noise of
+    its cell's best, with very many only the best is."""
+    import dataclasses
+
+    from metapeft.prior import PriorExperience
+    from metapeft.report import analyse
+
+    records = [r for r in PriorExperience().records() if r.status == "finished"]
+
+    def on(n: int) -> dict:
+        return analyse([dataclasses.replace(r, metrics={**r.metrics, "eval_examples": n}) for r in records])["variation"]
+
+    few, many, real = on(4), on(10**8), analyse(records)["variation"]
+    assert few["single_best_within_noise_share"] == 1.0 and few["methods_within_noise_of_best"] > 9
+    assert many["methods_within_noise_of_best"] < 1.5  # exact ties (e.g. methods stuck at the majority class) remain
+    assert many["methods_within_noise_of_best"] < real["methods_within_noise_of_best"] < few["methods_within_noise_of_best"]
