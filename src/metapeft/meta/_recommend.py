@@ -328,7 +328,8 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
         steps = hyperparameters.get("max_steps")
         if context["steps_range"] and steps and not context["steps_range"][0] <= steps <= context["steps_range"][1]:
             low, high = context["steps_range"]
-            parts.append(f"Past runs made {low}–{high} steps: accuracy at {steps} steps is predicted as at the nearest of those (time scales with the steps).")
+            seen = f"{low}" if low == high else f"{low}–{high}"
+            parts.append(f"Past runs made {seen} steps: accuracy at {steps} steps is predicted as at {seen if low == high else 'the nearest'} (time scales with the steps).")
         model = (p.get("model") or {}).get("name")
         if model and model not in context["models"]:
             parts.append(f"No past runs use {model}; the prediction transfers from {', '.join(context['models'])}.")

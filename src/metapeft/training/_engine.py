@@ -102,13 +102,14 @@ def fit(
     Evaluation uses a seeded stratified subset of the held-out split of ``eval_size`` examples (0 = all of it),
     never its first rows; the last evaluation uses ``final_eval_size`` examples instead when given: on 300
     examples the sampling noise alone (sd ~2.3 points) hides most differences between methods, and a larger final
-    set costs one evaluation, not one per curve point. ``time_budget`` (seconds of training, evaluation excluded) or ``should_stop(step,
-    curve)`` (e.g. a pruner reading the learning curve) may stop the run early; the model is then evaluated at the
-    step it reached.
+    set costs one evaluation, not one per curve point. ``time_budget`` (seconds of training, evaluation excluded)
+    or ``should_stop(step, curve)`` (e.g. a pruner reading the learning curve) may stop the run early; the model is
+    then evaluated at the step it reached.
     """
     _seed_everything(seed)
     tokenizer = load_tokenizer(model, trust_remote_code)
     train_data = Batches(tokenizer, task.train, max_length)
+
     def held_out(size: int) -> Batches:
         split = task.test if not size or size >= len(task.test) else task.test.select(np.sort(stratified_indices(task.test.labels, size, seed)))
         return Batches(tokenizer, split, max_length)
