@@ -213,6 +213,9 @@ def test_recommend_ranks_the_zoo_and_learns_from_a_new_run(held_out, tmp_path):
         assert all(e[k]["low"] <= e[k]["mean"] <= e[k]["high"] for k in ("accuracy", "train_time_s", "peak_memory_mb"))
         assert r.reasoning and "learning_rate" in r.hyperparameters
     assert "Task traits" in ranking[0].reasoning and meta.similar(profile)
+    # the prior's one budget is 80 steps: a prediction for 80 says nothing about budgets, one for 400 does
+    assert "steps" not in meta.recommend(profile, budget={"max_steps": 80})[0].reasoning
+    assert "at 400 steps is predicted as at 80" in meta.recommend(profile, budget={"max_steps": 400})[0].reasoning
 
     run = test[0]
     meta.learn_from_experience(run)
