@@ -20,7 +20,7 @@ import numpy as np
 
 from ..experience import Experience
 from ._embedding import TaskFeaturizer, cells_of
-from ._features import cell_key, task_group, usable
+from ._features import at_defaults, cell_key, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
 
@@ -43,7 +43,7 @@ class AlwaysMethod(_ScoreOnly):
         return self
 
     def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
-        return self._prediction(np.array([(c.method == self.method) + 0.5 * (c.method == self.method and _is_default(c)) for c in candidates], float))
+        return self._prediction(np.array([(c.method == self.method) + 0.5 * (c.method == self.method and at_defaults(c.method, c.hyperparameters)) for c in candidates], float))
 
 
 class GlobalBest(_ScoreOnly):
@@ -58,7 +58,7 @@ class GlobalBest(_ScoreOnly):
         return self
 
     def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
-        return self._prediction(np.array([-self.gap.get(c.method, 1.0) + 1e-3 * _is_default(c) for c in candidates]))
+        return self._prediction(np.array([-self.gap.get(c.method, 1.0) + 1e-3 * at_defaults(c.method, c.hyperparameters) for c in candidates]))
 
 
 class RandomChoice(_ScoreOnly):
@@ -94,16 +94,7 @@ class NearestNeighbours(_ScoreOnly):
         for m in {c.method for c in candidates}:
             gaps = [c.best_accuracy - c.scores[m] for c in near if m in c.scores]
             score[m] = -float(np.mean(gaps)) if gaps else -1.0
-        return self._prediction(np.array([score[c.method] + 1e-3 * _is_default(c) for c in candidates]))
-
-
-def _is_default(c: Candidate) -> bool:
-    from ..methods import BUDGET_FIELDS, get_method
-
-    spec = get_method(c.method)
-    defaults = spec.defaults().as_dict()
-    searched = spec.search_space()
-    return all(c.hyperparameters.get(k, v) == v for k, v in defaults.items() if k in searched and k not in BUDGET_FIELDS)
+        return self._prediction(np.array([score[c.method] + 1e-3 * at_defaults(c.method, c.hyperparameters) for c in candidates]))
 
 
 def select(pred: Prediction, candidates: list[Candidate]) -> tuple[list[str], dict[str, int], np.ndarray]:

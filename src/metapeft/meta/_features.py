@@ -170,12 +170,30 @@ def effective_max_length(record_or_hp: Experience | dict, profile: dict) -> int:
     return int(hp.get("max_length") or profile.get("sequence_length") or 128)
 
 
+def steps_of(hyperparameters: dict, metrics: dict | None = None) -> float:
+    """Optimisation steps a run made (fewer than ``max_steps`` when a time budget stopped it) or will make."""
+    return float(max(1, (metrics or {}).get("steps") or hyperparameters.get("max_steps") or 1))
+
+
 def targets(record: Experience) -> np.ndarray:
-    """Accuracy, log train time and log peak memory (NaN where the run did not measure one)."""
+    """Accuracy, log train time *per step* and log peak memory (NaN where the run did not measure one). Time is
+    steps × a cost per step that the task, method and settings decide; learned as a total, it could not leave the
+    experience's one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do."""
     m = record.metrics
 
     def log_or_nan(key: str) -> float:
         v = m.get(key)
         return math.log(v) if isinstance(v, (int, float)) and v > 0 else math.nan
 
-    return np.asarray([float(m["accuracy"]), log_or_nan("train_time_s"), log_or_nan("peak_memory_mb")], dtype=np.float32)
+    out = np.asarray([float(m["accuracy"]), log_or_nan("train_time_s"), log_or_nan("peak_memory_mb")], dtype=np.float32)
+    out[1] -= np.log(steps_of(record.hyperparameters, m))
+    return out
+
+
+def at_defaults(method: str, hyperparameters: dict[str, Any]) -> bool:
+    """Whether a configuration keeps every searched setting of its method at the default (the budget — steps,
+    batch size, sequence length — aside: it is the user's, not a choice)."""
+    spec = get_method(method)
+    defaults = spec.defaults().as_dict()
+    searched = spec.search_space()
+    return all(hyperparameters.get(k, v) == v for k, v in defaults.items() if k in searched and k not in BUDGET_FIELDS)

@@ -23,7 +23,7 @@ from ..experience import Experience, ExperienceStore
 from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of
-from ._features import TARGETS, fingerprint_of, profile_dict, task_group, usable
+from ._features import TARGETS, at_defaults, fingerprint_of, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 5
@@ -317,8 +317,7 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
         if gaps:
             text += f"; {100 * float(np.mean(gaps)):.1f} points behind their best on average"
         parts.append(text + ".")
-    is_default = hyperparameters == get_method(method).make_config({k: hyperparameters[k] for k in BUDGET_FIELDS if k in hyperparameters}).as_dict()
-    parts.append("Settings: the method's defaults." if is_default else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design.")
+    parts.append("Settings: the method's defaults." if at_defaults(method, hyperparameters) else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design.")
     if rank == 1:
         traits = f"{p['dataset_size']} training examples, {p['num_classes']} classes, {'sentence pairs' if p.get('task_type') == 'pair' else 'single texts'}, p95 length {p.get('token_length_p95', 0):.0f} tokens, frozen-probe accuracy {100 * p.get('probe_accuracy', 0):.0f}%"
         parts.append(f"Task traits: {traits}.")

@@ -26,7 +26,7 @@ from .._environment import single_threaded
 from ..experience import Experience
 from . import _nets
 from ._embedding import TaskEmbedder
-from ._features import TARGETS, ConfigEncoder, cell_key, effective_max_length, profile_dict, targets, task_group, usable
+from ._features import TARGETS, ConfigEncoder, cell_key, effective_max_length, profile_dict, steps_of, targets, task_group, usable
 
 FORMAT = 5  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
 # 5 = time learned per step
@@ -112,7 +112,7 @@ class Surrogate:
         alone explains most of how hard a task is (r = 0.86 on the prior's tasks)."""
         records = [r for r in records if usable(r)]
         x = self._x_runs(records)
-        y = _run_targets(records)
+        y = np.stack([targets(r) for r in records])
         cells = [cell_key(r) for r in records]
         level = np.full(len(records), np.nan, np.float32)
         for c in set(cells):
@@ -162,7 +162,7 @@ class Surrogate:
         self.weights = _nets.weights_of(_nets.ensemble_net(self.members, x.shape[1], self.hidden, y.shape[1]))
         self._train(x, y, groups, self.epochs)
         self.n_records = len(records)
-        seen = _run_targets(records)
+        seen = np.stack([targets(r) for r in records])
         # predictions of time and memory stay within a factor e of what the experience has seen
         self.bounds = np.stack([np.nan_to_num(np.nanmin(seen, 0)) - 1.0, np.nan_to_num(np.nanmax(seen, 0)) + 1.0]).astype(np.float32)
         self._reset_calibration(np.nanvar(seen, 0))
@@ -247,7 +247,7 @@ class Surrogate:
             members = sub._forward(x, raw)
             relative.append(raw[..., 0])
             level.append(raw[..., 3] + x[:, -1] + sub._effect(x))
-            y = _run_targets(held)
+            y = np.stack([targets(r) for r in held])
             truth.append(y[:, 0])
             resid.append(y - members.mean(0))
             ens_var.append(members.var(0))
@@ -327,7 +327,7 @@ class Surrogate:
         mu = self._forward(self._x([profile] * len(rows), rows))
         offset, extra = self._condition(profile, observed or [])
         mu = mu + offset
-        mu[..., 1] += np.log([_steps({**self.encoder.defaults[c.method], **c.hyperparameters}) for c in candidates])  # per step → the run's total
+        mu[..., 1] += np.log([steps_of({**self.encoder.defaults[c.method], **c.hyperparameters}) for c in candidates])  # per step → the run's total
         mean = mu.mean(0)
         sd = np.sqrt(mu.var(0) + extra)
         low, high = mean - Z90 * sd, mean + Z90 * sd
@@ -354,7 +354,7 @@ class Surrogate:
             return np.zeros(len(TARGETS)), self.extra_var
         x = self._x_runs(observed, profile)
         mean, _ = self._moments(x)
-        resid = _run_targets(observed) - mean
+        resid = np.stack([targets(r) for r in observed]) - mean
         n = (~np.isnan(resid)).sum(0)
         r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), 0.0)
         gain = n * self.task_var / (n * self.task_var + self.noise_var)
@@ -386,20 +386,6 @@ class Surrogate:
         self.weights = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
         self.n_records = meta["n_records"]
         return self
-
-
-def _steps(hyperparameters: dict, metrics: dict | None = None) -> float:
-    """Optimisation steps a run made (fewer than ``max_steps`` when a time budget stopped it) or will make."""
-    return float(max(1, (metrics or {}).get("steps") or hyperparameters.get("max_steps") or 1))
-
-
-def _run_targets(records: list[Experience]) -> np.ndarray:
-    """The trained targets of runs: accuracy, log train time *per step*, log peak memory. Time is steps × a cost
-    per step that the task, method and settings decide; learned as a total, it could not leave the experience's
-    one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do."""
-    y = np.stack([targets(r) for r in records])
-    y[:, 1] -= np.log([_steps(r.hyperparameters, r.metrics) for r in records])
-    return y
 
 
 def _cell_index(cells: np.ndarray) -> list[np.ndarray]:
