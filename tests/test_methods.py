@@ -74,10 +74,14 @@ def test_target_presets_resolve_on_bert():
     assert "intermediate.dense" in target_modules("all-linear", b, "lora")
 
 
-def test_adalora_rejects_growing_ranks():
+def test_adalora_rejects_settings_peft_cannot_run():
     m = get_method("adalora")
     with pytest.raises(MethodError, match="target_r=8 exceeds init_r=4"):
         m.check_compatible(m.make_config({"init_r": 4, "target_r": 8}), backbone_info(None))
+    for steps, tfinal in ((1, 0.2), (2, 0.5)):  # peft would prune ranks it never scored (KeyError inside peft)
+        with pytest.raises(MethodError, match=f"max_steps={steps} leaves no step to score ranks"):
+            m.check_compatible(m.make_config({"max_steps": steps, "tfinal_ratio": tfinal}), backbone_info(None))
+    m.check_compatible(m.make_config({"max_steps": 2}), backbone_info(None))
 
 
 @pytest.fixture(scope="module")

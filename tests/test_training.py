@@ -43,7 +43,11 @@ def test_every_method_learns(method, small_task, example_profile):
     else:
         assert trained and any(not torch.equal(initial[n], trained[n].detach()) for n in trained if n in initial)
     m = result.metrics
-    assert m["steps"] == 12 and 0 <= m["accuracy"] <= 1 and m["peak_memory_mb"] > 100 and 0 <= m["train_memory_mb"] < m["peak_memory_mb"]
+    assert m["steps"] == 12 and 0 <= m["accuracy"] <= 1
+    # tensor memory: fp32 weights, then each trainable parameter's gradient and AdamW's two moments, then activations
+    weights_mb, optimiser_mb = 4 * m["total_params"] / 2**20, 12 * m["trainable_params"] / 2**20
+    assert m["peak_memory_mb"] >= weights_mb - 0.1 and m["train_memory_mb"] >= optimiser_mb - 0.1
+    assert spec.kind == "head" or m["train_memory_mb"] > optimiser_mb + 10  # activations saved through the encoder
     assert m["trainable_params"] < m["total_params"] or spec.kind == "full"
     assert [p["step"] for p in result.curve] == [6, 12]
 

@@ -31,6 +31,8 @@ def _check(config: AdaLoraConfig, backbone) -> None:
         raise MethodError(f"adalora: target_r={config.target_r} exceeds init_r={config.init_r}; the budget can only shrink ranks")
     if config.tinit_ratio + config.tfinal_ratio >= 0.95:
         raise MethodError("adalora: tinit_ratio + tfinal_ratio must leave steps for budget re-allocation (keep their sum below 0.95)")
+    if config.max_steps - int(config.max_steps * config.tfinal_ratio) < 2:  # peft scores ranks on a step before it prunes them
+        raise MethodError(f"adalora: max_steps={config.max_steps} leaves no step to score ranks before the final phase; use max_steps >= 2 (and tfinal_ratio below 0.5)")
     check_targets(config, backbone, "adalora")
 
 

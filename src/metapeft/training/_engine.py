@@ -139,7 +139,7 @@ def fit(
     running_loss, running_n = 0.0, 0
     stopped_by = "max_steps"
     step = 0
-    with PeakMemory(device) as memory:
+    with PeakMemory(device, classifier, optimizer) as memory:
         for step in range(1, steps + 1):
             started = time.perf_counter()
             classifier.train()
@@ -150,6 +150,7 @@ def fit(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
+            memory.step()
             if method.on_step is not None:
                 method.on_step(classifier.encoder, step)
             schedule.step()

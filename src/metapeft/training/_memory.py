@@ -1,46 +1,79 @@
-"""Peak memory of a training run: max allocated on CUDA, otherwise peak process RSS sampled in a thread.
+"""Peak tensor memory of a training run: what the method needs, not what the process happens to hold.
 
-RSS is sampled (psutil, every 5 ms) rather than read from ``ru_maxrss`` because a warm worker runs many
-trainings in one process and ``ru_maxrss`` never goes down between them.
+On CUDA it is the caching allocator's own peak. Elsewhere there is no allocator statistic, and process RSS (what
+this measured until 2026-11-21) is ~2 GB of libraries and allocator caches whatever the method, and never falls
+in a warm worker that runs many trainings: it told the methods apart by noise. So it is counted from the tensors:
+weights and buffers, plus at each step the gradients, the optimiser state and the activations saved for backward
+(unique storages, parameters excluded). Their sum bounds the live tensors at the step's peak from above and is
+comparable with the CUDA figure (transient buffers of single kernels aside). torch's own accountant,
+``torch.distributed._tools.MemTracker``, registers a gradient hook on every parameter and fails on frozen ones,
+i.e. on every PEFT model (torch 2.x), hence this one.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Iterable
 
-import psutil
 import torch
+from torch import nn
+
+
+def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    storages = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 class PeakMemory:
-    def __init__(self, device: torch.device, interval: float = 0.005):
-        self.device, self.interval = device, interval
+    """Peak tensor memory over the steps of one training run.
+
+    Lifecycle: build the model and optimiser, enter the context before the first step, call ``step()`` after each
+    ``optimizer.step()`` (gradients and optimiser state still present), leave it after the last step.
+    ``peak_mb`` is the peak; ``growth_mb`` is what training added to the loaded model.
+    """
+
+    def __init__(self, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.device, self.model, self.optimizer = device, model, optimizer
         self.peak_bytes = self.start_bytes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._counted = device.type != "cuda"
+        self._weights: set[int] = set()
+        self._saved: dict[int, int] = {}  # storage address → bytes, activations saved in the current step
+        self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
 
     def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
+        if not self._counted:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
-        else:
-            process = psutil.Process()
-            self.peak_bytes = self.start_bytes = process.memory_info().rss
-
-            def sample() -> None:
-                while not self._stop.wait(self.interval):
-                    self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
+            return self
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        self._weights = {t.untyped_storage().data_ptr() for t in tensors}
+        self.start_bytes = self.peak_bytes = _unique_bytes(tensors)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
         return self
 
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self._weights:
+            self._saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def step(self) -> None:
+        if not self._counted:
+            return
+        grads = _unique_bytes(p.grad for p in self.model.parameters() if p.grad is not None)
+        state = _unique_bytes(v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+        self.peak_bytes = max(self.peak_bytes, self.start_bytes + grads + state + sum(self._saved.values()))
+        self._saved.clear()
+
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        if self._counted:
+            self._hooks.__exit__(*exc)
         else:
-            self._stop.set()
-            self._thread.join()
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        self._hooks = self.model = self.optimizer = None  # the hooks refer back to self: let the model go with the run
 
     @property
     def peak_mb(self) -> float:
@@ -48,5 +81,5 @@ class PeakMemory:
 
     @property
     def growth_mb(self) -> float:
-        """Peak above the level at the start (model loaded): activations, gradients, optimiser state."""
+        """Peak above the loaded model: activations, gradients, optimiser state."""
         return round(max(0, self.peak_bytes - self.start_bytes) / 2**20, 1)
