@@ -51,6 +51,7 @@ def test_profile_json():
         (["train", "example", "--set", "alpha=2"], "no hyperparameter 'alpha'"),
         (["profile", "example", "--model", "/tmp"], "has no config.json"),
         (["train", "example", "--eval-size", "-1"], "--eval-size must be"),
+        (["tune", "example", "--final-eval-size", "-1"], "--final-eval-size must be"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, message):

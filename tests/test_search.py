@@ -49,6 +49,8 @@ def test_tune_three_trials_store_track_and_pareto(tiny_task, tmp_path):
     assert result.trials[0].hyperparameters == {**first.hyperparameters, "max_steps": 4}
     ids = {t.experience_id for t in result.trials}
     assert len(ids) == 3 and all(store.get(i).status == "finished" for i in ids)
+    # the curve (pruning) on 40 examples, the final accuracy the pick compares on the whole 300-example test split
+    assert all(t.metrics["eval_examples"] == len(tiny_task.test) == 300 for t in result.trials)
     assert result.pareto and result.pick in result.pareto
     client = MlflowClient(tracking_uri())
     children = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")

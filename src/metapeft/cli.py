@@ -511,7 +511,8 @@ def tune(
     max_memory: MaxMemoryOption = None,
     max_time: MaxTimeOption = None,
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Stop bad trials early from their learning curves (one objective only).")] = True,
-    eval_size: Annotated[int, typer.Option("--eval-size", help="Held-out examples evaluated per trial.")] = 300,
+    eval_size: Annotated[int, typer.Option("--eval-size", help="Held-out examples evaluated at each trial's learning-curve points (the pruner reads them).")] = 300,
+    final_eval_size: Annotated[int, typer.Option("--final-eval-size", help="Held-out examples (at most) for each trial's final accuracy, which the pick compares (0 = all).")] = 1000,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampler seed.", show_default=False)] = None,
     model: ModelOption = None,
     store: StoreOption = None,
@@ -535,7 +536,7 @@ def tune(
 
         result = run_tune(task, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps,
                           sampler=sampler, storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time,
-                          prune=prune, eval_size=eval_size, seed=seed, model=model, store=ExperienceStore(store), on_trial=on_trial)  # fmt: skip
+                          prune=prune, eval_size=eval_size, final_eval_size=final_eval_size, seed=seed, model=model, store=ExperienceStore(store), on_trial=on_trial)  # fmt: skip
     if as_json:
         _print_json(result.as_dict())
         return

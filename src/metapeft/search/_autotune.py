@@ -36,7 +36,7 @@ class AutotuneResult:
 def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, search_steps: int | None = None, final_steps: int | None = None,
              objectives: tuple[str, ...] = ("accuracy", "train_time_s", "peak_memory_mb"), prefer: str = "accuracy",
              max_memory_mb: float | None = None, max_time_s: float | None = None, model: str | None = None, store: ExperienceStore | None = None,
-             registered_name: str | None = None, register: bool = True, eval_size: int = 300,
+             registered_name: str | None = None, register: bool = True, eval_size: int = 300, final_eval_size: int | None = 1000,
              on_stage: Callable[[str], None] | None = None, on_trial=None) -> AutotuneResult:  # fmt: skip
     from ..meta import MetaPEFT
     from ..methods import get_method
@@ -55,7 +55,7 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
     ranking = meta.recommend(profile, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
     stage(f"searching: {trials} trials, warm-started with {ranking[0].method}")
     search = tune(task, trials=trials, time_budget=time_budget, objectives=objectives, max_steps=search_steps, meta=meta, store=store, model=model,
-                  prefer=prefer, max_memory_mb=max_memory_mb, max_time_s=max_time_s, eval_size=eval_size, on_trial=on_trial)  # fmt: skip
+                  prefer=prefer, max_memory_mb=max_memory_mb, max_time_s=max_time_s, eval_size=eval_size, final_eval_size=final_eval_size, on_trial=on_trial)  # fmt: skip
     pick = search.pick
     if pick is None:
         raise MetapeftError("no trial finished within your limits; raise --trials or loosen --max-memory/--max-time")
@@ -66,7 +66,7 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
     else:
         stage(f"training the pick ({pick.method}, trial {pick.number}) for {steps} steps")
         final = train(task, pick.method, {**pick.hyperparameters, "max_steps": steps}, model=model, profile=TaskProfile.from_dict(profile), store=store,
-                      eval_size=eval_size, parent_run_id=search.parent_run_id, tags={"study": search.study, "autotune": True}).as_dict()  # fmt: skip
+                      eval_size=eval_size, final_eval_size=final_eval_size, parent_run_id=search.parent_run_id, tags={"study": search.study, "autotune": True}).as_dict()  # fmt: skip
     registered = None
     if register and final["mlflow_run_id"]:
         confidence = next((r.confidence for r in ranking if r.method == pick.method), None)
