@@ -61,6 +61,12 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_help_shows_defaults_written_in_brackets():
+    # typer parses help text as rich markup, where an unescaped "[default: …]" is a style tag and vanishes
+    proc = run_cli("tune", "--help", env={"COLUMNS": "200"})
+    assert "[default: 10 unless --time-budget]" in proc.stdout and "[env: METAPEFT_STORE]" in proc.stdout
+
+
 def test_malformed_jsonl_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok", "label": "a"}\n{"text": "ok", "label": "b"}\n\n{"text": oops}\n')

@@ -33,9 +33,9 @@ app = typer.Typer(
 experience_app = typer.Typer(help="The experience store: list, export, import.", no_args_is_help=True)
 app.add_typer(experience_app, name="experience")
 
-StoreOption = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the experience store [env: METAPEFT_STORE].", show_default=False)]
+StoreOption = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the experience store \\[env: METAPEFT_STORE].", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
-ModelOption = Annotated[Optional[str], typer.Option("--model", help="Base model: local Hugging Face folder or hub id [default: all-MiniLM-L6-v2, bundled].", show_default=False)]
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="Base model: local Hugging Face folder or hub id \\[default: all-MiniLM-L6-v2, bundled].", show_default=False)]
 
 
 def _version(value: bool) -> None:
@@ -164,11 +164,11 @@ def train(
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Hyperparameter override key=value (repeatable).", show_default=False)] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimisation steps (same as --set max_steps=N).", show_default=False)] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop training after this many seconds.", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to save the adapter [default: a folder in the data dir].", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to save the adapter \\[default: a folder in the data dir].", show_default=False)] = None,
     model: ModelOption = None,
     seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, dropout, held-out split).")] = 0,
     eval_size: Annotated[int, typer.Option("--eval-size", help="Held-out examples evaluated (stratified sample; 0 = all).")] = 500,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or mps [default: best available].", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or mps \\[default: best available].", show_default=False)] = None,
     store: StoreOption = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")] = True,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (only for models you trust).")] = False,
@@ -232,7 +232,7 @@ def train(
 @app.command()
 def bench(
     suite: Annotated[Path, typer.Argument(help="Suite manifest (MANIFEST.json) or the folder holding it.")],
-    design: Annotated[Optional[Path], typer.Option("--design", help="Design JSON [default: the design of the shipped prior].", show_default=False)] = None,
+    design: Annotated[Optional[Path], typer.Option("--design", help="Design JSON \\[default: the design of the shipped prior].", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes (each gets cores/workers threads).")] = 2,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Per-run training time limit in seconds.", show_default=False)] = None,
     store: Annotated[Optional[str], typer.Option("--storage", "--store", help="SQLAlchemy URL of the store the runs go to (several machines may share a PostgreSQL one).", show_default=False)] = None,
@@ -328,8 +328,8 @@ def recommend(
     model: ModelOption = None,
     max_memory: Annotated[Optional[float], typer.Option("--max-memory", help="Peak memory limit in MB: methods expected to exceed it are excluded.", show_default=False)] = None,
     max_time: Annotated[Optional[float], typer.Option("--max-time", help="Training time limit in seconds: methods expected to exceed it are excluded.", show_default=False)] = None,
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods to rank [default: the whole zoo].", show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps you will run (the budget every prediction assumes) [default: each method's default].", show_default=False)] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods to rank \\[default: the whole zoo].", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps you will run (the budget every prediction assumes) \\[default: each method's default].", show_default=False)] = None,
     store: StoreOption = None,
     prior: PriorOption = True,
     as_json: JsonOption = False,
@@ -499,14 +499,14 @@ def _trial_table(trials, pick, title: str) -> Table:
 @app.command()
 def tune(
     data: DataArgument,
-    trials: Annotated[Optional[int], typer.Option("--trials", "-n", help="Trials in total (over every process sharing the study) [default: 10 unless --time-budget].", show_default=False)] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", help="Trials in total (over every process sharing the study) \\[default: 10 unless --time-budget].", show_default=False)] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting trials after this many seconds.", show_default=False)] = None,
     objectives: ObjectivesOption = "accuracy",
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods to search [default: the whole zoo].", show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps of each trial [default: each method's default].", show_default=False)] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods to search \\[default: the whole zoo].", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps of each trial \\[default: each method's default].", show_default=False)] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="meta (warm-started by the meta-learner), or cold: gp, tpe, random.")] = "meta",
-    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL shared by cooperating processes [default: SQLite in the data dir].", show_default=False)] = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="Study name: processes with the same --storage and --study share one search [default: new].", show_default=False)] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL shared by cooperating processes \\[default: SQLite in the data dir].", show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name: processes with the same --storage and --study share one search \\[default: new].", show_default=False)] = None,
     prefer: PreferOption = "accuracy",
     max_memory: MaxMemoryOption = None,
     max_time: MaxTimeOption = None,
@@ -549,14 +549,14 @@ def tune(
 def autotune(
     data: DataArgument,
     trials: Annotated[int, typer.Option("--trials", "-n", help="Search trials.")] = 4,
-    search_steps: Annotated[Optional[int], typer.Option("--search-steps", help="Training steps of each search trial [default: each method's default].", show_default=False)] = None,
-    final_steps: Annotated[Optional[int], typer.Option("--final-steps", help="Training steps of the final run of the pick [default: the method's default].", show_default=False)] = None,
+    search_steps: Annotated[Optional[int], typer.Option("--search-steps", help="Training steps of each search trial \\[default: each method's default].", show_default=False)] = None,
+    final_steps: Annotated[Optional[int], typer.Option("--final-steps", help="Training steps of the final run of the pick \\[default: the method's default].", show_default=False)] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop starting search trials after this many seconds.", show_default=False)] = None,
     objectives: ObjectivesOption = "accuracy,train_time,peak_memory",
     prefer: PreferOption = "accuracy",
     max_memory: MaxMemoryOption = None,
     max_time: MaxTimeOption = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Registered model name [default: metapeft-<task>].", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Registered model name \\[default: metapeft-<task>].", show_default=False)] = None,
     model: ModelOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
