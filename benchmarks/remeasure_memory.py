@@ -5,7 +5,8 @@ worker's high-water mark, so the prior's memory told the methods apart by noise.
 the weights learn, only on the model, the method and its settings, the batch size and the batch's padded width;
 the engine's peak is reached on the widest batch a run draws. So each run's figure is reproduced by the engine
 itself: two training steps (``fit`` with max_steps=2: AdaLoRA scores ranks on a step before it prunes) on the widest batch of the run's own seeded batch order.
-The old figure stays in ``metrics["peak_rss_mb"]``; a re-measured record carries ``tags["memory_remeasured"]``.
+The old figure stays in ``metrics["peak_rss_mb"]``; a re-measured record carries ``metrics["memory_measure"]`` (which
+the meta-learner requires of a memory figure) and ``tags["memory_remeasured"]``.
 Resumable (re-measured records are skipped) and safe to interrupt (each record is one small update).
 
     uv run python benchmarks/remeasure_memory.py sqlite:///.bench/prior.db ../shared/datasets
@@ -46,8 +47,11 @@ def main() -> None:
     torch.set_num_threads(1)
     store = ExperienceStore(args.store)
     entries = {e.name: e for e in load_suite(args.suite)}
-    todo = [r for r in store.iter(status="finished") if r.tags.get("design") and not r.tags.get("memory_remeasured")
+    todo = [r for r in store.iter(status="finished") if r.tags.get("design") and not r.metrics.get("memory_measure")
             and r.environment.get("device", "cpu") == "cpu" and r.model == "all-MiniLM-L6-v2"]  # fmt: skip
+    for r in [r for r in todo if r.tags.get("memory_remeasured")]:  # re-measured before the measure was recorded
+        store.finish(r.id, metrics={**r.metrics, "memory_measure": "tensors"})
+    todo = [r for r in todo if not r.tags.get("memory_remeasured")]
     todo.sort(key=lambda r: r.tags["suite_task"])
     todo = todo[: args.limit]
     print(f"{len(todo)} runs to re-measure", flush=True)
@@ -67,7 +71,8 @@ def main() -> None:
         result = fit(one, spec, spec.make_config({**record.hyperparameters, "max_steps": 2}), backbone, model=None,
                      max_length=record.metrics["max_length"], device=torch.device("cpu"), seed=record.seed, eval_size=0, eval_points=1)  # fmt: skip
         metrics = {**record.metrics, "peak_rss_mb": record.metrics.get("peak_rss_mb", record.metrics["peak_memory_mb"]),
-                   "peak_memory_mb": result.metrics["peak_memory_mb"], "train_memory_mb": result.metrics["train_memory_mb"]}  # fmt: skip
+                   "peak_memory_mb": result.metrics["peak_memory_mb"], "train_memory_mb": result.metrics["train_memory_mb"],
+                   "memory_measure": result.metrics["memory_measure"]}  # fmt: skip
         store.finish(record.id, metrics=metrics, tags={**record.tags, "memory_remeasured": "2026-11-21, benchmarks/remeasure_memory.py"})
         if n % 10 == 0 or n == len(todo):
             print(f"{n}/{len(todo)} {name} {record.method}: {metrics['peak_rss_mb']:.0f} MB RSS → {metrics['peak_memory_mb']:.0f} MB tensors "

@@ -104,6 +104,18 @@ def test_time_scales_with_the_step_budget_beyond_the_experience(surrogate, held_
     assert min(actual) / 3 < pred.mean[0, 1] < 3 * max(actual)
 
 
+def test_memory_is_learned_only_when_the_run_says_how_it_was_measured(prior_records):
+    """CPU runs before 2026-11-21 recorded process RSS (~2.3 GB for every method), not comparable with tensor memory."""
+    import dataclasses
+
+    from metapeft.meta._features import targets
+
+    r = prior_records[0]
+    measured = dataclasses.replace(r, metrics={**r.metrics, "peak_memory_mb": 300.0, "memory_measure": "tensors"})
+    rss = dataclasses.replace(r, metrics={k: v for k, v in measured.metrics.items() if k != "memory_measure"})
+    assert targets(measured)[2] == pytest.approx(np.log(300.0)) and np.isnan(targets(rss)[2])
+
+
 def test_runs_outside_the_fit_call_for_a_full_refit(surrogate, held_out):
     """partial_fit keeps the fit's standardisation: runs under another step budget are not 'covered' and make
     MetaPEFT refit from scratch instead (a partial fit mistook such runs for a harder task)."""

@@ -131,3 +131,12 @@ def test_max_length_beyond_the_model_is_refused(small_task, example_profile):
 
     with pytest.raises(MethodError, match="exceeds all-MiniLM-L6-v2's 512 positions"):
         train(small_task, "lora", {"max_length": 1000}, profile=example_profile, record=False, track=False)
+
+
+def test_adalora_with_equal_ranks_trains(small_task):
+    """init_r = target_r is a point of the search space (the ranges meet at 8): nothing to re-allocate, and peft
+    would fail asking torch.kthvalue for the 0th score."""
+    spec = get_method("adalora")
+    config = spec.make_config({"max_steps": 12, "init_r": 8, "target_r": 8, "tinit_ratio": 0.0, "tfinal_ratio": 0.2})
+    result = fit(small_task, spec, config, backbone_info(None), model=None, max_length=32, device=torch.device("cpu"), seed=0, eval_size=16)
+    assert result.metrics["steps"] == 12 and result.stopped_by == "max_steps"

@@ -64,6 +64,7 @@ def _to_experience(path: Path, data: dict) -> Experience:
         "train_time_s": train.get("train_time"),
         "total_time_s": run.get("total_time"),
         "peak_memory_mb": (train.get("accelerator_memory_max") or 0) / 2**20 or None,
+        "memory_measure": "cuda_allocator",
         "trainable_params": train.get("num_trainable_params"),
         "total_params": train.get("num_total_params"),
         "adapter_size_bytes": train.get("file_size"),

@@ -178,14 +178,17 @@ def steps_of(hyperparameters: dict, metrics: dict | None = None) -> float:
 def targets(record: Experience) -> np.ndarray:
     """Accuracy, log train time *per step* and log peak memory (NaN where the run did not measure one). Time is
     steps × a cost per step that the task, method and settings decide; learned as a total, it could not leave the
-    experience's one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do."""
+    experience's one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do. Memory counts only
+    when it says how it was taken (``memory_measure``): earlier CPU runs recorded process RSS, ~2.3 GB whatever the
+    method, which no tensor figure can be compared with."""
     m = record.metrics
 
     def log_or_nan(key: str) -> float:
         v = m.get(key)
         return math.log(v) if isinstance(v, (int, float)) and v > 0 else math.nan
 
-    out = np.asarray([float(m["accuracy"]), log_or_nan("train_time_s"), log_or_nan("peak_memory_mb")], dtype=np.float32)
+    memory = log_or_nan("peak_memory_mb") if m.get("memory_measure") else math.nan
+    out = np.asarray([float(m["accuracy"]), log_or_nan("train_time_s"), memory], dtype=np.float32)
     out[1] -= np.log(steps_of(record.hyperparameters, m))
     return out
 

@@ -55,8 +55,12 @@ def _build(config: AdaLoraConfig, backbone):
 
 
 def _reallocate(model, step: int) -> None:
-    # AdaLoRA re-distributes rank from importance scores computed on the current gradients.
-    model.base_model.update_and_allocate(step)
+    # AdaLoRA re-distributes rank from importance scores computed on the current gradients. With target_r = init_r
+    # (the search ranges meet at 8) there is no rank to take away, and peft would ask torch.kthvalue for the 0th score.
+    adalora = model.base_model
+    config = adalora.peft_config[adalora.trainable_adapter_name]
+    if config.target_r < config.init_r:
+        adalora.update_and_allocate(step)
 
 
 def _apply_rank_pattern(model) -> None:

@@ -138,10 +138,15 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
         method, hp = to_config(params)
         trial.set_user_attr("source", trial.user_attrs.get("source", sampler))
 
+        reported: set[int] = set()
+
         def should_stop(step: int, curve: list[dict]) -> bool:
-            if len(objectives) > 1 or not prune or not curve or curve[-1]["step"] != step:
+            # asked after every step; a curve point is appended after the step it was measured at, so it is reported
+            # (once) at the step that follows
+            if len(objectives) > 1 or not prune or not curve or curve[-1]["step"] in reported:
                 return False
-            trial.report(curve[-1]["accuracy"], step)
+            reported.add(curve[-1]["step"])
+            trial.report(curve[-1]["accuracy"], curve[-1]["step"])
             return trial.should_prune()
 
         try:

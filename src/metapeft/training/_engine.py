@@ -100,11 +100,12 @@ def fit(
     """Train ``method`` on ``task`` and evaluate at ``eval_points`` evenly spaced steps (the learning curve).
 
     Evaluation uses a seeded stratified subset of the held-out split of ``eval_size`` examples (0 = all of it),
-    never its first rows; the last evaluation uses ``final_eval_size`` examples instead when given: on 300
+    never its first rows; the last evaluation uses ``final_eval_size`` examples instead when that is more: on 300
     examples the sampling noise alone (sd ~2.3 points) hides most differences between methods, and a larger final
     set costs one evaluation, not one per curve point. ``time_budget`` (seconds of training, evaluation excluded)
-    or ``should_stop(step, curve)`` (e.g. a pruner reading the learning curve) may stop the run early; the model is
-    then evaluated at the step it reached.
+    or ``should_stop(step, curve)`` (asked after every step, e.g. a pruner reading the learning curve) may stop the
+    run early; the model is then evaluated at the step it reached (a run stopped by ``should_stop`` on the curve's
+    examples: it was judged, not finished).
     """
     _seed_everything(seed)
     tokenizer = load_tokenizer(model, trust_remote_code)
@@ -115,7 +116,8 @@ def fit(
         return Batches(tokenizer, split, max_length)
 
     eval_data = held_out(eval_size)
-    final_data = eval_data if final_eval_size is None or final_eval_size == eval_size else held_out(final_eval_size)
+    bigger = final_eval_size is not None and eval_size != 0 and (final_eval_size == 0 or final_eval_size > eval_size)
+    final_data = held_out(final_eval_size) if bigger else eval_data  # never fewer examples than the curve
 
     classifier = build_classifier(method, config, backbone, task.num_labels, model, trust_remote_code).to(device)
     encoder_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
@@ -167,8 +169,9 @@ def fit(
                     method.on_end(classifier.encoder)
             if step in eval_at or stop:
                 started = time.perf_counter()
-                data = final_data if stop or step == steps else eval_data
+                data = final_data if over_budget or step == steps else eval_data  # a pruned run is not a result
                 accuracy, macro_f1 = evaluate(classifier, data, device)
+                memory.skip()
                 eval_time += time.perf_counter() - started
                 curve.append({
                     "step": step, "fraction": round(step / steps, 4), "train_loss": round(running_loss / running_n, 5),
@@ -190,6 +193,7 @@ def fit(
         "eval_time_s": round(eval_time, 3),
         "peak_memory_mb": memory.peak_mb,
         "train_memory_mb": memory.growth_mb,
+        "memory_measure": memory.measure,
         "trainable_params": trainable_params,
         "total_params": sum(p.numel() for p in classifier.parameters()),
         "steps": step,

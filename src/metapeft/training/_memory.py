@@ -18,20 +18,27 @@ import torch
 from torch import nn
 
 
-def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    storages = {}
-    for t in tensors:
+def _storage(t: torch.Tensor) -> tuple[int, int]:
+    """(address, bytes) of the memory behind ``t``; a tensor without a plain storage (sparse, some subclasses)
+    counts as its own bytes."""
+    try:
         storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return id(t), t.nbytes
+
+
+def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(dict(_storage(t) for t in tensors).values())
 
 
 class PeakMemory:
     """Peak tensor memory over the steps of one training run.
 
     Lifecycle: build the model and optimiser, enter the context before the first step, call ``step()`` after each
-    ``optimizer.step()`` (gradients and optimiser state still present), leave it after the last step.
-    ``peak_mb`` is the peak; ``growth_mb`` is what training added to the loaded model.
+    ``optimizer.step()`` (gradients and optimiser state still present) and ``skip()`` after anything between steps
+    that is not training (evaluation: on CUDA its batches of 128 would otherwise count), leave it after the last
+    step. ``peak_mb`` is the peak; ``growth_mb`` is what training added to the loaded model.
     """
 
     def __init__(self, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer):
@@ -48,32 +55,40 @@ class PeakMemory:
             self.start_bytes = torch.cuda.memory_allocated(self.device)
             return self
         tensors = [*self.model.parameters(), *self.model.buffers()]
-        self._weights = {t.untyped_storage().data_ptr() for t in tensors}
+        self._weights = {_storage(t)[0] for t in tensors}
         self.start_bytes = self.peak_bytes = _unique_bytes(tensors)
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
         return self
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in self._weights:
-            self._saved[storage.data_ptr()] = storage.nbytes()
-        return t
+        address, size = _storage(t)
+        if address not in self._weights:
+            self._saved[address] = size
+        return t.detach()  # not t itself: the saved value would refer to the graph that saves it (torch's warning)
 
     def step(self) -> None:
         if not self._counted:
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
             return
         grads = _unique_bytes(p.grad for p in self.model.parameters() if p.grad is not None)
         state = _unique_bytes(v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
         self.peak_bytes = max(self.peak_bytes, self.start_bytes + grads + state + sum(self._saved.values()))
         self._saved.clear()
 
+    def skip(self) -> None:
+        if not self._counted:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
     def __exit__(self, *exc) -> None:
         if self._counted:
             self._hooks.__exit__(*exc)
-        else:
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
         self._hooks = self.model = self.optimizer = None  # the hooks refer back to self: let the model go with the run
+
+    @property
+    def measure(self) -> str:
+        """How the peak was taken, recorded with it: figures taken otherwise (process RSS before 2026-11-21) are not comparable."""
+        return "tensors" if self._counted else "cuda_allocator"
 
     @property
     def peak_mb(self) -> float:
