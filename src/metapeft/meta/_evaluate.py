@@ -113,7 +113,9 @@ def select(pred: Prediction, candidates: list[Candidate]) -> tuple[list[str], di
     return ranking, chosen, sub.best_probability()
 
 
-def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarray) -> dict:
+def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarray, costs: np.ndarray | None = None) -> dict:
+    """Regret, top-1, NDCG, confidence and 90%-interval coverage of one ranking; ``costs`` (n × 2: train time s,
+    peak memory MB, NaN where not measured comparably) adds the coverage of the time and memory intervals."""
     ranking, chosen, probs = select(pred, candidates)
     method_best = {m: max(accuracy[i] for i, c in enumerate(candidates) if c.method == m) for m in ranking}
     best = max(method_best.values())
@@ -125,7 +127,7 @@ def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarr
     discounts = 1 / np.log2(np.arange(2, len(rel) + 2))
     ndcg = float((gains * discounts).sum() / (np.sort(gains)[::-1] * discounts).sum())
     inside = (pred.low[:, 0] - 1e-9 <= accuracy) & (accuracy <= pred.high[:, 0] + 1e-9)
-    return {
+    out = {
         "regret": 100 * (best - picked[0]),
         "regret_at_3": 100 * (best - max(picked[:3])),
         "top1": float(ranking[0] in best_methods),
@@ -134,6 +136,12 @@ def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarr
         "coverage": float(inside.mean()),
         "runs": len(candidates),
     }
+    for j, key in ((1, "coverage_time"), (2, "coverage_memory")):
+        if costs is not None:
+            seen = ~np.isnan(costs[:, j - 1])
+            value = costs[seen, j - 1]
+            out[key] = float(((pred.low[seen, j] <= value) & (value <= pred.high[seen, j])).mean()) if seen.any() else math.nan
+    return out
 
 
 def expected_calibration_error(confidence: list[float], correct: list[float], bins: int = 10) -> float:
@@ -192,7 +200,9 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
                     continue
                 cands = [Candidate(r.method, r.hyperparameters) for r in runs]
                 acc = np.array([r.metrics["accuracy"] for r in runs])
-                cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc) for _ in range(repeats)]
+                costs = np.array([[r.metrics.get("train_time_s") or math.nan, r.metrics["peak_memory_mb"] if r.metrics.get("memory_measure") else math.nan]
+                                  for r in runs], dtype=float)  # fmt: skip
+                cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc, costs) for _ in range(repeats)]
                 per_cell[name].append({"task": held, "cell": runs[0].task_name, **{k: float(np.mean([c[k] for c in cells])) for k in cells[0]}})
                 if name == "metapeft" and few_shot and len(runs) > few_shot + 1:
                     few.append(_few_shot(model, runs, few_shot, seed=len(few)))
@@ -218,6 +228,9 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
             summary["embedding_spearman"] = round(float(np.nanmean(embedding_rho)), 3) if embedding_rho else None
             summary["ece"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3)
             summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
+            for key in ("time", "memory"):  # cells without a comparable measurement are left out
+                values = [r[f"coverage_{key}"] for r in rows if not math.isnan(r[f"coverage_{key}"])]
+                summary[f"coverage_90_{key}"] = round(float(np.mean(values)), 3) if values else None
         out["selectors"][name] = summary
     out["noise_floor"] = {"mean_regret": round(float(np.mean(list(_by_task(floor).values()))), 3), "top1": round(float(np.mean([f["top1"] for f in floor])), 3)}
     ours = per_task.get("metapeft")
