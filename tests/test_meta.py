@@ -116,6 +116,14 @@ def test_memory_is_learned_only_when_the_run_says_how_it_was_measured(prior_reco
     assert targets(measured)[2] == pytest.approx(np.log(300.0)) and np.isnan(targets(rss)[2])
 
 
+def test_the_prior_measures_tensor_memory_that_tells_the_methods_apart(prior_records):
+    memory = {m: np.median([r.metrics["peak_memory_mb"] for r in prior_records if r.method == m]) for m in {r.method for r in prior_records}}
+    assert all(r.metrics.get("memory_measure") == "tensors" for r in prior_records)
+    # head-only keeps the fp32 weights (22.7 M parameters) only; full fine-tuning adds gradients and AdamW's moments
+    assert memory["head_only"] == pytest.approx(4 * 22.7e6 / 2**20, rel=0.01)
+    assert memory["head_only"] < memory["lora"] < memory["full_finetuning"] and memory["full_finetuning"] > memory["head_only"] + 3 * 86
+
+
 def test_runs_outside_the_fit_call_for_a_full_refit(surrogate, held_out):
     """partial_fit keeps the fit's standardisation: runs under another step budget are not 'covered' and make
     MetaPEFT refit from scratch instead (a partial fit mistook such runs for a harder task)."""
@@ -266,7 +274,7 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
     for r in result["selectors"].values():
         assert 0 <= r["top1"] <= 1 and r["mean_regret"] >= 0 and 0 < r["ndcg"] <= 1 and 0 <= r["regret_at_3"] <= r["worst_cell_regret"]
     ours = result["selectors"]["metapeft"]
-    assert 0 <= ours["ece"] <= 1 and 0 <= ours["coverage_90"] <= 1
+    assert 0 <= ours["ece"] <= 1 and all(0 <= ours[f"coverage_90{k}"] <= 1 for k in ("", "_time", "_memory"))
     assert set(result["per_task_regret"]) == {t.split("@")[0] for t in tasks}
     assert result["few_shot"]["cells"] > 0
     assert result["noise_floor"]["mean_regret"] >= 0 and 0 <= result["noise_floor"]["top1"] <= 1
