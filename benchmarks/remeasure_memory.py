@@ -49,9 +49,6 @@ def main() -> None:
     entries = {e.name: e for e in load_suite(args.suite)}
     todo = [r for r in store.iter(status="finished") if r.tags.get("design") and not r.metrics.get("memory_measure")
             and r.environment.get("device", "cpu") == "cpu" and r.model == "all-MiniLM-L6-v2"]  # fmt: skip
-    for r in [r for r in todo if r.tags.get("memory_remeasured")]:  # re-measured before the measure was recorded
-        store.finish(r.id, metrics={**r.metrics, "memory_measure": "tensors"})
-    todo = [r for r in todo if not r.tags.get("memory_remeasured")]
     todo.sort(key=lambda r: r.tags["suite_task"])
     todo = todo[: args.limit]
     print(f"{len(todo)} runs to re-measure", flush=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..experience import Experience
 from ._embedding import TaskFeaturizer, cells_of
-from ._features import at_defaults, cell_key, task_group, usable
+from ._features import at_defaults, cell_key, measured_memory, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
 
@@ -136,8 +136,8 @@ def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarr
         "coverage": float(inside.mean()),
         "runs": len(candidates),
     }
-    for j, key in ((1, "coverage_time"), (2, "coverage_memory")):
-        if costs is not None:
+    if costs is not None:
+        for j, key in ((1, "coverage_time"), (2, "coverage_memory")):
             seen = ~np.isnan(costs[:, j - 1])
             value = costs[seen, j - 1]
             out[key] = float(((pred.low[seen, j] <= value) & (value <= pred.high[seen, j])).mean()) if seen.any() else math.nan
@@ -200,8 +200,7 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
                     continue
                 cands = [Candidate(r.method, r.hyperparameters) for r in runs]
                 acc = np.array([r.metrics["accuracy"] for r in runs])
-                costs = np.array([[r.metrics.get("train_time_s") or math.nan, r.metrics["peak_memory_mb"] if r.metrics.get("memory_measure") else math.nan]
-                                  for r in runs], dtype=float)  # fmt: skip
+                costs = np.array([[r.metrics.get("train_time_s") or math.nan, measured_memory(r.metrics) or math.nan] for r in runs], dtype=float)
                 cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc, costs) for _ in range(repeats)]
                 per_cell[name].append({"task": held, "cell": runs[0].task_name, **{k: float(np.mean([c[k] for c in cells])) for k in cells[0]}})
                 if name == "metapeft" and few_shot and len(runs) > few_shot + 1:

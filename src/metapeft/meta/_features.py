@@ -175,20 +175,23 @@ def steps_of(hyperparameters: dict, metrics: dict | None = None) -> float:
     return float(max(1, (metrics or {}).get("steps") or hyperparameters.get("max_steps") or 1))
 
 
+def measured_memory(metrics: dict) -> float | None:
+    """Peak memory (MB) of a run that says how it was taken (``memory_measure``); None for earlier CPU runs, which
+    recorded process RSS (~2.3 GB whatever the method) and cannot be compared with tensor memory."""
+    return metrics.get("peak_memory_mb") if metrics.get("memory_measure") else None
+
+
 def targets(record: Experience) -> np.ndarray:
     """Accuracy, log train time *per step* and log peak memory (NaN where the run did not measure one). Time is
     steps × a cost per step that the task, method and settings decide; learned as a total, it could not leave the
-    experience's one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do. Memory counts only
-    when it says how it was taken (``memory_measure``): earlier CPU runs recorded process RSS, ~2.3 GB whatever the
-    method, which no tensor figure can be compared with."""
+    experience's one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do. Memory only where
+    it was measured comparably (``measured_memory``)."""
     m = record.metrics
 
-    def log_or_nan(key: str) -> float:
-        v = m.get(key)
+    def log_or_nan(v) -> float:
         return math.log(v) if isinstance(v, (int, float)) and v > 0 else math.nan
 
-    memory = log_or_nan("peak_memory_mb") if m.get("memory_measure") else math.nan
-    out = np.asarray([float(m["accuracy"]), log_or_nan("train_time_s"), memory], dtype=np.float32)
+    out = np.asarray([float(m["accuracy"]), log_or_nan(m.get("train_time_s")), log_or_nan(measured_memory(m))], dtype=np.float32)
     out[1] -= np.log(steps_of(record.hyperparameters, m))
     return out
 
