@@ -2,10 +2,15 @@
 
 The real-training check of ``search_eval.py`` (a table benchmark): for each task, the meta-learner is fitted on the
 shipped prior without that task (leave-one-task-out), then ``metapeft.search.tune`` searches the task once per
-sampler, with the same number of trials and the same step budget, pruning as ``metapeft tune`` does by default.
+sampler, with the same number of trials and the same step budget, pruning as ``metapeft tune`` does by default
+(median pruner on the learning curve) and scoring each trial's final accuracy on up to ``--final-eval-size``
+held-out examples as ``tune`` does.
 Reported per sampler: best accuracy after 1, 3, 5, 10 trials relative to the best any search found on that task,
 trials needed to reach 99% of it, and the training seconds spent until then. Each finished search is one line of
 ``--out``; a restart skips those already there, so the benchmark can be stopped and resumed.
+``benchmarks/results/search_real.jsonl`` holds the searches of the fourth and fifth sessions, made before the
+pruner was fed the curve (no trial was pruned) and with final accuracies on 300 examples; later searches go to
+``search_real_v2.jsonl``.
 
     uv run python benchmarks/search_real.py --tasks trec50,atis,snips,tweet_emotion,financial_phrasebank --trials 10
     uv run python benchmarks/search_real.py --summary          # the table from what --out holds
@@ -37,10 +42,12 @@ def run_search(task, sampler: str, seed: int, meta: MetaPEFT, args) -> dict:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:  # adapters and the study are not kept: the trials go to --out
-        result = tune(task, trials=args.trials, sampler=sampler, seed=seed, max_steps=args.max_steps, eval_size=args.eval_size, meta=meta,
+        result = tune(task, trials=args.trials, sampler=sampler, seed=seed, max_steps=args.max_steps, eval_size=args.eval_size,
+                      final_eval_size=args.final_eval_size, meta=meta,
                       store=ExperienceStore(f"sqlite:///{tmp}/store.db"), storage=f"sqlite:///{tmp}/optuna.db", track=False, output_dir=tmp)  # fmt: skip
     trials = [{"number": t.number, "state": t.state, "method": t.method, "source": t.source, "accuracy": t.metrics.get("accuracy"),
-               "train_time_s": t.metrics.get("train_time_s"), "hyperparameters": t.hyperparameters} for t in result.trials]  # fmt: skip
+               "train_time_s": t.metrics.get("train_time_s"), "eval_examples": t.metrics.get("eval_examples"),
+               "hyperparameters": t.hyperparameters} for t in result.trials]  # fmt: skip
     return {"task": task.name, "sampler": sampler, "seed": seed, "trials": trials, "wall_s": round(time.monotonic() - started, 1)}
 
 
@@ -73,10 +80,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--samplers", default="meta,tpe,random")
     parser.add_argument("--seeds", type=int, default=1, help="searches per cold sampler and task (the meta search is deterministic)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds --first-seed … --first-seed + --seeds − 1 (to split seeds "
+                        "between processes)")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=80)
-    parser.add_argument("--eval-size", type=int, default=300)
+    parser.add_argument("--eval-size", type=int, default=300, help="held-out examples of the learning curve (what the pruner reads)")
+    parser.add_argument("--final-eval-size", type=int, default=1000, help="held-out examples of each trial's final accuracy")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results/search_real.jsonl")
+    parser.add_argument("--out", default="benchmarks/results/search_real_v2.jsonl")
     parser.add_argument("--summary", action="store_true", help="only print the table of what --out holds")
     args = parser.parse_args()
     out = Path(args.out)
@@ -94,7 +104,7 @@ def main() -> None:
             task = entries[name].load().subsample(args.size, seed=0)
             meta = None
             for sampler in args.samplers.split(","):
-                for seed in range(1 if sampler == "meta" else args.seeds):
+                for seed in [0] if sampler == "meta" else range(args.first_seed, args.first_seed + args.seeds):
                     if (task.name, sampler, seed) in done:
                         continue
                     if meta is None:  # the held-out task's own runs stay out of the meta-learner
@@ -104,7 +114,8 @@ def main() -> None:
                     print(f"{name} {sampler} seed {seed}: best {best:.3f} in {line['wall_s']:.0f} s", flush=True)
                     with out.open("a") as f:
                         f.write(json.dumps({**line, "machine": f"{platform.machine()}, {args.threads} torch threads", "size": args.size,
-                                            "max_steps": args.max_steps, "prior_runs": len(prior)}) + "\n")  # fmt: skip
+                                            "max_steps": args.max_steps, "eval_size": args.eval_size,
+                                            "final_eval_size": args.final_eval_size, "prior_runs": len(prior)}) + "\n")  # fmt: skip
                     lines.append(line)
     print(json.dumps(summary(lines, args.trials), indent=2))
 

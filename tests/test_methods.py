@@ -107,6 +107,16 @@ def test_incompatible_methods_say_why(tiny_gpt2):
     get_method("ia3").check_compatible(get_method("ia3").defaults(), b)  # peft maps (IA)^3 for gpt2
 
 
+def test_search_leaves_out_methods_the_model_cannot_take(tiny_gpt2):
+    from metapeft._errors import MetapeftError
+    from metapeft.search._tune import _compatible
+
+    zoo = _compatible(None, tiny_gpt2)  # the whole zoo: methods that cannot take GPT-2's Conv1D layers are left out
+    assert "ia3" in zoo and "full_finetuning" in zoo and not {"lora", "dora", "adalora", "loha"} & set(zoo)
+    with pytest.raises(MetapeftError, match="no torch.nn.Linear layers.*fix --methods"):  # named by the user: refused
+        _compatible(["ia3", "lora"], tiny_gpt2)
+
+
 def test_adding_a_peft_type_is_one_registration(small_task, example_profile):
     """VeRA is not in the zoo; one dataclass and one register_method call make it trainable."""
     import peft

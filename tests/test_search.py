@@ -63,10 +63,20 @@ def test_choose_honours_preference_and_limits():
 
     a = TrialResult(0, "COMPLETE", "lora", metrics={"accuracy": 0.9, "train_time_s": 100, "peak_memory_mb": 3000})
     b = TrialResult(1, "COMPLETE", "ia3", metrics={"accuracy": 0.8, "train_time_s": 20, "peak_memory_mb": 2000})
-    assert choose([a, b], [a, b], "accuracy", None, None) is a
-    assert choose([a, b], [a, b], "time", None, None) is b
-    assert choose([a, b], [a, b], "accuracy", 2500, None) is b
-    assert choose([a, b], [a, b], "accuracy", 100, None) is None
+    c = TrialResult(2, "COMPLETE", "loha", metrics={"accuracy": 0.85, "train_time_s": 120, "peak_memory_mb": 2000})  # a dominates it
+    assert choose([a, b, c], "accuracy", None, None) is a
+    assert choose([a, b, c], "time", None, None) is b
+    # c is the most accurate trial within 2,500 MB although a (over the limit) dominates it
+    assert choose([a, b, c], "accuracy", 2500, None) is c
+    assert choose([a, b, c], "accuracy", 100, None) is None
+
+
+def test_prefer_needs_its_objective():
+    from metapeft._errors import MetapeftError
+    from metapeft.search._tune import _validate
+
+    with pytest.raises(MetapeftError, match="add train_time to --objectives"):
+        _validate(("accuracy",), "meta", "time", 3, None, 300, 1000)
 
 
 def test_two_processes_share_one_sqlite_study(tiny_task, tmp_path):
@@ -125,3 +135,38 @@ def test_processes_started_together_open_one_new_sqlite_storage(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(2)]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
+
+
+def test_meta_sampler_does_not_repeat_failures_and_keeps_to_limits(example_profile):
+    """A failed configuration is not proposed again, a method the model cannot take not at all, and none the
+    surrogate expects over the user's memory limit while others are left."""
+    import numpy as np
+    import optuna
+
+    from metapeft.meta import MetaPEFT
+    from metapeft.search import MetaSampler
+    from metapeft.search._space import joint_space, to_params
+
+    surrogate, profile = MetaPEFT(include_own=False).fit().surrogate, example_profile.as_dict()
+    methods = ["prefix_tuning", "lora", "full_finetuning"]
+    space = joint_space(methods)
+
+    def asked(sampler, failed_method: str, error_type: str) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        failed = to_params(failed_method, {}, space)
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=failed, distributions={k: space[k] for k in failed},
+                                                  user_attrs={"error_type": error_type}))  # fmt: skip
+        proposals = [sampler.sample_relative(study, study.ask(space)._cached_frozen_trial, space) for _ in range(5)]
+        assert failed not in proposals
+        return proposals
+
+    assert all(p["method"] != "prefix_tuning" for p in asked(MetaSampler(surrogate, profile, methods, seed=0), "prefix_tuning", "IncompatibleMethodError"))
+    free = MetaSampler(surrogate, profile, methods, seed=0)
+
+    def memory(proposals: list[dict]) -> np.ndarray:
+        return free.predict(proposals, [])[0][:, 2]
+
+    limit = float(np.median(memory([to_params(m, {}, space) for m in methods])))
+    assert memory(asked(free, "lora", "MethodError")).max() > limit  # without the limit it proposes over it
+    limited = MetaSampler(surrogate, profile, methods, seed=0, max_memory_mb=limit)
+    assert memory(asked(limited, "lora", "MethodError")).max() <= limit

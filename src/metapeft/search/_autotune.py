@@ -75,7 +75,7 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
             "metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.task_embedding": json.dumps(embedding),
             "metapeft.recommended_method": ranking[0].method, "metapeft.recommended_confidence": ranking[0].confidence,
             "metapeft.method": pick.method, "metapeft.method_confidence": confidence, "metapeft.accuracy": final["metrics"].get("accuracy"),
-            "metapeft.decision": f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of {len(search.pareto)} by preference '{prefer}'",
+            "metapeft.decision": f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of {len(search.pareto)} by preference '{prefer}'{_limits(max_memory_mb, max_time_s)}",
             "metapeft.pareto": json.dumps([{"trial": t.number, "method": t.method, **{o: t.metrics.get(o) for o in objectives}} for t in search.pareto]),
             "metapeft.study": search.study, "metapeft.experience_id": final["experience_id"],
         }  # fmt: skip
@@ -84,3 +84,8 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
         registered = {"name": name, "version": int(version.version), "tags": tags}
     top = ranking[0]
     return AutotuneResult(task.name, {"method": top.method, "confidence": top.confidence, "hyperparameters": top.hyperparameters}, search, final, registered)
+
+
+def _limits(max_memory_mb: float | None, max_time_s: float | None) -> str:
+    named = [f"{v:g} {unit}" for v, unit in ((max_memory_mb, "MB"), (max_time_s, "s")) if v is not None]
+    return f" within {' and '.join(named)}" if named else ""

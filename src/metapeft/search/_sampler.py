@@ -35,9 +35,11 @@ OBJECTIVES = ("accuracy", "train_time_s", "peak_memory_mb")
 
 class MetaSampler(BaseSampler):
     def __init__(self, surrogate: Surrogate, profile: dict, methods: list[str], objectives: tuple[str, ...] = ("accuracy",), *,
-                 budget: dict[str, Any] | None = None, n_candidates: int = 192, seed: int | None = None):  # fmt: skip
+                 budget: dict[str, Any] | None = None, n_candidates: int = 192, seed: int | None = None,
+                 max_memory_mb: float | None = None, max_time_s: float | None = None):  # fmt: skip
         self.surrogate, self.profile, self.methods, self.objectives = surrogate, profile, methods, tuple(objectives)
         self.budget = budget or {}
+        self.limits = {"train_time_s": max_time_s, "peak_memory_mb": max_memory_mb}
         self.space = joint_space(methods)
         self.n_candidates = n_candidates
         self._random = RandomSampler(seed=seed)
@@ -58,8 +60,12 @@ class MetaSampler(BaseSampler):
             return {}
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
         candidates = self._candidates(study, trial, done)
-        # never propose what is already tried or being tried (by this or another process sharing the study)
-        taken = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)) if t.params}
+        # never propose what is already tried, failed or being tried (by this or another process sharing the study);
+        # an enqueued trial's settings are still in its fixed_params
+        tried = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
+        taken = {_key(t.params or t.system_attrs.get("fixed_params", {})) for t in tried}
+        broken = {t.params.get("method") for t in tried if t.state == TrialState.FAIL and t.user_attrs.get("error_type") == "IncompatibleMethodError"}
+        candidates = [c for c in candidates if c["method"] not in broken] or candidates
         fresh = [c for c in candidates if _key(c) not in taken]
         candidates = fresh or candidates
         scores = self.acquisition(candidates, done)
@@ -116,6 +122,15 @@ class MetaSampler(BaseSampler):
 
     def acquisition(self, candidates: list[dict[str, Any]], done: list[FrozenTrial]) -> np.ndarray:
         mean, sd = self.predict(candidates, done)
+        scores = self._scores(mean, sd, done)
+        # configurations expected over the user's limits come last (the pick ignores them anyway)
+        over = np.zeros(len(candidates), bool)
+        for column, limit in zip((1, 2), self.limits.values()):
+            if limit is not None:
+                over |= mean[:, column] > limit
+        return np.where(over, -np.inf, scores) if not over.all() else scores
+
+    def _scores(self, mean: np.ndarray, sd: np.ndarray, done: list[FrozenTrial]) -> np.ndarray:
         if self.objectives == ("accuracy",):
             best = max((t.user_attrs["metrics"]["accuracy"] for t in done), default=float(np.max(mean[:, 0])) - 1e-3)
             z = (mean[:, 0] - best) / sd

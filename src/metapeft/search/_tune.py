@@ -10,6 +10,7 @@ bad trials early (Optuna does not prune multi-objective studies).
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -78,23 +79,27 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final_eval_size)
     if trials is None and time_budget is None:
         trials = 10
-    methods = [get_method(m).name for m in (methods or [m.name for m in list_methods()])]
+    methods = _compatible(methods, model)
     budget = {"max_steps": max_steps} if max_steps else {}
     store = store or ExperienceStore()
     meta = meta or MetaPEFT(store, model=model)
     profile = meta.profile(task)
     space = joint_space(methods)
     storage = storage or f"sqlite:///{data_dir() / 'optuna.db'}"
-    study_name = study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    # the suffix keeps two searches of one task started in the same second from joining one study
+    study_name = study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     if sampler == "meta":
-        chosen = MetaSampler(meta.fit().surrogate, profile, methods, objectives, budget=budget, seed=seed)
+        chosen = MetaSampler(meta.fit().surrogate, profile, methods, objectives, budget=budget, seed=seed, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
     else:
         chosen = {"gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
                   "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False),
                   "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[sampler]()  # fmt: skip
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune and len(objectives) == 1 else optuna.pruners.NopPruner()
+    # the pruner reads the accuracy curve, so it serves only a search for accuracy (Optuna would also take the
+    # reported accuracy as a pruned trial's value of the study's objective)
+    prune = prune and objectives == ("accuracy",)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
     rdb = _open_storage(storage)
     setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
@@ -143,7 +148,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
         def should_stop(step: int, curve: list[dict]) -> bool:
             # asked after every step; a curve point is appended after the step it was measured at, so it is reported
             # (once) at the step that follows
-            if len(objectives) > 1 or not prune or not curve or curve[-1]["step"] in reported:
+            if not prune or not curve or curve[-1]["step"] in reported:
                 return False
             reported.add(curve[-1]["step"])
             trial.report(curve[-1]["accuracy"], curve[-1]["step"])
@@ -155,12 +160,13 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
                            tags={"study": study_name, "trial": trial.number, "sampler": sampler})  # fmt: skip
         except MetapeftError as exc:  # e.g. a method the model cannot take: the trial fails, the search goes on
             trial.set_user_attr("error", str(exc))
+            trial.set_user_attr("error_type", type(exc).__name__)
             if on_trial:
                 on_trial(TrialResult(trial.number, "FAIL", method, hp, {}, getattr(exc, "experience_id", None), source=trial.user_attrs["source"]))
             return tuple(float("nan") for _ in objectives)  # Optuna records the trial as failed
         m = result.metrics
         trial.set_user_attr("hyperparameters", result.hyperparameters)
-        trial.set_user_attr("metrics", {k: m.get(k) for k in (*OBJECTIVES, "macro_f1", "max_length", "steps", "trainable_params", "eval_examples")})
+        trial.set_user_attr("metrics", {k: m.get(k) for k in (*OBJECTIVES, "memory_measure", "macro_f1", "max_length", "steps", "trainable_params", "eval_examples")})
         for key in ("experience_id", "adapter_path", "mlflow_run_id"):
             trial.set_user_attr(key, getattr(result, key))
         if on_trial:
@@ -180,7 +186,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     all_trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
     pareto_numbers = {t.number for t in study.best_trials} if any(t.state == "COMPLETE" for t in all_trials) else set()
     pareto = [t for t in all_trials if t.number in pareto_numbers]
-    pick = choose(pareto, [t for t in all_trials if t.state == "COMPLETE"], prefer, max_memory_mb, max_time_s)
+    pick = choose([t for t in all_trials if t.state == "COMPLETE"], prefer, max_memory_mb, max_time_s)
     result = TuneResult(study_name, storage, list(objectives), sampler, all_trials, pareto, pick, parent)
     if pareto:
         from ._plot import render_pareto
@@ -215,21 +221,41 @@ def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, bud
     return out[:k]
 
 
-def choose(pareto: list[TrialResult], complete: list[TrialResult], prefer: str, max_memory_mb: float | None, max_time_s: float | None) -> TrialResult | None:
-    """The Pareto trial best on the preferred objective among those within the limits (any finished trial within
-    the limits if no Pareto trial is)."""
+def choose(complete: list[TrialResult], prefer: str, max_memory_mb: float | None, max_time_s: float | None) -> TrialResult | None:
+    """The finished trial within the limits best on the preferred objective (more accurate on ties). It lies on the
+    Pareto set of the trials within the limits, not necessarily on the whole search's: a trial over a limit may
+    dominate it."""
     key = PREFERENCES[prefer]
 
     def within(t: TrialResult) -> bool:
         m = t.metrics
         return (max_memory_mb is None or (m.get("peak_memory_mb") or 0) <= max_memory_mb) and (max_time_s is None or (m.get("train_time_s") or 0) <= max_time_s)
 
-    for pool in (pareto, complete):
-        ok = [t for t in pool if within(t) and t.metrics.get(key) is not None]
-        if ok:
-            sign = -1 if key == "accuracy" else 1
-            return min(ok, key=lambda t: (sign * t.metrics[key], -(t.metrics.get("accuracy") or 0)))
-    return None
+    ok = [t for t in complete if within(t) and t.metrics.get(key) is not None]
+    sign = -1 if key == "accuracy" else 1
+    return min(ok, key=lambda t: (sign * t.metrics[key], -(t.metrics.get("accuracy") or 0)), default=None)
+
+
+def _compatible(methods: list[str] | None, model: str | None) -> list[str]:
+    """The methods to search: those named (each must take ``model``), or the whole zoo less the methods that cannot
+    take it at their defaults (e.g. prefix tuning on a model without ``past_key_values``)."""
+    from .._backbone import backbone_info
+    from .._errors import IncompatibleMethodError
+
+    named = methods is not None
+    specs = [get_method(m) for m in methods] if named else list_methods()
+    backbone = backbone_info(model)
+    out = []
+    for spec in specs:
+        try:
+            spec.check_compatible(spec.make_config({}), backbone)
+            out.append(spec.name)
+        except IncompatibleMethodError as exc:
+            if named:
+                raise MetapeftError(f"{exc} (fix --methods)") from None
+    if not out:
+        raise MetapeftError(f"no method of the zoo can take the model {backbone.name}; see `metapeft methods`")
+    return out
 
 
 def _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final_eval_size) -> None:
@@ -239,6 +265,8 @@ def _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final
         raise MetapeftError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if prefer not in PREFERENCES:
         raise MetapeftError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}")
+    if PREFERENCES[prefer] not in objectives:  # with one objective the Pareto set is just the most accurate trials
+        raise MetapeftError(f"--prefer {prefer} picks within the Pareto set of --objectives, which lacks {prefer}; add {'train_time' if prefer == 'time' else 'peak_memory'} to --objectives or drop --prefer")
     if trials is not None and trials < 1:
         raise MetapeftError(f"--trials must be at least 1, got {trials}")
     if time_budget is not None and time_budget <= 0:
