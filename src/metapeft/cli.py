@@ -512,7 +512,7 @@ def tune(
     prefer: PreferOption = "accuracy",
     max_memory: MaxMemoryOption = None,
     max_time: MaxTimeOption = None,
-    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Stop bad trials early from their learning curves (one objective only).")] = True,
+    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Stop bad trials early from their learning curves (with --objectives accuracy only).")] = True,
     eval_size: Annotated[int, typer.Option("--eval-size", help="Held-out examples evaluated at each trial's learning-curve points (the pruner reads them).")] = 300,
     final_eval_size: Annotated[int, typer.Option("--final-eval-size", help="Held-out examples (at most) for each trial's final accuracy, which the pick compares (0 = all).")] = 1000,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampler seed.", show_default=False)] = None,

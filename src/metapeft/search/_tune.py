@@ -3,8 +3,8 @@
 One Optuna study per search, in an RDB storage (SQLite in the data directory by default, PostgreSQL for a team):
 several processes given the same ``storage`` and ``study_name`` share the search, and a killed process loses only
 its trial in flight. Every trial is a real ``train`` run: it lands in the experience store and in MLflow, nested
-under one parent run per search. With one objective, a median pruner reads the engine's learning curve and stops
-bad trials early (Optuna does not prune multi-objective studies).
+under one parent run per search. Searching for accuracy alone, a median pruner reads the engine's learning curve
+(accuracy) and stops bad trials early (Optuna does not prune multi-objective studies).
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def _compatible(methods: list[str] | None, model: str | None) -> list[str]:
     from .._backbone import backbone_info
     from .._errors import IncompatibleMethodError
 
-    named = methods is not None
+    named = bool(methods)
     specs = [get_method(m) for m in methods] if named else list_methods()
     backbone = backbone_info(model)
     out = []
