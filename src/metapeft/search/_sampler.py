@@ -39,7 +39,7 @@ class MetaSampler(BaseSampler):
                  max_memory_mb: float | None = None, max_time_s: float | None = None):  # fmt: skip
         self.surrogate, self.profile, self.methods, self.objectives = surrogate, profile, methods, tuple(objectives)
         self.budget = budget or {}
-        self.limits = {"train_time_s": max_time_s, "peak_memory_mb": max_memory_mb}
+        self.limits = ((1, max_time_s), (2, max_memory_mb))  # (column of predict's means, the user's limit)
         self.space = joint_space(methods)
         self.n_candidates = n_candidates
         self._random = RandomSampler(seed=seed)
@@ -125,7 +125,7 @@ class MetaSampler(BaseSampler):
         scores = self._scores(mean, sd, done)
         # configurations expected over the user's limits come last (the pick ignores them anyway)
         over = np.zeros(len(candidates), bool)
-        for column, limit in zip((1, 2), self.limits.values()):
+        for column, limit in self.limits:
             if limit is not None:
                 over |= mean[:, column] > limit
         return np.where(over, -np.inf, scores) if not over.all() else scores

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._config import data_dir, runs_dir
-from .._errors import MetapeftError
+from .._errors import IncompatibleMethodError, MetapeftError
 from ..experience import ExperienceStore
 from ..methods import get_method, list_methods
 from ..tasks import Task, TaskProfile
@@ -240,7 +240,6 @@ def _compatible(methods: list[str] | None, model: str | None) -> list[str]:
     """The methods to search: those named (each must take ``model``), or the whole zoo less the methods that cannot
     take it at their defaults (e.g. prefix tuning on a model without ``past_key_values``)."""
     from .._backbone import backbone_info
-    from .._errors import IncompatibleMethodError
 
     named = bool(methods)
     specs = [get_method(m) for m in methods] if named else list_methods()
