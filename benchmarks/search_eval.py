@@ -42,12 +42,14 @@ from metapeft.search._tune import _suggest, warm_start_configs
 CHECKPOINTS = (1, 3, 5, 10, 20, 30)
 
 
-def losses(runs, objectives) -> np.ndarray:
-    """(n, k) losses of recorded runs, scaled to [0, 1] over the instance's runs."""
-    cols = {"accuracy": lambda r: 1 - r.metrics["accuracy"], "train_time_s": lambda r: np.log(r.metrics["train_time_s"]),
-            "peak_memory_mb": lambda r: np.log(r.metrics["peak_memory_mb"])}  # fmt: skip
-    x = np.array([[cols[o](r) for o in objectives] for r in runs], float)
-    lo, hi = x.min(0), x.max(0)
+def losses(metrics: list[dict], objectives, scale: list[dict] | None = None) -> np.ndarray:
+    """(n, k) losses of runs' metrics (1 − accuracy, log time, log memory), scaled to [0, 1] over ``scale``'s runs
+    (by default the runs themselves)."""
+    cols = {"accuracy": lambda m: 1 - m["accuracy"], "train_time_s": lambda m: np.log(m["train_time_s"]),
+            "peak_memory_mb": lambda m: np.log(m["peak_memory_mb"])}  # fmt: skip
+    raw = lambda ms: np.array([[cols[o](m) for o in objectives] for m in ms], float).reshape(len(ms), len(objectives))  # noqa: E731
+    x, ref = raw(metrics), raw(scale if scale is not None else metrics)
+    lo, hi = ref.min(0), ref.max(0)
     return (x - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)
 
 
@@ -95,7 +97,7 @@ def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Sur
     study.optimize(objective, n_trials=trials)
     if len(objectives) == 1:
         return list(np.maximum.accumulate([t.values[0] for t in study.trials]))
-    loss = losses(runs, objectives)
+    loss = losses([r.metrics for r in runs], objectives)
     full = hypervolume(loss)
     return [hypervolume(loss[chosen[: k + 1]]) / full for k in range(len(chosen))]
 

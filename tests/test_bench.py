@@ -214,3 +214,17 @@ def test_report_counts_methods_within_the_evaluations_noise_of_the_best():
     assert few["single_best_within_noise_share"] == 1.0 and few["methods_within_noise_of_best"] > 9
     assert many["methods_within_noise_of_best"] < 1.5  # exact ties (e.g. methods stuck at the majority class) remain
     assert many["methods_within_noise_of_best"] < real["methods_within_noise_of_best"] < few["methods_within_noise_of_best"]
+
+
+def test_report_noise_prices_choosing_by_another_seeds_winner():
+    """Two seeds of one task that disagree on the winner: each seed's winner, chosen in the other seed's cell, loses
+    that cell's gap — the regret left by noise alone."""
+    import pandas as pd
+
+    from metapeft.report._analysis import noise
+
+    cells = pd.DataFrame({"task": "t", "size": 64, "seed": [0, 0, 1, 1], "method": ["a", "b", "a", "b"], "score": [0.9, 0.8, 0.80, 0.85]})
+    n = noise(cells)
+    assert n["task_sizes"] == 1 and n["winner_agreement"] == 0.0
+    assert n["replicate_regret"] == pytest.approx((0.05 + 0.10) / 2)
+    assert noise(cells.assign(score=[0.9, 0.8, 0.95, 0.7]))["replicate_regret"] == 0.0

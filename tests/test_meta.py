@@ -260,6 +260,21 @@ def test_empty_experience_is_a_clear_error(tmp_path):
         MetaPEFT(ExperienceStore(f"sqlite:///{tmp_path / 'e.db'}"), include_prior=False, cache_dir=tmp_path).fit()
 
 
+def test_experience_without_a_comparison_of_three_methods_is_a_clear_error(prior_records, tmp_path):
+    """Runs of two methods per task say nothing the surrogate can learn a ranking from: it would recommend from
+    untrained networks."""
+    from metapeft import MetapeftError
+    from metapeft.experience import ExperienceStore
+    from metapeft.meta import MetaPEFT
+
+    tasks = sorted({r.task_name for r in prior_records})[:3]
+    two = [r for r in prior_records if r.task_name in tasks and r.method in ("lora", "ia3")]
+    store = ExperienceStore(f"sqlite:///{tmp_path / 'e.db'}")
+    store.add_many(two)
+    with pytest.raises(MetapeftError, match="3 or more methods"):
+        MetaPEFT(store, include_prior=False, cache_dir=tmp_path).fit()
+
+
 def test_evaluate_scores_ours_and_every_baseline(prior_records):
     from metapeft.meta import Surrogate, evaluate
     from metapeft.meta._evaluate import SELECTORS
@@ -334,3 +349,15 @@ def test_packaged_model_is_the_fit_of_the_shipped_prior():
         meta = json.loads(f.metadata()["meta"])
     records = [r for r in PriorExperience().records() if usable(r)]
     assert meta["key"] == _experience_key(records) and meta["n_records"] == len(records)
+
+
+def test_task_features_of_few_tasks_keep_only_directions_with_variance(prior_records):
+    """n task profiles span n - 1 domain directions; scaling a direction without variance to unit variance would
+    turn rounding noise into a large feature."""
+    from metapeft.meta._embedding import TaskFeaturizer
+
+    profiles = list({r.task_name.split("@")[0]: r.profile for r in prior_records}.values())[:4]
+    featurizer = TaskFeaturizer().fit(profiles)
+    assert featurizer.domain_components.shape[0] <= 3
+    seen = featurizer.transform(profiles)
+    assert np.abs(seen).max() < 5  # the training tasks themselves sit within a few standard deviations

@@ -73,11 +73,13 @@ class TaskFeaturizer:
         self.mean, self.std = x.mean(0), x.std(0)
         self.std[self.std < 1e-6] = 1.0  # a feature constant over past tasks carries no information
         d = np.stack([domain_vector(p) for p in profiles])
-        pca = PCA(n_components=min(DOMAIN_COMPONENTS, len(d), d.shape[1]), random_state=0).fit(d)
+        # n centred points span at most n - 1 directions; a direction without variance would be scaled up by ~1e5
+        # below and turn rounding noise into a feature
+        pca = PCA(n_components=min(DOMAIN_COMPONENTS, max(1, len(d) - 1), d.shape[1]), random_state=0).fit(d)
+        keep = pca.explained_variance_ > 1e-6 * max(float(pca.explained_variance_.max()), 1e-12)
         self.domain_mean = pca.mean_.astype(np.float32)
         # scaled to unit variance, like the other features
-        scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))[:, None]
-        self.domain_components = (pca.components_ / scale).astype(np.float32)
+        self.domain_components = (pca.components_[keep] / np.sqrt(pca.explained_variance_[keep])[:, None]).astype(np.float32)
         return self
 
     @property

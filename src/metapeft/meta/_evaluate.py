@@ -21,6 +21,7 @@ import numpy as np
 from ..experience import Experience
 from ._embedding import TaskFeaturizer, cells_of
 from ._features import at_defaults, cell_key, measured_memory, task_group, usable
+from ._recommend import cautious_choice
 from ._surrogate import Candidate, Prediction, Surrogate
 
 
@@ -101,12 +102,7 @@ def select(pred: Prediction, candidates: list[Candidate]) -> tuple[list[str], di
     """The same rule as ``MetaPEFT.recommend``: per method the candidate with the best cautious score (mean minus
     half an sd), methods ranked by that candidate's mean. Returns the ranking, the chosen candidate per method and
     each ranked method's probability of being best."""
-    sd = (pred.high[:, 0] - pred.low[:, 0]) / (2 * 1.6449)
-    cautious = pred.mean[:, 0] - 0.5 * sd
-    chosen: dict[str, int] = {}
-    for i, c in enumerate(candidates):
-        if c.method not in chosen or cautious[i] > cautious[chosen[c.method]]:
-            chosen[c.method] = i
+    chosen = cautious_choice(pred, [c.method for c in candidates])
     ranking = sorted(chosen, key=lambda m: -pred.mean[chosen[m], 0])
     idx = [chosen[m] for m in ranking]
     sub = Prediction(pred.mean[idx], pred.low[idx], pred.high[idx], None if pred.samples is None else pred.samples[:, idx])

@@ -23,7 +23,7 @@ from ..experience import Experience, ExperienceStore
 from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of
-from ._features import TARGETS, at_defaults, fingerprint_of, profile_dict, task_group, usable
+from ._features import TARGETS, at_defaults, cell_key, fingerprint_of, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 5
@@ -102,6 +102,14 @@ class MetaPEFT:
             raise MetapeftError(
                 f"not enough experience to learn from: {len(records)} finished runs on fewer than 2 tasks "
                 "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior)"
+            )
+        methods_per_cell: dict[str, set[str]] = {}
+        for r in records:
+            methods_per_cell.setdefault(cell_key(r), set()).add(r.method)
+        if max(map(len, methods_per_cell.values())) < 3:
+            raise MetapeftError(
+                f"not enough experience to learn from: no task in the {len(records)} finished runs has runs of 3 or more methods "
+                "(at the same size and step budget) to compare; run more methods on one task (`metapeft bench`), or drop --no-prior"
             )
         if self._given:  # an explicit experience list (e.g. leave-one-task-out) is fitted in memory, never cached
             if progress:
@@ -231,25 +239,18 @@ class MetaPEFT:
                 hp = get_method(name).make_config({**params, **budget}).as_dict()
                 rows.append((name, hp))
         pred = surrogate.predict(profile, [Candidate(m, hp) for m, hp in rows], observed=observed)
-        sd = (pred.high[:, 0] - pred.low[:, 0]) / (2 * 1.6449)
-        cautious = pred.mean[:, 0] - 0.5 * sd  # prefer settings the experience supports over bold extrapolations
         feasible = np.ones(len(rows), bool)
         if max_memory_mb is not None:
             feasible &= pred.mean[:, 2] <= max_memory_mb
         if max_time_s is not None:
             feasible &= pred.mean[:, 1] <= max_time_s
 
-        chosen: dict[str, int] = {}
+        chosen = cautious_choice(pred, [m for m, _ in rows], feasible)
         blocked: dict[str, str] = {}
         for name in names:
-            idx = [i for i, (m, _) in enumerate(rows) if m == name]
-            ok = [i for i in idx if feasible[i]]
-            if ok:
-                chosen[name] = max(ok, key=lambda i: cautious[i])
-            else:
-                best = min(idx, key=lambda i: (pred.mean[i, 2], pred.mean[i, 1]))
-                chosen[name] = best
-                blocked[name] = _why_blocked(pred, best, max_memory_mb, max_time_s)
+            if name not in chosen:  # nothing within the limits: show the setting that comes closest
+                chosen[name] = min((i for i, (m, _) in enumerate(rows) if m == name), key=lambda i: (pred.mean[i, 2], pred.mean[i, 1]))
+                blocked[name] = _why_blocked(pred, chosen[name], max_memory_mb, max_time_s)
 
         live = [n for n in names if n not in blocked]
         probs = dict.fromkeys(names, 0.0)
@@ -287,6 +288,18 @@ class MetaPEFT:
         xy = PCA(n_components=2, random_state=0).fit_transform(zs) if len(cells) > 2 else zs[:, :2]
         return [{"task": c.task, "group": c.group, "x": round(float(p[0]), 4), "y": round(float(p[1]), 4), "best_method": c.best_method,
                  "best_accuracy": round(c.best_accuracy, 4), "size": c.profile.get("dataset_size"), "domain": c.profile.get("domain")} for c, p in zip(cells, xy)]  # fmt: skip
+
+
+def cautious_choice(pred: Prediction, methods: list[str], feasible: np.ndarray | None = None) -> dict[str, int]:
+    """Per method, the index of its candidate with the best cautious score (mean minus half an sd) among the
+    feasible ones: prefer settings the experience supports over bold extrapolations. Methods ranked by that
+    candidate's mean is the rule of ``recommend`` and of ``evaluate``."""
+    cautious = pred.mean[:, 0] - 0.5 * pred.sd()
+    chosen: dict[str, int] = {}
+    for i, m in enumerate(methods):
+        if (feasible is None or feasible[i]) and (m not in chosen or cautious[i] > cautious[chosen[m]]):
+            chosen[m] = i
+    return chosen
 
 
 def _round(target: str, value: float) -> float:

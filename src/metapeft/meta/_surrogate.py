@@ -45,12 +45,18 @@ class Candidate:
 class Prediction:
     """Predictions for n candidates. ``mean``, ``low`` and ``high`` are (n, 3) arrays in natural units (accuracy,
     seconds, MB; ``low``/``high`` bound the 90% interval); ``samples`` (draws, n) are joint accuracy draws used for
-    the probability that each candidate is the best."""
+    the probability that each candidate is the best; ``accuracy_sd`` (n,) is the accuracy's sd before the interval
+    is clipped to [0, 1] (near 100% the clipped interval would understate it)."""
 
     mean: np.ndarray
     low: np.ndarray
     high: np.ndarray
     samples: np.ndarray | None = None
+    accuracy_sd: np.ndarray | None = None
+
+    def sd(self) -> np.ndarray:
+        """The accuracy's sd per candidate (from the 90% interval where the predictor gave none)."""
+        return self.accuracy_sd if self.accuracy_sd is not None else (self.high[:, 0] - self.low[:, 0]) / (2 * Z90)
 
     def best_probability(self) -> np.ndarray:
         if self.samples is None:
@@ -150,6 +156,9 @@ class Surrogate:
             raise ValueError("the surrogate needs finished runs on at least 2 tasks")
         self.embedder.fit(records)
         x, y, groups, cells = self._rows(records, fit_effects=True)
+        if np.isnan(y[:, 0]).all():  # the networks would be left at their random initialisation
+            raise ValueError("the surrogate learns how methods compare within a task, and no task instance in the experience has finished runs of 3 "
+                             "or more methods; run more methods on one task (e.g. metapeft bench) or keep the shipped prior")  # fmt: skip
         self.x_mean, self.x_std = x.mean(0), x.std(0)
         self.x_std[self.x_std < 1e-6] = 1.0
         self.x_range = None
@@ -343,6 +352,7 @@ class Surrogate:
             low=np.stack([natural[t](low[:, t]) for t in range(3)], 1),
             high=np.stack([natural[t](high[:, t]) for t in range(3)], 1),
             samples=samples,
+            accuracy_sd=sd[:, 0],
         )
 
     def _condition(self, profile: dict, observed: list[Experience]) -> tuple[np.ndarray, np.ndarray]:

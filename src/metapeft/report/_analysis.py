@@ -138,11 +138,21 @@ def noise(cells: pd.DataFrame) -> dict:
     spread = sub.groupby(["task", "size", "method"]).score.agg(lambda s: s.max() - s.min())
     winners = sub.loc[sub.groupby(["task", "size", "seed"]).score.idxmax()]
     agree = winners.groupby(["task", "size"]).method.nunique().eq(1).mean()
+    # regret, in one seed's cell, of the method that won another seed's cell of the same task and size: what a
+    # selector that had seen a whole replicate of the task would lose to noise — one that sees only the task's
+    # profile cannot expect to do better
+    regrets = []
+    for _, g in sub.groupby(["task", "size"]):
+        scores = g.pivot_table(index="seed", columns="method", values="score").dropna(axis=1)
+        for a in scores.index:
+            for b in scores.index.drop(a):
+                regrets.append(scores.loc[b].max() - scores.loc[b, scores.loc[a].idxmax()])
     return {
         "task_sizes": int(len(multi)),
         "mean_abs_seed_difference": round(float(spread.mean()), 4),
         "p90_abs_seed_difference": round(float(spread.quantile(0.9)), 4),
         "winner_agreement": round(float(agree), 3),
+        "replicate_regret": round(float(np.mean(regrets)), 4),
     }
 
 

@@ -136,7 +136,8 @@ def markdown(summary: dict) -> str:
         lines.append(
             f"- Noise (a second seed: another training sample, initialisation and order, on {n['task_sizes']} task × size pairs): "
             f"a method's accuracy moves {100 * n['mean_abs_seed_difference']:.1f} points on average (90th percentile "
-            f"{100 * n['p90_abs_seed_difference']:.1f}); the winner is the same on {100 * n['winner_agreement']:.0f}%."
+            f"{100 * n['p90_abs_seed_difference']:.1f}); the winner is the same on {100 * n['winner_agreement']:.0f}%; "
+            f"choosing by the other seed's winner costs {100 * n['replicate_regret']:.1f} points of regret."
         )
     lines += [
         "",

@@ -94,7 +94,7 @@ class MetaSampler(BaseSampler):
         observed = [self._experience(t) for t in done]
         pred = self.surrogate.predict(self.profile, [Candidate(m, {**hp, **self.budget}) for m, hp in configs], observed=observed)
         mean = pred.mean.copy()
-        sd = (pred.high[:, 0] - pred.low[:, 0]) / (2 * 1.6449)
+        sd = pred.sd()
         if len(done) >= 2:
             mean[:, 0], sd = self._residual_gp(configs, done, observed, mean[:, 0], sd)
         return mean, sd

@@ -57,7 +57,7 @@ class MLflowTracker:
         ``curve`` entries are logged as metrics at their ``step``; ``artifacts`` are JSON documents;
         ``artifact_dir`` (the adapter) is copied under ``adapter/``.
         """
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         run_tags = {k: str(v) for k, v in tags.items() if v is not None}
         if parent_run_id:
