@@ -180,7 +180,9 @@ def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_b
     store = ExperienceStore(store_url)
     released = release_stale_claims(store, retry_failed)
     keys = {r.key for r in expand(design, names)}
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    # the cores this process may use (taskset, a container's cpuset), not the machine's
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(1, workers))
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=worker, args=(WorkerArgs(suite, design_path, store.url, threads, time_budget, os.getpid()),), daemon=True) for _ in range(workers)]
     for p in procs:

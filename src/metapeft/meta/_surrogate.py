@@ -45,9 +45,9 @@ class Candidate:
 class Prediction:
     """Predictions for n candidates. ``mean``, ``low`` and ``high`` are (n, 3) arrays in natural units (accuracy,
     seconds, MB; ``low``/``high`` bound the 90% interval; time and memory are learned in logs, so their "mean" is
-    the predictive median, the value limits such as ``--max-memory`` are held against); ``samples`` (draws, n) are joint accuracy draws used for
-    the probability that each candidate is the best; ``accuracy_sd`` (n,) is the accuracy's sd before the interval
-    is clipped to [0, 1] (near 100% the clipped interval would understate it)."""
+    the predictive median, which limits such as ``--max-memory`` are held against); ``samples`` (draws, n) are
+    joint accuracy draws used for the probability that each candidate is the best; ``accuracy_sd`` (n,) is the
+    accuracy's sd before the interval is clipped to [0, 1] (near 100% the clipped interval would understate it)."""
 
     mean: np.ndarray
     low: np.ndarray
