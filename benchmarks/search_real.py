@@ -186,7 +186,7 @@ def main() -> None:
     else:
         measured = tuple(args.hv_objectives.split(",")) if args.hv_objectives else objectives
         table = hypervolume_summary(lines, measured, max(args.trials, args.cold_trials or 0))
-        ylabel = f"hypervolume ({', '.join(measured)}) / all trials'"
+        ylabel = f"hypervolume / all trials' ({len(measured)} objectives)"
     curves = table.pop("curves")
     if args.plot:
         plot_curves(curves, ylabel, Path(args.plot))
