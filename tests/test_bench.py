@@ -146,14 +146,14 @@ def test_report_leaves_cells_with_too_few_methods_out_of_comparisons():
 
     records = PriorExperience().records()
     before = analyse(records)
-    sizes: dict[str, set] = {}
+    cells: dict[str, set] = {}  # a cell is a (task, size, seed): its runs share task name and seed
     for r in records:
-        sizes.setdefault(r.tags["suite_task"], set()).add(r.task_name)
-    task = sorted(sizes)[0]  # of this task keep only two runs of one cell
-    name = sorted(sizes[task])[0]
-    begun = [r for r in records if r.task_name == name][:2]
+        cells.setdefault(r.tags["suite_task"], set()).add((r.task_name, r.seed or 0))
+    task = sorted(cells)[0]  # of this task keep only two runs of one cell
+    name, seed = sorted(cells[task])[0]
+    begun = [r for r in records if r.task_name == name and (r.seed or 0) == seed][:2]
     summary = analyse([r for r in records if r.tags["suite_task"] != task] + begun)
-    assert summary["partial_cells"] == before["partial_cells"] + 1 and summary["cells"] == before["cells"] - len(sizes[task])
+    assert summary["partial_cells"] == before["partial_cells"] + 1 and summary["cells"] == before["cells"] - len(cells[task])
     assert sum(summary["wins"].values()) == pytest.approx(summary["cells"], abs=0.1)  # each share rounded to 0.01
     assert summary["per_task"][task]["best_method"] in {r.method for r in begun}
 

@@ -179,15 +179,16 @@ class MetaPEFT:
         return self._cells, self._cell_z
 
     def similar(self, task, k: int = 5) -> list[SimilarTask]:
-        """The nearest past task instances in the learned embedding (one per task, its nearest size)."""
+        """The nearest past task instances in the learned embedding (one per task, its nearest size), other tasks
+        than this one: when the task itself is in the experience, its other sizes and samples are left out too."""
         profile = self.profile(task)
         cells, zs = self.cells()
         z = self._fitted().embedder.predict([profile])[0]
         dist = np.linalg.norm(zs - z, axis=1)
-        out, seen = [], set()
+        out, seen = [], {c.group for c in cells if c.fingerprint == profile.get("fingerprint")}
         for i in np.argsort(dist):
             c = cells[i]
-            if c.group in seen or c.fingerprint == profile.get("fingerprint"):
+            if c.group in seen:
                 continue
             seen.add(c.group)
             out.append(SimilarTask(c.task, round(float(dist[i]), 3), c.best_method, round(c.best_accuracy, 4), {m: round(s, 4) for m, s in sorted(c.scores.items(), key=lambda x: -x[1])}))
