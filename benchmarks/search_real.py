@@ -63,7 +63,7 @@ def hypervolume_summary(lines: list[dict], objectives: tuple[str, ...], trials: 
     pooled = defaultdict(list)
     for line in lines:
         pooled[line["task"]] += [t for t in line["trials"] if done(t)]
-    curves, final = defaultdict(list), defaultdict(dict)
+    curves, final, top = defaultdict(list), defaultdict(dict), defaultdict(dict)
     for line in lines:
         scale, ts = pooled[line["task"]], line["trials"]
         full = hypervolume(losses(scale, objectives))
@@ -71,9 +71,8 @@ def hypervolume_summary(lines: list[dict], objectives: tuple[str, ...], trials: 
                  for k in range(len(ts))]  # fmt: skip
         curves[line["sampler"]].append(curve)
         final[line["task"]].setdefault(line["sampler"], []).append(curve)
-    top = defaultdict(dict)  # the hypervolume can grow from a cheap corner alone: the accuracy found is shown beside it
-    for line in lines:
-        acc = [t["accuracy"] if done(t) else 0.0 for t in line["trials"]]
+        # the hypervolume can grow from a cheap corner alone: the accuracy found is shown beside it
+        acc = [t["accuracy"] if done(t) else 0.0 for t in ts]
         top[line["task"]].setdefault(line["sampler"], []).append((max(acc[:10]), max(acc)))
     per_task = {task: {name: {"after_10": round(float(np.mean([c[min(10, len(c)) - 1] for c in cs])), 4),
                               "after_all": round(float(np.mean([c[-1] for c in cs])), 4), "trials": max(len(c) for c in cs),

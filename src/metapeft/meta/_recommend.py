@@ -23,7 +23,7 @@ from ..experience import Experience, ExperienceStore
 from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of
-from ._features import TARGETS, at_defaults, cell_key, fingerprint_of, profile_dict, task_group, usable
+from ._features import TARGETS, at_defaults, fingerprint_of, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 5
@@ -103,10 +103,7 @@ class MetaPEFT:
                 f"not enough experience to learn from: {len(records)} finished runs on fewer than 2 tasks "
                 "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior)"
             )
-        methods_per_cell: dict[str, set[str]] = {}
-        for r in records:
-            methods_per_cell.setdefault(cell_key(r), set()).add(r.method)
-        if max(map(len, methods_per_cell.values())) < 3:
+        if max(len(c.scores) for c in cells_of(records)) < 3:
             raise MetapeftError(
                 f"not enough experience to learn from: no task in the {len(records)} finished runs has runs of 3 or more methods "
                 "(at the same size and step budget) to compare; run more methods on one task (`metapeft bench`), or drop --no-prior"
