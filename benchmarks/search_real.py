@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--cold-trials", type=int, default=None, help="trials of each cold sampler's search (default: --trials)")
     parser.add_argument("--objectives", default="accuracy", help="comma-separated among accuracy, train_time_s, peak_memory_mb")
     parser.add_argument("--samplers", default="meta,tpe,random")
-    parser.add_argument("--seeds", type=int, default=1, help="searches per cold sampler and task (the meta search is deterministic)")
+    parser.add_argument("--seeds", type=int, default=1, help="searches per sampler and task, one per seed of the sampler's random draws")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds --first-seed … --first-seed + --seeds − 1 (to split seeds "
                         "between processes)")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=80)
@@ -167,7 +167,7 @@ def main() -> None:
             task = entries[name].load().subsample(args.size, seed=0)
             meta = None
             for sampler in args.samplers.split(","):
-                for seed in [0] if sampler == "meta" else range(args.first_seed, args.first_seed + args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     if (task.name, sampler, seed) in done:
                         continue
                     if meta is None:  # the held-out task's own runs stay out of the meta-learner

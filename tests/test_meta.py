@@ -104,6 +104,21 @@ def test_time_scales_with_the_step_budget_beyond_the_experience(surrogate, held_
     assert min(actual) / 3 < pred.mean[0, 1] < 3 * max(actual)
 
 
+def test_settings_that_do_not_change_a_steps_cost_do_not_change_predicted_time_or_memory(surrogate, held_out):
+    """A learning rate or warm-up changes what training learns, not what a step costs: before time and memory were
+    read without them, head-only runs were predicted at 73-83 MB by learning rate (all measure 87 MB)."""
+    from metapeft.meta import Candidate
+
+    profile = held_out[1][0].profile
+    pred = surrogate.predict(profile, [Candidate("head_only", {"head_learning_rate": 0.003, "warmup_ratio": 0.0}),
+                                       Candidate("head_only", {"head_learning_rate": 0.08, "warmup_ratio": 0.2}),
+                                       Candidate("lora", {"learning_rate": 1e-4, "lora_alpha": 8}), Candidate("lora", {"learning_rate": 1e-2, "lora_alpha": 64}),
+                                       Candidate("lora", {"learning_rate": 1e-4, "r": 64, "target_modules": "all-linear"})])  # fmt: skip
+    assert pred.mean[0, 1:] == pytest.approx(pred.mean[1, 1:]) and pred.mean[2, 1:] == pytest.approx(pred.mean[3, 1:])
+    assert pred.mean[0, 0] != pytest.approx(pred.mean[1, 0], abs=1e-4)  # accuracy still reads them
+    assert pred.mean[4, 2] > pred.mean[2, 2]  # a larger adapter on more modules does cost more memory
+
+
 def test_memory_is_learned_only_when_the_run_says_how_it_was_measured(prior_records):
     """CPU runs before 2026-11-21 recorded process RSS (~2.3 GB for every method), not comparable with tensor memory."""
     import dataclasses

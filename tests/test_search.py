@@ -137,9 +137,10 @@ def test_processes_started_together_open_one_new_sqlite_storage(tmp_path):
         assert all(p.returncode == 0 for p in procs), errors
 
 
-def test_meta_sampler_does_not_repeat_failures_and_keeps_to_limits(example_profile):
+@pytest.mark.parametrize("objectives", [("accuracy",), ("accuracy", "train_time_s", "peak_memory_mb")])
+def test_meta_sampler_does_not_repeat_failures_and_keeps_to_limits(example_profile, objectives):
     """A failed configuration is not proposed again, a method the model cannot take not at all, and none the
-    surrogate expects over the user's memory limit while others are left."""
+    surrogate expects over the user's memory limit while others are left — with one objective or three."""
     import numpy as np
     import optuna
 
@@ -152,7 +153,7 @@ def test_meta_sampler_does_not_repeat_failures_and_keeps_to_limits(example_profi
     space = joint_space(methods)
 
     def asked(sampler, failed_method: str, error_type: str) -> list[dict]:
-        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study = optuna.create_study(directions=["maximize"] + ["minimize"] * (len(objectives) - 1), sampler=sampler)
         failed = to_params(failed_method, {}, space)
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=failed, distributions={k: space[k] for k in failed},
                                                   user_attrs={"error_type": error_type}))  # fmt: skip
@@ -160,13 +161,44 @@ def test_meta_sampler_does_not_repeat_failures_and_keeps_to_limits(example_profi
         assert failed not in proposals
         return proposals
 
-    assert all(p["method"] != "prefix_tuning" for p in asked(MetaSampler(surrogate, profile, methods, seed=0), "prefix_tuning", "IncompatibleMethodError"))
-    free = MetaSampler(surrogate, profile, methods, seed=0)
+    assert all(p["method"] != "prefix_tuning" for p in asked(MetaSampler(surrogate, profile, methods, objectives, seed=0), "prefix_tuning", "IncompatibleMethodError"))
+    free = MetaSampler(surrogate, profile, methods, objectives, seed=0)
 
     def memory(proposals: list[dict]) -> np.ndarray:
         return free.predict(proposals, [])[0][:, 2]
 
-    limit = float(np.median(memory([to_params(m, {}, space) for m in methods])))
-    assert memory(asked(free, "lora", "MethodError")).max() > limit  # without the limit it proposes over it
-    limited = MetaSampler(surrogate, profile, methods, seed=0, max_memory_mb=limit)
+    limit = float(memory(asked(free, "lora", "MethodError")).max()) - 1.0  # one MB under its dearest proposal
+    limited = MetaSampler(surrogate, profile, methods, objectives, seed=0, max_memory_mb=limit)
     assert memory(asked(limited, "lora", "MethodError")).max() <= limit
+
+
+def test_hypervolume_gain_is_exact_and_nothing_for_dominated_points():
+    """The multi-objective meta sampler scores a candidate by the hypervolume it adds to the trials' front."""
+    import numpy as np
+
+    from metapeft.search._sampler import _hypervolume_gain
+
+    front = np.array([[0.5, 0.5]])
+    points = np.array([[0.6, 0.6], [0.5, 0.5], [0.2, 0.9], [1.2, 0.0], [0.4, 0.4]])
+    # [0.2, 0.9] adds the strip (0.5 − 0.2) × (1.1 − 0.9); [0.4, 0.4] adds 0.7² − 0.6²; past the reference: nothing
+    assert _hypervolume_gain(points, front) == pytest.approx([0.0, 0.0, 0.06, 0.0, 0.13])
+    assert _hypervolume_gain(np.array([[0.1, 0.1]]), np.empty((0, 2))) == pytest.approx([1.0])
+
+
+def test_of_two_trials_started_at_once_at_the_shared_total_only_the_first_counts():
+    """Processes sharing a study each check for room before starting a trial; the storage numbers the trials in
+    the order they start, so the later of two started at once finds the total reached and is not run."""
+    import optuna
+
+    from metapeft.search._tune import _counted_before, _finished
+
+    study = optuna.create_study()
+    for value in (0.1, 0.2, 0.3):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    study.enqueue_trial({"x": 1.0})
+    assert _finished(study) == 3  # a waiting (enqueued) trial does not count
+    first, second = study.ask(), study.ask()  # both saw 3 of --trials 4
+    assert _counted_before(study, first.number) == 3 and _counted_before(study, second.number) == 4
+    second.set_user_attr("over_total", True)  # what tune's objective does with it
+    study.tell(second, state=optuna.trial.TrialState.FAIL)
+    assert _finished(study) == 4  # the three finished and the first: the unrun one counts nowhere

@@ -95,6 +95,10 @@ def task_group(record: Experience) -> str:
     return record.tags.get("suite_task") or record.task_name.split("@")[0]
 
 
+COST_FREE_FIELDS = ("learning_rate", "head_learning_rate", "warmup_ratio", "weight_decay", "lora_alpha", "alpha", "tinit_ratio",
+                    "tfinal_ratio", "prompt_init")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class _Slot:
     method: str | None  # None: a field every method shares
@@ -135,6 +139,13 @@ class ConfigEncoder:
         """Columns that describe the conditions of a run (steps, batch size, sequence length), not a choice among
         configurations: the task's level depends on them."""
         return [i for i, n in enumerate(self.names) if n.split("=")[0] in ("log_max_length", *BUDGET_FIELDS)]
+
+    @property
+    def cost_free_columns(self) -> list[int]:
+        """Columns of settings that change what training learns but not what a step costs (learning rates, schedule,
+        regularisation, scaling, initialisation): time per step and memory are read with them at their mean, so the
+        surrogate cannot invent cost differences between settings that have none."""
+        return [i for i, n in enumerate(self.names) if n.split("=")[0].split(".")[-1] in COST_FREE_FIELDS or n.endswith("dropout")]
 
     def encode(self, method: str, hyperparameters: dict[str, Any], max_length: int) -> np.ndarray:
         out: list[float] = [1.0 if method == m else 0.0 for m in self.methods]

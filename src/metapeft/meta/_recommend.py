@@ -26,7 +26,7 @@ from ._embedding import Cell, cells_of
 from ._features import TARGETS, at_defaults, fingerprint_of, profile_dict, task_group, usable
 from ._surrogate import Candidate, Prediction, Surrogate
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10

@@ -28,8 +28,8 @@ from . import _nets
 from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, cell_key, effective_max_length, profile_dict, steps_of, targets, task_group, usable
 
-FORMAT = 5  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
-# 5 = time learned per step
+FORMAT = 6  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
+# 5 = time learned per step; 6 = time and memory read without the cost-free settings
 Z90 = 1.6449  # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
 
 
@@ -221,7 +221,7 @@ class Surrogate:
         counts = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)) for _ in range(self.members)])
         w = torch.from_numpy(counts[:, index].astype(np.float32))
         xn = self._standardise(x)
-        xt, task_only = torch.from_numpy(xn), torch.from_numpy(self._task_only(xn))
+        xt, cost, task_only = (torch.from_numpy(v) for v in (xn, self._cost_only(xn), self._task_only(xn)))
         yn = (y - self.y_mean) / self.y_std
         mask = torch.from_numpy(~np.isnan(yn)).float()
         yt = torch.from_numpy(np.nan_to_num(yn))
@@ -232,7 +232,7 @@ class Surrogate:
         # squared error, not the Gaussian likelihood with a learned variance per input: with a few dozen tasks a
         # variance head learns to be confident about its training rows and collapses; the noise is measured instead
         for _ in range(epochs):
-            mu = torch.cat([net(xt)[..., :3], net(task_only)[..., 3:]], dim=-1)  # as in _raw
+            mu = torch.cat([net(xt)[..., :1], net(cost)[..., 1:3], net(task_only)[..., 3:]], dim=-1)  # as in _raw
             loss = ((0.5 * (yt[None] - mu) ** 2 * weight) / total).sum()
             opt.zero_grad()
             loss.backward()
@@ -306,13 +306,22 @@ class Surrogate:
         out[:, [config.start + i for i in range(self.encoder.dim) if i not in budget]] = 0.0
         return out
 
+    def _cost_only(self, xn: np.ndarray) -> np.ndarray:
+        """Standardised inputs with the settings that do not change a step's cost at their mean: time and memory are
+        read from these (before, head-only runs were predicted at 73-83 MB by learning rate; measured, 87 MB at any)."""
+        out = xn.copy()
+        start = self._config_columns().start
+        out[:, [start + i for i in self.encoder.cost_free_columns]] = 0.0
+        return out
+
     def _raw(self, x: np.ndarray) -> np.ndarray:
         """Each member's four trained outputs (relative accuracy, log s per step, log MB, lift): (members, n, 4)."""
         # clamped to the training range: a network extrapolates without bound (sst2 at 4,000 examples, with an
         # experience of 64 and 1,024, was predicted at 60% against a frozen probe of 76%; clamped, 74%); beyond the
         # range a task is predicted as the nearest seen, and the reasoning says that it lies outside
         xn = np.clip(self._standardise(x), self.x_range[0], self.x_range[1]).astype(np.float32)
-        mu = np.concatenate([_nets.ensemble(self.weights, xn)[..., :3], _nets.ensemble(self.weights, self._task_only(xn))[..., 3:]], axis=-1)
+        mu = np.concatenate([_nets.ensemble(self.weights, xn)[..., :1], _nets.ensemble(self.weights, self._cost_only(xn))[..., 1:3],
+                             _nets.ensemble(self.weights, self._task_only(xn))[..., 3:]], axis=-1)  # fmt: skip
         return mu * self.y_std + self.y_mean
 
     def _forward(self, x: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:

@@ -139,6 +139,11 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     task_profile = TaskProfile.from_dict(profile)
 
     def objective(trial: optuna.Trial):
+        if trials and _counted_before(study, trial.number) >= trials:
+            # another process sharing the study started a trial at the same moment and the total is reached: this
+            # one is not run (it is left failed, marked, and counted nowhere)
+            trial.set_user_attr("over_total", True)
+            return tuple(float("nan") for _ in objectives)
         params = {name: _suggest(trial, name, dist) for name, dist in space.items()}
         method, hp = to_config(params)
         trial.set_user_attr("source", trial.user_attrs.get("source", sampler))
@@ -177,13 +182,13 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
             raise optuna.TrialPruned()
         return tuple(float(m[o]) for o in objectives)
 
-    callbacks = [optuna.study.MaxTrialsCallback(trials, states=_counted())] if trials else []
+    callbacks = [lambda study, _: study.stop() if _finished(study) >= trials else None] if trials else []
     started = time.monotonic()
     if not trials or _finished(study) < trials:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported through on_trial, in one line
         study.optimize(objective, timeout=time_budget, callbacks=callbacks, gc_after_trial=True)
 
-    all_trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
+    all_trials = [_trial_result(t) for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("over_total")]
     pareto_numbers = {t.number for t in study.best_trials} if any(t.state == "COMPLETE" for t in all_trials) else set()
     pareto = [t for t in all_trials if t.number in pareto_numbers]
     pick = choose([t for t in all_trials if t.state == "COMPLETE"], prefer, max_memory_mb, max_time_s)
@@ -309,15 +314,23 @@ def _wait_until_ready(study, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def _counted():
+def _counted(study) -> list:
+    """The trials that count towards ``trials``: running ones too, so that processes sharing a study stop at the
+    total; not waiting (enqueued) ones, nor those left unrun because the total was reached."""
     from optuna.trial import TrialState
 
-    # running trials count, so that processes sharing a study stop at the total; waiting (enqueued) ones do not
-    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("over_total")]
 
 
 def _finished(study) -> int:
-    return len(study.get_trials(deepcopy=False, states=_counted()))
+    return len(_counted(study))
+
+
+def _counted_before(study, number: int) -> int:
+    """Counted trials numbered below ``number``. The storage numbers trials in the order they start, so of two
+    processes that each saw room for one more trial, only the first to start has room."""
+    return sum(t.number < number for t in _counted(study))
 
 
 def _trial_result(t) -> TrialResult:
