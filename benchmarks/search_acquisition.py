@@ -36,9 +36,7 @@ class ParEGO(MetaSampler):
     def _scores(self, mean, sd, done):
         f = self._losses(mean[:, 0] + sd, mean[:, 1], mean[:, 2])
         lo, hi = f.min(0), f.max(0)
-        f = (f - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)
-        w = self._rng.dirichlet(np.ones(len(self.objectives)))
-        return -((f * w).max(1) + 0.05 * (f * w).sum(1))
+        return self._parego((f - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0))
 
 
 SAMPLERS = {"ehvi": MetaSampler, "parego": ParEGO}

@@ -169,8 +169,12 @@ class MetaSampler(BaseSampler):
         gain = sum(w * _hypervolume_gain(scale(f), scale(observed)) for w, f in zip(node_weights / node_weights.sum(), draws))
         if gain.max() > 1e-12:
             return gain
-        f = scale(draws[len(nodes) // 2])
-        weights = self._rng.dirichlet(np.ones(len(self.objectives)))
+        return self._parego(scale(draws[len(nodes) // 2]))
+
+    def _parego(self, f: np.ndarray) -> np.ndarray:
+        """ParEGO's score of losses scaled to [0, 1]: minus their augmented-Tchebycheff scalarisation under a fresh
+        random weighting."""
+        weights = self._rng.dirichlet(np.ones(f.shape[1]))
         return -((f * weights).max(1) + 0.05 * (f * weights).sum(1))
 
     def _losses(self, accuracy: np.ndarray, time_s: np.ndarray, memory_mb: np.ndarray) -> np.ndarray:
