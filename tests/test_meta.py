@@ -266,6 +266,30 @@ def test_recommend_ranks_the_zoo_and_learns_from_a_new_run(held_out, tmp_path):
     assert sum(r.confidence for r in blocked) == 0
 
 
+def test_the_incumbent_stays_first_unless_surely_beaten():
+    """A lead the surrogate is unsure of does not displace the experience's most reliable method; a sure one does."""
+    from metapeft.meta._recommend import SURE, rank_methods
+    from metapeft.meta._surrogate import Prediction
+
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(4000, 1))
+
+    def pred(lead: float, spread: float) -> Prediction:
+        # candidate 0: the incumbent at 0.70; 1: a rival leading by ``lead``; 2: a poor third
+        mean = np.array([[0.70, 1, 1], [0.70 + lead, 1, 1], [0.5, 1, 1]])
+        samples = mean[:, 0] + np.hstack([np.zeros((4000, 1)), spread * draws, 0.01 * rng.normal(size=(4000, 1))])
+        return Prediction(mean, mean - 0.1, mean + 0.1, samples)
+
+    chosen = {"full_finetuning": 0, "ia3": 1, "head_only": 2}
+    unsure = pred(0.002, 0.08)  # beats the incumbent in ~51% of the draws
+    assert rank_methods(unsure, chosen, "full_finetuning") == ["full_finetuning", "ia3", "head_only"]
+    assert rank_methods(unsure, chosen, None) == ["ia3", "full_finetuning", "head_only"]  # no incumbent: by mean
+    sure = pred(0.05, 0.02)  # beats it in ~99%
+    assert (sure.samples[:, 1] > sure.samples[:, 0]).mean() > SURE
+    assert rank_methods(sure, chosen, "full_finetuning") == ["ia3", "full_finetuning", "head_only"]
+    assert rank_methods(unsure, {"ia3": 1, "head_only": 2}, "full_finetuning") == ["ia3", "head_only"]  # incumbent not feasible
+
+
 def test_empty_experience_is_a_clear_error(tmp_path):
     from metapeft import MetapeftError
     from metapeft.experience import ExperienceStore

@@ -55,6 +55,15 @@ def cells_of(records: list[Experience]) -> list[Cell]:
     return list(cells.values())
 
 
+def method_gaps(cells: list[Cell]) -> dict[str, float]:
+    """Per method, its mean gap (accuracy) to the best method over the task instances it was run on."""
+    gaps: dict[str, list[float]] = {}
+    for c in cells:
+        for m, s in c.scores.items():
+            gaps.setdefault(m, []).append(c.best_accuracy - s)
+    return {m: float(np.mean(g)) for m, g in gaps.items()}
+
+
 @dataclass
 class TaskFeaturizer:
     """Standardised profile features plus the domain vector's leading principal components (fit on past tasks).

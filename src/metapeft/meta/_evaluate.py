@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 
 from ..experience import Experience
-from ._embedding import TaskFeaturizer, cells_of
+from ._embedding import TaskFeaturizer, cells_of, method_gaps
 from ._features import at_defaults, cell_key, measured_memory, task_group, usable
-from ._recommend import cautious_choice
+from ._recommend import cautious_choice, incumbent_method, rank_methods
 from ._surrogate import Candidate, Prediction, Surrogate
 
 
@@ -51,11 +51,7 @@ class GlobalBest(_ScoreOnly):
     """The method with the smallest mean gap to the best across past task instances, at its defaults."""
 
     def fit(self, records: list[Experience]) -> GlobalBest:
-        gaps = defaultdict(list)
-        for c in cells_of(records):
-            for m, s in c.scores.items():
-                gaps[m].append(c.best_accuracy - s)
-        self.gap = {m: float(np.mean(g)) for m, g in gaps.items()}
+        self.gap = method_gaps(cells_of(records))
         return self
 
     def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
@@ -98,21 +94,21 @@ class NearestNeighbours(_ScoreOnly):
         return self._prediction(np.array([score[c.method] + 1e-3 * at_defaults(c.method, c.hyperparameters) for c in candidates]))
 
 
-def select(pred: Prediction, candidates: list[Candidate]) -> tuple[list[str], dict[str, int], np.ndarray]:
+def select(pred: Prediction, candidates: list[Candidate], incumbent: str | None = None) -> tuple[list[str], dict[str, int], np.ndarray]:
     """The same rule as ``MetaPEFT.recommend``: per method the candidate with the best cautious score (mean minus
-    half an sd), methods ranked by that candidate's mean. Returns the ranking, the chosen candidate per method and
-    each ranked method's probability of being best."""
+    half an sd), methods ranked by that candidate's mean, ``incumbent`` first unless surely beaten (``rank_methods``).
+    Returns the ranking, the chosen candidate per method and each ranked method's probability of being best."""
     chosen = cautious_choice(pred, [c.method for c in candidates])
-    ranking = sorted(chosen, key=lambda m: -pred.mean[chosen[m], 0])
+    ranking = rank_methods(pred, chosen, incumbent)
     idx = [chosen[m] for m in ranking]
     sub = Prediction(pred.mean[idx], pred.low[idx], pred.high[idx], None if pred.samples is None else pred.samples[:, idx])
     return ranking, chosen, sub.best_probability()
 
 
-def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarray, costs: np.ndarray | None = None) -> dict:
+def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarray, costs: np.ndarray | None = None, incumbent: str | None = None) -> dict:
     """Regret, top-1, NDCG, confidence and 90%-interval coverage of one ranking; ``costs`` (n × 2: train time s,
     peak memory MB, NaN where not measured comparably) adds the coverage of the time and memory intervals."""
-    ranking, chosen, probs = select(pred, candidates)
+    ranking, chosen, probs = select(pred, candidates, incumbent)
     method_best = {m: max(accuracy[i] for i, c in enumerate(candidates) if c.method == m) for m in ranking}
     best = max(method_best.values())
     best_methods = {m for m, a in method_best.items() if a >= best - 1e-9}
@@ -190,6 +186,7 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
                 floor.append({"task": held, **_noise_floor(runs, seed=len(floor))})
         for name, make in selectors.items():
             model = make().fit(train)
+            incumbent = incumbent_method(cells_of(train)) if name == "metapeft" else None
             repeats = random_repeats if name == "random" else 1
             for runs in test.values():
                 if len({r.method for r in runs}) < min_methods:
@@ -197,7 +194,7 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
                 cands = [Candidate(r.method, r.hyperparameters) for r in runs]
                 acc = np.array([r.metrics["accuracy"] for r in runs])
                 costs = np.array([[r.metrics.get("train_time_s") or math.nan, measured_memory(r.metrics) or math.nan] for r in runs], dtype=float)
-                cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc, costs) for _ in range(repeats)]
+                cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbent) for _ in range(repeats)]
                 per_cell[name].append({"task": held, "cell": runs[0].task_name, **{k: float(np.mean([c[k] for c in cells])) for k in cells[0]}})
                 if name == "metapeft" and few_shot and len(runs) > few_shot + 1:
                     few.append(_few_shot(model, runs, few_shot, seed=len(few)))

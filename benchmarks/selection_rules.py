@@ -1,0 +1,165 @@
+"""Which rule turns the surrogate's predictions into a choice? Leave-one-task-out, scored like ``metapeft evaluate``.
+
+Fitting the surrogate 40 times is the slow part (~20 min on 2 cores), so its predictions for every held-out
+instance (means, intervals, joint accuracy draws) are written once to ``--cache`` (npz + json, no pickle) and the
+rules are then scored from the cache in seconds. A rule maps a :class:`Prediction` and the candidates' methods to
+one chosen candidate index; regret and top-1 are those of ``metapeft evaluate`` (best run minus chosen run).
+
+    uv run python benchmarks/selection_rules.py [--store sqlite:///.bench/prior.db] [--cache .bench/loto.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from metapeft.experience import ExperienceStore
+from metapeft.meta import Surrogate
+from metapeft.meta._evaluate import GlobalBest
+from metapeft.meta._features import cell_key, task_group, usable
+from metapeft.meta._recommend import cautious_choice, rank_methods
+from metapeft.meta._surrogate import Candidate, Prediction
+from metapeft.prior import experiences
+
+
+def predict_all(records, min_methods: int = 5) -> list[dict]:
+    groups = sorted({task_group(r) for r in records})
+    out = []
+    for n, held in enumerate(groups):
+        t0 = time.time()
+        train = [r for r in records if task_group(r) != held]
+        model = Surrogate().fit(train)
+        gap = GlobalBest().fit(train).gap
+        cells = defaultdict(list)
+        for r in records:
+            if task_group(r) == held:
+                cells[cell_key(r)].append(r)
+        for runs in cells.values():
+            if len({r.method for r in runs}) < min_methods:
+                continue
+            cands = [Candidate(r.method, r.hyperparameters) for r in runs]
+            p = model.predict(runs[0].profile, cands)
+            out.append({"task": held, "cell": runs[0].task_name, "size": runs[0].profile.get("dataset_size"),
+                        "methods": [r.method for r in runs], "accuracy": [r.metrics["accuracy"] for r in runs],
+                        "global_gap": [gap.get(r.method, 1.0) for r in runs],
+                        "mean": p.mean, "low": p.low, "high": p.high, "samples": p.samples, "sd": p.sd()})  # fmt: skip
+        print(f"[{n + 1}/{len(groups)}] {held} {time.time() - t0:.0f}s", flush=True)
+    return out
+
+
+def save(cells: list[dict], path: Path) -> None:
+    arrays = {f"{i}_{k}": c[k] for i, c in enumerate(cells) for k in ("mean", "low", "high", "samples", "sd")}
+    np.savez_compressed(path, **arrays)
+    meta = [{k: c[k] for k in ("task", "cell", "size", "methods", "accuracy", "global_gap")} for c in cells]
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def load(path: Path) -> list[dict]:
+    meta = json.loads(path.with_suffix(".json").read_text())
+    with np.load(path) as z:
+        for i, c in enumerate(meta):
+            c.update({k: z[f"{i}_{k}"] for k in ("mean", "low", "high", "samples", "sd")})
+            c["accuracy"] = np.array(c["accuracy"])
+    return meta
+
+
+def _pred(c: dict) -> Prediction:
+    return Prediction(c["mean"], c["low"], c["high"], c["samples"], c["sd"])
+
+
+def by_method(score, cautious: float = 0.5):
+    """Per method its cautious candidate (as ``recommend``), methods ranked by ``score(c, i)``."""
+
+    def rule(c: dict) -> int:
+        chosen = cautious_choice(_pred(c), c["methods"]) if cautious == 0.5 else _cautious(c, cautious)
+        return max(chosen.values(), key=lambda i: score(c, i))
+
+    return rule
+
+
+def incumbent_rule(sure: float):
+    """``recommend``'s rule (``rank_methods``): the method with the smallest mean gap to the best over the training
+    tasks stays first unless the leader by mean beats it in at least ``sure`` of the joint draws."""
+
+    def rule(c: dict) -> int:
+        p = _pred(c)
+        chosen = cautious_choice(p, c["methods"])
+        gap = dict(zip(c["methods"], c["global_gap"]))
+        return chosen[rank_methods(p, chosen, min(gap, key=gap.get), sure)[0]]
+
+    return rule
+
+
+def _cautious(c, k):
+    s = c["mean"][:, 0] - k * c["sd"]
+    chosen = {}
+    for i, m in enumerate(c["methods"]):
+        if m not in chosen or s[i] > s[chosen[m]]:
+            chosen[m] = i
+    return chosen
+
+
+RULES = {
+    "by mean (until 2026-11-22)": by_method(lambda c, i: c["mean"][i, 0]),
+    "mean - 0.5 sd": by_method(lambda c, i: c["mean"][i, 0] - 0.5 * c["sd"][i]),
+    "mean - 1 sd": by_method(lambda c, i: c["mean"][i, 0] - 1.0 * c["sd"][i]),
+    "mean - 1 sd (cautious 1)": by_method(lambda c, i: c["mean"][i, 0] - 1.0 * c["sd"][i], cautious=1.0),
+    "10% quantile of draws": by_method(lambda c, i: np.quantile(c["samples"][:, i], 0.1)),
+    "mean - 0.5 global gap": by_method(lambda c, i: c["mean"][i, 0] - 0.5 * c["global_gap"][i]),
+    "mean - 1 global gap": by_method(lambda c, i: c["mean"][i, 0] - 1.0 * c["global_gap"][i]),
+    "global best": by_method(lambda c, i: -c["global_gap"][i]),
+    **{f"incumbent unless beaten {round(100 * t)}%": incumbent_rule(t) for t in (0.55, 0.6, 0.7, 0.8)},
+}
+
+
+def score(cells: list[dict], rule) -> dict:
+    per_task = defaultdict(list)
+    top1 = []
+    worst = 0.0
+    for c in cells:
+        acc, methods = c["accuracy"], c["methods"]
+        i = rule(c)
+        best = acc.max()
+        regret = 100 * (best - acc[i])
+        worst = max(worst, regret)
+        per_task[c["task"]].append(regret)
+        top1.append(max(a for a, m in zip(acc, methods) if m == methods[i]) >= best - 1e-9)
+    tasks = {t: float(np.mean(v)) for t, v in per_task.items()}
+    return {"mean_regret": float(np.mean(list(tasks.values()))), "worst_cell": worst, "top1": float(np.mean(top1)), "tasks": tasks}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", default=None, help="also use the runs of this store (default: the shipped prior only)")
+    ap.add_argument("--cache", default=".bench/loto.npz")
+    ap.add_argument("--refit", action="store_true", help="fit again even when the cache exists")
+    args = ap.parse_args()
+    path = Path(args.cache)
+    if args.refit or not path.exists():
+        store = ExperienceStore(args.store) if args.store else None
+        records = [r for r in experiences(store, include_own=store is not None) if usable(r)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(predict_all(records), path)
+    cells = load(path)
+    sizes = sorted({c["size"] for c in cells})
+    print(f"{len(cells)} task instances, {len({c['task'] for c in cells})} tasks")
+    base = score(cells, RULES["by mean (until 2026-11-22)"])["tasks"]
+    print(f"{'rule':28s} {'regret':>7s} " + " ".join(f"{'@' + str(s):>7s}" for s in sizes) + f" {'worst':>6s} {'top-1':>6s} {'p vs by mean':>12s}")
+    from scipy.stats import wilcoxon
+
+    for name, rule in RULES.items():
+        s = score(cells, rule)
+        at = [score([c for c in cells if c["size"] == z], rule)["mean_regret"] for z in sizes]
+        a = np.array([s["tasks"][t] for t in sorted(base)])
+        b = np.array([base[t] for t in sorted(base)])
+        p = wilcoxon(a, b).pvalue if np.any(a != b) else 1.0
+        print(f"{name:28s} {s['mean_regret']:7.2f} " + " ".join(f"{x:7.2f}" for x in at) + f" {s['worst_cell']:6.1f} {100 * s['top1']:5.0f}% {p:12.3f}")
+
+
+if __name__ == "__main__":
+    main()
