@@ -72,12 +72,11 @@ def _pred(c: dict) -> Prediction:
     return Prediction(c["mean"], c["low"], c["high"], c["samples"], c["sd"])
 
 
-def by_method(score, cautious: float = 0.5):
+def by_method(score):
     """Per method its cautious candidate (as ``recommend``), methods ranked by ``score(c, i)``."""
 
     def rule(c: dict) -> int:
-        chosen = cautious_choice(_pred(c), c["methods"]) if cautious == 0.5 else _cautious(c, cautious)
-        return max(chosen.values(), key=lambda i: score(c, i))
+        return max(cautious_choice(_pred(c), c["methods"]).values(), key=lambda i: score(c, i))
 
     return rule
 
@@ -95,20 +94,10 @@ def incumbent_rule(sure: float):
     return rule
 
 
-def _cautious(c, k):
-    s = c["mean"][:, 0] - k * c["sd"]
-    chosen = {}
-    for i, m in enumerate(c["methods"]):
-        if m not in chosen or s[i] > s[chosen[m]]:
-            chosen[m] = i
-    return chosen
-
-
 RULES = {
     "by mean (until 2026-11-22)": by_method(lambda c, i: c["mean"][i, 0]),
     "mean - 0.5 sd": by_method(lambda c, i: c["mean"][i, 0] - 0.5 * c["sd"][i]),
     "mean - 1 sd": by_method(lambda c, i: c["mean"][i, 0] - 1.0 * c["sd"][i]),
-    "mean - 1 sd (cautious 1)": by_method(lambda c, i: c["mean"][i, 0] - 1.0 * c["sd"][i], cautious=1.0),
     "10% quantile of draws": by_method(lambda c, i: np.quantile(c["samples"][:, i], 0.1)),
     "mean - 0.5 global gap": by_method(lambda c, i: c["mean"][i, 0] - 0.5 * c["global_gap"][i]),
     "mean - 1 global gap": by_method(lambda c, i: c["mean"][i, 0] - 1.0 * c["global_gap"][i]),
