@@ -167,7 +167,7 @@ def _scale(value: float, dist) -> float:
         x = (math.log(max(value, 1e-12)) - math.log(low)) / (math.log(high) - math.log(low))
     else:
         x = (value - low) / (high - low) if high > low else 0.0
-    return float(np.clip(x, -0.5, 1.5))  # settings outside the searched range stay ordered but bounded
+    return min(max(x, -0.5), 1.5)  # settings outside the searched range stay ordered but bounded
 
 
 def effective_max_length(record_or_hp: Experience | dict, profile: dict) -> int:

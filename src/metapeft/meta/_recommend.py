@@ -80,6 +80,7 @@ class MetaPEFT:
         self._cells: list[Cell] | None = None
         self._cell_z: np.ndarray | None = None
         self._candidates: dict[str, list[dict]] = {}
+        self._built: dict[tuple[str, str], list[dict]] = {}
 
     # --- experience and models -----------------------------------------------------------------------------
     def experiences(self) -> list[Experience]:
@@ -149,6 +150,7 @@ class MetaPEFT:
         if self._records is not None and usable(experience):
             self._records = [r for r in self._records if r.id != experience.id] + [experience]
         self._candidates.clear()  # the settings tried per method may have grown
+        self._built.clear()
         self.fit()
 
     # --- profiles ------------------------------------------------------------------------------------------
@@ -216,6 +218,14 @@ class MetaPEFT:
             self._candidates[method] = settings
         return self._candidates[method]
 
+    def _configs(self, method: str, budget: dict[str, Any]) -> list[dict]:
+        """The method's candidates as full, validated settings under ``budget`` (kept: building them was a third of
+        a warm call)."""
+        key = (method, json.dumps(budget, sort_keys=True, default=str))
+        if key not in self._built:
+            self._built[key] = [get_method(method).make_config({**params, **budget}).as_dict() for params in self.candidates(method)]
+        return self._built[key]
+
     def recommend(self, task, *, max_memory_mb: float | None = None, max_time_s: float | None = None, methods: list[str] | None = None,
                   budget: dict[str, Any] | None = None, observed: list[Experience] | None = None, similar_k: int = 5) -> list[MethodRecommendation]:  # fmt: skip
         """Rank methods for ``task`` (a Task, a profile, or a path): confidence that each is the best, expected
@@ -232,11 +242,7 @@ class MetaPEFT:
             observed = [r for r in self.experiences() if fingerprint_of(r) == profile.get("fingerprint")]
         budget = budget or {}
 
-        rows: list[tuple[str, dict]] = []
-        for name in names:
-            for params in self.candidates(name):
-                hp = get_method(name).make_config({**params, **budget}).as_dict()
-                rows.append((name, hp))
+        rows = [(name, hp) for name in names for hp in self._configs(name, budget)]
         pred = surrogate.predict(profile, [Candidate(m, hp) for m, hp in rows], observed=observed)
         feasible = np.ones(len(rows), bool)
         if max_memory_mb is not None:
@@ -272,7 +278,7 @@ class MetaPEFT:
             i = chosen[name]
             expected = {t: {"mean": _round(t, pred.mean[i, j]), "low": _round(t, pred.low[i, j]), "high": _round(t, pred.high[i, j])} for j, t in enumerate(TARGETS)}
             out.append(MethodRecommendation(
-                method=name, rank=rank, confidence=round(probs[name], 4), hyperparameters=rows[i][1], expected_performance=expected,
+                method=name, rank=rank, confidence=round(probs[name], 4), hyperparameters=dict(rows[i][1]), expected_performance=expected,
                 reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1]),
                 feasible=name not in blocked,
             ))  # fmt: skip

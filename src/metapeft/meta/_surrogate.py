@@ -100,8 +100,12 @@ class Surrogate:
 
     # --- data ----------------------------------------------------------------------------------------------
     def _x(self, profiles: list[dict], rows: list[tuple[str, dict, int]]) -> np.ndarray:
-        task = self.embedder.featurizer.transform(profiles)
-        z = self.embedder.predict(profiles)
+        if all(p is profiles[0] for p in profiles):  # one task's candidates (recommend scores ~700): featurise it once
+            task = np.repeat(self.embedder.featurizer.transform(profiles[:1]), len(profiles), 0)
+            z = np.repeat(self.embedder.predict(profiles[:1]), len(profiles), 0)
+        else:
+            task = self.embedder.featurizer.transform(profiles)
+            z = self.embedder.predict(profiles)
         conf = np.stack([self.encoder.encode(m, hp, length) for m, hp, length in rows])
         probe = np.array([[p.get("probe_accuracy", 0.5)] for p in profiles], np.float32)  # last column: see _forward
         return np.concatenate([task, z, conf, probe], axis=1).astype(np.float32)

@@ -9,6 +9,7 @@ module of its own (see ``lora.py``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
@@ -115,8 +116,15 @@ class Method:
 
 
 def _field_type(f: dataclasses.Field, cls: type) -> type:
-    hint = typing.get_type_hints(cls)[f.name]
+    hint = _type_hints(cls)[f.name]
     return hint if isinstance(hint, type) else str
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # resolving string annotations is slow (~0.1 ms a field): recommend builds hundreds of configs a call (it was
+    # 0.66 s of a 0.93 s warm call before this cache)
+    return typing.get_type_hints(cls)
 
 
 def _parse(method: str, f: dataclasses.Field, raw: Any, cls: type) -> Any:
