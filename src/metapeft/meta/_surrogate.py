@@ -100,7 +100,7 @@ class Surrogate:
 
     # --- data ----------------------------------------------------------------------------------------------
     def _x(self, profiles: list[dict], rows: list[tuple[str, dict, int]]) -> np.ndarray:
-        if all(p is profiles[0] for p in profiles):  # one task's candidates (recommend scores ~700): featurise it once
+        if profiles and all(p is profiles[0] for p in profiles):  # one task's candidates (recommend scores ~700): featurise it once
             task = np.repeat(self.embedder.featurizer.transform(profiles[:1]), len(profiles), 0)
             z = np.repeat(self.embedder.predict(profiles[:1]), len(profiles), 0)
         else:
