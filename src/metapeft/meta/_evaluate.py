@@ -184,9 +184,9 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
         for runs in test.values():
             if len({r.method for r in runs}) >= min_methods:
                 floor.append({"task": held, **_noise_floor(runs, seed=len(floor))})
+        incumbent = incumbent_method(cells_of(train))  # the ranking rule reads it only with joint draws (not the baselines)
         for name, make in selectors.items():
             model = make().fit(train)
-            incumbent = incumbent_method(cells_of(train)) if name == "metapeft" else None
             repeats = random_repeats if name == "random" else 1
             for runs in test.values():
                 if len({r.method for r in runs}) < min_methods:
