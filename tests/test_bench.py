@@ -106,6 +106,26 @@ def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):
     assert statuses["running"] == 0 and statuses["finished"] == 8  # runs cut by the kill are marked interrupted
 
 
+def test_ctrl_c_stops_the_bench_without_a_traceback_and_loses_nothing(suite, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, pressed twice as impatient users do) ends the bench with exit code
+    130 and no traceback; a run it cut is marked interrupted, not left running."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    args = [sys.executable, "-c", "from metapeft.cli import run; run()", "bench", str(suite), "--design", str(suite / "design.json"), "--storage", url]
+    proc = subprocess.Popen(args + ["--workers", "1"], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = ExperienceStore(url)
+    deadline = time.time() + 300
+    while time.time() < deadline and store.count(status="finished") < 1 and proc.poll() is None:
+        time.sleep(0.2)
+    for _ in range(2):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in out + err and "Error" not in out + err
+    statuses = Counter(r.status for r in store.query())
+    assert statuses["running"] == 0 and 1 <= statuses["finished"] < 8, statuses
+
+
 def test_a_run_that_cannot_start_is_recorded_as_failed(suite, tmp_path):
     """A broken task file fails its runs before training starts; they land in the store as failed, not fatal."""
     import shutil

@@ -190,6 +190,31 @@ def test_best_method_probabilities_are_calibrated_to_the_held_out_noise(true_sca
     assert true_scale / 1.6 <= scale <= true_scale * 1.6
 
 
+def test_best_method_probabilities_lean_on_base_rates_only_when_the_draws_are_uninformative():
+    """'Probability of being best' blends the surrogate's draws with how often each method has been best on past
+    tasks, by how well each predicted held-out winners: draws unrelated to the outcome give way to the base rate
+    (one method best on 60% of tasks gets ~0.6), draws that predict the winner keep their full weight."""
+    from metapeft.meta._surrogate import _best_calibration, _calibrated
+
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c", "d"]
+    cells = np.repeat(np.arange(80), 4)
+    methods = np.tile(names, 80)
+    tasks = np.array([f"t{c}" for c in cells])
+    observed = rng.normal(0.7, 0.02, cells.size)
+    observed[methods == "a"] += np.where(rng.random(80) < 0.6, 0.1, -0.1)  # a is best on ~60% of the tasks
+    noise = rng.normal(0, 0.05, (5, cells.size))
+
+    (power, weight), rate = _best_calibration(0.7 + noise, observed, cells, methods, tasks, names, noise_sd=0.01, seed=0)
+    assert power <= 0.3 and weight >= 0.7
+    assert 0.5 <= rate[0] <= 0.7
+    p = _calibrated(np.array([0.1, 0.5, 0.2, 0.2]), weight * np.log(rate), power, floor=1e-3)
+    assert p.sum() == pytest.approx(1.0) and 0.45 <= p[0] <= 0.75
+
+    (power, weight), _ = _best_calibration(observed[None] + 0.1 * noise[:1] / 5, observed, cells, methods, tasks, names, noise_sd=0.001, seed=0)
+    assert power >= 1.0
+
+
 def test_numpy_forward_passes_match_the_trained_torch_networks():
     """The meta-learners train with torch and answer with numpy (no torch import in `recommend`)."""
     import torch

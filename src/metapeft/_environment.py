@@ -87,3 +87,22 @@ def single_threaded(fn):
             torch.set_num_threads(before)
 
     return wrapper
+
+
+def interrupt_once() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt the first time only, and are ignored after it. Why: the first stops
+    the work and the clean-up marks the cut run interrupted; a second one (Ctrl-C pressed twice, or a terminal's
+    SIGINT followed by a parent's terminate) would cut that clean-up, leave the run "running" and print a traceback."""
+    import signal
+
+    def stop(signum, frame):
+        # a no-op handler, not SIG_IGN: a signal already caught at C level would find SIG_IGN and raise OSError
+        signal.signal(signal.SIGINT, ignore)
+        signal.signal(signal.SIGTERM, ignore)
+        raise KeyboardInterrupt
+
+    def ignore(signum, frame):
+        pass
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from ._environment import quiet_libraries
+from ._environment import interrupt_once, quiet_libraries
 from ._errors import MetapeftError
 
 console = Console(stderr=True)
@@ -656,7 +655,7 @@ def experience_import_peft(
 def run() -> None:
     """Console-script entry point. Typer's standalone mode prints usage errors itself (exit 2); our errors
     become one line (exit 2); anything else is a bug, reported in one line too (exit 1)."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM → KeyboardInterrupt → run marked interrupted
+    interrupt_once()  # Ctrl-C or SIGTERM → KeyboardInterrupt → run marked interrupted
     try:
         app()
     except MetapeftError as exc:

@@ -10,7 +10,6 @@ loses at most the runs in flight.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -119,12 +118,12 @@ def worker(args: WorkerArgs) -> int:
 def _work(args: WorkerArgs) -> int:
     import torch
 
-    from .._environment import quiet_libraries
+    from .._environment import interrupt_once, quiet_libraries
     from ..tasks import load_suite, profile_task
     from ..training import train
 
     quiet_libraries()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminate → KeyboardInterrupt → run marked interrupted
+    interrupt_once()  # terminate or Ctrl-C → KeyboardInterrupt → run marked interrupted, claim given back
     torch.set_num_threads(max(1, args.threads))
     design = Design.load(args.design_path)
     entries = {e.name: e for e in load_suite(args.suite)}
@@ -196,6 +195,10 @@ def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_b
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        for p in procs:  # let each worker mark its cut run interrupted and give its claim back
+            p.join(60)
+            if p.is_alive():
+                p.kill()
     counts = progress_counts(store, keys)
     if on_progress is not None:
         on_progress(counts, len(keys))

@@ -100,9 +100,7 @@ def select(pred: Prediction, candidates: list[Candidate], incumbent: str | None 
     Returns the ranking, the chosen candidate per method and each ranked method's probability of being best."""
     chosen = cautious_choice(pred, [c.method for c in candidates])
     ranking = rank_methods(pred, chosen, incumbent)
-    idx = [chosen[m] for m in ranking]
-    sub = Prediction(pred.mean[idx], pred.low[idx], pred.high[idx], None if pred.samples is None else pred.samples[:, idx])
-    return ranking, chosen, sub.best_probability()
+    return ranking, chosen, pred.take([chosen[m] for m in ranking]).best_probability()
 
 
 def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarray, costs: np.ndarray | None = None, incumbent: str | None = None) -> dict:
@@ -123,6 +121,9 @@ def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarr
         "regret": 100 * (best - picked[0]),
         "regret_at_3": 100 * (best - max(picked[:3])),
         "top1": float(ranking[0] in best_methods),
+        # what the confidence is scored against: methods tied for best share the win, as the confidences (summing
+        # to 1) must; scoring a tie as a win for each makes any such confidence look too low
+        "best_share": float(ranking[0] in best_methods) / len(best_methods),
         "ndcg": ndcg,
         "confidence": float(probs[0]),
         "coverage": float(inside.mean()),
@@ -218,7 +219,8 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
         }
         if name == "metapeft":
             summary["embedding_spearman"] = round(float(np.nanmean(embedding_rho)), 3) if embedding_rho else None
-            summary["ece"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3)
+            summary["ece"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["best_share"] for r in rows]), 3)
+            summary["ece_ties_as_wins"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3)
             summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
             for key in ("time", "memory"):  # cells without a comparable measurement are left out
                 values = [r[f"coverage_{key}"] for r in rows if not math.isnan(r[f"coverage_{key}"])]

@@ -260,9 +260,7 @@ class MetaPEFT:
         live = [n for n in names if n not in blocked]
         probs = dict.fromkeys(names, 0.0)
         if live:
-            sub = Prediction(pred.mean[[chosen[n] for n in live]], pred.low[[chosen[n] for n in live]], pred.high[[chosen[n] for n in live]],
-                             pred.samples[:, [chosen[n] for n in live]])  # fmt: skip
-            probs.update(zip(live, (float(p) for p in sub.best_probability())))
+            probs.update(zip(live, (float(p) for p in pred.take([chosen[n] for n in live]).best_probability())))
         similar = self.similar(profile, similar_k)
         cells = self.cells()[0]
         incumbent = incumbent_method(cells)
