@@ -2,7 +2,7 @@
 
 Fitting the surrogate 40 times is the slow part (~20 min on 2 cores), so its predictions for every held-out
 instance (means, intervals, joint accuracy draws) are written once to ``--cache`` (npz + json, no pickle) and the
-rules are then scored from the cache in seconds. A rule maps a :class:`Prediction` and the candidates' methods to
+rules are then scored from the cache in seconds, and the calibration of the draws' P(best) is shown per method. A rule maps a :class:`Prediction` and the candidates' methods to
 one chosen candidate index; regret and top-1 are those of ``metapeft evaluate`` (best run minus chosen run).
 
     uv run python benchmarks/selection_rules.py [--store sqlite:///.bench/prior.db] [--cache .bench/loto.npz]
@@ -122,6 +122,31 @@ def score(cells: list[dict], rule) -> dict:
     return {"mean_regret": float(np.mean(list(tasks.values()))), "worst_cell": worst, "top1": float(np.mean(top1)), "tasks": tasks}
 
 
+def calibration(cells: list[dict]) -> None:
+    """Per method, the mean P(best) of the cached draws (uncalibrated: one candidate per method, as ``recommend``)
+    against how often it was a best method (a tie among k counts 1/k), and the ECE of the ranked-first method."""
+    from metapeft.meta._evaluate import expected_calibration_error
+
+    given, share, first = defaultdict(list), defaultdict(list), []
+    for c in cells:
+        p, acc, methods = _pred(c), c["accuracy"], c["methods"]
+        chosen = cautious_choice(p, methods)
+        gap = dict(zip(methods, c["global_gap"]))
+        ranking = rank_methods(p, chosen, min(gap, key=gap.get))
+        probs = p.take([chosen[m] for m in ranking]).best_probability()
+        best = {m: max(a for a, n in zip(acc, methods) if n == m) for m in ranking}
+        top = [m for m in ranking if best[m] >= max(best.values()) - 1e-9]
+        for m, q in zip(ranking, probs):
+            given[m].append(q)
+            share[m].append((m in top) / len(top))
+        first.append((probs[0], share[ranking[0]][-1], float(ranking[0] in top)))
+    print("method              P(best) given   best (ties split)")
+    for m in sorted(given):
+        print(f"{m:20s} {np.mean(given[m]):14.3f} {np.mean(share[m]):18.3f}")
+    conf, split, wins = zip(*first)
+    print(f"ranked first: ECE {expected_calibration_error(conf, split):.3f} (ties split), {expected_calibration_error(conf, wins):.3f} (ties as wins)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=None, help="also use the runs of this store (default: the shipped prior only)")
@@ -148,6 +173,7 @@ def main() -> None:
         b = np.array([base[t] for t in sorted(base)])
         p = wilcoxon(a, b).pvalue if np.any(a != b) else 1.0
         print(f"{name:28s} {s['mean_regret']:7.2f} " + " ".join(f"{x:7.2f}" for x in at) + f" {s['worst_cell']:6.1f} {100 * s['top1']:5.0f}% {p:12.3f}")
+    calibration(cells)
 
 
 if __name__ == "__main__":
