@@ -506,6 +506,8 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
     yet). Methods tied for best share the win. Returns ([power, weight], rate per method of ``names``)."""
     rng = np.random.default_rng(seed)
     index = [i for i in _cell_index(cells) if len(set(methods[i])) >= 3]
+    if len(index) < 5:
+        return np.array([1.0, 0.0]), np.full(len(names), 1.0 / len(names))
     names_index = {m: j for j, m in enumerate(names)}
     won = np.zeros((len(index), len(names)))  # tie-split wins per cell and method
     drawn = np.full((len(index), len(names)), np.nan)  # share of draws won (NaN: the method was not run there)
@@ -517,8 +519,6 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
         values = members[np.ix_(rng.integers(0, members.shape[0], draws), i)] + noise_sd * rng.standard_normal((draws, len(i)))
         per_method = np.stack([values[:, methods[i] == m].max(1) for m in present], 1)
         drawn[n, [names_index[m] for m in present]] = np.bincount(per_method.argmax(1), minlength=len(present)) / draws
-    if len(index) < 5:
-        return np.array([1.0, 0.0]), np.full(len(names), 1.0 / len(names))
 
     def rates(rows: np.ndarray) -> np.ndarray:  # smoothed: a method that never won keeps some probability
         return (won[rows].sum(0) + 0.5) / (len(rows) + 0.5 * len(names))
