@@ -384,6 +384,10 @@ def test_cli_recommend_similar_map_and_errors(tmp_path):
     result = json.loads(proc.stdout)
     assert sum(r["confidence"] for r in result["recommendations"]) == pytest.approx(1.0, abs=1e-3)
     assert result["similar_tasks"] and result["experience"]["runs"] > 0
+    table = run_cli("recommend", "example", env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    head_only = next(line for line in table.stdout.splitlines() if " head_only " in line)
+    assert "head_lr=" in head_only and " lr=" not in head_only  # its encoder's lr is fixed at 0: not a suggestion
 
     proc = run_cli("similar", "example", "-k", "2", "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 2

@@ -360,8 +360,10 @@ def recommend(
         table.add_column(column)
     for r in ranking:
         e = r.expected_performance
-        shown = {k: v for k, v in r.hyperparameters.items() if k in ("learning_rate", "r", "num_virtual_tokens", "target_modules", "init_r", "target_r")}
-        settings = " ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        searched = get_method(r.method).search_space()  # a setting the method cannot change (head-only's encoder lr) says nothing
+        shown = {k: v for k, v in r.hyperparameters.items() if k in searched and k in ("learning_rate", "head_learning_rate", "r", "num_virtual_tokens", "target_modules", "init_r", "target_r")}
+        short = {"learning_rate": "lr", "head_learning_rate": "head_lr", "target_modules": "modules"}
+        settings = " ".join(f"{short.get(k, k)}={v:.2g}" if isinstance(v, float) else f"{short.get(k, k)}={v}" for k, v in shown.items())
         style = None if r.feasible else "dim"
         table.add_row(str(r.rank), r.method, f"{r.confidence:.2f}", _interval(e["accuracy"], ".1f", 100), _interval(e["train_time_s"], ".0f"), _interval(e["peak_memory_mb"], ".0f"), settings, style=style)
     out.print(table)
