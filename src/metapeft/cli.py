@@ -458,7 +458,7 @@ def evaluate(
               "what the evaluation's sampling noise alone costs (a lower bound)")
     ours = result["selectors"]["metapeft"]
     others = ", ".join(f"{key} {100 * ours[f'coverage_90_{key}']:.1f}%" for key in ("time", "memory") if ours.get(f"coverage_90_{key}") is not None)
-    out.print(f"metapeft: ECE of the best-method confidence {ours['ece']:.3f}; 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs' "
+    out.print(f"metapeft: ECE of the best-method confidence {ours['ece']:.3f} ({ours['ece_ties_as_wins']:.3f} scoring a tie for best as a win); 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs' "
               f"accuracy" + (f" ({others})" if others else ""))
     if fs := result.get("few_shot"):
         out.print(f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error {fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, "
