@@ -89,20 +89,23 @@ def single_threaded(fn):
     return wrapper
 
 
-def interrupt_once() -> None:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt the first time only, and are ignored after it. Why: the first stops
-    the work and the clean-up marks the cut run interrupted; a second one (Ctrl-C pressed twice, or a terminal's
-    SIGINT followed by a parent's terminate) would cut that clean-up, leave the run "running" and print a traceback."""
+def interrupt_once(grace_s: float = 10.0) -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt the first time; for ``grace_s`` after it, more are ignored; after
+    that, one ends the process at once. Why: the first stops the work and the clean-up marks the cut run
+    interrupted; a second one close behind (Ctrl-C pressed twice, or a terminal's SIGINT followed by a parent's
+    terminate) would cut that clean-up, leave the run "running" and print a traceback; yet a clean-up that hangs
+    must not leave the user without a way out but SIGKILL."""
     import signal
+    import time
 
-    def stop(signum, frame):
-        # a no-op handler, not SIG_IGN: a signal already caught at C level would find SIG_IGN and raise OSError
-        signal.signal(signal.SIGINT, ignore)
-        signal.signal(signal.SIGTERM, ignore)
-        raise KeyboardInterrupt
+    stopped_at: list[float] = []
 
-    def ignore(signum, frame):
-        pass
+    def handle(signum, frame):
+        if not stopped_at:
+            stopped_at.append(time.monotonic())
+            raise KeyboardInterrupt
+        if time.monotonic() - stopped_at[0] > grace_s:
+            os._exit(130)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)

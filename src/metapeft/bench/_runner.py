@@ -195,8 +195,9 @@ def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_b
         for p in procs:
             if p.is_alive():
                 p.terminate()
-        for p in procs:  # let each worker mark its cut run interrupted and give its claim back
-            p.join(60)
+        deadline = time.monotonic() + 60  # for the workers to mark their cut runs interrupted and give claims back
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
     counts = progress_counts(store, keys)

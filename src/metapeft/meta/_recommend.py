@@ -260,7 +260,7 @@ class MetaPEFT:
         live = [n for n in names if n not in blocked]
         probs = dict.fromkeys(names, 0.0)
         if live:
-            probs.update(zip(live, (float(p) for p in pred.take([chosen[n] for n in live]).best_probability())))
+            probs.update(zip(live, _rounded_to_one(pred.take([chosen[n] for n in live]).best_probability())))
         similar = self.similar(profile, similar_k)
         cells = self.cells()[0]
         incumbent = incumbent_method(cells)
@@ -276,7 +276,7 @@ class MetaPEFT:
             i = chosen[name]
             expected = {t: {"mean": _round(t, pred.mean[i, j]), "low": _round(t, pred.low[i, j]), "high": _round(t, pred.high[i, j])} for j, t in enumerate(TARGETS)}
             out.append(MethodRecommendation(
-                method=name, rank=rank, confidence=round(probs[name], 4), hyperparameters=dict(rows[i][1]), expected_performance=expected,
+                method=name, rank=rank, confidence=probs[name], hyperparameters=dict(rows[i][1]), expected_performance=expected,
                 reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1]),
                 feasible=name not in blocked,
             ))  # fmt: skip
@@ -317,6 +317,14 @@ def rank_methods(pred: Prediction, chosen: dict[str, int], incumbent: str | None
             order.remove(incumbent)
             order.insert(0, incumbent)
     return order
+
+
+def _rounded_to_one(p: np.ndarray, digits: int = 4) -> list[float]:
+    """Probabilities rounded to ``digits`` so that they still sum to 1 (largest remainders get the last units)."""
+    scaled = p / p.sum() * 10**digits
+    units = np.floor(scaled).astype(int)
+    units[np.argsort(units - scaled)[: 10**digits - units.sum()]] += 1
+    return [float(u) / 10**digits for u in units]
 
 
 def cautious_choice(pred: Prediction, methods: list[str], feasible: np.ndarray | None = None) -> dict[str, int]:

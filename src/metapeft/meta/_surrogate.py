@@ -83,7 +83,7 @@ class Prediction:
         p = np.bincount(winners, minlength=self.samples.shape[1]) / len(winners)
         if self.best_prior is None:
             return p
-        return _calibrated(p, self.best_prior, self.best_power, floor=0.5 / len(winners))
+        return _calibrated(p, self.best_prior, self.best_power)
 
 
 class Surrogate:
@@ -322,7 +322,7 @@ class Surrogate:
             self.task_var[t] = float(max(_robust_var(np.array(list(offsets.values()))) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
         self.pick_scale[0] = _pick_scale(shrunk, observed, cells, float(np.sqrt(self.noise_var[0])), self.seed)
         self.best_power[:], self.best_rate[:] = _best_calibration(shrunk, observed, cells, np.array(methods), np.array(tasks), self.encoder.methods,
-                                                                  float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]), self.seed)  # fmt: skip
+                                                                  float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]), float(self.extra_var[0]), self.seed)  # fmt: skip
 
     # --- prediction ----------------------------------------------------------------------------------------
     def _task_only(self, xn: np.ndarray) -> np.ndarray:
@@ -489,26 +489,29 @@ def _pick_scale(members: np.ndarray, observed: np.ndarray, cells: np.ndarray, no
     return float(grid[int(np.argmin([loss(s) for s in grid]))])
 
 
-def _calibrated(p: np.ndarray, log_prior: np.ndarray, power: float, floor: float) -> np.ndarray:
+def _calibrated(p: np.ndarray, log_prior: np.ndarray, power: float, floor: float = 2.5e-4) -> np.ndarray:
+    """softmax(power · log p + log_prior); ``floor`` (half a draw in 2,000) keeps a method no draw picked possible."""
     logit = power * np.log(np.maximum(p, floor)) + log_prior
     q = np.exp(logit - logit.max())
     return q / q.sum()
 
 
 def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarray, methods: np.ndarray, tasks: np.ndarray, names: list[str],
-                      noise_sd: float, seed: int, draws: int = 1000) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                      noise_sd: float, extra_var: float, seed: int, draws: int = 1000) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """How far to trust the draws' 'probability that this method is best' against how often the method has been
     best on past tasks. Fitted like temperature scaling (Guo et al., 2017) with the base rate as a second input,
     by the log loss of each held-out task instance's best method(s): probabilities ∝ (share of draws won)^power ×
-    rate^weight. Why: on the 880-run prior the draws alone were underconfident for full fine-tuning (0.25 given,
-    best on 33% of task instances) and overconfident for head-only (0.08 given, 1%), and the fit found the draws
-    worth little beside the rates (power ≈ 0.1, weight ≈ 1; the method ranking has little task-specific signal
-    yet). Methods tied for best share the win. Returns ([power, weight], rate per method of ``names``)."""
+    rate^weight, the draws over one run per method chosen as ``recommend`` chooses (best mean − sd/2). Why: on the
+    880-run prior the draws alone were underconfident for full fine-tuning (0.25 given, best on 33% of task
+    instances) and overconfident for head-only (0.08 given, 1%): the method ranking has little task-specific
+    signal yet (fitted leave-one-task-out there: power 0.1, weight 1; the shipped fit: see docs/meta-learning.md).
+    Methods tied for best share the win. Returns ([power, weight], rate per method of ``names``)."""
     rng = np.random.default_rng(seed)
     index = [i for i in _cell_index(cells) if len(set(methods[i])) >= 3]
     if len(index) < 5:
         return np.array([1.0, 0.0]), np.full(len(names), 1.0 / len(names))
     names_index = {m: j for j, m in enumerate(names)}
+    cautious = members.mean(0) - 0.5 * np.sqrt(members.var(0) + extra_var)
     won = np.zeros((len(index), len(names)))  # tie-split wins per cell and method
     drawn = np.full((len(index), len(names)), np.nan)  # share of draws won (NaN: the method was not run there)
     for n, i in enumerate(index):
@@ -516,12 +519,13 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
         best = {m: observed[i][methods[i] == m].max() for m in present}
         top = [m for m in present if best[m] >= max(best.values()) - 1e-9]
         won[n, [names_index[m] for m in top]] = 1.0 / len(top)
-        values = members[np.ix_(rng.integers(0, members.shape[0], draws), i)] + noise_sd * rng.standard_normal((draws, len(i)))
-        per_method = np.stack([values[:, methods[i] == m].max(1) for m in present], 1)
-        drawn[n, [names_index[m] for m in present]] = np.bincount(per_method.argmax(1), minlength=len(present)) / draws
+        chosen = [i[methods[i] == m][np.argmax(cautious[i[methods[i] == m]])] for m in present]
+        values = members[np.ix_(rng.integers(0, members.shape[0], draws), chosen)] + noise_sd * rng.standard_normal((draws, len(chosen)))
+        drawn[n, [names_index[m] for m in present]] = np.bincount(values.argmax(1), minlength=len(present)) / draws
+    ran = ~np.isnan(drawn)
 
-    def rates(rows: np.ndarray) -> np.ndarray:  # smoothed: a method that never won keeps some probability
-        return (won[rows].sum(0) + 0.5) / (len(rows) + 0.5 * len(names))
+    def rates(rows: np.ndarray) -> np.ndarray:  # per instance the method ran on; smoothed: one that never won keeps some
+        return (won[rows].sum(0) + 0.5) / (ran[rows].sum(0) + 0.5 * len(names))
 
     cell_task = np.array([tasks[i[0]] for i in index])
     # each cell is scored with the rates of the other tasks, as a new task would be
@@ -530,9 +534,8 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
     def loss(power: float, weight: float) -> float:
         out = 0.0
         for n in range(len(index)):
-            ran = ~np.isnan(drawn[n])
-            q = _calibrated(drawn[n, ran], weight * np.log(held_rates[cell_task[n]][ran]), power, 0.5 / draws)
-            out -= float((won[n, ran] * np.log(q)).sum())
+            q = _calibrated(drawn[n, ran[n]], weight * np.log(held_rates[cell_task[n]][ran[n]]), power)
+            out -= float((won[n, ran[n]] * np.log(q)).sum())
         return out / len(index)
 
     grid = [(a, b) for a in np.linspace(0.0, 1.5, 16) for b in np.linspace(0.0, 1.5, 16)]
