@@ -332,8 +332,10 @@ def test_experience_without_a_comparison_of_three_methods_is_a_clear_error(prior
     from metapeft.experience import ExperienceStore
     from metapeft.meta import MetaPEFT
 
-    tasks = sorted({r.task_name for r in prior_records})[:3]
-    two = [r for r in prior_records if r.task_name in tasks and r.method in ("lora", "ia3")]
+    from metapeft.meta._features import task_group
+
+    groups = sorted({task_group(r) for r in prior_records})[:3]  # three different tasks, not three sizes of one
+    two = [r for r in prior_records if task_group(r) in groups and r.method in ("lora", "ia3")]
     store = ExperienceStore(f"sqlite:///{tmp_path / 'e.db'}")
     store.add_many(two)
     with pytest.raises(MetapeftError, match="3 or more methods"):
