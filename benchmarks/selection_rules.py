@@ -2,8 +2,9 @@
 
 Fitting the surrogate 40 times is the slow part (~20 min on 2 cores), so its predictions for every held-out
 instance (means, intervals, joint accuracy draws) are written once to ``--cache`` (npz + json, no pickle) and the
-rules are then scored from the cache in seconds, and the calibration of the draws' P(best) is shown per method. A rule maps a :class:`Prediction` and the candidates' methods to
-one chosen candidate index; regret and top-1 are those of ``metapeft evaluate`` (best run minus chosen run).
+rules are then scored from the cache in seconds, and the calibration of the draws' P(best) is shown per method.
+A rule maps a :class:`Prediction` and the candidates' methods to one chosen candidate index; regret and top-1 are
+those of ``metapeft evaluate`` (best run minus chosen run).
 
     uv run python benchmarks/selection_rules.py [--store sqlite:///.bench/prior.db] [--cache .bench/loto.npz]
 """
