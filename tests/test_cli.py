@@ -52,6 +52,11 @@ def test_profile_json():
         (["profile", "example", "--model", "/tmp"], "has no config.json"),
         (["train", "example", "--eval-size", "-1"], "--eval-size must be"),
         (["tune", "example", "--final-eval-size", "-1"], "--final-eval-size must be"),
+        (["train", "example", "--device", "tpu"], "unknown device 'tpu'"),
+        (["train", "example", "-o", "/proc/nope/out"], "cannot create output folder /proc/nope/out"),
+        (["experience", "export", "/proc/nope/x.jsonl"], "cannot use /proc/nope/x.jsonl: No such file or directory"),
+        (["experience", "list", "--status", "done"], "--status must be one of"),
+        (["recommend", "example", "--max-memory", "1"], "no method is expected to keep within --max-memory 1 MB"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, message):
@@ -59,6 +64,11 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_prior_can_be_switched_off_from_the_environment(tmp_path):
+    proc = run_cli("recommend", "example", "--store", f"sqlite:///{tmp_path / 'empty.db'}", env={"METAPEFT_PRIOR": "0"})
+    assert proc.returncode == 2 and "not enough experience" in proc.stderr
 
 
 def test_help_shows_defaults_written_in_brackets():

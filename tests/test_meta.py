@@ -194,7 +194,7 @@ def test_best_method_probabilities_lean_on_base_rates_only_when_the_draws_are_un
     """'Probability of being best' blends the surrogate's draws with how often each method has been best on past
     tasks, by how well each predicted held-out winners: draws unrelated to the outcome give way to the base rate
     (one method best on 60% of tasks gets ~0.6), draws that predict the winner keep their full weight."""
-    from metapeft.meta._surrogate import _best_calibration, _calibrated
+    from metapeft.meta._surrogate import _best_calibration, _calibrated, base_rates
 
     rng = np.random.default_rng(0)
     names = ["a", "b", "c", "d"]
@@ -205,14 +205,29 @@ def test_best_method_probabilities_lean_on_base_rates_only_when_the_draws_are_un
     observed[methods == "a"] += np.where(rng.random(80) < 0.6, 0.1, -0.1)  # a is best on ~60% of the tasks
     noise = rng.normal(0, 0.05, (5, cells.size))
 
-    (power, weight), rate = _best_calibration(0.7 + noise, observed, cells, methods, tasks, names, noise_sd=0.01, extra_var=1e-4, seed=0)
+    sizes = np.full(cells.size, 8.0)
+    (power, weight), won, ran, size = _best_calibration(0.7 + noise, observed, cells, methods, tasks, sizes, names, noise_sd=0.01, extra_var=1e-4, seed=0)
     assert power <= 0.3 and weight >= 0.7
+    rate = base_rates(won, ran, size, 8.0)
     assert 0.5 <= rate[0] <= 0.7
     p = _calibrated(np.array([0.1, 0.5, 0.2, 0.2]), weight * np.log(rate), power)
     assert p.sum() == pytest.approx(1.0) and 0.45 <= p[0] <= 0.75
 
-    (power, weight), _ = _best_calibration(observed[None] + 0.1 * noise[:1] / 5, observed, cells, methods, tasks, names, noise_sd=0.001, extra_var=1e-6, seed=0)
+    (power, weight), *_ = _best_calibration(observed[None] + 0.1 * noise[:1] / 5, observed, cells, methods, tasks, sizes, names, noise_sd=0.001, extra_var=1e-6, seed=0)
     assert power >= 1.0
+
+
+def test_base_rates_follow_the_training_set_size():
+    """Full fine-tuning wins more often with 1,024 examples than with 64: a new task's base rates come mostly from
+    past instances of its own size."""
+    from metapeft.meta._surrogate import base_rates
+
+    won = np.array([[1.0, 0.0]] * 20 + [[0.0, 1.0]] * 20)  # method 0 best on the large instances, 1 on the small
+    ran = np.ones_like(won)
+    sizes = np.array([10.0] * 20 + [6.0] * 20)  # log2: 1,024 and 64 examples
+    large, small, between = base_rates(won, ran, sizes, 10.0), base_rates(won, ran, sizes, 6.0), base_rates(won, ran, sizes, 8.0)
+    assert large[0] > 0.75 > 0.25 > large[1] and small[1] > 0.75 > 0.25 > small[0]
+    assert between[0] == pytest.approx(between[1])
 
 
 def test_numpy_forward_passes_match_the_trained_torch_networks():
@@ -252,7 +267,7 @@ def test_surrogate_round_trips_through_safetensors(surrogate, held_out, tmp_path
     cands = [Candidate("lora"), Candidate("prefix_tuning")]
     a, b = surrogate.predict(held_out[1][0].profile, cands), loaded.predict(held_out[1][0].profile, cands)
     assert isinstance(loaded, Surrogate) and np.allclose(a.mean, b.mean) and np.allclose(a.samples, b.samples)
-    assert np.allclose(a.best_probability(), b.best_probability()) and np.allclose(loaded.best_rate, surrogate.best_rate)
+    assert np.allclose(a.best_probability(), b.best_probability()) and all(np.allclose(getattr(loaded, k), getattr(surrogate, k)) for k in ("best_won", "best_ran", "best_size"))
 
 
 def test_recommend_ranks_the_zoo_and_learns_from_a_new_run(held_out, tmp_path):
@@ -398,6 +413,8 @@ def test_cli_recommend_similar_map_and_errors(tmp_path):
     proc = run_cli("map", "--output", str(tmp_path / "map"), "--json")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "map" / "map.png").stat().st_size > 1000 and "<img" in (tmp_path / "map" / "index.html").read_text()
+    points = json.loads(proc.stdout)["points"]  # the prior holds two samples (seeds) of some task@size: labels tell them apart
+    assert len({p["label"] for p in points}) > len({p["task"] for p in points})
 
     bad = run_cli("recommend", "example", "--model", str(tmp_path / "no-such-model"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 import json
 import time
+import warnings
 
 import numpy as np
 
@@ -43,3 +44,16 @@ def test_profiling_100k_rows_is_fast(tmp_path):
     elapsed = time.perf_counter() - started
     assert profile.dataset_size == 100_000
     assert elapsed < 20, f"profiling 100k rows took {elapsed:.1f}s"
+
+
+def test_a_tiny_task_with_a_rare_class_still_gets_a_number(tmp_path):
+    """Cross-validation folds of 6 rows leave one class in some folds: the probe skips those, and warns nothing
+    (scikit-learn's warning carries the failed fit's traceback, which reached the user's terminal)."""
+    rows = [{"text": f"fine film {i}", "label": "pos"} for i in range(5)] + [{"text": "awful film", "label": "neg"}]
+    write_jsonl(tmp_path / "tiny" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "tiny" / "test.jsonl", rows)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        profile = profile_task(load_task(tmp_path / "tiny"))
+    assert np.isfinite(profile.probe_accuracy) and np.isfinite(profile.complexity_score)
+    assert not [w for w in caught if "Traceback" in str(w.message) or "fit failed" in str(w.message).lower()]

@@ -93,6 +93,15 @@ def test_missing_path_and_unseen_test_labels(tmp_path):
         load_task(tmp_path / "t")
 
 
+def test_a_folder_of_held_out_data_only_or_a_label_read_as_text_is_refused(tmp_path):
+    write_jsonl(tmp_path / "only_test" / "test.jsonl", ROWS)
+    with pytest.raises(TaskError, match="found held-out test.jsonl"):
+        load_task(tmp_path / "only_test")
+    path = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    with pytest.raises(TaskError, match="both the label and the text"):
+        load_task(path, text_column="label")
+
+
 def test_unicode_line_separators_inside_text_are_not_line_breaks(tmp_path):
     rows = [{"text": f"hmm\u0085might i suggest {i}\u2028ok", "label": "a" if i % 2 else "b"} for i in range(10)]
     path = tmp_path / "nel.jsonl"
@@ -133,3 +142,9 @@ def test_suite_manifest():
     entries = load_suite(shared_path("datasets"))
     assert len(entries) == 40
     assert entries[0].load().domain == json.loads(shared_path("datasets", "MANIFEST.json").read_text())[0]["domain"]
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8-sig")
+    assert load_task(jsonl).fingerprint == load_task(write_jsonl(tmp_path / "plain.jsonl", ROWS)).fingerprint

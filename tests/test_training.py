@@ -85,6 +85,33 @@ def test_save_and_reload_gives_identical_predictions(method, small_task, tmp_pat
             "lora": "lora", "prefix_tuning": "prefixtuning", "prompt_tuning": "prompttuning", "adalora": "adalora"}[method]
 
 
+@pytest.mark.parametrize("method", ["lora", "head_only"])
+def test_a_trained_run_reloads_from_its_folder_and_reproduces_its_accuracy(method, small_task, example_profile, tmp_path):
+    """The path users take: ``train`` writes the folder, ``load_classifier`` alone rebuilds it (label names and all)."""
+    result = train(small_task, method, {"max_steps": 3}, profile=example_profile, record=False, track=False,
+                   output_dir=tmp_path / "run", eval_size=16, eval_points=1, final_eval_size=10_000)  # fmt: skip
+    reloaded = load_classifier(result.adapter_path)
+    test = small_task.test
+    predicted = reloaded.predict(test.texts, test.pairs)
+    assert set(predicted) <= set(small_task.label_names)
+    accuracy = np.mean([p == small_task.label_names[y] for p, y in zip(predicted, test.labels)])
+    assert result.metrics["eval_examples"] == len(test) and accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-6)
+
+
+def test_an_output_folder_that_cannot_be_used_is_refused_before_training(small_task, example_profile, tmp_path):
+    from metapeft._errors import MetapeftError
+    from metapeft.experience import ExperienceStore
+
+    store = ExperienceStore(f"sqlite:///{tmp_path / 'x.db'}")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "adapter_model.safetensors").write_text("x")
+    for out, why in ((tmp_path / "a_file", "not a folder"), (tmp_path / "used", "not empty")):
+        with pytest.raises(MetapeftError, match=why):
+            train(small_task, "head_only", {"max_steps": 1}, profile=example_profile, store=store, track=False, output_dir=out, eval_size=16)
+    assert store.count() == 0  # refused before a run was recorded
+
+
 def test_time_budget_stops_early(small_task, example_profile):
     result = train(small_task, "full_finetuning", {"max_steps": 1000}, time_budget=2.0, profile=example_profile, record=False, track=False, save=False, eval_size=16)
     assert result.stopped_by == "time_budget" and result.metrics["steps"] < 1000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,10 +58,12 @@ def resolve_model(model: str | None) -> tuple[str, str]:
 
 
 def _quiet_transformers() -> None:
+    import huggingface_hub
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()  # its "Retrying in 8s" lines while an unreachable hub times out
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,7 +75,7 @@ def load_tokenizer(model: str | None = None, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise MetapeftError(f"cannot load the tokenizer of {name} ({_first_line(exc)}); check the model path or network") from None
+        raise MetapeftError(f"cannot load the tokenizer of {name} ({_first_line(exc)}); check the model path or network{_network_hint(path)}") from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -84,7 +87,7 @@ def _pristine_encoder(model: str | None, trust_remote_code: bool):
     try:
         encoder = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise MetapeftError(f"cannot load model {name} ({_first_line(exc)}); check the model path or network") from None
+        raise MetapeftError(f"cannot load model {name} ({_first_line(exc)}); check the model path or network{_network_hint(path)}") from None
     encoder.eval()
     return encoder
 
@@ -117,6 +120,13 @@ def backbone_info(model: str | None = None, trust_remote_code: bool = False) -> 
         linear_modules=tuple(linear),
         supports_past_key_values="past_key_values" in inspect.signature(encoder.forward).parameters,
     )
+
+
+def _network_hint(path: str) -> str:
+    """For a hub id: the hub client retries an unreachable hub for a minute or more before giving up."""
+    if os.environ.get("HF_HUB_OFFLINE") or Path(path).exists():
+        return ""
+    return " (without a network, HF_HUB_OFFLINE=1 makes this fail at once)"
 
 
 def _first_line(exc: Exception) -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -163,7 +164,7 @@ def train(
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Hyperparameter override key=value (repeatable).", show_default=False)] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimisation steps (same as --set max_steps=N).", show_default=False)] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop training after this many seconds.", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to save the adapter \\[default: a folder in the data dir].", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="New folder to save the model in \\[default: runs/<run id> in the data dir, see `metapeft info`].", show_default=False)] = None,
     model: ModelOption = None,
     seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, dropout, held-out split).")] = 0,
     eval_size: Annotated[int, typer.Option("--eval-size", help="Held-out examples evaluated (stratified sample; 0 = all).")] = 500,
@@ -180,7 +181,9 @@ def train(
     from .experience import ExperienceStore
     from .methods import get_method
     from .tasks import profile_task
+    from ._environment import pick_device
     from .training import train as run_training
+    from .training._run import usable_output
 
     hyperparameters = _parse_sets(sets or [])
     if max_steps is not None:
@@ -190,6 +193,9 @@ def train(
         raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
     if eval_size < 0:
         raise MetapeftError(f"--eval-size must be 0 (all) or positive, got {eval_size}")
+    pick_device(device)
+    if output is not None:
+        usable_output(output)
     task = _load(data, text_column, pair_column, label_column, seed)
     experience_store = ExperienceStore(store)
     with console.status(f"profiling {task.name}…"):
@@ -214,13 +220,14 @@ def train(
     table = Table(title=f"{result.method} on {result.task} ({result.model})", show_header=False)
     rows = [
         ("accuracy", f"{m['accuracy']:.4f}"), ("macro-F1", f"{m['macro_f1']:.4f}"),
-        ("train time", f"{m['train_time_s']:.1f} s ({m['steps']} steps, {m['tokens_per_s']:.0f} tokens/s)"),
+        ("train time", f"{m['train_time_s']:.1f} s ({m['steps']} steps, {m['tokens_per_s']:.0f} tokens/s; evaluation not counted)"
+         + (" — stopped by --time-budget" if result.stopped_by == "time_budget" else "")),
         ("peak memory", f"{m['peak_memory_mb']:.0f} MB ({m['train_memory_mb']:.0f} MB above the loaded model: activations, gradients, optimiser)"),
         ("trainable params", f"{m['trainable_params']:,} of {m['total_params']:,} ({100 * m['trainable_params'] / m['total_params']:.2f}%)"),
         ("adapter size", f"{m.get('adapter_size_bytes', 0) / 1024:.0f} KiB"),
         ("learning curve", "  ".join(f"{p['step']}:{p['accuracy']:.3f}" for p in result.curve)),
-        ("adapter", str(result.adapter_path)), ("experience id", str(result.experience_id)), ("MLflow run id", str(result.mlflow_run_id)),
-    ]
+        ("adapter", str(result.adapter_path)), ("experience id", str(result.experience_id)),
+    ] + ([("MLflow run id", result.mlflow_run_id)] if result.mlflow_run_id else [])
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
@@ -268,10 +275,14 @@ def bench(
         console.print(f"{summary['design']}: {summary['done']} of {summary['total']} runs done, {summary['failed']} failed ({summary['elapsed_s']:.0f} s)")
 
 
+# None leaves it to METAPEFT_PRIOR (on unless 0/false/no/off), as the Python API does
+PriorOption = Annotated[Optional[bool], typer.Option("--prior/--no-prior", help="Learn from the shipped prior experience too \\[default: on, or METAPEFT_PRIOR].", show_default=False)]
+
+
 @app.command()
 def report(
     store: StoreOption = None,
-    prior: Annotated[bool, typer.Option("--prior/--no-prior", help="Include the shipped prior experience.")] = True,
+    prior: PriorOption = None,
     own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")] = True,
     html_dir: Annotated[Optional[Path], typer.Option("--html", help="Write PNG plots, index.html and summary.md into this folder.", show_default=False)] = None,
     as_json: JsonOption = False,
@@ -298,10 +309,7 @@ def report(
         console.print(f"wrote {len(summary['files'])} files to {html_dir} (open {html_dir / 'index.html'})")
 
 
-PriorOption = Annotated[bool, typer.Option("--prior/--no-prior", help="Learn from the shipped prior experience too.")]
-
-
-def _meta(store: Optional[str], prior: bool, model: Optional[str] = None):
+def _meta(store: Optional[str], prior: Optional[bool], model: Optional[str] = None):
     from .experience import ExperienceStore
     from .meta import MetaPEFT
 
@@ -330,7 +338,7 @@ def recommend(
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods to rank \\[default: the whole zoo].", show_default=False)] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps you will run (the budget every prediction assumes) \\[default: each method's default].", show_default=False)] = None,
     store: StoreOption = None,
-    prior: PriorOption = True,
+    prior: PriorOption = None,
     as_json: JsonOption = False,
     text_column: TextColumn = None,
     pair_column: PairColumn = None,
@@ -346,6 +354,13 @@ def recommend(
     meta = _meta(store, prior, model)
     profile = _task_profile(meta, data, text_column, pair_column, label_column)
     ranking = meta.recommend(profile, max_memory_mb=max_memory, max_time_s=max_time, methods=names, budget={"max_steps": max_steps} if max_steps else None)
+    if not any(r.feasible for r in ranking):
+        def lowest(key: str, flag: str, limit: float | None, unit: str) -> list[str]:
+            r = min(ranking, key=lambda r: r.expected_performance[key]["mean"])
+            return [f"{flag} {limit:g} {unit} (lowest expected: {r.method}, {r.expected_performance[key]['mean']:.0f} {unit})"] if limit else []
+
+        limits = lowest("peak_memory_mb", "--max-memory", max_memory, "MB") + lowest("train_time_s", "--max-time", max_time, "s")
+        raise MetapeftError(f"no method is expected to keep within {' and '.join(limits)}{' together' if len(limits) > 1 else ''}; raise a limit")
     similar = meta.similar(profile)
     if as_json:
         _print_json({
@@ -366,6 +381,8 @@ def recommend(
         settings = " ".join(f"{short.get(k, k)}={v:.2g}" if isinstance(v, float) else f"{short.get(k, k)}={v}" for k, v in shown.items())
         style = None if r.feasible else "dim"
         table.add_row(str(r.rank), r.method, f"{r.confidence:.2f}", _interval(e["accuracy"], ".1f", 100), _interval(e["train_time_s"], ".0f"), _interval(e["peak_memory_mb"], ".0f"), settings, style=style)
+    if not all(r.feasible for r in ranking):
+        table.caption = "dimmed: expected to exceed your limits"
     out.print(table)
     for r in ranking[:3]:
         out.print(f"[bold]{r.method}[/]: {r.reasoning}", highlight=False)
@@ -378,7 +395,7 @@ def similar(
     k: Annotated[int, typer.Option("-k", help="How many similar tasks.")] = 5,
     model: ModelOption = None,
     store: StoreOption = None,
-    prior: PriorOption = True,
+    prior: PriorOption = None,
     as_json: JsonOption = False,
     text_column: TextColumn = None,
     pair_column: PairColumn = None,
@@ -406,7 +423,7 @@ def similar(
 def task_map(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for map.png and index.html.")] = Path("metapeft-map"),
     store: StoreOption = None,
-    prior: PriorOption = True,
+    prior: PriorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """A 2-D map of all past tasks in the learned embedding, coloured by their best method (PNG + HTML)."""
@@ -424,7 +441,7 @@ def task_map(
 @app.command()
 def evaluate(
     store: StoreOption = None,
-    prior: PriorOption = True,
+    prior: PriorOption = None,
     own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")] = True,
     few_shot: Annotated[int, typer.Option("--few-shot", help="Also measure conditioning on this many observed runs of the held-out task (0 = skip).")] = 2,
     as_json: JsonOption = False,
@@ -442,7 +459,7 @@ def evaluate(
         try:
             result = run_evaluation(records, few_shot=few_shot, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
         except ValueError as exc:
-            raise MetapeftError(f"cannot evaluate: {exc} (run `metapeft bench`, or drop --no-prior)") from None
+            raise MetapeftError(f"cannot evaluate: {exc} (run `metapeft bench`, or drop --no-prior or METAPEFT_PRIOR=0)") from None
     if as_json:
         _print_json(result)
         return
@@ -601,8 +618,15 @@ def experience_list(
     as_json: JsonOption = False,
 ) -> None:
     """List stored experiences."""
-    from .experience import ExperienceStore
+    from typing import get_args
 
+    from .experience import ExperienceStore
+    from .experience._record import Status
+
+    if status is not None and status not in get_args(Status):
+        raise MetapeftError(f"--status must be one of {', '.join(get_args(Status))}, got {status!r}")
+    if limit < 1:
+        raise MetapeftError(f"--limit must be at least 1, got {limit}")
     records = ExperienceStore(store).query(method=method, task=task, status=status)[-limit:]
     if as_json:
         _print_json([r.as_dict() for r in records])
@@ -656,12 +680,12 @@ def experience_import_peft(
 
 def run() -> None:
     """Console-script entry point. Typer's standalone mode prints usage errors itself (exit 2); our errors
-    become one line (exit 2); anything else is a bug, reported in one line too (exit 1)."""
+    and unusable paths become one line (exit 2); anything else is a bug, reported in one line too (exit 1)."""
     interrupt_once()  # Ctrl-C or SIGTERM → KeyboardInterrupt → run marked interrupted
     try:
         app()
     except MetapeftError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -669,6 +693,9 @@ def run() -> None:
     except Exception as exc:
         if os.environ.get("METAPEFT_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:  # a path given that cannot be read or written
+            console.print(f"[bold red]error:[/] cannot use {escape(str(exc.filename))}: {escape(exc.strerror or str(exc))}; check the path and its permissions", highlight=False, soft_wrap=True)
+            sys.exit(2)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {first} (set METAPEFT_DEBUG=1 for the traceback; please report it)", highlight=False, soft_wrap=True)
         sys.exit(1)

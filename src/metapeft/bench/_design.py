@@ -91,6 +91,8 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if missing := sorted(set(design.tasks or ()) - set(task_names)):
+        raise MetapeftError(f"design {design.name!r} names tasks the suite does not have: {', '.join(missing)}; fix its 'tasks' (the suite has {len(task_names)} tasks)")
     tasks = [t for t in task_names if design.tasks is None or t in design.tasks]
     studies = {}
     for m in design.methods:

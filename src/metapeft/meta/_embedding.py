@@ -33,6 +33,7 @@ class Cell:
     profile: dict
     scores: dict[str, float]  # method → best accuracy among its runs
     runs: int = 0
+    seed: int | None = None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
 
     @property
     def best_method(self) -> str:
@@ -49,7 +50,7 @@ def cells_of(records: list[Experience]) -> list[Cell]:
         if not usable(r):
             continue
         key = cell_key(r)
-        cell = cells.setdefault(key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}))
+        cell = cells.setdefault(key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed))
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
         cell.runs += 1
     return list(cells.values())

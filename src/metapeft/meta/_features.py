@@ -129,6 +129,7 @@ class ConfigEncoder:
                 self.names += [f"{prefix}{s.name}={c}" for c in s.dist.choices]
             else:
                 self.names.append(prefix + s.name)
+        self._encoded: dict[tuple, np.ndarray] = {}  # recommend encodes the same ~800 candidates on every call
 
     @property
     def dim(self) -> int:
@@ -148,6 +149,18 @@ class ConfigEncoder:
         return [i for i, n in enumerate(self.names) if n.split("=")[0].split(".")[-1] in COST_FREE_FIELDS or n.endswith("dropout")]
 
     def encode(self, method: str, hyperparameters: dict[str, Any], max_length: int) -> np.ndarray:
+        try:
+            key = (method, max_length, *sorted(hyperparameters.items()))
+            hash(key)
+        except TypeError:  # an unhashable setting (a list of modules): encode it each time
+            return self._encode(method, hyperparameters, max_length)
+        if key not in self._encoded:
+            if len(self._encoded) > 100_000:
+                self._encoded.clear()
+            self._encoded[key] = self._encode(method, hyperparameters, max_length)
+        return self._encoded[key]
+
+    def _encode(self, method: str, hyperparameters: dict[str, Any], max_length: int) -> np.ndarray:
         out: list[float] = [1.0 if method == m else 0.0 for m in self.methods]
         out.append(math.log2(max(1, max_length)) / 8.0)
         for s in self.slots:

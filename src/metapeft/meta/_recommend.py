@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,12 @@ class MetaPEFT:
         if len({task_group(r) for r in records}) < 2:
             raise MetapeftError(
                 f"not enough experience to learn from: {len(records)} finished runs on fewer than 2 tasks "
-                "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior)"
+                "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior or METAPEFT_PRIOR=0)"
             )
         if max(len(c.scores) for c in cells_of(records)) < 3:
             raise MetapeftError(
                 f"not enough experience to learn from: no task in the {len(records)} finished runs has runs of 3 or more methods "
-                "(at the same size and step budget) to compare; run more methods on one task (`metapeft bench`), or drop --no-prior"
+                "(at the same size and step budget) to compare; run more methods on one task (`metapeft bench`), or drop --no-prior or METAPEFT_PRIOR=0"
             )
         if self._given:  # an explicit experience list (e.g. leave-one-task-out) is fitted in memory, never cached
             if progress:
@@ -116,11 +117,13 @@ class MetaPEFT:
             self.surrogate = Surrogate().fit(records)
             self._cells = None
             return self
+        from ..prior import prior_enabled
+
         key = _experience_key(records)
         ids = sorted(r.id for r in records)
         # one cache per choice of experience (store, prior on/off), so that switching the prior off and on does not
         # make each choice overwrite the other's models
-        selection = f"{self.store.url if self.store is not None else ''}|{self.include_prior}|{self.include_own}"
+        selection = f"{self.store.url if self.store is not None else ''}|{prior_enabled(self.include_prior)}|{self.include_own}"
         path = self.cache_dir / f"surrogate-{hashlib.sha256(selection.encode()).hexdigest()[:12]}.safetensors"
         cached = None if force else (_load_cached(path) or _load_cached(PACKAGED_MODEL))  # the shipped fit on the prior
         known = set(cached[1]["ids"]) if cached is not None else set()
@@ -264,7 +267,7 @@ class MetaPEFT:
         similar = self.similar(profile, similar_k)
         cells = self.cells()[0]
         incumbent = incumbent_method(cells)
-        order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + [n for n in names if n in blocked]
+        order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + sorted(blocked, key=lambda n: -pred.mean[chosen[n], 0])
         context = self._task_context(profile, observed)
         rival = max(live, key=lambda n: pred.mean[chosen[n], 0]) if live else None
         if rival is not None and order[0] == incumbent != rival:  # the rule kept the incumbent first: say why
@@ -296,7 +299,15 @@ class MetaPEFT:
 
         cells, zs = self.cells()
         xy = PCA(n_components=2, random_state=0).fit_transform(zs) if len(cells) > 2 else zs[:, :2]
-        return [{"task": c.task, "group": c.group, "x": round(float(p[0]), 4), "y": round(float(p[1]), 4), "best_method": c.best_method,
+        names = Counter(c.task for c in cells)  # a name repeats for another sample (seed) or step budget of a task
+        seeds = Counter((c.task, c.seed) for c in cells)
+
+        def label(c: Cell) -> str:
+            if names[c.task] == 1:
+                return c.task
+            return f"{c.task} seed {c.seed}" + (f", {c.key.split('|')[-1]} steps×batch" if seeds[c.task, c.seed] > 1 else "")
+
+        return [{"task": c.task, "label": label(c), "group": c.group, "x": round(float(p[0]), 4), "y": round(float(p[1]), 4), "best_method": c.best_method,
                  "best_accuracy": round(c.best_accuracy, 4), "size": c.profile.get("dataset_size"), "domain": c.profile.get("domain")} for c, p in zip(cells, xy)]  # fmt: skip
 
 
@@ -362,8 +373,9 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
     wins = [s for s in similar if s.best_method == method]
     gaps = [s.best_accuracy - s.scores[method] for s in similar if method in s.scores]
     if similar:
-        names = ", ".join(s.task for s in similar[:3])
-        text = f"Best on {len(wins)} of the {len(similar)} most similar past tasks ({names}…)"
+        shown = wins or similar  # where it won, else which tasks were looked at
+        names = ", ".join(s.task for s in shown[:3]) + ("…" if len(shown) > 3 else "")
+        text = f"Best on {len(wins) or 'none'} of the {len(similar)} most similar past tasks ({names})"
         if gaps:
             text += f"; {100 * float(np.mean(gaps)):.1f} points behind their best on average"
         parts.append(text + ".")

@@ -148,9 +148,9 @@ def markdown(summary: dict) -> str:
         ranked = list(d["by_method"].items())
         runner = f"{ranked[1][0]} ({100 * ranked[1][1]['gap']:.1f})" if len(ranked) > 1 else "—"
         lines.append(f"| {task} | {d['best_method']} | {d['best_accuracy']:.3f} | {runner} | {', '.join(map(str, d['sizes']))} |")
-    lines += ["", "| method | cells won | mean gap to best (points) | cells covered |", "|---|---|---|---|"]
+    lines += ["", "| method | cells won (ties shared) | mean gap to best (points) | cells covered |", "|---|---|---|---|"]
     for m, g in summary["mean_gap"].items():
-        lines.append(f"| {m} | {summary['wins'].get(m, 0):g} | {100 * g:.1f} | {100 * summary['coverage'].get(m, 0):.0f}% |")
+        lines.append(f"| {m} | {summary['wins'].get(m, 0):.1f} | {100 * g:.1f} | {100 * summary['coverage'].get(m, 0):.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +193,7 @@ def render_map(points: list[dict], out_dir: str | Path) -> list[Path]:
         sel = [p for p in points if p["best_method"] == m]
         ax.scatter([p["x"] for p in sel], [p["y"] for p in sel], s=36, color=colours[m], label=m, alpha=0.85)
     for p in points:
-        ax.annotate(p["task"], (p["x"], p["y"]), fontsize=6, alpha=0.75, xytext=(3, 2), textcoords="offset points")
+        ax.annotate(p["label"], (p["x"], p["y"]), fontsize=6, alpha=0.75, xytext=(3, 2), textcoords="offset points")
     ax.set_xlabel("embedding component 1")
     ax.set_ylabel("embedding component 2")
     ax.legend(title="best method", fontsize=7)
@@ -203,9 +203,9 @@ def render_map(points: list[dict], out_dir: str | Path) -> list[Path]:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     rows = "".join(
-        f"<tr><td>{html.escape(p['task'])}</td><td>{html.escape(str(p.get('domain') or ''))}</td><td>{html.escape(p['best_method'])}</td>"
+        f"<tr><td>{html.escape(p['label'])}</td><td>{html.escape(str(p.get('domain') or ''))}</td><td>{html.escape(p['best_method'])}</td>"
         f"<td>{p['best_accuracy']:.3f}</td><td>{p['x']:.3f}</td><td>{p['y']:.3f}</td></tr>"
-        for p in sorted(points, key=lambda p: p["task"])
+        for p in sorted(points, key=lambda p: p["label"])
     )
     page = out / "index.html"
     page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>metapeft task map</title>

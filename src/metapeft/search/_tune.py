@@ -102,6 +102,9 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
     rdb = _open_storage(storage)
+    folder = Path(output_dir) if output_dir else runs_dir() / "tune" / study_name
+    if folder.is_dir() and any(folder.iterdir()) and study_name not in optuna.study.get_all_study_names(rdb):
+        raise MetapeftError(f"{folder} already holds files and study {study_name!r} is not in {storage}: its trials would mix with them; use another study name or output folder, or empty it")
     setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
     # Optuna's storages have no compare-and-set, so the one process whose insert of the study wins (the name is unique
     # in the database) warm-starts it and opens its MLflow parent; a process that joins waits until that is done
@@ -135,7 +138,6 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
             study.set_user_attr("mlflow_parent_run_id", parent)
     if created:
         study.set_user_attr("ready", True)
-    folder = Path(output_dir) if output_dir else runs_dir() / "tune" / study_name
     task_profile = TaskProfile.from_dict(profile)
 
     def objective(trial: optuna.Trial):

@@ -102,9 +102,11 @@ def _find_split_files(folder: Path) -> tuple[Path, Path | None]:
     by_stem = {f.stem.lower(): f for f in files}
     train = next((by_stem[s] for s in TRAIN_STEMS if s in by_stem), None)
     if train is None:
-        if len(files) == 1:
+        if len(files) == 1 and files[0].stem.lower() not in TEST_STEMS:
             return files[0], None
-        raise TaskError(f"{folder}: no train file found (expected train.jsonl, train.csv, train.tsv or train.parquet)")
+        held = [f.name for f in files if f.stem.lower() in TEST_STEMS]
+        found = f" (found held-out {', '.join(held)})" if held else ""
+        raise TaskError(f"{folder}: no train file found{found}; expected train.jsonl, train.csv, train.tsv or train.parquet")
     test = next((by_stem[s] for s in TEST_STEMS if s in by_stem), None)
     return train, test
 
@@ -137,7 +139,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     # Parsed line by line (not with pandas/datasets) so that an error can name the offending line.
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: a byte-order mark (Windows editors) is dropped
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
         try:
@@ -212,6 +214,8 @@ def _detect_columns(rows: list[dict], where: str, *, text_column, pair_column, l
     pair = pick(pair_column, PAIR_COLUMNS, "text-pair", "--pair-column", False)
     if pair == text:
         pair = None
+    if label in (text, pair):
+        raise TaskError(f"{where}: column {label!r} is taken as both the label and the {'text' if label == text else 'pair'}; name the right columns with --text-column, --pair-column and --label-column")
     return text, pair, label
 
 

@@ -9,6 +9,7 @@ it); the head and label mapping are saved beside it and :func:`load_classifier` 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,10 +105,16 @@ def load_classifier(path: str | Path, device: str = "cpu", trust_remote_code: bo
     else:
         encoder = load_encoder(base, trust_remote_code)
         if meta["kind"] == "peft":
-            encoder = PeftModel.from_pretrained(encoder, path)
+            with warnings.catch_warnings():  # transformers' deprecation notices about calls peft makes, not the user
+                warnings.simplefilter("ignore", FutureWarning)
+                encoder = PeftModel.from_pretrained(encoder, path)
     head_state = load_file(str(path / HEAD_FILE))
     num_labels, hidden = head_state["weight"].shape
     model = TextClassifier(encoder, num_labels, hidden, prompt_learning=meta.get("prompt_learning", False))
     model.head.load_state_dict(head_state)
     model.to(device).eval()
-    return SavedClassifier(model, load_tokenizer(base, trust_remote_code), meta["label_names"], meta["max_length"], meta)
+    labels = meta.get("label_names")
+    if labels is None:  # folders an older `metapeft train` wrote lack them (a bug)
+        labels = [str(i) for i in range(num_labels)]
+        warnings.warn(f"{path} has no label names (saved by an older metapeft): predict returns class indices 0..{num_labels - 1} in sorted label order", stacklevel=2)
+    return SavedClassifier(model, load_tokenizer(base, trust_remote_code), labels, meta["max_length"], meta)

@@ -83,6 +83,7 @@ def train(
     if spec.prompt_learning and backbone.max_positions:
         max_length = min(max_length, backbone.max_positions - getattr(config, "num_virtual_tokens", 0))
 
+    out = usable_output(output_dir) if save and output_dir else None
     store = (store or ExperienceStore()) if record else None
     experience = Experience(
         task_name=task.name,
@@ -106,9 +107,10 @@ def train(
         )
         adapter_path = None
         if save:
-            out = Path(output_dir) if output_dir else runs_dir() / experience.id
+            out = out or runs_dir() / experience.id
             meta = {
-                "method": spec.name, "base_model": model_name if model is None else model_path,  # absolute for local models: reloadable from anywhere "label_names": task.label_names,
+                "method": spec.name, "label_names": task.label_names,
+                "base_model": model_name if model is None else model_path,  # absolute for local models: reloadable from anywhere
                 "max_length": max_length, "prompt_learning": spec.prompt_learning, "pooling": "mean",
                 "hyperparameters": config.as_dict(), "task": task.name, "task_fingerprint": task.fingerprint,
                 "experience_id": experience.id,
@@ -185,3 +187,18 @@ def _default_tracker():
     if _TRACKER is None:
         _TRACKER = MLflowTracker()
     return _TRACKER
+
+
+def usable_output(path: str | Path) -> Path:
+    """Checked before training, not when saving after it: a run must not be lost to a folder it cannot write, nor
+    be saved over an older one (whose adapter files a head-only run would leave behind, mixing the two)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise MetapeftError(f"output {out} exists and is not a folder; choose another output folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise MetapeftError(f"output folder {out} is not empty (saving there would mix this run with what it holds); choose a new folder or remove it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MetapeftError(f"cannot create output folder {out} ({exc.filename}: {exc.strerror}); choose a writable place") from None
+    return out
