@@ -512,8 +512,17 @@ def _trial_table(trials, pick, title: str) -> Table:
         fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "—"  # noqa: E731
         star = " ★" if pick is not None and t.number == pick.number else ""
         table.add_row(f"{t.number}{star}", t.state, t.method or "—", t.source or "—", fmt(m.get("accuracy"), ".4f"), fmt(m.get("train_time_s"), ".1f"),
-                      fmt(m.get("peak_memory_mb"), ".0f"), fmt(t.hyperparameters.get("learning_rate"), ".2g"))  # fmt: skip
+                      fmt(m.get("peak_memory_mb"), ".0f"), _searched_lr(t.method, t.hyperparameters, fmt))  # fmt: skip
     return table
+
+
+def _searched_lr(method: str | None, hyperparameters: dict, fmt) -> str:
+    """The learning rate the search set: head-only's encoder rate is fixed at 0, its head's is the one searched."""
+    from .methods import get_method
+
+    if method and "learning_rate" not in get_method(method).search_space():
+        return "head " + fmt(hyperparameters.get("head_learning_rate"), ".2g")
+    return fmt(hyperparameters.get("learning_rate"), ".2g")
 
 
 @app.command()
