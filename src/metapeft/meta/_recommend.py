@@ -25,7 +25,7 @@ from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
 from ._features import TARGETS, at_defaults, fingerprint_of, profile_dict, task_group, usable
-from ._surrogate import Candidate, Prediction, Surrogate
+from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 6
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
@@ -342,7 +342,7 @@ def cautious_choice(pred: Prediction, methods: list[str], feasible: np.ndarray |
     """Per method, the index of its candidate with the best cautious score (mean minus half an sd) among the
     feasible ones: prefer settings the experience supports over bold extrapolations. Methods ranked by that
     candidate's mean is the rule of ``recommend`` and of ``evaluate``."""
-    cautious = pred.mean[:, 0] - 0.5 * pred.sd()
+    cautious = pred.mean[:, 0] - CAUTION * pred.sd()
     chosen: dict[str, int] = {}
     for i, m in enumerate(methods):
         if (feasible is None or feasible[i]) and (m not in chosen or cautious[i] > cautious[chosen[m]]):

@@ -33,6 +33,9 @@ FORMAT = 8  # of the saved state: 2 = numpy weights without the unused variance 
 # 8 = base rates by training-set size: best_won, best_ran, best_size replace best_rate
 _STATE_ARRAYS = ("x_mean", "x_std", "x_range", "y_mean", "y_std", "bounds", "method_effect", "extra_var", "task_var", "noise_var", "shrink", "pick_scale", "best_calibration", "best_won", "best_ran", "best_size")  # fitted arrays saved beside the networks
 Z90 = 1.6449  # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
+# a method's setting is chosen by its mean accuracy less CAUTION sds (recommend's cautious_choice); the P(best)
+# calibration must fit on the same choice
+CAUTION = 0.5
 
 
 @dataclass
@@ -535,7 +538,7 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
     if len(index) < 5:
         return np.array([1.0, 0.0]), np.zeros((0, len(names)), np.float32), np.zeros((0, len(names)), np.float32), np.zeros(0, np.float32)
     names_index = {m: j for j, m in enumerate(names)}
-    cautious = members.mean(0) - 0.5 * np.sqrt(members.var(0) + extra_var)
+    cautious = members.mean(0) - CAUTION * np.sqrt(members.var(0) + extra_var)
     won = np.zeros((len(index), len(names)))  # tie-split wins per cell and method
     drawn = np.full((len(index), len(names)), np.nan)  # share of draws won (NaN: the method was not run there)
     for n, i in enumerate(index):
@@ -550,8 +553,10 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
     cell_task = np.array([tasks[i[0]] for i in index])
     cell_size = np.array([sizes[i[0]] for i in index])
     # each cell is scored with the rates of the other tasks, as a new task would be
-    held_rates = [base_rates(won[cell_task != cell_task[n]], ran[cell_task != cell_task[n]], cell_size[cell_task != cell_task[n]], cell_size[n])
-                  for n in range(len(index))]  # fmt: skip
+    held_rates = []
+    for n in range(len(index)):
+        other = cell_task != cell_task[n]
+        held_rates.append(base_rates(won[other], ran[other], cell_size[other], cell_size[n]))
 
     def loss(power: float, weight: float) -> float:
         out = 0.0
