@@ -11,12 +11,12 @@ from collections import Counter
 import pytest
 
 from conftest import EXAMPLE, REPO, run_cli, write_jsonl
-from metapeft.bench import Design, expand, run_bench
+from metapeft.bench import Design, Pass, expand, run_bench
 from metapeft.experience import ExperienceStore
 
 DESIGN = {
     "name": "tiny", "methods": ["lora", "head_only"], "passes": [{"sizes": [24], "config": "sobol", "repeats": 2}],
-    "fixed": {"max_steps": 3, "batch_size": 8}, "eval_size": 20, "eval_points": 1,
+    "fixed": {"max_steps": 3, "batch_size": 8}, "eval_size": 20, "eval_points": 1, "pool_size": 60,
 }
 
 
@@ -48,11 +48,42 @@ def test_design_expands_deterministically(suite):
     assert len(lrs) == 4  # a space-filling draw per (task, config), not the defaults
 
 
+def test_training_seeds_and_pass_budgets_get_keys_of_their_own(suite):
+    design = Design(name="d", methods=["lora"], passes=[
+        {"sizes": [24], "config": "defaults", "train_seeds": [0, 1]},
+        {"sizes": [24], "config": "defaults", "fixed": {"max_steps": 12}, "eval_points": 3},
+    ])
+    design.passes = [Pass(**p) for p in design.passes]
+    runs = expand(design, ["sst2_a"])
+    assert [r.key for r in runs] == ["d/sst2_a/24/lora/default/0", "d/sst2_a/24/lora/default/0t1", "d/sst2_a/24/lora/default-max_steps12/0"]
+    assert [(r.seed, r.train_seed, r.eval_points, r.hyperparameters["max_steps"]) for r in runs] == [(0, 0, 4, 80), (0, 1, 4, 80), (0, 0, 3, 12)]
+
+
+def test_the_scoring_pool_holds_no_row_that_a_protocol_sample_trains_on():
+    from metapeft.bench import scoring_pool
+    from metapeft.tasks import Split, Task
+
+    labels = [i % 3 for i in range(3000)]
+    task = Task("t", ["a", "b", "c"], Split([f"text {i}" for i in range(3000)], labels), Split(["x"], [0]))
+    pool, pool_id = scoring_pool(task, 1024, 0, cap=5000)
+    texts = set(pool.texts)
+    for size in (64, 256, 1024):
+        for seed in (0, 1):
+            assert not texts & set(task.subsample(size, seed).train.texts)
+    assert 1000 < len(pool) < 3000 - 1024
+    assert scoring_pool(task, 256, 1, cap=5000)[1] == pool_id  # the same rows for every protocol run of the task
+    capped, capped_id = scoring_pool(task, 1024, 0, cap=500)
+    assert len(capped) == 500 and set(capped.texts) <= texts and capped_id != pool_id
+    assert scoring_pool(task, 512, 3, cap=5000)[1] != pool_id  # a sample outside the protocol shrinks its pool
+
+
 @pytest.mark.parametrize("change, message", [
     ({"eval_points": 0}, "eval_points must be"),
     ({"fixed": {"max_stepz": 3}}, "unknown hyperparameters: max_stepz"),
     ({"passes": [{"sizes": [24], "config": "sobolx"}]}, "needs config 'defaults' or 'sobol'"),
     ({"methods": ["lorax"]}, "unknown method 'lorax'"),
+    ({"passes": [{"sizes": [24], "fixed": {"stepz": 3}}]}, "pass 0's 'fixed' names unknown hyperparameters: stepz"),
+    ({"pool_size": -1}, "pool_size must be"),
 ])
 def test_bad_designs_are_refused(tmp_path, change, message):
     from metapeft._errors import MetapeftError
@@ -76,6 +107,19 @@ def test_two_workers_do_every_run_once(bench_store):
     assert len(keys) == 8 and set(keys.values()) == {1}
     record = ExperienceStore(url).query(status="finished")[0]
     assert record.profile["dataset_size"] == 24 and record.tags["train_size"] == 24 and len(record.curve) == 1
+
+
+def test_bench_runs_keep_per_example_outcomes(bench_store):
+    from metapeft.training import unpack_outcomes
+
+    url, _ = bench_store
+    records = ExperienceStore(url).query(status="finished")
+    for r in records:
+        test = unpack_outcomes(r.metrics["outcomes"]["test"])
+        assert len(test) == r.metrics["eval_examples"] == 20 and test.mean() == pytest.approx(r.metrics["accuracy"], abs=1e-5)
+        # 150 training rows: the protocol's 256- and 1,024-example samples are the whole file, so no row is free
+        assert "pool" not in r.metrics["outcomes"] and "pool_accuracy" not in r.metrics
+    assert len({r.tags["pool_id"] for r in records if r.tags["suite_task"] == "sst2_a"}) == 1
 
 
 def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):

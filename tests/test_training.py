@@ -126,6 +126,24 @@ def test_the_final_evaluation_may_use_more_examples_than_the_curve(small_task, e
     assert result.metrics["eval_examples"] == 64 and result.metrics["accuracy"] == result.curve[-1]["accuracy"]
 
 
+def test_the_final_evaluation_keeps_per_example_outcomes_and_scores_the_pool(example_task, small_task, example_profile):
+    """Which examples a run got right is kept (for paired comparisons), on the test sample and on an extra pool; the
+    evaluation sample follows sample_seed, not the training seed."""
+    from metapeft.training import unpack_outcomes
+
+    seen = set(small_task.train.texts)
+    pool = example_task.train.select([i for i, t in enumerate(example_task.train.texts) if t not in seen][:70])
+    kwargs = dict(profile=example_profile, record=False, track=False, save=False, eval_size=16, eval_points=1, final_eval_size=64)
+    a = train(small_task, "lora", {"max_steps": 3}, pool=pool, seed=1, sample_seed=0, **kwargs)
+    test, scored = unpack_outcomes(a.metrics["outcomes"]["test"]), unpack_outcomes(a.metrics["outcomes"]["pool"])
+    assert len(test) == 64 and test.mean() == pytest.approx(a.metrics["accuracy"], abs=1e-5)
+    assert len(scored) == a.metrics["pool_examples"] == 70 and scored.mean() == pytest.approx(a.metrics["pool_accuracy"], abs=1e-5)
+    b = train(small_task, "head_only", {"max_steps": 1}, seed=2, sample_seed=0, **kwargs)
+    c = train(small_task, "head_only", {"max_steps": 1}, seed=2, sample_seed=5, **kwargs)
+    assert "pool" not in b.metrics["outcomes"]
+    assert b.metrics["outcomes"]["test_rows"] == a.metrics["outcomes"]["test_rows"] != c.metrics["outcomes"]["test_rows"]
+
+
 def test_eval_uses_a_stratified_sample_not_the_head(example_task, example_profile):
     """Evaluation draws across the whole held-out split: not simply its first rows."""
     from metapeft.tasks import stratified_indices

@@ -25,8 +25,11 @@ class Pass:
     sizes: list[int]
     config: str = "sobol"  # "defaults" or "sobol"
     repeats: int = 1  # Sobol points per (task, size, method)
-    seeds: list[int] | None = None  # default: the design's seeds (other seeds measure run-to-run noise)
+    seeds: list[int] | None = None  # sample seeds (training sample, evaluation sample); default: the design's seeds
     tasks: list[str] | None = None  # default: the design's tasks
+    train_seeds: list[int] | None = None  # initialisation and data order; default: the sample seed (replicates: others)
+    fixed: dict[str, Any] | None = None  # this pass's protocol values over the design's (e.g. a longer step budget)
+    eval_points: int | None = None  # learning-curve points; default: the design's
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Design:
     sampler_seed: int = 0
     tasks: list[str] | None = None  # None = every task of the suite
     max_length_cap: int | None = None  # cap on the profile's automatic sequence length (cost control)
+    pool_size: int = 0  # final evaluation also scores up to this many train rows no protocol sample uses (0 = none)
 
     @classmethod
     def load(cls, path: str | Path) -> Design:
@@ -63,12 +67,16 @@ class Design:
             get_method(m)
         if self.eval_points < 1 or self.eval_size < 0 or (self.final_eval_size or 0) < 0:
             raise MetapeftError(f"{where}: eval_points must be >= 1, eval_size and final_eval_size >= 0")
+        if self.pool_size < 0:
+            raise MetapeftError(f"{where}: pool_size must be >= 0")
         known = set().union(*({f.name for f in get_method(m).fields()} for m in self.methods))
-        if unknown := set(self.fixed) - known:
-            raise MetapeftError(f"{where}: 'fixed' names unknown hyperparameters: {', '.join(sorted(unknown))}")
+        for i, fixed in [(None, self.fixed)] + [(i, p.fixed or {}) for i, p in enumerate(self.passes)]:
+            if unknown := set(fixed) - known:
+                which = "'fixed'" if i is None else f"pass {i}'s 'fixed'"
+                raise MetapeftError(f"{where}: {which} names unknown hyperparameters: {', '.join(sorted(unknown))}")
         for i, p in enumerate(self.passes):
-            if p.config not in ("defaults", "sobol") or p.repeats < 1 or not p.sizes or min(p.sizes) < 2:
-                raise MetapeftError(f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1 and train sizes >= 2")
+            if p.config not in ("defaults", "sobol") or p.repeats < 1 or not p.sizes or min(p.sizes) < 2 or (p.eval_points or 1) < 1:
+                raise MetapeftError(f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1, train sizes >= 2 and eval_points >= 1")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,13 +84,15 @@ class Design:
 
 @dataclass(frozen=True)
 class RunSpec:
-    key: str  # unique and stable: design/task/size/method/config/seed
+    key: str  # unique and stable: design/task/size/method/config/seed (seed "StT" when the training seed differs)
     task: str
     size: int
     method: str
     config_id: str
-    seed: int
+    seed: int  # the sample seed: training sample and evaluation sample
     hyperparameters: dict[str, Any]
+    train_seed: int | None = None  # initialisation and data order (None: the sample seed)
+    eval_points: int = 4
 
 
 def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
@@ -104,9 +114,10 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
     for p_index, p in enumerate(design.passes):
         for size in p.sizes:
             for task in [t for t in tasks if p.tasks is None or t in p.tasks]:
+                fixed = {**design.fixed, **(p.fixed or {})}
                 for method in design.methods:
                     spec = get_method(method)
-                    space = {k: v for k, v in spec.search_space().items() if k not in design.fixed}
+                    space = {k: v for k, v in spec.search_space().items() if k not in fixed}
                     configs = [("default", {})] if p.config == "defaults" else []
                     if p.config == "sobol":
                         for r in range(p.repeats):
@@ -117,15 +128,47 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
                     # Sobol points depend on the order of all earlier draws; the key carries a hash of the values so
                     # that a changed expansion (tasks added or reordered) can never file other settings under an old key.
                     for config_id, params in configs:
-                        hyperparameters = spec.make_config({**params, **_fixed_for(spec, design.fixed)}).as_dict()
+                        hyperparameters = spec.make_config({**params, **_fixed_for(spec, fixed)}).as_dict()
                         if config_id != "default":
                             config_id += "-" + hashlib.sha256(json.dumps(hyperparameters, sort_keys=True).encode()).hexdigest()[:8]
+                        elif p.fixed:  # defaults under another protocol (e.g. budget) are another configuration
+                            config_id += "-" + "-".join(f"{k}{v}" for k, v in sorted(p.fixed.items()))
                         for seed in p.seeds or design.seeds:
-                            key = f"{design.name}/{task}/{size}/{method}/{config_id}/{seed}"
-                            runs.append(RunSpec(key, task, size, method, config_id, seed, hyperparameters))
+                            for train_seed in p.train_seeds or [seed]:
+                                run_seed = str(seed) if train_seed == seed else f"{seed}t{train_seed}"
+                                key = f"{design.name}/{task}/{size}/{method}/{config_id}/{run_seed}"
+                                runs.append(RunSpec(key, task, size, method, config_id, seed, hyperparameters, train_seed, p.eval_points or design.eval_points))
     return runs
 
 
 def _fixed_for(spec, fixed: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in spec.fields()}
     return {k: v for k, v in fixed.items() if k in names}
+
+
+POOL_SIZES = (64, 256, 1024)  # the protocol's training-set sizes…
+POOL_SEEDS = (0, 1)  # …and sample seeds: a pool row is in none of these samples
+
+
+def scoring_pool(task, size: int, seed: int, cap: int):
+    """Rows of ``task``'s train file that no protocol sample (:data:`POOL_SIZES` × :data:`POOL_SEEDS`, and the
+    run's own ``size``/``seed``) trains on: up to ``cap`` of them, the same rows for every run of the task that
+    the protocol covers, so that runs can be compared on them pairwise. Returns ``(split, pool_id)``, the id a
+    hash of the rows' indices (runs with the same id were scored on the same rows)."""
+    import numpy as np
+
+    from ..tasks import stratified_indices
+
+    n = len(task.train)
+    used = np.zeros(n, dtype=bool)
+    for s in {*POOL_SIZES, size}:
+        for sd in {*POOL_SEEDS, seed}:
+            if s < n:
+                used[stratified_indices(task.train.labels, s, sd)] = True
+            else:
+                used[:] = True
+    free = np.flatnonzero(~used)
+    if len(free) > cap:
+        free = np.sort(free[stratified_indices([task.train.labels[i] for i in free], cap, 0)])
+    pool_id = hashlib.sha256(free.astype(np.int64).tobytes()).hexdigest()[:12]
+    return task.train.select(free), pool_id

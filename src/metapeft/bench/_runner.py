@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from .._errors import MetapeftError
 from ..experience import Experience, ExperienceStore
 from ..experience._store import process_gone
-from ._design import Design, expand
+from ._design import Design, expand, scoring_pool
 
 _metadata = sa.MetaData()
 claims = sa.Table(
@@ -139,19 +139,23 @@ def _work(args: WorkerArgs) -> int:
         if not _try_claim(engine, spec.key):
             continue
         tags = {"design": design.name, "design_key": spec.key, "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size}
+        train_seed = spec.seed if spec.train_seed is None else spec.train_seed
         try:
             if spec.task not in tasks:
                 tasks = {spec.task: entries[spec.task].load()}  # keep one full task in memory at a time
             task = tasks[spec.task].subsample(spec.size, seed=spec.seed)
+            pool = None
+            if design.pool_size:
+                pool, tags["pool_id"] = scoring_pool(tasks[spec.task], spec.size, spec.seed, design.pool_size)
             if task.fingerprint not in profiles:
                 profiles[task.fingerprint] = profile_task(task, design.model)
             hyperparameters = dict(spec.hyperparameters)
             if design.max_length_cap and not hyperparameters.get("max_length"):
                 hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
             train(
-                task, spec.method, hyperparameters, model=design.model, seed=spec.seed, time_budget=args.time_budget,
-                save=False, eval_size=design.eval_size, eval_points=design.eval_points, final_eval_size=design.final_eval_size, profile=profiles[task.fingerprint],
-                store=store, track=False, tags=tags,
+                task, spec.method, hyperparameters, model=design.model, seed=train_seed, sample_seed=spec.seed, pool=pool,
+                time_budget=args.time_budget, save=False, eval_size=design.eval_size, eval_points=spec.eval_points,
+                final_eval_size=design.final_eval_size, profile=profiles[task.fingerprint], store=store, track=False, tags=tags,
             )
             _set_state(engine, spec.key, "done")
             ran += 1
@@ -163,7 +167,7 @@ def _work(args: WorkerArgs) -> int:
             if getattr(exc, "experience_id", None) is None:  # failed before train() recorded the run: record it here
                 error = str(exc) if isinstance(exc, MetapeftError) else f"{type(exc).__name__}: {exc}"
                 store.add(Experience(task_name=spec.task, method=spec.method, model=design.model or "default", hyperparameters=spec.hyperparameters,
-                                     status="failed", error=error[:4000], seed=spec.seed, tags=tags))
+                                     status="failed", error=error[:4000], seed=train_seed, tags=tags))
             _set_state(engine, spec.key, "failed")
     return ran
 

@@ -8,6 +8,8 @@ loop below is shorter, and ``benchmarks/train_throughput.py`` checks it costs no
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import random
 import time
@@ -96,6 +98,8 @@ def fit(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[int, list[dict]], bool] | None = None,
     trust_remote_code: bool = False,
+    sample_seed: int | None = None,
+    pool: Split | None = None,
 ) -> FitResult:
     """Train ``method`` on ``task`` and evaluate at ``eval_points`` evenly spaced steps (the learning curve).
 
@@ -106,18 +110,28 @@ def fit(
     or ``should_stop(step, curve)`` (asked after every step, e.g. a pruner reading the learning curve) may stop the
     run early; the model is then evaluated at the step it reached (a run stopped by ``should_stop`` on the curve's
     examples: it was judged, not finished).
+
+    The final evaluation keeps which examples the model got right (``metrics["outcomes"]["test"]``, a packed
+    bitset in the evaluation sample's order) so that two runs scored on the same rows can be compared pairwise.
+    ``pool``, when given, is scored too after the final evaluation (``pool_accuracy``, ``outcomes["pool"]``): rows
+    of the task that no training sample uses, which make the comparison finer than the test file alone allows.
+    ``sample_seed`` (default ``seed``) draws the evaluation sample, ``seed`` the initialisation and data order, so
+    that runs of two training seeds are scored on the same rows.
     """
     _seed_everything(seed)
+    sample_seed = seed if sample_seed is None else sample_seed
     tokenizer = load_tokenizer(model, trust_remote_code)
     train_data = Batches(tokenizer, task.train, max_length)
 
-    def held_out(size: int) -> Batches:
-        split = task.test if not size or size >= len(task.test) else task.test.select(np.sort(stratified_indices(task.test.labels, size, seed)))
-        return Batches(tokenizer, split, max_length)
+    def held_out(size: int) -> tuple[Batches, str]:
+        """The evaluation sample and an id of its rows (runs with the same id were scored on the same rows)."""
+        rows = np.arange(len(task.test)) if not size or size >= len(task.test) else np.sort(stratified_indices(task.test.labels, size, sample_seed))
+        rows_id = hashlib.sha256(task.fingerprint.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:12]
+        return Batches(tokenizer, task.test.select(rows), max_length), rows_id
 
-    eval_data = held_out(eval_size)
+    eval_data, _ = held_out(eval_size)
     bigger = final_eval_size is not None and eval_size != 0 and (final_eval_size == 0 or final_eval_size > eval_size)
-    final_data = held_out(final_eval_size) if bigger else eval_data  # never fewer examples than the curve
+    final_data, final_id = held_out(final_eval_size) if bigger else held_out(eval_size)  # never fewer examples than the curve
 
     classifier = build_classifier(method, config, backbone, task.num_labels, model, trust_remote_code).to(device)
     encoder_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
@@ -136,6 +150,7 @@ def fit(
     order = _Order(len(train_data), config.batch_size, seed)
 
     curve: list[dict] = []
+    outcomes: dict[str, str] = {}
     train_time = eval_time = 0.0
     tokens = 0
     running_loss, running_n = 0.0, 0
@@ -169,8 +184,11 @@ def fit(
                     method.on_end(classifier.encoder)
             if step in eval_at or stop:
                 started = time.perf_counter()
-                data = final_data if over_budget or step == steps else eval_data  # a pruned run is not a result
-                accuracy, macro_f1 = evaluate(classifier, data, device)
+                final = over_budget or step == steps  # a pruned run is not a result
+                data = final_data if final else eval_data
+                accuracy, macro_f1, correct = evaluate(classifier, data, device)
+                if final:
+                    outcomes.update(test=pack_outcomes(correct), test_rows=final_id)
                 memory.skip()
                 eval_time += time.perf_counter() - started
                 curve.append({
@@ -184,6 +202,13 @@ def fit(
                 stopped_by = "time_budget" if over_budget else "should_stop"
                 break
 
+    pool_metrics = {}
+    if pool is not None and len(pool) and "test" in outcomes:
+        started = time.perf_counter()
+        pool_accuracy, pool_f1, correct = evaluate(classifier, Batches(tokenizer, pool, max_length), device)
+        eval_time += time.perf_counter() - started
+        outcomes["pool"] = pack_outcomes(correct)
+        pool_metrics = {"pool_accuracy": pool_accuracy, "pool_macro_f1": pool_f1, "pool_examples": len(pool)}
     trainable_params = sum(p.numel() for p in trainable)
     metrics = {
         "accuracy": curve[-1]["accuracy"],
@@ -200,13 +225,16 @@ def fit(
         "tokens_per_s": round(tokens / train_time, 1) if train_time else None,
         "eval_examples": curve[-1]["eval_examples"],
         "max_length": max_length,
+        **pool_metrics,
+        "outcomes": outcomes,
     }
     return FitResult(classifier, metrics, curve, stopped_by)
 
 
 @torch.inference_mode()
-def evaluate(classifier: TextClassifier, data: Batches, device: torch.device, batch_size: int = 128) -> tuple[float, float]:
-    """Accuracy and macro-F1 on ``data`` (batched by length: identical results, less padding)."""
+def evaluate(classifier: TextClassifier, data: Batches, device: torch.device, batch_size: int = 128) -> tuple[float, float, np.ndarray]:
+    """Accuracy, macro-F1 and per-example correctness on ``data`` (batched by length: identical results, less
+    padding)."""
     from sklearn.metrics import f1_score
 
     classifier.eval()
@@ -216,7 +244,20 @@ def evaluate(classifier: TextClassifier, data: Batches, device: torch.device, ba
         idx = by_length[start : start + batch_size]
         predictions[idx] = classifier(**data.collate(idx, device)).argmax(-1).cpu()
     y = data.labels.numpy()
-    return round(float((predictions.numpy() == y).mean()), 5), round(float(f1_score(y, predictions.numpy(), average="macro")), 5)
+    correct = predictions.numpy() == y
+    return round(float(correct.mean()), 5), round(float(f1_score(y, predictions.numpy(), average="macro")), 5), correct
+
+
+def pack_outcomes(correct: np.ndarray) -> str:
+    """Per-example correctness as text: base64 of the bits (``numpy.packbits``), ~170 characters for 1,000
+    examples. :func:`unpack_outcomes` reverses it."""
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii") + f":{len(correct)}"
+
+
+def unpack_outcomes(packed: str) -> np.ndarray:
+    """The boolean array :func:`pack_outcomes` packed."""
+    bits, n = packed.rsplit(":", 1)
+    return np.unpackbits(np.frombuffer(base64.b64decode(bits), dtype=np.uint8))[: int(n)].astype(bool)
 
 
 class _Order:

@@ -13,7 +13,7 @@ from .._environment import environment, pick_device
 from .._errors import MetapeftError, MethodError
 from ..experience import Experience, ExperienceStore
 from ..methods import get_method
-from ..tasks import Task, TaskProfile, profile_task
+from ..tasks import Split, Task, TaskProfile, profile_task
 from ._engine import ProgressCallback, fit
 from ._model import save_classifier
 
@@ -62,13 +62,17 @@ def train(
     trust_remote_code: bool = False,
     should_stop=None,
     parent_run_id: str | None = None,
+    sample_seed: int | None = None,
+    pool: Split | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` (default all-MiniLM-L6-v2) on ``task`` with ``method`` and return what it achieved.
 
     ``hyperparameters`` override the method's defaults (values are validated against its ranges). With
     ``record`` the run is written to the experience store before training starts and completed after it, so a
     crash leaves a ``failed``/``interrupted`` record; with ``track`` it is logged to MLflow (nested under
-    ``parent_run_id`` when given). ``should_stop(step, curve)`` may end the run early (a pruner).
+    ``parent_run_id`` when given). ``should_stop(step, curve)`` may end the run early (a pruner). ``seed`` sets
+    the initialisation and data order, ``sample_seed`` (default: ``seed``) the evaluation sample; ``pool`` is an
+    extra scoring set (see :func:`~metapeft.training._engine.fit`).
     """
     spec = get_method(method)
     config = spec.make_config(hyperparameters)
@@ -93,7 +97,8 @@ def train(
         hyperparameters=config.as_dict(),
         profile=profile.as_dict(),
         environment=environment(torch_device),
-        tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "final_eval_size": final_eval_size, "time_budget": time_budget},
+        tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "final_eval_size": final_eval_size, "time_budget": time_budget,
+              "sample_seed": seed if sample_seed is None else sample_seed},
         seed=seed,
     )
     if store is not None:
@@ -103,7 +108,7 @@ def train(
         result = fit(
             task, spec, config, backbone, model=model, max_length=max_length, device=torch_device, seed=seed,
             time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, final_eval_size=final_eval_size, progress=progress,
-            trust_remote_code=trust_remote_code, should_stop=should_stop,
+            trust_remote_code=trust_remote_code, should_stop=should_stop, sample_seed=sample_seed, pool=pool,
         )
         adapter_path = None
         if save:
