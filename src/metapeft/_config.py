@@ -35,3 +35,20 @@ def runs_dir() -> Path:
     path = data_dir() / "runs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: store and tracking URLs are printed in errors, ``info`` and
+    JSON output, and a team's PostgreSQL password must not end up in a terminal log or a CI transcript."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # an unparsable port and the like: hide everything between "://" and "@"
+        head, sep, rest = url.partition("://")
+        return f"{head}{sep}***@{rest.rsplit('@', 1)[1]}" if "@" in rest else url
