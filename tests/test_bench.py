@@ -1,6 +1,7 @@
 """metapeft bench and report on a tiny real design: 2 tasks × 2 methods × 2 Sobol configs, a few steps each."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -93,6 +94,15 @@ def test_bad_designs_are_refused(tmp_path, change, message):
         Design.load(tmp_path / "d.json")
 
 
+def test_a_design_naming_tasks_the_suite_lacks_is_refused_naming_its_file(tmp_path):
+    from metapeft._errors import MetapeftError
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({**DESIGN, "passes": [{"sizes": [24], "config": "defaults", "tasks": ["sst2_a", "nope"]}]}))
+    with pytest.raises(MetapeftError, match=f"^{re.escape(str(path))} names tasks the suite does not have: nope"):
+        expand(Design.load(path), ["sst2_a", "sst2_b"])
+
+
 @pytest.fixture(scope="module")
 def bench_store(suite, tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('bench') / 'b.db'}"
@@ -166,6 +176,7 @@ def test_ctrl_c_stops_the_bench_without_a_traceback_and_loses_nothing(suite, tmp
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in out + err and "Error" not in out + err
+    assert err.rstrip().endswith("interrupted"), err  # the last word is why it stopped, not the progress bar
     statuses = Counter(r.status for r in store.query())
     assert statuses["running"] == 0 and 1 <= statuses["finished"] < 8, statuses
 

@@ -111,3 +111,19 @@ def test_experience_import_peft_results_and_export(tmp_path):
 def test_usage_errors_are_reported_not_raised(args, message):
     proc = run_cli(*args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+def test_passwords_in_urls_are_never_printed():
+    proc = run_cli("info", "--json", "--store", "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/x", env={"MLFLOW_TRACKING_URI": "postgresql://ann:hidden-pw@db/mlflow"})
+    assert proc.returncode == 0 and "s3cret-pw" not in proc.stdout and "hidden-pw" not in proc.stdout
+    assert json.loads(proc.stdout)["store"] == "postgresql+psycopg://bob:***@127.0.0.1:1/x"
+
+
+def test_tune_refuses_a_study_name_that_leaves_its_folder_and_a_bad_storage_before_any_work(tmp_path):
+    proc = run_cli("tune", "example", "--trials", "1", "--study", "../../x")
+    assert proc.returncode == 2 and "a study name names a folder" in proc.stderr
+    home = tmp_path / "home"
+    proc = run_cli("tune", "example", "--trials", "1", "--storage", "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/x", env={"METAPEFT_HOME": str(home)})
+    assert proc.returncode == 2 and "cannot open the Optuna storage" in proc.stderr and "s3cret-pw" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (home / "profiles").exists()  # refused before profiling the task and fitting the meta-learner

@@ -75,3 +75,46 @@ def test_bench_claims_are_exclusive_on_postgres(postgres_url):
     engine = _engine(ExperienceStore(postgres_url))
     assert _try_claim(engine, "design/t/64/lora/default/0")
     assert not _try_claim(engine, "design/t/64/lora/default/0")
+
+
+def test_a_user_who_may_only_read_can_list_a_postgres_store(postgres_url):
+    import socket
+    import subprocess
+    import sys
+
+    import sqlalchemy as sa
+
+    from metapeft._errors import StoreError
+    from metapeft.experience._store import experiences
+
+    store = ExperienceStore(postgres_url)
+    rid = store.add(Experience(task_name="ro", method="lora", model="m", status="finished"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    running = store.add(Experience(task_name="ro", method="lora", model="m"))
+    with store.engine.begin() as conn:  # a run of a process gone from this host: opening would mark it interrupted
+        conn.execute(experiences.update().where(experiences.c.id == running)
+                     .values(host=socket.gethostname(), pid=dead.pid))
+        try:
+            conn.exec_driver_sql("DROP ROLE IF EXISTS metapeft_reader")
+            conn.exec_driver_sql("CREATE ROLE metapeft_reader LOGIN PASSWORD 'r3ader-pw'")
+            conn.exec_driver_sql("GRANT SELECT ON experiences, metapeft_store TO metapeft_reader")
+        except sa.exc.DBAPIError as exc:
+            pytest.skip(f"cannot create a read-only role here: {exc}")
+    reader_url = sa.engine.make_url(postgres_url).set(username="metapeft_reader", password="r3ader-pw")
+    reader = ExperienceStore(reader_url.render_as_string(hide_password=False))
+    assert {r.id: r.status for r in reader.query(task="ro")} == {rid: "finished", running: "running"}
+    message = r"cannot write to the experience store at \S+://metapeft_reader:\*\*\*@.*permission denied"
+    with pytest.raises(StoreError, match=message) as info:
+        reader.add(Experience(task_name="ro", method="lora", model="m"))
+    assert "r3ader-pw" not in str(info.value)
+    reader.dispose()
+    assert ExperienceStore(postgres_url).get(running).status == "interrupted"  # a user who may write marks it
+
+
+def test_a_dead_run_of_another_host_is_marked_on_postgres(postgres_url):
+    from test_experience import _dead_and_live_runs_of_another_host
+
+    silent, beating = _dead_and_live_runs_of_another_host(postgres_url)
+    store = ExperienceStore(postgres_url)
+    assert store.get(silent).status == "interrupted" and store.get(beating).status == "running"

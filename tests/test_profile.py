@@ -3,9 +3,11 @@ import time
 import warnings
 
 import numpy as np
+import pytest
 
 from conftest import EXAMPLE, write_jsonl
-from metapeft.tasks import load_task, profile_task
+from metapeft._config import data_dir
+from metapeft.tasks import cached_profile, load_task, profile_task
 
 
 def test_profile_describes_task_and_model(example_profile, small_task):
@@ -57,3 +59,23 @@ def test_a_tiny_task_with_a_rare_class_still_gets_a_number(tmp_path):
         profile = profile_task(load_task(tmp_path / "tiny"))
     assert np.isfinite(profile.probe_accuracy) and np.isfinite(profile.complexity_score)
     assert not [w for w in caught if "Traceback" in str(w.message) or "fit failed" in str(w.message).lower()]
+
+
+CORRUPT = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "wrong shape": lambda good: b"[1, 2, 3]",
+    "wrong types": lambda good: json.dumps({**json.loads(good), "num_classes": "2", "domain_vector": [None]}).encode(),
+    "binary": lambda good: b"\x00\xff\xfe\x89PNG garbage",
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPT.values(), ids=CORRUPT.keys())
+def test_a_corrupted_cached_profile_is_recomputed_and_repaired(small_task, example_profile, monkeypatch, corrupt):
+    expected = example_profile.as_dict()
+    cached_profile(small_task)  # creates the cache file
+    (path,) = (data_dir() / "profiles").glob(f"{small_task.fingerprint}-*.json")
+    path.write_bytes(corrupt(path.read_bytes()))
+    assert cached_profile(small_task).as_dict() == expected
+    assert json.loads(path.read_text()) == expected and not list(path.parent.glob("*.tmp"))
+    monkeypatch.setattr("metapeft.tasks._profile.profile_task", lambda *a, **k: pytest.fail("the cache was not used"))
+    assert cached_profile(small_task).as_dict() == expected

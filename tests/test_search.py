@@ -202,3 +202,58 @@ def test_of_two_trials_started_at_once_at_the_shared_total_only_the_first_counts
     second.set_user_attr("over_total", True)  # what tune's objective does with it
     study.tell(second, state=optuna.trial.TrialState.FAIL)
     assert _finished(study) == 4  # the three finished and the first: the unrun one counts nowhere
+
+
+def test_a_sigkilled_search_resumes_to_its_full_trial_count(tiny_task, tmp_path):
+    """A tune killed (SIGKILL) during a trial: its parent run is closed as KILLED, and the same command started again
+    redoes the cut trial (failed and queued again, not counted) and stops at the full --trials with a FINISHED parent."""
+    import os
+    import signal
+    import time
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from metapeft.experience import ExperienceStore
+    from metapeft.tracking import MLflowTracker
+
+    home = tmp_path / "home"
+    env = {**os.environ, "METAPEFT_HOME": str(home)}
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": tiny_task.label_names[y]}) + "\n" for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)))
+    args = [sys.executable, "-c", "from metapeft.cli import run; run()", "tune", str(data), "--trials", "3", "--max-steps", "12", "--eval-size", "30",
+            "--final-eval-size", "30", "--sampler", "random", "--seed", "1", "--storage", storage, "--study", "killed", "--json"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                states = {t.number: t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials}
+            except KeyError:  # the study is not created yet
+                states = {}
+            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING":
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None and states.get(1) == "RUNNING", states
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    tracking = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking)
+    parent = optuna.load_study(study_name="killed", storage=storage).user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert MLflowTracker(tracking).close_dead_parents() == 1 and client.get_run(parent).info.status == "KILLED"
+
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = optuna.load_study(study_name="killed", storage=storage).trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and states[1] == "FAIL", states
+    redone = [t for t in trials if t.system_attrs.get("retry_history") == [1]]
+    assert len(redone) == 1 and redone[0].params == trials[1].params and redone[0].state.name in ("COMPLETE", "PRUNED")
+    assert len(json.loads(again.stdout)["trials"]) == 4
+    assert client.get_run(parent).info.status == "FINISHED"
+    statuses = sorted(r.status for r in ExperienceStore(f"sqlite:///{home / 'experience.db'}").query())
+    assert statuses == ["finished"] * 3 + ["interrupted"]

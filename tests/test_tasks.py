@@ -148,3 +148,46 @@ def test_a_byte_order_mark_is_ignored(tmp_path):
     jsonl = tmp_path / "bom.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8-sig")
     assert load_task(jsonl).fingerprint == load_task(write_jsonl(tmp_path / "plain.jsonl", ROWS)).fingerprint
+
+
+def test_labels_name_one_class_by_value_in_every_format(tmp_path):
+    """1 and 1.0 are one class (named "1") whatever the file format; plain int and text labels are unchanged."""
+    import datasets
+
+    texts = [r["text"] for r in ROWS]
+    ints = [int(r["label"] == "pos") for r in ROWS]
+    plain = load_task(write_jsonl(tmp_path / "ints.jsonl", [{"text": t, "label": y} for t, y in zip(texts, ints)]))
+    assert plain.label_names == ["0", "1"]
+    mixed = [{"text": t, "label": float(y) if i % 3 else y} for i, (t, y) in enumerate(zip(texts, ints))]
+    assert load_task(write_jsonl(tmp_path / "mixed.jsonl", mixed)).label_names == ["0", "1"]
+    pd.DataFrame({"text": texts, "label": [float(y) for y in ints]}).to_parquet(tmp_path / "floats.parquet")
+    pd.DataFrame({"text": texts, "label": ints}).to_csv(tmp_path / "ints.csv", index=False)
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("float32")})
+    datasets.Dataset.from_dict({"text": texts, "label": ints}, features=features).save_to_disk(str(tmp_path / "ds"))
+    for path in ("mixed.jsonl", "floats.parquet", "ints.csv", "ds"):
+        assert load_task(tmp_path / path).fingerprint == plain.fingerprint, path
+    many = load_task(write_jsonl(tmp_path / "many.jsonl", [{"text": f"t{i}", "label": i % 12} for i in range(48)]))
+    assert many.label_names == [str(i) for i in range(12)]  # numeric order, as before
+    assert load_task(write_jsonl(tmp_path / "text.jsonl", ROWS)).label_names == ["neg", "pos"]
+
+
+def test_labels_of_different_kinds_are_refused_with_file_and_line(tmp_path):
+    for labels, kinds in (([0, 1, "1"], "'1' is text"), ([0, 1, True], "True is true/false")):
+        path = write_jsonl(tmp_path / "mixed.jsonl", [{"text": f"t{i}", "label": y} for i, y in enumerate(labels * 4)])
+        message = rf"mixed\.jsonl line 3: label {kinds} but the label at \S+mixed\.jsonl line 1 \(0\) is a number"
+        with pytest.raises(TaskError, match=message):
+            load_task(path)
+    write_jsonl(tmp_path / "t" / "train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(10)])
+    write_jsonl(tmp_path / "t" / "test.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": "1"}])
+    message = r"test\.jsonl line 2: label '1' is text but the label at \S+train\.jsonl line 1 \(0\) is a number"
+    with pytest.raises(TaskError, match=message):
+        load_task(tmp_path / "t")
+
+
+def test_invalid_utf8_is_refused_with_file_and_line(tmp_path):
+    good = "".join(json.dumps(r) + "\n" for r in ROWS[:4]).encode()
+    for name, prefix in (("plain.jsonl", b""), ("bom.jsonl", b"\xef\xbb\xbf")):
+        path = tmp_path / name
+        path.write_bytes(prefix + good + b'{"text": "caf\xe9", "label": "pos"}\n' + good)
+        with pytest.raises(TaskError, match=rf"{name} line 5: not valid UTF-8 \(byte 0xe9 at byte 14 of the line\); "):
+            load_task(path)

@@ -47,18 +47,21 @@ class Design:
     tasks: list[str] | None = None  # None = every task of the suite
     max_length_cap: int | None = None  # cap on the profile's automatic sequence length (cost control)
     pool_size: int = 0  # final evaluation also scores up to this many train rows no protocol sample uses (0 = none)
+    source: str = field(default="", repr=False, compare=False)  # the file it was loaded from, for error messages
 
     @classmethod
     def load(cls, path: str | Path) -> Design:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
+            data.pop("source", None)
             data["passes"] = [Pass(**p) for p in data["passes"]]
             design = cls(**data)
         except FileNotFoundError:
             raise MetapeftError(f"no design file at {path}") from None
         except (json.JSONDecodeError, TypeError, KeyError) as exc:
             raise MetapeftError(f"{path}: not a valid bench design ({exc})") from None
+        design.source = str(path)
         design.validate(path)
         return design
 
@@ -101,8 +104,10 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if missing := sorted(set(design.tasks or ()) - set(task_names)):
-        raise MetapeftError(f"design {design.name!r} names tasks the suite does not have: {', '.join(missing)}; fix its 'tasks' (the suite has {len(task_names)} tasks)")
+    named = set(design.tasks or ()).union(*(p.tasks or () for p in design.passes))
+    if missing := sorted(named - set(task_names)):
+        where = design.source or f"design {design.name!r}"
+        raise MetapeftError(f"{where} names tasks the suite does not have: {', '.join(missing)}; fix its 'tasks' (the suite has {len(task_names)} tasks)")
     tasks = [t for t in task_names if design.tasks is None or t in design.tasks]
     studies = {}
     for m in design.methods:

@@ -28,7 +28,8 @@ _METHODS = {
 
 
 def read_peft_results(folder: str | Path) -> list[Experience]:
-    """Experience records of every result JSON under ``folder`` (searched recursively)."""
+    """Experience records of every result JSON under ``folder`` (searched recursively); StoreError naming the file
+    for one that is not valid (nothing is returned then, so that an import adds all of the files or none)."""
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise StoreError(f"no such directory: {folder} (point at method_comparison results, e.g. shared/peft-method-comparison)")
@@ -37,26 +38,64 @@ def read_peft_results(folder: str | Path) -> list[Experience]:
     for path in files:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise StoreError(f"{path}: not a JSON text file (not UTF-8); remove it or fix it") from None
         except json.JSONDecodeError as exc:
             raise StoreError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(data, dict) or not {"run_info", "train_info"} <= data.keys():
             continue  # not a result file
-        records.append(_to_experience(path, data))
+        try:
+            records.append(_to_experience(path, data).validate())
+        except ValueError as exc:
+            message = f"{path}: not a PEFT method-comparison result ({exc}); fix or remove it (nothing imported)"
+            raise StoreError(message) from None
     if not records:
         raise StoreError(f"no PEFT method-comparison result files (with run_info and train_info) under {folder}")
     return records
 
 
+_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", (int, float): "a number"}
+
+
+def _field(section: dict, name: str, key: str, kind: type | tuple[type, ...], default=None):
+    """``section[key]`` (``default`` when absent or null); ValueError naming ``name.key`` unless it is a ``kind``."""
+    value = section.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{name + '.' if name else ''}{key}: expected {_KINDS[kind]}, got {type(value).__name__}")
+    return value
+
+
 def _to_experience(path: Path, data: dict) -> Experience:
-    run, train, meta = data["run_info"], data["train_info"], data.get("meta_info", {})
-    train_config, peft_config = run.get("train_config", {}), run.get("peft_config") or {}
-    peft_type = peft_config.get("peft_type")
+    run, train, meta = (_field(data, "", key, dict, {}) for key in ("run_info", "train_info", "meta_info"))
+    train_config = _field(run, "run_info", "train_config", dict, {})
+    peft_config = _field(run, "run_info", "peft_config", dict, {})
+    optimizer = _field(train_config, "train_config", "optimizer_kwargs", dict, {})
+    for section, name, keys, kind in (
+        (run, "run_info", ("created_at", "error_msg", "experiment_name"), str),
+        (run, "run_info", ("total_time",), (int, float)),
+        (train, "train_info", ("train_time", "accelerator_memory_max", "file_size"), (int, float)),
+        (train, "train_info", ("num_trainable_params", "num_total_params"), (int, float)),
+        (train_config, "train_config", ("model_id", "optimizer_type", "lr_scheduler", "dtype"), str),
+        (train_config, "train_config", ("max_steps", "batch_size", "seed"), int),
+        (optimizer, "optimizer_kwargs", ("lr", "weight_decay"), (int, float)),
+    ):
+        for key in keys:
+            _field(section, name, key, kind)
+    steps = _field(train, "train_info", "metrics", list, [])
+    for i, m in enumerate(steps):
+        if not isinstance(m, dict):
+            raise ValueError(f"train_info.metrics[{i}]: expected an object, got {type(m).__name__}")
+        for key in m:
+            if key in ("step", "train loss") or key.startswith(("valid ", "test ")):
+                _field(m, f"train_info.metrics[{i}]", key, (int, float))
+    peft_type = _field(peft_config, "peft_config", "peft_type", str)
     method = "full_finetuning" if peft_type is None else _METHODS.get(peft_type, peft_type.lower())
     if method == "lora" and peft_config.get("use_dora"):
         method = "dora"
     task = path.parent.name if path.parent.name != "results" else path.parent.parent.name
 
-    steps = train.get("metrics") or []
     final = steps[-1] if steps else {}
     test_keys = [k for k in final if k.startswith("test ")]
     score_name = test_keys[0].removeprefix("test ") if test_keys else None
@@ -74,7 +113,6 @@ def _to_experience(path: Path, data: dict) -> Experience:
         metrics["score"], metrics["score_name"] = final[test_keys[0]], score_name
         if score_name == "accuracy":
             metrics["accuracy"] = final[test_keys[0]]
-    optimizer = train_config.get("optimizer_kwargs", {})
     hyperparameters = {
         "learning_rate": optimizer.get("lr"),
         "weight_decay": optimizer.get("weight_decay"),
@@ -89,13 +127,17 @@ def _to_experience(path: Path, data: dict) -> Experience:
         for m in steps
     ]
     created = run.get("created_at")
+    try:
+        created_at = datetime.fromisoformat(created) if created else datetime.now().astimezone()
+    except ValueError:
+        raise ValueError(f"run_info.created_at: expected an ISO date and time, got {created!r:.60}") from None
     status = train.get("status")
     return Experience(
         id=hashlib.sha256(f"{task}/{path.name}/{created}".encode()).hexdigest()[:32],
         task_name=task,
         task_fingerprint=f"hf-peft:{task}",
         method=method,
-        model=train_config.get("model_id", "unknown"),
+        model=train_config.get("model_id") or "unknown",
         hyperparameters=hyperparameters,
         metrics={k: v for k, v in metrics.items() if v is not None},
         curve=curve,
@@ -105,5 +147,5 @@ def _to_experience(path: Path, data: dict) -> Experience:
         error=run.get("error_msg") or (None if status == "success" else f"status: {status}"),
         source=SOURCE,
         seed=train_config.get("seed"),
-        created_at=datetime.fromisoformat(created) if created else datetime.now().astimezone(),
+        created_at=created_at,
     )

@@ -5,9 +5,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Status = Literal["running", "finished", "failed", "interrupted"]
+STATUSES = get_args(Status)
+# Longest text each column of the store takes (PostgreSQL refuses longer ones).
+MAX_LENGTH = {"id": 32, "status": 16, "source": 64, "task_name": 256, "task_fingerprint": 64, "model": 256,
+              "method": 64}
+# Metrics that are not numbers: how peak memory was taken, what ``score`` is, and the packed per-example outcomes.
+_TEXT_METRICS = ("memory_measure", "score_name")
 
 
 def _now() -> datetime:
@@ -55,9 +61,75 @@ class Experience:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Experience:
+        """The record ``as_dict`` wrote (unknown keys are ignored); ValueError for a mapping of the wrong shape."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {_kind(data)}")
+        if missing := [k for k in ("task_name", "method", "model") if k not in data]:
+            raise ValueError(f"missing {', '.join(missing)}")
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
         for key in ("created_at", "updated_at"):
             if isinstance(values.get(key), str):
-                values[key] = datetime.fromisoformat(values[key])
+                try:
+                    values[key] = datetime.fromisoformat(values[key])
+                except ValueError:
+                    raise ValueError(f"{key}: expected an ISO date and time, got {values[key]!r:.60}") from None
         return cls(**values)
+
+    def validate(self) -> Experience:
+        """``self`` if every field has the type and range the store and the meta-learner expect, else ValueError
+        naming the field (imported records are checked with it)."""
+
+        def fail(name: str, expected: str, value: Any) -> None:
+            shown = repr(value) if isinstance(value, (str, int, float)) else _kind(value)
+            raise ValueError(f"{name}: expected {expected}, got {shown:.60}")
+
+        for name, limit in MAX_LENGTH.items():
+            value = getattr(self, name)
+            if not isinstance(value, str) or (not value and name != "task_fingerprint") or len(value) > limit:
+                kind = "a string" if name == "task_fingerprint" else "a non-empty string"
+                fail(name, f"{kind} of at most {limit} characters", value)
+        if self.status not in STATUSES:
+            fail("status", f"one of {', '.join(STATUSES)}", self.status)
+        for name in ("hyperparameters", "metrics", "profile", "environment", "tags"):
+            if not isinstance(getattr(self, name), dict):
+                fail(name, "an object", getattr(self, name))
+        if not isinstance(self.curve, list):
+            fail("curve", "a list", self.curve)
+        for i, point in enumerate(self.curve):
+            if not isinstance(point, dict):
+                fail(f"curve[{i}]", "an object", point)
+            for key, value in point.items():
+                if not _number(value):
+                    fail(f"curve[{i}].{key}", "a number", value)
+        for key, value in self.metrics.items():
+            if key == "outcomes":
+                if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                    fail("metrics.outcomes", "an object of strings", value)
+            elif key in _TEXT_METRICS:
+                if value is not None and not isinstance(value, str):
+                    fail(f"metrics.{key}", "a string", value)
+            elif not _number(value):
+                fail(f"metrics.{key}", "a number", value)
+        accuracy = self.metrics.get("accuracy")
+        if accuracy is not None and not 0 <= accuracy <= 1:
+            fail("metrics.accuracy", "a number from 0 to 1", accuracy)
+        if self.error is not None and not isinstance(self.error, str):
+            fail("error", "a string", self.error)
+        seed = self.seed
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not -(2**31) <= seed < 2**31):
+            fail("seed", "a 32-bit integer", seed)
+        for name in ("created_at", "updated_at"):
+            if not isinstance(getattr(self, name), datetime):
+                fail(name, "an ISO date and time", getattr(self, name))
+        return self
+
+
+def _number(value: Any) -> bool:
+    """A number (NaN and infinities included: a diverged loss is one) or None; not a boolean."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

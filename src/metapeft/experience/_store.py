@@ -4,22 +4,32 @@ Lifecycle of a run's record: :meth:`ExperienceStore.start` inserts it as ``runni
 :meth:`ExperienceStore.finish` / :meth:`ExperienceStore.mark` complete it. Every write is one short
 transaction, so a crash can lose at most the run in flight, never earlier records. A process killed with
 SIGKILL cannot mark its own record; the next process that opens the store marks ``running`` records whose
-process is gone (same host) as ``interrupted``.
+process is gone (same host), or whose heartbeat stopped (another host), as ``interrupted``.
 
 The default store is a SQLite file (WAL journal, so that several processes can write at once); any
-SQLAlchemy URL, e.g. ``postgresql+psycopg://…``, works for a team-shared store.
+SQLAlchemy URL, e.g. ``postgresql+psycopg://…``, works for a team-shared store. A SQLite file this user may not
+write is opened read-only (list, export, recommend work; writes are refused), and a SQLite file's integrity is
+checked (``PRAGMA quick_check``) before a process first writes to it, so that runs are never added to a damaged
+store.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import os
+import shlex
 import socket
+import sqlite3
 import time
+import zlib
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import psutil
 import sqlalchemy as sa
@@ -28,7 +38,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from .._errors import StoreError
 from ._record import Experience
 
+log = logging.getLogger("metapeft")
 SCHEMA_VERSION = 1
+HEARTBEAT_S = 60.0  # a running run says it is alive this often…
+STALE_S = 600.0  # …and one silent for this long on another host is taken for dead
 _metadata = sa.MetaData()
 experiences = sa.Table(
     "experiences",
@@ -60,6 +73,7 @@ store_info = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(256), nullable=False),
 )
+_VERSION = sa.select(store_info.c.value).where(store_info.c.key == "schema_version")
 _JSON_FIELDS = ("hyperparameters", "metrics", "curve", "profile", "environment", "tags")
 
 
@@ -77,42 +91,156 @@ class ExperienceStore:
     def __init__(self, url: str | None = None):
         from .._config import store_url
 
+        default = url is None and not os.environ.get("METAPEFT_STORE")  # the data directory's: created with its folder
         self.url = url or store_url()
+        self.read_only = False  # a SQLite file this user may not write: opened for reading only
+        self._file: Path | None = None
+        self._checked = False  # the SQLite file's integrity, checked before this object's first write
         try:
-            if self.url.startswith("sqlite:///"):
-                Path(self.url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-                self._engine = sa.create_engine(self.url, connect_args={"timeout": 60})
-                sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+            self._file = _sqlite_file(self.url)
+            if self._file is not None:
+                self._engine = self._open_sqlite(create_folder=default)
+            elif self.url.startswith("sqlite:///"):
+                self._engine = _sqlite_engine(self.url)
             else:
                 self._engine = sa.create_engine(self.url, pool_pre_ping=True)
             self._create_schema()
+        except (ImportError, ValueError, sa.exc.ArgumentError) as exc:  # no driver, a bad port…
+            detail = self._hide(_short(exc))
+            raise StoreError(f"cannot open the experience store at {self.display_url} ({detail}); "
+                             "is the URL right and its driver installed?") from None
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the experience store at {self.url} ({_short(exc)}); check --store / METAPEFT_STORE") from None
-        except (ImportError, sa.exc.ArgumentError) as exc:
-            raise StoreError(f"cannot open the experience store at {self.url} ({_short(exc)}); is the URL right and its driver installed?") from None
+            raise self._error(exc, "open") from None
         self._host = socket.gethostname()
-        self.reap_interrupted()
+        if not self.read_only:
+            try:
+                self.reap_interrupted()
+            except StoreError as exc:
+                if "permission denied" not in str(exc):
+                    raise
+                log.debug("not marking interrupted runs: %s", exc)  # a PostgreSQL user who may only read
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden: the form to print."""
+        from .._config import redact_url
+
+        return redact_url(self.url)
 
     @property
     def engine(self) -> sa.Engine:
         """The SQLAlchemy engine (for tables that live beside the experiences, such as bench claims)."""
         return self._engine
 
+    def _open_sqlite(self, create_folder: bool) -> sa.Engine:
+        path, folder = self._file, self._file.parent
+        if not folder.is_dir():
+            if not create_folder:
+                raise StoreError(f"the folder {folder} of the experience store {self.display_url} does not exist; "
+                                 f"create it (mkdir -p {shlex.quote(str(folder))}) or fix --store / METAPEFT_STORE")
+            folder.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if not (os.access(path, os.W_OK) and os.access(folder, os.W_OK)):
+                self.read_only = True
+                return _read_only_engine(path)
+        elif not os.access(folder, os.W_OK):
+            raise StoreError(f"cannot create the experience store {path}: no write permission on {folder}; "
+                             "fix its permissions or give another --store / METAPEFT_STORE")
+        else:
+            (log.info if create_folder else log.warning)("creating a new experience store at %s", path)
+        return _sqlite_engine(self.url)
+
     def _create_schema(self) -> None:
+        if self.read_only:
+            with self._reading(), self._engine.connect() as conn:
+                tables = sa.inspect(conn).get_table_names()
+                if experiences.name not in tables:
+                    raise StoreError(f"{self._file} is read-only for this user and holds no experiences; "
+                                     "give a metapeft store (--store / METAPEFT_STORE)")
+                if store_info.name in tables:
+                    self._check_version(conn.execute(_VERSION).scalar())
+            return
         for attempt in range(5):  # several processes may create a fresh store at the same moment
             try:
                 _metadata.create_all(self._engine)
                 with self._engine.begin() as conn:
-                    found = conn.execute(sa.select(store_info.c.value).where(store_info.c.key == "schema_version")).scalar()
+                    found = conn.execute(_VERSION).scalar()
                     if found is None:
                         conn.execute(store_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-                    elif int(found) > SCHEMA_VERSION:
-                        raise StoreError(f"the store at {self.url} was written by a newer metapeft (schema {found}); upgrade metapeft")
+                    self._check_version(found)
                 return
             except (OperationalError, sa.exc.IntegrityError):
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+
+    def _check_version(self, found: str | None) -> None:
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise StoreError(f"the store at {self.display_url} was written by a newer metapeft (schema {found}); "
+                             "upgrade metapeft")
+
+    @contextmanager
+    def _reading(self):
+        """Database errors while reading become one-line StoreErrors (a damaged file says so and how to recover)."""
+        try:
+            yield
+        except sa.exc.DatabaseError as exc:
+            raise self._error(exc, "read") from None
+
+    @contextmanager
+    def _writing(self):
+        """A write: refused on a read-only store, and on a damaged SQLite file (checked before the first write)."""
+        if self.read_only:
+            raise self._read_only_error()
+        try:
+            if self._file is not None and not self._checked:
+                with self._engine.connect() as conn:
+                    problems = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check")]
+                if problems != ["ok"]:  # the first line of each is "*** in database main ***"
+                    lines = [line for p in problems for line in str(p).splitlines() if not line.startswith("***")]
+                    raise self._damaged((lines or problems)[0][:200])
+                self._checked = True
+            yield
+        except sa.exc.IntegrityError:
+            raise  # a duplicate id: the caller says what it means
+        except sa.exc.DatabaseError as exc:
+            raise self._error(exc, "write to") from None
+
+    def _error(self, exc: Exception, doing: str) -> StoreError:
+        detail = self._hide(_short(exc))
+        if self._file is not None and ("malformed" in detail or "not a database" in detail):
+            return self._damaged(detail)
+        if self._file is not None and "readonly" in detail:  # "attempt to write a readonly database"
+            return StoreError(f"cannot {doing} the experience store {self._file} ({detail}); "
+                              "check that this user may write it, its folder and its -wal and -shm files")
+        return StoreError(f"cannot {doing} the experience store at {self.display_url} ({detail}); "
+                          "check --store / METAPEFT_STORE")
+
+    def _damaged(self, detail: str) -> StoreError:
+        old, new = self._file, self._file.with_name(self._file.stem + "-recovered.db")
+        what = "is not a SQLite database or is damaged" if "not a database" in detail else "is damaged"
+        q = lambda path: shlex.quote(str(path))  # noqa: E731
+        return StoreError(
+            f"the experience store {old} {what} ({detail}), so nothing is written to it; recover what is readable "
+            f"with `sqlite3 {q(old)} .recover | sqlite3 {q(new)}` (where .recover fails, as in sqlite 3.40: "
+            f"`sqlite3 {q(old)} .dump | sed 's/^ROLLBACK;.*/COMMIT;/' | sqlite3 {q(new)}`) and use "
+            f"--store sqlite:///{new}, or restore a backup or export"
+        )
+
+    def _read_only_error(self) -> StoreError:
+        return StoreError(f"the experience store {self._file} is read-only for this user (no write permission on the "
+                          "file or its folder); it can be read; to write, fix its permissions or give another --store")
+
+    def _hide(self, text: str) -> str:
+        """``text`` with this store's URL and password hidden (database errors may quote them)."""
+        try:
+            password = urlsplit(self.url).password
+        except ValueError:
+            password = None
+        text = text.replace(self.url, self.display_url)
+        for secret in {password, unquote(password or "")} - {None, ""}:
+            text = text.replace(secret, "***")
+        return text
 
     # --- writing -----------------------------------------------------------------------------------------------
     def start(self, experience: Experience) -> str:
@@ -132,7 +260,7 @@ class ExperienceStore:
         if skip_existing and records:
             existing = set()
             ids = [r.id for r in records]
-            with self._engine.connect() as conn:
+            with self._reading(), self._engine.connect() as conn:
                 for i in range(0, len(ids), 500):
                     existing |= set(conn.execute(sa.select(experiences.c.id).where(experiences.c.id.in_(ids[i : i + 500]))).scalars())
             records = [r for r in records if r.id not in existing]
@@ -151,11 +279,11 @@ class ExperienceStore:
         self._update(experience_id, status=status, error=error, **fields)
 
     def _insert(self, records: list[Experience], *, owner: bool) -> None:
-        if not records:
-            return
         rows = [self._row(r, owner) for r in records]
-        with self._engine.begin() as conn:
-            conn.execute(experiences.insert(), rows)
+        with self._writing():
+            if rows:
+                with self._engine.begin() as conn:
+                    conn.execute(experiences.insert(), rows)
 
     def _row(self, r: Experience, owner: bool) -> dict[str, Any]:
         row = {k: getattr(r, k) for k in ("id", "status", "source", "task_name", "task_fingerprint", "model", "method", "seed", "error")}
@@ -172,31 +300,70 @@ class ExperienceStore:
         if "metrics" in fields:
             values["accuracy"] = fields["metrics"].get("accuracy")
         values["updated_at"] = datetime.now(timezone.utc)
-        with self._engine.begin() as conn:
+        with self._writing(), self._engine.begin() as conn:
             conn.execute(experiences.update().where(experiences.c.id == experience_id).values(**values))
 
     def reap_interrupted(self) -> int:
-        """Mark ``running`` records of dead processes on this host as interrupted; returns how many."""
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(experiences.c.id, experiences.c.pid).where(experiences.c.status == "running", experiences.c.host == self._host)
+        """Mark ``running`` records of dead processes as interrupted; returns how many. On this host a run is dead
+        when its process is; on another host (a shared PostgreSQL store) when its heartbeat (:meth:`keep_alive`)
+        is older than :data:`STALE_S`."""
+        if self.read_only:
+            return 0
+        stale_before = datetime.now(timezone.utc) - timedelta(seconds=STALE_S)
+        running = experiences.c.status == "running"
+        with self._reading(), self._engine.connect() as conn:
+            rows = conn.execute(sa.select(experiences.c.id, experiences.c.pid).where(running, experiences.c.host == self._host)).all()
+            silent = conn.execute(
+                sa.select(experiences.c.id, experiences.c.host)
+                .where(running, experiences.c.host != self._host, experiences.c.updated_at < stale_before)
             ).all()
-        dead = [r.id for r in rows if r.pid is None or process_gone(r.pid)]
-        if dead:
-            with self._engine.begin() as conn:
+        dead = {r.id: "the process running it ended without finishing (killed or crashed)" for r in rows if r.pid is None or process_gone(r.pid)}
+        for r in silent:
+            dead[r.id] = f"no heartbeat from its process on {r.host} for over {STALE_S / 60:.0f} minutes (killed, crashed or cut off)"
+        for experience_id, error in dead.items():
+            with self._writing(), self._engine.begin() as conn:
                 conn.execute(
                     experiences.update()
-                    .where(experiences.c.id.in_(dead), experiences.c.status == "running")
-                    .values(status="interrupted", error="the process running it ended without finishing (killed or crashed)", updated_at=datetime.now(timezone.utc))
+                    .where(experiences.c.id == experience_id, running)
+                    .values(status="interrupted", error=error, updated_at=datetime.now(timezone.utc))
                 )
         return len(dead)
 
+    def heartbeat(self, experience_id: str) -> None:
+        """Say that the process running ``experience_id`` is alive (its ``updated_at`` becomes now)."""
+        with self._writing(), self._engine.begin() as conn:
+            conn.execute(experiences.update().where(experiences.c.id == experience_id, experiences.c.status == "running")
+                         .values(updated_at=datetime.now(timezone.utc)))  # fmt: skip
+
+    @contextmanager
+    def keep_alive(self, experience_id: str, every: float = HEARTBEAT_S):
+        """Beat :meth:`heartbeat` every ``every`` seconds from a background thread while the block runs, so that a
+        process on another host can tell a long run from a dead one (a SIGKILL leaves no other trace there)."""
+        import threading
+
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self.heartbeat(experience_id)
+                except Exception as exc:  # a store hiccup must not end the run; the next beat tries again
+                    log.debug("heartbeat of %s failed: %s", experience_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"metapeft-heartbeat-{experience_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     # --- reading -----------------------------------------------------------------------------------------------
     def get(self, experience_id: str) -> Experience:
-        with self._engine.connect() as conn:
+        with self._reading(), self._engine.connect() as conn:
             row = conn.execute(sa.select(experiences).where(experiences.c.id == experience_id)).mappings().first()
         if row is None:
-            raise StoreError(f"no experience with id {experience_id} in {self.url}")
+            raise StoreError(f"no experience with id {experience_id} in {self.display_url}")
         return _record(row)
 
     def query(
@@ -218,7 +385,7 @@ class ExperienceStore:
                 stmt = stmt.where(experiences.c[column] == value)
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._engine.connect() as conn:
+        with self._reading(), self._engine.connect() as conn:
             for row in conn.execute(stmt).mappings():
                 yield _record(row)
 
@@ -226,7 +393,7 @@ class ExperienceStore:
         stmt = sa.select(sa.func.count()).select_from(experiences)
         for column, value in filters.items():
             stmt = stmt.where(experiences.c[column] == value)
-        with self._engine.connect() as conn:
+        with self._reading(), self._engine.connect() as conn:
             return int(conn.execute(stmt).scalar())
 
     # --- exchange ----------------------------------------------------------------------------------------------
@@ -239,20 +406,28 @@ class ExperienceStore:
         return n
 
     def import_jsonl(self, path: str | Path) -> tuple[int, int]:
-        """Add the records of a JSONL export; returns (added, already present)."""
+        """Add the records of a JSONL export (gzip-compressed if named .gz); returns (added, already present).
+        Every line is checked first: a file with one bad line adds nothing."""
         path = Path(path)
         if not path.exists():
             raise StoreError(f"no such file: {path}")
+        data = _read_bytes(path)
         records = []
-        with _open_text(path, "r") as f:
-            text = f.read()
-        for lineno, line in enumerate(text.split("\n"), start=1):
+        for lineno, raw in enumerate(data.split(b"\n"), start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                hint = "; it is gzip-compressed: name it .jsonl.gz" if data[:2] == b"\x1f\x8b" else ""
+                raise StoreError(f"{path} line {lineno}: not UTF-8 text, so not an `experience export` file{hint} "
+                                 "(nothing imported)") from None
             if not line.strip():
                 continue
             try:
-                records.append(Experience.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, ValueError) as exc:
-                raise StoreError(f"{path} line {lineno}: not an experience record ({_short(exc)})") from None
+                records.append(Experience.from_dict(json.loads(line)).validate())
+            except (ValueError, TypeError) as exc:
+                detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise StoreError(f"{path} line {lineno}: not an experience record ({detail}); "
+                                 "fix or remove the line (nothing imported)") from None
         added = self.add_many(records)
         return added, len(records) - added
 
@@ -262,11 +437,58 @@ class ExperienceStore:
 
 def _open_text(path: str | Path, mode: str):
     """Text file, gzip-compressed when its name ends in .gz."""
-    import gzip
-
     if str(path).endswith(".gz"):
         return gzip.open(path, mode + "t", encoding="utf-8")
     return open(path, mode, encoding="utf-8")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when its name ends in .gz."""
+    if not path.name.endswith(".gz"):
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        message = f"{path}: not a gzip-compressed file ({exc}); name an uncompressed export .jsonl, or gzip it"
+        raise StoreError(message) from None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a plain SQLite URL; None for other databases, in-memory SQLite and ``file:`` URIs."""
+    parsed = sa.engine.make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not database or database.startswith((":memory:", "file:")):
+        return None
+    return Path(database)
+
+
+def _sqlite_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _read_only_engine(path: Path) -> sa.Engine:
+    """``path`` opened read-only. While the store is in use (its -wal file exists) with ``mode=ro``, which shares the
+    writers' locks; otherwise as immutable, since ``mode=ro`` would create -wal and -shm files that the owner, with
+    this user's permissions on them, could no longer write."""
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        if not Path(f"{path}-wal").exists():
+            return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:  # e.g. SQLITE_READONLY_DIRECTORY: no -shm file, and none can be made
+            if not exc.sqlite_errorname.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                raise
+            conn.close()
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        return conn
+
+    return sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.NullPool)
 
 
 def _record(row) -> Experience:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._config import DEFAULT_MODEL, data_dir
+from .._config import data_dir
 from .._errors import MetapeftError
 from ..experience import Experience, ExperienceStore
 from ..methods import BUDGET_FIELDS, get_method, list_methods
@@ -161,17 +161,11 @@ class MetaPEFT:
         """The task's profile, cached by dataset fingerprint and model (profiling loads the encoder)."""
         if isinstance(task, (TaskProfile, dict)):
             return profile_dict(task)
-        from ..tasks import load_task, profile_task
+        from ..tasks import cached_profile, load_task
 
         if isinstance(task, (str, Path)):
             task = load_task(str(task))
-        model = self.model or DEFAULT_MODEL
-        path = data_dir() / "profiles" / f"{task.fingerprint}-{hashlib.sha256(model.encode()).hexdigest()[:8]}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        profile = profile_task(task, self.model).as_dict()
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(profile)))
-        return profile
+        return cached_profile(task, self.model).as_dict()
 
     # --- similar tasks -------------------------------------------------------------------------------------
     def cells(self) -> tuple[list[Cell], np.ndarray]:

@@ -9,6 +9,8 @@ under one parent run per search. Searching for accuracy alone, a median pruner r
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 import warnings
@@ -17,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .._config import data_dir, runs_dir
+from .._config import data_dir, redact_url, runs_dir
 from .._errors import IncompatibleMethodError, MetapeftError
 from ..experience import ExperienceStore
 from ..methods import get_method, list_methods
@@ -77,18 +79,22 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
 
     objectives = tuple(objectives)
     _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final_eval_size)
+    if study_name is not None:
+        _check_study_name(study_name)
     if trials is None and time_budget is None:
         trials = 10
     methods = _compatible(methods, model)
     budget = {"max_steps": max_steps} if max_steps else {}
+    storage = storage or f"sqlite:///{data_dir() / 'optuna.db'}"
+    shown = redact_url(storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = _open_storage(storage)  # a bad URL is refused before the profiling and the meta-learner's fit
     store = store or ExperienceStore()
     meta = meta or MetaPEFT(store, model=model)
     profile = meta.profile(task)
     space = joint_space(methods)
-    storage = storage or f"sqlite:///{data_dir() / 'optuna.db'}"
     # the suffix keeps two searches of one task started in the same second from joining one study
     study_name = study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     if sampler == "meta":
         chosen = MetaSampler(meta.fit().surrogate, profile, methods, objectives, budget=budget, seed=seed, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
@@ -101,10 +107,9 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     prune = prune and objectives == ("accuracy",)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
-    rdb = _open_storage(storage)
     folder = Path(output_dir) if output_dir else runs_dir() / "tune" / study_name
     if folder.is_dir() and any(folder.iterdir()) and study_name not in optuna.study.get_all_study_names(rdb):
-        raise MetapeftError(f"{folder} already holds files and study {study_name!r} is not in {storage}: its trials would mix with them; use another study name or output folder, or empty it")
+        raise MetapeftError(f"{folder} already holds files and study {study_name!r} is not in {shown}: its trials would mix with them; use another study name or output folder, or empty it")
     setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
     # Optuna's storages have no compare-and-set, so the one process whose insert of the study wins (the name is unique
     # in the database) warm-starts it and opens its MLflow parent; a process that joins waits until that is done
@@ -120,22 +125,26 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
         if found is None:
             study.set_user_attr(key, value)
         elif found != value:
-            raise MetapeftError(f"study {study_name!r} in {storage} was started with {key}={found}, not {value}; use the same settings or another --study name")
+            raise MetapeftError(f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same settings or another --study name")
     if sampler == "meta" and created:
         start = warm_start_configs(meta, profile, methods, space, budget, min(warm_start, trials or warm_start), max_memory_mb, max_time_s)
         for params, source in start:
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
 
+    _fail_dead_trials(study)  # before counting: a resumed search redoes the trials of killed processes
     tracker = parent = None
     if track:
         from ..tracking import MLflowTracker
 
         tracker = MLflowTracker()
+        tracker.close_dead_parents()
         parent = study.user_attrs.get("mlflow_parent_run_id")
         if parent is None:
             parent = tracker.start_parent(f"tune/{task.name}", {"metapeft.study": study_name, "metapeft.objectives": ",".join(objectives),
                                                                 "metapeft.sampler": sampler, "metapeft.task": task.name})  # fmt: skip
             study.set_user_attr("mlflow_parent_run_id", parent)
+        else:
+            tracker.reopen_parent(parent)  # resumed or joined: this process now keeps it open
     if created:
         study.set_user_attr("ready", True)
     task_profile = TaskProfile.from_dict(profile)
@@ -146,6 +155,8 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
             # one is not run (it is left failed, marked, and counted nowhere)
             trial.set_user_attr("over_total", True)
             return tuple(float("nan") for _ in objectives)
+        trial.set_user_attr("host", socket.gethostname())  # lets a resumed search tell a killed trial from a live one
+        trial.set_user_attr("pid", os.getpid())
         params = {name: _suggest(trial, name, dist) for name, dist in space.items()}
         method, hp = to_config(params)
         trial.set_user_attr("source", trial.user_attrs.get("source", sampler))
@@ -188,13 +199,18 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     started = time.monotonic()
     if not trials or _finished(study) < trials:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported through on_trial, in one line
-        study.optimize(objective, timeout=time_budget, callbacks=callbacks, gc_after_trial=True)
+        try:
+            study.optimize(objective, timeout=time_budget, callbacks=callbacks, gc_after_trial=True)
+        except BaseException as exc:  # Ctrl-C, SIGTERM or a bug: the parent run must not stay RUNNING
+            if tracker is not None and parent is not None and not _others_running(study):
+                tracker.end_parent(parent, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
 
     all_trials = [_trial_result(t) for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("over_total")]
     pareto_numbers = {t.number for t in study.best_trials} if any(t.state == "COMPLETE" for t in all_trials) else set()
     pareto = [t for t in all_trials if t.number in pareto_numbers]
     pick = choose([t for t in all_trials if t.state == "COMPLETE"], prefer, max_memory_mb, max_time_s)
-    result = TuneResult(study_name, storage, list(objectives), sampler, all_trials, pareto, pick, parent)
+    result = TuneResult(study_name, shown, list(objectives), sampler, all_trials, pareto, pick, parent)
     if pareto:
         from ._plot import render_pareto
 
@@ -282,6 +298,12 @@ def _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final
             raise MetapeftError(f"{option} must be 0 (all) or positive, got {size}")
 
 
+def _check_study_name(name: str) -> None:
+    """A study name becomes a folder under ``runs/tune``: it may not lead out of it."""
+    if not name.strip() or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise MetapeftError(f"--study {name!r}: a study name names a folder, so it may not be empty, start with '.' or hold '/' or '\\'; choose a plain name such as 'sst2-search'")
+
+
 def _suggest(trial, name: str, dist):
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
@@ -301,11 +323,12 @@ def _open_storage(storage: str):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
+            return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
                                               engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
         except Exception as exc:  # bad URL, missing driver, unreachable server; or another process creating the schema
             if attempt == 4 or not isinstance(exc, (OperationalError, IntegrityError)):
-                raise MetapeftError(f"cannot open the Optuna storage {storage!r}: {type(exc).__name__}: {str(exc).splitlines()[0]} (fix --storage)") from None
+                reason = str(exc).splitlines()[0].replace(storage, redact_url(storage))
+                raise MetapeftError(f"cannot open the Optuna storage {redact_url(storage)!r}: {type(exc).__name__}: {reason} (fix --storage)") from None
             time.sleep(0.5 + attempt)  # processes started together race to create the tables of a new database
 
 
@@ -316,13 +339,48 @@ def _wait_until_ready(study, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+def _fail_dead_trials(study) -> None:
+    """Fail the running trials whose process is gone, and queue each again (the storage's retry callback).
+
+    On this host a trial is dead as soon as its process is; on another host (a shared PostgreSQL storage) when its
+    heartbeat is older than the grace period (Optuna's stale-trial check). Without this, a trial of a SIGKILLed
+    process stayed RUNNING for ever and counted towards ``trials``: the resumed search "finished" short."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    from ..experience._store import process_gone
+
+    storage, host = study._storage, socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and pid is not None and process_gone(pid):
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
+            except UpdateFinishedTrialError:
+                pass  # another process failed it first
+    optuna.storages.fail_stale_trials(study)
+
+
+def _others_running(study) -> bool:
+    """Whether a process other than this one still runs a trial of the study (it will close the parent run)."""
+    from optuna.trial import TrialState
+
+    me = (socket.gethostname(), os.getpid())
+    return any((t.user_attrs.get("host"), t.user_attrs.get("pid")) != me for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 def _counted(study) -> list:
     """The trials that count towards ``trials``: running ones too, so that processes sharing a study stop at the
-    total; not waiting (enqueued) ones, nor those left unrun because the total was reached."""
+    total; not waiting (enqueued) ones, nor those left unrun because the total was reached, nor those of a killed
+    process that were queued again (their retry counts instead)."""
     from optuna.trial import TrialState
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    return [t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("over_total")]
+    found = study.get_trials(deepcopy=False)
+    retried = {n for t in found for n in t.system_attrs.get("retry_history", ())}
+    return [t for t in found if t.state in states and not t.user_attrs.get("over_total") and t.number not in retried]
 
 
 def _finished(study) -> int:

@@ -1,7 +1,7 @@
 """Tasks: loading labelled text data, suites of tasks, and the task profile the meta-learner reads."""
 
 from ._loading import example_names, load_task
-from ._profile import TaskProfile, embed_texts, profile_task
+from ._profile import TaskProfile, cached_profile, embed_texts, profile_task
 from ._suite import SuiteEntry, load_suite
 from ._task import Split, Task, stratified_indices
 
@@ -10,6 +10,7 @@ __all__ = [
     "SuiteEntry",
     "Task",
     "TaskProfile",
+    "cached_profile",
     "embed_texts",
     "example_names",
     "load_suite",

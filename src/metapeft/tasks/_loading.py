@@ -4,6 +4,7 @@ train/test files, detect its columns and make a held-out split when none is give
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +42,21 @@ def load_task(
     """
     path = _resolve(path)
     columns = dict(text_column=text_column, pair_column=pair_column, label_column=label_column)
+    where = str(path)
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         train_rows, test_rows = _read_saved_dataset(path)
+        train_where, test_where = where, where + " (held-out split)"
     elif path.is_dir():
         train_file, test_file = _find_split_files(path)
         train_rows = _read_rows(train_file)
         test_rows = _read_rows(test_file) if test_file else None
+        train_where, test_where = str(train_file), str(test_file)
     else:
         train_rows, test_rows = _read_rows(path), None
+        train_where, test_where = where, None
 
-    where = str(path)
-    keys = _detect_columns(train_rows, where, **columns)
-    train_text, train_pair, train_label = _columns(train_rows, keys, where)
+    keys = _detect_columns(train_rows, train_where, **columns)
+    train_text, train_pair, train_label, first = _columns(train_rows, keys, train_where)
     label_names = sorted(set(train_label), key=_label_sort_key)
     if len(label_names) < 2:
         raise TaskError(f"{where}: the training data has a single class ({label_names[0]!r}); classification needs at least two")
@@ -60,7 +64,8 @@ def load_task(
     train = Split(train_text, [index[label] for label in train_label], train_pair)
 
     if test_rows is not None:
-        test_text, test_pair, test_label = _columns(test_rows, _detect_columns(test_rows, where + " (held-out split)", **columns), where)
+        test_keys = _detect_columns(test_rows, test_where, **columns)
+        test_text, test_pair, test_label, _ = _columns(test_rows, test_keys, test_where, first)
         unseen = sorted(set(test_label) - set(index), key=_label_sort_key)
         if unseen:
             shown = ", ".join(repr(u) for u in unseen[:5]) + (" …" if len(unseen) > 5 else "")
@@ -139,7 +144,13 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     # Parsed line by line (not with pandas/datasets) so that an error can name the offending line.
-    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: a byte-order mark (Windows editors) is dropped
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: a byte-order mark (Windows editors) is dropped
+    except UnicodeDecodeError as exc:  # strict, as the CSV path: replacing bytes would silently change the texts
+        before = exc.object[: exc.start]
+        lineno, column = before.count(b"\n") + 1, exc.start - before.rfind(b"\n")
+        bad = f"byte 0x{exc.object[exc.start]:02x} at byte {column} of the line"
+        raise TaskError(f"{path} line {lineno}: not valid UTF-8 ({bad}); re-save the file as UTF-8") from None
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
         try:
@@ -190,8 +201,8 @@ def _decode_class_labels(ds) -> list[dict]:
     for key, feature in ds.features.items():
         if isinstance(feature, datasets.ClassLabel):
             for row in rows:
-                if row[key] is not None and row[key] >= 0:
-                    row[key] = feature.int2str(row[key])
+                if row[key] is not None:  # -1 marks an unlabelled row: reported as a missing label
+                    row[key] = feature.int2str(row[key]) if row[key] >= 0 else None
     return rows
 
 
@@ -219,7 +230,9 @@ def _detect_columns(rows: list[dict], where: str, *, text_column, pair_column, l
     return text, pair, label
 
 
-def _columns(rows: list[dict], keys: tuple[str, str | None, str], where: str):
+def _columns(rows: list[dict], keys: tuple[str, str | None, str], where: str, first: tuple | None = None):
+    """Texts, pairs and class keys (see ``_label_value``) of ``rows``, and ``first``: the first label with its place
+    and kind (text, number or true/false), which every row, held-out ones included, must share."""
     text_key, pair_key, label_key = keys
     texts, pairs, labels = [], [] if pair_key else None, []
     for i, row in enumerate(rows):
@@ -227,15 +240,40 @@ def _columns(rows: list[dict], keys: tuple[str, str | None, str], where: str):
         text, label = row.get(text_key), row.get(label_key)
         if text is None or (isinstance(text, float) and np.isnan(text)):
             raise TaskError(f"{where} {at}: missing text in column {text_key!r}; fill it or drop the row")
-        if label is None or label == "" or (isinstance(label, float) and np.isnan(label)):
+        if label is None or label == "" or (isinstance(label, numbers.Real) and np.isnan(label)):
             raise TaskError(f"{where} {at}: missing label in column {label_key!r}; fill it or drop the row")
         if isinstance(label, (list, dict)):
             raise TaskError(f"{where} {at}: label must be a single value, got {type(label).__name__} (multi-label tasks are not supported)")
+        if type(label) is not str:
+            label = _label_value(label)
+        kind = _LABEL_KINDS.get(type(label), "text")
+        if first is None:
+            first = (label, f"{where} {at}", kind)
+        elif kind != first[2]:
+            raise TaskError(
+                f"{where} {at}: label {label!r} is {kind} but the label at {first[1]} ({first[0]!r}) is {first[2]}; "
+                "write every label the same way (all text, all numbers or all true/false)"
+            )
         texts.append(str(text))
-        labels.append(label if isinstance(label, (int, str)) else str(label))
+        labels.append(label)
         if pair_key is not None:
             pairs.append("" if row.get(pair_key) is None else str(row[pair_key]))
-    return texts, pairs, labels
+    return texts, pairs, labels, first
+
+
+def _label_value(label):
+    """The class a label names, the same for every file format: text stays as written, booleans stay booleans and
+    numbers (numpy's too) compare by value, so 1 and 1.0 are one class, named "1"."""
+    if isinstance(label, (bool, np.bool_)):
+        return bool(label)
+    if isinstance(label, numbers.Integral):
+        return int(label)
+    if isinstance(label, numbers.Real):
+        return int(label) if float(label).is_integer() else float(label)
+    return label if isinstance(label, str) else str(label)
+
+
+_LABEL_KINDS = {bool: "true/false", int: "a number", float: "a number"}  # of a _label_value; anything else is text
 
 
 def _holdout(train: Split, fraction: float, seed: int, where: str) -> tuple[Split, Split]:
@@ -253,7 +291,7 @@ def _holdout(train: Split, fraction: float, seed: int, where: str) -> tuple[Spli
 
 
 def _label_sort_key(label) -> tuple:
-    return (0, label, "") if isinstance(label, int) else (1, 0, str(label))
+    return (0, label, "") if isinstance(label, (int, float)) else (1, 0, str(label))
 
 
 def _first_line(exc: Exception) -> str:

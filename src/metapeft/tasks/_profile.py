@@ -7,8 +7,13 @@ encoder (all-MiniLM-L6-v2, mean pooling, as it was trained).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import re
+import tempfile
+import typing
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .._backbone import backbone_info, load_encoder, load_tokenizer
+from .._config import DEFAULT_MODEL, data_dir
 from ._task import Task, stratified_indices
 
 TOKEN_SAMPLE = 2000
@@ -116,6 +122,49 @@ def profile_task(task: Task, model: str | None = None, seed: int = 0, trust_remo
         model={k: v for k, v in info.as_dict().items() if k not in ("path", "linear_modules")},
         domain_vector=[round(float(x), 5) for x in embeddings.mean(axis=0)],
     )
+
+
+def cached_profile(task: Task, model: str | None = None, trust_remote_code: bool = False) -> TaskProfile:
+    """``profile_task`` cached in ``$METAPEFT_HOME/profiles`` by dataset fingerprint and model. A cache file that is
+    not a valid profile of this task (truncated, garbage, wrong fields or types) is a miss: recomputed, overwritten."""
+    model_key = hashlib.sha256((model or DEFAULT_MODEL).encode()).hexdigest()[:8]
+    path = data_dir() / "profiles" / f"{task.fingerprint}-{model_key}.json"
+    try:
+        cached = _valid_profile(json.loads(path.read_text(encoding="utf-8")), task.fingerprint)
+    except (OSError, ValueError):  # missing or unreadable; ValueError covers bad JSON and bad UTF-8
+        cached = None
+    if cached is not None:
+        return cached
+    profile = profile_task(task, model, trust_remote_code=trust_remote_code)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")  # then rename: never half a file
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(profile.as_dict(), f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a profile is not a secret
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return profile
+
+
+def _valid_profile(data, fingerprint: str) -> TaskProfile | None:
+    """``data`` as a TaskProfile when it has every field, each of its declared type, and ``fingerprint``; else None."""
+    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
+        return None
+    for name, hint in typing.get_type_hints(TaskProfile).items():
+        if name not in data or not _of_type(data[name], hint):
+            return None
+    return TaskProfile.from_dict(data)
+
+
+def _of_type(value, hint) -> bool:
+    if hint in (int, float):  # a float field takes a whole number too (3 for 3.0); neither takes true/false
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_of_type(v, typing.get_args(hint)[0]) for v in value)
+    return isinstance(value, typing.get_args(hint) or hint)
 
 
 def default_max_length(p95: float) -> int:

@@ -18,6 +18,51 @@ from .._config import data_dir, tracking_uri
 EXPERIMENT = "metapeft"
 
 
+_PREPARED: set[str] = set()
+
+
+def _owner() -> dict[str, str]:
+    import os
+    import socket
+
+    return {"metapeft.host": socket.gethostname(), "metapeft.pid": str(os.getpid())}
+
+
+def prepare_store(uri: str) -> None:
+    """Create or upgrade a local (SQLite) tracking store once, under a file lock, before any client uses it.
+
+    MLflow's tracking store runs its database migrations on first use without a lock: two processes starting on a
+    new ``METAPEFT_HOME`` both migrate, one fails ("duplicate column"), and the database can be left half-migrated
+    (stray ``_alembic_tmp_*`` tables) so that every later client fails too. Here the first process migrates while
+    the others wait; a leftover temporary table of a migration cut short is dropped and the migration redone.
+    Remote stores (a tracking server, PostgreSQL) are set up by whoever runs them, with ``mlflow db upgrade``.
+    """
+    if uri in _PREPARED or not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    import sqlalchemy as sa
+    from mlflow.store.db import utils
+
+    path = Path(uri.removeprefix("sqlite:///")).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        engine = sa.create_engine(uri)
+        try:
+            tables = sa.inspect(engine).get_table_names()
+            with engine.begin() as conn:
+                for table in (t for t in tables if t.startswith("_alembic_tmp_")):
+                    conn.execute(sa.text(f'DROP TABLE "{table}"'))
+            if not utils._all_tables_exist(engine):
+                utils._initialize_tables(engine)  # what MLflow's store does on first use, here under the lock
+            elif utils._get_schema_version(engine) != utils._get_latest_schema_revision():
+                utils._upgrade_db(engine)  # what `mlflow db upgrade` does
+        finally:
+            engine.dispose()
+    _PREPARED.add(uri)
+
+
 class MLflowTracker:
     def __init__(self, uri: str | None = None, experiment: str = EXPERIMENT):
         import logging
@@ -27,6 +72,7 @@ class MLflowTracker:
         for name in ("mlflow", "alembic"):  # "creating initial database tables…" is not for our users
             logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri or tracking_uri()
+        prepare_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
@@ -87,8 +133,31 @@ class MLflowTracker:
         return run_id
 
     def start_parent(self, name: str, tags: dict[str, Any]) -> str:
-        """Open a run that others nest under (a search); close it with :meth:`end_parent`."""
+        """Open a run that others nest under (a search); close it with :meth:`end_parent`. It carries this process's
+        host and pid, so that :meth:`close_dead_parents` can close it if the process dies first."""
+        tags = {**tags, **_owner()}
         return self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items() if v is not None}).info.run_id
+
+    def reopen_parent(self, run_id: str) -> None:
+        """Make this process the owner of a parent run (a resumed or joined search), RUNNING again if it was closed
+        when its first process died."""
+        for key, value in _owner().items():
+            self.client.set_tag(run_id, key, value)
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
+    def close_dead_parents(self) -> int:
+        """Close as KILLED the RUNNING parent runs whose process on this host is gone (SIGKILL, a crash): a killed
+        search must not look as if it were still running. Returns how many were closed."""
+        import socket
+
+        from ..experience._store import process_gone
+
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`metapeft.host` = '{socket.gethostname()}'")
+        dead = [r for r in runs if r.data.tags.get("metapeft.pid", "").isdigit() and process_gone(int(r.data.tags["metapeft.pid"]))]
+        for run in dead:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(dead)
 
     def end_parent(self, run_id: str, *, metrics: dict[str, float] | None = None, files: list[str | Path] = (), status: str = "FINISHED") -> None:
         from mlflow.entities import Metric

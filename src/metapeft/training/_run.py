@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,12 +105,14 @@ def train(
     if store is not None:
         store.start(experience)
 
+    alive = store.keep_alive(experience.id) if store is not None else contextlib.nullcontext()
     try:
-        result = fit(
-            task, spec, config, backbone, model=model, max_length=max_length, device=torch_device, seed=seed,
-            time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, final_eval_size=final_eval_size, progress=progress,
-            trust_remote_code=trust_remote_code, should_stop=should_stop, sample_seed=sample_seed, pool=pool,
-        )
+        with alive:
+            result = fit(
+                task, spec, config, backbone, model=model, max_length=max_length, device=torch_device, seed=seed,
+                time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, final_eval_size=final_eval_size, progress=progress,
+                trust_remote_code=trust_remote_code, should_stop=should_stop, sample_seed=sample_seed, pool=pool,
+            )
         adapter_path = None
         if save:
             out = out or runs_dir() / experience.id
