@@ -30,6 +30,8 @@ _EXPORTS = {
     "MetaPEFT": "metapeft.meta",
     "MethodRecommendation": "metapeft.meta",
     "MetapeftError": "metapeft._errors",
+    "adapt": "metapeft.fewshot",
+    "meta_train": "metapeft.fewshot",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -37,6 +39,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from ._errors import MetapeftError
     from .experience import Experience, ExperienceStore
+    from .fewshot import adapt, meta_train
     from .meta import MetaPEFT, MethodRecommendation
     from .methods import Method, MethodConfig, get_method, list_methods, register_method
     from .tasks import Task, TaskProfile, load_suite, load_task, profile_task

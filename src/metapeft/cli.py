@@ -78,7 +78,7 @@ DataArgument = Annotated[str, typer.Argument(help="JSONL/CSV/TSV/Parquet file, f
 @app.command()
 def info(store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Versions, compute device, and where the store, tracking and runs live."""
-    from ._config import data_dir, runs_dir, store_url, tracking_uri
+    from ._config import data_dir, redact_url, runs_dir, store_url, tracking_uri
     from ._environment import environment
 
     env = environment()
@@ -87,8 +87,8 @@ def info(store: StoreOption = None, as_json: JsonOption = False) -> None:
         **{k: v for k, v in env.items() if k != "packages"},
         "packages": env["packages"],
         "data_dir": str(data_dir()),
-        "store": store or store_url(),
-        "tracking_uri": tracking_uri(),
+        "store": redact_url(store or store_url()),
+        "tracking_uri": redact_url(tracking_uri()),
         "runs_dir": str(runs_dir()),
     }
     if as_json:
@@ -617,6 +617,81 @@ def autotune(
         out.print(f"registered as {result.registered['name']} version {result.registered['version']} in MLflow's model registry", highlight=False)
 
 
+@app.command()
+def adapt(
+    data: DataArgument,
+    shots: Annotated[int, typer.Option("--shots", "-k", help="Training examples drawn per label (seeded, stratified).")] = 8,
+    init: Annotated[str, typer.Option("--init", help="meta (the shipped meta-initialisation), random (the method's own), or a folder `meta-train` wrote.")] = "meta",
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="PEFT method \\[default: the initialisation's].", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Draws the examples and the adaptation's batches.")] = 0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="New or empty folder for the adapter \\[default: a new run folder].", show_default=False)] = None,
+    model: ModelOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """Learn a task from a few examples per label, starting from a meta-learned PEFT initialisation."""
+    from .experience import ExperienceStore
+    from .fewshot import adapt as run_adapt
+
+    if shots < 1:
+        raise MetapeftError(f"--shots must be at least 1, got {shots}")
+    task = _load(data, text_column, pair_column, label_column)
+    experience_store = ExperienceStore(store)
+    with console.status(f"adapting to {task.name} from {shots} examples per label…"):
+        result = run_adapt(task, shots, init=init, method=method, seed=seed, model=model, output_dir=output, store=experience_store)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    table = Table(title=f"{result.method} on {result.task}, {shots} per label, init {result.init}", show_header=False)
+    for key, value in [("accuracy", f"{result.accuracy:.4f} on {result.test_examples} held-out examples"), ("macro-F1", f"{result.macro_f1:.4f}"),
+                       ("examples used", str(result.support_size)), ("adaptation time", f"{result.adapt_time_s:.1f} s (evaluation not counted)"),
+                       ("adapter", str(result.adapter_path)), ("experience id", str(result.experience_id))]:  # fmt: skip
+        table.add_row(key, value)
+    out.print(table)
+
+
+@app.command(name="meta-train")
+def meta_train_command(
+    suite: Annotated[Path, typer.Argument(help="Suite manifest (MANIFEST.json) or the folder holding it.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the meta-initialisation (a killed run resumes there).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (any option below; the command line wins).", show_default=False)] = None,
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="PEFT method \\[default: lora].", show_default=False)] = None,
+    shots: Annotated[Optional[str], typer.Option("--shots", help="K per episode, drawn from these (comma-separated) \\[default: 4,8,16].", show_default=False)] = None,
+    exclude: Annotated[Optional[str], typer.Option("--exclude", help="Comma-separated suite tasks never used (your evaluation tasks).", show_default=False)] = None,
+    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Outer updates \\[default: 300].", show_default=False)] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="reptile or fomaml \\[default: reptile].", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds episodes, batches and dropout \\[default: 0].", show_default=False)] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow and register the result.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Meta-learn a PEFT initialisation over a suite's tasks (Reptile), for `adapt`."""
+    from .fewshot import MetaTrainConfig, meta_train
+
+    overrides = {"method": method, "iterations": iterations, "algorithm": algorithm, "seed": seed,
+                 "shots": [int(k) for k in shots.split(",") if k.strip()] if shots else None,
+                 "exclude": [t.strip() for t in exclude.split(",") if t.strip()] if exclude else None}  # fmt: skip
+    cfg = MetaTrainConfig.from_yaml(config, **overrides) if config else MetaTrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    with _progress("meta-train", transient=as_json) as bar:
+        job = bar.add_task("meta-train", total=cfg.iterations, info="")
+
+        def update(i: int, total: int, numbers: dict) -> None:
+            info = f"query acc {numbers['query_accuracy']:.3f}" + (f" · validation {numbers['validation_accuracy']:.3f}" if "validation_accuracy" in numbers else "")
+            bar.update(job, completed=i, total=total, info=info)
+
+        result = meta_train(suite, cfg, output, track=track, on_iteration=update)
+    if as_json:
+        _print_json({k: v for k, v in vars(result).items() if k != "history"})
+        return
+    curve = "  ".join(f"{v['iteration']}:{v['accuracy']:.3f}" for v in result.validation)
+    console.print(f"meta-initialisation in {result.output} after {result.iterations} iterations; validation accuracy by iteration: {curve}"
+                  + (f"; registered as {result.model_version and 'metapeft-fewshot-init version ' + result.model_version}" if result.model_version else ""))
+
+
 @experience_app.command("list")
 def experience_list(
     store: StoreOption = None,
@@ -693,6 +768,10 @@ def run() -> None:
     interrupt_once()  # Ctrl-C or SIGTERM → KeyboardInterrupt → run marked interrupted
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == 130:  # Typer turns KeyboardInterrupt into a silent exit 130: say why the work stopped
+            console.print("[yellow]interrupted[/]")
+        raise
     except MetapeftError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -67,8 +67,10 @@ class Batches:
         return batch
 
 
-def build_classifier(method: Method, config: MethodConfig, backbone: BackboneInfo, num_labels: int, model: str | None, trust_remote_code: bool = False) -> TextClassifier:
-    """Encoder wrapped by the method (peft, all trainable, or frozen) plus a fresh head."""
+def build_classifier(method: Method, config: MethodConfig, backbone: BackboneInfo, num_labels: int, model: str | None, trust_remote_code: bool = False,
+                     normalize: bool = False) -> TextClassifier:  # fmt: skip
+    """Encoder wrapped by the method (peft, all trainable, or frozen) plus a fresh head (on L2-normalised embeddings
+    with ``normalize``)."""
     from peft import TaskType, get_peft_model
 
     encoder = load_encoder(model, trust_remote_code)
@@ -78,7 +80,7 @@ def build_classifier(method: Method, config: MethodConfig, backbone: BackboneInf
         encoder = get_peft_model(encoder, peft_config)
     else:
         encoder.requires_grad_(method.kind == "full")
-    return TextClassifier(encoder, num_labels, backbone.hidden_size, prompt_learning=method.prompt_learning)
+    return TextClassifier(encoder, num_labels, backbone.hidden_size, prompt_learning=method.prompt_learning, normalize=normalize)
 
 
 def fit(
