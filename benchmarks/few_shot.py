@@ -13,8 +13,9 @@ K in {4, 8, 16} examples per label and five seeded splits each, every approach l
   with SetFit's default ``TrainingArguments()``. Only what does not change training is overridden: no reporting
   (it would log to MLflow), no checkpoints, no progress bar, a temporary output folder; and its seed is the split's
   seed, so that its split-to-split spread includes its own randomness as ``meta``'s does. ``--setfit-max-steps``
-  caps its contrastive phase (default: SetFit's -1, all of its oversampled pairs, which grow with the square of
-  the support size: ~94k steps for banking77 at K=16); the cap in force is stored with each run.
+  caps its contrastive phase where its default would take more steps (default: no cap; SetFit's own count covers
+  all of its oversampled pairs, which grow with the square of the support size: ~94k steps for banking77 at K=16);
+  the cap in force and SetFit's own count are stored with each run.
   Sentence pairs (rte) are given to SetFit as ``"premise [SEP] hypothesis"``.
 
 The time recorded is the wall time of adaptation / training only (loading the model and scoring the held-out split
@@ -132,7 +133,8 @@ def run_setfit(task, support, seed: int, max_steps: int | None) -> tuple[np.ndar
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"output_dir": tmp, "report_to": "none", "save_strategy": "no", "show_progress_bar": False}
         overrides["seed"] = seed
-        if max_steps is not None:
+        default_steps = setfit_default_steps(support.labels, TrainingArguments())
+        if max_steps is not None and default_steps > max_steps:  # TrainingArguments.max_steps is not a cap: it sets the count
             overrides["max_steps"] = max_steps
         args = TrainingArguments(**overrides)
         torch.manual_seed(seed)
@@ -146,7 +148,21 @@ def run_setfit(task, support, seed: int, max_steps: int | None) -> tuple[np.ndar
         seconds = time.perf_counter() - started
         steps = int(trainer.st_trainer.state.global_step)
     predictions = model.predict(setfit_texts(task.test), batch_size=64, show_progress_bar=False, as_numpy=True)
-    return np.asarray(predictions, dtype=int), seconds, {"setfit_max_steps": args.max_steps, "setfit_steps": steps}
+    return np.asarray(predictions, dtype=int), seconds, {"setfit_max_steps": args.max_steps, "setfit_steps": steps, "setfit_default_steps": default_steps}
+
+
+def setfit_default_steps(labels: list[int], args) -> int:
+    """Contrastive steps SetFit takes with ``args`` (its defaults: every pair of examples, with replacement, the
+    smaller of the positive and negative sets oversampled to the larger's size; one epoch), without building pairs."""
+    import math
+    from collections import Counter
+
+    if args.sampling_strategy != "oversampling" or args.num_iterations:
+        raise ValueError("setfit_default_steps follows SetFit's default sampling only")
+    counts = list(Counter(labels).values())
+    positive = sum(n * (n + 1) // 2 for n in counts)
+    negative = (sum(counts) ** 2 - sum(n * n for n in counts)) // 2
+    return math.ceil(2 * max(positive, negative) / args.embedding_batch_size) * args.embedding_num_epochs
 
 
 def score(y: np.ndarray, predictions: np.ndarray) -> tuple[float, float]:

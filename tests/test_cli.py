@@ -13,6 +13,14 @@ def test_version_and_methods():
     assert {m["name"] for m in methods} >= {"lora", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning"}
 
 
+def test_piped_tables_keep_every_cell_whole():
+    methods = json.loads(run_cli("methods", "--json").stdout)
+    piped = run_cli("methods", env={"COLUMNS": "80"}).stdout  # stdout is a pipe here, as in `metapeft methods > file`
+    lines = piped.splitlines()
+    helps = [p["help"] for m in methods for p in m["hyperparameters"].values()]
+    assert helps and all(any(h in line for line in lines) for h in helps)  # each help text whole on one line
+
+
 def test_train_json_tracks_in_mlflow_and_stores_the_experience(isolated_home):
     proc = run_cli("train", "example", "--method", "lora", "--max-steps", "6", "--eval-size", "60", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -127,3 +135,15 @@ def test_tune_refuses_a_study_name_that_leaves_its_folder_and_a_bad_storage_befo
     assert proc.returncode == 2 and "cannot open the Optuna storage" in proc.stderr and "s3cret-pw" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (home / "profiles").exists()  # refused before profiling the task and fitting the meta-learner
+
+
+def test_validate_checks_the_setup_and_names_each_problem(tmp_path):
+    proc = run_cli("validate", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
+    assert checks["base model (offline)"]["ok"] and "all-MiniLM-L6-v2" in checks["base model (offline)"]["detail"]
+    assert checks["experience store"]["ok"] and checks["tracking store"]["ok"]
+    (tmp_path / "store.db").write_bytes(b"this is not a database" * 100)
+    proc = run_cli("validate", "--store", f"sqlite:///{tmp_path / 'store.db'}", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'nowhere' / 'x' / 'm.db'}"})
+    assert proc.returncode == 2 and "problem" in proc.stdout and "experience store:" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -127,3 +127,40 @@ def test_adapt_bad_input(tmp_path):
     assert proc.returncode == 0, proc.stderr[-1000:]
     assert "label 'b' has 8 training examples, fewer than --shots 12: all of them are used" in proc.stderr
     assert json.loads(proc.stdout)["support_size"] == 20
+
+
+def test_train_and_autotune_adapt_a_few_shot_task_from_the_meta_initialisation(example_task, tmp_path):
+    from metapeft.experience import ExperienceStore
+    from metapeft.search import autotune
+
+    labels = np.asarray(example_task.train.labels)
+    rows = [int(i) for c in range(2) for i in np.flatnonzero(labels == c)[:12]]
+    train_rows = [{"text": example_task.train.texts[i], "label": example_task.label_names[labels[i]]} for i in rows]
+    test_rows = [{"text": t, "label": example_task.label_names[y]} for t, y in zip(example_task.test.texts[:100], example_task.test.labels[:100])]
+    data = write_jsonl(tmp_path / "few" / "train.jsonl", train_rows).parent
+    write_jsonl(data / "test.jsonl", test_rows)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+
+    proc = run_cli("train", str(data), "--json", "--no-track", "--store", store, "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert "has at most 12 examples per label (≤ 16): adapting from the meta-initialisation" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["init"] == "meta" and result["support_size"] == 24 and result["accuracy"] > 0.5
+    proc = run_cli("train", str(data), "--set", "r=4", "--store", store)
+    assert proc.returncode == 2 and "add --no-meta-init to fine-tune with them" in proc.stderr and "Traceback" not in proc.stderr
+
+    from metapeft.tasks import load_task
+
+    result = autotune(load_task(str(data)), store=ExperienceStore(store))
+    assert result.search is None and result.recommended["few_shot"] and result.final["metrics"]["accuracy"] > 0.5
+    assert result.registered["version"] == 1 and "few-shot, no search" in result.registered["tags"]["metapeft.decision"]
+
+    import mlflow
+
+    from metapeft.tracking import MLflowTracker
+
+    mlflow.set_tracking_uri(MLflowTracker().uri)
+    mlflow.set_registry_uri(MLflowTracker().uri)
+    model = mlflow.pyfunc.load_model(f"models:/{result.registered['name']}/{result.registered['version']}")  # a pyfunc model, not a folder
+    labels = model.predict(example_task.test.texts[:20])
+    assert len(labels) == 20 and set(labels) <= set(example_task.label_names)

@@ -22,7 +22,8 @@ from ._environment import interrupt_once, quiet_libraries
 from ._errors import MetapeftError
 
 console = Console(stderr=True)
-out = Console()
+# piped or redirected output keeps every table cell whole (rich would fit tables to 80 columns and cut cells)
+out = Console(width=None if sys.stdout.isatty() else 400)
 app = typer.Typer(
     name="metapeft",
     help="Choose, configure and run parameter-efficient fine-tuning, learned from past fine-tuning runs.",
@@ -35,6 +36,8 @@ app.add_typer(experience_app, name="experience")
 
 StoreOption = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the experience store \\[env: METAPEFT_STORE].", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+MetaInitOption = Annotated[bool, typer.Option("--meta-init/--no-meta-init", help="On a few-shot task (at most 16 examples per label), adapt from the meta-initialisation as `metapeft adapt` does.")]
+TrackOption = Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")]
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Base model: local Hugging Face folder or hub id \\[default: all-MiniLM-L6-v2, bundled].", show_default=False)]
 
 
@@ -98,6 +101,24 @@ def info(store: StoreOption = None, as_json: JsonOption = False) -> None:
     for key, value in data.items():
         table.add_row(f"[bold]{key}[/]", ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value))
     out.print(table)
+
+
+@app.command()
+def validate(store: StoreOption = None, as_json: JsonOption = False) -> None:
+    """Check the set-up end to end: packages and extras, the base model offline, the stores, the registry's
+    champion, the server token. One line per problem; exit 2 if any."""
+    from ._validate import validate_setup
+
+    checks = validate_setup(store)
+    if as_json:
+        _print_json([c.as_dict() for c in checks])
+    else:
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else ("[red]problem[/]" if c.required else "[yellow]note[/]")
+            out.print(f"{mark}  {c.name}: {escape(c.detail)}", highlight=False, soft_wrap=True)
+    if problems := [c for c in checks if c.required and not c.ok]:
+        console.print(f"[bold red]{len(problems)} problem(s)[/]: {'; '.join(f'{c.name}: {c.detail}' for c in problems)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -176,6 +197,7 @@ def train(
     text_column: TextColumn = None,
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
+    meta_init: MetaInitOption = True,
 ) -> None:
     """Fine-tune one method on a task, evaluate it, save the adapter and record the run."""
     from .experience import ExperienceStore
@@ -198,6 +220,9 @@ def train(
         usable_output(output)
     task = _load(data, text_column, pair_column, label_column, seed)
     experience_store = ExperienceStore(store)
+    if meta_init and _few_shot(task, method, hyperparameters, "train"):
+        _adapt_few_shot(task, seed=seed, model=model, output=output, store=experience_store, track=track, as_json=as_json)
+        return
     with console.status(f"profiling {task.name}…"):
         task_profile = profile_task(task, model, trust_remote_code=trust_remote_code)
 
@@ -233,6 +258,48 @@ def train(
     out.print(table)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def _few_shot(task, method: str | None, hyperparameters: dict, command: str) -> bool:
+    """Whether ``task`` is few-shot and ``method`` has the shipped meta-initialisation (said on the console)."""
+    from .fewshot import FEW_SHOT_MAX, default_init, few_shot_size, read_card
+
+    shots = few_shot_size(task)
+    if shots is None:
+        return False
+    init_method = read_card(default_init())["method"]
+    if method is not None and method != init_method:
+        console.print(f"[yellow]note:[/] {task.name} has at most {shots} examples per label; the meta-initialisation is for {init_method}, not {method}: fine-tuning as usual", soft_wrap=True)
+        return False
+    if hyperparameters:
+        raise MetapeftError(f"{task.name} has at most {shots} examples per label, so `{command}` adapts it from the meta-initialisation, which takes no "
+                            f"--set/--max-steps; add --no-meta-init to fine-tune with them")  # fmt: skip
+    console.print(f"{task.name} has at most {shots} examples per label (≤ {FEW_SHOT_MAX}): adapting from the meta-initialisation "
+                  f"(as `metapeft adapt`; --no-meta-init fine-tunes as usual)", highlight=False, soft_wrap=True)  # fmt: skip
+    return True
+
+
+def _adapt_few_shot(task, *, seed: int, model: str | None, output: Path | None, store, track: bool, as_json: bool, shots: int | None = None,
+                    init: str = "meta", method: str | None = None) -> None:  # fmt: skip
+    from .fewshot import adapt as run_adapt, few_shot_size
+
+    shots = shots or few_shot_size(task)
+    with console.status(f"adapting to {task.name} from {shots} examples per label…"):
+        result = run_adapt(task, shots, init=init, method=method, seed=seed, model=model, output_dir=output, store=store, track=track)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    rows = [
+        ("accuracy", f"{result.accuracy:.4f} on {result.test_examples} held-out examples"), ("macro-F1", f"{result.macro_f1:.4f}"),
+        ("examples used", str(result.support_size)), ("adaptation time", f"{result.adapt_time_s:.1f} s (evaluation not counted)"),
+        ("adapter", str(result.adapter_path)), ("experience id", str(result.experience_id)),
+    ] + ([("MLflow run id", result.mlflow_run_id)] if result.mlflow_run_id else [])
+    table = Table(title=f"{result.method} on {result.task}, {shots} per label, init {result.init}", show_header=False)
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
 
 
 @app.command()
@@ -304,7 +371,7 @@ def report(
         return
     from rich.markdown import Markdown
 
-    out.print(Markdown(markdown(summary)))
+    out.print(Markdown(markdown(summary)), width=min(out.width, 120))  # prose and its boxes at a reading width
     if html_dir is not None:
         console.print(f"wrote {len(summary['files'])} files to {html_dir} (open {html_dir / 'index.html'})")
 
@@ -354,6 +421,9 @@ def recommend(
     meta = _meta(store, prior, model)
     profile = _task_profile(meta, data, text_column, pair_column, label_column)
     ranking = meta.recommend(profile, max_memory_mb=max_memory, max_time_s=max_time, methods=names, budget={"max_steps": max_steps} if max_steps else None)
+    from .monitoring import record_prediction
+
+    record_prediction(meta.own_store, profile, ranking, source="recommend")
     if not any(r.feasible for r in ranking):
         def lowest(key: str, flag: str, limit: float | None, unit: str) -> list[str]:
             r = min(ranking, key=lambda r: r.expected_performance[key]["mean"])
@@ -592,6 +662,7 @@ def autotune(
     text_column: TextColumn = None,
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
+    meta_init: MetaInitOption = True,
 ) -> None:
     """Profile → recommend → tune → train the pick → register it in MLflow's model registry with the decision."""
     from .experience import ExperienceStore
@@ -605,14 +676,18 @@ def autotune(
         result = run_autotune(task, trials=trials, search_steps=search_steps, final_steps=final_steps, time_budget=time_budget,
                               objectives=_objectives(objectives), prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, model=model,
                               store=ExperienceStore(store), registered_name=name, on_stage=lambda text: status.update(text + "…"),
-                              on_trial=_print_trial)  # fmt: skip
+                              on_trial=_print_trial, meta_init=meta_init)  # fmt: skip
     if as_json:
         _print_json(result.as_dict())
         return
-    out.print(_trial_table(result.search.pareto, result.search.pick, f"Pareto set ({len(result.search.trials)} trials; ★ = pick)"))
     f = result.final
-    out.print(f"recommended: {result.recommended['method']} (P(best) {result.recommended['confidence']:.2f}); picked: {f['method']} — "
-              f"accuracy {f['metrics']['accuracy']:.4f} after {f['metrics']['steps']} steps; adapter {f['adapter_path']}", highlight=False)  # fmt: skip
+    if result.search is None:
+        out.print(f"{f['method']} adapted from the meta-initialisation ({f['hyperparameters']['shots']} examples per label): accuracy "
+                  f"{f['metrics']['accuracy']:.4f}; adapter {f['adapter_path']}", highlight=False)  # fmt: skip
+    else:
+        out.print(_trial_table(result.search.pareto, result.search.pick, f"Pareto set ({len(result.search.trials)} trials; ★ = pick)"))
+        out.print(f"recommended: {result.recommended['method']} (P(best) {result.recommended['confidence']:.2f}); picked: {f['method']} — "
+                  f"accuracy {f['metrics']['accuracy']:.4f} after {f['metrics']['steps']} steps; adapter {f['adapter_path']}", highlight=False)  # fmt: skip
     if result.registered:
         out.print(f"registered as {result.registered['name']} version {result.registered['version']} in MLflow's model registry", highlight=False)
 
@@ -627,6 +702,7 @@ def adapt(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="New or empty folder for the adapter \\[default: a new run folder].", show_default=False)] = None,
     model: ModelOption = None,
     store: StoreOption = None,
+    track: TrackOption = True,
     as_json: JsonOption = False,
     text_column: TextColumn = None,
     pair_column: PairColumn = None,
@@ -634,25 +710,89 @@ def adapt(
 ) -> None:
     """Learn a task from a few examples per label, starting from a meta-learned PEFT initialisation."""
     from .experience import ExperienceStore
-    from .fewshot import adapt as run_adapt
 
     if shots < 1:
         raise MetapeftError(f"--shots must be at least 1, got {shots}")
     task = _load(data, text_column, pair_column, label_column)
-    experience_store = ExperienceStore(store)
-    with console.status(f"adapting to {task.name} from {shots} examples per label…"):
-        result = run_adapt(task, shots, init=init, method=method, seed=seed, model=model, output_dir=output, store=experience_store)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    _adapt_few_shot(task, seed=seed, model=model, output=output, store=ExperienceStore(store), track=track, as_json=as_json, shots=shots, init=init, method=method)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; 0.0.0.0 exposes the server to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    store: StoreOption = None,
+    alias: Annotated[str, typer.Option("--alias", help="Registry alias of the selector version to serve.")] = "champion",
+    reload_s: Annotated[float, typer.Option("--reload-s", help="Seconds between looks at the alias for a new version.")] = 30.0,
+) -> None:
+    """Serve the selector over HTTP: /v1/recommend, /v1/similar, /v1/methods, /v1/experiences (token), /health, /metrics."""
+    from .serving import SelectorHolder, ServeConfig, create_app
+
+    config = ServeConfig(host=host, port=port, store=store, alias=alias, reload_s=reload_s)
+    import uvicorn
+
+    with console.status("loading the selector from the model registry…"):
+        holder = SelectorHolder(config.alias)
+        served = holder.current()
+    console.print(f"serving metapeft-selector version {served.version} (@{config.alias}) on http://{config.host}:{config.port} "
+                  f"(docs at /docs); writes {'need the token in METAPEFT_API_TOKEN' if config.token else 'are disabled: METAPEFT_API_TOKEN is not set'}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    uvicorn.run(create_app(config, holder), host=config.host, port=config.port, log_level="warning")
+
+
+@app.command()
+def monitor(
+    store: StoreOption = None,
+    window: Annotated[int, typer.Option("--window", help="Most recent values each figure is taken over.")] = 50,
+    min_matches: Annotated[int, typer.Option("--min-matches", help="Values a figure needs before it can alert.")] = 10,
+    webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST the alert as JSON to this URL when one fires.", show_default=False)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare the selector's recorded predictions with the runs that followed; exit 3 and suggest retraining when
+    a figure is past its threshold."""
+    from .experience import ExperienceStore
+    from .monitoring import Thresholds, monitor as run_monitor, send_alert
+
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise MetapeftError(f"--webhook must be an http(s) URL, got {webhook!r}")
+    report = run_monitor(ExperienceStore(store), Thresholds(window=window, min_matches=min_matches))
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        table = Table(title=f"selector monitoring: {report.predictions} predictions, {report.matched_runs} runs after them")
+        for column in ("figure", "value", "over", "threshold", "state"):
+            table.add_column(column)
+        for f in report.figures:
+            state = "[red]ALERT[/]" if f.alert else ("ok" if f.value is not None and f.count >= min_matches else "too few")
+            table.add_row(f.name, "—" if f.value is None else f"{f.value:.3g}", str(f.count), f"{'≥' if f.direction == 'min' else '≤'} {f.threshold:.3g}", state)
+        out.print(table)
+    if report.alerts:
+        for alert in report.alerts:
+            console.print(f"[bold red]alert:[/] {alert}", highlight=False, soft_wrap=True)
+        console.print(report.suggestion, highlight=False, soft_wrap=True)
+        if webhook:
+            send_alert(report, webhook)
+        raise typer.Exit(3)
+
+
+@app.command()
+def retrain(
+    store: StoreOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote the new selector to @champion whatever the comparison says.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Refit the selector on all experience, compare it with @champion on tasks the champion never saw, register it
+    as @challenger and promote it to @champion if it is not worse."""
+    from .experience import ExperienceStore
+    from .serving import retrain as run_retrain
+
+    with console.status("retraining the selector…") as status:
+        result = run_retrain(ExperienceStore(store), force=force, progress=lambda text: status.update(text + "…"))
     if as_json:
         _print_json(result.as_dict())
         return
-    table = Table(title=f"{result.method} on {result.task}, {shots} per label, init {result.init}", show_header=False)
-    for key, value in [("accuracy", f"{result.accuracy:.4f} on {result.test_examples} held-out examples"), ("macro-F1", f"{result.macro_f1:.4f}"),
-                       ("examples used", str(result.support_size)), ("adaptation time", f"{result.adapt_time_s:.1f} s (evaluation not counted)"),
-                       ("adapter", str(result.adapter_path)), ("experience id", str(result.experience_id))]:  # fmt: skip
-        table.add_row(key, value)
-    out.print(table)
+    verdict = f"promoted: version {result.challenger_version} is @champion" if result.promoted else f"version {result.challenger_version} is @challenger; version {result.champion_version} stays @champion"
+    out.print(f"{result.reason}\n{verdict}", highlight=False)
 
 
 @app.command(name="meta-train")

@@ -67,6 +67,17 @@ experiences = sa.Table(
     sa.Column("host", sa.String(256)),
     sa.Column("pid", sa.Integer),
 )
+predictions = sa.Table(  # what the selector predicted for a task, for monitoring against the runs that follow
+    "predictions",
+    _metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("task_name", sa.String(256), nullable=False),
+    sa.Column("task_fingerprint", sa.String(64), nullable=False, index=True),
+    sa.Column("source", sa.String(64), nullable=False),  # recommend, tune, autotune, serve, posted
+    sa.Column("selector", sa.String(64)),  # the selector version that made it, when one was registered
+    sa.Column("ranking", sa.JSON, nullable=False),  # [{method, rank, accuracy: {mean, low, high}}, ...] best first
+)
 store_info = sa.Table(
     "metapeft_store",
     _metadata,
@@ -269,6 +280,32 @@ class ExperienceStore:
         except sa.exc.IntegrityError:
             raise StoreError("another process added some of these records at the same time; run the import again (it skips what is stored)") from None
         return len(records)
+
+    def add_prediction(self, *, task_name: str, task_fingerprint: str, ranking: list[dict], source: str, selector: str | None = None) -> str:
+        """Record what the selector predicted for a task (``ranking``: best first, each ``{"method", "rank",
+        "accuracy": {"mean", "low", "high"}}``) so that ``metapeft monitor`` can compare it with the runs that follow."""
+        import uuid
+
+        if not ranking or not all(isinstance(r, dict) and {"method", "rank", "accuracy"} <= set(r) for r in ranking):
+            raise StoreError("a prediction's ranking lists {method, rank, accuracy: {mean, low, high}} entries, best first")
+        pid = uuid.uuid4().hex
+        row = {"id": pid, "created_at": datetime.now(timezone.utc), "task_name": task_name[:256], "task_fingerprint": task_fingerprint, "source": source, "selector": selector,
+               "ranking": ranking}  # fmt: skip
+        with self._writing(), self._engine.begin() as conn:
+            conn.execute(predictions.insert().values(**row))
+        return pid
+
+    def predictions(self, limit: int | None = None) -> list[dict]:
+        """The recorded predictions, oldest first (the last ``limit`` when given)."""
+        stmt = sa.select(predictions).order_by(predictions.c.created_at.desc(), predictions.c.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._reading(), self._engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        for r in rows:
+            if r["created_at"].tzinfo is None:
+                r["created_at"] = r["created_at"].replace(tzinfo=timezone.utc)  # SQLite drops the zone; we always write UTC
+        return rows[::-1]
 
     def finish(self, experience_id: str, **fields: Any) -> None:
         """Mark a run finished and store its results (``metrics``, ``curve``, ``tags``…)."""

@@ -18,6 +18,9 @@ from ._init import default_init, inner_loop_of, load_init, read_card
 from ._learner import FewShotModel, adapt_in_place, predict, support_prototypes
 
 
+FEW_SHOT_MAX = 16  # examples per label up to which a task is few-shot (the shots meta-training draws)
+
+
 @dataclass
 class AdaptResult:
     task: str
@@ -32,6 +35,7 @@ class AdaptResult:
     test_examples: int
     adapter_path: str | None = None
     experience_id: str | None = None
+    mlflow_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -39,7 +43,8 @@ class AdaptResult:
 
 
 def adapt(task: Task | str | Path, shots: int = 8, *, init: str = "meta", method: str | None = None, seed: int = 0, model: str | None = None,
-          output_dir: str | Path | None = None, save: bool = True, store: ExperienceStore | None = None, record: bool = True) -> AdaptResult:  # fmt: skip
+          output_dir: str | Path | None = None, save: bool = True, store: ExperienceStore | None = None, record: bool = True,
+          track: bool = False) -> AdaptResult:  # fmt: skip
     """Adapt to ``task`` from ``shots`` training examples per label and evaluate on its whole held-out split.
 
     Args:
@@ -54,6 +59,7 @@ def adapt(task: Task | str | Path, shots: int = 8, *, init: str = "meta", method
         output_dir: Where the adapter, prototype head and ``metapeft.json`` go (default: a new run folder).
         save: Save the classifier (``load_classifier`` reloads it).
         store: Experience store the run is recorded in (default: the user's); ``record=False`` records nothing.
+        track: Also log the run (and the saved adapter) to MLflow.
 
     Returns:
         An :class:`AdaptResult`.
@@ -109,4 +115,19 @@ def adapt(task: Task | str | Path, shots: int = 8, *, init: str = "meta", method
         experience.metrics = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "train_time_s": result.adapt_time_s, "eval_examples": len(y), "steps": inner.steps}
         experience.tags["adapter_path"] = result.adapter_path
         result.experience_id = (store or ExperienceStore()).add(experience)
+    if track:
+        from ..tracking import MLflowTracker
+
+        metrics = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "train_time_s": result.adapt_time_s, "eval_examples": len(y)}
+        tags = {"metapeft.kind": "adapt", "metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": card["method"],
+                "metapeft.base_model": card["base_model"], "metapeft.init": init_name, "metapeft.shots": shots, "metapeft.experience_id": result.experience_id}  # fmt: skip
+        result.mlflow_run_id = MLflowTracker().log_run(name=f"adapt/{card['method']}", params={**hyperparameters, "shots": shots, "init": init_name, "seed": seed},
+                                                       metrics=metrics, curve=[], tags=tags, artifact_dir=result.adapter_path)  # fmt: skip
     return result
+
+
+def few_shot_size(task: Task) -> int | None:
+    """The most training examples any label of ``task`` has, when that is at most :data:`FEW_SHOT_MAX` (the task is
+    few-shot: ``train`` and ``autotune`` adapt it from the meta-initialisation); ``None`` otherwise."""
+    most = int(np.bincount(np.asarray(task.train.labels), minlength=task.num_labels).max())
+    return most if most <= FEW_SHOT_MAX else None

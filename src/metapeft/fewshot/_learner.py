@@ -28,6 +28,7 @@ from ..training._engine import Batches, build_classifier
 from ..training._model import TextClassifier
 
 ALGORITHMS = ("reptile", "fomaml")
+OUTER_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -175,8 +176,11 @@ class ReptileLearner:
         model: The model whose meta-parameters are the initialisation.
         inner: The adaptation each episode gets.
         outer_lr: Step size of the outer update (Reptile: the fraction of the way towards the adapted parameters).
-        algorithm: ``reptile`` or ``fomaml`` (first-order MAML: the query loss's gradient at the adapted parameters,
-            applied with SGD at ``outer_lr``).
+        algorithm: ``reptile`` or ``fomaml`` (first-order MAML: the query loss's gradient at the adapted parameters;
+            with no inner steps this is episodic prototypical-network training).
+        outer_optimizer: ``sgd`` (the initialisation moves by ``outer_lr`` times the mean direction, as in the
+            Reptile paper) or ``adam`` (the negated mean direction is Adam's gradient, at learning rate ``outer_lr``;
+            the usual choice for MAML).
         seed: Seeds the inner loop's batches.
     """
 
@@ -185,13 +189,18 @@ class ReptileLearner:
     outer_lr: float = 0.5
     algorithm: str = "reptile"
     seed: int = 0
+    outer_optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise MetapeftError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.outer_lr <= 0:
             raise MetapeftError(f"outer_lr must be positive, got {self.outer_lr}")
+        if self.outer_optimizer not in OUTER_OPTIMIZERS:
+            raise MetapeftError(f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}")
         self._rng = np.random.default_rng(self.seed)
+        params = list(self.model.meta_parameters().values())
+        self._outer = torch.optim.Adam(params, lr=self.outer_lr) if self.outer_optimizer == "adam" else None
 
     def meta_train_step(self, episodes: list, outer_lr: float | None = None) -> StepResult:
         """One outer update over ``episodes`` (see the class docstring); ``outer_lr`` overrides the step size (a
@@ -206,7 +215,7 @@ class ReptileLearner:
                     p.copy_(start[n])
             losses = adapt_in_place(self.model, episode.support, self.inner, self._rng)
             support_losses.append(losses[-1] if losses else float("nan"))
-            query_loss, accuracy = self._query(episode, grad=self.algorithm == "fomaml")
+            query_loss, accuracy = self.query(episode, grad=self.algorithm == "fomaml")
             query_losses.append(query_loss)
             accuracies.append(accuracy)
             with torch.no_grad():
@@ -218,15 +227,44 @@ class ReptileLearner:
         step = self.outer_lr if outer_lr is None else outer_lr
         with torch.no_grad():
             for n, p in params.items():
-                p.copy_(start[n] + step * direction[n] / len(episodes))
-                p.grad = None
+                if self._outer is None:
+                    p.copy_(start[n] + step * direction[n] / len(episodes))
+                    p.grad = None
+                else:
+                    p.copy_(start[n])
+                    p.grad = -direction[n] / len(episodes)
+        if self._outer is not None:
+            for group in self._outer.param_groups:
+                group["lr"] = step
+            self._outer.step()
+            self._outer.zero_grad(set_to_none=True)
         norm = float(torch.sqrt(sum(((p.detach() - start[n]) ** 2).sum() for n, p in params.items())))
         return StepResult(float(np.mean(support_losses)), float(np.mean(query_losses)), float(np.mean(accuracies)), norm)
 
-    def _query(self, episode, grad: bool) -> tuple[float, float]:
-        """Query loss and accuracy with the adapted parameters, prototypes from the whole support set; with ``grad``
-        the loss's gradient is left in the parameters' ``.grad`` (first-order MAML)."""
-        model, max_length = self.model, self.inner.max_length
+    def outer_state(self) -> dict[str, torch.Tensor]:
+        """The outer optimiser's state as named tensors (empty for SGD), for a checkpoint."""
+        if self._outer is None:
+            return {}
+        names = {id(p): n for n, p in self.model.meta_parameters().items()}
+        out = {}
+        for p, state in self._outer.state.items():
+            for key, value in state.items():
+                out[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().clone().reshape(-1) if key == "step" else value.detach().clone()
+        return out
+
+    def load_outer_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`outer_state` returned."""
+        if self._outer is None or not tensors:
+            return
+        params = self.model.meta_parameters()
+        for name, value in tensors.items():
+            pname, key = name.rsplit("::", 1)
+            self._outer.state[params[pname]][key] = value.reshape(()) if key == "step" else value.clone()
+
+    def query(self, episode, grad: bool = False, max_length: int | None = None) -> tuple[float, float]:
+        """Query loss and accuracy with the model's current parameters, prototypes from the whole support set; with
+        ``grad`` the loss's gradient is left in the parameters' ``.grad`` (first-order MAML)."""
+        model, max_length = self.model, max_length or self.inner.max_length
         labels = torch.tensor(episode.support.labels)
         query_labels = torch.tensor(episode.query.labels)
         model.eval()  # no dropout: the prototypes and the query see the adapted model as adapt() will use it
@@ -238,4 +276,4 @@ class ReptileLearner:
             loss = nn.functional.cross_entropy(logits, query_labels)
             if grad:
                 loss.backward()
-        return float(loss), float((logits.argmax(-1) == query_labels).float().mean())
+        return float(loss.detach()), float((logits.argmax(-1) == query_labels).float().mean())

@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from .._errors import MetapeftError
 from ._episodes import TaskConfig, sample_episode
 from ._init import card_for, load_init, save_init
-from ._learner import ALGORITHMS, FewShotModel, InnerLoop, ReptileLearner, adapt_in_place
+from ._learner import ALGORITHMS, OUTER_OPTIMIZERS, FewShotModel, InnerLoop, ReptileLearner, adapt_in_place
 
 CHECKPOINT = "checkpoint"
+OUTER = "outer_optimizer.safetensors"
 REGISTERED_NAME = "metapeft-fewshot-init"
 
 
@@ -37,7 +39,10 @@ class MetaTrainConfig:
         meta_batch: Episodes per outer update.
         outer_lr: Outer step size, decayed linearly to 0 over the iterations.
         algorithm: reptile or fomaml.
-        inner: The adaptation (the same ``adapt`` will use).
+        outer_optimizer: sgd or adam (see :class:`ReptileLearner`).
+        inner: The adaptation each episode gets during meta-training (no steps: first-order MAML is then episodic
+            prototypical-network training).
+        adaptation: The adaptation ``adapt`` uses with the result and validation measures (default: ``inner``).
         tasks: Suite tasks to meta-train on (default: all but ``exclude``).
         exclude: Suite tasks never used (evaluation tasks).
         validation_episodes: Fixed episodes, drawn from the meta-training tasks' held-out splits, scored every
@@ -57,7 +62,9 @@ class MetaTrainConfig:
     meta_batch: int = 4
     outer_lr: float = 0.5
     algorithm: str = "reptile"
+    outer_optimizer: str = "sgd"
     inner: InnerLoop = field(default_factory=InnerLoop)
+    adaptation: InnerLoop | None = None
     tasks: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     validation_episodes: int = 8
@@ -68,6 +75,8 @@ class MetaTrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.inner, dict):
             self.inner = InnerLoop(**self.inner)
+        if isinstance(self.adaptation, dict):
+            self.adaptation = InnerLoop(**self.adaptation)
         if not self.shots or min(self.shots) < 1:
             raise MetapeftError(f"shots must be positive numbers, got {self.shots}")
         for name in ("iterations", "meta_batch", "validate_every", "checkpoint_every", "classes", "query"):
@@ -75,6 +84,8 @@ class MetaTrainConfig:
                 raise MetapeftError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.algorithm not in ALGORITHMS:
             raise MetapeftError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.outer_optimizer not in OUTER_OPTIMIZERS:
+            raise MetapeftError(f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}")
         if self.outer_lr <= 0:
             raise MetapeftError(f"outer_lr must be positive, got {self.outer_lr}")
 
@@ -142,7 +153,9 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
             raise MetapeftError(f"output folder {output} is not empty and holds no checkpoint of this config; choose a new folder")
         model = FewShotModel.build(config.method, config.settings, config.model)
         state = {"iteration": 0, "history": [], "validation": [], "mlflow_run_id": None}
-    learner = ReptileLearner(model, config.inner, config.outer_lr, config.algorithm, config.seed)
+    learner = ReptileLearner(model, config.inner, config.outer_lr, config.algorithm, config.seed, config.outer_optimizer)
+    if (checkpoint / OUTER).is_file() and state["iteration"]:
+        learner.load_outer_state(load_file(str(checkpoint / OUTER)))
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     if "rng" in state:
@@ -153,11 +166,11 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
 
     tracker = _Tracker(state.get("mlflow_run_id"), config, names, base_model) if track else None
     state["mlflow_run_id"] = tracker.run_id if tracker else None
-    card = lambda: card_for(model, config.method, model_settings(model, config), base_model, config.inner, tasks=names, excluded=config.exclude,  # noqa: E731
+    card = lambda: card_for(model, config.method, model_settings(model, config), base_model, config.adaptation or config.inner, tasks=names, excluded=config.exclude,  # noqa: E731
                             config=config.as_dict(), iterations=state["iteration"], validation=state["validation"], history_tail=state["history"][-5:])
     try:
         if state["iteration"] == 0 and not state["validation"]:
-            state["validation"].append({"iteration": 0, "accuracy": _validate(learner, validation)})
+            state["validation"].append({"iteration": 0, "accuracy": _validate(learner, validation, config.adaptation or config.inner)})
         while state["iteration"] < config.iterations:
             i = state["iteration"]
             episodes = []
@@ -171,13 +184,13 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
             state["history"].append({"iteration": i + 1, **numbers})
             state["iteration"] = i + 1
             if (i + 1) % config.validate_every == 0 or i + 1 == config.iterations:
-                state["validation"].append({"iteration": i + 1, "accuracy": _validate(learner, validation)})
+                state["validation"].append({"iteration": i + 1, "accuracy": _validate(learner, validation, config.adaptation or config.inner)})
                 numbers["validation_accuracy"] = state["validation"][-1]["accuracy"]
             if tracker:
                 tracker.log(i + 1, numbers)
             if (i + 1) % config.checkpoint_every == 0 or i + 1 == config.iterations:
                 state.update(rng=rng.bit_generator.state, learner_rng=learner._rng.bit_generator.state, torch_rng=torch.get_rng_state().tolist())
-                _write_state(model, checkpoint, state, card())
+                _write_state(learner, checkpoint, state, card())
             if on_iteration:
                 on_iteration(i + 1, config.iterations, numbers)
     except KeyboardInterrupt:
@@ -213,16 +226,16 @@ def _validation_episodes(tasks: dict, config: MetaTrainConfig) -> list:
     return episodes
 
 
-def _validate(learner: ReptileLearner, episodes: list) -> float:
-    """Mean query accuracy after adaptation on ``episodes``; the initialisation is left as it was."""
+def _validate(learner: ReptileLearner, episodes: list, loop: InnerLoop) -> float:
+    """Mean query accuracy after adaptation by ``loop`` on ``episodes``; the initialisation is left as it was."""
     if not episodes:
         return float("nan")
     params = learner.model.meta_parameters()
     start = {n: p.detach().clone() for n, p in params.items()}
     accuracies = []
     for episode in episodes:
-        adapt_in_place(learner.model, episode.support, learner.inner, np.random.default_rng(0))
-        accuracies.append(learner._query(episode, grad=False)[1])
+        adapt_in_place(learner.model, episode.support, loop, np.random.default_rng(0))
+        accuracies.append(learner.query(episode, grad=False, max_length=loop.max_length)[1])
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(start[n])
@@ -242,10 +255,14 @@ def _read_state(checkpoint: Path, config: MetaTrainConfig) -> dict | None:
     return state
 
 
-def _write_state(model: FewShotModel, checkpoint: Path, state: dict, card: dict) -> None:
-    """The initialisation, then the state that says which iteration it is (written last: a kill between the two
-    resumes from the previous state with a newer initialisation, at worst redoing a few iterations' episodes)."""
-    save_init(model, checkpoint, card)
+def _write_state(learner: ReptileLearner, checkpoint: Path, state: dict, card: dict) -> None:
+    """The initialisation and the outer optimiser's state, then the state that says which iteration it is (written
+    last: a kill between them resumes from the previous state with a newer initialisation, at worst redoing a few
+    iterations' episodes)."""
+    save_init(learner.model, checkpoint, card)
+    if outer := learner.outer_state():
+        save_file(outer, str(checkpoint / (OUTER + ".tmp")))
+        (checkpoint / (OUTER + ".tmp")).replace(checkpoint / OUTER)
     tmp = checkpoint / "state.json.tmp"
     tmp.write_text(json.dumps({**state, "config": card["config"]}))
     tmp.replace(checkpoint / "state.json")

@@ -158,11 +158,13 @@ SELECTORS: dict[str, Callable[[], object]] = {
 
 
 def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], object]] | None = None, few_shot: int = 2,
-             random_repeats: int = 50, min_methods: int = 5, progress: Callable[[int, int, str], None] | None = None) -> dict:  # fmt: skip
+             random_repeats: int = 50, min_methods: int = 5, progress: Callable[[int, int, str], None] | None = None,
+             held_out: list[str] | None = None) -> dict:  # fmt: skip
     """Leave-one-task-out over ``records``. Task instances with runs of fewer than ``min_methods`` methods are
     not scored (too small a choice to measure selection, e.g. a task the bench is still running), though their
     runs still train the selectors. ``few_shot`` > 0 also measures conditioning on that many observed runs of
-    the held-out task instance (the rest are scored)."""
+    the held-out task instance (the rest are scored). ``held_out`` limits the tasks held out (and scored) to these
+    task groups (default: every task)."""
     from scipy.stats import wilcoxon
 
     selectors = selectors or SELECTORS
@@ -170,6 +172,8 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
     groups = sorted({task_group(r) for r in records})
     if len(groups) < 3:
         raise ValueError(f"leave-one-task-out needs runs on at least 3 tasks; the experience has {len(groups)}")
+    if held_out is not None:
+        groups = [g for g in groups if g in set(held_out)]
     per_cell: dict[str, list[dict]] = defaultdict(list)
     floor: list[dict] = []
     few: list[dict] = []

@@ -98,6 +98,11 @@ class MetaPEFT:
             self.store = ExperienceStore()
         return self.store
 
+    @property
+    def own_store(self) -> ExperienceStore:
+        """The user's experience store (where new runs and predictions go)."""
+        return self._own_store()
+
     def fit(self, *, force: bool = False, progress=None) -> MetaPEFT:
         """Fit (or load from the cache, or update) the surrogate and its task embedding on the experience."""
         records = self.experiences()

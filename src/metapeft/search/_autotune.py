@@ -25,7 +25,7 @@ from ._tune import TuneResult, tune
 class AutotuneResult:
     task: str
     recommended: dict[str, Any]
-    search: TuneResult
+    search: TuneResult | None  # None for a few-shot task, adapted from the meta-initialisation without a search
     final: dict[str, Any]
     registered: dict[str, Any] | None
 
@@ -37,10 +37,15 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
              objectives: tuple[str, ...] = ("accuracy", "train_time_s", "peak_memory_mb"), prefer: str = "accuracy",
              max_memory_mb: float | None = None, max_time_s: float | None = None, model: str | None = None, store: ExperienceStore | None = None,
              registered_name: str | None = None, register: bool = True, eval_size: int = 300, final_eval_size: int | None = 1000,
-             on_stage: Callable[[str], None] | None = None, on_trial=None) -> AutotuneResult:  # fmt: skip
+             on_stage: Callable[[str], None] | None = None, on_trial=None, meta_init: bool = True) -> AutotuneResult:  # fmt: skip
+    """Profile ``task``, recommend, search, train the pick with the final budget and register it (module docstring).
+
+    A few-shot task (at most 16 training examples per label) is not searched when ``meta_init``: it is adapted from
+    the shipped meta-initialisation (as :func:`metapeft.adapt`), and that run is registered.
+    """
     from ..meta import MetaPEFT
     from ..methods import get_method
-    from ..tracking import MLflowTracker
+    from ..serving import register_classifier
     from ..training import train
 
     def stage(text: str) -> None:
@@ -48,6 +53,8 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
             on_stage(text)
 
     store = store or ExperienceStore()
+    if meta_init and (shots := _few_shot(task)):
+        return _autotune_few_shot(task, shots, model=model, store=store, register=register, registered_name=registered_name, stage=stage)
     meta = MetaPEFT(store, model=model)
     stage("profiling the task and loading the meta-learner")
     profile = meta.profile(task)
@@ -80,10 +87,35 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
             "metapeft.study": search.study, "metapeft.experience_id": final["experience_id"],
         }  # fmt: skip
         name = registered_name or "metapeft-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task.name)
-        version = MLflowTracker().register(name, final["mlflow_run_id"], tags=tags, description=tags["metapeft.decision"])
+        version = register_classifier(name, final["mlflow_run_id"], final["adapter_path"], tags=tags, description=tags["metapeft.decision"])
         registered = {"name": name, "version": int(version.version), "tags": tags}
     top = ranking[0]
     return AutotuneResult(task.name, {"method": top.method, "confidence": top.confidence, "hyperparameters": top.hyperparameters}, search, final, registered)
+
+
+def _few_shot(task: Task) -> int | None:
+    from ..fewshot import few_shot_size
+
+    return few_shot_size(task)
+
+
+def _autotune_few_shot(task: Task, shots: int, *, model: str | None, store: ExperienceStore, register: bool, registered_name: str | None, stage) -> AutotuneResult:
+    from ..fewshot import adapt
+    from ..serving import register_classifier
+
+    stage(f"{task.name} has at most {shots} examples per label: adapting from the meta-initialisation instead of searching")
+    result = adapt(task, shots, init="meta", model=model, store=store, track=register)
+    final = {"method": result.method, "hyperparameters": {"shots": shots, "init": "meta"}, "metrics": {"accuracy": result.accuracy, "macro_f1": result.macro_f1,
+             "train_time_s": result.adapt_time_s}, "adapter_path": result.adapter_path, "experience_id": result.experience_id, "mlflow_run_id": result.mlflow_run_id}  # fmt: skip
+    registered = None
+    if register and result.mlflow_run_id:
+        decision = f"{result.method} adapted from the meta-initialisation: {task.name} has at most {shots} training examples per label (few-shot, no search)"
+        tags = {"metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": result.method, "metapeft.init": "meta",
+                "metapeft.shots": shots, "metapeft.accuracy": result.accuracy, "metapeft.decision": decision, "metapeft.experience_id": result.experience_id}  # fmt: skip
+        name = registered_name or "metapeft-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task.name)
+        version = register_classifier(name, result.mlflow_run_id, result.adapter_path, tags=tags, description=decision)
+        registered = {"name": name, "version": int(version.version), "tags": tags}
+    return AutotuneResult(task.name, {"method": result.method, "confidence": None, "hyperparameters": final["hyperparameters"], "few_shot": True}, None, final, registered)
 
 
 def _limits(max_memory_mb: float | None, max_time_s: float | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import textwrap
 from pathlib import Path
 
 from ..methods import BUDGET_FIELDS
@@ -32,7 +33,8 @@ def render_pareto(result, folder: str | Path) -> list[Path]:
         ax.scatter([result.pick.metrics["train_time_s"]], [result.pick.metrics["accuracy"]], marker="*", s=260, color="gold", edgecolors="black", label="pick", zorder=4)
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{result.study}: {len(done)} trials, objectives {', '.join(result.objectives)}")
+    title = f"{result.study}: {len(done)} trials, objectives {', '.join(result.objectives)}"
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10, loc="left")  # a long study name is wrapped, never cut
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = out / "pareto.png"

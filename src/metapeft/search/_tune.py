@@ -228,7 +228,12 @@ def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, bud
     best run of the most similar past task."""
     if k < 1:
         return []
-    ranking = [r for r in meta.recommend(profile, methods=methods, budget=budget, max_memory_mb=max_memory_mb, max_time_s=max_time_s) if r.feasible]
+    from ..monitoring import record_prediction
+
+    full = meta.recommend(profile, methods=methods, budget=budget, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
+    if not getattr(meta, "_given", False):  # a ranking for the user's task (not a held-out replay): monitored
+        record_prediction(meta.own_store, profile, full, source="tune")
+    ranking = [r for r in full if r.feasible]
     out = [(to_params(r.method, r.hyperparameters, space), "surrogate") for r in ranking[: max(1, k - 1)]]
     for near in meta.similar(profile, 1):
         runs = [r for r in meta.experiences() if r.task_name == near.task and r.method in methods]

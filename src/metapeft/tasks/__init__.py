@@ -1,6 +1,6 @@
 """Tasks: loading labelled text data, suites of tasks, and the task profile the meta-learner reads."""
 
-from ._loading import example_names, load_task
+from ._loading import example_names, load_task, task_from_rows
 from ._profile import TaskProfile, cached_profile, embed_texts, profile_task
 from ._suite import SuiteEntry, load_suite
 from ._task import Split, Task, stratified_indices
@@ -15,6 +15,7 @@ __all__ = [
     "example_names",
     "load_suite",
     "load_task",
+    "task_from_rows",
     "profile_task",
     "stratified_indices",
 ]

@@ -55,6 +55,34 @@ def load_task(
         train_rows, test_rows = _read_rows(path), None
         train_where, test_where = where, None
 
+    name = name or (path.stem if path.is_file() else path.name)
+    return task_from_rows(train_rows, test_rows, name=name, where=where, train_where=train_where, test_where=test_where, test_fraction=test_fraction,
+                          seed=seed, domain=domain, source=str(path), **columns)  # fmt: skip
+
+
+def task_from_rows(
+    train_rows: list[dict],
+    test_rows: list[dict] | None = None,
+    *,
+    name: str,
+    where: str | None = None,
+    train_where: str | None = None,
+    test_where: str | None = None,
+    text_column: str | None = None,
+    pair_column: str | None = None,
+    label_column: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    domain: str | None = None,
+    source: str | None = None,
+) -> Task:
+    """A task from rows already read (JSON objects with a text, an optional pair and a label column, detected as
+    ``load_task`` detects them); errors name ``where`` (default: the task's name)."""
+    where = where or name
+    train_where, test_where = train_where or where, test_where or f"{where} (held-out rows)"
+    columns = dict(text_column=text_column, pair_column=pair_column, label_column=label_column)
+    if not train_rows:
+        raise TaskError(f"{train_where}: no training rows")
     keys = _detect_columns(train_rows, train_where, **columns)
     train_text, train_pair, train_label, first = _columns(train_rows, keys, train_where)
     label_names = sorted(set(train_label), key=_label_sort_key)
@@ -78,15 +106,7 @@ def load_task(
         train, test = _holdout(train, test_fraction, seed, where)
         test_source = "split"
 
-    return Task(
-        name=name or (path.stem if path.is_file() else path.name),
-        label_names=[str(label) for label in label_names],
-        train=train,
-        test=test,
-        source=str(path),
-        test_source=test_source,
-        domain=domain,
-    )
+    return Task(name=name, label_names=[str(label) for label in label_names], train=train, test=test, source=source or name, test_source=test_source, domain=domain)
 
 
 def _resolve(path: str | Path) -> Path:

@@ -16,12 +16,13 @@ import tempfile
 import typing
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 
 import numpy as np
 
 from .._backbone import backbone_info, load_encoder, load_tokenizer
 from .._config import DEFAULT_MODEL, data_dir
+from .._errors import MetapeftError
 from ._task import Task, stratified_indices
 
 TOKEN_SAMPLE = 2000
@@ -56,13 +57,48 @@ class TaskProfile:
     model: dict  # base model traits: name, architecture, parameters, layers, hidden size…
     domain_vector: list[float] = field(repr=False, default_factory=list)
 
+    def __post_init__(self) -> None:
+        for name, kind in _PROFILE_TYPES.items():
+            value = getattr(self, name)
+            if kind is str:
+                ok = isinstance(value, str) or (name == "domain" and value is None)
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+                ok = ok and (kind is float or float(value).is_integer())
+            if not ok:
+                raise MetapeftError(f"task profile: {name} must be {_KIND_NAMES[kind]}, got {value!r}")
+        if self.task_type not in ("single", "pair"):
+            raise MetapeftError(f"task profile: task_type must be 'single' or 'pair', got {self.task_type!r}")
+        if self.num_classes < 2 or self.dataset_size < 1:
+            raise MetapeftError(f"task profile: num_classes >= 2 and dataset_size >= 1 needed, got {self.num_classes} and {self.dataset_size}")
+        if not isinstance(self.model, dict):
+            raise MetapeftError(f"task profile: model must be an object of base-model traits, got {type(self.model).__name__}")
+        if not isinstance(self.domain_vector, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.domain_vector):
+            raise MetapeftError("task profile: domain_vector must be a list of numbers")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TaskProfile:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The profile in ``data`` (as ``as_dict`` and ``metapeft profile --json`` give it; other keys are ignored),
+        checked: a missing or ill-typed field raises one :class:`MetapeftError` naming it."""
+        if not isinstance(data, dict):
+            raise MetapeftError(f"a task profile is a JSON object, got {type(data).__name__}")
+        fields = cls.__dataclass_fields__
+        required = [n for n, f in fields.items() if f.default is MISSING and f.default_factory is MISSING]
+        if missing := [n for n in required if n not in data]:
+            raise MetapeftError(f"task profile lacks {', '.join(missing)}; send what `metapeft profile --json` prints")
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+_PROFILE_TYPES = {
+    "task_name": str, "fingerprint": str, "dataset_size": int, "test_size": int, "num_classes": int, "task_type": str, "class_entropy": float,
+    "imbalance_ratio": float, "token_length_p50": float, "token_length_p90": float, "token_length_p95": float, "token_length_max": int,
+    "sequence_length": int, "vocabulary_size": int, "type_token_ratio": float, "unk_rate": float, "probe_accuracy": float,
+    "majority_accuracy": float, "complexity_score": float, "domain": str,
+}  # fmt: skip
+_KIND_NAMES = {str: "text", int: "a whole number >= 0", float: "a finite number >= 0"}
 
 
 def _texts(task: Task, idx) -> list[str]:

@@ -1,0 +1,55 @@
+"""Trained classifiers (adapter + head) as MLflow pyfunc models: ``mlflow.pyfunc.load_model(uri).predict(texts)``
+returns labels, and ``mlflow models serve`` serves them. Logged as code (``_classifier_code.py``), never pickled;
+the weights are the run folder ``save_classifier`` wrote (safetensors)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+ARTIFACT_PATH = "model"
+
+
+class ClassifierModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a saved classifier: texts in, labels out."""
+
+    def load_context(self, context) -> None:
+        from ..training import load_classifier
+
+        self.classifier = load_classifier(context.artifacts["classifier"])
+
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
+        """The label of each text (a sentence-pair task takes ``"text [SEP] pair"``, as its profile joins them).
+
+        Args:
+            context: MLflow's model context (unused after loading).
+            model_input: Texts.
+            params: Unused.
+
+        Returns:
+            One label name per text.
+        """
+        return [str(label) for label in self.classifier.predict(list(model_input))]
+
+
+def register_classifier(name: str, run_id: str, folder: str | Path, *, tags: dict[str, Any] | None = None, description: str | None = None, tracker=None):
+    """Log the classifier saved in ``folder`` as a pyfunc model in run ``run_id`` and register it as a new version
+    of ``name``. Returns the model version."""
+    from ..tracking import MLflowTracker
+
+    tracker = tracker or MLflowTracker()
+    mlflow.set_tracking_uri(tracker.uri)
+    mlflow.set_registry_uri(tracker.uri)
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to resolve installed pip version")
+        info = mlflow.pyfunc.log_model(name=ARTIFACT_PATH, python_model=str(Path(__file__).with_name("_classifier_code.py")),
+                                       artifacts={"classifier": str(folder)}, pip_requirements=["metapeft"])  # fmt: skip
+    client = tracker.client
+    try:
+        client.create_registered_model(name)
+    except Exception:  # exists already: add a version
+        pass
+    return client.create_model_version(name, info.model_uri, run_id=run_id, tags={k: str(v)[:5000] for k, v in (tags or {}).items()}, description=description)
