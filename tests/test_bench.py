@@ -132,6 +132,7 @@ def test_bench_runs_keep_per_example_outcomes(bench_store):
     assert len({r.tags["pool_id"] for r in records if r.tags["suite_task"] == "sst2_a"}) == 1
 
 
+@pytest.mark.slow  # several minutes on 2 cores: run by .ci/run's second step
 def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):
     url = f"sqlite:///{tmp_path / 'k.db'}"
     args = [sys.executable, "-c", "from metapeft.cli import run; run()", "bench", str(suite), "--design", str(suite / "design.json"), "--storage", url]

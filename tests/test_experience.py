@@ -76,6 +76,7 @@ def test_failed_run_is_recorded_with_its_error(small_task, example_profile, tmp_
     assert run.data.tags["metapeft.experience_id"] == record.id
 
 
+@pytest.mark.slow  # several minutes on 2 cores: run by .ci/run's second step
 def test_sigkill_mid_training_leaves_the_store_readable(tmp_path):
     home = tmp_path / "home"
     home.mkdir()  # an explicit store URL needs its folder

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing
+
 from metapeft.experience import Experience, ExperienceStore
 
 
@@ -28,7 +30,7 @@ def postgres_url():
         return
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
-        pytest.skip("no PostgreSQL server binaries (install postgresql or set METAPEFT_TEST_POSTGRES_URL)")
+        missing("no PostgreSQL server binaries (install postgresql or set METAPEFT_TEST_POSTGRES_URL)")
     bindir = os.path.dirname(bins[-1])
     root = Path(tempfile.mkdtemp(prefix="metapeft-pg-"))  # not under pytest's tmp root: its mode 700 keeps the postgres user out
     data = root / "data"

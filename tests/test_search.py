@@ -79,6 +79,7 @@ def test_prefer_needs_its_objective():
         _validate(("accuracy",), "meta", "time", 3, None, 300, 1000)
 
 
+@pytest.mark.slow  # several minutes on 2 cores: run by .ci/run's second step
 def test_two_processes_share_one_sqlite_study(tiny_task, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     data = tmp_path / "tiny.jsonl"
