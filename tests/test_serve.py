@@ -220,3 +220,27 @@ def test_retrain_registers_a_challenger_and_promotes_it_only_when_not_worse(serv
     assert now == (result.challenger_version if result.promoted else champion)
     forced = retrain(store, force=True)
     assert forced.promoted and int(client.get_model_version_by_alias("metapeft-selector", "champion").version) == forced.challenger_version
+
+
+def test_mlflow_models_serve_answers_invocations_with_the_champion(served, profile):
+    from metapeft.tracking import MLflowTracker
+
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": MLflowTracker().uri}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/metapeft-selector@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.time() + 180, None
+        while time.time() < deadline and answer is None:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": [profile]}).encode(),
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    answer = json.loads(r.read())
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()[-2000:]
+                time.sleep(1)
+        assert answer is not None and answer["predictions"][0]["recommendations"][0]["rank"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
