@@ -60,13 +60,6 @@ class Thresholds:
         if self.window < 1 or self.min_matches < 1:
             raise MetapeftError(f"window and min_matches must be at least 1, got {self.window} and {self.min_matches}")
 
-    @classmethod
-    def from_offline(cls, coverage: float | None = None, regret: float | None = None, **overrides) -> Thresholds:
-        """Thresholds derived from a selector's offline figures (its registry tags), the shipped ones when missing."""
-        coverage = OFFLINE_COVERAGE if coverage is None else coverage
-        regret = OFFLINE_REGRET if regret is None else regret
-        return cls(**{"coverage_min": max(0.0, coverage - 0.13), "regret_max": regret + 2.5, **overrides})
-
 
 @dataclass
 class Figure:
@@ -122,11 +115,14 @@ def monitor(store, thresholds: Thresholds | None = None) -> MonitorReport:
     for r in store.iter(status="finished"):
         if r.metrics.get("accuracy") is not None:
             runs.setdefault(r.task_fingerprint, []).append(r)
+    until_of: dict[str, object] = {}  # a newer prediction for the task takes over its runs: walk newest first
+    untils = []
+    for p in reversed(predictions):
+        untils.append(until_of.get(p["task_fingerprint"]))
+        until_of[p["task_fingerprint"]] = p["created_at"]
     hits, regrets, agreements = [], [], []  # (time, value)
     matched = 0
-    for i, p in enumerate(predictions):
-        later = [q["created_at"] for q in predictions[i + 1 :] if q["task_fingerprint"] == p["task_fingerprint"]]
-        until = min(later) if later else None  # a newer prediction for the task takes over its runs
+    for p, until in zip(predictions, reversed(untils)):
         outcome = [r for r in runs.get(p["task_fingerprint"], []) if r.created_at >= p["created_at"] and (until is None or r.created_at < until)]
         if not outcome:
             continue

@@ -43,6 +43,7 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
     A few-shot task (at most 16 training examples per label) is not searched when ``meta_init``: it is adapted from
     the shipped meta-initialisation (as :func:`metapeft.adapt`), and that run is registered.
     """
+    from ..fewshot import few_shot_size
     from ..meta import MetaPEFT
     from ..methods import get_method
     from ..serving import register_classifier
@@ -53,7 +54,7 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
             on_stage(text)
 
     store = store or ExperienceStore()
-    if meta_init and (shots := _few_shot(task)):
+    if meta_init and (shots := few_shot_size(task)):
         return _autotune_few_shot(task, shots, model=model, store=store, register=register, registered_name=registered_name, stage=stage)
     meta = MetaPEFT(store, model=model)
     stage("profiling the task and loading the meta-learner")
@@ -91,12 +92,6 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
         registered = {"name": name, "version": int(version.version), "tags": tags}
     top = ranking[0]
     return AutotuneResult(task.name, {"method": top.method, "confidence": top.confidence, "hyperparameters": top.hyperparameters}, search, final, registered)
-
-
-def _few_shot(task: Task) -> int | None:
-    from ..fewshot import few_shot_size
-
-    return few_shot_size(task)
 
 
 def _autotune_few_shot(task: Task, shots: int, *, model: str | None, store: ExperienceStore, register: bool, registered_name: str | None, stage) -> AutotuneResult:

@@ -127,7 +127,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
         elif found != value:
             raise MetapeftError(f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same settings or another --study name")
     if sampler == "meta" and created:
-        start = warm_start_configs(meta, profile, methods, space, budget, min(warm_start, trials or warm_start), max_memory_mb, max_time_s)
+        start = warm_start_configs(meta, profile, methods, space, budget, min(warm_start, trials or warm_start), max_memory_mb, max_time_s, record_in=store)
         for params, source in start:
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
 
@@ -223,16 +223,17 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
 
 
 def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, budget: dict, k: int,
-                       max_memory_mb: float | None = None, max_time_s: float | None = None) -> list[tuple[dict, str]]:  # fmt: skip
+                       max_memory_mb: float | None = None, max_time_s: float | None = None, record_in=None) -> list[tuple[dict, str]]:  # fmt: skip
     """The first trials: the surrogate's best-predicted configurations within the limits (its pick first), then the
-    best run of the most similar past task."""
+    best run of the most similar past task. ``record_in`` (the store the trials go to) records the ranking for
+    monitoring."""
     if k < 1:
         return []
     from ..monitoring import record_prediction
 
     full = meta.recommend(profile, methods=methods, budget=budget, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
-    if not getattr(meta, "_given", False):  # a ranking for the user's task (not a held-out replay): monitored
-        record_prediction(meta.own_store, profile, full, source="tune")
+    if record_in is not None:
+        record_prediction(record_in, profile, full, source="tune")
     ranking = [r for r in full if r.feasible]
     out = [(to_params(r.method, r.hyperparameters, space), "surrogate") for r in ranking[: max(1, k - 1)]]
     for near in meta.similar(profile, 1):

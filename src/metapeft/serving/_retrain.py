@@ -76,7 +76,7 @@ def retrain(store=None, *, force: bool = False, min_methods: int = 5, progress=N
     if new:
         say(f"scoring champion and challenger on {len(new)} task(s) the champion never saw: {', '.join(new)}")
         try:
-            details = evaluate(records, selectors={"champion": lambda: _Fixed(champion._fitted()), "challenger": Surrogate}, few_shot=0,
+            details = evaluate(records, selectors={"champion": lambda: _Fixed(champion.surrogate), "challenger": Surrogate}, few_shot=0,
                                min_methods=min_methods, held_out=new)  # fmt: skip
         except ValueError as exc:  # e.g. no new task instance has enough methods run to score a choice
             details = {"not_scored": str(exc)}

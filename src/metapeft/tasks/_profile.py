@@ -58,10 +58,12 @@ class TaskProfile:
     domain_vector: list[float] = field(repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        for name, kind in _PROFILE_TYPES.items():
+        for name, f in self.__dataclass_fields__.items():
+            if (kind := _KINDS.get(f.type)) is None:
+                continue  # model and domain_vector: checked below
             value = getattr(self, name)
             if kind is str:
-                ok = isinstance(value, str) or (name == "domain" and value is None)
+                ok = isinstance(value, str) or (f.type == "str | None" and value is None)
             else:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
                 ok = ok and (kind is float or float(value).is_integer())
@@ -92,13 +94,8 @@ class TaskProfile:
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
-_PROFILE_TYPES = {
-    "task_name": str, "fingerprint": str, "dataset_size": int, "test_size": int, "num_classes": int, "task_type": str, "class_entropy": float,
-    "imbalance_ratio": float, "token_length_p50": float, "token_length_p90": float, "token_length_p95": float, "token_length_max": int,
-    "sequence_length": int, "vocabulary_size": int, "type_token_ratio": float, "unk_rate": float, "probe_accuracy": float,
-    "majority_accuracy": float, "complexity_score": float, "domain": str,
-}  # fmt: skip
 _KIND_NAMES = {str: "text", int: "a whole number >= 0", float: "a finite number >= 0"}
+_KINDS = {"str": str, "str | None": str, "int": int, "float": float}  # the field annotations checked (as strings: postponed)
 
 
 def _texts(task: Task, idx) -> list[str]:
