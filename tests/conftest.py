@@ -34,6 +34,24 @@ def isolated_home(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_mlflow_uri():
+    """A test (or the library under test) that leaves MLFLOW_TRACKING_URI set sends every later subprocess's runs
+    to its store: ``mlflow.set_tracking_uri`` exports the variable. Fail the test that leaks it, and clean up."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in names}
+    yield
+    leaked = {k: os.environ.get(k) for k in names if os.environ.get(k) != before[k]}
+    if leaked:
+        import mlflow
+
+        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
+        for k in names:
+            os.environ.pop(k, None) if before[k] is None else os.environ.__setitem__(k, before[k])
+        pytest.fail(f"the test left {leaked} in the environment (use MLflowTracker.fluent())")
+
+
 @pytest.fixture(scope="session")
 def example_task():
     from metapeft.tasks import load_task

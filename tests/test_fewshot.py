@@ -186,8 +186,7 @@ def test_train_and_autotune_adapt_a_few_shot_task_from_the_meta_initialisation(e
 
     from metapeft.tracking import MLflowTracker
 
-    mlflow.set_tracking_uri(MLflowTracker().uri)
-    mlflow.set_registry_uri(MLflowTracker().uri)
-    model = mlflow.pyfunc.load_model(f"models:/{result.registered['name']}/{result.registered['version']}")  # a pyfunc model, not a folder
+    with MLflowTracker().fluent():
+        model = mlflow.pyfunc.load_model(f"models:/{result.registered['name']}/{result.registered['version']}")  # a pyfunc model, not a folder
     labels = model.predict(example_task.test.texts[:20])
     assert len(labels) == 20 and set(labels) <= set(example_task.label_names)

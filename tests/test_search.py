@@ -128,9 +128,10 @@ def test_autotune_registers_a_model_version_with_the_decision(tiny_task, tmp_pat
     assert "chosen from a Pareto set" in version.tags["metapeft.decision"]
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
-    model = mlflow.pyfunc.load_model(f"models:/tiny-test/{result.registered['version']}")  # the registered adapter is a pyfunc model
+    from metapeft.tracking import MLflowTracker
+
+    with MLflowTracker(tracking_uri()).fluent():
+        model = mlflow.pyfunc.load_model(f"models:/tiny-test/{result.registered['version']}")  # the registered adapter is a pyfunc model
     labels = model.predict(tiny_task.test.texts[:5])
     assert len(labels) == 5 and set(labels) <= set(tiny_task.label_names)
 

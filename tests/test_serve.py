@@ -55,9 +55,8 @@ def test_the_packaged_selector_is_version_1_champion_and_round_trips_through_pyf
     client = MLflowTracker().client
     mv = client.get_model_version_by_alias("metapeft-selector", "champion")
     assert int(mv.version) == 1 and int(mv.tags["metapeft.experience_runs"]) >= 1000 and mv.tags["metapeft.git_revision"]
-    mlflow.set_tracking_uri(MLflowTracker().uri)
-    mlflow.set_registry_uri(MLflowTracker().uri)
-    model = mlflow.pyfunc.load_model("models:/metapeft-selector@champion")
+    with MLflowTracker().fluent():
+        model = mlflow.pyfunc.load_model("models:/metapeft-selector@champion")
     out = model.predict([profile, profile])
     direct = holder.current().meta.recommend(profile)
     assert len(out) == 2 and [r["method"] for r in out[0]["recommendations"]] == [r.method for r in direct]

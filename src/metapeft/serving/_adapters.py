@@ -36,20 +36,29 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
 
 
 def register_classifier(name: str, run_id: str, folder: str | Path, *, tags: dict[str, Any] | None = None, description: str | None = None, tracker=None):
-    """Log the classifier saved in ``folder`` as a pyfunc model in run ``run_id`` and register it as a new version
+    """Log the classifier saved in ``folder`` as a pyfunc model in run ``run_id`` (under ``artifact_path``) and register it as a new version
     of ``name``. Returns the model version."""
     from ..tracking import MLflowTracker
 
-    tracker = tracker or MLflowTracker()
-    mlflow.set_tracking_uri(tracker.uri)
-    mlflow.set_registry_uri(tracker.uri)
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Failed to resolve installed pip version")
-        info = mlflow.pyfunc.log_model(name=ARTIFACT_PATH, python_model=str(Path(__file__).with_name("_classifier_code.py")),
-                                       artifacts={"classifier": str(folder)}, pip_requirements=["metapeft"])  # fmt: skip
-    client = tracker.client
-    try:
-        client.create_registered_model(name)
-    except Exception:  # exists already: add a version
-        pass
-    return client.create_model_version(name, info.model_uri, run_id=run_id, tags={k: str(v)[:5000] for k, v in (tags or {}).items()}, description=description)
+    code = Path(__file__).with_name("_classifier_code.py")
+    artifacts = {"classifier": str(folder)}
+    return log_and_register(tracker or MLflowTracker(), name, run_id, ARTIFACT_PATH, code, artifacts, ["metapeft"], tags=tags, description=description)
+
+
+def log_and_register(tracker, name: str, run_id: str, artifact_path: str, code: Path, artifacts: dict[str, str], pip_requirements: list[str], *,
+                     tags: dict[str, Any] | None = None, description: str | None = None, model_description: str | None = None):  # fmt: skip
+    """Log a models-from-code pyfunc model (``code`` is the model: no pickle of an instance) with ``artifacts`` in
+    run ``run_id`` (under ``artifact_path``) and register it as a new version of ``name``. Returns the model version.
+
+    The registry resolves a version's ``models:/m-…`` source through MLflow's global tracking URI, so the version is
+    created inside :meth:`MLflowTracker.fluent` too."""
+    with tracker.fluent():
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Failed to resolve installed pip version")
+            info = mlflow.pyfunc.log_model(name=artifact_path, python_model=str(code), artifacts=artifacts, pip_requirements=pip_requirements)
+        try:
+            tracker.client.create_registered_model(name, description=model_description)
+        except Exception:  # exists already: add a version
+            pass
+        tags = {k: str(v)[:5000] for k, v in (tags or {}).items()}
+        return tracker.client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, description=description)

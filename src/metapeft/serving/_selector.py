@@ -19,7 +19,6 @@ import json
 import platform
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import mlflow.pyfunc
 import pydantic
 
 from .._errors import MetapeftError
+from ._adapters import log_and_register
 
 SELECTOR_NAME = "metapeft-selector"
 CHAMPION = "champion"
@@ -125,19 +125,11 @@ def log_selector(meta, *, tags: dict[str, Any] | None = None, alias: str | None 
         with open(experience, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
             f.write("".join(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n" for r in records).encode("utf-8"))
         run_id = tracker.start_parent("selector", {"metapeft.kind": "selector", **version_tags})
-        mlflow.set_tracking_uri(tracker.uri)
-        mlflow.set_registry_uri(tracker.uri)
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Failed to resolve installed pip version")
-            # models from code: the model is this package's code file, never a pickle of an instance
-            info = mlflow.pyfunc.log_model(name=ARTIFACT_PATH, python_model=str(Path(__file__).with_name("_pyfunc_code.py")), artifacts={"surrogate": str(surrogate), "experience": str(experience)},
-                                           pip_requirements=[f"metapeft=={_version()}"])  # fmt: skip
+        code = Path(__file__).with_name("_pyfunc_code.py")
+        artifacts = {"surrogate": str(surrogate), "experience": str(experience)}
+        version = log_and_register(tracker, SELECTOR_NAME, run_id, ARTIFACT_PATH, code, artifacts, [f"metapeft=={_version()}"], tags=version_tags,
+                                   model_description="metapeft's method selector (profile → ranked PEFT methods)")  # fmt: skip
     client = tracker.client
-    try:
-        client.create_registered_model(SELECTOR_NAME, description="metapeft's method selector (profile → ranked PEFT methods)")
-    except Exception:  # exists already
-        pass
-    version = client.create_model_version(SELECTOR_NAME, info.model_uri, run_id=run_id, tags={k: str(v)[:5000] for k, v in version_tags.items()})
     if alias:
         client.set_registered_model_alias(SELECTOR_NAME, alias, version.version)
     return int(version.version)
@@ -187,10 +179,9 @@ def load_selector(version: int | str = CHAMPION, tracker=None):
     from ..tracking import MLflowTracker
 
     tracker = tracker or MLflowTracker()
-    mlflow.set_tracking_uri(tracker.uri)
-    mlflow.set_registry_uri(tracker.uri)
     uri = f"models:/{SELECTOR_NAME}/{version}" if str(version).isdigit() else selector_uri(str(version))
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().meta
+    with tracker.fluent():
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().meta
 
 
 def _package_version(name: str) -> str | None:

@@ -8,8 +8,10 @@ run" state leaks between runs of a warm worker.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,29 @@ class MLflowTracker:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             except Exception:  # another process created it first
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+
+    @contextmanager
+    def fluent(self):
+        """Point MLflow's fluent API (``mlflow.start_run``, ``pyfunc.log_model``, ``pyfunc.load_model``) at this
+        tracker's store for the block. ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to every
+        subprocess started later; afterwards the previous URIs and variables are put back, so that a library call
+        leaves no global state behind (a search started next must not log to this store by accident)."""
+        import mlflow
+
+        names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        before = {name: os.environ.get(name) for name in names}
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])
+            mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def log_run(
         self,
