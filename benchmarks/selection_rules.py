@@ -48,7 +48,7 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
             out.append({"task": held, "cell": runs[0].task_name, "size": runs[0].profile.get("dataset_size"),
                         "methods": [r.method for r in runs], "accuracy": [r.metrics["accuracy"] for r in runs],
                         "global_gap": [gap.get(r.method, 1.0) for r in runs],
-                        "mean": p.mean, "low": p.low, "high": p.high, "samples": p.samples, "sd": p.sd()})  # fmt: skip
+                        "mean": p.mean, "low": p.low, "high": p.high, "samples": p.joint_draws(), "sd": p.sd()})  # fmt: skip
         print(f"[{n + 1}/{len(groups)}] {held} {time.time() - t0:.0f}s", flush=True)
     return out
 

@@ -1,8 +1,9 @@
 """Load and fault tests of `metapeft serve` on loopback (issue 20): latency under load, bad input, concurrent writes,
 and a SIGKILL during writes.
 
-1. 2,000 `POST /v1/recommend` (sst2's profile from the shipped prior) at concurrency 16 after 20 warm-up requests:
-   p50 / p95 / max latency, throughput, errors.
+1. 2,000 `POST /v1/recommend` at concurrency 16 after 20 warm-up requests, twice: new tasks (each request a prior
+   task's profile under a fingerprint the server has not seen, so every ranking is computed) and repeated questions
+   (40 tasks asked in turn: a served version remembers its answers): p50 / p95 / max latency, throughput, errors.
 2. 200 malformed or oversized requests (not JSON, wrong types, missing fields, unknown methods, 3 MiB bodies,
    uploads over the row limit): how many got a 4xx, and any other status.
 3. 4 clients each posting the same 500 experiences (in batches of 50) at once: every record must be stored exactly
@@ -73,6 +74,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def load(base: str, bodies: list[bytes], concurrency: int) -> dict:
+    """POST every body to /v1/recommend from ``concurrency`` clients: latency percentiles, throughput, errors."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda b: request(f"{base}/v1/recommend", b), bodies))
+    wall = time.perf_counter() - started
+    latencies = [r[2] for r in results]
+    return {
+        "requests": len(bodies), "concurrency": concurrency, "errors": sum(r[0] != 200 for r in results),
+        "p50_ms": round(1000 * statistics.median(latencies), 1), "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
+        "max_ms": round(1000 * max(latencies), 1), "throughput_rps": round(len(bodies) / wall, 1),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -96,16 +111,16 @@ def main() -> None:
         body = json.dumps({"profile": profile}).encode()
         for _ in range(20):
             request(f"{base}/v1/recommend", body)
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(lambda _: request(f"{base}/v1/recommend", body), range(args.requests)))
-        wall = time.perf_counter() - started
-        latencies = [r[2] for r in results]
-        summary["recommend"] = {
-            "requests": args.requests, "concurrency": args.concurrency, "errors": sum(r[0] != 200 for r in results),
-            "p50_ms": round(1000 * statistics.median(latencies), 1), "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
-            "max_ms": round(1000 * max(latencies), 1), "throughput_rps": round(args.requests / wall, 1),
-        }  # fmt: skip
+        # new tasks: every request a profile the server has not ranked (the prior's task profiles, each with a
+        # fingerprint of its own), so that every answer is computed
+        pool_profiles = list({r.task_name: r.profile for r in records}.values())
+        fresh = [json.dumps({"profile": {**pool_profiles[i % len(pool_profiles)], "fingerprint": f"load-{i}"}}).encode() for i in range(args.requests)]
+        summary["recommend_new_tasks"] = load(base, fresh, args.concurrency)
+        # repeated questions: 40 tasks asked again and again (a version's answer is remembered)
+        repeated = [json.dumps({"profile": pool_profiles[i % 40]}).encode() for i in range(args.requests)]
+        for b in repeated[:40]:
+            request(f"{base}/v1/recommend", b)
+        summary["recommend_repeated"] = load(base, repeated, args.concurrency)
 
         bad = [b"not json", b"[]", b"{}", json.dumps({"profile": {"task_name": 1}}).encode(), json.dumps({"profile": {**profile, "dataset_size": "x"}}).encode(),
                json.dumps({"profile": profile, "methods": ["nope"]}).encode(), json.dumps({"profile": profile, "max_memory_mb": -5}).encode(),

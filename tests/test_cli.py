@@ -7,6 +7,15 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.fixture(autouse=True)
+def own_home(tmp_path, monkeypatch):
+    """Each test a data directory of its own (experience store, MLflow store, caches): a run stored by one test must
+    not change what a later one sees (a `train` made later commands refit the meta-learner)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("METAPEFT_HOME", str(home))
+    return home
+
+
 def test_version_and_methods():
     assert run_cli("--version").stdout.startswith("metapeft ")
     methods = json.loads(run_cli("methods", "--json").stdout)
@@ -21,7 +30,7 @@ def test_piped_tables_keep_every_cell_whole():
     assert helps and all(any(h in line for line in lines) for h in helps)  # each help text whole on one line
 
 
-def test_train_json_tracks_in_mlflow_and_stores_the_experience(isolated_home):
+def test_train_json_tracks_in_mlflow_and_stores_the_experience():
     proc = run_cli("train", "example", "--method", "lora", "--max-steps", "6", "--eval-size", "60", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

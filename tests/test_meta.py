@@ -257,6 +257,17 @@ def test_recommending_does_not_import_torch():
     assert json.loads(proc.stdout)["recommendations"][0]["method"]
 
 
+def test_draws_of_some_candidates_are_those_columns_of_all_the_draws(surrogate, held_out):
+    """Joint draws are made lazily for the candidates asked about; any subset, taken before or after, is the same."""
+    from metapeft.meta import Candidate
+
+    pred = surrogate.predict(held_out[1][0].profile, [Candidate(m) for m in ("lora", "ia3", "prefix_tuning", "full_finetuning")])
+    every = pred.joint_draws()
+    assert every.shape == (2000, 4) and np.allclose(pred.joint_draws([3, 1]), every[:, [3, 1]])
+    assert np.allclose(pred.take([1, 3]).joint_draws(), every[:, [1, 3]])
+    assert abs(every.mean(0) - pred.mean[:, 0]).max() < 0.02  # draws centred on the prediction
+
+
 def test_surrogate_round_trips_through_safetensors(surrogate, held_out, tmp_path):
     from metapeft.meta import Candidate, Surrogate
     from metapeft.meta._recommend import _load_cached, _save
@@ -266,7 +277,7 @@ def test_surrogate_round_trips_through_safetensors(surrogate, held_out, tmp_path
     assert meta["key"] == "key"
     cands = [Candidate("lora"), Candidate("prefix_tuning")]
     a, b = surrogate.predict(held_out[1][0].profile, cands), loaded.predict(held_out[1][0].profile, cands)
-    assert isinstance(loaded, Surrogate) and np.allclose(a.mean, b.mean) and np.allclose(a.samples, b.samples)
+    assert isinstance(loaded, Surrogate) and np.allclose(a.mean, b.mean) and np.allclose(a.joint_draws(), b.joint_draws())
     assert np.allclose(a.best_probability(), b.best_probability()) and all(np.allclose(getattr(loaded, k), getattr(surrogate, k)) for k in ("best_won", "best_ran", "best_size"))
 
 

@@ -730,6 +730,10 @@ def serve(
 
     config = ServeConfig(host=host, port=port, store=store, alias=alias, reload_s=reload_s)
     import uvicorn
+    from threadpoolctl import threadpool_limits
+
+    # concurrency comes from the requests, each ranked in a thread of its own: a BLAS pool per call oversubscribes
+    threadpool_limits(1)
 
     with console.status("loading the selector from the model registry…"):
         holder = SelectorHolder(config.alias)

@@ -24,7 +24,7 @@ def embed(w: Weights, x: np.ndarray) -> np.ndarray:
 
 def ensemble(w: Weights, x: np.ndarray) -> np.ndarray:
     """``EnsembleNet`` in numpy: every member's mean outputs, (members, n, d_out)."""
-    h = np.maximum(np.einsum("nd,kdh->knh", x, w["w1"]) + w["b1"], 0.0)
+    h = np.maximum(x @ w["w1"] + w["b1"], 0.0)  # (n, d) @ (k, d, h) broadcasts to (k, n, h) through BLAS
     h = np.maximum(h @ w["w2"] + w["b2"], 0.0)
     return (h @ w["w3"] + w["b3"]).astype(np.float32)
 

@@ -80,6 +80,7 @@ class MetaPEFT:
         self._given = experiences is not None
         self._cells: list[Cell] | None = None
         self._cell_z: np.ndarray | None = None
+        self._derived: dict[str, Any] = {}  # facts of the experience that every recommendation reads; cleared with _cells
         self._candidates: dict[str, list[dict]] = {}
         self._built: dict[tuple[str, str], list[dict]] = {}
 
@@ -121,6 +122,7 @@ class MetaPEFT:
                 progress(f"fitting the meta-learner on {len(records)} runs")
             self.surrogate = Surrogate().fit(records)
             self._cells = None
+            self._derived.clear()
             return self
         from ..prior import prior_enabled
 
@@ -144,6 +146,7 @@ class MetaPEFT:
             self.surrogate = Surrogate().fit(records)
             _save(path, self.surrogate, key, len(records), ids)
         self._cells = None
+        self._derived.clear()
         return self
 
     def _fitted(self) -> Surrogate:
@@ -175,9 +178,9 @@ class MetaPEFT:
     # --- similar tasks -------------------------------------------------------------------------------------
     def cells(self) -> tuple[list[Cell], np.ndarray]:
         surrogate = self._fitted()
-        if self._cells is None:
-            self._cells = cells_of(self.experiences())
-            self._cell_z = surrogate.embedder.predict([c.profile for c in self._cells])
+        if self._cells is None:  # both set together: a server's threads read them
+            cells = cells_of(self.experiences())
+            self._cell_z, self._cells = surrogate.embedder.predict([c.profile for c in cells]), cells
         return self._cells, self._cell_z
 
     def similar(self, task, k: int = 5) -> list[SimilarTask]:
@@ -241,7 +244,7 @@ class MetaPEFT:
         for name in names:
             get_method(name)
         if observed is None:
-            observed = [r for r in self.experiences() if fingerprint_of(r) == profile.get("fingerprint")]
+            observed = self._by_fingerprint().get(profile.get("fingerprint"), [])
         budget = budget or {}
 
         rows = [(name, hp) for name in names for hp in self._configs(name, budget)]
@@ -265,14 +268,17 @@ class MetaPEFT:
             probs.update(zip(live, _rounded_to_one(pred.take([chosen[n] for n in live]).best_probability())))
         similar = self.similar(profile, similar_k)
         cells = self.cells()[0]
-        incumbent = incumbent_method(cells)
+        if "incumbent" not in self._derived:
+            self._derived["incumbent"] = incumbent_method(cells), method_gaps(cells)
+        incumbent, gaps = self._derived["incumbent"]
         order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + sorted(blocked, key=lambda n: -pred.mean[chosen[n], 0])
         context = self._task_context(profile, observed)
         rival = max(live, key=lambda n: pred.mean[chosen[n], 0]) if live else None
         if rival is not None and order[0] == incumbent != rival:  # the rule kept the incumbent first: say why
-            beats = float((pred.samples[:, chosen[rival]] > pred.samples[:, chosen[incumbent]]).mean())
+            drawn = pred.joint_draws([chosen[rival], chosen[incumbent]])
+            beats = float((drawn[:, 0] > drawn[:, 1]).mean())
             lead = 100 * (pred.mean[chosen[rival], 0] - pred.mean[chosen[incumbent], 0])
-            context["kept_first"] = (rival, lead, beats, method_gaps(cells)[incumbent], len(cells))
+            context["kept_first"] = (rival, lead, beats, gaps[incumbent], len(cells))
         out = []
         for rank, name in enumerate(order, 1):
             i = chosen[name]
@@ -284,12 +290,23 @@ class MetaPEFT:
             ))  # fmt: skip
         return out
 
+    def _by_fingerprint(self) -> dict[str, list[Experience]]:
+        """The experience's runs by their dataset's fingerprint (a task's own runs condition its prediction)."""
+        if "by_fingerprint" not in self._derived:
+            found: dict[str, list[Experience]] = {}
+            for r in self.experiences():
+                found.setdefault(fingerprint_of(r), []).append(r)
+            self._derived["by_fingerprint"] = found
+        return self._derived["by_fingerprint"]
+
     def _task_context(self, profile: dict, observed: list[Experience]) -> dict:
-        sizes = [c.profile["dataset_size"] for c in self.cells()[0]]
-        models = {c.profile.get("model", {}).get("name") for c in self.cells()[0]}
-        steps = [r.hyperparameters.get("max_steps") for r in self.experiences() if r.hyperparameters.get("max_steps")]
-        return {"profile": profile, "observed": len(observed), "size_range": (min(sizes), max(sizes)), "models": sorted(m for m in models if m),
-                "steps_range": (min(steps), max(steps)) if steps else None}  # fmt: skip
+        if "context" not in self._derived:
+            sizes = [c.profile["dataset_size"] for c in self.cells()[0]]
+            models = {c.profile.get("model", {}).get("name") for c in self.cells()[0]}
+            steps = [r.hyperparameters.get("max_steps") for r in self.experiences() if r.hyperparameters.get("max_steps")]
+            self._derived["context"] = {"size_range": (min(sizes), max(sizes)), "models": sorted(m for m in models if m),
+                                        "steps_range": (min(steps), max(steps)) if steps else None}  # fmt: skip
+        return {"profile": profile, "observed": len(observed), **self._derived["context"]}
 
     # --- map -----------------------------------------------------------------------------------------------
     def task_map(self) -> list[dict]:
@@ -322,8 +339,9 @@ def rank_methods(pred: Prediction, chosen: dict[str, int], incumbent: str | None
     between methods from about one run per method and past task, and in leave-one-task-out its unsure departures
     from the incumbent cost more than they gained (benchmarks/selection_rules.py; BENCHMARKS.md)."""
     order = sorted(chosen, key=lambda m: -pred.mean[chosen[m], 0])
-    if incumbent in chosen and order[0] != incumbent and pred.samples is not None:
-        if (pred.samples[:, chosen[order[0]]] > pred.samples[:, chosen[incumbent]]).mean() < sure:
+    if incumbent in chosen and order[0] != incumbent:
+        drawn = pred.joint_draws([chosen[order[0]], chosen[incumbent]])
+        if drawn is not None and (drawn[:, 0] > drawn[:, 1]).mean() < sure:
             order.remove(incumbent)
             order.insert(0, incumbent)
     return order

@@ -47,13 +47,39 @@ class Candidate:
 
 
 @dataclass
+class Draws:
+    """Joint accuracy draws for n candidates, made only for the candidates asked about (a recommendation scores ~800
+    and asks about ~10: drawing them all was a third of its time). Each draw picks an ensemble member, shared by all
+    candidates (a common shift does not change which is best), then adds run noise from the candidate's own random
+    stream, so a subset of columns equals that subset of the full matrix."""
+
+    member_mean: np.ndarray  # (members, n): each member's mean accuracy per candidate
+    member: np.ndarray  # (draws,): the member of each draw
+    noise_sd: float
+    seed: int
+    ids: np.ndarray  # (n,): each column's candidate index in the prediction it came from (its noise stream)
+
+    def columns(self, idx) -> np.ndarray:
+        """The draws of the candidates at ``idx``: (draws, len(idx))."""
+        idx = np.asarray(idx, int)
+        noise = np.zeros((len(self.member), len(idx)))
+        for j, i in enumerate(idx):
+            noise[:, j] = np.random.default_rng((self.seed, int(self.ids[i]))).standard_normal(len(self.member))
+        return self.member_mean[:, idx][self.member] + self.noise_sd * noise
+
+    def take(self, idx) -> Draws:
+        return Draws(self.member_mean[:, idx], self.member, self.noise_sd, self.seed, self.ids[idx])
+
+
+@dataclass
 class Prediction:
     """Predictions for n candidates. ``mean``, ``low`` and ``high`` are (n, 3) arrays in natural units (accuracy,
     seconds, MB; ``low``/``high`` bound the 90% interval; time and memory are learned in logs, so their "mean" is
-    the predictive median, which limits such as ``--max-memory`` are held against); ``samples`` (draws, n) are
-    joint accuracy draws used for the probability that each candidate is the best; ``accuracy_sd`` (n,) is the
-    accuracy's sd before the interval is clipped to [0, 1] (near 100% the clipped interval would understate it);
-    ``best_prior`` (n,) and ``best_power`` recalibrate that probability (see ``best_probability``)."""
+    the predictive median, which limits such as ``--max-memory`` are held against); joint accuracy draws
+    (``joint_draws``, from ``samples`` (draws, n) when given or made lazily from ``draws``) give the probability that
+    each candidate is the best; ``accuracy_sd`` (n,) is the accuracy's sd before the interval is clipped to [0, 1]
+    (near 100% the clipped interval would understate it); ``best_prior`` (n,) and ``best_power`` recalibrate that
+    probability (see ``best_probability``)."""
 
     mean: np.ndarray
     low: np.ndarray
@@ -62,6 +88,7 @@ class Prediction:
     accuracy_sd: np.ndarray | None = None
     best_prior: np.ndarray | None = None
     best_power: float = 1.0
+    draws: Draws | None = None
 
     def take(self, idx: list[int]) -> Prediction:
         """The prediction for the candidates at ``idx`` (e.g. one per method, to ask which method is best)."""
@@ -69,7 +96,15 @@ class Prediction:
         def cut(v, axis=0):
             return None if v is None else np.take(v, idx, axis=axis)
 
-        return Prediction(cut(self.mean), cut(self.low), cut(self.high), cut(self.samples, 1), cut(self.accuracy_sd), cut(self.best_prior), self.best_power)
+        return Prediction(cut(self.mean), cut(self.low), cut(self.high), cut(self.samples, 1), cut(self.accuracy_sd), cut(self.best_prior), self.best_power,
+                          None if self.draws is None else self.draws.take(idx))  # fmt: skip
+
+    def joint_draws(self, idx: list[int] | None = None) -> np.ndarray | None:
+        """Joint accuracy draws (draws, len(idx)) of the candidates at ``idx`` (all by default); None without any."""
+        idx = np.arange(self.mean.shape[0]) if idx is None else np.asarray(idx, int)
+        if self.samples is not None:
+            return self.samples[:, idx]
+        return None if self.draws is None else self.draws.columns(idx)
 
     def sd(self) -> np.ndarray:
         """The accuracy's sd per candidate (from the 90% interval where the predictor gave none)."""
@@ -79,12 +114,13 @@ class Prediction:
         """Each candidate's probability of being the best, from the joint draws: the share of draws it wins, raised
         to ``best_power`` and weighted by ``exp(best_prior)`` (the surrogate's calibration: its method's past rate of
         being best), then normalised. The prior is per method, so ask with one candidate per method."""
-        if self.samples is None:
+        samples = self.joint_draws()
+        if samples is None:
             p = np.zeros(self.mean.shape[0])
             p[int(np.argmax(self.mean[:, 0]))] = 1.0
             return p
-        winners = np.argmax(self.samples, axis=1)
-        p = np.bincount(winners, minlength=self.samples.shape[1]) / len(winners)
+        winners = np.argmax(samples, axis=1)
+        p = np.bincount(winners, minlength=samples.shape[1]) / len(winners)
         if self.best_prior is None:
             return p
         return _calibrated(p, self.best_prior, self.best_power)
@@ -359,8 +395,16 @@ class Surrogate:
         # experience of 64 and 1,024, was predicted at 60% against a frozen probe of 76%; clamped, 74%); beyond the
         # range a task is predicted as the nearest seen, and the reasoning says that it lies outside
         xn = np.clip(self._standardise(x), self.x_range[0], self.x_range[1]).astype(np.float32)
-        mu = np.concatenate([_nets.ensemble(self.weights, xn)[..., :1], _nets.ensemble(self.weights, self._cost_only(xn))[..., 1:3],
-                             _nets.ensemble(self.weights, self._task_only(xn))[..., 3:]], axis=-1)  # fmt: skip
+        # one batched pass over the distinct rows of the three views (a task's candidates share one task-only row and
+        # a few hundred cost-only rows: half the work of a recommendation)
+        views = np.concatenate([xn, self._cost_only(xn), self._task_only(xn)])
+        first: dict[bytes, int] = {}
+        inverse = np.array([first.setdefault(row.tobytes(), len(first)) for row in views])
+        unique = np.empty(len(first), int)
+        unique[inverse] = np.arange(len(views))
+        out = _nets.ensemble(self.weights, views[unique])[:, inverse]
+        n = len(xn)
+        mu = np.concatenate([out[:, :n, :1], out[:, n : 2 * n, 1:3], out[:, 2 * n :, 3:]], axis=-1)
         return mu * self.y_std + self.y_mean
 
     def _forward(self, x: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:
@@ -391,10 +435,8 @@ class Surrogate:
         low, high = mean - Z90 * sd, mean + Z90 * sd
         # joint draws: a member, then run noise around its mean (the members' disagreement is shared by all
         # candidates of one draw, so a common shift does not change which is best)
-        rng = np.random.default_rng(self.seed)
-        k = rng.integers(0, mu.shape[0], draws)
-        noise = rng.standard_normal((draws, len(rows))) * np.sqrt(self.noise_var[0]) * self.pick_scale[0]
-        samples = mu[k, :, 0] + noise
+        member = np.random.default_rng(self.seed).integers(0, mu.shape[0], draws)
+        joint = Draws(mu[..., 0], member, float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]), self.seed, np.arange(len(rows)))
         column = {m: j for j, m in enumerate(self.encoder.methods)}
         rate = base_rates(self.best_won, self.best_ran, self.best_size, _log_size(profile))
         prior = self.best_calibration[1] * np.log(rate[[column[c.method] for c in candidates]])
@@ -403,10 +445,10 @@ class Surrogate:
             mean=np.stack([natural[t](mean[:, t]) for t in range(3)], 1),
             low=np.stack([natural[t](low[:, t]) for t in range(3)], 1),
             high=np.stack([natural[t](high[:, t]) for t in range(3)], 1),
-            samples=samples,
             accuracy_sd=sd[:, 0],
             best_prior=prior,
             best_power=float(self.best_calibration[0]),
+            draws=joint,
         )
 
     def _condition(self, profile: dict, observed: list[Experience]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger("metapeft.serve")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_UPLOAD_ROWS = 5000
 MAX_EXPERIENCES = 1000
+ANSWERS_KEPT = 1024  # rankings remembered per served version (least recently asked go first)
 
 
 @dataclass
@@ -73,11 +75,29 @@ class ServeConfig:
 
 @dataclass
 class _Served:
-    """The selector being served and its registry version."""
+    """The selector being served, its registry version, and the rankings it gave (a version's answer to the same
+    profile and options never changes: its experience is fixed, so a repeated question is answered from memory)."""
 
     meta: Any
     version: int
     loaded_at: float = field(default_factory=time.time)
+    answers: OrderedDict = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def recommend(self, profile: dict, options: dict) -> list:
+        from ._selector import recommend as rank
+
+        key = json.dumps([profile, options], sort_keys=True, default=str)
+        with self.lock:
+            if key in self.answers:
+                self.answers.move_to_end(key)
+                return self.answers[key]
+        ranking = rank(self.meta, profile, options)
+        with self.lock:
+            self.answers[key] = ranking
+            if len(self.answers) > ANSWERS_KEPT:
+                self.answers.popitem(last=False)
+        return ranking
 
 
 class SelectorHolder:
@@ -119,6 +139,7 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.concurrency import run_in_threadpool
 
     from .. import __version__
     from ..methods import list_methods
@@ -210,8 +231,6 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
 
     @app.post("/v1/recommend")
     async def recommend(request: Request) -> dict:
-        from ._selector import recommend as rank
-
         body = await _json_object(request)
         options = {k: body[k] for k in ("max_memory_mb", "max_time_s", "methods", "max_steps") if body.get(k) is not None}
         _check_options(options)
@@ -222,8 +241,9 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
             profile = await _profile_rows(body, config)
         else:
             raise MetapeftError("send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}")
-        ranking = rank(served.meta, profile, options)
-        record_prediction(_store(config), profile, ranking, source="serve", selector=str(served.version))
+        # off the event loop: /health and /metrics answer while rankings are computed
+        ranking = await run_in_threadpool(served.recommend, profile, options)
+        await run_in_threadpool(record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version))
         return {"selector_version": served.version, "recommendations": [r.as_dict() for r in ranking]}
 
     @app.get("/v1/similar")
