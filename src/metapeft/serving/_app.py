@@ -84,7 +84,8 @@ class _Served:
     answers: OrderedDict = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def recommend(self, profile: dict, options: dict) -> list:
+    def recommend(self, profile: dict, options: dict) -> tuple[list, bytes]:
+        """The ranking for ``profile`` under ``options`` and the response body that carries it (JSON)."""
         from ._selector import recommend as rank
 
         key = json.dumps([profile, options], sort_keys=True, default=str)
@@ -93,11 +94,12 @@ class _Served:
                 self.answers.move_to_end(key)
                 return self.answers[key]
         ranking = rank(self.meta, profile, options)
+        body = json.dumps({"selector_version": self.version, "recommendations": [r.as_dict() for r in ranking]}).encode()
         with self.lock:
-            self.answers[key] = ranking
+            self.answers[key] = ranking, body
             if len(self.answers) > ANSWERS_KEPT:
                 self.answers.popitem(last=False)
-        return ranking
+        return ranking, body
 
 
 class SelectorHolder:
@@ -242,9 +244,9 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         else:
             raise MetapeftError("send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}")
         # off the event loop: /health and /metrics answer while rankings are computed
-        ranking = await run_in_threadpool(served.recommend, profile, options)
+        ranking, answer = await run_in_threadpool(served.recommend, profile, options)
         await run_in_threadpool(record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version))
-        return {"selector_version": served.version, "recommendations": [r.as_dict() for r in ranking]}
+        return Response(answer, media_type="application/json")  # {"selector_version": ..., "recommendations": [...]}
 
     @app.get("/v1/similar")
     def similar_by_name(task: str = Query(..., description="A task in the selector's experience (NAME or NAME@SIZE)"), k: int = Query(5, ge=1, le=50)) -> dict:
