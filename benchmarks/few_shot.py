@@ -370,6 +370,8 @@ def run_all(args, out: Path, lines: list[dict]) -> None:
         y = np.asarray(task.test.labels)
         frozen = Frozen(task, max_length) if any(a in ("prototypes", "logreg") for _, _, a in todo) else None
         for k, seed, approach in todo:
+            if (name, k, seed, approach) in written(out):  # another process sharing the file got there first
+                continue
             support, notes = few_shot_split(task, k, seed)
             extra = {}
             if approach in ("meta", "random"):
@@ -395,6 +397,13 @@ def run_all(args, out: Path, lines: list[dict]) -> None:
             lines.append(line)
             print(f"{name} K={k} seed {seed} {approach}: accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}, "
                   f"{seconds:.1f} s", flush=True)
+
+
+def written(out: Path) -> set[tuple]:
+    """The (task, K, seed, approach) runs the results file holds now."""
+    if not out.exists():
+        return set()
+    return {(x["task"], x["shots"], x["seed"], x["approach"]) for x in (json.loads(line) for line in out.read_text().splitlines() if line.strip())}
 
 
 if __name__ == "__main__":

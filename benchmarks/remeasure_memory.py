@@ -25,7 +25,7 @@ from metapeft._environment import quiet_libraries
 from metapeft.experience import ExperienceStore
 from metapeft.methods import get_method
 from metapeft.tasks import Task, load_suite
-from metapeft.training import fit
+from metapeft.training import RunConfig, fit
 from metapeft.training._engine import Batches, _Order
 
 
@@ -65,8 +65,8 @@ def main() -> None:
         rows = widest_batch(task, tokenizer, record.metrics["max_length"], config.batch_size, record.metrics["steps"], record.seed)
         batch = task.train.select(rows)
         one = Task(name=task.name, label_names=task.label_names, train=batch, test=batch)
-        result = fit(one, spec, spec.make_config({**record.hyperparameters, "max_steps": 2}), backbone, model=None,
-                     max_length=record.metrics["max_length"], device=torch.device("cpu"), seed=record.seed, eval_size=0, eval_points=1)  # fmt: skip
+        result = fit(one, spec, spec.make_config({**record.hyperparameters, "max_steps": 2}), backbone, RunConfig(seed=record.seed, eval_size=0, eval_points=1),
+                     max_length=record.metrics["max_length"], device=torch.device("cpu"))  # fmt: skip
         metrics = {**record.metrics, "peak_rss_mb": record.metrics.get("peak_rss_mb", record.metrics["peak_memory_mb"]),
                    "peak_memory_mb": result.metrics["peak_memory_mb"], "train_memory_mb": result.metrics["train_memory_mb"],
                    "memory_measure": result.metrics["memory_measure"]}  # fmt: skip

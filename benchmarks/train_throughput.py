@@ -24,7 +24,7 @@ from metapeft._backbone import backbone_info, load_tokenizer
 from metapeft._environment import quiet_libraries
 from metapeft.methods import get_method, list_methods
 from metapeft.tasks import Split, Task, load_task
-from metapeft.training import build_classifier, fit
+from metapeft.training import RunConfig, build_classifier, fit
 
 
 def packed_task(seq: int, n: int) -> Task:
@@ -72,7 +72,7 @@ def bare_loop(method, config, task: Task, steps: int, batch: int, seq: int) -> f
 
 
 def engine(method, config, task: Task, steps: int, seq: int) -> float:
-    result = fit(task, method, config, backbone_info(None), model=None, max_length=seq, device=torch.device("cpu"), seed=0, eval_size=16, eval_points=1)
+    result = fit(task, method, config, backbone_info(None), RunConfig(eval_size=16, eval_points=1), max_length=seq, device=torch.device("cpu"))
     return result.metrics["tokens_per_s"]
 
 

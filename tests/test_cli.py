@@ -31,7 +31,7 @@ def test_piped_tables_keep_every_cell_whole():
 
 
 def test_train_json_tracks_in_mlflow_and_stores_the_experience():
-    proc = run_cli("train", "example", "--method", "lora", "--max-steps", "6", "--eval-size", "60", "--json")
+    proc = run_cli("train", "example", "--method", "lora", "--max-steps", "6", "--eval-size", "60", "--register", "sst2-lora", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert 0 <= result["metrics"]["accuracy"] <= 1 and result["metrics"]["steps"] == 6
@@ -53,6 +53,15 @@ def test_train_json_tracks_in_mlflow_and_stores_the_experience():
     assert record.status == "finished" and record.tags["mlflow_run_id"] == result["mlflow_run_id"]
     assert record.profile["task_name"] == "sst2-mini" and record.environment["device"] == "cpu"
 
+    import mlflow.pyfunc
+
+    from metapeft.tracking import MLflowTracker
+
+    assert result["registered"] == {"name": "sst2-lora", "version": 1}
+    with MLflowTracker().fluent():  # `train --register` made a pyfunc model: texts in, labels out
+        labels = mlflow.pyfunc.load_model("models:/sst2-lora/1").predict(["a gripping, beautifully made film", "dull and lifeless"])
+    assert len(labels) == 2 and set(labels) <= {"negative", "positive"}
+
 
 def test_profile_json():
     p = json.loads(run_cli("profile", "example", "--json").stdout)
@@ -71,6 +80,7 @@ def test_profile_json():
         (["tune", "example", "--final-eval-size", "-1"], "--final-eval-size must be"),
         (["train", "example", "--device", "tpu"], "unknown device 'tpu'"),
         (["train", "example", "-o", "/proc/nope/out"], "cannot create output folder /proc/nope/out"),
+        (["train", "example", "--register", "x", "--no-track"], "--register needs the run logged to MLflow"),
         (["experience", "export", "/proc/nope/x.jsonl"], "cannot use /proc/nope/x.jsonl: No such file or directory"),
         (["experience", "list", "--status", "done"], "--status must be one of"),
         (["recommend", "example", "--max-memory", "1"], "no method is expected to keep within --max-memory 1 MB"),

@@ -121,7 +121,7 @@ def test_adding_a_peft_type_is_one_registration(small_task, example_profile):
     """VeRA is not in the zoo; one dataclass and one register_method call make it trainable."""
     import peft
 
-    from metapeft.training import train
+    from metapeft.training import RunConfig, train
 
     @dataclass
     class VeraConfig(MethodConfig):
@@ -131,7 +131,7 @@ def test_adding_a_peft_type_is_one_registration(small_task, example_profile):
     register_method(Method("vera_test", VeraConfig, "VeRA (test registration).",
                            build=lambda c, b: peft.VeraConfig(r=c.r, target_modules=target_modules("qv", b, "vera"))))
     try:
-        result = train(small_task, "vera_test", {"max_steps": 4}, profile=example_profile, record=False, track=False, save=False, eval_size=32)
+        result = train(small_task, "vera_test", {"max_steps": 4}, RunConfig(record=False, track=False, save=False, eval_size=32), profile=example_profile)
         assert result.metrics["trainable_params"] > 0 and result.metrics["steps"] == 4
     finally:
         Method._registry.pop("vera_test")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from metapeft._errors import MetapeftError
-from metapeft.training import load_classifier, train
+from metapeft.training import RunConfig, load_classifier, train
 
 KINDS = {"peft": "lora", "full": "full_finetuning", "head": "head_only"}
 
@@ -19,8 +19,7 @@ def runs(small_task, example_profile, tmp_path_factory):
     """One tiny real run per kind of saved folder (peft adapter, full encoder, head only)."""
     root = tmp_path_factory.mktemp("runs")
     for kind, method in KINDS.items():
-        train(small_task, method, {"max_steps": 1}, profile=example_profile, record=False, track=False,
-              output_dir=root / kind, eval_size=16, eval_points=1)  # fmt: skip
+        train(small_task, method, {"max_steps": 1}, RunConfig(record=False, track=False, output_dir=root / kind, eval_size=16, eval_points=1), profile=example_profile)
     return root
 
 

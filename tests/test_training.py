@@ -6,7 +6,7 @@ import torch
 
 from metapeft._backbone import backbone_info
 from metapeft.methods import get_method
-from metapeft.training import build_classifier, fit, load_classifier, train
+from metapeft.training import RunConfig, StopWhen, build_classifier, fit, load_classifier, train
 from metapeft.training._engine import Batches
 from metapeft.training._engine import _seed_everything
 from metapeft.training._model import save_classifier
@@ -34,7 +34,7 @@ def test_every_method_learns(method, small_task, example_profile):
     before = _loss(before_model, data)
     initial = {n: p.detach().clone() for n, p in before_model.encoder.named_parameters() if p.requires_grad}
 
-    result = fit(small_task, spec, config, backbone, model=None, max_length=48, device=torch.device("cpu"), seed=0, eval_size=32, eval_points=2)
+    result = fit(small_task, spec, config, backbone, RunConfig(eval_size=32, eval_points=2), max_length=48, device=torch.device("cpu"))
     after = _loss(result.model, data)
     assert after < before, f"{method}: loss {before:.4f} -> {after:.4f}"
     trained = {n: p for n, p in result.model.encoder.named_parameters() if p.requires_grad}
@@ -53,9 +53,9 @@ def test_every_method_learns(method, small_task, example_profile):
 
 
 def test_training_is_reproducible(small_task, example_profile):
-    kwargs = dict(profile=example_profile, record=False, track=False, save=False, eval_size=40)
-    a = train(small_task, "lora", {"max_steps": 5}, seed=3, **kwargs)
-    b = train(small_task, "lora", {"max_steps": 5}, seed=3, **kwargs)
+    run = RunConfig(seed=3, record=False, track=False, save=False, eval_size=40)
+    a = train(small_task, "lora", {"max_steps": 5}, run, profile=example_profile)
+    b = train(small_task, "lora", {"max_steps": 5}, run, profile=example_profile)
     assert a.curve == [{**p, "train_time_s": q["train_time_s"]} for p, q in zip(b.curve, a.curve)]
 
 
@@ -63,7 +63,7 @@ def test_training_is_reproducible(small_task, example_profile):
 def test_save_and_reload_gives_identical_predictions(method, small_task, tmp_path):
     spec = get_method(method)
     config = spec.make_config({"max_steps": 4})
-    result = fit(small_task, spec, config, backbone_info(None), model=None, max_length=48, device=torch.device("cpu"), seed=0, eval_size=16, eval_points=1)
+    result = fit(small_task, spec, config, backbone_info(None), RunConfig(eval_size=16, eval_points=1), max_length=48, device=torch.device("cpu"))
     meta = {"method": method, "base_model": None, "label_names": small_task.label_names, "max_length": 48, "prompt_learning": spec.prompt_learning}
     size = save_classifier(result.model, tmp_path, kind=spec.kind, meta=meta)
     assert size > 0
@@ -88,8 +88,8 @@ def test_save_and_reload_gives_identical_predictions(method, small_task, tmp_pat
 @pytest.mark.parametrize("method", ["lora", "head_only"])
 def test_a_trained_run_reloads_from_its_folder_and_reproduces_its_accuracy(method, small_task, example_profile, tmp_path):
     """The path users take: ``train`` writes the folder, ``load_classifier`` alone rebuilds it (label names and all)."""
-    result = train(small_task, method, {"max_steps": 3}, profile=example_profile, record=False, track=False,
-                   output_dir=tmp_path / "run", eval_size=16, eval_points=1, final_eval_size=10_000)  # fmt: skip
+    run = RunConfig(record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=1, final_eval_size=10_000)
+    result = train(small_task, method, {"max_steps": 3}, run, profile=example_profile)
     reloaded = load_classifier(result.adapter_path)
     test = small_task.test
     predicted = reloaded.predict(test.texts, test.pairs)
@@ -108,20 +108,21 @@ def test_an_output_folder_that_cannot_be_used_is_refused_before_training(small_t
     (tmp_path / "used" / "adapter_model.safetensors").write_text("x")
     for out, why in ((tmp_path / "a_file", "not a folder"), (tmp_path / "used", "not empty")):
         with pytest.raises(MetapeftError, match=why):
-            train(small_task, "head_only", {"max_steps": 1}, profile=example_profile, store=store, track=False, output_dir=out, eval_size=16)
+            train(small_task, "head_only", {"max_steps": 1}, RunConfig(track=False, output_dir=out, eval_size=16), profile=example_profile, store=store)
     assert store.count() == 0  # refused before a run was recorded
 
 
 def test_time_budget_stops_early(small_task, example_profile):
-    result = train(small_task, "full_finetuning", {"max_steps": 1000}, time_budget=2.0, profile=example_profile, record=False, track=False, save=False, eval_size=16)
+    run = RunConfig(time_budget=2.0, record=False, track=False, save=False, eval_size=16)
+    result = train(small_task, "full_finetuning", {"max_steps": 1000}, run, profile=example_profile)
     assert result.stopped_by == "time_budget" and result.metrics["steps"] < 1000
     assert result.curve[-1]["step"] == result.metrics["steps"]
 
 
 def test_the_final_evaluation_may_use_more_examples_than_the_curve(small_task, example_profile):
     """The learning curve is measured on eval_size examples, the run's accuracy on final_eval_size."""
-    result = train(small_task, "lora", {"max_steps": 4}, profile=example_profile, record=False, track=False, save=False,
-                   eval_size=16, eval_points=2, final_eval_size=64)  # fmt: skip
+    run = RunConfig(record=False, track=False, save=False, eval_size=16, eval_points=2, final_eval_size=64)
+    result = train(small_task, "lora", {"max_steps": 4}, run, profile=example_profile)
     assert [p["eval_examples"] for p in result.curve] == [16, 64]
     assert result.metrics["eval_examples"] == 64 and result.metrics["accuracy"] == result.curve[-1]["accuracy"]
 
@@ -133,13 +134,13 @@ def test_the_final_evaluation_keeps_per_example_outcomes_and_scores_the_pool(exa
 
     seen = set(small_task.train.texts)
     pool = example_task.train.select([i for i, t in enumerate(example_task.train.texts) if t not in seen][:70])
-    kwargs = dict(profile=example_profile, record=False, track=False, save=False, eval_size=16, eval_points=1, final_eval_size=64)
-    a = train(small_task, "lora", {"max_steps": 3}, pool=pool, seed=1, sample_seed=0, **kwargs)
+    kwargs = dict(record=False, track=False, save=False, eval_size=16, eval_points=1, final_eval_size=64)
+    a = train(small_task, "lora", {"max_steps": 3}, RunConfig(seed=1, sample_seed=0, **kwargs), profile=example_profile, pool=pool)
     test, scored = unpack_outcomes(a.metrics["outcomes"]["test"]), unpack_outcomes(a.metrics["outcomes"]["pool"])
     assert len(test) == 64 and test.mean() == pytest.approx(a.metrics["accuracy"], abs=1e-5)
     assert len(scored) == a.metrics["pool_examples"] == 70 and scored.mean() == pytest.approx(a.metrics["pool_accuracy"], abs=1e-5)
-    b = train(small_task, "head_only", {"max_steps": 1}, seed=2, sample_seed=0, **kwargs)
-    c = train(small_task, "head_only", {"max_steps": 1}, seed=2, sample_seed=5, **kwargs)
+    b = train(small_task, "head_only", {"max_steps": 1}, RunConfig(seed=2, sample_seed=0, **kwargs), profile=example_profile)
+    c = train(small_task, "head_only", {"max_steps": 1}, RunConfig(seed=2, sample_seed=5, **kwargs), profile=example_profile)
     assert "pool" not in b.metrics["outcomes"]
     assert b.metrics["outcomes"]["test_rows"] == a.metrics["outcomes"]["test_rows"] != c.metrics["outcomes"]["test_rows"]
 
@@ -158,8 +159,8 @@ def test_adalora_stopped_mid_budget_saves_what_it_evaluated(small_task, tmp_path
     spec = get_method("adalora")
     config = spec.make_config({"max_steps": 400, "batch_size": 8, "tinit_ratio": 0.0, "tfinal_ratio": 0.05})
     # deltaT = (400 - 0 - 20) // 10 = 38: ranks are re-allocated at step 38; stop at 45, after regrowth began.
-    result = fit(small_task, spec, config, backbone_info(None), model=None, max_length=32, device=torch.device("cpu"), seed=0, eval_size=16,
-                 should_stop=lambda step, curve: step == 45)
+    result = fit(small_task, spec, config, backbone_info(None), RunConfig(eval_size=16), max_length=32, device=torch.device("cpu"),
+                 callbacks=[StopWhen(lambda step, curve: step == 45)])  # fmt: skip
     assert result.stopped_by == "should_stop" and result.metrics["steps"] == 45 and result.curve[-1]["step"] == 45
     assert result.model.encoder.peft_config["default"].rank_pattern
     meta = {"method": "adalora", "base_model": None, "label_names": small_task.label_names, "max_length": 32}
@@ -175,7 +176,7 @@ def test_max_length_beyond_the_model_is_refused(small_task, example_profile):
     from metapeft._errors import MethodError
 
     with pytest.raises(MethodError, match="exceeds all-MiniLM-L6-v2's 512 positions"):
-        train(small_task, "lora", {"max_length": 1000}, profile=example_profile, record=False, track=False)
+        train(small_task, "lora", {"max_length": 1000}, RunConfig(record=False, track=False), profile=example_profile)
 
 
 def test_adalora_with_equal_ranks_trains(small_task):
@@ -183,5 +184,49 @@ def test_adalora_with_equal_ranks_trains(small_task):
     would fail asking torch.kthvalue for the 0th score."""
     spec = get_method("adalora")
     config = spec.make_config({"max_steps": 12, "init_r": 8, "target_r": 8, "tinit_ratio": 0.0, "tfinal_ratio": 0.2})
-    result = fit(small_task, spec, config, backbone_info(None), model=None, max_length=32, device=torch.device("cpu"), seed=0, eval_size=16)
+    result = fit(small_task, spec, config, backbone_info(None), RunConfig(eval_size=16), max_length=32, device=torch.device("cpu"))
     assert result.metrics["steps"] == 12 and result.stopped_by == "max_steps"
+
+
+def test_a_run_config_checks_itself_and_names_the_field():
+    from metapeft._errors import OptionError
+
+    for kwargs, name in (({"eval_size": -1}, "eval_size"), ({"time_budget": 0}, "time_budget"), ({"eval_points": 0}, "eval_points"), ({"seed": 1.5}, "seed"),
+                         ({"final_eval_size": -2}, "final_eval_size"), ({"tags": ["x"]}, "tags")):  # fmt: skip
+        with pytest.raises(OptionError) as raised:
+            RunConfig(**kwargs)
+        assert raised.value.option == name and str(raised.value).startswith(f"{name} ")
+    assert set(RunConfig.help()) == set(RunConfig().as_dict()) and all(RunConfig.help().values())
+
+
+def test_callbacks_follow_the_lifecycle_and_can_end_a_run_as_a_result(small_task):
+    from metapeft.training import Stop, TrainerCallback
+
+    class Spy(TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_begin(self, state):
+            self.seen.append("begin")
+
+        def on_optimizer_step(self, state):  # gradients still there (memory counting relies on it)
+            self.seen.append(("step", state.step, all(p.grad is not None for p in state.model.head.parameters())))
+
+        def should_stop(self, state):
+            return Stop("enough", final=True) if state.step == 3 else None
+
+        def on_evaluate(self, state):
+            self.seen.append(("evaluate", state.curve[-1]["step"]))
+
+        def on_step_end(self, state):
+            self.seen.append(("end", state.step))
+
+        def on_train_end(self, state):
+            self.seen.append("finish")
+
+    spy, spec = Spy(), get_method("lora")
+    result = fit(small_task, spec, spec.make_config({"max_steps": 10}), backbone_info(None), RunConfig(eval_size=16, eval_points=2, final_eval_size=40),
+                 max_length=32, device=torch.device("cpu"), callbacks=[spy])  # fmt: skip
+    assert result.stopped_by == "enough" and result.metrics["steps"] == 3
+    assert "test" in result.metrics["outcomes"] and result.metrics["eval_examples"] == 40  # a final stop is scored as a result
+    assert spy.seen == ["begin", ("step", 1, True), ("end", 1), ("step", 2, True), ("end", 2), ("step", 3, True), ("evaluate", 3), ("end", 3), "finish"]

@@ -25,6 +25,8 @@ _EXPORTS = {
     "train": "metapeft.training",
     "load_classifier": "metapeft.training",
     "TrainResult": "metapeft.training",
+    "RunConfig": "metapeft.training",
+    "TrainerCallback": "metapeft.training",
     "Experience": "metapeft.experience",
     "ExperienceStore": "metapeft.experience",
     "MetaPEFT": "metapeft.meta",
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from .meta import MetaPEFT, MethodRecommendation
     from .methods import Method, MethodConfig, get_method, list_methods, register_method
     from .tasks import Task, TaskProfile, load_suite, load_task, profile_task
-    from .training import TrainResult, load_classifier, train
+    from .training import RunConfig, TrainerCallback, TrainResult, load_classifier, train
 
 
 def __getattr__(name: str):

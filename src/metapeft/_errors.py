@@ -22,5 +22,14 @@ class IncompatibleMethodError(MethodError):
     """The method cannot run on the chosen base model."""
 
 
+class OptionError(MetapeftError):
+    """A run or search option out of its range. ``option`` names the field (``eval_size``), so that a command line
+    can name its own flag (``--eval-size``) instead."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+
 class StoreError(MetapeftError):
     """The experience store cannot be opened or read."""

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from ._environment import interrupt_once, quiet_libraries
-from ._errors import MetapeftError
+from ._errors import MetapeftError, OptionError
 
 console = Console(stderr=True)
 # piped or redirected output keeps every table cell whole (rich would fit tables to 80 columns and cut cells)
@@ -192,6 +192,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or mps \\[default: best available].", show_default=False)] = None,
     store: StoreOption = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")] = True,
+    register: Annotated[Optional[str], typer.Option("--register", help="Register the trained classifier in MLflow's model registry under this name (a pyfunc model: texts in, labels out).", show_default=False)] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (only for models you trust).")] = False,
     as_json: JsonOption = False,
     text_column: TextColumn = None,
@@ -204,6 +205,7 @@ def train(
     from .methods import get_method
     from .tasks import profile_task
     from ._environment import pick_device
+    from .training import Progress, RunConfig
     from .training import train as run_training
     from .training._run import usable_output
 
@@ -211,17 +213,19 @@ def train(
     if max_steps is not None:
         hyperparameters["max_steps"] = max_steps
     get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
-    if time_budget is not None and time_budget <= 0:
-        raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
-    if eval_size < 0:
-        raise MetapeftError(f"--eval-size must be 0 (all) or positive, got {eval_size}")
+    run = RunConfig(model=model, seed=seed, time_budget=time_budget, eval_size=eval_size, device=device, trust_remote_code=trust_remote_code,
+                    output_dir=output, track=track)  # fmt: skip
     pick_device(device)
     if output is not None:
         usable_output(output)
+    if register is not None and not track:
+        raise MetapeftError("--register needs the run logged to MLflow (the registered model is the run's); drop --no-track")
+    if register is not None and not register.strip():
+        raise MetapeftError("--register needs a name, e.g. --register my-classifier")
     task = _load(data, text_column, pair_column, label_column, seed)
     experience_store = ExperienceStore(store)
     if meta_init and _few_shot(task, method, hyperparameters, "train"):
-        _adapt_few_shot(task, seed=seed, model=model, output=output, store=experience_store, track=track, as_json=as_json)
+        _adapt_few_shot(task, seed=seed, model=model, output=output, store=experience_store, track=track, as_json=as_json, register=register)
         return
     with console.status(f"profiling {task.name}…"):
         task_profile = profile_task(task, model, trust_remote_code=trust_remote_code)
@@ -233,13 +237,10 @@ def train(
             info = f"loss {numbers['loss']:.3f}" + (f" · acc {numbers['accuracy']:.3f}" if "accuracy" in numbers else "")
             bar.update(job, completed=step, total=total, info=info)
 
-        result = run_training(
-            task, method, hyperparameters, model=model, seed=seed, time_budget=time_budget, output_dir=output,
-            eval_size=eval_size, profile=task_profile, store=experience_store, track=track, device=device,
-            progress=update, trust_remote_code=trust_remote_code,
-        )
+        result = run_training(task, method, hyperparameters, run, profile=task_profile, store=experience_store, callbacks=[Progress(update)])
+    registered = _register(register, task, result.method, result.metrics["accuracy"], result.experience_id, result.mlflow_run_id, result.adapter_path)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json({**result.as_dict(), **({"registered": registered} if registered else {})})
         return
     m = result.metrics
     table = Table(title=f"{result.method} on {result.task} ({result.model})", show_header=False)
@@ -258,6 +259,22 @@ def train(
     out.print(table)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+    if registered:
+        out.print(f"registered as {registered['name']} version {registered['version']} in MLflow's model registry", highlight=False)
+
+
+def _register(name: str | None, task, method: str, accuracy: float, experience_id: str | None, run_id: str | None, adapter_path: str | None) -> dict | None:
+    """``--register``: the run's classifier as a new version of the registered model ``name``."""
+    if name is None:
+        return None
+    if run_id is None or adapter_path is None:
+        raise MetapeftError("the run was not logged to MLflow (see the warning above), so it cannot be registered; register it later from its adapter folder")
+    from .serving import register_classifier
+
+    tags = {"metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": method, "metapeft.accuracy": accuracy,
+            "metapeft.experience_id": experience_id}  # fmt: skip
+    version = register_classifier(name, run_id, adapter_path, tags=tags, description=f"{method} trained on {task.name} with `metapeft train`")
+    return {"name": name, "version": int(version.version)}
 
 
 def _few_shot(task, method: str | None, hyperparameters: dict, command: str) -> bool:
@@ -280,7 +297,7 @@ def _few_shot(task, method: str | None, hyperparameters: dict, command: str) -> 
 
 
 def _adapt_few_shot(task, *, seed: int, model: str | None, output: Path | None, store, track: bool, as_json: bool, shots: int | None = None,
-                    init: str = "meta", method: str | None = None) -> None:  # fmt: skip
+                    init: str = "meta", method: str | None = None, register: str | None = None) -> None:  # fmt: skip
     from .fewshot import adapt as run_adapt, few_shot_size
 
     shots = shots or few_shot_size(task)
@@ -288,8 +305,9 @@ def _adapt_few_shot(task, *, seed: int, model: str | None, output: Path | None, 
         result = run_adapt(task, shots, init=init, method=method, seed=seed, model=model, output_dir=output, store=store, track=track)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    registered = _register(register, task, result.method, result.accuracy, result.experience_id, result.mlflow_run_id, result.adapter_path)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json({**result.as_dict(), **({"registered": registered} if registered else {})})
         return
     rows = [
         ("accuracy", f"{result.accuracy:.4f} on {result.test_examples} held-out examples"), ("macro-F1", f"{result.macro_f1:.4f}"),
@@ -300,6 +318,8 @@ def _adapt_few_shot(task, *, seed: int, model: str | None, output: Path | None, 
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
+    if registered:
+        out.print(f"registered as {registered['name']} version {registered['version']} in MLflow's model registry", highlight=False)
 
 
 @app.command()
@@ -917,7 +937,9 @@ def run() -> None:
             console.print("[yellow]interrupted[/]")
         raise
     except MetapeftError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        # a library option error names the field (eval_size); here the user typed its flag (--eval-size)
+        message = f"--{exc.option.replace('_', '-')} {exc.problem}" if isinstance(exc, OptionError) else str(exc)
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -120,7 +120,7 @@ def _work(args: WorkerArgs) -> int:
 
     from .._environment import interrupt_once, quiet_libraries
     from ..tasks import load_suite, profile_task
-    from ..training import train
+    from ..training import RunConfig, train
 
     quiet_libraries()
     interrupt_once()  # terminate or Ctrl-C → KeyboardInterrupt → run marked interrupted, claim given back
@@ -152,11 +152,9 @@ def _work(args: WorkerArgs) -> int:
             hyperparameters = dict(spec.hyperparameters)
             if design.max_length_cap and not hyperparameters.get("max_length"):
                 hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
-            train(
-                task, spec.method, hyperparameters, model=design.model, seed=train_seed, sample_seed=spec.seed, pool=pool,
-                time_budget=args.time_budget, save=False, eval_size=design.eval_size, eval_points=spec.eval_points,
-                final_eval_size=design.final_eval_size, profile=profiles[task.fingerprint], store=store, track=False, tags=tags,
-            )
+            run = RunConfig(model=design.model, seed=train_seed, sample_seed=spec.seed, time_budget=args.time_budget, save=False, eval_size=design.eval_size,
+                            eval_points=spec.eval_points, final_eval_size=design.final_eval_size, track=False, tags=tags)  # fmt: skip
+            train(task, spec.method, hyperparameters, run, profile=profiles[task.fingerprint], store=store, pool=pool)
             _set_state(engine, spec.key, "done")
             ran += 1
         except KeyboardInterrupt:

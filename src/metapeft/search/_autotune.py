@@ -47,7 +47,7 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
     from ..meta import MetaPEFT
     from ..methods import get_method
     from ..serving import register_classifier
-    from ..training import train
+    from ..training import RunConfig, train
 
     def stage(text: str) -> None:
         if on_stage:
@@ -73,8 +73,9 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
                  "experience_id": pick.experience_id, "mlflow_run_id": pick.mlflow_run_id, "trial": pick.number}  # fmt: skip
     else:
         stage(f"training the pick ({pick.method}, trial {pick.number}) for {steps} steps")
-        final = train(task, pick.method, {**pick.hyperparameters, "max_steps": steps}, model=model, profile=TaskProfile.from_dict(profile), store=store,
-                      eval_size=eval_size, final_eval_size=final_eval_size, parent_run_id=search.parent_run_id, tags={"study": search.study, "autotune": True}).as_dict()  # fmt: skip
+        run = RunConfig(model=model, eval_size=eval_size, final_eval_size=final_eval_size, tags={"study": search.study, "autotune": True})
+        final = train(task, pick.method, {**pick.hyperparameters, "max_steps": steps}, run, profile=TaskProfile.from_dict(profile), store=store,
+                      parent_run_id=search.parent_run_id).as_dict()  # fmt: skip
     registered = None
     if register and final["mlflow_run_id"]:
         confidence = next((r.confidence for r in ranking if r.method == pick.method), None)

@@ -75,7 +75,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     import optuna
 
     from ..meta import MetaPEFT
-    from ..training import train
+    from ..training import RunConfig, StopWhen, train
 
     objectives = tuple(objectives)
     _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final_eval_size)
@@ -173,9 +173,9 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
             return trial.should_prune()
 
         try:
-            result = train(task, method, {**hp, **budget}, model=model, profile=task_profile, store=store, eval_size=eval_size, final_eval_size=final_eval_size, track=track,
-                           tracker=tracker, parent_run_id=parent, should_stop=should_stop, output_dir=folder / f"trial-{trial.number}",
-                           tags={"study": study_name, "trial": trial.number, "sampler": sampler})  # fmt: skip
+            run = RunConfig(model=model, eval_size=eval_size, final_eval_size=final_eval_size, track=track, output_dir=folder / f"trial-{trial.number}",
+                            tags={"study": study_name, "trial": trial.number, "sampler": sampler})  # fmt: skip
+            result = train(task, method, {**hp, **budget}, run, profile=task_profile, store=store, tracker=tracker, parent_run_id=parent, callbacks=[StopWhen(should_stop)])
         except MetapeftError as exc:  # e.g. a method the model cannot take: the trial fails, the search goes on
             trial.set_user_attr("error", str(exc))
             trial.set_user_attr("error_type", type(exc).__name__)

@@ -13,7 +13,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,10 +23,10 @@ from torch import nn
 from .._backbone import BackboneInfo, load_encoder, load_tokenizer
 from ..methods import Method, MethodConfig
 from ..tasks import Split, Task, stratified_indices
-from ._memory import PeakMemory
+from ._callbacks import TimeBudget, TrainerCallback, TrainerState
+from ._config import RunConfig
+from ._memory import MemoryCount
 from ._model import TextClassifier
-
-ProgressCallback = Callable[[int, int, dict], None]  # (step, total steps, latest numbers)
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FitResult:
     model: TextClassifier
     metrics: dict
     curve: list[dict] = field(default_factory=list)
-    stopped_by: str = "max_steps"  # or "time_budget"
+    stopped_by: str = "max_steps"  # or the reason of the callback's Stop: "time_budget", "should_stop", ...
 
 
 class Batches:
@@ -83,46 +83,29 @@ def build_classifier(method: Method, config: MethodConfig, backbone: BackboneInf
     return TextClassifier(encoder, num_labels, backbone.hidden_size, prompt_learning=method.prompt_learning, normalize=normalize)
 
 
-def fit(
-    task: Task,
-    method: Method,
-    config: MethodConfig,
-    backbone: BackboneInfo,
-    *,
-    model: str | None,
-    max_length: int,
-    device: torch.device,
-    seed: int = 0,
-    time_budget: float | None = None,
-    eval_size: int = 500,
-    eval_points: int = 4,
-    final_eval_size: int | None = None,
-    progress: ProgressCallback | None = None,
-    should_stop: Callable[[int, list[dict]], bool] | None = None,
-    trust_remote_code: bool = False,
-    sample_seed: int | None = None,
-    pool: Split | None = None,
-) -> FitResult:
-    """Train ``method`` on ``task`` and evaluate at ``eval_points`` evenly spaced steps (the learning curve).
+def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo, run: RunConfig, *, max_length: int, device: torch.device,
+        callbacks: Sequence[TrainerCallback] = (), pool: Split | None = None) -> FitResult:  # fmt: skip
+    """Train ``method`` on ``task`` and evaluate at ``run.eval_points`` evenly spaced steps (the learning curve).
 
-    Evaluation uses a seeded stratified subset of the held-out split of ``eval_size`` examples (0 = all of it),
-    never its first rows; the last evaluation uses ``final_eval_size`` examples instead when that is more: on 300
-    examples the sampling noise alone (sd ~2.3 points) hides most differences between methods, and a larger final
-    set costs one evaluation, not one per curve point. ``time_budget`` (seconds of training, evaluation excluded)
-    or ``should_stop(step, curve)`` (asked after every step, e.g. a pruner reading the learning curve) may stop the
-    run early; the model is then evaluated at the step it reached (a run stopped by ``should_stop`` on the curve's
-    examples: it was judged, not finished).
+    Evaluation uses a seeded stratified subset of the held-out split of ``run.eval_size`` examples (0 = all of it),
+    never its first rows; the last evaluation uses ``run.final_eval_size`` examples instead when that is more: on
+    300 examples the sampling noise alone (sd ~2.3 points) hides most differences between methods, and a larger
+    final set costs one evaluation, not one per curve point. ``callbacks`` (see ``_callbacks``) watch the run and may
+    stop it; ``run.time_budget`` adds a :class:`TimeBudget`. A run stopped with a final :class:`Stop` is evaluated
+    as finished at the step it reached; one stopped otherwise (a pruner) on the curve's examples: it was judged, not
+    finished.
 
     The final evaluation keeps which examples the model got right (``metrics["outcomes"]["test"]``, a packed
     bitset in the evaluation sample's order) so that two runs scored on the same rows can be compared pairwise.
     ``pool``, when given, is scored too after the final evaluation (``pool_accuracy``, ``outcomes["pool"]``): rows
     of the task that no training sample uses, which make the comparison finer than the test file alone allows.
-    ``sample_seed`` (default ``seed``) draws the evaluation sample, ``seed`` the initialisation and data order, so
-    that runs of two training seeds are scored on the same rows.
+    ``run.sample_seed`` (default ``run.seed``) draws the evaluation sample, ``run.seed`` the initialisation and data
+    order, so that runs of two training seeds are scored on the same rows.
     """
+    seed, model = run.seed, run.model
     _seed_everything(seed)
-    sample_seed = seed if sample_seed is None else sample_seed
-    tokenizer = load_tokenizer(model, trust_remote_code)
+    sample_seed = seed if run.sample_seed is None else run.sample_seed
+    tokenizer = load_tokenizer(model, run.trust_remote_code)
     train_data = Batches(tokenizer, task.train, max_length)
 
     def held_out(size: int) -> tuple[Batches, str]:
@@ -131,11 +114,12 @@ def fit(
         rows_id = hashlib.sha256(task.fingerprint.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:12]
         return Batches(tokenizer, task.test.select(rows), max_length), rows_id
 
+    eval_size, final_eval_size = run.eval_size, run.final_eval_size
     eval_data, _ = held_out(eval_size)
     bigger = final_eval_size is not None and eval_size != 0 and (final_eval_size == 0 or final_eval_size > eval_size)
     final_data, final_id = held_out(final_eval_size) if bigger else held_out(eval_size)  # never fewer examples than the curve
 
-    classifier = build_classifier(method, config, backbone, task.num_labels, model, trust_remote_code).to(device)
+    classifier = build_classifier(method, config, backbone, task.num_labels, model, run.trust_remote_code).to(device)
     encoder_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
     groups = [{"params": classifier.head.parameters(), "lr": config.head_learning_rate}]
     if encoder_params:
@@ -147,19 +131,23 @@ def fit(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
     )
     trainable = [p for p in classifier.parameters() if p.requires_grad]
-    eval_at = {max(1, math.ceil(steps * k / eval_points)) for k in range(1, eval_points + 1)}  # at or just after each fraction
+    eval_at = {max(1, math.ceil(steps * k / run.eval_points)) for k in range(1, run.eval_points + 1)}  # at or just after each fraction
     loss_fn = nn.CrossEntropyLoss()
     order = _Order(len(train_data), config.batch_size, seed)
 
-    curve: list[dict] = []
+    memory = MemoryCount(device)
+    callbacks = [memory, *([TimeBudget(run.time_budget)] if run.time_budget is not None else []), *callbacks]
+    state = TrainerState(max_steps=steps, model=classifier, optimizer=optimizer)
     outcomes: dict[str, str] = {}
-    train_time = eval_time = 0.0
+    eval_time = 0.0
     tokens = 0
     running_loss, running_n = 0.0, 0
     stopped_by = "max_steps"
-    step = 0
-    with PeakMemory(device, classifier, optimizer) as memory:
+    for callback in callbacks:
+        callback.on_train_begin(state)
+    try:
         for step in range(1, steps + 1):
+            state.step = step
             started = time.perf_counter()
             classifier.train()
             indices = next(order)
@@ -169,41 +157,47 @@ def fit(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
-            memory.step()
+            for callback in callbacks:
+                callback.on_optimizer_step(state)
             if method.on_step is not None:
                 method.on_step(classifier.encoder, step)
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
-            train_time += time.perf_counter() - started
+            state.train_time_s += time.perf_counter() - started
             tokens += int(batch["attention_mask"].sum())
-            running_loss += loss.item()
+            state.loss = loss.item()
+            running_loss += state.loss
             running_n += 1
-            over_budget = time_budget is not None and train_time >= time_budget
-            stop = over_budget or (should_stop is not None and step < steps and should_stop(step, curve))
+            stop = next((s for s in (c.should_stop(state) for c in callbacks) if s is not None), None)
             if (stop or step == steps) and method.on_end is not None:
                 with torch.no_grad():
                     method.on_end(classifier.encoder)
             if step in eval_at or stop:
                 started = time.perf_counter()
-                final = over_budget or step == steps  # a pruned run is not a result
+                final = step == steps or (stop is not None and stop.final)  # a pruned run is not a result
                 data = final_data if final else eval_data
                 accuracy, macro_f1, correct = evaluate(classifier, data, device)
                 if final:
                     outcomes.update(test=pack_outcomes(correct), test_rows=final_id)
-                memory.skip()
                 eval_time += time.perf_counter() - started
-                curve.append({
+                state.curve.append({
                     "step": step, "fraction": round(step / steps, 4), "train_loss": round(running_loss / running_n, 5),
-                    "accuracy": accuracy, "macro_f1": macro_f1, "train_time_s": round(train_time, 3), "eval_examples": len(data),
-                })
+                    "accuracy": accuracy, "macro_f1": macro_f1, "train_time_s": round(state.train_time_s, 3), "eval_examples": len(data),
+                })  # fmt: skip
                 running_loss, running_n = 0.0, 0
-            if progress is not None:
-                progress(step, steps, {"loss": loss.item(), **({"accuracy": curve[-1]["accuracy"]} if curve else {})})
+                for callback in callbacks:
+                    callback.on_evaluate(state)
+            for callback in callbacks:
+                callback.on_step_end(state)
             if stop:
-                stopped_by = "time_budget" if over_budget else "should_stop"
+                stopped_by = stop.reason
                 break
+    finally:
+        for callback in callbacks:
+            callback.on_train_end(state)
 
+    curve, train_time, peak = state.curve, state.train_time_s, memory.memory
     pool_metrics = {}
     if pool is not None and len(pool) and "test" in outcomes:
         started = time.perf_counter()
@@ -218,12 +212,12 @@ def fit(
         "train_loss": curve[-1]["train_loss"],
         "train_time_s": round(train_time, 3),
         "eval_time_s": round(eval_time, 3),
-        "peak_memory_mb": memory.peak_mb,
-        "train_memory_mb": memory.growth_mb,
-        "memory_measure": memory.measure,
+        "peak_memory_mb": peak.peak_mb,
+        "train_memory_mb": peak.growth_mb,
+        "memory_measure": peak.measure,
         "trainable_params": trainable_params,
         "total_params": sum(p.numel() for p in classifier.parameters()),
-        "steps": step,
+        "steps": state.step,
         "tokens_per_s": round(tokens / train_time, 1) if train_time else None,
         "eval_examples": curve[-1]["eval_examples"],
         "max_length": max_length,

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ._callbacks import TrainerCallback, TrainerState
+
 
 def _storage(t: torch.Tensor) -> tuple[int, int]:
     """(address, bytes) of the memory behind ``t``; a tensor without a plain storage (sparse, some subclasses)
@@ -98,3 +100,23 @@ class PeakMemory:
     def growth_mb(self) -> float:
         """Peak above the loaded model: activations, gradients, optimiser state."""
         return round(max(0, self.peak_bytes - self.start_bytes) / 2**20, 1)
+
+
+class MemoryCount(TrainerCallback):
+    """:class:`PeakMemory` as the training loop's callback (the engine always adds one; ``memory`` has the figures)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.memory: PeakMemory | None = None
+
+    def on_train_begin(self, state: TrainerState) -> None:
+        self.memory = PeakMemory(self.device, state.model, state.optimizer).__enter__()
+
+    def on_optimizer_step(self, state: TrainerState) -> None:
+        self.memory.step()
+
+    def on_evaluate(self, state: TrainerState) -> None:
+        self.memory.skip()
+
+    def on_train_end(self, state: TrainerState) -> None:
+        self.memory.__exit__(None, None, None)

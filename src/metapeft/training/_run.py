@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from .._errors import MetapeftError, MethodError
 from ..experience import Experience, ExperienceStore
 from ..methods import get_method
 from ..tasks import Split, Task, TaskProfile, profile_task
-from ._engine import ProgressCallback, fit
+from ._callbacks import TrainerCallback
+from ._config import RunConfig
+from ._engine import fit
 from ._model import save_classifier
 
 log = logging.getLogger("metapeft")
@@ -39,48 +42,39 @@ class TrainResult:
         return asdict(self)
 
 
-def train(
-    task: Task,
-    method: str = "lora",
-    hyperparameters: dict[str, Any] | None = None,
-    *,
-    model: str | None = None,
-    seed: int = 0,
-    time_budget: float | None = None,
-    output_dir: str | Path | None = None,
-    save: bool = True,
-    eval_size: int = 500,
-    eval_points: int = 4,
-    final_eval_size: int | None = None,
-    profile: TaskProfile | None = None,
-    record: bool = True,
-    store: ExperienceStore | None = None,
-    track: bool = True,
-    tracker=None,
-    device: str | None = None,
-    progress: ProgressCallback | None = None,
-    tags: dict[str, Any] | None = None,
-    trust_remote_code: bool = False,
-    should_stop=None,
-    parent_run_id: str | None = None,
-    sample_seed: int | None = None,
-    pool: Split | None = None,
-) -> TrainResult:
-    """Fine-tune ``model`` (default all-MiniLM-L6-v2) on ``task`` with ``method`` and return what it achieved.
+def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | None = None, run: RunConfig | None = None, *,
+          profile: TaskProfile | None = None, store: ExperienceStore | None = None, tracker=None, callbacks: Sequence[TrainerCallback] = (),
+          parent_run_id: str | None = None, pool: Split | None = None) -> TrainResult:  # fmt: skip
+    """Fine-tune a base model (default all-MiniLM-L6-v2) on ``task`` with ``method`` and return what it achieved.
 
-    ``hyperparameters`` override the method's defaults (values are validated against its ranges). With
-    ``record`` the run is written to the experience store before training starts and completed after it, so a
-    crash leaves a ``failed``/``interrupted`` record; with ``track`` it is logged to MLflow (nested under
-    ``parent_run_id`` when given). ``should_stop(step, curve)`` may end the run early (a pruner). ``seed`` sets
-    the initialisation and data order, ``sample_seed`` (default: ``seed``) the evaluation sample; ``pool`` is an
-    extra scoring set (see :func:`~metapeft.training._engine.fit`).
+    Args:
+        task: The classification task (its training split is trained on, its test split evaluated).
+        method: A method of the zoo (``metapeft methods``).
+        hyperparameters: Overrides of the method's defaults, validated against its ranges.
+        run: How the run is carried out and recorded (:class:`RunConfig`: model, seeds, evaluation, time budget,
+            saving, recording, tracking, tags); default ``RunConfig()``.
+        profile: The task's profile, when already computed (it is recorded with the run).
+        store: The experience store the run is recorded in (default: the user's); with ``run.record`` the run is
+            written before training starts and completed after it, so a crash leaves a ``failed``/``interrupted``
+            record.
+        tracker: The :class:`~metapeft.tracking.MLflowTracker` (default: the user's tracking store).
+        callbacks: :class:`~metapeft.training.TrainerCallback` objects that watch the run and may stop it (a
+            progress bar, a pruner).
+        parent_run_id: The MLflow run to nest this one under (a search).
+        pool: An extra scoring set (see :func:`~metapeft.training.fit`).
+
+    Returns:
+        A :class:`TrainResult`: metrics, learning curve, adapter folder, experience and MLflow run ids.
     """
+    run = run or RunConfig()
+    model, seed, sample_seed, time_budget, tags = run.model, run.seed, run.sample_seed, run.time_budget, run.tags
+    eval_size, final_eval_size, save, track, trust_remote_code = run.eval_size, run.final_eval_size, run.save, run.track, run.trust_remote_code
     spec = get_method(method)
     config = spec.make_config(hyperparameters)
     model_name, model_path = resolve_model(model)
     backbone = backbone_info(model, trust_remote_code)
     spec.check_compatible(config, backbone)
-    torch_device = pick_device(device)
+    torch_device = pick_device(run.device)
     profile = profile or profile_task(task, model, trust_remote_code=trust_remote_code)
     max_length = config.max_length or profile.sequence_length
     if backbone.max_positions and config.max_length > backbone.max_positions:
@@ -88,8 +82,8 @@ def train(
     if spec.prompt_learning and backbone.max_positions:
         max_length = min(max_length, backbone.max_positions - getattr(config, "num_virtual_tokens", 0))
 
-    out = usable_output(output_dir) if save and output_dir else None
-    store = (store or ExperienceStore()) if record else None
+    out = usable_output(run.output_dir) if save and run.output_dir else None
+    store = (store or ExperienceStore()) if run.record else None
     experience = Experience(
         task_name=task.name,
         task_fingerprint=task.fingerprint,
@@ -108,11 +102,7 @@ def train(
     alive = store.keep_alive(experience.id) if store is not None else contextlib.nullcontext()
     try:
         with alive:
-            result = fit(
-                task, spec, config, backbone, model=model, max_length=max_length, device=torch_device, seed=seed,
-                time_budget=time_budget, eval_size=eval_size, eval_points=eval_points, final_eval_size=final_eval_size, progress=progress,
-                trust_remote_code=trust_remote_code, should_stop=should_stop, sample_seed=sample_seed, pool=pool,
-            )
+            result = fit(task, spec, config, backbone, run, max_length=max_length, device=torch_device, callbacks=callbacks, pool=pool)
         adapter_path = None
         if save:
             out = out or runs_dir() / experience.id
