@@ -6,6 +6,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import pytest
+
 from conftest import run_cli
 from metapeft.experience import Experience, ExperienceStore
 from metapeft.monitoring import Thresholds, monitor, record_prediction
@@ -87,3 +89,10 @@ def test_the_prior_own_runs_keep_the_monitor_quiet(tmp_path):
         store.add_many([_run(name, r.task_fingerprint, r.method, r.metrics["accuracy"]) for r in runs])
     report = monitor(store, Thresholds(window=500))
     assert report.matched_runs > 100 and not report.alerts, report
+
+
+def test_thresholds_follow_the_selector_versions_own_offline_figures():
+    t = Thresholds.for_selector({"metapeft.offline.regret": "1.5", "metapeft.offline.coverage": "0.9"}, window=20)
+    assert t.regret_max == pytest.approx(4.0) and t.coverage_min == pytest.approx(0.77) and t.window == 20
+    assert Thresholds.for_selector({}) == Thresholds()  # a version without figures: the shipped selector's
+    assert Thresholds.for_selector({"metapeft.offline.regret": "n/a"}).regret_max == Thresholds().regret_max

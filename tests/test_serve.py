@@ -55,6 +55,7 @@ def test_the_packaged_selector_is_version_1_champion_and_round_trips_through_pyf
     client = MLflowTracker().client
     mv = client.get_model_version_by_alias("metapeft-selector", "champion")
     assert int(mv.version) == 1 and int(mv.tags["metapeft.experience_runs"]) >= 1000 and mv.tags["metapeft.git_revision"]
+    assert float(mv.tags["metapeft.offline.regret"]) > 0 and 0 < float(mv.tags["metapeft.offline.coverage"]) <= 1  # monitoring's thresholds
     with MLflowTracker().fluent():
         model = mlflow.pyfunc.load_model("models:/metapeft-selector@champion")
     out = model.predict([profile, profile])

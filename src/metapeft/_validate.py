@@ -25,7 +25,7 @@ def validate_setup(store: str | None = None) -> list[Check]:
     checks = []
     for name in ("torch", "transformers", "peft", "mlflow", "sqlalchemy", "optuna", "fastapi", "uvicorn", "prometheus_client"):
         found = package_version(name.replace("_", "-")) or package_version(name)
-        checks.append(Check(f"package {name}", found is not None, found or f"missing: reinstall metapeft (pip install -U metapeft)"))
+        checks.append(Check(f"package {name}", found is not None, found or "missing: reinstall metapeft (pip install -U metapeft)"))
     for extra, module, what in (("postgres", "psycopg", "PostgreSQL stores"),):
         found = package_version(module)
         checks.append(Check(f"extra {extra}", found is not None, found or f"not installed ({what} need it: pip install 'metapeft[{extra}]')", required=False))

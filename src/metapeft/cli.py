@@ -764,6 +764,18 @@ def serve(
     uvicorn.run(create_app(config, holder), host=config.host, port=config.port, log_level="warning")
 
 
+def _champion_tags() -> dict:
+    """The @champion selector's tags (its offline figures set the alert thresholds); empty, with a note, when the
+    tracking store cannot be read (monitoring then uses the shipped selector's figures)."""
+    from .serving._selector import version_tags
+
+    try:
+        return version_tags()
+    except Exception as exc:  # the registry is a refinement here, not a requirement
+        console.print(f"[yellow]note:[/] thresholds from the shipped selector's figures: the model registry could not be read ({type(exc).__name__})")
+        return {}
+
+
 @app.command()
 def monitor(
     store: StoreOption = None,
@@ -779,7 +791,7 @@ def monitor(
 
     if webhook is not None and not webhook.startswith(("http://", "https://")):
         raise MetapeftError(f"--webhook must be an http(s) URL, got {webhook!r}")
-    report = run_monitor(ExperienceStore(store), Thresholds(window=window, min_matches=min_matches))
+    report = run_monitor(ExperienceStore(store), Thresholds.for_selector(_champion_tags(), window=window, min_matches=min_matches))
     if as_json:
         _print_json(report.as_dict())
     else:

@@ -60,6 +60,25 @@ class Thresholds:
         if self.window < 1 or self.min_matches < 1:
             raise MetapeftError(f"window and min_matches must be at least 1, got {self.window} and {self.min_matches}")
 
+    @classmethod
+    def for_selector(cls, tags: dict[str, Any], **overrides) -> Thresholds:
+        """Thresholds from a registered selector version's own offline figures (its ``metapeft.offline.regret`` and
+        ``metapeft.offline.coverage`` tags, which ``retrain`` and the packaged champion carry), the same margins
+        as the defaults; a figure the version lacks keeps the default's. ``overrides`` set fields directly."""
+        values: dict[str, Any] = {}
+        if _number(tags.get("metapeft.offline.regret")) is not None:
+            values["regret_max"] = _number(tags["metapeft.offline.regret"]) + 2.5
+        if _number(tags.get("metapeft.offline.coverage")) is not None:
+            values["coverage_min"] = min(1.0, max(0.0, _number(tags["metapeft.offline.coverage"]) - 0.13))
+        return cls(**{**values, **overrides})
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
 
 @dataclass
 class Figure:

@@ -49,7 +49,8 @@ class ServeConfig:
         reload_s: Seconds between looks at the alias for a new version.
         max_body_bytes: Largest request body accepted.
         max_upload_rows: Most dataset rows a ``/v1/recommend`` upload may hold.
-        thresholds: Monitoring thresholds for the ``/metrics`` gauges (default: :class:`Thresholds`' defaults).
+        thresholds: Monitoring thresholds for the ``/metrics`` gauges (default: from the served version's offline
+            figures, :meth:`Thresholds.for_selector`).
     """
 
     host: str = "127.0.0.1"
@@ -60,7 +61,7 @@ class ServeConfig:
     reload_s: float = 30.0
     max_body_bytes: int = MAX_BODY_BYTES
     max_upload_rows: int = MAX_UPLOAD_ROWS
-    thresholds: Any = None  # monitoring thresholds (metapeft.monitoring.Thresholds); the defaults when None
+    thresholds: Any = None  # monitoring thresholds (metapeft.monitoring.Thresholds); from the served version's tags when None
 
     def __post_init__(self) -> None:
         import os
@@ -158,7 +159,12 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
     alerting = Gauge("metapeft_monitor_alert", "1 while a monitoring figure is past its threshold", registry=registry)
 
     def update_monitoring() -> None:
-        report = monitor(_store(config), config.thresholds)
+        from ..monitoring import Thresholds
+        from ._selector import version_tags
+
+        # the served version's own offline figures set the thresholds unless the config gives them
+        thresholds = config.thresholds or Thresholds.for_selector(version_tags(holder.current().version, holder.tracker))
+        report = monitor(_store(config), thresholds)
         for f in report.figures:
             if f.value is not None:
                 monitored.labels(f.name).set(f.value)

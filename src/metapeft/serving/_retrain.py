@@ -94,6 +94,9 @@ def retrain(store=None, *, force: bool = False, min_methods: int = 5, progress=N
     tags = {"metapeft.retrain.reason": reason, "metapeft.retrain.held_out": ",".join(new)[:4000], "metapeft.origin": "retrain"}
     if challenger_regret is not None:
         tags.update({"metapeft.offline.regret": challenger_regret, "metapeft.retrain.champion_regret": champion_regret})
+        coverage = details["selectors"]["challenger"].get("coverage_90")
+        if coverage is not None:
+            tags["metapeft.offline.coverage"] = coverage
     say("registering the challenger")
     version = log_selector(meta, tags=tags, alias=CHALLENGER, tracker=tracker)
     run_id = tracker.start_parent("retrain", {"metapeft.kind": "retrain", "metapeft.champion": champion_version, "metapeft.challenger": version, "metapeft.reason": reason})

@@ -165,8 +165,26 @@ def ensure_champion(tracker=None) -> int:
         return int(tracker.client.get_model_version_by_alias(SELECTOR_NAME, CHAMPION).version)
     except MlflowException:
         pass
+    from ..monitoring import OFFLINE_COVERAGE, OFFLINE_REGRET
+
     meta = MetaPEFT(include_own=False, include_prior=True).fit()
-    return log_selector(meta, tags={"metapeft.origin": "packaged (shipped prior)"}, alias=CHAMPION, tracker=tracker)
+    tags = {"metapeft.origin": "packaged (shipped prior)", "metapeft.offline.regret": OFFLINE_REGRET, "metapeft.offline.coverage": OFFLINE_COVERAGE}
+    return log_selector(meta, tags=tags, alias=CHAMPION, tracker=tracker)
+
+
+def version_tags(version: int | str = CHAMPION, tracker=None) -> dict[str, str]:
+    """The tags of a selector version (a number or an alias); empty when the registry has no such version."""
+    from mlflow.exceptions import MlflowException
+
+    from ..tracking import MLflowTracker
+
+    tracker = tracker or MLflowTracker()
+    try:
+        if str(version).isdigit():
+            return dict(tracker.client.get_model_version(SELECTOR_NAME, str(version)).tags)
+        return dict(tracker.client.get_model_version_by_alias(SELECTOR_NAME, str(version)).tags)
+    except MlflowException:
+        return {}
 
 
 def selector_uri(alias: str = CHAMPION) -> str:
