@@ -55,5 +55,5 @@ class RunConfig:
 
     @classmethod
     def help(cls) -> dict[str, str]:
-        """Each field's help text (one source for the CLI's and the docs' descriptions)."""
+        """Each field's help text, by field name."""
         return {f.name: f.metadata["help"] for f in fields(cls)}
