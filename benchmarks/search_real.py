@@ -43,13 +43,15 @@ from metapeft.tasks import load_suite
 
 
 def run_search(task, sampler: str, seed: int, meta: MetaPEFT, objectives: tuple[str, ...], n_trials: int, args) -> dict:
-    from metapeft.search import tune
+    from metapeft.search import SearchConfig, tune
+    from metapeft.training import RunConfig
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:  # adapters and the study are not kept: the trials go to --out
-        result = tune(task, trials=n_trials, objectives=objectives, sampler=sampler, seed=seed, max_steps=args.max_steps, eval_size=args.eval_size,
-                      final_eval_size=args.final_eval_size, meta=meta,
-                      store=ExperienceStore(f"sqlite:///{tmp}/store.db"), storage=f"sqlite:///{tmp}/optuna.db", track=False, output_dir=tmp)  # fmt: skip
+        run = RunConfig(eval_size=args.eval_size, final_eval_size=args.final_eval_size, track=False)
+        config = SearchConfig(trials=n_trials, objectives=objectives, sampler=sampler, seed=seed, max_steps=args.max_steps, storage=f"sqlite:///{tmp}/optuna.db",
+                              output_dir=tmp, run=run)  # fmt: skip
+        result = tune(task, config, meta=meta, store=ExperienceStore(f"sqlite:///{tmp}/store.db"))
     trials = [{"number": t.number, "state": t.state, "method": t.method, "source": t.source, "accuracy": t.metrics.get("accuracy"),
                "train_time_s": t.metrics.get("train_time_s"), "peak_memory_mb": t.metrics.get("peak_memory_mb"), "eval_examples": t.metrics.get("eval_examples"),
                "hyperparameters": t.hyperparameters} for t in result.trials]  # fmt: skip

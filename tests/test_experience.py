@@ -344,8 +344,6 @@ def _dead_and_live_runs_of_another_host(url: str) -> tuple[str, str]:
     """Two running records of a process on another host: one silent for 20 minutes, one that beat a moment ago."""
     from datetime import datetime, timedelta, timezone
 
-    import sqlalchemy as sa
-
     from metapeft.experience._store import experiences
 
     store = ExperienceStore(url)

@@ -36,13 +36,15 @@ def test_tune_three_trials_store_track_and_pareto(tiny_task, tmp_path):
     from metapeft._config import tracking_uri
     from metapeft.experience import ExperienceStore
     from metapeft.meta import MetaPEFT
-    from metapeft.search import tune
+    from metapeft.search import SearchConfig, tune
+    from metapeft.training import RunConfig
 
     store = ExperienceStore(f"sqlite:///{tmp_path / 'exp.db'}")
     meta = MetaPEFT(store)
     first = meta.recommend(tiny_task, budget={"max_steps": 4})[0]
-    result = tune(tiny_task, trials=3, max_steps=4, eval_size=40, store=store, meta=meta, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                  objectives=("accuracy", "train_time_s", "peak_memory_mb"), output_dir=tmp_path / "search")  # fmt: skip
+    config = SearchConfig(trials=3, max_steps=4, storage=f"sqlite:///{tmp_path / 'optuna.db'}", objectives=("accuracy", "train_time_s", "peak_memory_mb"),
+                          output_dir=tmp_path / "search", run=RunConfig(eval_size=40, final_eval_size=1000))  # fmt: skip
+    result = tune(tiny_task, config, store=store, meta=meta)
     assert [t.state for t in result.trials] == ["COMPLETE"] * 3
     # warm start: the surrogate's pick is the first trial
     assert result.trials[0].method == first.method and result.trials[0].source == "surrogate"
@@ -71,12 +73,34 @@ def test_choose_honours_preference_and_limits():
     assert choose([a, b, c], "accuracy", 100, None) is None
 
 
-def test_prefer_needs_its_objective():
-    from metapeft._errors import MetapeftError
-    from metapeft.search._tune import _validate
+def test_search_config_validates_itself_and_names_the_field():
+    from metapeft._errors import MethodError, OptionError
+    from metapeft.search import SearchConfig
+    from metapeft.training import RunConfig
 
-    with pytest.raises(MetapeftError, match="add train_time to --objectives"):
-        _validate(("accuracy",), "meta", "time", 3, None, 300, 1000)
+    assert SearchConfig().trials == 10 and SearchConfig(time_budget=60).trials is None  # a time budget alone bounds the search
+    assert SearchConfig(objectives=["accuracy", "peak_memory_mb"]).objectives == ("accuracy", "peak_memory_mb")
+    cases = [
+        ({"prefer": "time"}, "prefer", "add it to the objectives"),  # the pick is made within the Pareto set of the objectives
+        ({"objectives": ("accuracy", "speed")}, "objectives", "distinct names among"),
+        ({"objectives": ("accuracy", "accuracy")}, "objectives", "distinct names among"),
+        ({"sampler": "magic"}, "sampler", "one of meta, gp, tpe, random"),
+        ({"trials": 0}, "trials", "at least 1"),
+        ({"max_steps": 2.5}, "max_steps", "whole number"),
+        ({"warm_start": -1}, "warm_start", "at least 0"),
+        ({"time_budget": 0}, "time_budget", "positive"),
+        ({"max_memory_mb": -5}, "max_memory_mb", "positive"),
+        ({"study_name": "../elsewhere"}, "study_name", "names a folder"),
+        ({"methods": "lora"}, "methods", "list of method names"),
+        ({"run": RunConfig(output_dir="x")}, "run", "output_dir"),
+    ]  # fmt: skip
+    for values, field, words in cases:
+        with pytest.raises(OptionError, match=words) as caught:
+            SearchConfig(**values)
+        assert caught.value.option == field and "--" not in str(caught.value)  # the library does not name CLI flags
+    with pytest.raises(MethodError, match="lora"):  # an unknown method is refused with the known ones
+        SearchConfig(methods=["lorra"])
+    assert set(SearchConfig.help()) == {f for f in SearchConfig.__dataclass_fields__}
 
 
 @pytest.mark.slow  # several minutes on 2 cores: run by .ci/run's second step
@@ -110,7 +134,12 @@ def test_tune_and_autotune_bad_input():
     bad = run_cli("tune", "example", "--sampler", "magic", "--trials", "1")
     assert bad.returncode == 2 and "--sampler" in bad.stderr
     bad = run_cli("autotune", "example", "--trials", "0")
-    assert bad.returncode == 2 and "--trials" in bad.stderr
+    assert bad.returncode == 2 and "--trials must be a whole number of at least 1" in bad.stderr
+    # the library's field (max_steps) is reported as the flag this command calls it
+    bad = run_cli("autotune", "example", "--search-steps", "0")
+    assert bad.returncode == 2 and "--search-steps must be" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("tune", "example", "--study", "../x")
+    assert bad.returncode == 2 and "--study '../x' names a folder" in bad.stderr
 
 
 def test_autotune_registers_a_model_version_with_the_decision(tiny_task, tmp_path):
@@ -118,9 +147,11 @@ def test_autotune_registers_a_model_version_with_the_decision(tiny_task, tmp_pat
 
     from metapeft._config import tracking_uri
     from metapeft.experience import ExperienceStore
-    from metapeft.search import autotune
+    from metapeft.search import OBJECTIVES, SearchConfig, autotune
+    from metapeft.training import RunConfig
 
-    result = autotune(tiny_task, trials=2, search_steps=3, final_steps=4, eval_size=40, store=ExperienceStore(f"sqlite:///{tmp_path / 'a.db'}"), registered_name="tiny-test")
+    config = SearchConfig(trials=2, max_steps=3, objectives=OBJECTIVES, run=RunConfig(eval_size=40, final_eval_size=1000))
+    result = autotune(tiny_task, config, final_steps=4, store=ExperienceStore(f"sqlite:///{tmp_path / 'a.db'}"), registered_name="tiny-test")
     assert result.registered["name"] == "tiny-test" and result.final["metrics"]["steps"] == 4
     version = MlflowClient(tracking_uri()).get_model_version("tiny-test", str(result.registered["version"]))
     assert version.tags["metapeft.method"] == result.search.pick.method

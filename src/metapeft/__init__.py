@@ -27,6 +27,9 @@ _EXPORTS = {
     "TrainResult": "metapeft.training",
     "RunConfig": "metapeft.training",
     "TrainerCallback": "metapeft.training",
+    "tune": "metapeft.search",
+    "autotune": "metapeft.search",
+    "SearchConfig": "metapeft.search",
     "Experience": "metapeft.experience",
     "ExperienceStore": "metapeft.experience",
     "MetaPEFT": "metapeft.meta",
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from .fewshot import adapt, meta_train
     from .meta import MetaPEFT, MethodRecommendation
     from .methods import Method, MethodConfig, get_method, list_methods, register_method
+    from .search import SearchConfig, autotune, tune
     from .tasks import Task, TaskProfile, load_suite, load_task, profile_task
     from .training import RunConfig, TrainerCallback, TrainResult, load_classifier, train
 

@@ -213,8 +213,8 @@ def train(
     if max_steps is not None:
         hyperparameters["max_steps"] = max_steps
     get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
-    run = RunConfig(model=model, seed=seed, time_budget=time_budget, eval_size=eval_size, device=device, trust_remote_code=trust_remote_code,
-                    output_dir=output, track=track)  # fmt: skip
+    run = _options(RunConfig, {"output_dir": "output"}, model=model, seed=seed, time_budget=time_budget, eval_size=eval_size, device=device,
+                   trust_remote_code=trust_remote_code, output_dir=output, track=track)  # fmt: skip
     pick_device(device)
     if output is not None:
         usable_output(output)
@@ -589,6 +589,18 @@ def _objectives(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# a config field whose flag is named otherwise (the field carries its unit; the flag is shorter)
+FLAGS = {"study_name": "study", "max_memory_mb": "max_memory", "max_time_s": "max_time"}
+
+
+def _options(cls, flags: dict[str, str] | None = None, **values):
+    """A library config object built from command-line values; an option error names the flag the user typed."""
+    try:
+        return cls(**values)
+    except OptionError as exc:
+        raise OptionError({**FLAGS, **(flags or {})}.get(exc.option, exc.option), exc.problem) from None
+
+
 def _print_trial(t) -> None:
     console.print(f"trial {t.number}: {t.method} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, {t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}", highlight=False)
 
@@ -642,20 +654,21 @@ def tune(
 ) -> None:
     """Search methods and hyperparameters (Bayesian, warm-started by the meta-learner); Pareto set, plot and a pick."""
     from .experience import ExperienceStore
+    from .search import SearchConfig
     from .search import tune as run_tune
+    from .training import RunConfig
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    if max_steps is not None and max_steps < 1:
-        raise MetapeftError(f"--max-steps must be at least 1, got {max_steps}")
+    run = _options(RunConfig, model=model, eval_size=eval_size, final_eval_size=final_eval_size)
+    config = _options(SearchConfig, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps, sampler=sampler,
+                      storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, prune=prune, seed=seed, run=run)  # fmt: skip
     task = _load(data, text_column, pair_column, label_column)
     with console.status(f"searching {task.name}…") as status:
         def on_trial(t) -> None:
             _print_trial(t)
             status.update(f"searching {task.name}… {t.number + 1} trials done")
 
-        result = run_tune(task, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps,
-                          sampler=sampler, storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time,
-                          prune=prune, eval_size=eval_size, final_eval_size=final_eval_size, seed=seed, model=model, store=ExperienceStore(store), on_trial=on_trial)  # fmt: skip
+        result = run_tune(task, config, store=ExperienceStore(store), on_trial=on_trial)
     if as_json:
         _print_json(result.as_dict())
         return
@@ -686,17 +699,16 @@ def autotune(
 ) -> None:
     """Profile → recommend → tune → train the pick → register it in MLflow's model registry with the decision."""
     from .experience import ExperienceStore
+    from .search import SearchConfig
     from .search import autotune as run_autotune
+    from .training import RunConfig
 
-    for value, flag in ((trials, "--trials"), (search_steps, "--search-steps"), (final_steps, "--final-steps")):
-        if value is not None and value < 1:
-            raise MetapeftError(f"{flag} must be at least 1, got {value}")
+    config = _options(SearchConfig, {"max_steps": "search_steps"}, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), max_steps=search_steps,
+                      prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, run=_options(RunConfig, model=model, eval_size=300, final_eval_size=1000))  # fmt: skip
     task = _load(data, text_column, pair_column, label_column)
     with console.status(f"autotuning {task.name}…") as status:
-        result = run_autotune(task, trials=trials, search_steps=search_steps, final_steps=final_steps, time_budget=time_budget,
-                              objectives=_objectives(objectives), prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, model=model,
-                              store=ExperienceStore(store), registered_name=name, on_stage=lambda text: status.update(text + "…"),
-                              on_trial=_print_trial, meta_init=meta_init)  # fmt: skip
+        result = run_autotune(task, config, final_steps=final_steps, store=ExperienceStore(store), registered_name=name, meta_init=meta_init,
+                              on_stage=lambda text: status.update(text + "…"), on_trial=_print_trial)  # fmt: skip
     if as_json:
         _print_json(result.as_dict())
         return

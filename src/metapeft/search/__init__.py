@@ -2,8 +2,9 @@
 ``autotune`` (profile → recommend → tune → train the pick → register it)."""
 
 from ._autotune import AutotuneResult, autotune
+from ._config import OBJECTIVES, PREFERENCES, SAMPLERS, SearchConfig
 from ._sampler import MetaSampler
 from ._space import joint_space
-from ._tune import SAMPLERS, TrialResult, TuneResult, tune
+from ._tune import TrialResult, TuneResult, tune
 
-__all__ = ["SAMPLERS", "AutotuneResult", "autotune", "MetaSampler", "TrialResult", "TuneResult", "joint_space", "tune"]
+__all__ = ["OBJECTIVES", "PREFERENCES", "SAMPLERS", "AutotuneResult", "MetaSampler", "SearchConfig", "TrialResult", "TuneResult", "autotune", "joint_space", "tune"]

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-from .._errors import MetapeftError
+from .._errors import MetapeftError, OptionError
 from ..experience import ExperienceStore
 from ..tasks import Task, TaskProfile
-from ._tune import TuneResult, tune
+from ._config import OBJECTIVES, SearchConfig
+from ._tune import TrialResult, TuneResult, tune
 
 
 @dataclass
@@ -33,21 +34,35 @@ class AutotuneResult:
         return asdict(self)
 
 
-def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, search_steps: int | None = None, final_steps: int | None = None,
-             objectives: tuple[str, ...] = ("accuracy", "train_time_s", "peak_memory_mb"), prefer: str = "accuracy",
-             max_memory_mb: float | None = None, max_time_s: float | None = None, model: str | None = None, store: ExperienceStore | None = None,
-             registered_name: str | None = None, register: bool = True, eval_size: int = 300, final_eval_size: int | None = 1000,
-             on_stage: Callable[[str], None] | None = None, on_trial=None, meta_init: bool = True) -> AutotuneResult:  # fmt: skip
+def autotune(task: Task, search: SearchConfig | None = None, *, final_steps: int | None = None, register: bool = True, registered_name: str | None = None,
+             meta_init: bool = True, store: ExperienceStore | None = None, on_stage: Callable[[str], None] | None = None,
+             on_trial: Callable[[TrialResult], None] | None = None) -> AutotuneResult:  # fmt: skip
     """Profile ``task``, recommend, search, train the pick with the final budget and register it (module docstring).
 
-    A few-shot task (at most 16 training examples per label) is not searched when ``meta_init``: it is adapted from
-    the shipped meta-initialisation (as :func:`metapeft.adapt`), and that run is registered.
+    Args:
+        task: the task to fine-tune for.
+        search: the search (default: 4 trials over accuracy, training time and peak memory). Its ``max_steps`` is
+            each search trial's budget; its ``run`` how the trials and the final run are trained.
+        final_steps: the final run's training steps (default: the pick's method's own).
+        register: register the final adapter in MLflow's model registry (needs ``search.run.track``).
+        registered_name: the registered model's name (default: ``metapeft-<task>``).
+        meta_init: adapt a few-shot task (at most 16 training examples per label) from the shipped
+            meta-initialisation, as :func:`metapeft.adapt`, instead of searching.
+        store: where the runs are recorded (default: the user's store).
+        on_stage: called with a line saying what starts next.
+        on_trial: called with each search trial's result as it finishes.
+
+    Returns:
+        The recommendation, the search, the final run and the registered version (``None`` when not registered).
     """
+    if final_steps is not None and (not isinstance(final_steps, int) or isinstance(final_steps, bool) or final_steps < 1):
+        raise OptionError("final_steps", f"must be a whole number of at least 1, got {final_steps!r}")
+    config = search or SearchConfig(trials=4, objectives=OBJECTIVES)
     from ..fewshot import few_shot_size
     from ..meta import MetaPEFT
     from ..methods import get_method
     from ..serving import register_classifier
-    from ..training import RunConfig, train
+    from ..training import train
 
     def stage(text: str) -> None:
         if on_stage:
@@ -55,25 +70,24 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
 
     store = store or ExperienceStore()
     if meta_init and (shots := few_shot_size(task)):
-        return _autotune_few_shot(task, shots, model=model, store=store, register=register, registered_name=registered_name, stage=stage)
-    meta = MetaPEFT(store, model=model)
+        return _autotune_few_shot(task, shots, model=config.run.model, store=store, register=register and config.run.track, registered_name=registered_name, stage=stage)
+    meta = MetaPEFT(store, model=config.run.model)
     stage("profiling the task and loading the meta-learner")
     profile = meta.profile(task)
     meta.fit()
-    ranking = meta.recommend(profile, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
-    stage(f"searching: {trials} trials, warm-started with {ranking[0].method}")
-    search = tune(task, trials=trials, time_budget=time_budget, objectives=objectives, max_steps=search_steps, meta=meta, store=store, model=model,
-                  prefer=prefer, max_memory_mb=max_memory_mb, max_time_s=max_time_s, eval_size=eval_size, final_eval_size=final_eval_size, on_trial=on_trial)  # fmt: skip
+    ranking = meta.recommend(profile, max_memory_mb=config.max_memory_mb, max_time_s=config.max_time_s)
+    stage(f"searching: {config.trials or 'as many'} trials, warm-started with {ranking[0].method}")
+    search = tune(task, config, meta=meta, store=store, on_trial=on_trial)
     pick = search.pick
     if pick is None:
-        raise MetapeftError("no trial finished within your limits; raise --trials or loosen --max-memory/--max-time")
+        raise MetapeftError("no trial finished within the limits; search more trials or loosen the memory or time limit")
     steps = final_steps or get_method(pick.method).defaults().max_steps
     if steps == pick.metrics.get("steps"):  # the pick was trained with the final budget already: keep that run
         final = {"method": pick.method, "hyperparameters": pick.hyperparameters, "metrics": pick.metrics, "adapter_path": pick.adapter_path,
                  "experience_id": pick.experience_id, "mlflow_run_id": pick.mlflow_run_id, "trial": pick.number}  # fmt: skip
     else:
         stage(f"training the pick ({pick.method}, trial {pick.number}) for {steps} steps")
-        run = RunConfig(model=model, eval_size=eval_size, final_eval_size=final_eval_size, tags={"study": search.study, "autotune": True})
+        run = replace(config.run, tags={**config.run.tags, "study": search.study, "autotune": True})
         final = train(task, pick.method, {**pick.hyperparameters, "max_steps": steps}, run, profile=TaskProfile.from_dict(profile), store=store,
                       parent_run_id=search.parent_run_id).as_dict()  # fmt: skip
     registered = None
@@ -84,8 +98,8 @@ def autotune(task: Task, *, trials: int = 4, time_budget: float | None = None, s
             "metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.task_embedding": json.dumps(embedding),
             "metapeft.recommended_method": ranking[0].method, "metapeft.recommended_confidence": ranking[0].confidence,
             "metapeft.method": pick.method, "metapeft.method_confidence": confidence, "metapeft.accuracy": final["metrics"].get("accuracy"),
-            "metapeft.decision": f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of {len(search.pareto)} by preference '{prefer}'{_limits(max_memory_mb, max_time_s)}",
-            "metapeft.pareto": json.dumps([{"trial": t.number, "method": t.method, **{o: t.metrics.get(o) for o in objectives}} for t in search.pareto]),
+            "metapeft.decision": f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of {len(search.pareto)} by preference '{config.prefer}'{_limits(config.max_memory_mb, config.max_time_s)}",
+            "metapeft.pareto": json.dumps([{"trial": t.number, "method": t.method, **{o: t.metrics.get(o) for o in config.objectives}} for t in search.pareto]),
             "metapeft.study": search.study, "metapeft.experience_id": final["experience_id"],
         }  # fmt: skip
         name = registered_name or "metapeft-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task.name)

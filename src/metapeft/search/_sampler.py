@@ -28,9 +28,9 @@ from scipy.stats import norm
 
 from ..experience import Experience
 from ..meta import Candidate, Surrogate
+from ._config import OBJECTIVES
 from ._space import joint_space, to_config, to_params
 
-OBJECTIVES = ("accuracy", "train_time_s", "peak_memory_mb")
 
 
 class MetaSampler(BaseSampler):

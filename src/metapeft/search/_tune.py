@@ -14,21 +14,20 @@ import socket
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from .._config import data_dir, redact_url, runs_dir
-from .._errors import IncompatibleMethodError, MetapeftError
+from .._errors import IncompatibleMethodError, MetapeftError, OptionError
 from ..experience import ExperienceStore
 from ..methods import get_method, list_methods
 from ..tasks import Task, TaskProfile
-from ._sampler import OBJECTIVES, MetaSampler
+from ._config import OBJECTIVES, PREFERENCES, SearchConfig
+from ._sampler import MetaSampler
 from ._space import joint_space, to_config, to_params
 
-SAMPLERS = ("meta", "gp", "tpe", "random")
-PREFERENCES = {"accuracy": "accuracy", "time": "train_time_s", "memory": "peak_memory_mb"}
 
 
 @dataclass
@@ -60,32 +59,32 @@ class TuneResult:
         return asdict(self)
 
 
-def tune(task: Task, *, trials: int | None = None, time_budget: float | None = None, objectives: tuple[str, ...] = ("accuracy",),
-         methods: list[str] | None = None, max_steps: int | None = None, sampler: str = "meta", storage: str | None = None,
-         study_name: str | None = None, prune: bool = True, seed: int | None = None, meta=None, store: ExperienceStore | None = None,
-         model: str | None = None, eval_size: int = 300, final_eval_size: int | None = 1000, prefer: str = "accuracy", max_memory_mb: float | None = None,
-         max_time_s: float | None = None, track: bool = True, output_dir: str | Path | None = None, warm_start: int = 3,
-         on_trial: Callable[[TrialResult], None] | None = None) -> TuneResult:  # fmt: skip
-    """Search ``trials`` configurations (in total over every process sharing the study) or for ``time_budget``
-    seconds, and return all trials, the Pareto set over ``objectives`` and one pick under ``prefer`` and the limits.
+def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: ExperienceStore | None = None,
+         on_trial: Callable[[TrialResult], None] | None = None) -> TuneResult:
+    """Search methods and hyperparameters for ``task`` as ``config`` says (module docstring).
 
-    Each trial's learning curve (what the pruner reads) is evaluated on ``eval_size`` held-out examples and its final
-    accuracy on up to ``final_eval_size``: the pick is made among final accuracies, and on 300 examples their
-    sampling noise alone (~2.3 points) would often decide it."""
+    Args:
+        task: the task to search for.
+        config: the search's options (default: ``SearchConfig()``, 10 trials for accuracy, warm-started).
+        meta: a fitted or unfitted :class:`~metapeft.meta.MetaPEFT` to warm-start and guide the search (default: one
+            over ``store`` and the prior, for ``config.run.model``).
+        store: where the trials are recorded (default: the user's store).
+        on_trial: called with each trial's result as it finishes (or fails, or is pruned).
+
+    Returns:
+        All trials, the Pareto set over ``config.objectives``, and the pick: the finished trial best on
+        ``config.prefer`` within the limits (the pick is made among final accuracies, measured on up to
+        ``config.run.final_eval_size`` examples).
+    """
     import optuna
 
     from ..meta import MetaPEFT
-    from ..training import RunConfig, StopWhen, train
+    from ..training import StopWhen, train
 
-    objectives = tuple(objectives)
-    _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final_eval_size)
-    if study_name is not None:
-        _check_study_name(study_name)
-    if trials is None and time_budget is None:
-        trials = 10
-    methods = _compatible(methods, model)
-    budget = {"max_steps": max_steps} if max_steps else {}
-    storage = storage or f"sqlite:///{data_dir() / 'optuna.db'}"
+    c = config or SearchConfig()
+    objectives, trials, model, sampler, budget = c.objectives, c.trials, c.run.model, c.sampler, ({"max_steps": c.max_steps} if c.max_steps else {})
+    methods = _compatible(c.methods, model)
+    storage = c.storage or f"sqlite:///{data_dir() / 'optuna.db'}"
     shown = redact_url(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rdb = _open_storage(storage)  # a bad URL is refused before the profiling and the meta-learner's fit
@@ -94,20 +93,20 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     profile = meta.profile(task)
     space = joint_space(methods)
     # the suffix keeps two searches of one task started in the same second from joining one study
-    study_name = study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    study_name = c.study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
     if sampler == "meta":
-        chosen = MetaSampler(meta.fit().surrogate, profile, methods, objectives, budget=budget, seed=seed, max_memory_mb=max_memory_mb, max_time_s=max_time_s)
+        chosen = MetaSampler(meta.fit().surrogate, profile, methods, objectives, budget=budget, seed=c.seed, max_memory_mb=c.max_memory_mb, max_time_s=c.max_time_s)
     else:
-        chosen = {"gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
-                  "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False),
-                  "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[sampler]()  # fmt: skip
+        chosen = {"gp": lambda: optuna.samplers.GPSampler(seed=c.seed, warn_independent_sampling=False),
+                  "tpe": lambda: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, warn_independent_sampling=False),
+                  "random": lambda: optuna.samplers.RandomSampler(seed=c.seed)}[sampler]()  # fmt: skip
     # the pruner reads the accuracy curve, so it serves only a search for accuracy (Optuna would also take the
     # reported accuracy as a pruned trial's value of the study's objective)
-    prune = prune and objectives == ("accuracy",)
+    prune = c.prune and objectives == ("accuracy",)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
-    folder = Path(output_dir) if output_dir else runs_dir() / "tune" / study_name
+    folder = Path(c.output_dir) if c.output_dir else runs_dir() / "tune" / study_name
     if folder.is_dir() and any(folder.iterdir()) and study_name not in optuna.study.get_all_study_names(rdb):
         raise MetapeftError(f"{folder} already holds files and study {study_name!r} is not in {shown}: its trials would mix with them; use another study name or output folder, or empty it")
     setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
@@ -125,15 +124,15 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
         if found is None:
             study.set_user_attr(key, value)
         elif found != value:
-            raise MetapeftError(f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same settings or another --study name")
+            raise MetapeftError(f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same settings or another study name")
     if sampler == "meta" and created:
-        start = warm_start_configs(meta, profile, methods, space, budget, min(warm_start, trials or warm_start), max_memory_mb, max_time_s, record_in=store)
+        start = warm_start_configs(meta, profile, methods, space, budget, min(c.warm_start, trials or c.warm_start), c.max_memory_mb, c.max_time_s, record_in=store)
         for params, source in start:
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
 
     _fail_dead_trials(study)  # before counting: a resumed search redoes the trials of killed processes
     tracker = parent = None
-    if track:
+    if c.run.track:
         from ..tracking import MLflowTracker
 
         tracker = MLflowTracker()
@@ -173,8 +172,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
             return trial.should_prune()
 
         try:
-            run = RunConfig(model=model, eval_size=eval_size, final_eval_size=final_eval_size, track=track, output_dir=folder / f"trial-{trial.number}",
-                            tags={"study": study_name, "trial": trial.number, "sampler": sampler})  # fmt: skip
+            run = replace(c.run, output_dir=folder / f"trial-{trial.number}", tags={**c.run.tags, "study": study_name, "trial": trial.number, "sampler": sampler})
             result = train(task, method, {**hp, **budget}, run, profile=task_profile, store=store, tracker=tracker, parent_run_id=parent, callbacks=[StopWhen(should_stop)])
         except MetapeftError as exc:  # e.g. a method the model cannot take: the trial fails, the search goes on
             trial.set_user_attr("error", str(exc))
@@ -200,7 +198,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     if not trials or _finished(study) < trials:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported through on_trial, in one line
         try:
-            study.optimize(objective, timeout=time_budget, callbacks=callbacks, gc_after_trial=True)
+            study.optimize(objective, timeout=c.time_budget, callbacks=callbacks, gc_after_trial=True)
         except BaseException as exc:  # Ctrl-C, SIGTERM or a bug: the parent run must not stay RUNNING
             if tracker is not None and parent is not None and not _others_running(study):
                 tracker.end_parent(parent, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -209,7 +207,7 @@ def tune(task: Task, *, trials: int | None = None, time_budget: float | None = N
     all_trials = [_trial_result(t) for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("over_total")]
     pareto_numbers = {t.number for t in study.best_trials} if any(t.state == "COMPLETE" for t in all_trials) else set()
     pareto = [t for t in all_trials if t.number in pareto_numbers]
-    pick = choose([t for t in all_trials if t.state == "COMPLETE"], prefer, max_memory_mb, max_time_s)
+    pick = choose([t for t in all_trials if t.state == "COMPLETE"], c.prefer, c.max_memory_mb, c.max_time_s)
     result = TuneResult(study_name, shown, list(objectives), sampler, all_trials, pareto, pick, parent)
     if pareto:
         from ._plot import render_pareto
@@ -280,34 +278,10 @@ def _compatible(methods: list[str] | None, model: str | None) -> list[str]:
             out.append(spec.name)
         except IncompatibleMethodError as exc:
             if named:
-                raise MetapeftError(f"{exc} (fix --methods)") from None
+                raise OptionError("methods", f"names {spec.name}, which cannot take this model: {exc}") from None
     if not out:
         raise MetapeftError(f"no method of the zoo can take the model {backbone.name}; see `metapeft methods`")
     return out
-
-
-def _validate(objectives, sampler, prefer, trials, time_budget, eval_size, final_eval_size) -> None:
-    if not objectives or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives):
-        raise MetapeftError(f"--objectives must be distinct names among {', '.join(OBJECTIVES)}, got {','.join(objectives) or 'nothing'}")
-    if sampler not in SAMPLERS:
-        raise MetapeftError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if prefer not in PREFERENCES:
-        raise MetapeftError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}")
-    if PREFERENCES[prefer] not in objectives:  # with one objective the Pareto set is just the most accurate trials
-        raise MetapeftError(f"--prefer {prefer} picks within the Pareto set of --objectives, which lacks {prefer}; add {'train_time' if prefer == 'time' else 'peak_memory'} to --objectives or drop --prefer")
-    if trials is not None and trials < 1:
-        raise MetapeftError(f"--trials must be at least 1, got {trials}")
-    if time_budget is not None and time_budget <= 0:
-        raise MetapeftError(f"--time-budget must be positive, got {time_budget}")
-    for option, size in (("--eval-size", eval_size), ("--final-eval-size", final_eval_size)):
-        if size is not None and size < 0:
-            raise MetapeftError(f"{option} must be 0 (all) or positive, got {size}")
-
-
-def _check_study_name(name: str) -> None:
-    """A study name becomes a folder under ``runs/tune``: it may not lead out of it."""
-    if not name.strip() or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
-        raise MetapeftError(f"--study {name!r}: a study name names a folder, so it may not be empty, start with '.' or hold '/' or '\\'; choose a plain name such as 'sst2-search'")
 
 
 def _suggest(trial, name: str, dist):
@@ -408,4 +382,4 @@ def _trial_result(t) -> TrialResult:
     )  # fmt: skip
 
 
-__all__ = ["SAMPLERS", "TrialResult", "TuneResult", "choose", "tune", "warm_start_configs"]
+__all__ = ["TrialResult", "TuneResult", "choose", "tune", "warm_start_configs"]
