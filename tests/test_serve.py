@@ -118,6 +118,9 @@ def test_bad_fields_and_sizes(client, profile):
     assert client.get("/v1/similar", params={"task": "sst2", "k": 99}).status_code == 422
     huge = client.post("/v1/recommend", content=b"x" * (65 * 1024), headers={"content-type": "application/json"})
     assert huge.status_code == 413 and "request body over" in huge.json()["detail"]
+    # a chunked body carries no length to refuse it by: it is refused once it has read past the limit
+    chunked = client.post("/v1/recommend", content=(b"x" * 1024 for _ in range(65)), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "request body over" in chunked.json()["detail"]
     assert "metapeft_requests_total" in client.get("/metrics").text and 'status="500"' not in client.get("/metrics").text
 
 

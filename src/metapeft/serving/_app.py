@@ -32,6 +32,7 @@ log = logging.getLogger("metapeft.serve")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_UPLOAD_ROWS = 5000
 MAX_EXPERIENCES = 1000
+DRAINED_BYTES = 64 * 1024 * 1024  # an oversized body up to this is read (and dropped) so that its client gets the 413
 ANSWERS_KEPT = 1024  # rankings remembered per served version (least recently asked go first)
 
 
@@ -83,17 +84,28 @@ class _Served:
     version: int
     loaded_at: float = field(default_factory=time.time)
     answers: OrderedDict = field(default_factory=OrderedDict)
+    recorded: OrderedDict = field(default_factory=OrderedDict)  # task fingerprint → the question last recorded for it
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def remembered(self, key: str) -> tuple[list, bytes] | None:
+        """The ranking and response body given before for the question ``key`` (see :meth:`key`), if any."""
+        with self.lock:
+            if key in self.answers:
+                self.answers.move_to_end(key)
+                return self.answers[key]
+        return None
+
+    @staticmethod
+    def key(profile: dict, options: dict) -> str:
+        return json.dumps([profile, options], sort_keys=True, default=str)
 
     def recommend(self, profile: dict, options: dict) -> tuple[list, bytes]:
         """The ranking for ``profile`` under ``options`` and the response body that carries it (JSON)."""
         from ._selector import recommend as rank
 
-        key = json.dumps([profile, options], sort_keys=True, default=str)
-        with self.lock:
-            if key in self.answers:
-                self.answers.move_to_end(key)
-                return self.answers[key]
+        key = self.key(profile, options)
+        if (answer := self.remembered(key)) is not None:
+            return answer
         ranking = rank(self.meta, profile, options)
         body = json.dumps({"selector_version": self.version, "recommendations": [r.as_dict() for r in ranking]}).encode()
         with self.lock:
@@ -101,6 +113,18 @@ class _Served:
             if len(self.answers) > ANSWERS_KEPT:
                 self.answers.popitem(last=False)
         return ranking, body
+
+    def needs_recording(self, fingerprint: str, key: str) -> bool:
+        """Whether the answer to ``key`` must be recorded for monitoring: not when the last answer this process
+        recorded for the task's fingerprint is the same one (monitoring matches a run to the newest prediction for
+        its task before it, so recording it again changes nothing)."""
+        with self.lock:
+            if self.recorded.get(fingerprint) == key:
+                return False
+            self.recorded[fingerprint] = key
+            if len(self.recorded) > 4 * ANSWERS_KEPT:
+                self.recorded.popitem(last=False)
+            return True
 
 
 class SelectorHolder:
@@ -197,22 +221,7 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
                   lifespan=lifespan)  # fmt: skip
     app.state.config, app.state.holder, app.state.registry = config, holder, registry
 
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        started = time.perf_counter()
-        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            response = _error(413, f"request body over {config.max_body_bytes} bytes; send a smaller one (profile only, or fewer rows)")
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as exc:  # never a bare 500 page: one line, logged with its traceback
-                log.exception("internal error on %s", request.url.path)
-                response = _error(500, f"internal error ({type(exc).__name__}); see the server log")
-        requests.labels(endpoint, str(response.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_LimitsAndMetrics, max_body_bytes=config.max_body_bytes, requests=requests, latency=latency)
 
     @app.exception_handler(MetapeftError)
     async def bad_input(request: Request, exc: MetapeftError):
@@ -249,9 +258,13 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
             profile = await _profile_rows(body, config)
         else:
             raise MetapeftError("send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}")
-        # off the event loop: /health and /metrics answer while rankings are computed
-        ranking, answer = await run_in_threadpool(served.recommend, profile, options)
-        await run_in_threadpool(record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version))
+        if not isinstance(profile, dict):
+            raise MetapeftError("a task profile is a JSON object, as `metapeft profile --json` prints it")
+        key = served.key(profile, options)
+        # a new question is ranked off the event loop: /health, /metrics and remembered answers go on meanwhile
+        ranking, answer = served.remembered(key) or await run_in_threadpool(served.recommend, profile, options)
+        if served.needs_recording(str(profile.get("fingerprint")), key):
+            await run_in_threadpool(record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version))
         return Response(answer, media_type="application/json")  # {"selector_version": ..., "recommendations": [...]}
 
     @app.get("/v1/similar")
@@ -292,6 +305,78 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         return JSONResponse({"received": len(records), "stored": stored, "ids": [r.id for r in records]}, status_code=201)
 
     return app
+
+
+class _LimitsAndMetrics:
+    """Refuses a body over the size limit (413) before it is read, turns an unhandled error into a one-line 500,
+    and counts every request and its latency for ``/metrics``.
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` runs each request through an extra task and
+    stream, which cost about a millisecond a request here."""
+
+    def __init__(self, app, *, max_body_bytes: int, requests, latency):
+        self.app, self.max_body_bytes, self.requests, self.latency = app, max_body_bytes, requests, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        path = scope["path"]
+        endpoint = path if path in _ENDPOINTS else "other"
+        status, read, body_done = None, 0, False
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        too_large = f"request body over {self.max_body_bytes} bytes; send a smaller one (profile only, or fewer rows)"
+
+        async def receiving():
+            nonlocal read, body_done
+            message = await receive()
+            read += len(message.get("body", b""))
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            if read > self.max_body_bytes:  # a chunked body has no length to refuse it by up front
+                raise _TooLarge
+            return message
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                if length.isdigit() and int(length) <= DRAINED_BYTES:
+                    await _drain(receive)  # closing on an unread body resets the connection before the client reads the 413
+                await _error(413, too_large)(scope, receive, sending)
+            else:
+                try:
+                    await self.app(scope, receiving, sending)
+                except Exception as exc:
+                    if status is not None:  # the answer has begun: nothing more can be said to the client
+                        raise
+                    if isinstance(exc, _TooLarge):
+                        if not body_done:
+                            await _drain(receive)
+                        await _error(413, too_large)(scope, receive, sending)
+                    else:  # never a bare 500 page: one line, logged with its traceback
+                        log.exception("internal error on %s", path)
+                        await _error(500, f"internal error ({type(exc).__name__}); see the server log")(scope, receive, sending)
+        finally:
+            self.requests.labels(endpoint, str(status or 500)).inc()
+            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _drain(receive, limit: int = DRAINED_BYTES) -> None:
+    """Read and drop the rest of a request body (up to ``limit`` bytes)."""
+    read = 0
+    while read <= limit:
+        message = await receive()
+        read += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
 
 
 _ENDPOINTS = {"/health", "/metrics", "/v1/methods", "/v1/recommend", "/v1/similar", "/v1/experiences", "/docs", "/openapi.json"}
