@@ -29,11 +29,12 @@ PROFILE_FEATURES = (
 
 def usable(record: Experience) -> bool:
     """Finished runs of a known method whose task profile the meta-learners can read (runs a pruner stopped
-    early are left out: their metrics are not what their settings achieve)."""
+    early and runs that switched method are left out: their metrics are not what their settings achieve)."""
     p = record.profile or {}
     return (
         record.status == "finished"
         and record.tags.get("stopped_by") != "should_stop"
+        and not record.tags.get("switched")  # its metrics are several methods' together, not its own method's
         and record.metrics.get("accuracy") is not None
         and bool(p.get("domain_vector"))
         and p.get("dataset_size") is not None

@@ -1,12 +1,12 @@
 """Fine-tuning: the engine that trains any zoo method and measures it."""
 
-from ._callbacks import Progress, Stop, StopWhen, TimeBudget, TrainerCallback, TrainerState
+from ._callbacks import Progress, Stop, StopWhen, Switch, SwitchAt, TimeBudget, TrainerCallback, TrainerState
 from ._config import RunConfig
 from ._engine import FitResult, build_classifier, evaluate, fit, pack_outcomes, unpack_outcomes
 from ._model import SavedClassifier, TextClassifier, load_classifier
 from ._run import TrainResult, train
 
 __all__ = [
-    "FitResult", "Progress", "RunConfig", "SavedClassifier", "Stop", "StopWhen", "TextClassifier", "TimeBudget", "TrainResult", "TrainerCallback",
+    "FitResult", "Progress", "RunConfig", "SavedClassifier", "Stop", "StopWhen", "Switch", "SwitchAt", "TextClassifier", "TimeBudget", "TrainResult", "TrainerCallback",
     "TrainerState", "build_classifier", "evaluate", "fit", "load_classifier", "pack_outcomes", "train", "unpack_outcomes",
 ]  # fmt: skip

@@ -35,6 +35,8 @@ class FitResult:
     metrics: dict
     curve: list[dict] = field(default_factory=list)
     stopped_by: str = "max_steps"  # or the reason of the callback's Stop: "time_budget", "should_stop", ...
+    method: Method | None = None  # the method trained last (another than the one started with after a switch)
+    config: MethodConfig | None = None
 
 
 class Batches:
@@ -120,29 +122,21 @@ def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo
     final_data, final_id = held_out(final_eval_size) if bigger else held_out(eval_size)  # never fewer examples than the curve
 
     classifier = build_classifier(method, config, backbone, task.num_labels, model, run.trust_remote_code).to(device)
-    encoder_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
-    groups = [{"params": classifier.head.parameters(), "lr": config.head_learning_rate}]
-    if encoder_params:
-        groups.append({"params": encoder_params, "lr": config.learning_rate})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     steps = config.max_steps
-    warmup = int(steps * config.warmup_ratio)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
-    )
-    trainable = [p for p in classifier.parameters() if p.requires_grad]
+    optimizer, schedule, trainable = _optimiser(classifier, config, steps, int(steps * config.warmup_ratio))
     eval_at = {max(1, math.ceil(steps * k / run.eval_points)) for k in range(1, run.eval_points + 1)}  # at or just after each fraction
     loss_fn = nn.CrossEntropyLoss()
     order = _Order(len(train_data), config.batch_size, seed)
 
     memory = MemoryCount(device)
     callbacks = [memory, *([TimeBudget(run.time_budget)] if run.time_budget is not None else []), *callbacks]
-    state = TrainerState(max_steps=steps, model=classifier, optimizer=optimizer)
+    state = TrainerState(max_steps=steps, model=classifier, optimizer=optimizer, method=method.name)
     outcomes: dict[str, str] = {}
     eval_time = 0.0
     tokens = 0
     running_loss, running_n = 0.0, 0
     stopped_by = "max_steps"
+    phase_start = 0  # the step the current method started at (a switch starts another)
     for callback in callbacks:
         callback.on_train_begin(state)
     try:
@@ -160,7 +154,7 @@ def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo
             for callback in callbacks:
                 callback.on_optimizer_step(state)
             if method.on_step is not None:
-                method.on_step(classifier.encoder, step)
+                method.on_step(classifier.encoder, step - phase_start)
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
@@ -184,10 +178,21 @@ def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo
                 state.curve.append({
                     "step": step, "fraction": round(step / steps, 4), "train_loss": round(running_loss / running_n, 5),
                     "accuracy": accuracy, "macro_f1": macro_f1, "train_time_s": round(state.train_time_s, 3), "eval_examples": len(data),
+                    **({"method": state.method} if state.switches else {}),
                 })  # fmt: skip
                 running_loss, running_n = 0.0, 0
                 for callback in callbacks:
                     callback.on_evaluate(state)
+                switch = None if stop or step == steps else next((w for w in (c.should_switch(state) for c in callbacks) if w is not None), None)
+                if switch is not None:
+                    method, config = _switch(classifier, method, switch, backbone, steps - step, state, device, max_length)
+                    optimizer, schedule, trainable = _optimiser(classifier, config, steps - step, max(1, int((steps - step) * config.warmup_ratio)))
+                    state.optimizer = optimizer
+                    phase_start = step
+                    if config.batch_size != order.batch_size:
+                        order = _Order(len(train_data), config.batch_size, seed + step)
+                    for callback in callbacks:
+                        callback.on_switch(state)
             for callback in callbacks:
                 callback.on_step_end(state)
             if stop:
@@ -224,7 +229,77 @@ def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo
         **pool_metrics,
         "outcomes": outcomes,
     }
-    return FitResult(classifier, metrics, curve, stopped_by)
+    if state.switches:
+        metrics["switches"] = _with_recovery(state.switches, curve)
+    return FitResult(classifier, metrics, curve, stopped_by, method, config)
+
+
+def _optimiser(classifier: TextClassifier, config: MethodConfig, steps: int, warmup: int):
+    """AdamW over the head and the encoder's trainable parameters (each with its rate), with a linear warm-up of
+    ``warmup`` steps and a linear decay to 0 at ``steps``; and the trainable parameters (gradient clipping)."""
+    encoder_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
+    groups = [{"params": classifier.head.parameters(), "lr": config.head_learning_rate}]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": config.learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
+    )
+    return optimizer, schedule, [p for p in classifier.parameters() if p.requires_grad]
+
+
+def mergeable(method: Method) -> bool:
+    """Whether what ``method`` learned can be folded into the encoder's weights (so that another method can be
+    trained on top): peft's adapters that change weights can (``merge_and_unload``), full fine-tuning and head-only
+    change the weights or nothing; prompt, prefix and P-tuning add virtual tokens instead."""
+    return not method.prompt_learning
+
+
+def _switch(classifier: TextClassifier, current: Method, switch, backbone: BackboneInfo, remaining: int, state: TrainerState,
+            device: torch.device, max_length: int) -> tuple[Method, MethodConfig]:  # fmt: skip
+    """Merge-and-continue: fold ``current``'s adapter into the encoder's weights, keep the head, and wrap the encoder
+    with the next method for the ``remaining`` steps (ReLoRA's merge, reset, warm-up). The model's predictions are
+    the same before and after (the new adapter starts as the identity, or close to it)."""
+    from peft import TaskType, get_peft_model
+
+    from .._errors import MetapeftError
+    from ..methods import get_method
+
+    target = get_method(switch.method)
+    if not mergeable(current):
+        raise MetapeftError(f"cannot switch from {current.name}: its virtual tokens cannot be merged into the weights; start with a method that changes weights")
+    config = target.make_config({**switch.hyperparameters, "max_steps": remaining})
+    target.check_compatible(config, backbone)
+    if target.prompt_learning and backbone.max_positions and max_length + getattr(config, "num_virtual_tokens", 0) > backbone.max_positions:
+        raise MetapeftError(f"cannot switch to {target.name}: {max_length} tokens and its virtual tokens exceed the model's {backbone.max_positions} positions")
+    encoder = classifier.encoder
+    if current.kind == "peft":
+        if current.on_end is not None:  # e.g. AdaLoRA fixes its rank pattern before it is merged
+            with torch.no_grad():
+                current.on_end(encoder)
+        encoder = encoder.merge_and_unload()
+    encoder.requires_grad_(target.kind == "full")
+    if target.kind == "peft":
+        peft_config = target.build(config, backbone)
+        peft_config.task_type = TaskType.FEATURE_EXTRACTION
+        encoder = get_peft_model(encoder, peft_config)
+    classifier.encoder = encoder.to(device)
+    classifier.prompt_learning = target.prompt_learning
+    state.method = target.name
+    state.switches.append({"step": state.step, "from": current.name, "to": target.name, "reason": switch.reason, "p_better": switch.p_better,
+                           "accuracy_before": state.curve[-1]["accuracy"] if state.curve else None, "hyperparameters": config.as_dict()})  # fmt: skip
+    return target, config
+
+
+def _with_recovery(switches: list[dict], curve: list[dict]) -> list[dict]:
+    """Each switch with the accuracy at the next curve point and the steps until the curve was back at its level
+    before the switch (None: it never was)."""
+    out = []
+    for s in switches:
+        after = [p for p in curve if p["step"] > s["step"]]
+        back = next((p["step"] - s["step"] for p in after if s["accuracy_before"] is not None and p["accuracy"] >= s["accuracy_before"]), None)
+        out.append({**s, "accuracy_after": after[0]["accuracy"] if after else None, "recovery_steps": back})
+    return out
 
 
 @torch.inference_mode()

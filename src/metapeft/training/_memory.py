@@ -78,6 +78,16 @@ class PeakMemory:
         self.peak_bytes = max(self.peak_bytes, self.start_bytes + grads + state + sum(self._saved.values()))
         self._saved.clear()
 
+    def rebase(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Go on counting after the model's trainable parts and the optimiser were replaced (a method switch):
+        the new weights count as the loaded model's from here, the peak so far is kept."""
+        self.model, self.optimizer = model, optimizer
+        if self._counted:
+            tensors = [*model.parameters(), *model.buffers()]
+            self._weights = {_storage(t)[0] for t in tensors}
+            self.start_bytes = _unique_bytes(tensors)
+            self.peak_bytes = max(self.peak_bytes, self.start_bytes)
+
     def skip(self) -> None:
         if not self._counted:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -117,6 +127,9 @@ class MemoryCount(TrainerCallback):
 
     def on_evaluate(self, state: TrainerState) -> None:
         self.memory.skip()
+
+    def on_switch(self, state: TrainerState) -> None:
+        self.memory.rebase(state.model, state.optimizer)
 
     def on_train_end(self, state: TrainerState) -> None:
         self.memory.__exit__(None, None, None)

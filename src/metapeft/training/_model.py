@@ -96,6 +96,9 @@ def save_classifier(model: TextClassifier, path: Path, *, kind: str, meta: dict)
     if kind == "peft":
         model.encoder.save_pretrained(path)
         written += [path / ADAPTER_CONFIG_FILE, path / ADAPTER_FILE]
+        if meta.get("switches"):  # the adapter sits on an encoder whose weights earlier methods changed: it is saved too
+            model.encoder.get_base_model().save_pretrained(path / ENCODER_DIR, safe_serialization=True)
+            written += [f for f in (path / ENCODER_DIR).rglob("*") if f.is_file()]
     elif kind == "full":
         model.encoder.save_pretrained(path / ENCODER_DIR, safe_serialization=True)
         written += [f for f in (path / ENCODER_DIR).rglob("*") if f.is_file()]
@@ -117,7 +120,8 @@ def load_classifier(path: str | Path, device: str = "cpu", trust_remote_code: bo
         if not isinstance(_read_json(path / ADAPTER_CONFIG_FILE).get("peft_type"), str):
             raise _damaged(path / ADAPTER_CONFIG_FILE, "lacks peft_type: it is not a peft adapter config")
         _safetensors_shapes(path / ADAPTER_FILE)
-    elif kind == "full":
+    own_encoder = kind == "full" or bool(meta.get("switches"))  # a switched run's adapter sits on its saved encoder
+    if own_encoder:
         for file in _encoder_weight_files(path / ENCODER_DIR):
             _safetensors_shapes(file)
     num_labels, hidden = _head_size(path / HEAD_FILE, head_shapes)
@@ -126,7 +130,7 @@ def load_classifier(path: str | Path, device: str = "cpu", trust_remote_code: bo
         problem = f"lists {len(labels)} label names but {HEAD_FILE} has {num_labels} outputs (mixed runs?)"
         raise _damaged(path / META_FILE, problem)
 
-    if kind == "full":
+    if own_encoder:
         encoder = _load_full_encoder(path / ENCODER_DIR, trust_remote_code)
     else:
         encoder = load_encoder(base, trust_remote_code)
@@ -202,6 +206,8 @@ def _read_meta(path: Path) -> dict:
     for key in ("prompt_learning", "normalize"):
         if not isinstance(meta.get(key, False), bool):
             raise bad(key, "true or false")
+    if not isinstance(meta.get("switches", []), list):
+        raise bad("switches", "a list")
     return meta
 
 

@@ -104,16 +104,18 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
         with alive:
             result = fit(task, spec, config, backbone, run, max_length=max_length, device=torch_device, callbacks=callbacks, pool=pool)
         adapter_path = None
+        switches = result.metrics.get("switches", [])
         if save:
             out = out or runs_dir() / experience.id
+            last = result.method or spec
             meta = {
-                "method": spec.name, "label_names": task.label_names,
+                "method": last.name, "label_names": task.label_names,
                 "base_model": model_name if model is None else model_path,  # absolute for local models: reloadable from anywhere
-                "max_length": max_length, "prompt_learning": spec.prompt_learning, "pooling": "mean",
-                "hyperparameters": config.as_dict(), "task": task.name, "task_fingerprint": task.fingerprint,
-                "experience_id": experience.id,
+                "max_length": max_length, "prompt_learning": last.prompt_learning, "pooling": "mean",
+                "hyperparameters": (result.config or config).as_dict(), "task": task.name, "task_fingerprint": task.fingerprint,
+                "experience_id": experience.id, **({"started_with": spec.name, "switches": switches} if switches else {}),
             }
-            result.metrics["adapter_size_bytes"] = save_classifier(result.model, out, kind=spec.kind, meta=meta)
+            result.metrics["adapter_size_bytes"] = save_classifier(result.model, out, kind=_saved_kind(result.model, last, switches), meta=meta)
             adapter_path = str(out.resolve())
     except KeyboardInterrupt:
         if store is not None:
@@ -142,8 +144,9 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
                 metrics=result.metrics,
                 curve=result.curve,
                 tags={"metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": spec.name,
-                      "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {})},
-                artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve},
+                      "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {}),
+                      **({"metapeft.switches": " → ".join([spec.name] + [f"{w['to']} (step {w['step']})" for w in switches])} if switches else {})},
+                artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve, **({"switches.json": switches} if switches else {})},
                 artifact_dir=adapter_path,
                 parent_run_id=parent_run_id,
             )
@@ -154,13 +157,25 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
     if store is not None:
         store.finish(
             experience.id, metrics=result.metrics, curve=result.curve,
-            tags={**experience.tags, "adapter_path": adapter_path, "mlflow_run_id": run_id, "stopped_by": result.stopped_by, "max_length": max_length},
+            tags={**experience.tags, "adapter_path": adapter_path, "mlflow_run_id": run_id, "stopped_by": result.stopped_by, "max_length": max_length,
+                  **({"switched": True} if switches else {})},
         )
     return TrainResult(
         task=task.name, method=spec.name, model=model_name, hyperparameters=config.as_dict(), metrics=result.metrics,
         curve=result.curve, adapter_path=adapter_path, experience_id=experience.id if store is not None else None,
         mlflow_run_id=run_id, stopped_by=result.stopped_by, warnings=warnings,
     )
+
+
+def _saved_kind(model, last, switches: list) -> str:
+    """How the trained classifier is saved. After a switch the encoder's own weights hold what the earlier methods
+    learned: the last adapter is merged in too when it can be, and the whole encoder is saved ("full"); virtual
+    tokens cannot be merged, so they are saved as an adapter over the saved encoder."""
+    if not switches:
+        return last.kind
+    if last.kind == "peft" and not last.prompt_learning:
+        model.encoder = model.encoder.merge_and_unload()
+    return "peft" if last.prompt_learning else "full"
 
 
 def _log_failure(tracker, task: Task, spec, model_name: str, config, experience_id: str, exc: Exception) -> None:
