@@ -74,3 +74,63 @@ def test_virtual_tokens_cannot_be_switched_from(small_task):
     with pytest.raises(MetapeftError, match="cannot switch from prompt_tuning: its virtual tokens cannot be merged"):
         fit(small_task, spec, spec.make_config({"max_steps": 4}), backbone_info(None), RunConfig(eval_size=16, eval_points=2), max_length=32,
             device=torch.device("cpu"), callbacks=[SwitchAt(2, "lora")])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def controller_parts():
+    from metapeft.meta import CurveForecaster, MetaPEFT
+    from metapeft.prior import PriorExperience
+
+    records = PriorExperience().records()
+    meta = MetaPEFT(include_own=False)
+    meta.fit()
+    profile = next(r.profile for r in records if r.task_name == "sst2@1024")
+    return meta, profile, CurveForecaster().fit(records)
+
+
+def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(controller_parts):
+    from metapeft.training import SwitchController, SwitchPolicy, TrainerState
+
+    meta, profile, forecaster = controller_parts
+
+    def decide(accuracies):
+        controller = SwitchController(meta, profile, forecaster, SwitchPolicy(threshold=0.8))
+        state = TrainerState(max_steps=80, step=20 * len(accuracies), method="lora", curve=[{"step": 20 * (i + 1), "accuracy": a} for i, a in enumerate(accuracies)])
+        return controller.should_switch(state), (controller.decisions or [None])[-1]
+
+    failing, why = decide([0.50, 0.51])  # stuck at chance on sst2, where every method reaches ~0.85 in 40 steps
+    assert failing is not None and failing.method != "lora" and failing.p_better >= 0.8 and why["switched"]
+    assert "max_steps" not in failing.hyperparameters  # the engine gives it the steps left
+    healthy, why = decide([0.86, 0.89])
+    assert healthy is None and why["p_better"] < 0.8 and not why["switched"]
+    late, _ = decide([0.50, 0.50, 0.50, 0.50])  # past the last point a switch is considered at, nothing is switched
+    assert late is None
+
+
+def test_the_forecaster_intervals_cover_held_out_tasks():
+    """80% intervals fitted on 30 tasks' curves, checked on the other tasks' runs (the benchmark does it by folds)."""
+    from metapeft.meta import CurveForecaster
+    from metapeft.meta._features import task_group, usable
+    from metapeft.meta._forecast import curve_rows
+    from metapeft.prior import PriorExperience
+
+    records = [r for r in PriorExperience().records() if usable(r)]
+    groups = sorted({task_group(r) for r in records})
+    held = set(groups[::4])
+    forecaster = CurveForecaster().fit([r for r in records if task_group(r) not in held])
+    hits = [f.low <= final <= f.high for r in records if task_group(r) in held for seen, final in curve_rows(r)
+            for f in [forecaster.predict(r.method, r.profile["num_classes"], seen, 80)]]  # fmt: skip
+    assert len(hits) > 300 and 0.7 <= np.mean(hits) <= 0.9
+
+
+def test_switch_bad_input_is_one_line(tmp_path):
+    from conftest import run_cli
+
+    bad = run_cli("train", "example", "--switch", "--method", "prompt_tuning", "--max-steps", "40")
+    assert bad.returncode == 2 and "--switch needs a first method whose learning can be merged" in bad.stderr
+    bad = run_cli("train", "example", "--switch", "--max-steps", "4")
+    assert bad.returncode == 2 and "--switch needs at least 8 steps" in bad.stderr
+    bad = run_cli("train", "example", "--switch", "--switch-threshold", "1.5", "--max-steps", "40")
+    assert bad.returncode == 2 and "--switch-threshold must be in [0.5, 1)" in bad.stderr
+    bad = run_cli("train", "example", "--method", "auto")
+    assert bad.returncode == 2 and "--method auto picks the recommended method for --switch" in bad.stderr

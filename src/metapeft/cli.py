@@ -181,7 +181,7 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
 @app.command()
 def train(
     data: DataArgument,
-    method: Annotated[str, typer.Option("--method", "-m", help="Method to train (see `metapeft methods`).")] = "lora",
+    method: Annotated[str, typer.Option("--method", "-m", help="Method to train (see `metapeft methods`); with --switch, auto starts with the recommended one.")] = "lora",
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Hyperparameter override key=value (repeatable).", show_default=False)] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimisation steps (same as --set max_steps=N).", show_default=False)] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop training after this many seconds.", show_default=False)] = None,
@@ -199,6 +199,8 @@ def train(
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
     meta_init: MetaInitOption = True,
+    switch: Annotated[bool, typer.Option("--switch", help="Switch to another method mid-run when its learning curve says another will finish better (merged, head kept).")] = False,
+    switch_threshold: Annotated[float, typer.Option("--switch-threshold", help="P(another method ends better) at which --switch switches.")] = 0.8,
 ) -> None:
     """Fine-tune one method on a task, evaluate it, save the adapter and record the run."""
     from .experience import ExperienceStore
@@ -212,7 +214,11 @@ def train(
     hyperparameters = _parse_sets(sets or [])
     if max_steps is not None:
         hyperparameters["max_steps"] = max_steps
-    get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
+    if method == "auto" and not switch:
+        raise MetapeftError("--method auto picks the recommended method for --switch; without --switch, name a method (`metapeft recommend` ranks them)")
+    policy = _switch_policy(method, hyperparameters, switch_threshold) if switch else None
+    if method != "auto":
+        get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
     run = _options(RunConfig, {"output_dir": "output"}, model=model, seed=seed, time_budget=time_budget, eval_size=eval_size, device=device,
                    trust_remote_code=trust_remote_code, output_dir=output, track=track)  # fmt: skip
     pick_device(device)
@@ -224,11 +230,16 @@ def train(
         raise MetapeftError("--register needs a name, e.g. --register my-classifier")
     task = _load(data, text_column, pair_column, label_column, seed)
     experience_store = ExperienceStore(store)
-    if meta_init and _few_shot(task, method, hyperparameters, "train"):
+    if meta_init and not switch and _few_shot(task, method, hyperparameters, "train"):
         _adapt_few_shot(task, seed=seed, model=model, output=output, store=experience_store, track=track, as_json=as_json, register=register)
         return
     with console.status(f"profiling {task.name}…"):
         task_profile = profile_task(task, model, trust_remote_code=trust_remote_code)
+    callbacks = []
+    if policy is not None:
+        with console.status("fitting the meta-learner and the learning-curve forecaster…"):
+            controller, method = _switch_controller(task_profile, method, hyperparameters, policy, experience_store, model)
+        callbacks.append(controller)
 
     with _progress("{task.description}", transient=as_json) as bar:
         job = bar.add_task(f"{method} on {task.name}", total=None, info="")
@@ -237,10 +248,11 @@ def train(
             info = f"loss {numbers['loss']:.3f}" + (f" · acc {numbers['accuracy']:.3f}" if "accuracy" in numbers else "")
             bar.update(job, completed=step, total=total, info=info)
 
-        result = run_training(task, method, hyperparameters, run, profile=task_profile, store=experience_store, callbacks=[Progress(update)])
+        result = run_training(task, method, hyperparameters, run, profile=task_profile, store=experience_store, callbacks=[*callbacks, Progress(update)])
     registered = _register(register, task, result.method, result.metrics["accuracy"], result.experience_id, result.mlflow_run_id, result.adapter_path)
+    switching = {"switches": result.metrics.get("switches", []), "switch_decisions": callbacks[0].decisions} if callbacks else {}
     if as_json:
-        _print_json({**result.as_dict(), **({"registered": registered} if registered else {})})
+        _print_json({**result.as_dict(), **switching, **({"registered": registered} if registered else {})})
         return
     m = result.metrics
     table = Table(title=f"{result.method} on {result.task} ({result.model})", show_header=False)
@@ -254,6 +266,10 @@ def train(
         ("learning curve", "  ".join(f"{p['step']}:{p['accuracy']:.3f}" for p in result.curve)),
         ("adapter", str(result.adapter_path)), ("experience id", str(result.experience_id)),
     ] + ([("MLflow run id", result.mlflow_run_id)] if result.mlflow_run_id else [])
+    if switching:
+        fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        rows.append(("switches", "; ".join(f"step {w['step']}: {w['from']} → {w['to']} (P(better) {fmt(w['p_better'])}; accuracy {fmt(w['accuracy_before'])} → "
+                                           f"{fmt(w['accuracy_after'])})" for w in switching["switches"]) or "none: no other method was likely enough to end better"))  # fmt: skip
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
@@ -261,6 +277,41 @@ def train(
         console.print(f"[yellow]warning:[/] {warning}")
     if registered:
         out.print(f"registered as {registered['name']} version {registered['version']} in MLflow's model registry", highlight=False)
+
+
+def _switch_policy(method: str, hyperparameters: dict, threshold: float):
+    """``--switch``'s checks, before anything heavy loads."""
+    from .methods import get_method
+    from .training import SwitchPolicy
+
+    policy = _options(SwitchPolicy, threshold=threshold)
+    if method != "auto":
+        spec = get_method(method)
+        if spec.prompt_learning:
+            raise MetapeftError(f"--switch needs a first method whose learning can be merged into the weights; {method} adds virtual tokens instead: use --method lora, or auto")
+        steps = hyperparameters.get("max_steps") or spec.defaults().max_steps
+    else:
+        steps = hyperparameters.get("max_steps") or 80
+    if steps < 8:
+        raise MetapeftError(f"--switch needs at least 8 steps (a learning-curve point to decide at and steps left to switch into); got {steps}: raise --max-steps")
+    return policy
+
+
+def _switch_controller(profile, method: str, hyperparameters: dict, policy, store, model: str | None):
+    """The meta-learner, the forecaster fitted on its experience, and the first method (``auto``: the best-ranked
+    one whose learning can be merged)."""
+    from .meta import CurveForecaster, MetaPEFT
+    from .methods import get_method
+    from .training import SwitchController
+
+    meta = MetaPEFT(store, model=model)
+    meta.fit()
+    if method == "auto":
+        budget = {"max_steps": hyperparameters["max_steps"]} if "max_steps" in hyperparameters else None
+        method = next(r.method for r in meta.recommend(profile.as_dict(), budget=budget) if not get_method(r.method).prompt_learning)
+        get_method(method).make_config(hyperparameters)
+    forecaster = CurveForecaster().fit(meta.experiences())
+    return SwitchController(meta, profile.as_dict(), forecaster, policy), method
 
 
 def _register(name: str | None, task, method: str, accuracy: float, experience_id: str | None, run_id: str | None, adapter_path: str | None) -> dict | None:

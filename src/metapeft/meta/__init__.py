@@ -7,7 +7,8 @@ not. :class:`MetaPEFT` puts them together behind ``recommend``.
 
 from ._embedding import Cell, TaskEmbedder
 from ._evaluate import evaluate
+from ._forecast import CurveForecaster, Forecast
 from ._recommend import MetaPEFT, MethodRecommendation, SimilarTask
 from ._surrogate import Candidate, Prediction, Surrogate
 
-__all__ = ["Candidate", "Cell", "MetaPEFT", "MethodRecommendation", "Prediction", "SimilarTask", "Surrogate", "TaskEmbedder", "evaluate"]
+__all__ = ["Candidate", "Cell", "CurveForecaster", "Forecast", "MetaPEFT", "MethodRecommendation", "Prediction", "SimilarTask", "Surrogate", "TaskEmbedder", "evaluate"]

@@ -5,8 +5,9 @@ from ._config import RunConfig
 from ._engine import FitResult, build_classifier, evaluate, fit, pack_outcomes, unpack_outcomes
 from ._model import SavedClassifier, TextClassifier, load_classifier
 from ._run import TrainResult, train
+from ._switching import SwitchController, SwitchPolicy
 
 __all__ = [
-    "FitResult", "Progress", "RunConfig", "SavedClassifier", "Stop", "StopWhen", "Switch", "SwitchAt", "TextClassifier", "TimeBudget", "TrainResult", "TrainerCallback",
+    "FitResult", "Progress", "RunConfig", "SavedClassifier", "Stop", "StopWhen", "Switch", "SwitchAt", "SwitchController", "SwitchPolicy", "TextClassifier", "TimeBudget", "TrainResult", "TrainerCallback",
     "TrainerState", "build_classifier", "evaluate", "fit", "load_classifier", "pack_outcomes", "train", "unpack_outcomes",
 ]  # fmt: skip
