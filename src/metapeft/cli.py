@@ -285,13 +285,10 @@ def _switch_policy(method: str, hyperparameters: dict, threshold: float):
     from .training import SwitchPolicy
 
     policy = _options(SwitchPolicy, threshold=threshold)
-    if method != "auto":
-        spec = get_method(method)
-        if spec.prompt_learning:
-            raise MetapeftError(f"--switch needs a first method whose learning can be merged into the weights; {method} adds virtual tokens instead: use --method lora, or auto")
-        steps = hyperparameters.get("max_steps") or spec.defaults().max_steps
-    else:
-        steps = hyperparameters.get("max_steps") or 80
+    spec = get_method("lora" if method == "auto" else method)  # auto: the budget's checks are every method's
+    if spec.prompt_learning:
+        raise MetapeftError(f"--switch needs a first method whose learning can be merged into the weights; {method} adds virtual tokens instead: use --method lora, or auto")
+    steps = spec.make_config(hyperparameters).max_steps
     if steps < 8:
         raise MetapeftError(f"--switch needs at least 8 steps (a learning-curve point to decide at and steps left to switch into); got {steps}: raise --max-steps")
     return policy
@@ -307,7 +304,7 @@ def _switch_controller(profile, method: str, hyperparameters: dict, policy, stor
     meta = MetaPEFT(store, model=model)
     meta.fit()
     if method == "auto":
-        budget = {"max_steps": hyperparameters["max_steps"]} if "max_steps" in hyperparameters else None
+        budget = {"max_steps": get_method("lora").make_config(hyperparameters).max_steps} if "max_steps" in hyperparameters else None
         method = next(r.method for r in meta.recommend(profile.as_dict(), budget=budget) if not get_method(r.method).prompt_learning)
         get_method(method).make_config(hyperparameters)
     forecaster = CurveForecaster().fit(meta.experiences())

@@ -1,0 +1,198 @@
+"""Dynamic method switching against static methods (issue 21), on tasks the meta-learner and the forecaster did not see.
+
+Protocol: the curves bench's first pass (``benchmarks/designs/curves-v1.json``: 1,024 training examples, each method
+at its defaults, 80 steps, curve points every 20 steps on 300 held-out examples, final accuracy on 1,000, seed 0),
+so that its static runs are the baselines and each switching run differs from one of them only by the switch. A
+task is planned once all ten of its static runs are in the bench's store.
+
+For each task, with the meta-learner and the learning-curve forecaster fitted on the shipped prior without the task:
+1. the recommended static method is the ranking's first at 80 steps; the switching run starts with the first one
+   whose learning can be merged (the same one unless the first is prompt, prefix or P-tuning);
+2. the controller is run on the prior's curve of that start method (the switching run's curve up to its switch is
+   that curve: same data, seed and settings), which gives, for every threshold, where it would switch and to what;
+3. each distinct switch is trained for real (merge-and-continue); a threshold that never switches ends with the
+   static run itself.
+Baselines from the static runs: the recommended static method, the best static method in hindsight, and successive
+halving (every method's curve at a quarter of the budget, the best one kept: its 80-step run; it costs 10 × 20 + 60 =
+260 steps of training against 80).
+
+    uv run python benchmarks/switching.py                   # plans, then trains the switches; resumable
+    uv run python benchmarks/switching.py --start lora      # switching runs that start from LoRA at its defaults
+    uv run python benchmarks/switching.py --summary         # the table (benchmarks/results/switching.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+TASKS = "sst2,sst5,trec6,banking77,clinc150,ag_news,mrpc,sick_entailment,tweet_irony,financial_phrasebank,cola,yelp_stars"
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+OUT = Path(__file__).parent / "results" / "switching.jsonl"
+
+
+def static_runs(store, task: str) -> dict:
+    """The curves bench's runs of ``task`` at 1,024 examples, each method at its defaults for 80 steps, by method."""
+    return {r.method: r for r in store.iter(status="finished") if r.task_name == f"{task}@1024" and r.tags.get("config_id") == "default"
+            and int(r.metrics.get("steps") or 0) == 80}  # fmt: skip
+
+
+def plan(task: str, records, static: dict, first: str) -> dict:
+    """Steps 1–2 of the protocol for one task."""
+    from metapeft.meta import CurveForecaster, MetaPEFT
+    from metapeft.meta._features import task_group
+    from metapeft.methods import get_method
+    from metapeft.training import SwitchController, SwitchPolicy, TrainerState
+
+    own = next(iter(static.values()))
+    train = [r for r in records if task_group(r) != task_group(own)]
+    started = time.monotonic()
+    meta = MetaPEFT(experiences=train, include_own=False, include_prior=False)
+    meta.fit()
+    forecaster = CurveForecaster().fit(train)
+    profile = own.profile
+    ranking = meta.recommend(profile, budget={"max_steps": 80})
+    recommended = ranking[0].method
+    start = next(r.method for r in ranking if not get_method(r.method).prompt_learning) if first == "recommended" else first
+    curve = [p for p in static[start].curve]
+    controller = SwitchController(meta, profile, forecaster, SwitchPolicy(threshold=0.5, max_switches=1))
+    for i, point in enumerate(curve[:-1]):
+        state = TrainerState(max_steps=80, step=point["step"], method=start, curve=curve[: i + 1])
+        switch = controller.should_switch(state)  # at threshold 0.5: every decision a threshold of the table could take
+        if switch is not None:
+            controller.decisions[-1]["hyperparameters"] = switch.hyperparameters
+    return {"task": task, "kind": "plan", "first": first, "recommended": recommended, "start": start, "decisions": controller.decisions,
+            "static": {m: r.metrics["accuracy"] for m, r in static.items()},
+            "quarter": {m: next((p["accuracy"] for p in r.curve if p["step"] == 20), None) for m, r in static.items()},
+            "start_curve": curve, "fit_s": round(time.monotonic() - started, 1)}  # fmt: skip
+
+
+def switch_of(decisions: list[dict], threshold: float) -> dict | None:
+    """The first decision at which the controller with ``threshold`` switches."""
+    return next((d for d in decisions if d.get("p_better") is not None and d["p_better"] >= threshold), None)
+
+
+def run_switch(task_name: str, start: str, decision: dict, suite: str) -> dict:
+    """Step 3: the start method for 80 steps, switched at the decision's step (the bench's protocol)."""
+    from metapeft.tasks import load_suite, profile_task
+    from metapeft.training import RunConfig, SwitchAt, train
+
+    entry = next(e for e in load_suite(suite) if e.name == task_name)
+    task = entry.load().subsample(1024, seed=0)
+    profile = profile_task(task)
+    hyperparameters = {"max_steps": 80, "batch_size": 16, "max_length": min(profile.sequence_length, 128)}
+    target_hp = {**decision.get("hyperparameters", {}), "batch_size": 16, "max_length": hyperparameters["max_length"]}
+    run = RunConfig(seed=0, sample_seed=0, eval_size=300, eval_points=4, final_eval_size=1000, save=False, record=False, track=False)
+    started = time.monotonic()
+    result = train(task, start, hyperparameters, run, profile=profile, callbacks=[SwitchAt(decision["step"], decision["alternative"], target_hp, reason="benchmark")])
+    return {"task": task_name, "kind": "run", "start": start, "step": decision["step"], "to": decision["alternative"], "accuracy": result.metrics["accuracy"],
+            "curve": result.curve, "switches": result.metrics.get("switches", []), "wall_s": round(time.monotonic() - started, 1),
+            "machine": f"{platform.machine()}, torch threads 1"}  # fmt: skip
+
+
+def summary(lines: list[dict]) -> str:
+    parts = []
+    for first in dict.fromkeys(x.get("first", "recommended") for x in lines if x["kind"] == "plan"):
+        parts.append(f"### Starting with {'the recommended method (the first of the ranking that can be merged)' if first == 'recommended' else first + ' at its defaults'}\n")
+        parts.append(_table([x for x in lines if x["kind"] != "plan" or x.get("first", "recommended") == first], lines))
+    return "\n".join(parts)
+
+
+def _table(lines: list[dict], every: list[dict]) -> str:
+    plans = {x["task"]: x for x in lines if x["kind"] == "plan"}
+    runs = {(x["task"], x["start"], x["step"], x["to"]): x for x in every if x["kind"] == "run"}
+    out = ["| threshold | tasks | switched | mean vs static start method | mean vs recommended static | worst vs it | within 1 pt of hindsight best | mean vs successive halving (3.25× compute) |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    details = []
+    for threshold in THRESHOLDS:
+        gains, vs_start, near, vs_sh, switched, n = [], [], 0, [], 0, 0
+        for task, p in plans.items():
+            d = switch_of(p["decisions"], threshold)
+            if d is not None and (task, p["start"], d["step"], d["alternative"]) not in runs:
+                continue  # not trained yet
+            n += 1
+            accuracy = p["static"][p["start"]] if d is None else runs[(task, p["start"], d["step"], d["alternative"])]["accuracy"]
+            vs_start.append(100 * (accuracy - p["static"][p["start"]]))
+            switched += d is not None
+            best = max(p["static"].values())
+            sh = p["static"][max((m for m in p["quarter"] if p["quarter"][m] is not None), key=lambda m: p["quarter"][m])]
+            gains.append(100 * (accuracy - p["static"][p["recommended"]]))
+            near += 100 * (best - accuracy) <= 1
+            vs_sh.append(100 * (accuracy - sh))
+            if threshold == 0.8:
+                details.append(f"| {task} | {p['recommended']} {100 * p['static'][p['recommended']]:.1f} | {p['start']} → {d['alternative'] + ' at ' + str(d['step']) if d else 'no switch'} "
+                               f"| {100 * accuracy:.1f} | {max(p['static'], key=p['static'].get)} {100 * best:.1f} | {100 * sh:.1f} |")  # fmt: skip
+        if n:
+            out.append(f"| {threshold} | {n} | {switched} | {np.mean(vs_start):+.2f} | {np.mean(gains):+.2f} | {min(gains):+.1f} | {near}/{n} | {np.mean(vs_sh):+.2f} |")
+    return "\n".join(out + ["", "At threshold 0.8, per task (accuracy %, 1,000 held-out examples):", "",
+                            "| task | recommended static | switching | policy | best static in hindsight | successive halving |",
+                            "|---|---:|---|---:|---:|---:|"] + details + [""])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--suite", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--static", default=f"sqlite:///{Path(__file__).resolve().parents[1] / '.bench' / 'curves.db'}", help="the curves bench's store")
+    parser.add_argument("--plan-only", action="store_true", help="fit and simulate the controller; train nothing")
+    parser.add_argument("--start", default="recommended", help="the method a switching run starts with: recommended, or a method at its defaults (what a user picks unaided)")
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
+    if args.summary:
+        text = summary(lines)
+        print(text)
+        out.with_suffix(".md").write_text(text + "\n")
+        return
+    import torch
+
+    from metapeft._environment import quiet_libraries
+    from metapeft.prior import PriorExperience
+
+    quiet_libraries()
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(args.threads)
+    records = PriorExperience().records()
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(line: dict) -> None:
+        with out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        lines.append(line)
+
+    from metapeft.experience import ExperienceStore
+
+    store = ExperienceStore(args.static)
+    for task in args.tasks.split(","):
+        static = static_runs(store, task)
+        if len(static) < 10:
+            print(f"{task}: {len(static)} of its 10 static runs in {args.static}: not planned yet", flush=True)
+            continue
+        if not any(x["kind"] == "plan" and x["task"] == task and x.get("first", "recommended") == args.start for x in lines):
+            write(plan(task, records, static, args.start))
+            p = lines[-1]
+            print(f"{task}: recommended {p['recommended']}, start {p['start']}, decisions " +
+                  ", ".join(f"{d['step']}: {d.get('alternative')} P={d.get('p_better')}" for d in p["decisions"]), flush=True)  # fmt: skip
+    if args.plan_only:
+        return
+    for p in [x for x in lines if x["kind"] == "plan" and x["task"] in args.tasks.split(",") and x.get("first", "recommended") == args.start]:
+        task = p["task"]
+        todo = {(d["step"], d["alternative"]): d for t in THRESHOLDS if (d := switch_of(p["decisions"], t)) is not None}
+        for (step, to), d in sorted(todo.items()):
+            if any(x["kind"] == "run" and x["task"] == task and x["start"] == p["start"] and x["step"] == step and x["to"] == to for x in lines):
+                continue
+            write(run_switch(task, p["start"], d, args.suite))
+            print(f"{task}: {p['start']} → {to} at {step}: accuracy {lines[-1]['accuracy']:.4f} ({lines[-1]['wall_s']} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
