@@ -66,6 +66,19 @@ def small_task(example_task):
 
 
 @pytest.fixture(scope="session")
+def quick_task(small_task):
+    """small_task with 64 held-out examples (stratified) instead of 300: for tests that evaluate a run and then its
+    reloaded copy on the whole held-out split."""
+    import dataclasses
+
+    import numpy as np
+
+    from metapeft.tasks import stratified_indices
+
+    return dataclasses.replace(small_task, test=small_task.test.select(np.sort(stratified_indices(small_task.test.labels, 64, 0))))
+
+
+@pytest.fixture(scope="session")
 def example_profile(small_task):
     from metapeft.tasks import profile_task
 

@@ -148,7 +148,7 @@ def test_passwords_in_urls_are_never_printed():
 
 def test_tune_refuses_a_study_name_that_leaves_its_folder_and_a_bad_storage_before_any_work(tmp_path):
     proc = run_cli("tune", "example", "--trials", "1", "--study", "../../x")
-    assert proc.returncode == 2 and "a study name names a folder" in proc.stderr
+    assert proc.returncode == 2 and "--study '../../x' names a folder" in proc.stderr
     home = tmp_path / "home"
     proc = run_cli("tune", "example", "--trials", "1", "--storage", "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/x", env={"METAPEFT_HOME": str(home)})
     assert proc.returncode == 2 and "cannot open the Optuna storage" in proc.stderr and "s3cret-pw" not in proc.stderr

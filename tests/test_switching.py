@@ -36,7 +36,8 @@ class Watch(TrainerCallback):
         self.at_switch[state.step] = self._logits(state)
 
 
-def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_reloads(small_task, example_profile, tmp_path):
+def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_reloads(quick_task, example_profile, tmp_path):
+    small_task = quick_task
     # every method that changes weights, each merged before the next starts: lora → ia3 → loha → adalora → dora → full → head
     chain = ["ia3", "loha", "adalora", "dora", "full_finetuning", "head_only"]
     steps = 2 * (len(chain) + 1)
@@ -58,7 +59,8 @@ def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_re
     assert accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-5)  # the metric is rounded to 5 places
 
 
-def test_a_switch_to_virtual_tokens_saves_them_over_the_merged_encoder(small_task, example_profile, tmp_path):
+def test_a_switch_to_virtual_tokens_saves_them_over_the_merged_encoder(quick_task, example_profile, tmp_path):
+    small_task = quick_task
     run = RunConfig(record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=2, final_eval_size=10_000)
     result = train(small_task, "lora", {"max_steps": 4}, run, profile=example_profile, callbacks=[SwitchAt(2, "prompt_tuning", {"learning_rate": 3e-2})])
     assert [s["to"] for s in result.metrics["switches"]] == ["prompt_tuning"]

@@ -60,15 +60,15 @@ def test_training_is_reproducible(small_task, example_profile):
 
 
 @pytest.mark.parametrize("method", ZOO)
-def test_every_method_saved_through_train_reloads_and_reproduces_its_accuracy(method, small_task, example_profile, tmp_path):
+def test_every_method_saved_through_train_reloads_and_reproduces_its_accuracy(method, quick_task, example_profile, tmp_path):
     """The path users take: ``train`` writes the folder, ``load_classifier`` alone rebuilds it (label names and all)."""
     run = RunConfig(record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=1, final_eval_size=10_000)
-    result = train(small_task, method, {"max_steps": 3}, run, profile=example_profile)
+    result = train(quick_task, method, {"max_steps": 3}, run, profile=example_profile)
     reloaded = load_classifier(result.adapter_path)
-    test = small_task.test
+    test = quick_task.test
     predicted = reloaded.predict(test.texts, test.pairs)
-    assert set(predicted) <= set(small_task.label_names)
-    accuracy = np.mean([p == small_task.label_names[y] for p, y in zip(predicted, test.labels)])
+    assert set(predicted) <= set(quick_task.label_names)
+    accuracy = np.mean([p == quick_task.label_names[y] for p, y in zip(predicted, test.labels)])
     assert result.metrics["eval_examples"] == len(test) and accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-5)  # rounded to 5 places
     folder = tmp_path / "run"
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))  # safetensors only

@@ -278,7 +278,7 @@ def _compatible(methods: list[str] | None, model: str | None) -> list[str]:
             out.append(spec.name)
         except IncompatibleMethodError as exc:
             if named:
-                raise OptionError("methods", f"names {spec.name}, which cannot take this model: {exc}") from None
+                raise OptionError("methods", f"includes {exc}") from None
     if not out:
         raise MetapeftError(f"no method of the zoo can take the model {backbone.name}; see `metapeft methods`")
     return out
