@@ -59,7 +59,7 @@ def plan(task: str, records, static: dict, first: str) -> dict:
     profile = own.profile
     ranking = meta.recommend(profile, budget={"max_steps": 80})
     recommended = ranking[0].method
-    start = next(r.method for r in ranking if not get_method(r.method).prompt_learning) if first == "recommended" else first
+    start = next(r.method for r in ranking if get_method(r.method).mergeable) if first == "recommended" else first
     curve = [p for p in static[start].curve]
     controller = SwitchController(meta, profile, forecaster, SwitchPolicy(threshold=0.5, max_switches=1))
     for i, point in enumerate(curve[:-1]):

@@ -216,7 +216,7 @@ def train(
         hyperparameters["max_steps"] = max_steps
     if method == "auto" and not switch:
         raise MetapeftError("--method auto picks the recommended method for --switch; without --switch, name a method (`metapeft recommend` ranks them)")
-    policy = _switch_policy(method, hyperparameters, switch_threshold) if switch else None
+    policy, steps = _switch_policy(method, hyperparameters, switch_threshold) if switch else (None, None)
     if method != "auto":
         get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
     run = _options(RunConfig, {"output_dir": "output"}, model=model, seed=seed, time_budget=time_budget, eval_size=eval_size, device=device,
@@ -238,7 +238,8 @@ def train(
     callbacks = []
     if policy is not None:
         with console.status("fitting the meta-learner and the learning-curve forecaster…"):
-            controller, method = _switch_controller(task_profile, method, hyperparameters, policy, experience_store, model)
+            budget = {"max_steps": steps} if "max_steps" in hyperparameters else None  # else each method's own
+            controller, method = _switch_controller(task_profile, method, hyperparameters, budget, policy, experience_store, model)
         callbacks.append(controller)
 
     with _progress("{task.description}", transient=as_json) as bar:
@@ -280,21 +281,21 @@ def train(
 
 
 def _switch_policy(method: str, hyperparameters: dict, threshold: float):
-    """``--switch``'s checks, before anything heavy loads."""
+    """``--switch``'s checks, before anything heavy loads: the policy and the run's steps."""
     from .methods import get_method
     from .training import SwitchPolicy
 
-    policy = _options(SwitchPolicy, threshold=threshold)
+    policy = _options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=threshold)
     spec = get_method("lora" if method == "auto" else method)  # auto: the budget's checks are every method's
-    if spec.prompt_learning:
+    if not spec.mergeable:
         raise MetapeftError(f"--switch needs a first method whose learning can be merged into the weights; {method} adds virtual tokens instead: use --method lora, or auto")
     steps = spec.make_config(hyperparameters).max_steps
     if steps < 8:
         raise MetapeftError(f"--switch needs at least 8 steps (a learning-curve point to decide at and steps left to switch into); got {steps}: raise --max-steps")
-    return policy
+    return policy, steps
 
 
-def _switch_controller(profile, method: str, hyperparameters: dict, policy, store, model: str | None):
+def _switch_controller(profile, method: str, hyperparameters: dict, budget: dict | None, policy, store, model: str | None):
     """The meta-learner, the forecaster fitted on its experience, and the first method (``auto``: the best-ranked
     one whose learning can be merged)."""
     from .meta import CurveForecaster, MetaPEFT
@@ -304,8 +305,7 @@ def _switch_controller(profile, method: str, hyperparameters: dict, policy, stor
     meta = MetaPEFT(store, model=model)
     meta.fit()
     if method == "auto":
-        budget = {"max_steps": get_method("lora").make_config(hyperparameters).max_steps} if "max_steps" in hyperparameters else None
-        method = next(r.method for r in meta.recommend(profile.as_dict(), budget=budget) if not get_method(r.method).prompt_learning)
+        method = next(r.method for r in meta.recommend(profile.as_dict(), budget=budget) if get_method(r.method).mergeable)
         get_method(method).make_config(hyperparameters)
     forecaster = CurveForecaster().fit(meta.experiences())
     return SwitchController(meta, profile.as_dict(), forecaster, policy), method
@@ -749,10 +749,9 @@ def autotune(
     from .experience import ExperienceStore
     from .search import SearchConfig
     from .search import autotune as run_autotune
-    from .training import RunConfig
 
     config = _options(SearchConfig, {"max_steps": "search_steps"}, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), max_steps=search_steps,
-                      prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, run=_options(RunConfig, model=model, eval_size=300, final_eval_size=1000))  # fmt: skip
+                      prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, run=_options(SearchConfig.trial_run, model=model))  # fmt: skip
     task = _load(data, text_column, pair_column, label_column)
     with console.status(f"autotuning {task.name}…") as status:
         result = run_autotune(task, config, final_steps=final_steps, store=ExperienceStore(store), registered_name=name, meta_init=meta_init,
@@ -821,7 +820,8 @@ def serve(
     console.print(f"serving metapeft-selector version {served.version} (@{config.alias}) on http://{config.host}:{config.port} "
                   f"(docs at /docs); writes {'need the token in METAPEFT_API_TOKEN' if config.token else 'are disabled: METAPEFT_API_TOKEN is not set'}",
                   highlight=False, soft_wrap=True)  # fmt: skip
-    # uvicorn picks uvloop and httptools (dependencies) over asyncio and h11: twice the requests a core can answer
+    # uvicorn picks uvloop and httptools (dependencies) over asyncio and h11 (part of what took a remembered answer's
+    # p95 from 104 to 16 ms at concurrency 16, BENCHMARKS.md)
     uvicorn.run(create_app(config, holder), host=config.host, port=config.port, log_level="warning", access_log=False)
 
 

@@ -69,6 +69,13 @@ class Method:
     on_end: Callable[[Any], None] | None = None  # once after the last step (also when a time budget stops early)
     prompt_learning: bool = False  # virtual tokens: token_type_ids are dropped and the mask is extended
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether what the method learns can be folded into the encoder's weights, so that another method can be
+        trained on top (a switch): peft's adapters that change weights can (``merge_and_unload``), full
+        fine-tuning and head-only change the weights or nothing; prompt, prefix and P-tuning add virtual tokens."""
+        return not self.prompt_learning
+
     # --- hyperparameters -------------------------------------------------------------------------------------
     def fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.config_class))

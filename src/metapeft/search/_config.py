@@ -17,14 +17,6 @@ SAMPLERS = ("meta", "gp", "tpe", "random")
 PREFERENCES = {"accuracy": "accuracy", "time": "train_time_s", "memory": "peak_memory_mb"}
 
 
-def _trial_run() -> RunConfig:
-    from ..training import RunConfig  # torch loads with the training package: not on `import metapeft.search`
-
-    # each trial's curve (what the pruner reads) on 300 held-out examples; its final accuracy, which the pick compares,
-    # on up to 1,000: on 300 their sampling noise alone (~2.3 points) would often decide the pick
-    return RunConfig(eval_size=300, final_eval_size=1000)
-
-
 @dataclass
 class SearchConfig:
     """The options of one search (``tune``; ``autotune`` searches with one too), checked on construction
@@ -48,7 +40,7 @@ class SearchConfig:
     max_time_s: float | None = field(default=None, metadata={"help": "Pick (and propose, with the meta sampler) only configurations within this training time (s)."})
     warm_start: int = field(default=3, metadata={"help": "First trials taken from the meta-learner's ranking and the most similar past task (meta sampler)."})
     output_dir: str | Path | None = field(default=None, metadata={"help": "Folder of the trials' adapters and the Pareto plot (default: runs/tune/<study> in the data directory)."})
-    run: RunConfig = field(default_factory=_trial_run, metadata={"help": "How every trial is run (model, evaluation sizes, tracking); its output_dir is set per trial."})
+    run: RunConfig = field(default_factory=lambda: SearchConfig.trial_run(), metadata={"help": "How every trial is run (model, evaluation sizes, tracking); its output_dir is set per trial."})
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives) if isinstance(self.objectives, (list, tuple)) else self.objectives
@@ -86,6 +78,15 @@ class SearchConfig:
             raise OptionError("run", "sets output_dir, which the search sets per trial; give the search's output_dir instead")
         if self.trials is None and self.time_budget is None:
             self.trials = 10
+
+    @staticmethod
+    def trial_run(**changes) -> RunConfig:
+        """The default ``run``, with ``changes``: each trial's curve (what the pruner reads) on 300 held-out examples,
+        its final accuracy, which the pick compares, on up to 1,000 (on 300 their sampling noise alone, ~2.3 points,
+        would often decide the pick)."""
+        from ..training import RunConfig  # torch loads with the training package: not on `import metapeft.search`
+
+        return RunConfig(**{"eval_size": 300, "final_eval_size": 1000, **changes})
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "output_dir": None if self.output_dir is None else str(self.output_dir), "run": self.run.as_dict()}

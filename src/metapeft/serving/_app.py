@@ -99,11 +99,12 @@ class _Served:
     def key(profile: dict, options: dict) -> str:
         return json.dumps([profile, options], sort_keys=True, default=str)
 
-    def recommend(self, profile: dict, options: dict) -> tuple[list, bytes]:
-        """The ranking for ``profile`` under ``options`` and the response body that carries it (JSON)."""
+    def recommend(self, profile: dict, options: dict, key: str | None = None) -> tuple[list, bytes]:
+        """The ranking for ``profile`` under ``options`` and the response body that carries it (JSON); ``key`` is
+        :meth:`key` of the question when the caller has it already."""
         from ._selector import recommend as rank
 
-        key = self.key(profile, options)
+        key = key or self.key(profile, options)
         if (answer := self.remembered(key)) is not None:
             return answer
         ranking = rank(self.meta, profile, options)
@@ -258,11 +259,10 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
             profile = await _profile_rows(body, config)
         else:
             raise MetapeftError("send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}")
-        if not isinstance(profile, dict):
-            raise MetapeftError("a task profile is a JSON object, as `metapeft profile --json` prints it")
         key = served.key(profile, options)
-        # a new question is ranked off the event loop: /health, /metrics and remembered answers go on meanwhile
-        ranking, answer = served.remembered(key) or await run_in_threadpool(served.recommend, profile, options)
+        # a new question is ranked off the event loop (where the profile is checked): /health, /metrics and remembered
+        # answers go on meanwhile
+        ranking, answer = served.remembered(key) or await run_in_threadpool(served.recommend, profile, options, key)
         if served.needs_recording(str(profile.get("fingerprint")), key):
             await run_in_threadpool(record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version))
         return Response(answer, media_type="application/json")  # {"selector_version": ..., "recommendations": [...]}

@@ -248,13 +248,6 @@ def _optimiser(classifier: TextClassifier, config: MethodConfig, steps: int, war
     return optimizer, schedule, [p for p in classifier.parameters() if p.requires_grad]
 
 
-def mergeable(method: Method) -> bool:
-    """Whether what ``method`` learned can be folded into the encoder's weights (so that another method can be
-    trained on top): peft's adapters that change weights can (``merge_and_unload``), full fine-tuning and head-only
-    change the weights or nothing; prompt, prefix and P-tuning add virtual tokens instead."""
-    return not method.prompt_learning
-
-
 def _switch(classifier: TextClassifier, current: Method, switch, backbone: BackboneInfo, remaining: int, state: TrainerState,
             device: torch.device, max_length: int) -> tuple[Method, MethodConfig]:  # fmt: skip
     """Merge-and-continue: fold ``current``'s adapter into the encoder's weights, keep the head, and wrap the encoder
@@ -266,7 +259,7 @@ def _switch(classifier: TextClassifier, current: Method, switch, backbone: Backb
     from ..methods import get_method
 
     target = get_method(switch.method)
-    if not mergeable(current):
+    if not current.mergeable:
         raise MetapeftError(f"cannot switch from {current.name}: its virtual tokens cannot be merged into the weights; start with a method that changes weights")
     config = target.make_config({**switch.hyperparameters, "max_steps": remaining})
     target.check_compatible(config, backbone)

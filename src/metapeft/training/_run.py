@@ -115,7 +115,7 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
                 "hyperparameters": (result.config or config).as_dict(), "task": task.name, "task_fingerprint": task.fingerprint,
                 "experience_id": experience.id, **({"started_with": spec.name, "switches": switches} if switches else {}),
             }
-            result.metrics["adapter_size_bytes"] = save_classifier(result.model, out, kind=_saved_kind(result.model, last, switches), meta=meta)
+            result.metrics["adapter_size_bytes"] = save_classifier(result.model, out, kind=_prepare_to_save(result.model, last, switches), meta=meta)
             adapter_path = str(out.resolve())
     except KeyboardInterrupt:
         if store is not None:
@@ -167,15 +167,16 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
     )
 
 
-def _saved_kind(model, last, switches: list) -> str:
-    """How the trained classifier is saved. After a switch the encoder's own weights hold what the earlier methods
-    learned: the last adapter is merged in too when it can be, and the whole encoder is saved ("full"); virtual
-    tokens cannot be merged, so they are saved as an adapter over the saved encoder."""
+def _prepare_to_save(model, last, switches: list) -> str:
+    """Get the trained classifier ready to save and say how it is saved. After a switch the encoder's own weights
+    hold what the earlier methods learned: the last adapter is merged into them too when it can be (this changes
+    ``model``), and the whole encoder is saved ("full"); virtual tokens cannot be merged, so they are saved as an
+    adapter over the saved encoder."""
     if not switches:
         return last.kind
-    if last.kind == "peft" and not last.prompt_learning:
+    if last.kind == "peft" and last.mergeable:
         model.encoder = model.encoder.merge_and_unload()
-    return "peft" if last.prompt_learning else "full"
+    return "full" if last.mergeable else "peft"
 
 
 def _log_failure(tracker, task: Task, spec, model_name: str, config, experience_id: str, exc: Exception) -> None:

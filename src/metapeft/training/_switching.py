@@ -30,9 +30,9 @@ class SwitchPolicy:
         from .._errors import OptionError
 
         if not 0.5 <= self.threshold < 1:
-            raise OptionError("switch_threshold", f"must be in [0.5, 1), got {self.threshold}")  # the CLI's --switch-threshold
+            raise OptionError("threshold", f"must be in [0.5, 1), got {self.threshold}")
         if not 0 < self.latest < 1:
-            raise OptionError("switch_latest", f"must be in (0, 1), got {self.latest}")
+            raise OptionError("latest", f"must be in (0, 1), got {self.latest}")
         if self.max_switches < 1:
             raise OptionError("max_switches", f"must be at least 1, got {self.max_switches}")
 
@@ -50,6 +50,8 @@ class SwitchController(TrainerCallback):
     def should_switch(self, state: TrainerState) -> Switch | None:
         from scipy.stats import norm
 
+        from ..meta import Forecast
+
         if len(state.switches) >= self.policy.max_switches or state.step / state.max_steps > self.policy.latest:
             return None
         left = state.max_steps - state.step
@@ -58,7 +60,7 @@ class SwitchController(TrainerCallback):
         best = None
         for r in self.meta.recommend(self.profile, methods=names, budget={"max_steps": left}):
             a = r.expected_performance["accuracy"]
-            sd = max(1e-4, (a["high"] - a["low"]) / (2 * norm.ppf(0.95)))  # the ranking's intervals are 90%
+            sd = Forecast(a["mean"], a["low"], a["high"], 0.9).sd  # the ranking's intervals are 90%
             p = float(norm.cdf((a["mean"] - forecast.mean) / math.hypot(sd, forecast.sd)))
             if best is None or p > best[0]:
                 best = (p, r, a["mean"])
