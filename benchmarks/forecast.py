@@ -27,9 +27,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "forecast.json"))
     args = parser.parse_args()
 
-    from metapeft.experience import ExperienceStore
+    from metapeft.experience import ExperienceStore, task_group, usable
     from metapeft.meta import CurveForecaster
-    from metapeft.meta._features import task_group, usable
     from metapeft.meta._forecast import curve_rows
     from metapeft.prior import PriorExperience
 

@@ -18,13 +18,13 @@ import warnings
 
 import numpy as np
 import optuna
+from search_eval import hypervolume, losses
 
+from metapeft.experience import task_group
 from metapeft.meta import Candidate, MetaPEFT
-from metapeft.meta._features import task_group
 from metapeft.search import MetaSampler, joint_space
 from metapeft.search._space import to_config
 from metapeft.search._tune import warm_start_configs
-from search_eval import hypervolume, losses
 
 OBJECTIVES = ("accuracy", "train_time_s", "peak_memory_mb")
 

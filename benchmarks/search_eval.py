@@ -30,9 +30,9 @@ from collections import defaultdict
 import numpy as np
 import optuna
 
-from metapeft.experience import ExperienceStore
+from metapeft.experience import ExperienceStore, cell_key, task_group, usable
 from metapeft.meta import MetaPEFT, Surrogate
-from metapeft.meta._features import cell_key, effective_max_length, task_group, usable
+from metapeft.meta._features import effective_max_length
 from metapeft.methods import BUDGET_FIELDS
 from metapeft.prior import experiences
 from metapeft.search import MetaSampler, joint_space

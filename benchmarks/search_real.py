@@ -35,9 +35,8 @@ from pathlib import Path
 import numpy as np
 from search_eval import hypervolume, losses, summarise
 
-from metapeft.experience import ExperienceStore
+from metapeft.experience import ExperienceStore, task_group, usable
 from metapeft.meta import MetaPEFT
-from metapeft.meta._features import task_group, usable
 from metapeft.prior import PriorExperience
 from metapeft.tasks import load_suite
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metapeft.experience import ExperienceStore
+from metapeft.experience import ExperienceStore, cell_key, task_group, usable
 from metapeft.meta import Surrogate
 from metapeft.meta._evaluate import GlobalBest
-from metapeft.meta._features import cell_key, task_group, usable
 from metapeft.meta._recommend import cautious_choice, rank_methods
 from metapeft.meta._surrogate import Candidate, Prediction
 from metapeft.prior import experiences

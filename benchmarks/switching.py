@@ -45,8 +45,8 @@ def static_runs(store, task: str) -> dict:
 
 def plan(task: str, records, static: dict, first: str) -> dict:
     """Steps 1–2 of the protocol for one task."""
+    from metapeft.experience import task_group
     from metapeft.meta import CurveForecaster, MetaPEFT
-    from metapeft.meta._features import task_group
     from metapeft.methods import get_method
     from metapeft.training import SwitchController, SwitchPolicy, TrainerState
 
@@ -78,8 +78,9 @@ def switch_of(decisions: list[dict], threshold: float) -> dict | None:
     return next((d for d in decisions if d.get("p_better") is not None and d["p_better"] >= threshold), None)
 
 
-def run_switch(task_name: str, start: str, decision: dict, suite: str) -> dict:
-    """Step 3: the start method for 80 steps, switched at the decision's step (the bench's protocol)."""
+def run_switch(task_name: str, start: str, decision: dict | None, suite: str, callbacks=()) -> dict:
+    """Step 3: the start method for 80 steps, switched at the decision's step (the bench's protocol); with no
+    decision, the static run (``callbacks`` watch the run too: the forgetting benchmark's probe)."""
     from metapeft.tasks import load_suite, profile_task
     from metapeft.training import RunConfig, SwitchAt, train
 
@@ -87,13 +88,16 @@ def run_switch(task_name: str, start: str, decision: dict, suite: str) -> dict:
     task = entry.load().subsample(1024, seed=0)
     profile = profile_task(task)
     hyperparameters = {"max_steps": 80, "batch_size": 16, "max_length": min(profile.sequence_length, 128)}
-    target_hp = {**decision.get("hyperparameters", {}), "batch_size": 16, "max_length": hyperparameters["max_length"]}
     run = RunConfig(seed=0, sample_seed=0, eval_size=300, eval_points=4, final_eval_size=1000, save=False, record=False, track=False)
+    if decision is not None:
+        target_hp = {**decision.get("hyperparameters", {}), "batch_size": 16, "max_length": hyperparameters["max_length"]}
+        callbacks = [SwitchAt(decision["step"], decision["alternative"], target_hp, reason="benchmark"), *callbacks]
     started = time.monotonic()
-    result = train(task, start, hyperparameters, run, profile=profile, callbacks=[SwitchAt(decision["step"], decision["alternative"], target_hp, reason="benchmark")])
-    return {"task": task_name, "kind": "run", "start": start, "step": decision["step"], "to": decision["alternative"], "accuracy": result.metrics["accuracy"],
-            "curve": result.curve, "switches": result.metrics.get("switches", []), "wall_s": round(time.monotonic() - started, 1),
-            "machine": f"{platform.machine()}, torch threads 1"}  # fmt: skip
+    result = train(task, start, hyperparameters, run, profile=profile, callbacks=callbacks)
+    return {"task": task_name, "kind": "run", "start": start, "step": decision and decision["step"], "to": decision and decision["alternative"],
+            "accuracy": result.metrics["accuracy"], "curve": result.curve, "switches": result.metrics.get("switches", []),
+            **({"forgetting": result.metrics["forgetting"]} if "forgetting" in result.metrics else {}),
+            "wall_s": round(time.monotonic() - started, 1), "machine": f"{platform.machine()}, torch threads 1"}  # fmt: skip
 
 
 def summary(lines: list[dict]) -> str:

@@ -120,7 +120,7 @@ def test_two_workers_do_every_run_once(bench_store):
 
 
 def test_bench_runs_keep_per_example_outcomes(bench_store):
-    from metapeft.training import unpack_outcomes
+    from metapeft.experience import unpack_outcomes
 
     url, _ = bench_store
     records = ExperienceStore(url).query(status="finished")

@@ -9,13 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
 def prior_records():
-    from metapeft.meta._features import usable
+    from metapeft.experience import usable
     from metapeft.prior import PriorExperience
 
     records = [r for r in PriorExperience().records() if usable(r)]
@@ -25,10 +24,21 @@ def prior_records():
 
 
 @pytest.fixture(scope="module")
-def held_out(prior_records):
-    """One task's runs kept out of fitting, the rest to fit on."""
+def held_out_groups(prior_records):
+    """Eight tasks (every fifth) that the shared surrogate is not fitted on."""
+    from metapeft.experience import task_group
+
+    return set(sorted({task_group(r) for r in prior_records})[::5])
+
+
+@pytest.fixture(scope="module")
+def held_out(prior_records, held_out_groups):
+    """The runs of the tasks kept out of fitting (the rest to fit on), and the runs of one instance of them."""
+    from metapeft.experience import task_group
+
     task = sorted({r.task_name for r in prior_records})[0]
-    return [r for r in prior_records if r.task_name != task], [r for r in prior_records if r.task_name == task]
+    assert task.split("@")[0] in held_out_groups
+    return [r for r in prior_records if task_group(r) not in held_out_groups], [r for r in prior_records if r.task_name == task]
 
 
 @pytest.fixture(scope="module")
@@ -355,10 +365,8 @@ def test_experience_without_a_comparison_of_three_methods_is_a_clear_error(prior
     """Runs of two methods per task say nothing the surrogate can learn a ranking from: it would recommend from
     untrained networks."""
     from metapeft import MetapeftError
-    from metapeft.experience import ExperienceStore
+    from metapeft.experience import ExperienceStore, task_group
     from metapeft.meta import MetaPEFT
-
-    from metapeft.meta._features import task_group
 
     groups = sorted({task_group(r) for r in prior_records})[:3]  # three different tasks, not three sizes of one
     two = [r for r in prior_records if task_group(r) in groups and r.method in ("lora", "ia3")]
@@ -369,7 +377,7 @@ def test_experience_without_a_comparison_of_three_methods_is_a_clear_error(prior
 
 
 def test_evaluate_scores_ours_and_every_baseline(prior_records):
-    from metapeft.meta import Surrogate, evaluate
+    from metapeft.meta import Constraint, Surrogate, evaluate
     from metapeft.meta._evaluate import SELECTORS
 
     methods = {t: {r.method for r in prior_records if r.task_name == t} for t in {r.task_name for r in prior_records}}
@@ -378,21 +386,64 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
     records = [r for r in prior_records if r.task_name in tasks]
     selectors = {**SELECTORS, "metapeft": lambda: Surrogate(members=3, epochs=150, folds=2)}
     result = evaluate(records, selectors=selectors, random_repeats=5)
-    assert result["tasks"] == 5 and set(result["selectors"]) == set(SELECTORS)
+    assert result["tasks"] == 5 and set(result["selectors"]) == set(SELECTORS) and result["sizes"] == [64]
     for r in result["selectors"].values():
         assert 0 <= r["top1"] <= 1 and r["mean_regret"] >= 0 and 0 < r["ndcg"] <= 1 and 0 <= r["regret_at_3"] <= r["worst_cell_regret"]
+        assert 0 <= r["disaster_rate"] <= 1 and r["by_size"]["64"]["cells"] == result["cells"]
+        lora = r["paired"]["lora_defaults"]["all"]  # the prior ran every method at its defaults at 64 examples
+        assert lora["tasks"] == 5 and lora["interval_90"][0] <= lora["mean_gain"] <= lora["interval_90"][1] and 0 <= lora["wilcoxon_p"] <= 1
+    always = result["selectors"]["always_lora"]["paired"]["lora_defaults"]["all"]
+    assert always["mean_gain"] == 0 and always["win_rate"] == 0.5  # LoRA at its defaults against itself: every task a tie
     ours = result["selectors"]["metapeft"]
     assert 0 <= ours["ece"] <= 1 and all(0 <= ours[f"coverage_90{k}"] <= 1 for k in ("", "_time", "_memory"))
     assert set(result["per_task_regret"]) == {t.split("@")[0] for t in tasks}
     assert result["few_shot"]["cells"] > 0
-    assert result["noise_floor"]["mean_regret"] >= 0 and 0 <= result["noise_floor"]["top1"] <= 1
+    assert result["winners_curse"]["mean_regret"] >= 0 and 0 <= result["winners_curse"]["top1"] <= 1
+
+    # PEFT only: the baselines it rules out are not run; every pick is a PEFT method's
+    peft = evaluate(records, constraint=Constraint(peft_only=True), selectors={k: v for k, v in SELECTORS.items() if k != "metapeft"}, random_repeats=2, few_shot=0)
+    assert "always_full_ft" not in peft["selectors"] and peft["constraint"] == "PEFT methods only"
+    full = peft["selectors"]["global_best"]["paired"]["full_finetuning"]["all"]
+    assert full["tasks"] == 5  # full fine-tuning stays a reference even where it may not be chosen
 
 
-def test_noise_floor_is_zero_for_a_clear_winner_and_grows_with_ties(prior_records):
+def test_a_constraint_that_leaves_no_method_is_refused():
+    from metapeft._errors import OptionError
+    from metapeft.meta import Constraint
+
+    with pytest.raises(OptionError, match="leaves no method") as caught:
+        Constraint(methods=["full_finetuning", "head_only"], peft_only=True)
+    assert caught.value.option == "peft_only"
+    with pytest.raises(OptionError, match="positive"):
+        Constraint(max_memory_mb=0)
+    bad = run_cli("evaluate", "--peft-only", "--methods", "full_finetuning")
+    assert bad.returncode == 2 and "leaves no method" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cross_fitted_regret_is_unbiased_where_plain_regret_is_not(prior_records):
+    """Ten configurations of equal true accuracy, measured on two seeds with noise: the truly best choice (any) has
+    plain regret well above 0 (the winner's curse), and cross-fitted regret near 0."""
+    import dataclasses
+
+    from metapeft.meta._evaluate import AlwaysMethod, _cross_fitted
+
+    runs = [r for r in prior_records if r.task_name == sorted({r.task_name for r in prior_records if r.task_name.endswith("@64")})[0]]
+    rng = np.random.default_rng(0)
+    crossed, plain = [], []
+    for _ in range(200):
+        noisy = rng.binomial(300, 0.8, size=(len(runs), 2)) / 300
+        pairs = [(dataclasses.replace(r, metrics={**r.metrics, "accuracy": a}), dataclasses.replace(r, metrics={**r.metrics, "accuracy": b})) for r, (a, b) in zip(runs, noisy)]
+        figures = _cross_fitted(AlwaysMethod("lora").fit([]), pairs, None, 1)
+        crossed.append(figures["cross_fitted"])
+        plain.append(100 * (noisy[:, 1].max() - noisy[[r.method for r in runs].index("lora"), 1]))
+    assert np.mean(plain) > 2 and abs(np.mean(crossed)) < 0.5
+
+
+def test_winners_curse_is_zero_for_a_clear_winner_and_grows_with_ties(prior_records):
     """The regret a selector knowing the truth still shows, from the evaluation's sampling noise alone."""
     import dataclasses
 
-    from metapeft.meta._evaluate import _noise_floor
+    from metapeft.meta._evaluate import _winners_curse
 
     task = sorted({r.task_name for r in prior_records})[0]
     runs = [r for r in prior_records if r.task_name == task]
@@ -400,11 +451,69 @@ def test_noise_floor_is_zero_for_a_clear_winner_and_grows_with_ties(prior_record
     def with_accuracy(accuracies, n=300):
         return [dataclasses.replace(r, metrics={**r.metrics, "accuracy": a, "eval_examples": n}) for r, a in zip(runs, accuracies)]
 
-    clear = _noise_floor(with_accuracy([0.95] + [0.5] * (len(runs) - 1)), seed=0)
+    clear = _winners_curse(with_accuracy([0.95] + [0.5] * (len(runs) - 1)), seed=0)
     assert clear["regret"] < 0.01 and clear["top1"] > 0.99
-    tied = _noise_floor(with_accuracy([0.8] * len(runs)), seed=0)
+    tied = _winners_curse(with_accuracy([0.8] * len(runs)), seed=0)
     assert tied["regret"] > 2 and tied["top1"] < 0.5
-    assert _noise_floor(with_accuracy([0.8] * len(runs), n=3000), seed=0)["regret"] < tied["regret"] / 2  # ~1/sqrt(n)
+    assert _winners_curse(with_accuracy([0.8] * len(runs), n=3000), seed=0)["regret"] < tied["regret"] / 2  # ~1/sqrt(n)
+
+
+@pytest.fixture(scope="module")
+def held_out_picks(surrogate, prior_records, held_out_groups):
+    """The shared surrogate's pick on every instance of the held-out tasks, with every method allowed and PEFT only:
+    per instance, the pick's gain over the median allowed run and over LoRA at its defaults (where it was run),
+    and the coverage of the 90% accuracy intervals."""
+    from metapeft.experience import task_group
+    from metapeft.meta import Candidate, Constraint
+    from metapeft.meta._evaluate import _instances, select
+
+    out = {}
+    for name, constraint in (("all", Constraint()), ("peft", Constraint(peft_only=True))):
+        rows = []
+        for group in sorted(held_out_groups):
+            for inst in _instances(group, [r for r in prior_records if task_group(r) == group], constraint, 5):
+                cands = [Candidate(r.method, r.hyperparameters) for r in inst.allowed]
+                pred = surrogate.predict(inst.allowed[0].profile, cands)
+                ranking, chosen, _ = select(pred, cands)
+                acc = np.array([r.metrics["accuracy"] for r in inst.allowed])
+                picked, lora = acc[chosen[ranking[0]]], inst.references["lora_defaults"]
+                rows.append({"median": 100 * (picked - inst.references["median"]), "lora": None if lora is None else 100 * (picked - lora),
+                             "coverage": float(np.mean((pred.low[:, 0] <= acc) & (acc <= pred.high[:, 0])))})  # fmt: skip
+        out[name] = rows
+    return out
+
+
+@pytest.mark.parametrize("constraint", ["all", "peft"])
+def test_on_held_out_tasks_the_pick_beats_the_median_choice_and_the_intervals_cover(held_out_picks, constraint):
+    """Fails when the selector gets worse: on 22 instances of 8 tasks it never saw (seeded fit), its pick beats the
+    median allowed configuration on the mean (+1.96 points with every method, +0.95 PEFT only, when written) and
+    in most instances, and its 90% intervals cover 80–95% of the runs."""
+    rows = held_out_picks[constraint]
+    gains = np.array([r["median"] for r in rows])
+    assert len(rows) >= 20 and gains.mean() > 0.5 and (gains > 0).mean() >= 0.5, (gains.mean(), (gains > 0).mean())
+    assert 0.8 <= np.mean([r["coverage"] for r in rows]) <= 0.95
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22 target not met yet: on the held-out instances with LoRA at its defaults (64 examples), the pick "
+                                       "trails it by 0.24 points (every method) and 0.37 (PEFT only); this test passes, and so fails as xfail, once it does not")  # fmt: skip
+def test_on_held_out_tasks_the_pick_beats_lora_at_its_defaults(held_out_picks):
+    for rows in held_out_picks.values():
+        gains = np.array([r["lora"] for r in rows if r["lora"] is not None])
+        assert len(gains) >= 10 and gains.mean() > 0
+
+
+def test_every_selector_follows_the_protocol(prior_records):
+    """One conformance check (as scikit-learn's check_estimator) over the meta-learner and every baseline."""
+    from metapeft.experience import task_group
+    from metapeft.meta import Candidate, Surrogate, check_selector
+    from metapeft.meta._evaluate import SELECTORS
+
+    groups = sorted({task_group(r) for r in prior_records})[:6]
+    records = [r for r in prior_records if task_group(r) in groups[:5] and r.task_name.endswith("@64")]
+    new = next(r for r in prior_records if task_group(r) == groups[5])
+    candidates = [Candidate(m, {}) for m in ("lora", "ia3", "prompt_tuning", "full_finetuning")]
+    for name, make in {**SELECTORS, "metapeft": lambda: Surrogate(members=2, epochs=60, folds=2)}.items():
+        check_selector(make, records, new.profile, candidates)
 
 
 def test_cli_recommend_similar_map_and_errors(tmp_path):
@@ -438,7 +547,7 @@ def test_packaged_model_is_the_fit_of_the_shipped_prior():
     prior (``write_packaged_model``), or this fails."""
     from safetensors import safe_open
 
-    from metapeft.meta._features import usable
+    from metapeft.experience import usable
     from metapeft.meta._recommend import PACKAGED_MODEL, _experience_key
     from metapeft.prior import PriorExperience
 
@@ -460,3 +569,33 @@ def test_task_features_of_few_tasks_keep_only_directions_with_variance(prior_rec
     assert featurizer.domain_components.shape[0] <= 3
     seen = featurizer.transform(profiles)
     assert np.abs(seen).max() < 5  # the training tasks themselves sit within a few standard deviations
+
+
+def test_collapse_risk_separates_failures_on_held_out_tasks(prior_records):
+    """Five folds by task over the prior: failures (near chance, or > 10 points below the best run) get higher risk
+    on tasks the model never saw (AUC 0.76 when written, as in benchmarks/collapse_risk.py)."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    from metapeft.experience import task_group
+    from metapeft.meta._risk import CollapseRisk, failures
+
+    y = failures(prior_records)
+    p = np.zeros(len(y))
+    for train, test in GroupKFold(5).split(prior_records, y, [task_group(r) for r in prior_records]):
+        risk = CollapseRisk().fit([prior_records[i] for i in train])
+        p[test] = [risk.predict(prior_records[i].profile, [(prior_records[i].method, prior_records[i].hyperparameters)])[0] for i in test]
+    assert 0.1 < y.mean() < 0.5 and roc_auc_score(y, p) >= 0.72
+    assert abs(p.mean() - y.mean()) < 0.05  # calibrated in the large
+
+
+def test_check_rates_a_setting_and_refuses_one_outside_its_range():
+    result = run_cli("check", "example", "--method", "prompt_tuning", "--set", "learning_rate=1e-4", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout)
+    assert found["method"] == "prompt_tuning" and found["hyperparameters"]["learning_rate"] == 1e-4 and 0 <= found["collapse_risk"] <= 1
+    assert found["verdict"] in ("low", "moderate", "high") and found["expected_accuracy"]["low"] <= found["expected_accuracy"]["mean"]
+    for s in found["suggestions"]:  # each lowers the risk by 5 points or more
+        assert s["collapse_risk"] < found["collapse_risk"] - 0.05 and s["change"]
+    bad = run_cli("check", "example", "--method", "lora", "--set", "learning_rate=5")
+    assert bad.returncode == 2 and "learning_rate" in bad.stderr and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

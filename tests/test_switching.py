@@ -109,10 +109,43 @@ def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(c
     assert late is None
 
 
+def test_a_search_switches_only_to_the_methods_it_searches(controller_parts, small_task):
+    from metapeft._errors import OptionError
+    from metapeft.search import SearchConfig, switch_callbacks, tune
+    from metapeft.training import SwitchController, SwitchPolicy
+
+    meta, profile, _ = controller_parts
+    callbacks = switch_callbacks(meta, profile, SwitchPolicy(threshold=0.7), ["lora", "ia3"])
+    (controller,) = callbacks("lora")
+    assert isinstance(controller, SwitchController) and controller.policy.methods == ["lora", "ia3"] and controller.policy.threshold == 0.7
+    assert callbacks("prompt_tuning") == []  # virtual tokens cannot be merged: such a trial runs as it is
+    assert switch_callbacks(meta, profile, None)("lora") == []
+    with pytest.raises(OptionError, match="needs two methods or more") as caught:  # refused before anything is profiled or trained
+        tune(small_task, SearchConfig(methods=["prompt_tuning", "prefix_tuning"], switch=SwitchPolicy()), meta=meta)
+    assert caught.value.option == "switch"
+    with pytest.raises(OptionError, match="SwitchPolicy"):
+        SearchConfig(switch=0.8)
+
+
+def test_the_linear_probe_reads_the_base_encoder_before_training_and_the_trained_one_after(quick_task, example_profile):
+    from metapeft.training import LinearProbe
+
+    run = RunConfig(record=False, track=False, save=False, eval_size=16, eval_points=1)
+    probes = {}
+    for method, hp in (("head_only", {}), ("lora", {"learning_rate": 1e-2}), ("prompt_tuning", {})):
+        probes[method] = LinearProbe([quick_task], n_train=64, n_test=64)
+        result = train(quick_task, method, {"max_steps": 4, "batch_size": 8, **hp}, run, profile=example_profile, callbacks=[probes[method]])
+        figures = result.metrics["forgetting"]
+        assert set(figures["probe"]) == {quick_task.name} and figures["drop"] == pytest.approx(100 * (probes[method].before[quick_task.name] - probes[method].after[quick_task.name]), abs=0.01)
+    # with its adapter disabled or its virtual tokens bypassed, the encoder a PEFT run starts from is the pretrained one
+    assert probes["head_only"].before == probes["lora"].before == probes["prompt_tuning"].before
+    assert probes["head_only"].after == probes["head_only"].before  # head-only leaves the encoder as it was
+
+
 def test_the_forecaster_intervals_cover_held_out_tasks():
     """80% intervals fitted on 30 tasks' curves, checked on the other tasks' runs (the benchmark does it by folds)."""
+    from metapeft.experience import task_group, usable
     from metapeft.meta import CurveForecaster
-    from metapeft.meta._features import task_group, usable
     from metapeft.meta._forecast import curve_rows
     from metapeft.prior import PriorExperience
 

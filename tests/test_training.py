@@ -114,7 +114,7 @@ def test_the_final_evaluation_may_use_more_examples_than_the_curve(small_task, e
 def test_the_final_evaluation_keeps_per_example_outcomes_and_scores_the_pool(example_task, small_task, example_profile):
     """Which examples a run got right is kept (for paired comparisons), on the test sample and on an extra pool; the
     evaluation sample follows sample_seed, not the training seed."""
-    from metapeft.training import unpack_outcomes
+    from metapeft.experience import unpack_outcomes
 
     seen = set(small_task.train.texts)
     pool = example_task.train.select([i for i, t in enumerate(example_task.train.texts) if t not in seen][:70])

@@ -72,6 +72,8 @@ def _load(data: str, text_column, pair_column, label_column, seed: int = 0):
     return load_task(data, text_column=text_column, pair_column=pair_column, label_column=label_column, seed=seed)
 
 
+SwitchOption = Annotated[bool, typer.Option("--switch", help="Switch to another method mid-run when its learning curve says another will finish better (merged, head kept).")]
+SwitchThresholdOption = Annotated[float, typer.Option("--switch-threshold", help="P(another method ends better) at which --switch switches.")]
 TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text (auto-detected).", show_default=False)]
 PairColumn = Annotated[Optional[str], typer.Option("--pair-column", help="Column holding the second sentence of a pair (auto-detected).", show_default=False)]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (auto-detected).", show_default=False)]
@@ -199,15 +201,16 @@ def train(
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
     meta_init: MetaInitOption = True,
-    switch: Annotated[bool, typer.Option("--switch", help="Switch to another method mid-run when its learning curve says another will finish better (merged, head kept).")] = False,
-    switch_threshold: Annotated[float, typer.Option("--switch-threshold", help="P(another method ends better) at which --switch switches.")] = 0.8,
+    switch: SwitchOption = False,
+    switch_threshold: SwitchThresholdOption = 0.8,
+    probe: Annotated[Optional[list[str]], typer.Option("--probe", help="Another task's data (repeatable): measure forgetting as a frozen linear probe's accuracy on it before and after training.", show_default=False)] = None,
 ) -> None:
     """Fine-tune one method on a task, evaluate it, save the adapter and record the run."""
     from .experience import ExperienceStore
     from .methods import get_method
     from .tasks import profile_task
     from ._environment import pick_device
-    from .training import Progress, RunConfig
+    from .training import LinearProbe, Progress, RunConfig
     from .training import train as run_training
     from .training._run import usable_output
 
@@ -241,6 +244,10 @@ def train(
             budget = {"max_steps": steps} if "max_steps" in hyperparameters else None  # else each method's own
             controller, method = _switch_controller(task_profile, method, hyperparameters, budget, policy, experience_store, model)
         callbacks.append(controller)
+    if probe:
+        probes = [_load(p, None, None, None, seed) for p in probe]
+        with console.status(f"probing the base encoder on {', '.join(t.name for t in probes)}…"):
+            callbacks.append(LinearProbe(probes, model))
 
     with _progress("{task.description}", transient=as_json) as bar:
         job = bar.add_task(f"{method} on {task.name}", total=None, info="")
@@ -251,7 +258,7 @@ def train(
 
         result = run_training(task, method, hyperparameters, run, profile=task_profile, store=experience_store, callbacks=[*callbacks, Progress(update)])
     registered = _register(register, task, result.method, result.metrics["accuracy"], result.experience_id, result.mlflow_run_id, result.adapter_path)
-    switching = {"switches": result.metrics.get("switches", []), "switch_decisions": callbacks[0].decisions} if callbacks else {}
+    switching = {"switches": result.metrics.get("switches", []), "switch_decisions": callbacks[0].decisions} if policy is not None else {}
     if as_json:
         _print_json({**result.as_dict(), **switching, **({"registered": registered} if registered else {})})
         return
@@ -271,6 +278,9 @@ def train(
         fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
         rows.append(("switches", "; ".join(f"step {w['step']}: {w['from']} → {w['to']} (P(better) {fmt(w['p_better'])}; accuracy {fmt(w['accuracy_before'])} → "
                                            f"{fmt(w['accuracy_after'])})" for w in switching["switches"]) or "none: no other method was likely enough to end better"))  # fmt: skip
+    if "forgetting" in m:
+        rows.append(("linear probe", "; ".join(f"{k} {100 * v['before']:.1f}% → {100 * v['after']:.1f}%" for k, v in m["forgetting"]["probe"].items())
+                     + f" (mean drop {m['forgetting']['drop']:+.1f} points)"))  # fmt: skip
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
@@ -509,7 +519,7 @@ def recommend(
         })  # fmt: skip
         return
     table = Table(title=f"methods for {profile['task_name']} ({profile['dataset_size']} examples, {profile['num_classes']} classes) — 90% intervals")
-    for column in ("#", "method", "P(best)", "accuracy %", "train s", "peak MB", "settings"):
+    for column in ("#", "method", "P(best)", "accuracy %", "collapse risk", "train s", "peak MB", "settings"):
         table.add_column(column)
     for r in ranking:
         e = r.expected_performance
@@ -518,7 +528,8 @@ def recommend(
         short = {"learning_rate": "lr", "head_learning_rate": "head_lr", "target_modules": "modules"}
         settings = " ".join(f"{short.get(k, k)}={v:.2g}" if isinstance(v, float) else f"{short.get(k, k)}={v}" for k, v in shown.items())
         style = None if r.feasible else "dim"
-        table.add_row(str(r.rank), r.method, f"{r.confidence:.2f}", _interval(e["accuracy"], ".1f", 100), _interval(e["train_time_s"], ".0f"), _interval(e["peak_memory_mb"], ".0f"), settings, style=style)
+        table.add_row(str(r.rank), r.method, f"{r.confidence:.2f}", _interval(e["accuracy"], ".1f", 100), f"{r.collapse_risk:.0%}", _interval(e["train_time_s"], ".0f"),
+                      _interval(e["peak_memory_mb"], ".0f"), settings, style=style)  # fmt: skip
     if not all(r.feasible for r in ranking):
         table.caption = "dimmed: expected to exceed your limits"
     out.print(table)
@@ -577,44 +588,105 @@ def task_map(
 
 
 @app.command()
+def check(
+    data: DataArgument,
+    method: Annotated[str, typer.Option("--method", "-m", help="The method you will train (see `metapeft methods`).")],
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Your setting key=value (repeatable); the rest are the method's defaults.", show_default=False)] = None,
+    model: ModelOption = None,
+    store: StoreOption = None,
+    prior: PriorOption = None,
+    as_json: JsonOption = False,
+    text_column: TextColumn = None,
+    pair_column: PairColumn = None,
+    label_column: LabelColumn = None,
+) -> None:
+    """How risky your own setting of a method is on a task (collapse risk, expected accuracy) and what to change."""
+    from .methods import get_method
+
+    hyperparameters = _parse_sets(sets or [])
+    get_method(method).make_config(hyperparameters)  # a setting outside the method's range is refused before anything loads
+    meta = _meta(store, prior, model)
+    profile = _task_profile(meta, data, text_column, pair_column, label_column)
+    result = meta.check(profile, method, hyperparameters)
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    e = result.expected_accuracy
+    colour = {"low": "green", "moderate": "yellow", "high": "red"}[result.verdict]
+    out.print(f"{method} on {result.task}: collapse risk [{colour}]{result.collapse_risk:.0%} ({result.verdict})[/] — the experience's base rate is "
+              f"{result.base_rate:.0%}; expected accuracy {100 * e['mean']:.1f}% (90% interval {100 * e['low']:.1f}–{100 * e['high']:.1f})")
+    if not result.suggestions:
+        out.print("no single change lowers the risk without lowering the expected accuracy" if result.verdict != "low" else "nothing to change")
+    for s in result.suggestions:
+        what = {"defaults": "use the defaults", "suggested": "use the setting `metapeft recommend` suggests"}.get(s["kind"], "set")
+        change = " ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["change"].items())
+        out.print(f"  {what} {change}: risk {s['collapse_risk']:.0%}, expected accuracy {100 * s['expected_accuracy']:.1f}%", highlight=False)
+
+
+@app.command()
 def evaluate(
     store: StoreOption = None,
     prior: PriorOption = None,
     own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")] = True,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods the selection may choose from \\[default: all].", show_default=False)] = None,
+    peft_only: Annotated[bool, typer.Option("--peft-only", help="Choose only among PEFT methods (adapters and virtual tokens: no full fine-tuning, no head-only).")] = False,
+    max_memory: Annotated[Optional[float], typer.Option("--max-memory", help="Choose only runs whose measured peak memory is within this (MB).", show_default=False)] = None,
     few_shot: Annotated[int, typer.Option("--few-shot", help="Also measure conditioning on this many observed runs of the held-out task (0 = skip).")] = 2,
     as_json: JsonOption = False,
 ) -> None:
-    """Leave-one-task-out evaluation of the recommendation against baselines (regret, top-1, NDCG, ECE, coverage)."""
+    """Leave-one-task-out evaluation of the recommendation: paired gains over LoRA at defaults and full fine-tuning, regret, disaster rate, calibration."""
     from .experience import ExperienceStore
+    from .meta import Constraint
     from .meta import evaluate as run_evaluation
     from .prior import experiences
 
     if few_shot < 0:
         raise MetapeftError(f"--few-shot must be 0 or positive, got {few_shot}")
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    constraint = _options(Constraint, methods=names, peft_only=peft_only, max_memory_mb=max_memory)
     records = experiences(ExperienceStore(store) if own else None, include_prior=prior, include_own=own)
     with _progress("leave-one-task-out", transient=True) as bar:
         job = bar.add_task("evaluate", total=None, info="")
         try:
-            result = run_evaluation(records, few_shot=few_shot, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
+            result = run_evaluation(records, constraint=constraint, few_shot=few_shot, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
         except ValueError as exc:
             raise MetapeftError(f"cannot evaluate: {exc} (run `metapeft bench`, or drop --no-prior or METAPEFT_PRIOR=0)") from None
     if as_json:
         _print_json(result)
         return
-    table = Table(title=f"leave-one-task-out over {result['tasks']} tasks, {result['cells']} task instances (regret in accuracy points)")
-    for column in ("selector", "mean regret", "worst task", "regret@3", "top-1", "NDCG", "Wilcoxon p (ours lower)"):
+    sel = result["selectors"]
+    table = Table(title=f"Paired gain of each choice over what a user runs otherwise, in accuracy points ({result['constraint']}; "
+                        f"leave-one-task-out over {result['tasks']} tasks, {result['cells']} task instances)")  # fmt: skip
+    for column in ("selector", "over LoRA at defaults", "p", "won", "over full fine-tuning", "p", "won", "over the median choice"):
         table.add_column(column)
-    for name, r in result["selectors"].items():
-        table.add_row(name, f"{r['mean_regret']:.2f}", f"{r['worst_task_regret']:.2f}", f"{r['regret_at_3']:.2f}", f"{100 * r['top1']:.0f}%", f"{r['ndcg']:.3f}", str(r.get("wilcoxon_p_ours_lower", "—")))
-    floor = result["noise_floor"]
-    table.add_row("[dim]noise floor*[/dim]", f"[dim]{floor['mean_regret']:.2f}[/dim]", "", "", f"[dim]{100 * floor['top1']:.0f}%[/dim]", "", "")
+
+    def gain(g: dict) -> str:
+        return "—" if not g.get("tasks") else f"{g['mean_gain']:+.2f} [{g['interval_90'][0]:+.2f}, {g['interval_90'][1]:+.2f}] ({g['tasks']} tasks)"
+
+    for name, r in sel.items():
+        lora, full, median = (r["paired"][ref]["all"] for ref in ("lora_defaults", "full_finetuning", "median"))
+        table.add_row(name, gain(lora), f"{lora.get('wilcoxon_p', float('nan')):.3f}", f"{100 * lora.get('win_rate', 0):.0f}%", gain(full),
+                      f"{full.get('wilcoxon_p', float('nan')):.3f}", f"{100 * full.get('win_rate', 0):.0f}%", gain(median))  # fmt: skip
     out.print(table)
-    out.print("* a selector that knew every run's true accuracy, scored against runs re-measured on as many test examples: "
-              "what the evaluation's sampling noise alone costs (a lower bound)")
-    ours = result["selectors"]["metapeft"]
-    others = ", ".join(f"{key} {100 * ours[f'coverage_90_{key}']:.1f}%" for key in ("time", "memory") if ours.get(f"coverage_90_{key}") is not None)
-    out.print(f"metapeft: ECE of the best-method confidence {ours['ece']:.3f} ({ours['ece_ties_as_wins']:.3f} scoring a tie for best as a win); 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs' "
-              f"accuracy" + (f" ({others})" if others else ""))
+    out.print("[dim]mean over tasks [90% interval, resampling tasks]; p: one-sided Wilcoxon over tasks (gain > 0); won: share of tasks with a gain (ties half)[/dim]")
+    table = Table(title="Regret (best run of the instance minus the chosen run, points)")
+    for column in ("selector", "mean", "cross-fitted", "disaster rate (> 5)", "worst instance", "top-1", "NDCG", *(f"mean at {s}" for s in result["sizes"])):
+        table.add_column(column)
+    for name, r in sel.items():
+        cf = r.get("cross_fitted_regret")
+        table.add_row(name, f"{r['mean_regret']:.2f}", "—" if cf is None else f"{cf:.2f}", f"{100 * r['disaster_rate']:.0f}%", f"{r['worst_cell_regret']:.1f} ({r['worst_cell']})",
+                      f"{100 * r['top1']:.0f}%", f"{r['ndcg']:.3f}", *(f"{r['by_size'][str(s)].get('mean_regret', float('nan')):.2f}" for s in result["sizes"]))  # fmt: skip
+    out.print(table)
+    rep, curse = result["replicates"], result["winners_curse"]
+    out.print(f"cross-fitted: on {rep['cells']} instances trained on two seeds, the pick scored on one seed against the configuration best on the other "
+              f"(a selector knowing the true accuracies scores ≤ 0); copying the other seed's winner has plain regret "
+              f"{'—' if rep['other_seed_winner_regret'] is None else format(rep['other_seed_winner_regret'], '.2f')}. "
+              f"Winner's-curse offset of plain regret (test-set noise alone; the same for every selector, not a bound): {curse['mean_regret']:.2f}.", highlight=False)
+    ours = sel.get("metapeft")
+    if ours:
+        others = ", ".join(f"{key} {100 * ours[f'coverage_90_{key}']:.1f}%" for key in ("time", "memory") if ours.get(f"coverage_90_{key}") is not None)
+        out.print(f"metapeft: ECE of the best-method confidence {ours['ece']:.3f} ({ours['ece_ties_as_wins']:.3f} scoring a tie for best as a win); 90% intervals cover "
+                  f"{100 * ours['coverage_90']:.1f}% of held-out runs' accuracy" + (f" ({others})" if others else ""))  # fmt: skip
     if fs := result.get("few_shot"):
         out.print(f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error {fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, "
                   f"90% interval coverage {100 * fs['coverage_zero_shot']:.0f}% → {100 * fs['coverage_conditioned']:.0f}%")
@@ -650,7 +722,8 @@ def _options(cls, flags: dict[str, str] | None = None, **values):
 
 
 def _print_trial(t) -> None:
-    console.print(f"trial {t.number}: {t.method} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, {t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}", highlight=False)
+    switched = "".join(f" → {w['to']} at step {w['step']}" for w in t.switches)
+    console.print(f"trial {t.number}: {t.method}{switched} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, {t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}", highlight=False)
 
 
 def _trial_table(trials, pick, title: str) -> Table:
@@ -699,17 +772,20 @@ def tune(
     text_column: TextColumn = None,
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
+    switch: SwitchOption = False,
+    switch_threshold: SwitchThresholdOption = 0.8,
 ) -> None:
     """Search methods and hyperparameters (Bayesian, warm-started by the meta-learner); Pareto set, plot and a pick."""
     from .experience import ExperienceStore
     from .search import SearchConfig
     from .search import tune as run_tune
-    from .training import RunConfig
+    from .training import RunConfig, SwitchPolicy
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     run = _options(RunConfig, model=model, eval_size=eval_size, final_eval_size=final_eval_size)
     config = _options(SearchConfig, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps, sampler=sampler,
-                      storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, prune=prune, seed=seed, run=run)  # fmt: skip
+                      storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, prune=prune, seed=seed, run=run,
+                      switch=_options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=switch_threshold) if switch else None)  # fmt: skip
     task = _load(data, text_column, pair_column, label_column)
     with console.status(f"searching {task.name}…") as status:
         def on_trial(t) -> None:
@@ -744,14 +820,18 @@ def autotune(
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
     meta_init: MetaInitOption = True,
+    switch: SwitchOption = False,
+    switch_threshold: SwitchThresholdOption = 0.8,
 ) -> None:
     """Profile → recommend → tune → train the pick → register it in MLflow's model registry with the decision."""
     from .experience import ExperienceStore
     from .search import SearchConfig
     from .search import autotune as run_autotune
+    from .training import SwitchPolicy
 
     config = _options(SearchConfig, {"max_steps": "search_steps"}, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), max_steps=search_steps,
-                      prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, run=_options(SearchConfig.trial_run, model=model))  # fmt: skip
+                      prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, run=_options(SearchConfig.trial_run, model=model),
+                      switch=_options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=switch_threshold) if switch else None)  # fmt: skip
     task = _load(data, text_column, pair_column, label_column)
     with console.status(f"autotuning {task.name}…") as status:
         result = run_autotune(task, config, final_steps=final_steps, store=ExperienceStore(store), registered_name=name, meta_init=meta_init,

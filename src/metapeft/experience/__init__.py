@@ -1,7 +1,8 @@
 """The experience store: every fine-tuning run, ours or imported, as a record the meta-learner learns from."""
 
+from ._groups import cell_key, fingerprint_of, task_group, usable
 from ._peft_results import read_peft_results
-from ._record import Experience
+from ._record import Experience, pack_outcomes, unpack_outcomes
 from ._store import ExperienceStore
 
-__all__ = ["Experience", "ExperienceStore", "read_peft_results"]
+__all__ = ["Experience", "ExperienceStore", "cell_key", "fingerprint_of", "pack_outcomes", "read_peft_results", "task_group", "unpack_outcomes", "usable"]

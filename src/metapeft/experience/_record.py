@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, get_args
+
+import numpy as np
 
 Status = Literal["running", "finished", "failed", "interrupted"]
 STATUSES = get_args(Status)
@@ -106,6 +109,12 @@ class Experience:
             if key == "outcomes":
                 if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                     fail("metrics.outcomes", "an object of strings", value)
+            elif key == "switches":  # a switching run's switches (training._engine)
+                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                    fail("metrics.switches", "a list of objects", value)
+            elif key == "forgetting":  # a linear probe's figures (training.LinearProbe)
+                if not isinstance(value, dict):
+                    fail("metrics.forgetting", "an object", value)
             elif key in _TEXT_METRICS:
                 if value is not None and not isinstance(value, str):
                     fail(f"metrics.{key}", "a string", value)
@@ -133,3 +142,15 @@ def _number(value: Any) -> bool:
 def _kind(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+def pack_outcomes(correct: np.ndarray) -> str:
+    """Per-example correctness as text: base64 of the bits (``numpy.packbits``), ~170 characters for 1,000
+    examples. :func:`unpack_outcomes` reverses it."""
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii") + f":{len(correct)}"
+
+
+def unpack_outcomes(packed: str) -> np.ndarray:
+    """The boolean array :func:`pack_outcomes` packed."""
+    bits, n = packed.rsplit(":", 1)
+    return np.unpackbits(np.frombuffer(base64.b64decode(bits), dtype=np.uint8))[: int(n)].astype(bool)

@@ -6,9 +6,10 @@ not. :class:`MetaPEFT` puts them together behind ``recommend``.
 """
 
 from ._embedding import Cell, TaskEmbedder
-from ._evaluate import evaluate
+from ._evaluate import Constraint, evaluate
 from ._forecast import CurveForecaster, Forecast
-from ._recommend import MetaPEFT, MethodRecommendation, SimilarTask
+from ._protocol import Selector, check_selector
+from ._recommend import MetaPEFT, MethodRecommendation, SettingCheck, SimilarTask, ship_prior
 from ._surrogate import Candidate, Prediction, Surrogate
 
-__all__ = ["Candidate", "Cell", "CurveForecaster", "Forecast", "MetaPEFT", "MethodRecommendation", "Prediction", "SimilarTask", "Surrogate", "TaskEmbedder", "evaluate"]
+__all__ = ["Candidate", "Cell", "Constraint", "CurveForecaster", "Forecast", "MetaPEFT", "MethodRecommendation", "Prediction", "Selector", "SettingCheck", "SimilarTask", "Surrogate", "TaskEmbedder", "check_selector", "evaluate", "ship_prior"]

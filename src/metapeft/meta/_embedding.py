@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._environment import single_threaded
-from ..experience import Experience
+from ..experience import Experience, cell_key, fingerprint_of, task_group, usable
 from . import _nets
-from ._features import PROFILE_FEATURES, cell_key, domain_vector, fingerprint_of, profile_vector, task_group, usable
+from ._features import PROFILE_FEATURES, domain_vector, profile_vector
 
 DOMAIN_COMPONENTS = 8
 

@@ -1,31 +1,94 @@
-"""Leave-one-task-out evaluation of method selection, against baselines.
+"""Leave-one-task-out evaluation of method selection, paired against the choices users make without it.
 
 For each task of the experience, every run of it (all its sizes) is held out; the selector is fitted on the other
-tasks and, from the held-out task's profile alone, ranks the configurations that were actually run on it. Since
-their accuracies are known, the choice can be scored: regret (best run minus chosen run, in accuracy points),
-top-1 (the chosen method is a best method), regret@3, NDCG of the method ranking, calibration of the
-best-method confidence, and coverage of the 90% intervals.
+tasks and, from the held-out task's profile alone, ranks the configurations that were actually run on each of its
+task instances (the task at one training-set size and step budget), within a :class:`Constraint` (allowed
+methods, PEFT only, a memory limit). Since those runs' accuracies are known, the choice is scored:
 
-Every selector follows the meta-learners' protocol: ``fit(experiences)``, then ``predict(profile, candidates)``,
-which returns a :class:`Prediction` (baselines without uncertainty leave ``samples`` empty).
+- **paired gain** of the pick over references a user would run otherwise, in the same instance: LoRA at its
+  defaults, always full fine-tuning, and the median allowed configuration. Per task (mean over its instances), with
+  a 90% interval from resampling tasks, a one-sided Wilcoxon p and the share of tasks won; by training-set size too;
+- **regret** (best run minus chosen run, in accuracy points), regret@3, top-1, NDCG; the **disaster rate** (share of
+  instances with regret > 5) and the worst instance;
+- **cross-fitted regret** where an instance was trained on two training seeds: the best configuration chosen on
+  seed A, everything scored on seed B (and the reverse). Plain regret is biased upwards: the best of many noisy runs
+  beats their true best (the winner's curse), so even the truly best choice shows regret. Cross-fitting removes
+  that bias: a selector that knew the true accuracies would score ≤ 0 in expectation;
+- calibration of the best-method confidence (ECE) and coverage of the 90% intervals.
+
+The **winner's-curse offset** (formerly called a noise floor) is reported for what it is: E[max of noisy runs] −
+max of their true accuracies under the test set's sampling noise alone; it is the same for every selector and is
+not a lower bound on regret (runs scored on the same rows are not independent, and training-seed noise is left
+out). The replicate evidence beside it is the plain regret of copying the other seed's winner.
+
+Every selector follows one protocol (:class:`~metapeft.meta.Selector`: ``fit``, ``partial_fit``, ``predict``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..experience import Experience
+from .._errors import OptionError
+from ..experience import Experience, cell_key, task_group, unpack_outcomes, usable
 from ._embedding import TaskFeaturizer, cells_of, method_gaps
-from ._features import at_defaults, cell_key, measured_memory, task_group, usable
+from ._features import at_defaults, measured_memory
+from ._protocol import Selector
 from ._recommend import cautious_choice, incumbent_method, rank_methods
 from ._surrogate import Candidate, Prediction, Surrogate
 
+DISASTER = 5.0  # regret (points) above which a choice counts as a disaster
+REFERENCES = ("lora_defaults", "full_finetuning", "median")
 
-class _ScoreOnly:
+
+@dataclass
+class Constraint:
+    """What the user allows the selection to choose from (it learns from every run, whatever the constraint)."""
+
+    methods: list[str] | None = None  # allowed methods (default: all)
+    peft_only: bool = False  # only methods that fine-tune the encoder through an adapter or virtual tokens
+    max_memory_mb: float | None = None  # only runs whose measured peak memory is within this
+
+    def __post_init__(self) -> None:
+        from ..methods import get_method, list_methods
+
+        if self.methods is not None:
+            if isinstance(self.methods, str) or not self.methods:
+                raise OptionError("methods", f"must be a non-empty list of method names, got {self.methods!r}")
+            for name in self.methods:
+                get_method(name)
+        if self.max_memory_mb is not None and not (isinstance(self.max_memory_mb, (int, float)) and self.max_memory_mb > 0):
+            raise OptionError("max_memory_mb", f"must be a positive number of MB, got {self.max_memory_mb!r}")
+        if not self.allowed:
+            chosen = ", ".join(self.methods or [m.name for m in list_methods()])
+            raise OptionError("peft_only", f"leaves no method: none of {chosen} is a PEFT method (an adapter or virtual tokens); allow one, or drop the PEFT-only constraint")
+
+    @property
+    def allowed(self) -> list[str]:
+        from ..methods import get_method, list_methods
+
+        names = self.methods or [m.name for m in list_methods()]
+        return [m for m in names if not self.peft_only or get_method(m).kind == "peft"]
+
+    def allows(self, record: Experience) -> bool:
+        if record.method not in self.allowed:
+            return False
+        if self.max_memory_mb is None:
+            return True
+        memory = measured_memory(record.metrics)
+        return memory is not None and memory <= self.max_memory_mb
+
+    def describe(self) -> str:
+        parts = ["PEFT methods only" if self.peft_only else None, f"methods {', '.join(self.methods)}" if self.methods else None,
+                 f"peak memory ≤ {self.max_memory_mb:g} MB" if self.max_memory_mb else None]  # fmt: skip
+        return "; ".join(p for p in parts if p) or "every method"
+
+
+class _ScoreOnly(Selector):
     """Baselines predict a score per candidate, no intervals."""
 
     def _prediction(self, scores: np.ndarray) -> Prediction:
@@ -35,7 +98,8 @@ class _ScoreOnly:
 
 
 class AlwaysMethod(_ScoreOnly):
-    """What most users do today: one method at its defaults (LoRA), whatever the task."""
+    """What most users do today: one method at its defaults (LoRA), whatever the task (another of its settings
+    where the defaults were not run)."""
 
     def __init__(self, method: str = "lora"):
         self.method = method
@@ -60,6 +124,8 @@ class GlobalBest(_ScoreOnly):
 
 class RandomChoice(_ScoreOnly):
     """A configuration drawn at random (averaged over many draws by the evaluation)."""
+
+    random = True  # its predictions are draws: the conformance check does not ask them to repeat
 
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
@@ -128,6 +194,8 @@ def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarr
         "confidence": float(probs[0]),
         "coverage": float(inside.mean()),
         "runs": len(candidates),
+        "picked": float(picked[0]),
+        "pick": int(chosen[ranking[0]]),
     }
     if costs is not None:
         for j, key in ((1, "coverage_time"), (2, "coverage_memory")):
@@ -148,25 +216,117 @@ def expected_calibration_error(confidence: list[float], correct: list[float], bi
     return float(ece)
 
 
-SELECTORS: dict[str, Callable[[], object]] = {
+SELECTORS: dict[str, Callable[[], Selector]] = {
     "metapeft": Surrogate,
     "always_lora": AlwaysMethod,
+    "always_full_ft": lambda: AlwaysMethod("full_finetuning"),
     "global_best": GlobalBest,
     "random": RandomChoice,
     "knn_profile": NearestNeighbours,
 }
 
 
-def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], object]] | None = None, few_shot: int = 2,
-             random_repeats: int = 50, min_methods: int = 5, progress: Callable[[int, int, str], None] | None = None,
-             held_out: list[str] | None = None) -> dict:  # fmt: skip
-    """Leave-one-task-out over ``records``. Task instances with runs of fewer than ``min_methods`` methods are
-    not scored (too small a choice to measure selection, e.g. a task the bench is still running), though their
-    runs still train the selectors. ``few_shot`` > 0 also measures conditioning on that many observed runs of
-    the held-out task instance (the rest are scored). ``held_out`` limits the tasks held out (and scored) to these
-    task groups (default: every task)."""
+@dataclass
+class _Instance:
+    """One held-out task instance: its runs (one per configuration), the runs the constraint allows, and the
+    references a user would run otherwise."""
+
+    task: str
+    name: str
+    size: int
+    runs: list[Experience]
+    allowed: list[Experience]
+    references: dict[str, float | None]
+    lora_defaults: Experience | None
+
+
+def _config_key(r: Experience) -> str:
+    """A configuration, whatever the budget fields a run derived from its data (sequence length)."""
+    import json
+
+    from ..methods import BUDGET_FIELDS
+
+    return r.method + json.dumps({k: v for k, v in r.hyperparameters.items() if k not in BUDGET_FIELDS}, sort_keys=True, default=str)
+
+
+def _instances(held: str, runs: list[Experience], constraint: Constraint, min_methods: int) -> list[_Instance]:
+    by_cell: dict[str, list[Experience]] = defaultdict(list)
+    for r in runs:
+        by_cell[cell_key(r)].append(r)
+    out = []
+    for cell in by_cell.values():
+        by_config: dict[str, list[Experience]] = defaultdict(list)
+        for r in sorted(cell, key=lambda r: (r.seed or 0, r.created_at)):
+            by_config[_config_key(r)].append(r)
+        first = [rs[0] for rs in by_config.values()]  # a configuration trained on two seeds: the first is scored
+        allowed = [r for r in first if constraint.allows(r)]
+        if len({r.method for r in allowed}) < min(min_methods, len(constraint.allowed)):
+            continue
+        lora = [r for r in first if r.method == "lora" and at_defaults(r.method, r.hyperparameters)]
+        full = [r for r in first if r.method == "full_finetuning"]
+        full_defaults = [r for r in full if at_defaults(r.method, r.hyperparameters)]
+        references = {
+            "lora_defaults": float(np.mean([r.metrics["accuracy"] for r in lora])) if lora else None,
+            "full_finetuning": float(np.mean([r.metrics["accuracy"] for r in (full_defaults or full)])) if full else None,
+            "median": float(np.median([r.metrics["accuracy"] for r in allowed])),
+        }
+        out.append(_Instance(held, first[0].task_name, _size(first[0]), first, allowed, references, lora[0] if lora else None))
+    return out
+
+
+def _replicates(runs: list[Experience], constraint: Constraint) -> list[list[tuple[Experience, Experience]]]:
+    """Per task instance trained on two seeds (the task at one size and step budget; the seed draws the training
+    sample or, in benches that split them, only the initialisation and order): the allowed configurations run on
+    both, as pairs (first seed, second seed)."""
+    groups: dict[str, dict[str, dict[int, Experience]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        if constraint.allows(r):
+            budget = cell_key(r).split("|")[-1]
+            groups[f"{r.task_name}|{budget}"][_config_key(r)].setdefault(r.seed or 0, r)
+    out = []
+    for configs in groups.values():
+        seeds = sorted({s for by_seed in configs.values() for s in by_seed})
+        if len(seeds) < 2:
+            continue
+        a, b = seeds[:2]
+        pairs = [(by_seed[a], by_seed[b]) for by_seed in configs.values() if a in by_seed and b in by_seed]
+        if len({x.method for x, _ in pairs}) >= 2:
+            out.append(pairs)
+    return out
+
+
+def _size(r: Experience) -> int:
+    return int(r.profile.get("dataset_size") or r.tags.get("n_train") or 0)
+
+
+def evaluate(records: list[Experience], *, constraint: Constraint | None = None, selectors: dict[str, Callable[[], Selector]] | None = None,
+             few_shot: int = 2, random_repeats: int = 50, min_methods: int = 5, progress: Callable[[int, int, str], None] | None = None,
+             held_out: list[str] | None = None, bootstrap: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+    """Leave-one-task-out over ``records`` (module docstring).
+
+    Args:
+        records: The experience (its usable runs are read; a task's runs on two training seeds are replicates).
+        constraint: What the selection may choose from (default: every method). The selectors learn from every
+            run; only the candidates of a held-out instance are constrained.
+        selectors: Name → factory of a :class:`~metapeft.meta.Selector` (default: ``SELECTORS``: metapeft and
+            the baselines).
+        few_shot: Also measure conditioning on that many observed runs of the held-out instance (0 = skip).
+        random_repeats: Draws averaged for the random baseline.
+        min_methods: Instances with allowed runs of fewer methods (or of fewer than the constraint allows) are not
+            scored (too small a choice), though their runs still train the selectors.
+        progress: Called with (tasks done, tasks, task) as it goes.
+        held_out: Limit the tasks held out (and scored) to these task groups (default: every task).
+        bootstrap: Task resamples for the paired gains' intervals.
+        seed: Seeds the resampling and the random baseline.
+
+    Returns:
+        A JSON-ready dict: per selector, regret figures, disaster rate and paired gains over each reference (all
+        sizes and by size); cross-fitted regret where replicates exist; the winner's-curse offset; per-task regret;
+        calibration and coverage of metapeft's intervals; few-shot conditioning.
+    """
     from scipy.stats import wilcoxon
 
+    constraint = constraint or Constraint()
     selectors = selectors or SELECTORS
     records = [r for r in {r.id: r for r in records}.values() if usable(r)]
     groups = sorted({task_group(r) for r in records})
@@ -175,41 +335,51 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
     if held_out is not None:
         groups = [g for g in groups if g in set(held_out)]
     per_cell: dict[str, list[dict]] = defaultdict(list)
-    floor: list[dict] = []
+    crossed: dict[str, list[dict]] = defaultdict(list)
+    curse: list[dict] = []
     few: list[dict] = []
     embedding_rho: list[float] = []
     for n, held in enumerate(groups):
         if progress:
             progress(n, len(groups), held)
         train = [r for r in records if task_group(r) != held]
-        test = defaultdict(list)
-        for r in records:
-            if task_group(r) == held:
-                test[cell_key(r)].append(r)
-        for runs in test.values():
-            if len({r.method for r in runs}) >= min_methods:
-                floor.append({"task": held, **_noise_floor(runs, seed=len(floor))})
+        own = [r for r in records if task_group(r) == held]
+        instances = _instances(held, own, constraint, min_methods)
+        replicates = _replicates(own, constraint)
+        for inst in instances:
+            curse.append({"task": held, **_winners_curse(inst.allowed, seed=len(curse))})
         incumbent = incumbent_method(cells_of(train))  # the ranking rule reads it only with joint draws (not the baselines)
         for name, make in selectors.items():
-            model = make().fit(train)
+            model = make()
+            if isinstance(model, AlwaysMethod) and model.method not in constraint.allowed:
+                continue  # a baseline the constraint rules out
+            model = model.fit(train)
             repeats = random_repeats if name == "random" else 1
-            for runs in test.values():
-                if len({r.method for r in runs}) < min_methods:
-                    continue
+            for inst in instances:
+                runs = inst.allowed
                 cands = [Candidate(r.method, r.hyperparameters) for r in runs]
                 acc = np.array([r.metrics["accuracy"] for r in runs])
                 costs = np.array([[r.metrics.get("train_time_s") or math.nan, measured_memory(r.metrics) or math.nan] for r in runs], dtype=float)
                 cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbent) for _ in range(repeats)]
-                per_cell[name].append({"task": held, "cell": runs[0].task_name, **{k: float(np.mean([c[k] for c in cells])) for k in cells[0]}})
+                row = {"task": held, "cell": inst.name, "size": inst.size, **{k: float(np.mean([c[k] for c in cells])) for k in cells[0] if k != "pick"},
+                       "references": inst.references}  # fmt: skip
+                if repeats == 1:
+                    row["mcnemar"] = _mcnemar(runs[cells[0]["pick"]], inst.lora_defaults)
+                per_cell[name].append(row)
                 if name == "metapeft" and few_shot and len(runs) > few_shot + 1:
                     few.append(_few_shot(model, runs, few_shot, seed=len(few)))
+            for pairs in replicates:
+                crossed[name].append({"task": held, "size": _size(pairs[0][0]), **_cross_fitted(model, pairs, incumbent, repeats)})
             if name == "metapeft":
-                embedding_rho += _embedding_agreement(model.embedder, train, [r for runs in test.values() for r in runs])
+                embedding_rho += _embedding_agreement(model.embedder, train, [r for inst in instances for r in inst.runs])
     if progress:
         progress(len(groups), len(groups), "")
     if not per_cell:
-        raise ValueError(f"no task instance has runs of at least {min_methods} methods")
-    out = {"tasks": len({r["task"] for r in next(iter(per_cell.values()))}), "cells": len(next(iter(per_cell.values()))), "runs": len(records), "selectors": {}}
+        raise ValueError(f"no task instance has allowed runs of at least {min(min_methods, len(constraint.allowed))} methods ({constraint.describe()})")
+    rng = np.random.default_rng(seed)
+    first = next(iter(per_cell.values()))
+    out = {"constraint": constraint.describe(), "tasks": len({r["task"] for r in first}), "cells": len(first), "runs": len(records),
+           "sizes": sorted({r["size"] for r in first}), "selectors": {}}  # fmt: skip
     per_task = {name: _by_task(rows) for name, rows in per_cell.items()}
     for name, rows in per_cell.items():
         tasks = per_task[name]
@@ -217,10 +387,21 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
             "mean_regret": round(float(np.mean(list(tasks.values()))), 3),
             "worst_task_regret": round(float(max(tasks.values())), 3),
             "worst_cell_regret": round(float(max(r["regret"] for r in rows)), 3),
+            "worst_cell": max(rows, key=lambda r: r["regret"])["cell"],
+            "disaster_rate": round(float(np.mean([r["regret"] > DISASTER for r in rows])), 3),
             "regret_at_3": round(float(np.mean([r["regret_at_3"] for r in rows])), 3),
             "top1": round(float(np.mean([r["top1"] for r in rows])), 3),
             "ndcg": round(float(np.mean([r["ndcg"] for r in rows])), 3),
+            "by_size": {str(size): _regret_summary([r for r in rows if r["size"] == size]) for size in out["sizes"]},
+            "paired": {ref: {"all": _paired(rows, ref, None, rng, bootstrap, wilcoxon), **{str(size): _paired(rows, ref, size, rng, bootstrap, wilcoxon) for size in out["sizes"]}}
+                       for ref in REFERENCES},  # fmt: skip
         }
+        tests = [r["mcnemar"] for r in rows if r.get("mcnemar")]
+        if tests:
+            summary["mcnemar_vs_lora_defaults"] = {"cells": len(tests), "better": int(sum(t["p"] < 0.05 and t["gain"] > 0 for t in tests)),
+                                                   "worse": int(sum(t["p"] < 0.05 and t["gain"] < 0 for t in tests))}  # fmt: skip
+        if crossed.get(name):
+            summary["cross_fitted_regret"] = round(float(np.mean(list(_by_task(crossed[name], "cross_fitted").values()))), 3)
         if name == "metapeft":
             summary["embedding_spearman"] = round(float(np.nanmean(embedding_rho)), 3) if embedding_rho else None
             summary["ece"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["best_share"] for r in rows]), 3)
@@ -230,7 +411,12 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
                 values = [r[f"coverage_{key}"] for r in rows if not math.isnan(r[f"coverage_{key}"])]
                 summary[f"coverage_90_{key}"] = round(float(np.mean(values)), 3) if values else None
         out["selectors"][name] = summary
-    out["noise_floor"] = {"mean_regret": round(float(np.mean(list(_by_task(floor).values()))), 3), "top1": round(float(np.mean([f["top1"] for f in floor])), 3)}
+    any_crossed = next(iter(crossed.values()), [])
+    out["replicates"] = {
+        "cells": len(any_crossed), "tasks": len({c["task"] for c in any_crossed}),
+        "other_seed_winner_regret": round(float(np.mean([c["other_seed_winner"] for c in any_crossed])), 3) if any_crossed else None,
+    }  # fmt: skip
+    out["winners_curse"] = {"mean_regret": round(float(np.mean(list(_by_task(curse).values()))), 3), "top1": round(float(np.mean([f["top1"] for f in curse])), 3)}
     ours = per_task.get("metapeft")
     if ours:
         for name, tasks in per_task.items():
@@ -250,11 +436,76 @@ def evaluate(records: list[Experience], *, selectors: dict[str, Callable[[], obj
     return out
 
 
-def _noise_floor(runs: list[Experience], seed: int, draws: int = 2000) -> dict:
-    """Regret and top-1 of a selector that knows every run's true accuracy, caused by the evaluation's sampling
-    noise alone: the recorded accuracies stand for the truth, each is re-measured on as many test examples
-    (binomial noise), and the truly best is scored against the re-measured best. A lower bound on what any
-    selector can reach here: training-seed noise is left out, and recorded accuracies spread wider than the truth."""
+def _regret_summary(rows: list[dict]) -> dict:
+    if not rows:
+        return {"cells": 0}
+    tasks = _by_task(rows)
+    return {"cells": len(rows), "tasks": len(tasks), "mean_regret": round(float(np.mean(list(tasks.values()))), 3),
+            "disaster_rate": round(float(np.mean([r["regret"] > DISASTER for r in rows])), 3), "worst_cell_regret": round(float(max(r["regret"] for r in rows)), 3)}  # fmt: skip
+
+
+def _paired(rows: list[dict], reference: str, size: int | None, rng, bootstrap: int, wilcoxon) -> dict:
+    """The pick's gain over ``reference`` (points), averaged per task over its instances that have the reference:
+    mean over tasks, 90% task-bootstrap interval, one-sided Wilcoxon p (gain > 0), share of tasks won (a tie counts
+    half) and the worst task."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        ref = r["references"].get(reference)
+        if ref is not None and (size is None or r["size"] == size):
+            by[r["task"]].append(100 * (r["picked"] - ref))
+    if not by:
+        return {"tasks": 0}
+    gains = np.array([np.mean(v) for v in by.values()])
+    means = gains[rng.integers(0, len(gains), size=(bootstrap, len(gains)))].mean(1)
+    nonzero = gains[np.abs(gains) > 1e-9]
+    p = float(wilcoxon(nonzero, alternative="greater").pvalue) if len(nonzero) else 1.0
+    return {"tasks": len(gains), "cells": sum(len(v) for v in by.values()), "mean_gain": round(float(gains.mean()), 3),
+            "interval_90": [round(float(np.percentile(means, 5)), 3), round(float(np.percentile(means, 95)), 3)],
+            "wilcoxon_p": round(p, 4), "win_rate": round(float(np.mean((gains > 1e-9) + 0.5 * (np.abs(gains) <= 1e-9))), 3),
+            "worst_task_gain": round(float(gains.min()), 3)}  # fmt: skip
+
+
+def _mcnemar(picked: Experience, reference: Experience | None) -> dict | None:
+    """Exact McNemar test between the pick and a reference run scored on the same rows (per-example outcomes)."""
+    if reference is None or picked.id == reference.id:
+        return None
+    a, b = (r.metrics.get("outcomes") or {} for r in (picked, reference))
+    if not a.get("test") or a.get("test_rows") != b.get("test_rows") or not b.get("test"):
+        return None
+    from scipy.stats import binomtest
+
+    x, y = unpack_outcomes(a["test"]), unpack_outcomes(b["test"])
+    if len(x) != len(y):
+        return None
+    only_pick, only_ref = int((x & ~y).sum()), int((~x & y).sum())
+    p = float(binomtest(only_pick, only_pick + only_ref, 0.5).pvalue) if only_pick + only_ref else 1.0
+    return {"gain": 100 * float(x.mean() - y.mean()), "p": p}
+
+
+def _cross_fitted(model: Selector, pairs: list[tuple[Experience, Experience]], incumbent: str | None, repeats: int) -> dict:
+    """On an instance trained on two seeds (``pairs``: one configuration's two runs): the pick scored on seed B
+    against the configuration best on seed A (and the reverse); beside it, the plain regret of copying seed A's
+    winner (best on B minus B's accuracy of A's winner)."""
+    cands = [Candidate(a.method, a.hyperparameters) for a, _ in pairs]
+    acc = np.array([[a.metrics["accuracy"], b.metrics["accuracy"]] for a, b in pairs])
+    regrets, copy = [], []
+    for _ in range(repeats):
+        pred = model.predict(pairs[0][0].profile, cands)
+        ranking, chosen, _ = select(pred, cands, incumbent)
+        pick = chosen[ranking[0]]
+        for fit_on, score_on in ((0, 1), (1, 0)):
+            reference = int(np.argmax(acc[:, fit_on]))
+            regrets.append(100 * (acc[reference, score_on] - acc[pick, score_on]))
+            copy.append(100 * (acc[:, score_on].max() - acc[reference, score_on]))
+    return {"cross_fitted": float(np.mean(regrets)), "other_seed_winner": float(np.mean(copy))}
+
+
+def _winners_curse(runs: list[Experience], seed: int, draws: int = 2000) -> dict:
+    """The winner's-curse offset of one instance: regret and top-1 of a selector that knows every run's true
+    accuracy, caused by the test set's sampling noise alone (the recorded accuracies stand for the truth, each is
+    re-measured on as many test examples, binomial noise, and the truly best is scored against the re-measured best).
+    Not a lower bound on regret: runs scored on the same rows are not independent, training-seed noise is left out,
+    and recorded accuracies spread wider than the truth."""
     rng = np.random.default_rng(seed)
     acc = np.array([r.metrics["accuracy"] for r in runs])
     n = np.array([r.metrics.get("eval_examples") or 300 for r in runs])
@@ -268,10 +519,10 @@ def _noise_floor(runs: list[Experience], seed: int, draws: int = 2000) -> dict:
     return {"regret": 100 * float((best - measured[:, truth]).mean()), "top1": float((method_best >= best - 1e-9).mean())}
 
 
-def _by_task(rows: list[dict]) -> dict[str, float]:
+def _by_task(rows: list[dict], key: str = "regret") -> dict[str, float]:
     by = defaultdict(list)
     for r in rows:
-        by[r["task"]].append(r["regret"])
+        by[r["task"]].append(r[key])
     return {t: float(np.mean(v)) for t, v in by.items()}
 
 

@@ -27,25 +27,6 @@ PROFILE_FEATURES = (
 )  # fmt: skip
 
 
-def usable(record: Experience) -> bool:
-    """Finished runs of a known method whose task profile the meta-learners can read (runs a pruner stopped
-    early and runs that switched method are left out: their metrics are not what their settings achieve)."""
-    p = record.profile or {}
-    return (
-        record.status == "finished"
-        and record.tags.get("stopped_by") != "should_stop"
-        and not record.tags.get("switched")  # its metrics are several methods' together, not its own method's
-        and record.metrics.get("accuracy") is not None
-        and bool(p.get("domain_vector"))
-        and p.get("dataset_size") is not None
-        and _known_method(record.method)
-    )
-
-
-def _known_method(name: str) -> bool:
-    return name in {m.name for m in list_methods()}
-
-
 def profile_dict(profile: TaskProfile | dict) -> dict:
     return profile.as_dict() if isinstance(profile, TaskProfile) else profile
 
@@ -76,24 +57,6 @@ def profile_vector(profile: TaskProfile | dict) -> np.ndarray:
 
 def domain_vector(profile: TaskProfile | dict) -> np.ndarray:
     return np.asarray(profile_dict(profile).get("domain_vector") or [], dtype=np.float32)
-
-
-def fingerprint_of(record: Experience) -> str:
-    """The data a run trained on: the task at its train size and sample seed (its profile's fingerprint)."""
-    return record.task_fingerprint or record.profile.get("fingerprint") or record.task_name
-
-
-def cell_key(record: Experience) -> str:
-    """The task instance a run belongs to: its data under one step budget (steps × batch size). Runs of 3 steps
-    and runs of 80 do not share a level: four own runs of 3 steps on sst2-mini (48%) once took the prediction for
-    sst2 from 75% to 49%."""
-    hp = record.hyperparameters
-    return f"{fingerprint_of(record)}|{hp.get('max_steps')}x{hp.get('batch_size')}"
-
-
-def task_group(record: Experience) -> str:
-    """The task a run belongs to, whatever its size: leave-one-task-out holds out whole groups."""
-    return record.tags.get("suite_task") or record.task_name.split("@")[0]
 
 
 COST_FREE_FIELDS = ("learning_rate", "head_learning_rate", "warmup_ratio", "weight_decay", "lora_alpha", "alpha", "tinit_ratio",

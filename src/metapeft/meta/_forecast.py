@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..experience import Experience
+from ..experience import Experience, task_group, usable
 from ..methods import list_methods
-from ._features import task_group, usable
 
 STRETCHES = (0.3, 0.6, 1.0)  # a forecast's interval is calibrated on the points up to these fractions of the budget
 

@@ -20,11 +20,12 @@ import numpy as np
 
 from .._config import data_dir
 from .._errors import MetapeftError
-from ..experience import Experience, ExperienceStore
+from ..experience import Experience, ExperienceStore, fingerprint_of, task_group, usable
 from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
-from ._features import TARGETS, at_defaults, fingerprint_of, profile_dict, task_group, usable
+from ._features import TARGETS, at_defaults, profile_dict
+from ._risk import CollapseRisk
 from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 6
@@ -45,6 +46,27 @@ class MethodRecommendation:
     expected_performance: dict[str, dict[str, float]]  # accuracy / train_time_s / peak_memory_mb → mean, low, high (90%)
     reasoning: str
     feasible: bool = True
+    collapse_risk: float | None = None  # probability that these settings fail on the task (see meta._risk)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SettingCheck:
+    """What ``MetaPEFT.check`` says of a user's setting: its collapse risk (``verdict``: low under 15%, high from
+    35%), beside the experience's base rate of failure, its expected accuracy (90% interval), and up to three changes
+    that lower the risk without lowering the expected accuracy (``kind``: one setting, the defaults, or the setting
+    ``recommend`` suggests for this method)."""
+
+    task: str
+    method: str
+    hyperparameters: dict[str, Any]
+    collapse_risk: float
+    verdict: str
+    base_rate: float
+    expected_accuracy: dict[str, float]
+    suggestions: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -279,16 +301,92 @@ class MetaPEFT:
             beats = float((drawn[:, 0] > drawn[:, 1]).mean())
             lead = 100 * (pred.mean[chosen[rival], 0] - pred.mean[chosen[incumbent], 0])
             context["kept_first"] = (rival, lead, beats, gaps[incumbent], len(cells))
+        risks = dict(zip(order, self.collapse_risk().predict(profile, [rows[chosen[n]] for n in order])))
         out = []
         for rank, name in enumerate(order, 1):
             i = chosen[name]
             expected = {t: {"mean": _round(t, pred.mean[i, j]), "low": _round(t, pred.low[i, j]), "high": _round(t, pred.high[i, j])} for j, t in enumerate(TARGETS)}
             out.append(MethodRecommendation(
                 method=name, rank=rank, confidence=probs[name], hyperparameters=dict(rows[i][1]), expected_performance=expected,
-                reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1]),
-                feasible=name not in blocked,
+                reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1])
+                + f" Collapse risk of these settings (accuracy near chance, or over 10 points below the best run): {risks[name]:.0%}.",
+                feasible=name not in blocked, collapse_risk=round(float(risks[name]), 3),
             ))  # fmt: skip
         return out
+
+    def check(self, task, method: str, hyperparameters: dict[str, Any] | None = None) -> SettingCheck:
+        """How risky a user's own setting of ``method`` is on ``task`` and what to change: its collapse risk and
+        expected accuracy, and the single-setting changes (each searched setting over its range, the defaults, the
+        setting ``recommend`` suggests) that lower the risk most without lowering the expected accuracy.
+
+        Args:
+            task: A Task, a profile, or a path.
+            method: A method of the zoo.
+            hyperparameters: The user's settings (validated; the rest are the method's defaults).
+
+        Returns:
+            A :class:`SettingCheck`.
+        """
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        spec = get_method(method)
+        user = spec.make_config(hyperparameters or {}).as_dict()  # a value outside the method's range is refused here
+        profile = self.profile(task)
+        budget = {k: user[k] for k in BUDGET_FIELDS if k in (hyperparameters or {})}
+        options: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (change, full settings)
+        for name, dist in spec.search_space().items():
+            if name in BUDGET_FIELDS:
+                continue
+            if isinstance(dist, CategoricalDistribution):
+                values = list(dist.choices)
+            elif isinstance(dist, FloatDistribution):
+                values = list(np.geomspace(dist.low, dist.high, 7) if dist.log else np.linspace(dist.low, dist.high, 7))
+            elif isinstance(dist, IntDistribution):
+                values = sorted({int(round(v)) for v in (np.geomspace(dist.low, dist.high, 5) if dist.log else np.linspace(dist.low, dist.high, 5))})
+            else:
+                continue
+            for value in values:
+                value = float(f"{value:.2g}") if isinstance(value, float) else value
+                if value == user.get(name):
+                    continue
+                try:  # a change can break a rule between settings (AdaLoRA's target rank above its initial one)
+                    options.append(({name: value}, spec.make_config({**(hyperparameters or {}), name: value}).as_dict()))
+                except MetapeftError:
+                    continue
+        options.append(({"defaults": True}, spec.make_config(budget).as_dict()))
+        suggested = self.recommend(profile, methods=[method], budget=budget or None)[0].hyperparameters
+        options.append(({"suggested": True}, suggested))
+        configs = [user] + [full for _, full in options]
+        risks = self.collapse_risk().predict(profile, [(method, c) for c in configs])
+        pred = self._fitted().predict(profile, [Candidate(method, c) for c in configs])
+        accuracy = pred.mean[:, 0]
+        better = [i for i in range(1, len(configs)) if risks[i] < risks[0] - 0.05 and accuracy[i] >= accuracy[0] - 0.01]
+        better.sort(key=lambda i: (round(float(risks[i]), 2), -accuracy[i]))
+        suggestions, seen = [], set()
+        for i in better:
+            change = options[i - 1][0]
+            key = next(iter(change))
+            if key in seen:
+                continue
+            seen.add(key)
+            shown = {k: v for k, v in configs[i].items() if user.get(k) != v} if key in ("defaults", "suggested") else change
+            suggestions.append({"change": shown, "kind": key if key in ("defaults", "suggested") else "setting", "collapse_risk": round(float(risks[i]), 3),
+                                "expected_accuracy": round(float(accuracy[i]), 4)})  # fmt: skip
+            if len(suggestions) == 3:
+                break
+        risk = float(risks[0])
+        return SettingCheck(
+            task=profile.get("task_name", ""), method=method, hyperparameters=user, collapse_risk=round(risk, 3),
+            verdict="low" if risk < 0.15 else "moderate" if risk < 0.35 else "high", base_rate=round(float(self.collapse_risk().base_rate), 3),
+            expected_accuracy={"mean": round(float(accuracy[0]), 4), "low": round(float(pred.low[0, 0]), 4), "high": round(float(pred.high[0, 0]), 4)},
+            suggestions=suggestions,
+        )  # fmt: skip
+
+    def collapse_risk(self) -> CollapseRisk:
+        """The collapse-risk model fitted on this experience (once; refitted when the experience changes)."""
+        if "risk" not in self._derived:
+            self._derived["risk"] = CollapseRisk().fit(self.experiences())
+        return self._derived["risk"]
 
     def _by_fingerprint(self) -> dict[str, list[Experience]]:
         """The experience's runs by their dataset's fingerprint (a task's own runs condition its prediction)."""
@@ -422,6 +520,16 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
 
 
 # --- cache ---------------------------------------------------------------------------------------------------
+
+
+def ship_prior(store: ExperienceStore, design_name: str) -> int:
+    """Package a bench design's runs as the shipped prior and refit the meta-learner shipped beside it (the two
+    must agree: a test checks it). Returns the runs packaged."""
+    from ..prior import write_prior
+
+    n = write_prior(store, design_name)
+    write_packaged_model()
+    return n
 
 
 def write_packaged_model(path: str | Path = PACKAGED_MODEL) -> int:

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from .._environment import single_threaded
-from ..experience import Experience
+from ..experience import Experience, cell_key, task_group, usable
 from . import _nets
 from ._embedding import TaskEmbedder
-from ._features import TARGETS, ConfigEncoder, cell_key, effective_max_length, profile_dict, steps_of, targets, task_group, usable
+from ._features import TARGETS, ConfigEncoder, effective_max_length, profile_dict, steps_of, targets
+from ._protocol import Selector
 
 FORMAT = 8  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
 # 5 = time learned per step; 6 = time and memory read without the cost-free settings; 7 = P(best) calibration;
@@ -126,7 +127,7 @@ class Prediction:
         return _calibrated(p, self.best_prior, self.best_power)
 
 
-class Surrogate:
+class Surrogate(Selector):
     """Deep-ensemble surrogate over the experience store.
 
     Lifecycle: ``fit(experiences)`` trains the task embedding, the ensemble and (with ``calibrate=True``) the

@@ -79,7 +79,8 @@ def experiences(store: ExperienceStore | None = None, *, include_prior: bool | N
 
 
 def write_prior(store: ExperienceStore, design_name: str, path: str | Path = EXPERIENCES_PATH) -> int:
-    """Export the finished and failed runs of a bench design as the packaged prior (``source="prior"``)."""
+    """Export the finished and failed runs of a bench design as the packaged prior (``source="prior"``). The
+    meta-learner shipped beside it is fitted on it by :func:`metapeft.meta.ship_prior`, which calls this."""
     records = [r for r in store.iter() if r.tags.get("design") == design_name and r.status in ("finished", "failed")]
     records.sort(key=lambda r: r.tags.get("design_key", r.id))
     lines = []
@@ -89,8 +90,4 @@ def write_prior(store: ExperienceStore, design_name: str, path: str | Path = EXP
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:  # mtime=0: same runs, same bytes
         f.write("".join(lines).encode("utf-8"))
     _load.cache_clear()
-    if Path(path).resolve() == EXPERIENCES_PATH:  # the shipped prior changed: so does the meta-learner fitted on it
-        from ..meta._recommend import write_packaged_model
-
-        write_packaged_model()
     return len(records)

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..experience import Experience
+from ..experience import Experience, task_group
 
 MIN_METHODS = 5  # the methods a cell needs to count in comparisons (as in `metapeft evaluate`)
 
@@ -28,7 +28,7 @@ def frame(records: list[Experience]) -> pd.DataFrame:
     for r in records:
         if r.status != "finished" or r.metrics.get("accuracy") is None:
             continue
-        task = r.tags.get("suite_task") or r.task_name.split("@")[0]
+        task = task_group(r)
         # the size trained on (a design size above a task's size trains on the whole task)
         size = r.profile.get("dataset_size") or r.tags.get("n_train") or r.tags.get("train_size") or 0
         rows.append({

@@ -5,6 +5,6 @@ from ._autotune import AutotuneResult, autotune
 from ._config import OBJECTIVES, PREFERENCES, SAMPLERS, SearchConfig
 from ._sampler import MetaSampler
 from ._space import joint_space
-from ._tune import TrialResult, TuneResult, tune
+from ._tune import TrialResult, TuneResult, switch_callbacks, tune
 
-__all__ = ["OBJECTIVES", "PREFERENCES", "SAMPLERS", "AutotuneResult", "MetaSampler", "SearchConfig", "TrialResult", "TuneResult", "autotune", "joint_space", "tune"]
+__all__ = ["OBJECTIVES", "PREFERENCES", "SAMPLERS", "AutotuneResult", "MetaSampler", "SearchConfig", "TrialResult", "TuneResult", "autotune", "joint_space", "switch_callbacks", "tune"]

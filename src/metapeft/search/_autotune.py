@@ -19,7 +19,7 @@ from .._errors import MetapeftError, OptionError
 from ..experience import ExperienceStore
 from ..tasks import Task, TaskProfile
 from ._config import OBJECTIVES, SearchConfig
-from ._tune import TrialResult, TuneResult, tune
+from ._tune import TrialResult, TuneResult, switch_callbacks, tune
 
 
 @dataclass
@@ -89,7 +89,7 @@ def autotune(task: Task, search: SearchConfig | None = None, *, final_steps: int
         stage(f"training the pick ({pick.method}, trial {pick.number}) for {steps} steps")
         run = replace(config.run, tags={**config.run.tags, "study": search.study, "autotune": True})
         final = train(task, pick.method, {**pick.hyperparameters, "max_steps": steps}, run, profile=TaskProfile.from_dict(profile), store=store,
-                      parent_run_id=search.parent_run_id).as_dict()  # fmt: skip
+                      parent_run_id=search.parent_run_id, callbacks=switch_callbacks(meta, profile, config.switch, config.methods)(pick.method)).as_dict()  # fmt: skip
     registered = None
     if register and final["mlflow_run_id"]:
         confidence = next((r.confidence for r in ranking if r.method == pick.method), None)
@@ -101,6 +101,8 @@ def autotune(task: Task, search: SearchConfig | None = None, *, final_steps: int
             "metapeft.decision": f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of {len(search.pareto)} by preference '{config.prefer}'{_limits(config.max_memory_mb, config.max_time_s)}",
             "metapeft.pareto": json.dumps([{"trial": t.number, "method": t.method, **{o: t.metrics.get(o) for o in config.objectives}} for t in search.pareto]),
             "metapeft.study": search.study, "metapeft.experience_id": final["experience_id"],
+            **({"metapeft.switches": json.dumps([{k: w[k] for k in ("step", "from", "to", "p_better")} for w in final["metrics"]["switches"]])}
+               if final["metrics"].get("switches") else {}),
         }  # fmt: skip
         name = registered_name or "metapeft-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task.name)
         version = register_classifier(name, final["mlflow_run_id"], final["adapter_path"], tags=tags, description=tags["metapeft.decision"])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import OptionError
 
 if TYPE_CHECKING:
-    from ..training import RunConfig
+    from ..training import RunConfig, SwitchPolicy
 
 OBJECTIVES = ("accuracy", "train_time_s", "peak_memory_mb")
 SAMPLERS = ("meta", "gp", "tpe", "random")
@@ -41,6 +41,7 @@ class SearchConfig:
     warm_start: int = field(default=3, metadata={"help": "First trials taken from the meta-learner's ranking and the most similar past task (meta sampler)."})
     output_dir: str | Path | None = field(default=None, metadata={"help": "Folder of the trials' adapters and the Pareto plot (default: runs/tune/<study> in the data directory)."})
     run: RunConfig = field(default_factory=lambda: SearchConfig.trial_run(), metadata={"help": "How every trial is run (model, evaluation sizes, tracking); its output_dir is set per trial."})
+    switch: SwitchPolicy | None = field(default=None, metadata={"help": "Let each trial whose learning can be merged switch method mid-run when its learning curve says another will finish better (autotune's final run too)."})
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives) if isinstance(self.objectives, (list, tuple)) else self.objectives
@@ -70,8 +71,10 @@ class SearchConfig:
                 raise OptionError("methods", f"must be a non-empty list of method names, got {self.methods!r}")
             for name in self.methods:
                 get_method(name)  # an unknown name is refused with the list of known ones
-        from ..training import RunConfig
+        from ..training import RunConfig, SwitchPolicy
 
+        if self.switch is not None and not isinstance(self.switch, SwitchPolicy):
+            raise OptionError("switch", f"must be a SwitchPolicy or None, got {type(self.switch).__name__}")
         if not isinstance(self.run, RunConfig):
             raise OptionError("run", f"must be a RunConfig, got {type(self.run).__name__}")
         if self.run.output_dir is not None:

@@ -41,6 +41,7 @@ class TrialResult:
     adapter_path: str | None = None
     mlflow_run_id: str | None = None
     source: str | None = None  # why this trial was proposed: "surrogate", "similar task", or the sampler
+    switches: list[dict[str, Any]] = field(default_factory=list)  # method switches the trial made (SearchConfig.switch)
 
 
 @dataclass
@@ -84,6 +85,9 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     c = config or SearchConfig()
     objectives, trials, model, sampler, budget = c.objectives, c.trials, c.run.model, c.sampler, ({"max_steps": c.max_steps} if c.max_steps else {})
     methods = _compatible(c.methods, model)
+    if c.switch is not None and (len(methods) < 2 or not any(get_method(m).mergeable for m in methods)):
+        raise OptionError("switch", f"needs two methods or more, one of whose learning can be merged into the weights, among those searched ({', '.join(methods)}); "
+                                    "prompt-learning methods cannot switch")  # fmt: skip
     storage = c.storage or f"sqlite:///{data_dir() / 'optuna.db'}"
     shown = redact_url(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -109,7 +113,8 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     folder = Path(c.output_dir) if c.output_dir else runs_dir() / "tune" / study_name
     if folder.is_dir() and any(folder.iterdir()) and study_name not in optuna.study.get_all_study_names(rdb):
         raise MetapeftError(f"{folder} already holds files and study {study_name!r} is not in {shown}: its trials would mix with them; use another study name or output folder, or empty it")
-    setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget}
+    setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget,
+             **({"switch": asdict(c.switch)} if c.switch else {})}  # fmt: skip
     # Optuna's storages have no compare-and-set, so the one process whose insert of the study wins (the name is unique
     # in the database) warm-starts it and opens its MLflow parent; a process that joins waits until that is done
     try:
@@ -147,6 +152,7 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     if created:
         study.set_user_attr("ready", True)
     task_profile = TaskProfile.from_dict(profile)
+    switching = switch_callbacks(meta, profile, c.switch, methods)
 
     def objective(trial: optuna.Trial):
         if trials and _counted_before(study, trial.number) >= trials:
@@ -173,7 +179,7 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
 
         try:
             run = replace(c.run, output_dir=folder / f"trial-{trial.number}", tags={**c.run.tags, "study": study_name, "trial": trial.number, "sampler": sampler})
-            result = train(task, method, {**hp, **budget}, run, profile=task_profile, store=store, tracker=tracker, parent_run_id=parent, callbacks=[StopWhen(should_stop)])
+            result = train(task, method, {**hp, **budget}, run, profile=task_profile, store=store, tracker=tracker, parent_run_id=parent, callbacks=[StopWhen(should_stop), *switching(method)])
         except MetapeftError as exc:  # e.g. a method the model cannot take: the trial fails, the search goes on
             trial.set_user_attr("error", str(exc))
             trial.set_user_attr("error_type", type(exc).__name__)
@@ -182,13 +188,15 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
             return tuple(float("nan") for _ in objectives)  # Optuna records the trial as failed
         m = result.metrics
         trial.set_user_attr("hyperparameters", result.hyperparameters)
+        if m.get("switches"):
+            trial.set_user_attr("switches", [{k: w[k] for k in ("step", "from", "to", "p_better")} for w in m["switches"]])
         trial.set_user_attr("metrics", {k: m.get(k) for k in (*OBJECTIVES, "memory_measure", "macro_f1", "max_length", "steps", "trainable_params", "eval_examples")})
         for key in ("experience_id", "adapter_path", "mlflow_run_id"):
             trial.set_user_attr(key, getattr(result, key))
         if on_trial:
             state = "PRUNED" if result.stopped_by == "should_stop" else "COMPLETE"
             on_trial(TrialResult(trial.number, state, method, result.hyperparameters, trial.user_attrs["metrics"], result.experience_id,
-                                 result.adapter_path, result.mlflow_run_id, trial.user_attrs["source"]))  # fmt: skip
+                                 result.adapter_path, result.mlflow_run_id, trial.user_attrs["source"], trial.user_attrs.get("switches") or []))  # fmt: skip
         if result.stopped_by == "should_stop":
             raise optuna.TrialPruned()
         return tuple(float(m[o]) for o in objectives)
@@ -218,6 +226,21 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
         metrics = {"trials": len(all_trials), "search_s": time.monotonic() - started, **({"best_accuracy": best} if best is not None else {})}
         tracker.end_parent(parent, metrics=metrics, files=result.files)
     return result
+
+
+def switch_callbacks(meta, profile: dict, policy, methods: list[str] | None = None) -> Callable[[str], list]:
+    """The callbacks that let a run of a method switch under ``policy`` (none when it is None or the method's
+    learning cannot be merged), to the policy's methods or else to ``methods`` (a search's); the learning-curve
+    forecaster is fitted once, on the meta-learner's experience."""
+    if policy is None:
+        return lambda method: []
+    if policy.methods is None and methods:
+        policy = replace(policy, methods=list(methods))
+    from ..meta import CurveForecaster
+    from ..training import SwitchController
+
+    forecaster = CurveForecaster().fit(meta.fit().experiences())
+    return lambda method: [SwitchController(meta, profile, forecaster, policy)] if get_method(method).mergeable else []
 
 
 def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, budget: dict, k: int,
@@ -378,8 +401,8 @@ def _trial_result(t) -> TrialResult:
     return TrialResult(
         number=t.number, state=t.state.name, method=method, hyperparameters=t.user_attrs.get("hyperparameters") or ({} if method is None else to_config(t.params)[1]),
         metrics=t.user_attrs.get("metrics") or {}, experience_id=t.user_attrs.get("experience_id"), adapter_path=t.user_attrs.get("adapter_path"),
-        mlflow_run_id=t.user_attrs.get("mlflow_run_id"), source=t.user_attrs.get("source"),
+        mlflow_run_id=t.user_attrs.get("mlflow_run_id"), source=t.user_attrs.get("source"), switches=t.user_attrs.get("switches") or [],
     )  # fmt: skip
 
 
-__all__ = ["TrialResult", "TuneResult", "choose", "tune", "warm_start_configs"]
+__all__ = ["TrialResult", "TuneResult", "choose", "switch_callbacks", "tune", "warm_start_configs"]

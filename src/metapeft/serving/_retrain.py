@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..meta import Selector
 
 
 @dataclass
@@ -31,14 +32,18 @@ class RetrainResult:
         return asdict(self)
 
 
-class _Fixed:
+class _Fixed(Selector):
     """The champion as ``evaluate`` takes a selector: ``fit`` leaves it as it is (it was fitted before)."""
 
     def __init__(self, surrogate):
         self.surrogate = surrogate
+        self.embedder = surrogate.embedder
 
     def fit(self, records):
-        return self.surrogate
+        return self
+
+    def predict(self, profile, candidates, **kwargs):
+        return self.surrogate.predict(profile, candidates, **kwargs)
 
 
 def retrain(store=None, *, force: bool = False, min_methods: int = 5, progress=None, tracker=None) -> RetrainResult:
@@ -54,8 +59,8 @@ def retrain(store=None, *, force: bool = False, min_methods: int = 5, progress=N
     Returns:
         A :class:`RetrainResult`.
     """
+    from ..experience import task_group
     from ..meta import MetaPEFT, Surrogate, evaluate
-    from ..meta._features import task_group
     from ..tracking import MLflowTracker
     from ._selector import CHALLENGER, CHAMPION, SELECTOR_NAME, ensure_champion, load_selector, log_selector
 

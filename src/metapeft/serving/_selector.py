@@ -140,7 +140,7 @@ def describe(records: list) -> dict[str, Any]:
     import hashlib
 
     from .. import __version__
-    from ..meta._features import task_group
+    from ..experience import task_group
 
     tasks = sorted({r.task_name for r in records})
     digest = hashlib.sha256("".join(sorted(f"{r.id}:{r.updated_at.isoformat()}|" for r in records)).encode()).hexdigest()[:16]

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .._config import data_dir, tracking_uri
+from .._config import data_dir, redact_url, tracking_uri
+from .._errors import MetapeftError
 
 EXPERIMENT = "metapeft"
 
@@ -75,8 +76,15 @@ class MLflowTracker:
             logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri or tracking_uri()
         prepare_store(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+        except Exception as exc:
+            if "filesystem tracking backend" not in str(exc):
+                raise
+            raise MetapeftError(f"the MLflow tracking store {redact_url(self.uri)} is a folder, which this MLflow no longer writes to; point MLFLOW_TRACKING_URI "
+                                f"at a database (e.g. sqlite:///{data_dir() / 'mlflow.db'}), move the folder's runs with `mlflow migrate-filestore`, "
+                                "or set MLFLOW_ALLOW_FILE_STORE=true") from None  # fmt: skip
         if found is not None:
             self.experiment_id = found.experiment_id
         else:

@@ -2,12 +2,13 @@
 
 from ._callbacks import Progress, Stop, StopWhen, Switch, SwitchAt, TimeBudget, TrainerCallback, TrainerState
 from ._config import RunConfig
-from ._engine import FitResult, build_classifier, evaluate, fit, pack_outcomes, unpack_outcomes
+from ._engine import FitResult, build_classifier, evaluate, fit
+from ._forgetting import LinearProbe
 from ._model import SavedClassifier, TextClassifier, load_classifier
 from ._run import TrainResult, train
 from ._switching import SwitchController, SwitchPolicy
 
 __all__ = [
-    "FitResult", "Progress", "RunConfig", "SavedClassifier", "Stop", "StopWhen", "Switch", "SwitchAt", "SwitchController", "SwitchPolicy", "TextClassifier", "TimeBudget", "TrainResult", "TrainerCallback",
-    "TrainerState", "build_classifier", "evaluate", "fit", "load_classifier", "pack_outcomes", "train", "unpack_outcomes",
+    "FitResult", "LinearProbe", "Progress", "RunConfig", "SavedClassifier", "Stop", "StopWhen", "Switch", "SwitchAt", "SwitchController", "SwitchPolicy", "TextClassifier", "TimeBudget", "TrainResult", "TrainerCallback",
+    "TrainerState", "build_classifier", "evaluate", "fit", "load_classifier", "train",
 ]  # fmt: skip

@@ -38,6 +38,7 @@ class TrainerState:
     optimizer: Any = None
     method: str | None = None
     switches: list[dict] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

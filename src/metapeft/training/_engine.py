@@ -8,7 +8,6 @@ loop below is shorter, and ``benchmarks/train_throughput.py`` checks it costs no
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import random
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from .._backbone import BackboneInfo, load_encoder, load_tokenizer
+from ..experience import pack_outcomes
 from ..methods import Method, MethodConfig
 from ..tasks import Split, Task, stratified_indices
 from ._callbacks import TimeBudget, TrainerCallback, TrainerState
@@ -228,9 +228,10 @@ def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo
         "max_length": max_length,
         **pool_metrics,
         "outcomes": outcomes,
+        **state.metrics,
     }
     if state.switches:
-        metrics["switches"] = _with_recovery(state.switches, curve)
+        metrics["switches"] = _with_recovery(state.switches, curve, steps)
     return FitResult(classifier, metrics, curve, stopped_by, method, config)
 
 
@@ -284,14 +285,16 @@ def _switch(classifier: TextClassifier, current: Method, switch, backbone: Backb
     return target, config
 
 
-def _with_recovery(switches: list[dict], curve: list[dict]) -> list[dict]:
-    """Each switch with the accuracy at the next curve point and the steps until the curve was back at its level
-    before the switch (None: it never was)."""
+def _with_recovery(switches: list[dict], curve: list[dict], steps: int) -> list[dict]:
+    """Each switch with the accuracy at the next curve point, the steps until the curve was back at its level before
+    the switch (None: it never was) and those steps as a fraction of the steps that were left at the switch."""
     out = []
     for s in switches:
         after = [p for p in curve if p["step"] > s["step"]]
         back = next((p["step"] - s["step"] for p in after if s["accuracy_before"] is not None and p["accuracy"] >= s["accuracy_before"]), None)
-        out.append({**s, "accuracy_after": after[0]["accuracy"] if after else None, "recovery_steps": back})
+        left = steps - s["step"]
+        out.append({**s, "accuracy_after": after[0]["accuracy"] if after else None, "recovery_steps": back,
+                    "recovery_fraction": round(back / left, 4) if back is not None and left > 0 else None})  # fmt: skip
     return out
 
 
@@ -310,18 +313,6 @@ def evaluate(classifier: TextClassifier, data: Batches, device: torch.device, ba
     y = data.labels.numpy()
     correct = predictions.numpy() == y
     return round(float(correct.mean()), 5), round(float(f1_score(y, predictions.numpy(), average="macro")), 5), correct
-
-
-def pack_outcomes(correct: np.ndarray) -> str:
-    """Per-example correctness as text: base64 of the bits (``numpy.packbits``), ~170 characters for 1,000
-    examples. :func:`unpack_outcomes` reverses it."""
-    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii") + f":{len(correct)}"
-
-
-def unpack_outcomes(packed: str) -> np.ndarray:
-    """The boolean array :func:`pack_outcomes` packed."""
-    bits, n = packed.rsplit(":", 1)
-    return np.unpackbits(np.frombuffer(base64.b64decode(bits), dtype=np.uint8))[: int(n)].astype(bool)
 
 
 class _Order:

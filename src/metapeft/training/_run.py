@@ -136,17 +136,19 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
 
     warnings = []
     run_id = None
+    forgetting = result.metrics.get("forgetting")
     if track:
         try:
             run_id = (tracker or _default_tracker()).log_run(
                 name=f"{task.name}/{spec.name}",
                 params={**config.as_dict(), "seed": seed, "max_length": max_length, "n_train": len(task.train)},
-                metrics=result.metrics,
+                metrics={**result.metrics, **({"forgetting_drop": forgetting["drop"]} if forgetting else {})},
                 curve=result.curve,
                 tags={"metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": spec.name,
                       "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {}),
                       **({"metapeft.switches": " → ".join([spec.name] + [f"{w['to']} (step {w['step']})" for w in switches])} if switches else {})},
-                artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve, **({"switches.json": switches} if switches else {})},
+                artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve, **({"switches.json": switches} if switches else {}),
+                           **({"forgetting.json": forgetting} if forgetting else {})},
                 artifact_dir=adapter_path,
                 parent_run_id=parent_run_id,
             )

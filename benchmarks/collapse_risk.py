@@ -1,0 +1,70 @@
+"""Collapse risk on held-out tasks (issue 22, item 5): how well P(failure) separates runs that failed from runs that did not.
+
+A run failed when its accuracy is within 2 points of chance or more than 10 points below the best run of its task
+instance (``metapeft.meta._risk``). Five folds by task over the shipped prior (plus, with ``--store``, another
+store's runs): the model is fitted on four folds' tasks and scores every run of the fifth. Reported: ROC AUC, the
+Brier score against the base rate's, and a reliability table (predicted vs observed failure rate by bins).
+
+    uv run python benchmarks/collapse_risk.py [--store sqlite:///$PWD/.bench/curves.db]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=None, help="also read this store's finished runs")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    from metapeft.experience import ExperienceStore, task_group, usable
+    from metapeft.meta._risk import CollapseRisk, failures
+    from metapeft.prior import PriorExperience
+
+    records = PriorExperience().records() + (list(ExperienceStore(args.store).iter(status="finished")) if args.store else [])
+    records = [r for r in {r.id: r for r in records}.values() if usable(r)]
+    y = failures(records)
+    groups = np.array([task_group(r) for r in records])
+    p = np.zeros(len(records))
+    for train, test in GroupKFold(args.folds).split(records, y, groups):
+        model = CollapseRisk().fit([records[i] for i in train])
+        for i in test:
+            p[i] = model.predict(records[i].profile, [(records[i].method, records[i].hyperparameters)])[0]
+    bins = np.array([0, 0.05, 0.1, 0.2, 0.4, 1.0001])
+    table = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        inside = (p >= lo) & (p < hi)
+        if inside.any():
+            table.append({"bin": f"{lo:.2f}–{min(hi, 1):.2f}", "runs": int(inside.sum()), "predicted": round(float(p[inside].mean()), 3), "observed": round(float(y[inside].mean()), 3)})
+    by_size = {}
+    for size in sorted({int(r.profile["dataset_size"]) for r in records}):
+        mask = np.array([int(r.profile["dataset_size"]) == size for r in records])
+        if y[mask].any() and not y[mask].all():
+            by_size[size] = {"runs": int(mask.sum()), "failures": int(y[mask].sum()), "auc": round(float(roc_auc_score(y[mask], p[mask])), 3)}
+    result = {"runs": len(records), "tasks": len(set(groups)), "failures": int(y.sum()), "auc": round(float(roc_auc_score(y, p)), 3),
+              "brier": round(float(brier_score_loss(y, p)), 4), "brier_base_rate": round(float(brier_score_loss(y, np.full(len(y), y.mean()))), 4),
+              "by_size": by_size, "reliability": table}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['runs']} runs on {result['tasks']} tasks, {result['failures']} failed; held-out-task AUC {result['auc']}, Brier {result['brier']} "
+          f"(base rate alone {result['brier_base_rate']})")
+    for size, s in by_size.items():
+        print(f"  {size} examples: {s['runs']} runs, {s['failures']} failed, AUC {s['auc']}")
+    print("| predicted risk | runs | mean predicted | observed failure rate |\n|---|---:|---:|---:|")
+    for row in table:
+        print(f"| {row['bin']} | {row['runs']} | {row['predicted']:.3f} | {row['observed']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""How runs group: which runs a learner may read, the task instance a run belongs to, and its task.
+
+These are concepts of the experience itself, shared by the meta-learners, the evaluation, the report, the bench and
+the server: one definition each, here.
+"""
+
+from __future__ import annotations
+
+from ._record import Experience
+
+
+def usable(record: Experience) -> bool:
+    """Finished runs of a known method whose task profile the meta-learners can read (runs a pruner stopped
+    early and runs that switched method are left out: their metrics are not what their settings achieve)."""
+    from ..methods import list_methods
+
+    p = record.profile or {}
+    return (
+        record.status == "finished"
+        and record.tags.get("stopped_by") != "should_stop"
+        and not record.tags.get("switched")  # its metrics are several methods' together, not its own method's
+        and record.metrics.get("accuracy") is not None
+        and bool(p.get("domain_vector"))
+        and p.get("dataset_size") is not None
+        and record.method in {m.name for m in list_methods()}
+    )
+
+
+def fingerprint_of(record: Experience) -> str:
+    """The data a run trained on: the task at its train size and sample seed (its profile's fingerprint)."""
+    return record.task_fingerprint or record.profile.get("fingerprint") or record.task_name
+
+
+def cell_key(record: Experience) -> str:
+    """The task instance a run belongs to: its data under one step budget (steps × batch size). Runs of 3 steps
+    and runs of 80 do not share a level: four own runs of 3 steps on sst2-mini (48%) once took the prediction for
+    sst2 from 75% to 49%."""
+    hp = record.hyperparameters
+    return f"{fingerprint_of(record)}|{hp.get('max_steps')}x{hp.get('batch_size')}"
+
+
+def task_group(record: Experience) -> str:
+    """The task a run belongs to, whatever its size: leave-one-task-out holds out whole groups."""
+    return record.tags.get("suite_task") or record.task_name.split("@")[0]
