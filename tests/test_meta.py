@@ -264,6 +264,10 @@ def test_recommending_does_not_import_torch():
             "try:\n    run()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch was imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    import metapeft.prior
+
+    source = open(metapeft.prior.__file__).read()
+    assert "from ..meta" not in source and "import metapeft.meta" not in source and "from metapeft.meta" not in source  # not even lazily
     assert json.loads(proc.stdout)["recommendations"][0]["method"]
 
 
@@ -599,3 +603,14 @@ def test_check_rates_a_setting_and_refuses_one_outside_its_range():
         assert s["collapse_risk"] < found["collapse_risk"] - 0.05 and s["change"]
     bad = run_cli("check", "example", "--method", "lora", "--set", "learning_rate=5")
     assert bad.returncode == 2 and "learning_rate" in bad.stderr and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_prior_does_not_import_the_meta_learners():
+    """Data flows one way: the prior is experience; the meta-learners read it (``ship_prior`` packages both)."""
+    code = "import sys, metapeft.prior; assert not any(m.startswith('metapeft.meta') for m in sys.modules), sorted(m for m in sys.modules if m.startswith('metapeft'))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import metapeft.prior
+
+    source = open(metapeft.prior.__file__).read()
+    assert "from ..meta" not in source and "import metapeft.meta" not in source and "from metapeft.meta" not in source  # not even lazily
