@@ -50,12 +50,12 @@ def test_design_expands_deterministically(suite):
 
 
 def test_training_seeds_and_pass_budgets_get_keys_of_their_own(suite):
-    design = Design(name="d", methods=["lora"], passes=[
-        {"sizes": [24], "config": "defaults", "train_seeds": [0, 1]},
-        {"sizes": [24], "config": "defaults", "fixed": {"max_steps": 12}, "eval_points": 3},
+    design = Design(name="d", methods=["lora", "ia3"], passes=[
+        {"sizes": [24], "config": "defaults", "train_seeds": [0, 1], "methods": ["lora"]},
+        {"sizes": [24], "config": "defaults", "fixed": {"max_steps": 12}, "eval_points": 3, "methods": ["lora"]},
     ])
     design.passes = [Pass(**p) for p in design.passes]
-    runs = expand(design, ["sst2_a"])
+    runs = expand(design, ["sst2_a"])  # a pass's methods: only LoRA, of the design's two
     assert [r.key for r in runs] == ["d/sst2_a/24/lora/default/0", "d/sst2_a/24/lora/default/0t1", "d/sst2_a/24/lora/default-max_steps12/0"]
     assert [(r.seed, r.train_seed, r.eval_points, r.hyperparameters["max_steps"]) for r in runs] == [(0, 0, 4, 80), (0, 1, 4, 80), (0, 0, 3, 12)]
 
@@ -85,6 +85,7 @@ def test_the_scoring_pool_holds_no_row_that_a_protocol_sample_trains_on():
     ({"methods": ["lorax"]}, "unknown method 'lorax'"),
     ({"passes": [{"sizes": [24], "fixed": {"stepz": 3}}]}, "pass 0's 'fixed' names unknown hyperparameters: stepz"),
     ({"pool_size": -1}, "pool_size must be"),
+    ({"passes": [{"sizes": [24], "methods": ["full_finetuning"]}]}, "subset of the design's methods"),
 ])
 def test_bad_designs_are_refused(tmp_path, change, message):
     from metapeft._errors import MetapeftError

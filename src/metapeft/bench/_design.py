@@ -30,6 +30,7 @@ class Pass:
     train_seeds: list[int] | None = None  # initialisation and data order; default: the sample seed (replicates: others)
     fixed: dict[str, Any] | None = None  # this pass's protocol values over the design's (e.g. a longer step budget)
     eval_points: int | None = None  # learning-curve points; default: the design's
+    methods: list[str] | None = None  # this pass's methods, among the design's; default: the design's
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Design:
                 which = "'fixed'" if i is None else f"pass {i}'s 'fixed'"
                 raise MetapeftError(f"{where}: {which} names unknown hyperparameters: {', '.join(sorted(unknown))}")
         for i, p in enumerate(self.passes):
+            if p.methods is not None and (not p.methods or set(p.methods) - set(self.methods)):
+                raise MetapeftError(f"{where}: pass {i}'s 'methods' must be a non-empty subset of the design's methods")
             if p.config not in ("defaults", "sobol") or p.repeats < 1 or not p.sizes or min(p.sizes) < 2 or (p.eval_points or 1) < 1:
                 raise MetapeftError(f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1, train sizes >= 2 and eval_points >= 1")
 
@@ -120,7 +123,7 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
         for size in p.sizes:
             for task in [t for t in tasks if p.tasks is None or t in p.tasks]:
                 fixed = {**design.fixed, **(p.fixed or {})}
-                for method in design.methods:
+                for method in p.methods or design.methods:
                     spec = get_method(method)
                     space = {k: v for k, v in spec.search_space().items() if k not in fixed}
                     configs = [("default", {})] if p.config == "defaults" else []
