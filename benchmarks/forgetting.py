@@ -31,10 +31,14 @@ def summary(lines: list[dict]) -> str:
     for x in lines:
         group = x["name"] if x["to"] is None else "switching, PEFT methods only" if x["peft_only"] else "switching into full fine-tuning"
         by.setdefault(group, []).append(x)
-    out = ["| run | tasks | mean probe drop (points) | worst | accuracy on the task (mean) |", "|---|---:|---:|---:|---:|"]
+    probes = list(dict.fromkeys(k for x in lines for k in x["forgetting"]["probe"]))
+    out = ["| run | tasks | mean probe drop (points) | worst | " + " | ".join(f"drop on {p}" for p in probes) + " | accuracy on the task (mean) |",
+           "|---|---:|---:|---:|" + "---:|" * len(probes) + "---:|"]  # fmt: skip
     for name, xs in by.items():
         drops = [x["forgetting"]["drop"] for x in xs]
-        out.append(f"| {name} | {len(xs)} | {np.mean(drops):+.2f} | {max(drops):+.2f} | {100 * np.mean([x['accuracy'] for x in xs]):.1f} |")
+        each = [np.mean([100 * (x["forgetting"]["probe"][p]["before"] - x["forgetting"]["probe"][p]["after"]) for x in xs]) for p in probes]
+        out.append(f"| {name} | {len(xs)} | {np.mean(drops):+.2f} | {max(drops):+.2f} | " + " | ".join(f"{d:+.1f}" for d in each)
+                   + f" | {100 * np.mean([x['accuracy'] for x in xs]):.1f} |")  # fmt: skip
     before = {k: v["before"] for x in lines for k, v in x["forgetting"]["probe"].items()}
     return "\n".join(out + ["", "Probe accuracy of the pretrained encoder: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in before.items()), ""])
 
