@@ -308,7 +308,7 @@ def _switch_policy(method: str, hyperparameters: dict, threshold: float):
 def _switch_controller(profile, method: str, hyperparameters: dict, budget: dict | None, policy, store, model: str | None):
     """The meta-learner, the forecaster fitted on its experience, and the first method (``auto``: the best-ranked
     one whose learning can be merged)."""
-    from .meta import CurveForecaster, MetaPEFT
+    from .meta import MetaPEFT
     from .methods import get_method
     from .training import SwitchController
 
@@ -317,8 +317,7 @@ def _switch_controller(profile, method: str, hyperparameters: dict, budget: dict
     if method == "auto":
         method = next(r.method for r in meta.recommend(profile.as_dict(), budget=budget) if get_method(r.method).mergeable)
         get_method(method).make_config(hyperparameters)
-    forecaster = CurveForecaster().fit(meta.experiences())
-    return SwitchController(meta, profile.as_dict(), forecaster, policy), method
+    return SwitchController(meta, profile.as_dict(), meta.forecaster(), policy), method
 
 
 def _register(name: str | None, task, method: str, accuracy: float, experience_id: str | None, run_id: str | None, adapter_path: str | None) -> dict | None:

@@ -17,6 +17,11 @@ MAX_LENGTH = {"id": 32, "status": 16, "source": 64, "task_name": 256, "task_fing
               "method": 64}
 # Metrics that are not numbers: how peak memory was taken, what ``score`` is, and the packed per-example outcomes.
 _TEXT_METRICS = ("memory_measure", "score_name")
+_STRUCTURED_METRICS = {  # metrics that are not numbers: what each must be
+    "outcomes": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of strings"),  # per-example bits
+    "switches": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of objects"),  # a switching run's switches
+    "forgetting": (lambda v: isinstance(v, dict), "an object"),  # a linear probe's figures (training.LinearProbe)
+}
 
 
 def _now() -> datetime:
@@ -106,15 +111,10 @@ class Experience:
                 if not _number(value):
                     fail(f"curve[{i}].{key}", "a number", value)
         for key, value in self.metrics.items():
-            if key == "outcomes":
-                if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-                    fail("metrics.outcomes", "an object of strings", value)
-            elif key == "switches":  # a switching run's switches (training._engine)
-                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                    fail("metrics.switches", "a list of objects", value)
-            elif key == "forgetting":  # a linear probe's figures (training.LinearProbe)
-                if not isinstance(value, dict):
-                    fail("metrics.forgetting", "an object", value)
+            if key in _STRUCTURED_METRICS:
+                valid, expected = _STRUCTURED_METRICS[key]
+                if not valid(value):
+                    fail(f"metrics.{key}", expected, value)
             elif key in _TEXT_METRICS:
                 if value is not None and not isinstance(value, str):
                     fail(f"metrics.{key}", "a string", value)

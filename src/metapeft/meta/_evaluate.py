@@ -26,6 +26,7 @@ Every selector follows one protocol (:class:`~metapeft.meta.Selector`: ``fit``, 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 
 from .._errors import OptionError
 from ..experience import Experience, cell_key, task_group, unpack_outcomes, usable
+from ..methods import BUDGET_FIELDS
 from ._embedding import TaskFeaturizer, cells_of, method_gaps
 from ._features import at_defaults, measured_memory
 from ._protocol import Selector
@@ -242,10 +244,6 @@ class _Instance:
 
 def _config_key(r: Experience) -> str:
     """A configuration, whatever the budget fields a run derived from its data (sequence length)."""
-    import json
-
-    from ..methods import BUDGET_FIELDS
-
     return r.method + json.dumps({k: v for k, v in r.hyperparameters.items() if k not in BUDGET_FIELDS}, sort_keys=True, default=str)
 
 

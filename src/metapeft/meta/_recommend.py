@@ -25,6 +25,7 @@ from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
 from ._features import TARGETS, at_defaults, profile_dict
+from ._forecast import CurveForecaster
 from ._risk import CollapseRisk
 from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
 
@@ -387,6 +388,12 @@ class MetaPEFT:
         if "risk" not in self._derived:
             self._derived["risk"] = CollapseRisk().fit(self.experiences())
         return self._derived["risk"]
+
+    def forecaster(self) -> CurveForecaster:
+        """The learning-curve forecaster fitted on this experience's curves (once; refitted when it changes)."""
+        if "forecaster" not in self._derived:
+            self._derived["forecaster"] = CurveForecaster().fit(self.experiences())
+        return self._derived["forecaster"]
 
     def _by_fingerprint(self) -> dict[str, list[Experience]]:
         """The experience's runs by their dataset's fingerprint (a task's own runs condition its prediction)."""

@@ -231,15 +231,14 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
 def switch_callbacks(meta, profile: dict, policy, methods: list[str] | None = None) -> Callable[[str], list]:
     """The callbacks that let a run of a method switch under ``policy`` (none when it is None or the method's
     learning cannot be merged), to the policy's methods or else to ``methods`` (a search's); the learning-curve
-    forecaster is fitted once, on the meta-learner's experience."""
+    forecaster is the meta-learner's (fitted once on its experience)."""
     if policy is None:
         return lambda method: []
     if policy.methods is None and methods:
         policy = replace(policy, methods=list(methods))
-    from ..meta import CurveForecaster
     from ..training import SwitchController
 
-    forecaster = CurveForecaster().fit(meta.fit().experiences())
+    forecaster = meta.forecaster()
     return lambda method: [SwitchController(meta, profile, forecaster, policy)] if get_method(method).mergeable else []
 
 
