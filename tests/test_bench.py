@@ -183,6 +183,26 @@ def test_ctrl_c_stops_the_bench_without_a_traceback_and_loses_nothing(suite, tmp
     assert statuses["running"] == 0 and 1 <= statuses["finished"] < 8, statuses
 
 
+def test_runs_one_by_one_as_a_scheduler_fans_them_out(suite, bench_store, tmp_path):
+    """pending_keys + run_one: what an Airflow mapped task does with each run of a design."""
+    from metapeft.bench import pending_keys, run_one
+    from metapeft import MetapeftError
+
+    url, _ = bench_store
+    design = str(suite / "design.json")
+    assert pending_keys(str(suite), design, url) == []
+    first = expand(Design.load(design), ["sst2_a", "sst2_b"])[0].key
+    assert run_one(str(suite), design, url, first) == "finished"
+    fresh = f"sqlite:///{tmp_path / 'one.db'}"
+    keys = pending_keys(str(suite), design, fresh)
+    assert len(keys) == 8 and keys[0] == first
+    head_only = next(k for k in keys if "/head_only/" in k)
+    assert run_one(str(suite), design, fresh, head_only) == "done"
+    assert len(pending_keys(str(suite), design, fresh)) == 7 and _finished_keys(fresh) == Counter({head_only: 1})
+    with pytest.raises(MetapeftError, match="is not a run of design 'tiny'"):
+        run_one(str(suite), design, fresh, "tiny/nope")
+
+
 def test_a_run_that_cannot_start_is_recorded_as_failed(suite, tmp_path):
     """A broken task file fails its runs before training starts; they land in the store as failed, not fatal."""
     import shutil

@@ -7,6 +7,7 @@ anything else is a bug, printed as one line too (``METAPEFT_DEBUG=1`` shows the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,10 @@ app = typer.Typer(
 )
 experience_app = typer.Typer(help="The experience store: list, export, import.", no_args_is_help=True)
 app.add_typer(experience_app, name="experience")
+model_app = typer.Typer(help="Base models from other formats (llama2.c) for transformers and mlx-lm.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+data_app = typer.Typer(help="Datasets under DVC: version them, read them at a revision (needs metapeft[dvc]).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 StoreOption = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the experience store \\[env: METAPEFT_STORE].", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
@@ -52,6 +57,20 @@ def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     quiet_libraries()
+    _show_warnings()
+
+
+class _WarningLine(logging.Handler):
+    """metapeft's logged warnings as one yellow line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("metapeft")
+    if not any(isinstance(h, _WarningLine) for h in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
 
 
 def _progress(title: str, *, transient: bool):
@@ -66,10 +85,10 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _load(data: str, text_column, pair_column, label_column, seed: int = 0):
+def _load(data: str, text_column, pair_column, label_column, seed: int = 0, data_rev: str | None = None):
     from .tasks import load_task
 
-    return load_task(data, text_column=text_column, pair_column=pair_column, label_column=label_column, seed=seed)
+    return load_task(data, text_column=text_column, pair_column=pair_column, label_column=label_column, seed=seed, data_rev=data_rev)
 
 
 SwitchOption = Annotated[bool, typer.Option("--switch", help="Switch to another method mid-run when its learning curve says another will finish better (merged, head kept).")]
@@ -77,6 +96,8 @@ SwitchThresholdOption = Annotated[float, typer.Option("--switch-threshold", help
 TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text (auto-detected).", show_default=False)]
 PairColumn = Annotated[Optional[str], typer.Option("--pair-column", help="Column holding the second sentence of a pair (auto-detected).", show_default=False)]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (auto-detected).", show_default=False)]
+ExperienceFileOption = Annotated[Optional[Path], typer.Option("--experience", help="Learn from this `experience export` file (.jsonl or .jsonl.gz) instead of the store.", show_default=False)]
+DataRevOption = Annotated[Optional[str], typer.Option("--data-rev", help="Read the data as it was at this git revision of its DVC repository (needs metapeft[dvc]).", show_default=False)]
 DataArgument = Annotated[str, typer.Argument(help="JSONL/CSV/TSV/Parquet file, folder with train/test files, datasets.save_to_disk folder, or 'example'.", show_default=False)]
 
 
@@ -204,6 +225,7 @@ def train(
     switch: SwitchOption = False,
     switch_threshold: SwitchThresholdOption = 0.8,
     probe: Annotated[Optional[list[str]], typer.Option("--probe", help="Another task's data (repeatable): measure forgetting as a frozen linear probe's accuracy on it before and after training.", show_default=False)] = None,
+    data_rev: DataRevOption = None,
 ) -> None:
     """Fine-tune one method on a task, evaluate it, save the adapter and record the run."""
     from .experience import ExperienceStore
@@ -231,7 +253,7 @@ def train(
         raise MetapeftError("--register needs the run logged to MLflow (the registered model is the run's); drop --no-track")
     if register is not None and not register.strip():
         raise MetapeftError("--register needs a name, e.g. --register my-classifier")
-    task = _load(data, text_column, pair_column, label_column, seed)
+    task = _load(data, text_column, pair_column, label_column, seed, data_rev)
     experience_store = ExperienceStore(store)
     if meta_init and not switch and _few_shot(task, method, hyperparameters, "train"):
         _adapt_few_shot(task, seed=seed, model=model, output=output, store=experience_store, track=track, as_json=as_json, register=register)
@@ -387,6 +409,7 @@ def bench(
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Per-run training time limit in seconds.", show_default=False)] = None,
     store: Annotated[Optional[str], typer.Option("--storage", "--store", help="SQLAlchemy URL of the store the runs go to (several machines may share a PostgreSQL one).", show_default=False)] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the runs that failed before.")] = False,
+    data_rev: Annotated[Optional[str], typer.Option("--data-rev", help="Read the suite as it was at this git revision of its DVC repository (needs metapeft[dvc]).", show_default=False)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a design of fine-tuning runs over a suite into the experience store (resumable, parallel)."""
@@ -399,7 +422,7 @@ def bench(
 
     design_path = str(design or DESIGN_PATH)
     parsed = Design.load(design_path)
-    total = len(expand(parsed, [e.name for e in load_suite(suite)]))
+    total = len(expand(parsed, [e.name for e in load_suite(suite, data_rev)]))
     if workers < 1:
         raise MetapeftError(f"--workers must be at least 1, got {workers}")
     if time_budget is not None and time_budget <= 0:
@@ -411,7 +434,7 @@ def bench(
         def update(counts: dict, total: int) -> None:
             bar.update(job, completed=counts["done"] + counts["failed"], total=total, info=f"{counts['failed']} failed · {counts['running']} running")
 
-        summary = run_bench(str(suite), design_path, store or store_url(), workers, time_budget, on_progress=update, retry_failed=retry_failed)
+        summary = run_bench(str(suite), design_path, store or store_url(), workers, time_budget, on_progress=update, retry_failed=retry_failed, data_rev=data_rev)
     summary["elapsed_s"] = round(_time.monotonic() - started, 1)
     if as_json:
         _print_json(summary)
@@ -631,23 +654,23 @@ def evaluate(
     peft_only: Annotated[bool, typer.Option("--peft-only", help="Choose only among PEFT methods (adapters and virtual tokens: no full fine-tuning, no head-only).")] = False,
     max_memory: Annotated[Optional[float], typer.Option("--max-memory", help="Choose only runs whose measured peak memory is within this (MB).", show_default=False)] = None,
     few_shot: Annotated[int, typer.Option("--few-shot", help="Also measure conditioning on this many observed runs of the held-out task (0 = skip).")] = 2,
+    min_methods: Annotated[int, typer.Option("--min-methods", help="Methods a task instance needs run to be scored.")] = 5,
+    experience: ExperienceFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Leave-one-task-out evaluation of the recommendation: paired gains over LoRA at defaults and full fine-tuning, regret, disaster rate, calibration."""
-    from .experience import ExperienceStore
     from .meta import Constraint
     from .meta import evaluate as run_evaluation
-    from .prior import experiences
 
     if few_shot < 0:
         raise MetapeftError(f"--few-shot must be 0 or positive, got {few_shot}")
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     constraint = _options(Constraint, methods=names, peft_only=peft_only, max_memory_mb=max_memory)
-    records = experiences(ExperienceStore(store) if own else None, include_prior=prior, include_own=own)
+    records = _experience(store, prior, own, experience)
     with _progress("leave-one-task-out", transient=True) as bar:
         job = bar.add_task("evaluate", total=None, info="")
         try:
-            result = run_evaluation(records, constraint=constraint, few_shot=few_shot, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
+            result = run_evaluation(records, constraint=constraint, few_shot=few_shot, min_methods=min_methods, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
         except ValueError as exc:
             raise MetapeftError(f"cannot evaluate: {exc} (run `metapeft bench`, or drop --no-prior or METAPEFT_PRIOR=0)") from None
     if as_json:
@@ -773,6 +796,7 @@ def tune(
     label_column: LabelColumn = None,
     switch: SwitchOption = False,
     switch_threshold: SwitchThresholdOption = 0.8,
+    data_rev: DataRevOption = None,
 ) -> None:
     """Search methods and hyperparameters (Bayesian, warm-started by the meta-learner); Pareto set, plot and a pick."""
     from .experience import ExperienceStore
@@ -785,7 +809,7 @@ def tune(
     config = _options(SearchConfig, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps, sampler=sampler,
                       storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, prune=prune, seed=seed, run=run,
                       switch=_options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=switch_threshold) if switch else None)  # fmt: skip
-    task = _load(data, text_column, pair_column, label_column)
+    task = _load(data, text_column, pair_column, label_column, data_rev=data_rev)
     with console.status(f"searching {task.name}…") as status:
         def on_trial(t) -> None:
             _print_trial(t)
@@ -821,6 +845,7 @@ def autotune(
     meta_init: MetaInitOption = True,
     switch: SwitchOption = False,
     switch_threshold: SwitchThresholdOption = 0.8,
+    data_rev: DataRevOption = None,
 ) -> None:
     """Profile → recommend → tune → train the pick → register it in MLflow's model registry with the decision."""
     from .experience import ExperienceStore
@@ -831,7 +856,7 @@ def autotune(
     config = _options(SearchConfig, {"max_steps": "search_steps"}, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), max_steps=search_steps,
                       prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, run=_options(SearchConfig.trial_run, model=model),
                       switch=_options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=switch_threshold) if switch else None)  # fmt: skip
-    task = _load(data, text_column, pair_column, label_column)
+    task = _load(data, text_column, pair_column, label_column, data_rev=data_rev)
     with console.status(f"autotuning {task.name}…") as status:
         result = run_autotune(task, config, final_steps=final_steps, store=ExperienceStore(store), registered_name=name, meta_init=meta_init,
                               on_stage=lambda text: status.update(text + "…"), on_trial=_print_trial)  # fmt: skip
@@ -951,6 +976,54 @@ def monitor(
         raise typer.Exit(3)
 
 
+def _experience(store: str | None, prior: bool | None, own: bool, experience: Path | None) -> list:
+    """The runs a command learns from: the prior (unless switched off) and the store's or an export file's runs."""
+    from .experience import ExperienceStore, read_jsonl
+    from .prior import experiences
+
+    if experience is not None:
+        return experiences(None, include_prior=prior, include_own=False) + (read_jsonl(experience) if own else [])
+    return experiences(ExperienceStore(store) if own else None, include_prior=prior, include_own=own)
+
+
+@app.command()
+def fit(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the selector to (surrogate.safetensors, experience.jsonl.gz).")],
+    store: StoreOption = None,
+    prior: PriorOption = None,
+    own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs (from the store or --experience).")] = True,
+    experience: ExperienceFileOption = None,
+) -> None:
+    """Fit the selector on experience and write it as files (what a DVC pipeline versions; `register-selector`
+    registers them)."""
+    from .meta import MetaPEFT
+
+    records = _experience(store, prior, own, experience)
+    with console.status(f"fitting the selector on {len(records)} runs…"):
+        meta = MetaPEFT(experiences=records).fit()
+        meta.save(output)
+    console.print(f"selector fitted on {len(meta.experiences())} runs written to {output}", highlight=False)
+
+
+@app.command(name="register-selector")
+def register_selector(
+    folder: Annotated[Path, typer.Argument(help="Selector folder written by `metapeft fit`.")],
+    alias: Annotated[str, typer.Option("--alias", help="Registry alias to set on the new version: challenger or champion.")] = "challenger",
+    as_json: JsonOption = False,
+) -> None:
+    """Register a fitted selector (from `metapeft fit`) as a new version of metapeft-selector in MLflow's registry."""
+    from .meta import MetaPEFT
+    from .serving import CHALLENGER, CHAMPION, log_selector
+
+    if alias not in (CHALLENGER, CHAMPION):
+        raise MetapeftError(f"--alias must be {CHALLENGER} or {CHAMPION}, got {alias!r}")
+    version = log_selector(MetaPEFT.load(folder), tags={"metapeft.origin": "register-selector"}, alias=alias)
+    if as_json:
+        _print_json({"version": version, "alias": alias})
+    else:
+        out.print(f"registered metapeft-selector version {version} as @{alias}", highlight=False)
+
+
 @app.command()
 def retrain(
     store: StoreOption = None,
@@ -1040,6 +1113,33 @@ def experience_list(
         table.add_row(r.id[:8], r.created_at.strftime("%Y-%m-%d %H:%M"), r.status, r.task_name, r.method, r.model,
                       fmt(m.get("accuracy"), ".4f"), fmt(m.get("train_time_s"), ".1f"), fmt(m.get("peak_memory_mb"), ".0f"))
     out.print(table)
+
+
+@model_app.command("import-llama2c")
+def model_import_llama2c(
+    source: Annotated[Path, typer.Argument(help="llama2.c checkpoint (.bin) or the folder holding it and its tokenizer (tok*.bin).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the Hugging Face Llama checkpoint (safetensors + tokenizer.json).")],
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="The checkpoint's file name, when the folder holds several.", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="The tokenizer's file name \\[default: the folder's tok*.bin].", show_default=False)] = None,
+) -> None:
+    """Convert a llama2.c checkpoint (e.g. tinyllamas stories260K) into a Hugging Face Llama folder that transformers
+    and mlx-lm load (`--model DIR`)."""
+    from .models import import_llama2c
+
+    with console.status(f"converting {source}…"):
+        folder = import_llama2c(source, output, checkpoint=checkpoint, tokenizer=tokenizer)
+    console.print(f"wrote {folder} (config.json, model.safetensors, tokenizer.json)", highlight=False)
+
+
+@data_app.command("track")
+def data_track(path: Annotated[Path, typer.Argument(help="Dataset file or folder to version.")]) -> None:
+    """Version a dataset with `dvc add` (a DVC repository is initialised when none holds it: at the git root, or with
+    --no-scm beside the data outside git) and print its .dvc file."""
+    from .tasks import track
+
+    dvcfile = track(path)
+    sys.stdout.write(dvcfile.read_text())
+    console.print(f"wrote {dvcfile}; in git, commit it (and .gitignore) so that --data-rev can read this version later", highlight=False)
 
 
 @experience_app.command("export")

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from .._errors import MetapeftError
 from ..experience import Experience, ExperienceStore
 from ..experience._store import process_gone
-from ._design import Design, expand, scoring_pool
+from ._design import Design, RunSpec, expand, scoring_pool
 
 _metadata = sa.MetaData()
 claims = sa.Table(
@@ -105,6 +105,7 @@ class WorkerArgs:
     threads: int
     time_budget: float | None
     parent_pid: int
+    data_rev: str | None = None
 
 
 def worker(args: WorkerArgs) -> int:
@@ -119,14 +120,13 @@ def _work(args: WorkerArgs) -> int:
     import torch
 
     from .._environment import interrupt_once, quiet_libraries
-    from ..tasks import load_suite, profile_task
-    from ..training import RunConfig, train
+    from ..tasks import load_suite
 
     quiet_libraries()
     interrupt_once()  # terminate or Ctrl-C → KeyboardInterrupt → run marked interrupted, claim given back
     torch.set_num_threads(max(1, args.threads))
     design = Design.load(args.design_path)
-    entries = {e.name: e for e in load_suite(args.suite)}
+    entries = {e.name: e for e in load_suite(args.suite, args.data_rev)}
     store = ExperienceStore(args.store_url)
     engine = _engine(store)
     runs = expand(design, list(entries))
@@ -138,46 +138,98 @@ def _work(args: WorkerArgs) -> int:
             continue
         if not _try_claim(engine, spec.key):
             continue
-        tags = {"design": design.name, "design_key": spec.key, "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size}
-        train_seed = spec.seed if spec.train_seed is None else spec.train_seed
+        if spec.task not in tasks:
+            tasks = {spec.task: entries[spec.task]}  # keep one full task in memory at a time
         try:
-            if spec.task not in tasks:
-                tasks = {spec.task: entries[spec.task].load()}  # keep one full task in memory at a time
-            task = tasks[spec.task].subsample(spec.size, seed=spec.seed)
-            pool = None
-            if design.pool_size:
-                pool, tags["pool_id"] = scoring_pool(tasks[spec.task], spec.size, spec.seed, design.pool_size)
-            if task.fingerprint not in profiles:
-                profiles[task.fingerprint] = profile_task(task, design.model)
-            hyperparameters = dict(spec.hyperparameters)
-            if design.max_length_cap and not hyperparameters.get("max_length"):
-                hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
-            run = RunConfig(model=design.model, seed=train_seed, sample_seed=spec.seed, time_budget=args.time_budget, save=False, eval_size=design.eval_size,
-                            eval_points=spec.eval_points, final_eval_size=design.final_eval_size, track=False, tags=tags)  # fmt: skip
-            train(task, spec.method, hyperparameters, run, profile=profiles[task.fingerprint], store=store, pool=pool)
-            _set_state(engine, spec.key, "done")
-            ran += 1
+            ran += _run_claimed(spec, design, tasks, store, profiles, args.time_budget) == "done"
         except KeyboardInterrupt:
-            with engine.begin() as conn:  # give the run back so that a restart does it
-                conn.execute(claims.delete().where(claims.c.key == spec.key))
             return ran
-        except Exception as exc:  # failures are data, not the end of the bench
-            if getattr(exc, "experience_id", None) is None:  # failed before train() recorded the run: record it here
-                error = str(exc) if isinstance(exc, MetapeftError) else f"{type(exc).__name__}: {exc}"
-                store.add(Experience(task_name=spec.task, method=spec.method, model=design.model or "default", hyperparameters=spec.hyperparameters,
-                                     status="failed", error=error[:4000], seed=train_seed, tags=tags))
-            _set_state(engine, spec.key, "failed")
     return ran
 
 
-def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_budget: float | None, on_progress=None, retry_failed: bool = False) -> dict:
-    """Run (or resume) a design with ``workers`` processes; ``on_progress(counts, total)`` is called every ~2 s."""
+def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceStore, profiles: dict, time_budget: float | None = None) -> str:
+    """Train one claimed run and record it: "done" or "failed" (failures are data, not the end of a bench). On
+    KeyboardInterrupt the claim is given back, so that a restart does the run, and the interrupt goes on.
+    ``tasks`` maps the spec's task to its suite entry or to the loaded task (replaced by the latter)."""
+    from ..tasks import SuiteEntry, profile_task
+    from ..training import RunConfig, train
+
+    engine = _engine(store)
+    tags = {"design": design.name, "design_key": spec.key, "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size}
+    train_seed = spec.seed if spec.train_seed is None else spec.train_seed
+    try:
+        if isinstance(tasks[spec.task], SuiteEntry):
+            tasks[spec.task] = tasks[spec.task].load()
+        task = tasks[spec.task].subsample(spec.size, seed=spec.seed)
+        pool = None
+        if design.pool_size:
+            pool, tags["pool_id"] = scoring_pool(tasks[spec.task], spec.size, spec.seed, design.pool_size)
+        if task.fingerprint not in profiles:
+            profiles[task.fingerprint] = profile_task(task, design.model)
+        hyperparameters = dict(spec.hyperparameters)
+        if design.max_length_cap and not hyperparameters.get("max_length"):
+            hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
+        run = RunConfig(model=design.model, seed=train_seed, sample_seed=spec.seed, time_budget=time_budget, save=False, eval_size=design.eval_size,
+                        eval_points=spec.eval_points, final_eval_size=design.final_eval_size, track=False, tags=tags)  # fmt: skip
+        train(task, spec.method, hyperparameters, run, profile=profiles[task.fingerprint], store=store, pool=pool)
+        _set_state(engine, spec.key, "done")
+        return "done"
+    except KeyboardInterrupt:
+        with engine.begin() as conn:  # give the run back so that a restart does it
+            conn.execute(claims.delete().where(claims.c.key == spec.key))
+        raise
+    except Exception as exc:  # failures are data, not the end of the bench
+        if getattr(exc, "experience_id", None) is None:  # failed before train() recorded the run: record it here
+            error = str(exc) if isinstance(exc, MetapeftError) else f"{type(exc).__name__}: {exc}"
+            store.add(Experience(task_name=spec.task, method=spec.method, model=design.model or "default", hyperparameters=spec.hyperparameters,
+                                 status="failed", error=error[:4000], seed=train_seed, tags=tags))
+        _set_state(engine, spec.key, "failed")
+        return "failed"
+
+
+def pending_keys(suite: str, design_path: str, store_url: str) -> list[str]:
+    """The design's runs over the suite that have no finished record yet, in execution order (what a scheduler such
+    as Airflow fans out, one task per key, to :func:`run_one`)."""
+    from ..tasks import load_suite
+
+    design = Design.load(design_path)
+    done = finished_keys(ExperienceStore(store_url), design.name)
+    return [r.key for r in expand(design, [e.name for e in load_suite(suite)]) if r.key not in done]
+
+
+def run_one(suite: str, design_path: str, store_url: str, key: str) -> str:
+    """Run the design's run ``key`` into the store unless it is finished or claimed by another worker (on this or
+    another machine sharing the store). Returns "done", "failed", "finished" (already on record) or "claimed".
+
+    Raises:
+        MetapeftError: ``key`` is not a run of the design over the suite.
+    """
+    from ..tasks import load_suite
+
+    design = Design.load(design_path)
+    entries = {e.name: e for e in load_suite(suite)}
+    spec = next((r for r in expand(design, list(entries)) if r.key == key), None)
+    if spec is None:
+        raise MetapeftError(f"{key!r} is not a run of design {design.name!r} over {suite}; list its runs with bench.pending_keys")
+    store = ExperienceStore(store_url)
+    if key in finished_keys(store, design.name):
+        return "finished"
+    release_stale_claims(store, retry_failed=False)
+    if not _try_claim(_engine(store), key):
+        return "claimed"
+    return _run_claimed(spec, design, {spec.task: entries[spec.task]}, store, {})
+
+
+def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_budget: float | None, on_progress=None, retry_failed: bool = False,
+              data_rev: str | None = None) -> dict:  # fmt: skip
+    """Run (or resume) a design with ``workers`` processes; ``on_progress(counts, total)`` is called every ~2 s;
+    ``data_rev`` reads the suite at that git revision of its DVC repository."""
     import multiprocessing as mp
 
     from ..tasks import load_suite
 
     design = Design.load(design_path)
-    names = [e.name for e in load_suite(suite)]
+    names = [e.name for e in load_suite(suite, data_rev)]  # a revision is checked out here, once, before the workers start
     store = ExperienceStore(store_url)
     released = release_stale_claims(store, retry_failed)
     keys = {r.key for r in expand(design, names)}
@@ -185,7 +237,7 @@ def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_b
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker, args=(WorkerArgs(suite, design_path, store.url, threads, time_budget, os.getpid()),), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=worker, args=(WorkerArgs(suite, design_path, store.url, threads, time_budget, os.getpid(), data_rev),), daemon=True) for _ in range(workers)]
     for p in procs:
         p.start()
     try:

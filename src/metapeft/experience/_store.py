@@ -445,26 +445,7 @@ class ExperienceStore:
     def import_jsonl(self, path: str | Path) -> tuple[int, int]:
         """Add the records of a JSONL export (gzip-compressed if named .gz); returns (added, already present).
         Every line is checked first: a file with one bad line adds nothing."""
-        path = Path(path)
-        if not path.exists():
-            raise StoreError(f"no such file: {path}")
-        data = _read_bytes(path)
-        records = []
-        for lineno, raw in enumerate(data.split(b"\n"), start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                hint = "; it is gzip-compressed: name it .jsonl.gz" if data[:2] == b"\x1f\x8b" else ""
-                raise StoreError(f"{path} line {lineno}: not UTF-8 text, so not an `experience export` file{hint} "
-                                 "(nothing imported)") from None
-            if not line.strip():
-                continue
-            try:
-                records.append(Experience.from_dict(json.loads(line)).validate())
-            except (ValueError, TypeError) as exc:
-                detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                raise StoreError(f"{path} line {lineno}: not an experience record ({detail}); "
-                                 "fix or remove the line (nothing imported)") from None
+        records = read_jsonl(path)
         added = self.add_many(records)
         return added, len(records) - added
 
@@ -472,9 +453,40 @@ class ExperienceStore:
         self._engine.dispose()
 
 
+def read_jsonl(path: str | Path) -> list[Experience]:
+    """The records of an ``experience export`` file (gzip-compressed if named .gz), each checked.
+
+    Raises:
+        StoreError: The file is missing, or a line is not an experience record (naming the line).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no such file: {path}")
+    data = _read_bytes(path)
+    records = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError:
+            hint = "; it is gzip-compressed: name it .jsonl.gz" if data[:2] == b"\x1f\x8b" else ""
+            raise StoreError(f"{path} line {lineno}: not UTF-8 text, so not an `experience export` file{hint} (nothing imported)") from None
+        if not line.strip():
+            continue
+        try:
+            records.append(Experience.from_dict(json.loads(line)).validate())
+        except (ValueError, TypeError) as exc:
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise StoreError(f"{path} line {lineno}: not an experience record ({detail}); fix or remove the line (nothing imported)") from None
+    return records
+
+
 def _open_text(path: str | Path, mode: str):
-    """Text file, gzip-compressed when its name ends in .gz."""
+    """Text file, gzip-compressed when its name ends in .gz (written without a timestamp: same records, same bytes)."""
     if str(path).endswith(".gz"):
+        if mode == "w":
+            import io
+
+            return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8")
         return gzip.open(path, mode + "t", encoding="utf-8")
     return open(path, mode, encoding="utf-8")
 

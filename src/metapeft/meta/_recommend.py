@@ -172,6 +172,49 @@ class MetaPEFT:
         self._derived.clear()
         return self
 
+    def save(self, folder: str | Path) -> Path:
+        """Write the fitted selector (fitting it first if needed) as two files that :meth:`load` reads back
+        without refitting: ``surrogate.safetensors`` and ``experience.jsonl.gz`` (its experience, gzip without a
+        timestamp, so the same selector gives the same bytes).
+
+        Args:
+            folder: The folder to write (created if missing).
+
+        Returns:
+            ``folder``.
+        """
+        import gzip
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        records = self.experiences()
+        _save(folder / "surrogate.safetensors", self._fitted(), _experience_key(records), len(records), sorted(r.id for r in records))
+        with open(folder / "experience.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            f.write("".join(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n" for r in records).encode("utf-8"))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, surrogate: str | Path | None = None) -> MetaPEFT:
+        """A selector that :meth:`save` wrote (nothing is refitted).
+
+        Args:
+            folder: The folder of ``surrogate.safetensors`` and ``experience.jsonl.gz``, or the experience file.
+            surrogate: The surrogate file, when ``folder`` is the experience file.
+
+        Raises:
+            MetapeftError: A file is missing or not a selector this version reads.
+        """
+        import gzip
+
+        folder = Path(folder)
+        experience, surrogate = (folder, Path(surrogate)) if surrogate else (folder / "experience.jsonl.gz", folder / "surrogate.safetensors")
+        loaded = _load_cached(surrogate)
+        if loaded is None or not experience.is_file():
+            raise MetapeftError(f"{folder} holds no selector this metapeft version reads (surrogate.safetensors and experience.jsonl.gz); write one with `metapeft fit`")
+        with gzip.open(experience, "rt", encoding="utf-8") as f:
+            records = [Experience.from_dict(json.loads(line)) for line in f if line.strip()]
+        return cls(experiences=records, surrogate=loaded[0])
+
     def _fitted(self) -> Surrogate:
         if self.surrogate is None:
             self.fit()

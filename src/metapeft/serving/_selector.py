@@ -14,7 +14,6 @@ the packaged one (fitted on the shipped prior) as version 1 and ``@champion`` (:
 
 from __future__ import annotations
 
-import gzip
 import json
 import platform
 import subprocess
@@ -50,7 +49,9 @@ class SelectorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of the meta-learner: profiles in, rankings out."""
 
     def load_context(self, context) -> None:
-        self.meta = meta_from_files(Path(context.artifacts["surrogate"]), Path(context.artifacts["experience"]))
+        from ..meta import MetaPEFT
+
+        self.meta = MetaPEFT.load(context.artifacts["experience"], surrogate=context.artifacts["surrogate"])
 
     def predict(self, context, model_input: list[ProfileInput], params: dict[str, Any] | None = None):
         """Rank the methods for each task profile.
@@ -86,20 +87,6 @@ def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
     return meta.recommend(profile, max_memory_mb=params.get("max_memory_mb"), max_time_s=params.get("max_time_s"), methods=params.get("methods"), budget=budget)
 
 
-def meta_from_files(surrogate_path: Path, experience_path: Path):
-    """A :class:`MetaPEFT` from a selector's two artifacts (nothing is refitted)."""
-    from ..experience import Experience
-    from ..meta import MetaPEFT
-    from ..meta._recommend import _load_cached
-
-    loaded = _load_cached(surrogate_path)
-    if loaded is None:
-        raise MetapeftError(f"{surrogate_path} is not a selector this metapeft version reads; retrain it with `metapeft retrain`")
-    with gzip.open(experience_path, "rt", encoding="utf-8") as f:
-        records = [Experience.from_dict(json.loads(line)) for line in f if line.strip()]
-    return MetaPEFT(experiences=records, surrogate=loaded[0])
-
-
 def log_selector(meta, *, tags: dict[str, Any] | None = None, alias: str | None = None, tracker=None) -> int:
     """Log ``meta`` (fitted) as a pyfunc model in a new MLflow run and register it as a new version of
     ``metapeft-selector``.
@@ -113,17 +100,14 @@ def log_selector(meta, *, tags: dict[str, Any] | None = None, alias: str | None 
     Returns:
         The new version's number.
     """
-    from ..meta._recommend import _experience_key, _save
     from ..tracking import MLflowTracker
 
     tracker = tracker or MLflowTracker()
     records = meta.experiences()
     version_tags = {**describe(records), **(tags or {})}
     with tempfile.TemporaryDirectory() as tmp:
+        meta.save(tmp)
         surrogate, experience = Path(tmp, "surrogate.safetensors"), Path(tmp, "experience.jsonl.gz")
-        _save(surrogate, meta._fitted(), _experience_key(records), len(records), sorted(r.id for r in records))
-        with open(experience, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write("".join(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n" for r in records).encode("utf-8"))
         run_id = tracker.start_parent("selector", {"metapeft.kind": "selector", **version_tags})
         code = Path(__file__).with_name("_pyfunc_code.py")
         artifacts = {"surrogate": str(surrogate), "experience": str(experience)}

@@ -1,16 +1,20 @@
 """Tasks: loading labelled text data, suites of tasks, and the task profile the meta-learner reads."""
 
+from ._data import DataSource, dataset_md5, dvc_root, track
 from ._loading import example_names, load_task, task_from_rows
 from ._profile import TaskProfile, cached_profile, embed_texts, profile_task
 from ._suite import SuiteEntry, load_suite
 from ._task import Split, Task, stratified_indices
 
 __all__ = [
+    "DataSource",
     "Split",
     "SuiteEntry",
     "Task",
     "TaskProfile",
     "cached_profile",
+    "dataset_md5",
+    "dvc_root",
     "embed_texts",
     "example_names",
     "load_suite",
@@ -18,4 +22,5 @@ __all__ = [
     "task_from_rows",
     "profile_task",
     "stratified_indices",
+    "track",
 ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import TaskError
+from ._data import resolve as resolve_data
 from ._task import Split, Task
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "question1", "premise", "content", "review", "tweet", "document")
@@ -35,14 +36,19 @@ def load_task(
     seed: int = 0,
     name: str | None = None,
     domain: str | None = None,
+    data_rev: str | None = None,
 ) -> Task:
     """Load a task from ``path`` (see module docstring); ``example`` or ``example:NAME`` names a bundled one.
 
-    Without a held-out file, a seeded stratified ``test_fraction`` of the training rows is held out.
+    Without a held-out file, a seeded stratified ``test_fraction`` of the training rows is held out. The task's
+    ``meta["data"]`` records where its data came from (DVC's md5; its DVC repository, path and revision when it has
+    one), and ``data_rev`` reads the data as it was at that git revision of its DVC repository.
     """
-    path = _resolve(path)
+    given = _resolve(path)
+    source = resolve_data(given, data_rev)
+    path = source.local
     columns = dict(text_column=text_column, pair_column=pair_column, label_column=label_column)
-    where = str(path)
+    where = str(given) + (f" at {data_rev}" if data_rev else "")
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         train_rows, test_rows = _read_saved_dataset(path)
         train_where, test_where = where, where + " (held-out split)"
@@ -55,9 +61,11 @@ def load_task(
         train_rows, test_rows = _read_rows(path), None
         train_where, test_where = where, None
 
-    name = name or (path.stem if path.is_file() else path.name)
-    return task_from_rows(train_rows, test_rows, name=name, where=where, train_where=train_where, test_where=test_where, test_fraction=test_fraction,
-                          seed=seed, domain=domain, source=str(path), **columns)  # fmt: skip
+    name = name or (given.stem if given.is_file() else given.name)
+    task = task_from_rows(train_rows, test_rows, name=name, where=where, train_where=train_where, test_where=test_where, test_fraction=test_fraction,
+                          seed=seed, domain=domain, source=str(given), **columns)  # fmt: skip
+    task.meta["data"] = source.provenance()
+    return task
 
 
 def task_from_rows(

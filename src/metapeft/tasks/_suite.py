@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import TaskError
+from ._data import DataSource, checkout
 from ._loading import load_task
 from ._task import Task
 
@@ -16,14 +17,25 @@ class SuiteEntry:
     name: str
     path: Path
     meta: dict
+    source: DataSource | None = None  # the suite read at a DVC revision: where this task's folder is in it
 
     def load(self) -> Task:
-        return load_task(self.path, name=self.name, domain=self.meta.get("domain"))
+        task = load_task(self.path, name=self.name, domain=self.meta.get("domain"))
+        if self.source is not None:  # the checkout's md5, and the repository, path and revision it was read at
+            rel = self.path.relative_to(self.source.local).as_posix()
+            task.meta["data"]["dvc"] = {"repo": str(self.source.repo), "path": f"{self.source.path}/{rel}", "rev": self.source.rev}
+        return task
 
 
-def load_suite(manifest: str | Path) -> list[SuiteEntry]:
-    """Entries of a suite; ``manifest`` is the JSON file or the folder holding ``MANIFEST.json``."""
+def load_suite(manifest: str | Path, data_rev: str | None = None) -> list[SuiteEntry]:
+    """Entries of a suite; ``manifest`` is the JSON file or the folder holding ``MANIFEST.json``; ``data_rev`` reads
+    the suite's folder as it was at that git revision of its DVC repository."""
     manifest = Path(manifest).expanduser()
+    source = None
+    if data_rev:
+        folder, name = (manifest.parent, manifest.name) if manifest.suffix.lower() == ".json" else (manifest, "MANIFEST.json")
+        source = checkout(folder, data_rev)
+        manifest = source.local / name
     if manifest.is_dir():
         manifest = manifest / "MANIFEST.json"
     if not manifest.exists():
@@ -41,5 +53,5 @@ def load_suite(manifest: str | Path) -> list[SuiteEntry]:
         folder = manifest.parent / entry.get("path", entry["name"])
         if not folder.exists():
             raise TaskError(f"{manifest}: task {entry['name']!r} has no folder at {folder}")
-        out.append(SuiteEntry(entry["name"], folder, entry))
+        out.append(SuiteEntry(entry["name"], folder, entry, source))
     return out

@@ -91,7 +91,7 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
         model=model_name,
         hyperparameters=config.as_dict(),
         profile=profile.as_dict(),
-        environment=environment(torch_device),
+        environment={**environment(torch_device), **({"data": task.meta["data"]} if "data" in task.meta else {})},
         tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "final_eval_size": final_eval_size, "time_budget": time_budget,
               "sample_seed": seed if sample_seed is None else sample_seed},
         seed=seed,
@@ -145,7 +145,7 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
                 metrics={**result.metrics, **({"forgetting_drop": forgetting["drop"]} if forgetting else {})},
                 curve=result.curve,
                 tags={"metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": spec.name,
-                      "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {}),
+                      "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {}), **_data_tags(task.meta.get("data")),
                       **({"metapeft.switches": " → ".join([spec.name] + [f"{w['to']} (step {w['step']})" for w in switches])} if switches else {})},
                 artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve, **({"switches.json": switches} if switches else {}),
                            **({"forgetting.json": forgetting} if forgetting else {})},
@@ -218,3 +218,12 @@ def usable_output(path: str | Path) -> Path:
     except OSError as exc:
         raise MetapeftError(f"cannot create output folder {out} ({exc.filename}: {exc.strerror}); choose a writable place") from None
     return out
+
+
+def _data_tags(data: dict | None) -> dict[str, str]:
+    """A run's data provenance as MLflow tags (DVC's md5; repository, path and revision when it has them)."""
+    if not data:
+        return {}
+    dvc = data.get("dvc") or {}
+    named = {"metapeft.data_md5": data.get("md5"), "metapeft.data_repo": dvc.get("repo"), "metapeft.data_path": dvc.get("path"), "metapeft.data_rev": dvc.get("rev")}
+    return {k: str(v) for k, v in named.items() if v}
