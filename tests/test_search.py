@@ -244,6 +244,7 @@ def test_of_two_trials_started_at_once_at_the_shared_total_only_the_first_counts
     assert _finished(study) == 4  # the three finished and the first: the unrun one counts nowhere
 
 
+@pytest.mark.slow
 def test_a_sigkilled_search_resumes_to_its_full_trial_count(tiny_task, tmp_path):
     """A tune killed (SIGKILL) during a trial: its parent run is closed as KILLED, and the same command started again
     redoes the cut trial (failed and queued again, not counted) and stops at the full --trials with a FINISHED parent."""

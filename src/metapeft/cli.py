@@ -226,8 +226,10 @@ def train(
     switch_threshold: SwitchThresholdOption = 0.8,
     probe: Annotated[Optional[list[str]], typer.Option("--probe", help="Another task's data (repeatable): measure forgetting as a frozen linear probe's accuracy on it before and after training.", show_default=False)] = None,
     data_rev: DataRevOption = None,
+    backend: Annotated[str, typer.Option("--backend", help="torch, or mlx (Apple silicon; Linux CPU with metapeft[mlx]): causal LMs train on either.")] = "torch",
 ) -> None:
-    """Fine-tune one method on a task, evaluate it, save the adapter and record the run."""
+    """Fine-tune one method on a task, evaluate it, save the adapter and record the run. With a causal LM as --model
+    (or --backend mlx), the task is generation: prompt/completion rows, or labelled rows verbalised."""
     from .experience import ExperienceStore
     from .methods import get_method
     from .tasks import profile_task
@@ -239,6 +241,12 @@ def train(
     hyperparameters = _parse_sets(sets or [])
     if max_steps is not None:
         hyperparameters["max_steps"] = max_steps
+    from .backends import get_backend, is_causal_model
+
+    get_backend(backend)
+    if backend != "torch" or is_causal_model(model):
+        _train_causal(data, method, hyperparameters, model, backend, seed, eval_size, output, store, as_json)
+        return
     if method == "auto" and not switch:
         raise MetapeftError("--method auto picks the recommended method for --switch; without --switch, name a method (`metapeft recommend` ranks them)")
     policy, steps = _switch_policy(method, hyperparameters, switch_threshold) if switch else (None, None)
@@ -325,6 +333,34 @@ def _switch_policy(method: str, hyperparameters: dict, threshold: float):
     if steps < 8:
         raise MetapeftError(f"--switch needs at least 8 steps (a learning-curve point to decide at and steps left to switch into); got {steps}: raise --max-steps")
     return policy, steps
+
+
+def _train_causal(data, method, hyperparameters, model, backend, seed, eval_size, output, store, as_json) -> None:
+    """``train`` on a causal LM: the backend's run, recorded; a table or JSON of its figures."""
+    from .backends import train_causal
+    from .experience import ExperienceStore
+    from .methods import get_method
+
+    if model is None:
+        raise MetapeftError(f"--backend {backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)")
+    get_method(method).make_config(hyperparameters)
+    steps = hyperparameters.get("max_steps") or get_method(method).defaults().max_steps
+    if output is None:
+        import uuid
+
+        from ._config import runs_dir
+
+        output = runs_dir() / uuid.uuid4().hex
+    with _progress(f"{method} on {backend}", transient=True) as bar:
+        job = bar.add_task("train", total=steps, info="")
+        result, record_id = train_causal(data, method, hyperparameters, model, backend=backend, seed=seed, eval_size=eval_size, output=output,
+                                         store=ExperienceStore(store), on_step=lambda step, loss: bar.update(job, completed=step, info=f"loss {loss:.3f}"))  # fmt: skip
+    if as_json:
+        _print_json({**result.as_dict(), "experience_id": record_id})
+        return
+    m = result.metrics
+    out.print(f"{method} on {backend}: held-out loss {m['initial_loss']:.3f} → {m['loss']:.3f} (perplexity {m['perplexity']:.2f}), exact match {m['exact_match']:.3f}, "
+              f"{m['steps']} steps, {1000 * m['step_time_s']:.0f} ms a step; adapter {result.adapter_path}", highlight=False)  # fmt: skip
 
 
 def _switch_controller(profile, method: str, hyperparameters: dict, budget: dict | None, policy, store, model: str | None):

@@ -1,0 +1,170 @@
+"""The backend seam: one interface over the frameworks that fine-tune a causal LM (torch + peft, MLX + mlx-lm).
+
+A backend's lifecycle for one run, all inside :meth:`Backend.fit`:
+
+1. :meth:`Backend.check` — the framework is installed and takes the method (one-line ``MetapeftError`` otherwise:
+   the extra to install, or the methods it has);
+2. load the base model (a Hugging Face folder: both frameworks read the same files, see
+   ``metapeft model import-llama2c``) and attach the method with the method's validated config;
+3. train ``config.max_steps`` steps of AdamW with linear warm-up and decay on the completion tokens, calling
+   ``on_step(step, loss)`` after each, and evaluate at the end (:class:`CausalResult`: loss and perplexity of the
+   held-out completions, exact match of greedy completions, step time);
+4. save what was learned in the framework's own adapter format (peft's, or mlx-lm's ``adapters.safetensors`` +
+   ``adapter_config.json``) when an output folder is given.
+
+A subclass sets ``name``, ``extra`` and ``methods`` and overrides :meth:`_available`, :meth:`_fit` and
+:meth:`evaluate`. The
+shared parts — tokenising prompt/completion pairs, the schedule, checking — live here, so two backends given the
+same task, config and seed see the same token ids in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from .._errors import MetapeftError
+from ..methods import MethodConfig, get_method
+
+
+@dataclass
+class CausalResult:
+    """What a causal-LM run measured.
+
+    Attributes:
+        metrics: ``loss`` and ``perplexity`` of the held-out completions, ``exact_match`` of greedy completions,
+            ``initial_loss`` (before training, same rows), ``train_loss_first`` / ``train_loss_last`` (means of the
+            first and last 10 steps), ``step_time_s`` (median seconds per step), ``train_time_s``, ``steps``.
+        losses: The training loss of every step.
+        adapter_path: Where the adapter was saved (None when not saved).
+    """
+
+    backend: str
+    method: str
+    metrics: dict
+    losses: list[float] = field(default_factory=list)
+    adapter_path: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def encode(tokenizer, rows: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], int]]:
+    """Each (prompt, completion) as (token ids with BOS, index of the first completion token), cut to
+    ``max_length``: the loss counts the completion's tokens only."""
+    out = []
+    for prompt, completion in rows:
+        prompt_ids = tokenizer(prompt)["input_ids"] if prompt else tokenizer("")["input_ids"]
+        ids = tokenizer(prompt + completion)["input_ids"]
+        start = min(len(prompt_ids), len(ids) - 1)
+        out.append((ids[:max_length], min(start, max_length - 1)))
+    return out
+
+
+def lr_at(step: int, config: MethodConfig) -> float:
+    """The learning rate after ``step`` steps: linear warm-up over ``warmup_ratio`` of the steps, then linear decay."""
+    warmup = max(1, int(config.max_steps * config.warmup_ratio))
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    return config.learning_rate * max(0.0, (config.max_steps - step) / max(1, config.max_steps - warmup))
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Row indices of each step: seeded shuffles of the training rows, one epoch after another."""
+    rng, order, out = random.Random(seed), [], []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order += fresh
+        out.append(order[:batch_size])
+        order = order[batch_size:]
+    return out
+
+
+class Backend(ABC):
+    """A framework that fine-tunes causal LMs (module docstring: the lifecycle, and what a subclass overrides)."""
+
+    name: ClassVar[str]
+    extra: ClassVar[str | None] = None  # the optional extra that installs it
+    methods: ClassVar[tuple[str, ...]]
+
+    def check(self, method: str) -> None:
+        """Raise a one-line ``MetapeftError`` unless the framework is installed and has ``method``."""
+        if not self._available():
+            raise MetapeftError(f"--backend {self.name} needs its framework: pip install 'metapeft[{self.extra}]'")
+        if method not in self.methods:
+            raise MetapeftError(f"--backend {self.name} has no method {method!r}; it has: {', '.join(self.methods)}")
+
+    def fit(self, task, method: str, hyperparameters: dict | None, model: str | Path, *, seed: int = 0, eval_size: int = 200,
+            output: str | Path | None = None, on_step: Callable[[int, float], None] | None = None) -> CausalResult:  # fmt: skip
+        """Train ``method`` on ``task`` (a :class:`~metapeft.tasks.CausalTask`) from ``model`` and evaluate it.
+
+        Args:
+            task: The task.
+            method: A method of :attr:`methods`.
+            hyperparameters: The method's settings (validated by its config: ``r``, ``learning_rate``, ``max_steps``…).
+            model: A Hugging Face Llama-family folder.
+            seed: Initialisation and data order.
+            eval_size: Held-out rows evaluated (the first ones; 0 = all).
+            output: Folder to save the adapter to (None: not saved).
+            on_step: Called with (step, training loss) after every step.
+
+        Returns:
+            A :class:`CausalResult`.
+        """
+        self.check(method)
+        config = get_method(method).make_config(hyperparameters or {})
+        model = Path(model).expanduser()
+        if not (model / "config.json").is_file():
+            raise MetapeftError(
+                f"{model}: not a Hugging Face model folder (no config.json); convert a llama2.c checkpoint with `metapeft model import-llama2c`"
+            )
+        test = task.test if not eval_size else task.test[:eval_size]
+        return self._fit(
+            task,
+            test,
+            method,
+            config,
+            model,
+            seed,
+            Path(output) if output else None,
+            on_step or (lambda step, loss: None),
+        )
+
+    @abstractmethod
+    def evaluate(
+        self, task, model: str | Path, adapter_path: str | Path | None = None, *, eval_size: int = 200
+    ) -> dict:
+        """Held-out ``loss`` and ``exact_match`` of ``model`` with what :meth:`fit` saved to ``adapter_path``
+        loaded back in the framework's own way (the adapter contract: the same figures as the run measured)."""
+
+    @abstractmethod
+    def _available(self) -> bool:
+        """Whether the framework imports."""
+
+    @abstractmethod
+    def _fit(self, task, test: list[tuple[str, str]], method: str, config: MethodConfig, model: Path, seed: int, output: Path | None,
+             on_step: Callable[[int, float], None]) -> CausalResult:  # fmt: skip
+        """Load, attach, train, evaluate and save (module docstring)."""
+
+
+def summarise(losses: list[float], step_times: list[float], initial_loss: float, loss: float, exact: float) -> dict:
+    """The metrics every backend reports (see :class:`CausalResult`)."""
+    times = sorted(step_times)
+    return {
+        "initial_loss": initial_loss,
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "exact_match": exact,
+        "train_loss_first": sum(losses[:10]) / max(1, len(losses[:10])),
+        "train_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
+        "step_time_s": times[len(times) // 2] if times else None,
+        "train_time_s": sum(step_times),
+        "steps": len(losses),
+    }
