@@ -245,6 +245,10 @@ def train(
 
     get_backend(backend)
     if backend != "torch" or is_causal_model(model):
+        unsupported = [flag for flag, given in (("--switch", switch), ("--register", register), ("--probe", probe), ("--data-rev", data_rev),
+                                                ("--time-budget", time_budget)) if given]  # fmt: skip
+        if unsupported:
+            raise MetapeftError(f"{', '.join(unsupported)}: not available for causal LMs yet (a classification encoder as --model takes them)")
         _train_causal(data, method, hyperparameters, model, backend, seed, eval_size, output, store, as_json)
         return
     if method == "auto" and not switch:
