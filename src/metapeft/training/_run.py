@@ -91,7 +91,7 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
         model=model_name,
         hyperparameters=config.as_dict(),
         profile=profile.as_dict(),
-        environment={**environment(torch_device), **({"data": task.meta["data"]} if "data" in task.meta else {})},
+        environment={**environment(torch_device), "backend": "torch", **({"data": task.meta["data"]} if "data" in task.meta else {})},
         tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "final_eval_size": final_eval_size, "time_budget": time_budget,
               "sample_seed": seed if sample_seed is None else sample_seed},
         seed=seed,
