@@ -81,6 +81,7 @@ def test_a_missing_backend_or_method_is_one_line(task, s260k, monkeypatch):
         get_backend("jax")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_takes_a_prompt_completion_task_on_either_backend(backend, s260k, tmp_path):
     import json

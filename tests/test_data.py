@@ -133,6 +133,7 @@ def test_bad_data_revisions_are_one_clear_line(tmp_path, repo, case, message):
 
 @needs_dvc
 @pytest.mark.slow
+@pytest.mark.integration
 def test_the_pipeline_reproduces_end_to_end_and_then_does_nothing(tmp_path):
     """pipeline/ as a fresh clone has it: bench → export → fit → evaluate → register on the small suite, then a
     second `dvc repro` that runs nothing and leaves dvc.lock as it was."""
