@@ -9,12 +9,12 @@ label's name, so a causal LM can take the classification suite and its exact mat
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import TaskError
+from ._loading import _read_jsonl
 from ._task import Task
 
 VERBALISE_TEMPLATE = "{text}\nLabel:"
@@ -41,21 +41,13 @@ class CausalTask:
 
 def _rows(path: Path) -> list[tuple[str, str]]:
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("completion"), str) and isinstance(row.get("prompt", ""), str):
+    for row in _read_jsonl(path):  # the classification reader's: one-line errors naming the line, BOM, strict UTF-8
+        if isinstance(row.get("completion"), str) and isinstance(row.get("prompt", ""), str):
             out.append((row.get("prompt", ""), row["completion"]))
-        elif isinstance(row, dict) and isinstance(row.get("text"), str):
+        elif isinstance(row.get("text"), str):
             out.append(("", row["text"]))
         else:
-            raise TaskError(
-                f"{path} line {lineno}: a causal-LM row needs 'prompt' and 'completion' strings, or 'text'"
-            )
+            raise TaskError(f"{path} line {row.get('__line__', '?')}: a causal-LM row needs 'prompt' and 'completion' strings, or 'text'")
     if not out:
         raise TaskError(f"{path}: no rows")
     return out
