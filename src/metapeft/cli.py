@@ -97,6 +97,7 @@ TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column
 PairColumn = Annotated[Optional[str], typer.Option("--pair-column", help="Column holding the second sentence of a pair (auto-detected).", show_default=False)]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (auto-detected).", show_default=False)]
 ExperienceFileOption = Annotated[Optional[Path], typer.Option("--experience", help="Learn from this `experience export` file (.jsonl or .jsonl.gz) instead of the store.", show_default=False)]
+BackendOption = Annotated[str, typer.Option("--backend", help="torch, or mlx (Apple silicon; Linux CPU with metapeft[mlx]): causal LMs train on either.")]
 DataRevOption = Annotated[Optional[str], typer.Option("--data-rev", help="Read the data as it was at this git revision of its DVC repository (needs metapeft[dvc]).", show_default=False)]
 DataArgument = Annotated[str, typer.Argument(help="JSONL/CSV/TSV/Parquet file, folder with train/test files, datasets.save_to_disk folder, or 'example'.", show_default=False)]
 
@@ -226,7 +227,7 @@ def train(
     switch_threshold: SwitchThresholdOption = 0.8,
     probe: Annotated[Optional[list[str]], typer.Option("--probe", help="Another task's data (repeatable): measure forgetting as a frozen linear probe's accuracy on it before and after training.", show_default=False)] = None,
     data_rev: DataRevOption = None,
-    backend: Annotated[str, typer.Option("--backend", help="torch, or mlx (Apple silicon; Linux CPU with metapeft[mlx]): causal LMs train on either.")] = "torch",
+    backend: BackendOption = "torch",
 ) -> None:
     """Fine-tune one method on a task, evaluate it, save the adapter and record the run. With a causal LM as --model
     (or --backend mlx), the task is generation: prompt/completion rows, or labelled rows verbalised."""
@@ -245,11 +246,12 @@ def train(
 
     get_backend(backend)
     if backend != "torch" or is_causal_model(model):
-        unsupported = [flag for flag, given in (("--switch", switch), ("--register", register), ("--probe", probe), ("--data-rev", data_rev),
-                                                ("--time-budget", time_budget)) if given]  # fmt: skip
+        unsupported = [flag for flag, given in (("--switch", switch), ("--register", register), ("--probe", probe), ("--data-rev", data_rev)) if given]
         if unsupported:
             raise MetapeftError(f"{', '.join(unsupported)}: not available for causal LMs yet (a classification encoder as --model takes them)")
-        _train_causal(data, method, hyperparameters, model, backend, seed, eval_size, output, store, as_json)
+        run = _options(RunConfig, {"output_dir": "output"}, model=model, seed=seed, time_budget=time_budget, eval_size=eval_size, output_dir=output,
+                       track=track, backend=backend)  # fmt: skip
+        _train_causal(data, method, hyperparameters, run, store, as_json)
         return
     if method == "auto" and not switch:
         raise MetapeftError("--method auto picks the recommended method for --switch; without --switch, name a method (`metapeft recommend` ranks them)")
@@ -339,32 +341,36 @@ def _switch_policy(method: str, hyperparameters: dict, threshold: float):
     return policy, steps
 
 
-def _train_causal(data, method, hyperparameters, model, backend, seed, eval_size, output, store, as_json) -> None:
-    """``train`` on a causal LM: the backend's run, recorded; a table or JSON of its figures."""
-    from .backends import train_causal
+def _train_causal(data, method, hyperparameters, run, store, as_json) -> None:
+    """``train`` on a causal LM: the task as generation, the run on ``run.backend``; a line or JSON of its figures."""
+    from .backends import get_backend, load_for_causal
     from .experience import ExperienceStore
     from .methods import get_method
+    from .training import Progress
+    from .training import train as run_training
+    from .training._run import usable_output
 
-    if model is None:
-        raise MetapeftError(f"--backend {backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)")
+    if run.model is None:
+        raise MetapeftError(f"--backend {run.backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)")
+    get_backend(run.backend).check(method)
     get_method(method).make_config(hyperparameters)
-    steps = hyperparameters.get("max_steps") or get_method(method).defaults().max_steps
-    if output is None:
-        import uuid
-
-        from ._config import runs_dir
-
-        output = runs_dir() / uuid.uuid4().hex
-    with _progress(f"{method} on {backend}", transient=True) as bar:
-        job = bar.add_task("train", total=steps, info="")
-        result, record_id = train_causal(data, method, hyperparameters, model, backend=backend, seed=seed, eval_size=eval_size, output=output,
-                                         store=ExperienceStore(store), on_step=lambda step, loss: bar.update(job, completed=step, info=f"loss {loss:.3f}"))  # fmt: skip
+    if run.output_dir is not None:
+        usable_output(run.output_dir)
+    task = load_for_causal(data, run.seed)
+    with _progress("{task.description}", transient=True) as bar:
+        job = bar.add_task(f"{method} on {task.name} ({run.backend})", total=None, info="")
+        progress = Progress(lambda step, total, numbers: bar.update(job, completed=step, total=total, info=f"loss {numbers['loss']:.3f}"))
+        result = run_training(task, method, hyperparameters, run, store=ExperienceStore(store), callbacks=[progress])
     if as_json:
-        _print_json({**result.as_dict(), "experience_id": record_id})
+        _print_json(result.as_dict())
         return
     m = result.metrics
-    out.print(f"{method} on {backend}: held-out loss {m['initial_loss']:.3f} → {m['loss']:.3f} (perplexity {m['perplexity']:.2f}), exact match {m['exact_match']:.3f}, "
-              f"{m['steps']} steps, {1000 * m['step_time_s']:.0f} ms a step; adapter {result.adapter_path}", highlight=False)  # fmt: skip
+    out.print(f"{method} on {task.name} ({run.backend}): held-out loss {m['initial_loss']:.3f} → {m['loss']:.3f} (perplexity {m['perplexity']:.2f}), "
+              f"exact match {m['exact_match']:.3f}, {m['steps']} steps, {1000 * m['step_time_s']:.0f} ms a step"
+              + (" (stopped by --time-budget)" if result.stopped_by == "time_budget" else "") + f"; adapter {result.adapter_path}; experience id {result.experience_id}",
+              highlight=False)  # fmt: skip
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
 
 
 def _switch_controller(profile, method: str, hyperparameters: dict, budget: dict | None, policy, store, model: str | None):
@@ -526,10 +532,18 @@ def _meta(store: Optional[str], prior: Optional[bool], model: Optional[str] = No
     return meta
 
 
-def _task_profile(meta, data: str, text_column, pair_column, label_column) -> dict:
-    task = _load(data, text_column, pair_column, label_column)
+def _task_profile(meta, data: str, text_column, pair_column, label_column, backend: str = "torch") -> dict:
+    """The task's profile for the meta-learner's model; with a causal LM (or a backend other than torch), of the task
+    as generation, for that backend."""
+    from .backends import get_backend, is_causal_model, load_for_causal
+
+    get_backend(backend)
+    causal = backend != "torch" or is_causal_model(meta.model)
+    if causal and not is_causal_model(meta.model):
+        raise MetapeftError(f"--backend {backend} serves causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)")
+    task = load_for_causal(data) if causal else _load(data, text_column, pair_column, label_column)
     with console.status(f"profiling {task.name}…"):
-        return meta.profile(task)
+        return {**meta.profile(task), "backend": backend}
 
 
 def _interval(d: dict, fmt: str, scale: float = 1.0) -> str:
@@ -550,16 +564,25 @@ def recommend(
     text_column: TextColumn = None,
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
+    backend: BackendOption = "torch",
 ) -> None:
-    """Rank PEFT methods for a task: confidence each is best, expected accuracy/time/memory, settings and why."""
+    """Rank PEFT methods for a task: confidence each is best, expected accuracy/time/memory, settings and why. With a
+    causal LM as --model, the task is generation and the methods are those --backend has; accuracy is then the exact
+    match of completions."""
+    from .backends import get_backend, is_causal_model
     from .methods import get_method
 
     names = [get_method(m).name for m in methods.split(",") if m.strip()] if methods else None
     for value, flag in ((max_memory, "--max-memory"), (max_time, "--max-time"), (max_steps, "--max-steps")):
         if value is not None and value <= 0:
             raise MetapeftError(f"{flag} must be positive, got {value}")
+    if backend != "torch" or is_causal_model(model):
+        runner = get_backend(backend)
+        for name in names or []:
+            runner.check(name)
+        names = names or list(runner.methods)
     meta = _meta(store, prior, model)
-    profile = _task_profile(meta, data, text_column, pair_column, label_column)
+    profile = _task_profile(meta, data, text_column, pair_column, label_column, backend)
     ranking = meta.recommend(profile, max_memory_mb=max_memory, max_time_s=max_time, methods=names, budget={"max_steps": max_steps} if max_steps else None)
     from .monitoring import record_prediction
 
@@ -580,13 +603,15 @@ def recommend(
             "similar_tasks": [vars(s) for s in similar],
         })  # fmt: skip
         return
-    table = Table(title=f"methods for {profile['task_name']} ({profile['dataset_size']} examples, {profile['num_classes']} classes) — 90% intervals")
+    kind = f"{profile['num_classes']} classes" if profile["task_type"] != "causal_lm" else f"causal LM on {backend}; accuracy = exact match"
+    table = Table(title=f"methods for {profile['task_name']} ({profile['dataset_size']} examples, {kind}) — 90% intervals")
     for column in ("#", "method", "P(best)", "accuracy %", "collapse risk", "train s", "peak MB", "settings"):
         table.add_column(column)
     for r in ranking:
         e = r.expected_performance
         searched = get_method(r.method).search_space()  # a setting the method cannot change (head-only's encoder lr) says nothing
-        shown = {k: v for k, v in r.hyperparameters.items() if k in searched and k in ("learning_rate", "head_learning_rate", "r", "num_virtual_tokens", "target_modules", "init_r", "target_r")}
+        head = ("head_learning_rate",) if profile["task_type"] != "causal_lm" else ()  # a causal LM has no classification head
+        shown = {k: v for k, v in r.hyperparameters.items() if k in searched and k in ("learning_rate", *head, "r", "num_virtual_tokens", "target_modules", "init_r", "target_r")}
         short = {"learning_rate": "lr", "head_learning_rate": "head_lr", "target_modules": "modules"}
         settings = " ".join(f"{short.get(k, k)}={v:.2g}" if isinstance(v, float) else f"{short.get(k, k)}={v}" for k, v in shown.items())
         style = None if r.feasible else "dim"
@@ -696,9 +721,11 @@ def evaluate(
     few_shot: Annotated[int, typer.Option("--few-shot", help="Also measure conditioning on this many observed runs of the held-out task (0 = skip).")] = 2,
     min_methods: Annotated[int, typer.Option("--min-methods", help="Methods a task instance needs run to be scored.")] = 5,
     experience: ExperienceFileOption = None,
+    held_out: Annotated[Optional[str], typer.Option("--held-out", help="Comma-separated tasks to hold out and score, one at a time \[default: every task].", show_default=False)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Leave-one-task-out evaluation of the recommendation: paired gains over LoRA at defaults and full fine-tuning, regret, disaster rate, calibration."""
+    from .experience import task_group
     from .meta import Constraint
     from .meta import evaluate as run_evaluation
 
@@ -707,10 +734,14 @@ def evaluate(
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     constraint = _options(Constraint, methods=names, peft_only=peft_only, max_memory_mb=max_memory)
     records = _experience(store, prior, own, experience)
+    held = [t.strip() for t in held_out.split(",") if t.strip()] if held_out else None
+    if held and (unknown := sorted(set(held) - {task_group(r) for r in records})):
+        raise MetapeftError(f"--held-out names tasks without runs in the experience: {', '.join(unknown)}")
     with _progress("leave-one-task-out", transient=True) as bar:
         job = bar.add_task("evaluate", total=None, info="")
         try:
-            result = run_evaluation(records, constraint=constraint, few_shot=few_shot, min_methods=min_methods, progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))
+            result = run_evaluation(records, constraint=constraint, few_shot=few_shot, min_methods=min_methods, held_out=held,
+                                    progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task))  # fmt: skip
         except ValueError as exc:
             raise MetapeftError(f"cannot evaluate: {exc} (run `metapeft bench`, or drop --no-prior or METAPEFT_PRIOR=0)") from None
     if as_json:
@@ -837,19 +868,27 @@ def tune(
     switch: SwitchOption = False,
     switch_threshold: SwitchThresholdOption = 0.8,
     data_rev: DataRevOption = None,
+    backend: BackendOption = "torch",
 ) -> None:
-    """Search methods and hyperparameters (Bayesian, warm-started by the meta-learner); Pareto set, plot and a pick."""
+    """Search methods and hyperparameters (Bayesian, warm-started by the meta-learner); Pareto set, plot and a pick.
+    With a causal LM as --model, the task is generation, searched over the methods --backend has."""
+    from .backends import is_causal_model, load_for_causal
     from .experience import ExperienceStore
     from .search import SearchConfig
     from .search import tune as run_tune
     from .training import RunConfig, SwitchPolicy
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    run = _options(RunConfig, model=model, eval_size=eval_size, final_eval_size=final_eval_size)
+    run = _options(RunConfig, model=model, eval_size=eval_size, final_eval_size=final_eval_size, backend=backend)
+    causal = backend != "torch" or is_causal_model(model)
+    if causal and (switch or data_rev):
+        raise MetapeftError(f"{'--switch' if switch else '--data-rev'}: not available for causal LMs yet (a classification encoder as --model takes it)")
+    if causal and not is_causal_model(model):
+        raise MetapeftError(f"--backend {backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)")
     config = _options(SearchConfig, trials=trials, time_budget=time_budget, objectives=_objectives(objectives), methods=names, max_steps=max_steps, sampler=sampler,
                       storage=storage, study_name=study, prefer=prefer, max_memory_mb=max_memory, max_time_s=max_time, prune=prune, seed=seed, run=run,
                       switch=_options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=switch_threshold) if switch else None)  # fmt: skip
-    task = _load(data, text_column, pair_column, label_column, data_rev=data_rev)
+    task = load_for_causal(data) if causal else _load(data, text_column, pair_column, label_column, data_rev=data_rev)
     with console.status(f"searching {task.name}…") as status:
         def on_trial(t) -> None:
             _print_trial(t)

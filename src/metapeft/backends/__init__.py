@@ -1,9 +1,9 @@
 """Backends: the frameworks that fine-tune causal LMs (torch + peft, MLX + mlx-lm) behind one interface."""
 
 from .._errors import MetapeftError
-from ._base import Backend, CausalResult
+from ._base import DEFAULT_MAX_LENGTH, Backend, CausalResult, Watch
 from ._mlx import MLXBackend
-from ._run import is_causal_model, load_for_causal, train_causal
+from ._run import is_causal_model, load_for_causal
 from ._torch import TorchBackend
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, MLXBackend)}
@@ -18,6 +18,7 @@ def get_backend(name: str) -> Backend:
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_MAX_LENGTH",
     "Backend",
     "CausalResult",
     "MLXBackend",
@@ -25,5 +26,5 @@ __all__ = [
     "get_backend",
     "is_causal_model",
     "load_for_causal",
-    "train_causal",
+    "Watch",
 ]

@@ -12,11 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ..methods import MethodConfig
-from ._base import Backend, CausalResult, batches, encode, lr_at, summarise
+from ._base import DEFAULT_MAX_LENGTH, Backend, CausalResult, Watch, batches, encode, lr_at, summarise
 
 
 class MLXBackend(Backend):
@@ -27,8 +26,17 @@ class MLXBackend(Backend):
     def _available(self) -> bool:
         return importlib.util.find_spec("mlx") is not None and importlib.util.find_spec("mlx_lm") is not None
 
-    def _fit(self, task, test, method: str, config: MethodConfig, model: Path, seed: int, output: Path | None,
-             on_step: Callable[[int, float], None]) -> CausalResult:  # fmt: skip
+    def _fit(
+        self,
+        task,
+        test,
+        method: str,
+        config: MethodConfig,
+        model: Path,
+        seed: int,
+        output: Path | None,
+        callbacks: list,
+    ) -> CausalResult:
         import mlx.core as mx
         import mlx.nn as nn
         import mlx.optimizers as optim
@@ -56,7 +64,7 @@ class MLXBackend(Backend):
             adapter_config = {"fine_tune_type": method, "num_layers": len(lm.layers), "lora_parameters": parameters}
         else:
             lm.unfreeze()
-        max_length = config.max_length or 256
+        max_length = config.max_length or DEFAULT_MAX_LENGTH
         train_rows, test_rows = encode(tokenizer, task.train, max_length), encode(tokenizer, test, max_length)
 
         initial = _held_out_loss(lm, test_rows)
@@ -65,16 +73,25 @@ class MLXBackend(Backend):
         )  # as torch's AdamW
         step_fn = nn.value_and_grad(lm, _loss_mean)
         losses, times = [], []
+        watch = Watch(callbacks, config.max_steps, method, lm, optimiser)
+        mx.reset_peak_memory()
         lm.train()
-        for step, index in enumerate(batches(len(train_rows), config.batch_size, config.max_steps, seed)):
-            started = time.perf_counter()
-            optimiser.learning_rate = lr_at(step, config)
-            loss, grads = step_fn(lm, *_collate([train_rows[i] for i in index]))
-            optimiser.update(lm, grads)
-            mx.eval(lm.parameters(), optimiser.state, loss)
-            times.append(time.perf_counter() - started)
-            losses.append(loss.item())
-            on_step(step + 1, losses[-1])
+        try:
+            for step, index in enumerate(batches(len(train_rows), config.batch_size, config.max_steps, seed)):
+                started = time.perf_counter()
+                optimiser.learning_rate = lr_at(step, config)
+                loss, grads = step_fn(lm, *_collate([train_rows[i] for i in index]))
+                optimiser.update(lm, grads)
+                mx.eval(lm.parameters(), optimiser.state, loss)
+                times.append(time.perf_counter() - started)
+                losses.append(loss.item())
+                if watch.step(step + 1, losses[-1], times[-1]):
+                    break
+        finally:
+            watch.end()
+        # MLX's allocator peak (all arrays, the weights included): not comparable with the torch backend's tensor count
+        extra = {"peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1), "memory_measure": "mlx_allocator",
+                 "trainable_params": sum(v.size for _, v in tree_flatten(lm.trainable_parameters()))}  # fmt: skip
         loss, exact = _held_out_loss(lm, test_rows), _exact_match(lm, tokenizer, test, test_rows)
         adapter_path = None
         if output is not None:
@@ -82,7 +99,8 @@ class MLXBackend(Backend):
             mx.save_safetensors(str(output / "adapters.safetensors"), dict(tree_flatten(lm.trainable_parameters())))
             (output / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
             adapter_path = str(output)
-        return CausalResult(self.name, method, summarise(losses, times, initial, loss, exact), losses, adapter_path)
+        metrics = summarise(losses, times, initial, loss, exact, **extra)
+        return CausalResult(self.name, method, metrics, losses, adapter_path, watch.stopped_by)
 
     def evaluate(
         self, task, model: str | Path, adapter_path: str | Path | None = None, *, eval_size: int = 200
@@ -93,7 +111,7 @@ class MLXBackend(Backend):
         lm, wrapper = load(str(model), adapter_path=str(adapter_path) if adapter_path else None)
         tokenizer = getattr(wrapper, "_tokenizer", wrapper)
         test = task.test if not eval_size else task.test[:eval_size]
-        rows = encode(tokenizer, test, 256)
+        rows = encode(tokenizer, test, DEFAULT_MAX_LENGTH)
         return {"loss": _held_out_loss(lm, rows), "exact_match": _exact_match(lm, tokenizer, test, rows)}
 
 

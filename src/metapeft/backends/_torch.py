@@ -4,27 +4,36 @@ method's own ``build``, as the classification engine uses it) or fully trainable
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ..methods import MethodConfig, get_method
-from ._base import Backend, CausalResult, batches, encode, lr_at, summarise
+from ._base import DEFAULT_MAX_LENGTH, Backend, CausalResult, Watch, batches, encode, lr_at, summarise
 
 
 class TorchBackend(Backend):
     name = "torch"
     extra = None
-    methods = ("lora", "dora", "ia3", "prompt_tuning", "full_finetuning")
+    methods = ("lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "full_finetuning")
 
     def _available(self) -> bool:
         return True
 
-    def _fit(self, task, test, method: str, config: MethodConfig, model: Path, seed: int, output: Path | None,
-             on_step: Callable[[int, float], None]) -> CausalResult:  # fmt: skip
+    def _fit(
+        self,
+        task,
+        test,
+        method: str,
+        config: MethodConfig,
+        model: Path,
+        seed: int,
+        output: Path | None,
+        callbacks: list,
+    ) -> CausalResult:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .._backbone import backbone_info
+        from ..training import MemoryCount
 
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -38,32 +47,43 @@ class TorchBackend(Backend):
             peft_config = spec.build(config, backbone)
             peft_config.task_type = TaskType.CAUSAL_LM
             lm = get_peft_model(lm, peft_config)
-        max_length = config.max_length or 256
+        max_length = config.max_length or DEFAULT_MAX_LENGTH
         train_rows, test_rows = encode(tokenizer, task.train, max_length), encode(tokenizer, test, max_length)
         initial = _held_out_loss(lm, tokenizer, test_rows)
         params = [p for p in lm.parameters() if p.requires_grad]
         optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         losses, times = [], []
+        memory = MemoryCount(torch.device("cpu"))
+        watch = Watch([memory, *callbacks], config.max_steps, method, lm, optimiser)
         lm.train()
-        for step, index in enumerate(batches(len(train_rows), config.batch_size, config.max_steps, seed)):
-            started = time.perf_counter()
-            for group in optimiser.param_groups:
-                group["lr"] = lr_at(step, config)
-            ids, mask, labels = _collate([train_rows[i] for i in index], tokenizer)
-            loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            optimiser.step()
-            optimiser.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - started)
-            losses.append(loss.item())
-            on_step(step + 1, losses[-1])
+        try:
+            for step, index in enumerate(batches(len(train_rows), config.batch_size, config.max_steps, seed)):
+                started = time.perf_counter()
+                for group in optimiser.param_groups:
+                    group["lr"] = lr_at(step, config)
+                ids, mask, labels = _collate([train_rows[i] for i in index], tokenizer)
+                loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                optimiser.step()
+                times.append(time.perf_counter() - started)
+                losses.append(loss.item())
+                stop = watch.step(step + 1, losses[-1], times[-1])  # gradients still here: the memory count reads them
+                optimiser.zero_grad(set_to_none=True)
+                if stop:
+                    break
+        finally:
+            watch.end()
         loss, exact = _held_out_loss(lm, tokenizer, test_rows), _exact_match(lm, tokenizer, test, test_rows)
+        peak = memory.memory
+        extra = {"peak_memory_mb": peak.peak_mb, "train_memory_mb": peak.growth_mb, "memory_measure": peak.measure,
+                 "trainable_params": sum(p.numel() for p in params)}  # fmt: skip
         adapter_path = None
         if output is not None:
             output.mkdir(parents=True, exist_ok=True)
             lm.save_pretrained(output, safe_serialization=True)
             adapter_path = str(output)
-        return CausalResult(self.name, method, summarise(losses, times, initial, loss, exact), losses, adapter_path)
+        metrics = summarise(losses, times, initial, loss, exact, **extra)
+        return CausalResult(self.name, method, metrics, losses, adapter_path, watch.stopped_by)
 
     def evaluate(
         self, task, model: str | Path, adapter_path: str | Path | None = None, *, eval_size: int = 200
@@ -81,7 +101,7 @@ class TorchBackend(Backend):
         else:
             lm = AutoModelForCausalLM.from_pretrained(saved or model)
         test = task.test if not eval_size else task.test[:eval_size]
-        rows = encode(tokenizer, test, 256)
+        rows = encode(tokenizer, test, DEFAULT_MAX_LENGTH)
         return {"loss": _held_out_loss(lm, tokenizer, rows), "exact_match": _exact_match(lm, tokenizer, test, rows)}
 
 

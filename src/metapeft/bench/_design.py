@@ -48,6 +48,7 @@ class Design:
     tasks: list[str] | None = None  # None = every task of the suite
     max_length_cap: int | None = None  # cap on the profile's automatic sequence length (cost control)
     pool_size: int = 0  # final evaluation also scores up to this many train rows no protocol sample uses (0 = none)
+    backend: str = "torch"  # the framework every run trains with (mlx: causal-LM tasks and a causal LM as model)
     source: str = field(default="", repr=False, compare=False)  # the file it was loaded from, for error messages
 
     @classmethod
@@ -73,6 +74,12 @@ class Design:
             raise MetapeftError(f"{where}: eval_points must be >= 1, eval_size and final_eval_size >= 0")
         if self.pool_size < 0:
             raise MetapeftError(f"{where}: pool_size must be >= 0")
+        from ..backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise MetapeftError(f"{where}: backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if lacking := [m for m in self.methods if m not in BACKENDS[self.backend].methods and self.backend != "torch"]:
+            raise MetapeftError(f"{where}: backend {self.backend} has no {', '.join(lacking)}; it has: {', '.join(BACKENDS[self.backend].methods)}")
         known = set().union(*({f.name for f in get_method(m).fields()} for m in self.methods))
         for i, fixed in [(None, self.fixed)] + [(i, p.fixed or {}) for i, p in enumerate(self.passes)]:
             if unknown := set(fixed) - known:

@@ -151,7 +151,8 @@ def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceSt
     """Train one claimed run and record it: "done" or "failed" (failures are data, not the end of a bench). On
     KeyboardInterrupt the claim is given back, so that a restart does the run, and the interrupt goes on.
     ``tasks`` maps the spec's task to its suite entry or to the loaded task (replaced by the latter)."""
-    from ..tasks import SuiteEntry, profile_task
+    from ..backends import is_causal_model
+    from ..tasks import SuiteEntry, Task, profile_task, verbalise
     from ..training import RunConfig, train
 
     engine = _engine(store)
@@ -160,6 +161,8 @@ def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceSt
     try:
         if isinstance(tasks[spec.task], SuiteEntry):
             tasks[spec.task] = tasks[spec.task].load()
+            if isinstance(tasks[spec.task], Task) and is_causal_model(design.model):  # a causal LM takes labels as words
+                tasks[spec.task] = verbalise(tasks[spec.task])
         task = tasks[spec.task].subsample(spec.size, seed=spec.seed)
         pool = None
         if design.pool_size:
@@ -170,7 +173,7 @@ def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceSt
         if design.max_length_cap and not hyperparameters.get("max_length"):
             hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
         run = RunConfig(model=design.model, seed=train_seed, sample_seed=spec.seed, time_budget=time_budget, save=False, eval_size=design.eval_size,
-                        eval_points=spec.eval_points, final_eval_size=design.final_eval_size, track=False, tags=tags)  # fmt: skip
+                        eval_points=spec.eval_points, final_eval_size=design.final_eval_size, track=False, tags=tags, backend=design.backend)  # fmt: skip
         train(task, spec.method, hyperparameters, run, profile=profiles[task.fingerprint], store=store, pool=pool)
         _set_state(engine, spec.key, "done")
         return "done"

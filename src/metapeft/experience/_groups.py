@@ -36,7 +36,8 @@ def cell_key(record: Experience) -> str:
     and runs of 80 do not share a level: four own runs of 3 steps on sst2-mini (48%) once took the prediction for
     sst2 from 75% to 49%."""
     hp = record.hyperparameters
-    return f"{fingerprint_of(record)}|{hp.get('max_steps')}x{hp.get('batch_size')}"
+    backend = (record.profile or {}).get("backend", "torch")  # another framework's runs are another instance
+    return f"{fingerprint_of(record)}|{hp.get('max_steps')}x{hp.get('batch_size')}" + ("" if backend == "torch" else f"|{backend}")
 
 
 def task_group(record: Experience) -> str:

@@ -20,10 +20,13 @@ from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import TaskProfile
 
 TARGETS = ("accuracy", "train_time_s", "peak_memory_mb")
+# the backends other than torch (the default), one indicator each: meta/ reads the name a run recorded, it never
+# imports a backend; experience of one backend informs another only as far as the data shows them alike
+OTHER_BACKENDS = ("mlx",)
 PROFILE_FEATURES = (
     "log_size", "log_classes", "class_entropy", "log_imbalance", "log_length_p50", "log_length_p95", "pair",
     "type_token_ratio", "unk_rate", "probe_accuracy", "majority_accuracy", "complexity_score",
-    "log_model_params", "model_layers", "log_hidden_size",
+    "log_model_params", "model_layers", "log_hidden_size", "causal_lm", *(f"backend_{b}" for b in OTHER_BACKENDS),
 )  # fmt: skip
 
 
@@ -51,6 +54,8 @@ def profile_vector(profile: TaskProfile | dict) -> np.ndarray:
         math.log10(max(1, model.get("num_parameters") or 1)),
         float(model.get("num_layers") or 0),
         math.log2(max(1, model.get("hidden_size") or 1)),
+        1.0 if p.get("task_type") == "causal_lm" else 0.0,
+        *(1.0 if p.get("backend", "torch") == b else 0.0 for b in OTHER_BACKENDS),
     ]
     return np.asarray(values, dtype=np.float32)
 

@@ -29,7 +29,7 @@ from ._forecast import CurveForecaster
 from ._risk import CollapseRisk
 from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
 
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
@@ -546,7 +546,11 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
         parts.append(text + ".")
     parts.append("Settings: the method's defaults." if at_defaults(method, hyperparameters) else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design.")
     if rank == 1:
-        traits = f"{p['dataset_size']} training examples, {p['num_classes']} classes, {'sentence pairs' if p.get('task_type') == 'pair' else 'single texts'}, p95 length {p.get('token_length_p95', 0):.0f} tokens, frozen-probe accuracy {100 * p.get('probe_accuracy', 0):.0f}%"
+        if p.get("task_type") == "causal_lm":
+            kind = f"{p['num_classes']} label words" if p["num_classes"] else "free-text completions"
+            traits = f"{p['dataset_size']} training examples, causal LM on {p.get('backend', 'torch')}, {kind}, p95 length {p.get('token_length_p95', 0):.0f} tokens"
+        else:
+            traits = f"{p['dataset_size']} training examples, {p['num_classes']} classes, {'sentence pairs' if p.get('task_type') == 'pair' else 'single texts'}, p95 length {p.get('token_length_p95', 0):.0f} tokens, frozen-probe accuracy {100 * p.get('probe_accuracy', 0):.0f}%"
         parts.append(f"Task traits: {traits}.")
         if kept := context.get("kept_first"):
             rival, lead, beats, gap, cells = kept

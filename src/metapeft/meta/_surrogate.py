@@ -29,9 +29,9 @@ from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, effective_max_length, profile_dict, steps_of, targets
 from ._protocol import Selector
 
-FORMAT = 8  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
+FORMAT = 9  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
 # 5 = time learned per step; 6 = time and memory read without the cost-free settings; 7 = P(best) calibration;
-# 8 = base rates by training-set size: best_won, best_ran, best_size replace best_rate
+# 8 = base rates by training-set size: best_won, best_ran, best_size replace best_rate; 9 = causal_lm and backend features
 _STATE_ARRAYS = ("x_mean", "x_std", "x_range", "y_mean", "y_std", "bounds", "method_effect", "extra_var", "task_var", "noise_var", "shrink", "pick_scale", "best_calibration", "best_won", "best_ran", "best_size")  # fitted arrays saved beside the networks
 Z90 = 1.6449  # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
 # a method's setting is chosen by its mean accuracy less CAUTION sds (recommend's cautious_choice); the P(best)

@@ -80,11 +80,12 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     import optuna
 
     from ..meta import MetaPEFT
-    from ..training import StopWhen, train
+    from ..tasks import CausalTask
+    from ..training import StopWhen, backend_methods, train
 
     c = config or SearchConfig()
     objectives, trials, model, sampler, budget = c.objectives, c.trials, c.run.model, c.sampler, ({"max_steps": c.max_steps} if c.max_steps else {})
-    methods = _compatible(c.methods, model)
+    methods = _compatible(c.methods, model, backend_methods(c.run.backend) if isinstance(task, CausalTask) else None)
     if c.switch is not None and (len(methods) < 2 or not any(get_method(m).mergeable for m in methods)):
         raise OptionError("switch", f"needs two methods or more, one of whose learning can be merged into the weights, among those searched ({', '.join(methods)}); "
                                     "prompt-learning methods cannot switch")  # fmt: skip
@@ -94,7 +95,7 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     rdb = _open_storage(storage)  # a bad URL is refused before the profiling and the meta-learner's fit
     store = store or ExperienceStore()
     meta = meta or MetaPEFT(store, model=model)
-    profile = meta.profile(task)
+    profile = {**meta.profile(task), "backend": c.run.backend}
     space = joint_space(methods)
     # the suffix keeps two searches of one task started in the same second from joining one study
     study_name = c.study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -285,13 +286,18 @@ def choose(complete: list[TrialResult], prefer: str, max_memory_mb: float | None
     return min(ok, key=lambda t: (sign * t.metrics[key], -(t.metrics.get("accuracy") or 0)), default=None)
 
 
-def _compatible(methods: list[str] | None, model: str | None) -> list[str]:
+def _compatible(methods: list[str] | None, model: str | None, allowed: tuple[str, ...] | None = None) -> list[str]:
     """The methods to search: those named (each must take ``model``), or the whole zoo less the methods that cannot
-    take it at their defaults (e.g. prefix tuning on a model without ``past_key_values``)."""
+    take it at their defaults (e.g. prefix tuning on a model without ``past_key_values``); only ``allowed`` ones
+    when given (a backend's, for a causal-LM task)."""
     from .._backbone import backbone_info
 
     named = bool(methods)
     specs = [get_method(m) for m in methods] if named else list_methods()
+    if allowed is not None:
+        if named and (missing := [s.name for s in specs if s.name not in allowed]):
+            raise OptionError("methods", f"includes {', '.join(missing)}, which the backend lacks; it has: {', '.join(allowed)}")
+        specs = [s for s in specs if s.name in allowed]
     backbone = backbone_info(model)
     out = []
     for spec in specs:

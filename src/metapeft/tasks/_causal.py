@@ -2,13 +2,17 @@
 
 Rows are JSON objects with ``prompt`` and ``completion`` (or only ``text``: a plain continuation task whose whole
 text is the completion of an empty prompt). A file, or a folder with ``train.jsonl`` and ``test.jsonl``, is read
-as ``load_task`` reads classification data; without a held-out file, a seeded 10% is held out. A classification
-task becomes one by verbalising its labels (:func:`verbalise`): the prompt holds the text, the completion is the
-label's name, so a causal LM can take the classification suite and its exact match is the accuracy.
+as ``load_task`` reads classification data; without a held-out file, a seeded 10% is held out. Completions that
+are a small closed set are taken as label words. A classification task becomes one by verbalising its labels
+(:func:`verbalise`): the prompt holds the text, the completion is the label's name, so a causal LM can take the
+classification suite and its exact match is the accuracy.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +34,25 @@ class CausalTask:
     test: list[tuple[str, str]]
     labels: list[str] | None = None
     meta: dict = field(default_factory=dict)
+    domain: str | None = None
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Content hash of the rows (as :attr:`Task.fingerprint`; it also tells a causal task from a
+        classification task on the same texts)."""
+        digest = hashlib.sha256(b"causal_lm|" + json.dumps(self.labels).encode())
+        for split in (self.train, self.test):
+            for row in split:
+                digest.update(json.dumps(row).encode())
+            digest.update(b"|")
+        return digest.hexdigest()[:16]
 
     def subsample(self, n_train: int, seed: int = 0) -> CausalTask:
         """A copy whose train split holds ``n_train`` rows drawn at random (test unchanged)."""
         if n_train >= len(self.train):
             return self
         rows = random.Random(seed).sample(self.train, n_train)
-        return CausalTask(f"{self.name}@{n_train}", rows, self.test, self.labels, {**self.meta, "n_train": n_train})
+        return CausalTask(f"{self.name}@{n_train}", rows, self.test, self.labels, {**self.meta, "n_train": n_train}, self.domain)
 
 
 def _rows(path: Path) -> list[tuple[str, str]]:
@@ -80,7 +96,16 @@ def load_causal_task(
         random.Random(seed).shuffle(rows)
         cut = max(1, round(len(rows) * test_fraction))
         train, test = rows[cut:], rows[:cut]
-    return CausalTask(name or (path.stem if path.is_file() else path.name), train, test, meta={"source": str(path)})
+    return CausalTask(name or (path.stem if path.is_file() else path.name), train, test, _label_words(train, test), {"source": str(path)})
+
+
+def _label_words(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> list[str] | None:
+    """The completions as label words when they are a small closed set (at most 50, none new in the test split, each
+    seen 5 times on average): classification as generation, profiled as such. None for free text."""
+    words = sorted({c for _, c in train})
+    if len(words) <= 50 and len(train) >= 5 * len(words) and {c for _, c in test} <= set(words):
+        return words
+    return None
 
 
 def verbalise(task: Task, template: str = VERBALISE_TEMPLATE) -> CausalTask:
@@ -99,5 +124,6 @@ def verbalise(task: Task, template: str = VERBALISE_TEMPLATE) -> CausalTask:
         rows(task.train),
         rows(task.test),
         [" " + n for n in task.label_names],
-        {"verbalised": task.name},
+        {"verbalised": task.name, **({"data": task.meta["data"]} if "data" in task.meta else {})},
+        task.domain,
     )

@@ -23,6 +23,7 @@ import numpy as np
 from .._backbone import backbone_info, load_encoder, load_tokenizer
 from .._config import DEFAULT_MODEL, data_dir
 from .._errors import MetapeftError
+from ._causal import CausalTask
 from ._task import Task, stratified_indices
 
 TOKEN_SAMPLE = 2000
@@ -39,7 +40,7 @@ class TaskProfile:
     dataset_size: int
     test_size: int
     num_classes: int
-    task_type: str  # "single" or "pair"
+    task_type: str  # "single", "pair" or "causal_lm" (prompt → completion; classification verbalised is one too)
     class_entropy: float  # label entropy / log(num_classes): 1 = balanced
     imbalance_ratio: float  # largest class count / smallest class count
     token_length_p50: float
@@ -56,6 +57,7 @@ class TaskProfile:
     domain: str | None
     model: dict  # base model traits: name, architecture, parameters, layers, hidden size…
     domain_vector: list[float] = field(repr=False, default_factory=list)
+    backend: str = "torch"  # the framework the runs train with: a condition of the run, like the base model
 
     def __post_init__(self) -> None:
         for name, f in self.__dataclass_fields__.items():
@@ -69,9 +71,9 @@ class TaskProfile:
                 ok = ok and (kind is float or float(value).is_integer())
             if not ok:
                 raise MetapeftError(f"task profile: {name} must be {_KIND_NAMES[kind]}, got {value!r}")
-        if self.task_type not in ("single", "pair"):
-            raise MetapeftError(f"task profile: task_type must be 'single' or 'pair', got {self.task_type!r}")
-        if self.num_classes < 2 or self.dataset_size < 1:
+        if self.task_type not in ("single", "pair", "causal_lm"):
+            raise MetapeftError(f"task profile: task_type must be 'single', 'pair' or 'causal_lm', got {self.task_type!r}")
+        if (self.num_classes < 2 and self.task_type != "causal_lm") or self.dataset_size < 1:
             raise MetapeftError(f"task profile: num_classes >= 2 and dataset_size >= 1 needed, got {self.num_classes} and {self.dataset_size}")
         if not isinstance(self.model, dict):
             raise MetapeftError(f"task profile: model must be an object of base-model traits, got {type(self.model).__name__}")
@@ -105,7 +107,10 @@ def _texts(task: Task, idx) -> list[str]:
     return [f"{split.texts[i]} [SEP] {split.pairs[i]}" for i in idx]
 
 
-def profile_task(task: Task, model: str | None = None, seed: int = 0, trust_remote_code: bool = False) -> TaskProfile:
+def profile_task(task: Task | CausalTask, model: str | None = None, seed: int = 0, trust_remote_code: bool = False) -> TaskProfile:
+    """The profile of ``task`` (a classification or a causal-LM task) for the base model ``model``."""
+    if isinstance(task, CausalTask):
+        return _profile_causal(task, model, seed, trust_remote_code)
     info = backbone_info(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     labels = np.asarray(task.train.labels)
@@ -157,7 +162,61 @@ def profile_task(task: Task, model: str | None = None, seed: int = 0, trust_remo
     )
 
 
-def cached_profile(task: Task, model: str | None = None, trust_remote_code: bool = False) -> TaskProfile:
+def _profile_causal(task: CausalTask, model: str | None, seed: int, trust_remote_code: bool) -> TaskProfile:
+    """A causal-LM task's profile: token statistics of prompt + completion with the model's tokenizer, the domain
+    vector of the same texts; for a verbalised classification task, the label statistics and the frozen probe of its
+    prompts as for the task itself. Free text has no classes: no probe (0), complexity 1."""
+    info = backbone_info(model, trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(task.train))[:TOKEN_SAMPLE])
+    rows = [task.train[i] for i in idx]
+    texts = [p + c for p, c in rows]
+    lengths = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
+    unk_id = tokenizer.unk_token_id
+    unk = sum(ids.count(unk_id) for ids in tokenizer(texts)["input_ids"]) if unk_id is not None else 0
+    words = Counter(w for t in texts for w in re.findall(r"\w+", t.lower()))
+    p95 = float(np.percentile(lengths, 95))
+    embed_idx = idx[:EMBED_SAMPLE]
+    embeddings = embed_texts([task.train[i][0] or task.train[i][1] for i in embed_idx])
+    classes, entropy, imbalance, probe, majority = 0, 0.0, 1.0, 0.0, 0.0
+    if task.labels:
+        classes = len(task.labels)
+        y = np.array([task.labels.index(c) if c in task.labels else 0 for _, c in task.train])
+        counts = np.bincount(y, minlength=classes)
+        present = counts[counts > 0]
+        probs = present / present.sum()
+        entropy = float(-(probs * np.log(probs)).sum() / math.log(classes)) if classes > 1 else 0.0
+        imbalance = float(present.max() / present.min())
+        probe, majority = _probe(embeddings, y[embed_idx], seed)
+    complexity = 1.0 - (probe - majority) / (1.0 - majority) if task.labels and majority < 1 else 1.0
+    return TaskProfile(
+        task_name=task.name,
+        fingerprint=task.fingerprint,
+        dataset_size=len(task.train),
+        test_size=len(task.test),
+        num_classes=classes,
+        task_type="causal_lm",
+        class_entropy=round(entropy, 4),
+        imbalance_ratio=round(imbalance, 3),
+        token_length_p50=float(np.percentile(lengths, 50)),
+        token_length_p90=float(np.percentile(lengths, 90)),
+        token_length_p95=p95,
+        token_length_max=int(lengths.max()),
+        sequence_length=default_max_length(p95),
+        vocabulary_size=len(words),
+        type_token_ratio=round(len(words) / max(1, sum(words.values())), 4),
+        unk_rate=round(unk / max(1, int(lengths.sum())), 5),
+        probe_accuracy=round(probe, 4),
+        majority_accuracy=round(majority, 4),
+        complexity_score=round(float(np.clip(complexity, 0.0, 1.0)), 4),
+        domain=task.domain,
+        model={k: v for k, v in info.as_dict().items() if k not in ("path", "linear_modules")},
+        domain_vector=[round(float(x), 5) for x in embeddings.mean(axis=0)],
+    )
+
+
+def cached_profile(task: Task | CausalTask, model: str | None = None, trust_remote_code: bool = False) -> TaskProfile:
     """``profile_task`` cached in ``$METAPEFT_HOME/profiles`` by dataset fingerprint and model. A cache file that is
     not a valid profile of this task (truncated, garbage, wrong fields or types) is a miss: recomputed, overwritten."""
     model_key = hashlib.sha256((model or DEFAULT_MODEL).encode()).hexdigest()[:8]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import TaskError
+from ._causal import CausalTask, load_causal_task
 from ._data import DataSource, checkout
 from ._loading import load_task
 from ._task import Task
@@ -19,7 +20,12 @@ class SuiteEntry:
     meta: dict
     source: DataSource | None = None  # the suite read at a DVC revision: where this task's folder is in it
 
-    def load(self) -> Task:
+    def load(self) -> Task | CausalTask:
+        """The task; a causal-LM one (prompt/completion rows) when the entry's ``type`` is ``causal_lm``."""
+        if self.meta.get("type") == "causal_lm":
+            task = load_causal_task(self.path, name=self.name)
+            task.domain = self.meta.get("domain")
+            return task
         task = load_task(self.path, name=self.name, domain=self.meta.get("domain"))
         if self.source is not None:  # the checkout's md5, and the repository, path and revision it was read at
             rel = self.path.relative_to(self.source.local).as_posix()

@@ -30,6 +30,7 @@ class RunConfig:
     record: bool = field(default=True, metadata={"help": "Record the run in the experience store (before training, completed after)."})
     track: bool = field(default=True, metadata={"help": "Log the run to MLflow."})
     tags: dict[str, Any] = field(default_factory=dict, metadata={"help": "Extra tags for the experience record and the MLflow run."})
+    backend: str = field(default="torch", metadata={"help": "torch (transformers + peft), or mlx (mlx-lm; causal-LM tasks only, needs metapeft[mlx])."})
 
     def __post_init__(self) -> None:
         for name in ("seed", "eval_size", "eval_points"):
@@ -47,6 +48,10 @@ class RunConfig:
             raise OptionError("final_eval_size", f"must be 0 (all) or positive, got {self.final_eval_size}")
         if self.eval_points < 1:
             raise OptionError("eval_points", f"must be at least 1, got {self.eval_points}")
+        from ..backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise OptionError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not isinstance(self.tags, dict):
             raise OptionError("tags", f"must be a mapping, got {type(self.tags).__name__}")
 

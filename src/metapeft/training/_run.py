@@ -15,7 +15,7 @@ from .._environment import environment, pick_device
 from .._errors import MetapeftError, MethodError
 from ..experience import Experience, ExperienceStore
 from ..methods import get_method
-from ..tasks import Split, Task, TaskProfile, profile_task
+from ..tasks import CausalTask, Split, Task, TaskProfile, profile_task
 from ._callbacks import TrainerCallback
 from ._config import RunConfig
 from ._engine import fit
@@ -42,13 +42,15 @@ class TrainResult:
         return asdict(self)
 
 
-def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | None = None, run: RunConfig | None = None, *,
+def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[str, Any] | None = None, run: RunConfig | None = None, *,
           profile: TaskProfile | None = None, store: ExperienceStore | None = None, tracker=None, callbacks: Sequence[TrainerCallback] = (),
           parent_run_id: str | None = None, pool: Split | None = None) -> TrainResult:  # fmt: skip
     """Fine-tune a base model (default all-MiniLM-L6-v2) on ``task`` with ``method`` and return what it achieved.
 
     Args:
-        task: The classification task (its training split is trained on, its test split evaluated).
+        task: The classification task (its training split is trained on, its test split evaluated), or a causal-LM
+            task (:class:`~metapeft.tasks.CausalTask`, trained on ``run.backend`` from the causal LM ``run.model``;
+            its ``accuracy`` is the exact match of greedy completions; no curve points, switches or ``pool``).
         method: A method of the zoo (``metapeft methods``).
         hyperparameters: Overrides of the method's defaults, validated against its ranges.
         run: How the run is carried out and recorded (:class:`RunConfig`: model, seeds, evaluation, time budget,
@@ -67,6 +69,13 @@ def train(task: Task, method: str = "lora", hyperparameters: dict[str, Any] | No
         A :class:`TrainResult`: metrics, learning curve, adapter folder, experience and MLflow run ids.
     """
     run = run or RunConfig()
+    if isinstance(task, CausalTask):
+        from ._causal import train_causal
+
+        return train_causal(task, method, hyperparameters, run, profile=profile, store=store, tracker=tracker, callbacks=callbacks, parent_run_id=parent_run_id)
+    if run.backend != "torch":
+        raise MetapeftError(f"--backend {run.backend} trains causal-LM tasks only; {task.name} is a classification task: give a causal LM as --model "
+                            "(its labels are then verbalised) or use --backend torch")  # fmt: skip
     model, seed, sample_seed, time_budget, tags = run.model, run.seed, run.sample_seed, run.time_budget, run.tags
     eval_size, final_eval_size, save, track, trust_remote_code = run.eval_size, run.final_eval_size, run.save, run.track, run.trust_remote_code
     spec = get_method(method)
