@@ -185,3 +185,26 @@ def test_the_meta_learner_and_the_search_never_import_a_backend():
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                     assert not any("backends" in n or n.startswith(("mlx", "mlx_lm")) for n in names), (path, names)
+
+
+def test_the_backend_and_generation_are_features_and_set_apart_task_instances():
+    from metapeft.experience import Experience, cell_key
+    from metapeft.meta._features import PROFILE_FEATURES, profile_vector
+
+    base = {"dataset_size": 300, "num_classes": 6, "task_type": "causal_lm", "fingerprint": "f"}
+    torch_x, mlx_x = profile_vector({**base, "backend": "torch"}), profile_vector({**base, "backend": "mlx"})
+    column = list(PROFILE_FEATURES).index
+    assert torch_x[column("causal_lm")] == mlx_x[column("causal_lm")] == 1.0
+    assert (torch_x[column("backend_mlx")], mlx_x[column("backend_mlx")]) == (0.0, 1.0)
+    assert profile_vector({**base, "task_type": "single"})[column("causal_lm")] == 0.0
+
+    def run(backend):
+        return Experience(
+            task_name="t",
+            method="lora",
+            model="s260k",
+            hyperparameters={"max_steps": 6, "batch_size": 8},
+            profile={**base, "backend": backend},
+        )
+
+    assert cell_key(run("torch")) != cell_key(run("mlx"))  # one backend's runs do not set the other's task level

@@ -721,7 +721,7 @@ def evaluate(
     few_shot: Annotated[int, typer.Option("--few-shot", help="Also measure conditioning on this many observed runs of the held-out task (0 = skip).")] = 2,
     min_methods: Annotated[int, typer.Option("--min-methods", help="Methods a task instance needs run to be scored.")] = 5,
     experience: ExperienceFileOption = None,
-    held_out: Annotated[Optional[str], typer.Option("--held-out", help="Comma-separated tasks to hold out and score, one at a time \[default: every task].", show_default=False)] = None,
+    held_out: Annotated[Optional[str], typer.Option("--held-out", help="Comma-separated tasks to hold out and score, one at a time \\[default: every task].", show_default=False)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Leave-one-task-out evaluation of the recommendation: paired gains over LoRA at defaults and full fine-tuning, regret, disaster rate, calibration."""

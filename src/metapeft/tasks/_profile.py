@@ -169,7 +169,7 @@ def _profile_causal(task: CausalTask, model: str | None, seed: int, trust_remote
     info = backbone_info(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.permutation(len(task.train))[:TOKEN_SAMPLE])
+    idx = rng.permutation(len(task.train))[:TOKEN_SAMPLE]  # a random sample, and its head a random one too
     rows = [task.train[i] for i in idx]
     texts = [p + c for p, c in rows]
     lengths = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
