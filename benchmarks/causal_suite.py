@@ -71,13 +71,15 @@ def summary(path: Path) -> None:
     runs = [r for r in read_jsonl(path) if r.status == "finished"]
     cells = defaultdict(list)
     for r in runs:
-        cells[(r.environment.get("backend"), r.method)].append(r.metrics)
-    print("| backend | method | runs | held-out loss before → after | exact match | median step (ms) |")
-    print("|---|---|---|---|---|---|")
-    for (backend, method), ms in sorted(cells.items()):
+        setting = "defaults" if r.tags.get("config_id") == "default" else "random"
+        cells[(setting, r.environment.get("backend"), r.method)].append(r.metrics)
+    print("| settings | backend | method | runs | held-out loss before → after | exact match | median step (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    for (setting, backend, method), ms in sorted(cells.items()):
         mean = lambda k: statistics.fmean(m[k] for m in ms)  # noqa: E731
-        step = statistics.median(m["step_time_s"] for m in ms)
-        print(f"| {backend} | {method} | {len(ms)} | {mean('initial_loss'):.2f} → {mean('loss'):.2f} | {mean('accuracy'):.3f} | {1000 * step:.0f} |")
+        step = 1000 * statistics.median(m["step_time_s"] for m in ms)
+        loss = f"{mean('initial_loss'):.2f} → {mean('loss'):.2f}"
+        print(f"| {setting} | {backend} | {method} | {len(ms)} | {loss} | {mean('accuracy'):.3f} | {step:.0f} |")
     best = {}
     for r in runs:
         key = (r.task_name, r.environment.get("backend"))
@@ -92,8 +94,10 @@ def summary(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--summary", nargs="?", const=ROOT / "benchmarks" / "results" / "causal-v1.jsonl.gz", type=Path,
-                        help="summarise an export of the suite's bench instead of writing the suite")  # fmt: skip
+    export = ROOT / "benchmarks" / "results" / "causal-v1.jsonl.gz"
+    parser.add_argument(
+        "--summary", nargs="?", const=export, type=Path, help="summarise an export of the suite's bench"
+    )
     args = parser.parse_args()
     if args.summary:
         summary(args.summary)

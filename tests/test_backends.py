@@ -140,6 +140,7 @@ def test_train_takes_a_prompt_completion_task_on_either_backend(backend, s260k, 
     assert (tmp_path / "out" / ("adapters.safetensors" if backend == "mlx" else "adapter_model.safetensors")).is_file()
 
 
+@pytest.mark.slow  # ~2 min; CI runs it with -m slow (and with -m requires_mlx for MLX)
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_recommend_and_a_two_trial_tune_on_a_causal_task(backend, s260k, tmp_path):
