@@ -67,7 +67,7 @@ def encode(tokenizer, rows: list[tuple[str, str]], max_length: int) -> list[tupl
     completion."""
     out = []
     for prompt, completion in rows:
-        prompt_ids = tokenizer(prompt)["input_ids"] if prompt else tokenizer("")["input_ids"]
+        prompt_ids = tokenizer(prompt)["input_ids"]
         ids = tokenizer(prompt + completion)["input_ids"]
         start = min(len(prompt_ids), len(ids) - 1)
         if len(ids) > max_length:

@@ -114,28 +114,14 @@ def profile_task(task: Task | CausalTask, model: str | None = None, seed: int = 
     info = backbone_info(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     labels = np.asarray(task.train.labels)
-    counts = np.bincount(labels, minlength=task.num_labels)
-    present = counts[counts > 0]
-    probs = present / present.sum()
-    entropy = float(-(probs * np.log(probs)).sum() / math.log(task.num_labels)) if task.num_labels > 1 else 0.0
-
     token_idx = stratified_indices(task.train.labels, min(TOKEN_SAMPLE, len(task.train)), seed)
     split = task.train
     texts = [split.texts[i] for i in token_idx]
     pairs = [split.pairs[i] for i in token_idx] if split.pairs is not None else None
     encoded = tokenizer(texts, pairs, truncation=False, add_special_tokens=True)["input_ids"]
-    lengths = np.array([len(ids) for ids in encoded])
-    unk_id = tokenizer.unk_token_id
-    n_tokens = int(lengths.sum())
-    unk = sum(ids.count(unk_id) for ids in encoded) if unk_id is not None else 0
-    words = Counter(w for t in texts + (pairs or []) for w in re.findall(r"\w+", t.lower()))
-    p95 = float(np.percentile(lengths, 95))
-
     embed_idx = token_idx[:EMBED_SAMPLE]
     embeddings = embed_texts(_texts(task, embed_idx))
     probe, majority = _probe(embeddings, labels[embed_idx], seed)
-    complexity = 1.0 - (probe - majority) / (1.0 - majority) if majority < 1 else 1.0
-
     return TaskProfile(
         task_name=task.name,
         fingerprint=task.fingerprint,
@@ -143,19 +129,9 @@ def profile_task(task: Task | CausalTask, model: str | None = None, seed: int = 
         test_size=len(task.test),
         num_classes=task.num_labels,
         task_type="pair" if task.is_pair else "single",
-        class_entropy=round(entropy, 4),
-        imbalance_ratio=round(float(present.max() / present.min()), 3),
-        token_length_p50=float(np.percentile(lengths, 50)),
-        token_length_p90=float(np.percentile(lengths, 90)),
-        token_length_p95=p95,
-        token_length_max=int(lengths.max()),
-        sequence_length=default_max_length(p95),
-        vocabulary_size=len(words),
-        type_token_ratio=round(len(words) / max(1, sum(words.values())), 4),
-        unk_rate=round(unk / max(1, n_tokens), 5),
-        probe_accuracy=round(probe, 4),
-        majority_accuracy=round(majority, 4),
-        complexity_score=round(float(np.clip(complexity, 0.0, 1.0)), 4),
+        **_label_fields(labels, task.num_labels),
+        **_text_fields(encoded, texts + (pairs or []), tokenizer.unk_token_id),
+        **_landmark_fields(probe, majority),
         domain=task.domain,
         model={k: v for k, v in info.as_dict().items() if k not in ("path", "linear_modules")},
         domain_vector=[round(float(x), 5) for x in embeddings.mean(axis=0)],
@@ -170,50 +146,68 @@ def _profile_causal(task: CausalTask, model: str | None, seed: int, trust_remote
     tokenizer = load_tokenizer(model, trust_remote_code)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(task.train))[:TOKEN_SAMPLE]  # a random sample, and its head a random one too
-    rows = [task.train[i] for i in idx]
-    texts = [p + c for p, c in rows]
-    lengths = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
-    unk_id = tokenizer.unk_token_id
-    unk = sum(ids.count(unk_id) for ids in tokenizer(texts)["input_ids"]) if unk_id is not None else 0
-    words = Counter(w for t in texts for w in re.findall(r"\w+", t.lower()))
-    p95 = float(np.percentile(lengths, 95))
+    texts = [p + c for p, c in (task.train[i] for i in idx)]
+    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"]
     embed_idx = idx[:EMBED_SAMPLE]
     embeddings = embed_texts([task.train[i][0] or task.train[i][1] for i in embed_idx])
-    classes, entropy, imbalance, probe, majority = 0, 0.0, 1.0, 0.0, 0.0
+    labels = {"class_entropy": 0.0, "imbalance_ratio": 1.0}
+    landmark = {"probe_accuracy": 0.0, "majority_accuracy": 0.0, "complexity_score": 1.0}
     if task.labels:
-        classes = len(task.labels)
         y = np.array([task.labels.index(c) if c in task.labels else 0 for _, c in task.train])
-        counts = np.bincount(y, minlength=classes)
-        present = counts[counts > 0]
-        probs = present / present.sum()
-        entropy = float(-(probs * np.log(probs)).sum() / math.log(classes)) if classes > 1 else 0.0
-        imbalance = float(present.max() / present.min())
-        probe, majority = _probe(embeddings, y[embed_idx], seed)
-    complexity = 1.0 - (probe - majority) / (1.0 - majority) if task.labels and majority < 1 else 1.0
+        labels = _label_fields(y, len(task.labels))
+        landmark = _landmark_fields(*_probe(embeddings, y[embed_idx], seed))
     return TaskProfile(
         task_name=task.name,
         fingerprint=task.fingerprint,
         dataset_size=len(task.train),
         test_size=len(task.test),
-        num_classes=classes,
+        num_classes=len(task.labels or []),
         task_type="causal_lm",
-        class_entropy=round(entropy, 4),
-        imbalance_ratio=round(imbalance, 3),
-        token_length_p50=float(np.percentile(lengths, 50)),
-        token_length_p90=float(np.percentile(lengths, 90)),
-        token_length_p95=p95,
-        token_length_max=int(lengths.max()),
-        sequence_length=default_max_length(p95),
-        vocabulary_size=len(words),
-        type_token_ratio=round(len(words) / max(1, sum(words.values())), 4),
-        unk_rate=round(unk / max(1, int(lengths.sum())), 5),
-        probe_accuracy=round(probe, 4),
-        majority_accuracy=round(majority, 4),
-        complexity_score=round(float(np.clip(complexity, 0.0, 1.0)), 4),
+        **labels,
+        **_text_fields(encoded, texts, tokenizer.unk_token_id),
+        **landmark,
         domain=task.domain,
         model={k: v for k, v in info.as_dict().items() if k not in ("path", "linear_modules")},
         domain_vector=[round(float(x), 5) for x in embeddings.mean(axis=0)],
     )
+
+
+def _label_fields(labels: np.ndarray, num_classes: int) -> dict:
+    """``class_entropy`` (label entropy / log(classes): 1 = balanced) and ``imbalance_ratio`` of the labels."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    probs = present / present.sum()
+    entropy = float(-(probs * np.log(probs)).sum() / math.log(num_classes)) if num_classes > 1 else 0.0
+    return {"class_entropy": round(entropy, 4), "imbalance_ratio": round(float(present.max() / present.min()), 3)}
+
+
+def _text_fields(encoded: list[list[int]], texts: list[str], unk_id: int | None) -> dict:
+    """Token-length percentiles and the default sequence length of the ``encoded`` sample, word statistics of its
+    ``texts``, and the share of unknown tokens."""
+    lengths = np.array([len(ids) for ids in encoded])
+    unk = sum(ids.count(unk_id) for ids in encoded) if unk_id is not None else 0
+    words = Counter(w for t in texts for w in re.findall(r"\w+", t.lower()))
+    p95 = float(np.percentile(lengths, 95))
+    return {
+        "token_length_p50": float(np.percentile(lengths, 50)),
+        "token_length_p90": float(np.percentile(lengths, 90)),
+        "token_length_p95": p95,
+        "token_length_max": int(lengths.max()),
+        "sequence_length": default_max_length(p95),
+        "vocabulary_size": len(words),
+        "type_token_ratio": round(len(words) / max(1, sum(words.values())), 4),
+        "unk_rate": round(unk / max(1, int(lengths.sum())), 5),
+    }
+
+
+def _landmark_fields(probe: float, majority: float) -> dict:
+    """The frozen probe's accuracy, chance, and the complexity they give (0 = linearly easy, 1 = chance)."""
+    complexity = 1.0 - (probe - majority) / (1.0 - majority) if majority < 1 else 1.0
+    return {
+        "probe_accuracy": round(probe, 4),
+        "majority_accuracy": round(majority, 4),
+        "complexity_score": round(float(np.clip(complexity, 0.0, 1.0)), 4),
+    }
 
 
 def cached_profile(task: Task | CausalTask, model: str | None = None, trust_remote_code: bool = False) -> TaskProfile:

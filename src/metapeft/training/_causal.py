@@ -46,7 +46,7 @@ def train_causal(
     accuracy): what the selector ranks causal-LM runs by; ``loss`` and ``perplexity`` are beside it."""
     from .._backbone import backbone_info
     from ..backends import DEFAULT_MAX_LENGTH, get_backend, is_causal_model
-    from ._run import TrainResult, _data_tags, _default_tracker, _log_failure, usable_output
+    from ._run import TrainResult, _data_tags, _default_tracker, _log_failure, recorded_failures, usable_output
 
     backend = get_backend(run.backend)
     backend.check(method)
@@ -88,7 +88,12 @@ def train_causal(
         store.start(experience)
     budget = [TimeBudget(run.time_budget)] if run.time_budget is not None else []
     alive = store.keep_alive(experience.id) if store is not None else contextlib.nullcontext()
-    try:
+    log_failure = (
+        (lambda exc: _log_failure(tracker, task, spec, experience.model, config, experience.id, exc))
+        if run.track
+        else None
+    )
+    with recorded_failures(store, experience.id, f"{spec.name} on {task.name} with {run.backend}", log_failure):
         with alive:
             output = (out or runs_dir() / experience.id) if run.save else None
             result = backend.fit(
@@ -103,27 +108,6 @@ def train_causal(
                 output=output,
                 callbacks=[*budget, *callbacks],
             )
-    except KeyboardInterrupt:
-        if store is not None:
-            store.mark(experience.id, "interrupted", error="interrupted by the user (Ctrl-C or SIGTERM)")
-        raise
-    except Exception as exc:
-        if store is not None:
-            store.mark(experience.id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
-        if run.track:
-            _log_failure(tracker, task, spec, experience.model, config, experience.id, exc)
-        error = (
-            exc
-            if isinstance(exc, MetapeftError)
-            else MetapeftError(
-                f"training {spec.name} on {task.name} with {run.backend} failed: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience.id})"
-            )
-        )
-        error.experience_id = experience.id if store is not None else None
-        if error is exc:
-            raise
-        raise error from exc
 
     metrics = {
         **result.metrics,

@@ -109,7 +109,8 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
         store.start(experience)
 
     alive = store.keep_alive(experience.id) if store is not None else contextlib.nullcontext()
-    try:
+    log_failure = (lambda exc: _log_failure(tracker, task, spec, model_name, config, experience.id, exc)) if track else None
+    with recorded_failures(store, experience.id, f"{spec.name} on {task.name}", log_failure):
         with alive:
             result = fit(task, spec, config, backbone, run, max_length=max_length, device=torch_device, callbacks=callbacks, pool=pool)
         adapter_path = None
@@ -126,22 +127,6 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
             }
             result.metrics["adapter_size_bytes"] = save_classifier(result.model, out, kind=_prepare_to_save(result.model, last, switches), meta=meta)
             adapter_path = str(out.resolve())
-    except KeyboardInterrupt:
-        if store is not None:
-            store.mark(experience.id, "interrupted", error="interrupted by the user (Ctrl-C or SIGTERM)")
-        raise
-    except Exception as exc:
-        if store is not None:
-            store.mark(experience.id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
-        if track:
-            _log_failure(tracker, task, spec, model_name, config, experience.id, exc)
-        error = exc if isinstance(exc, MetapeftError) else MetapeftError(
-            f"training {spec.name} on {task.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience.id})"
-        )
-        error.experience_id = experience.id if store is not None else None  # lets callers tell a recorded failure apart
-        if error is exc:
-            raise
-        raise error from exc
 
     warnings = []
     run_id = None
@@ -176,6 +161,31 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
         curve=result.curve, adapter_path=adapter_path, experience_id=experience.id if store is not None else None,
         mlflow_run_id=run_id, stopped_by=result.stopped_by, warnings=warnings,
     )
+
+
+@contextlib.contextmanager
+def recorded_failures(store: ExperienceStore | None, experience_id: str, what: str, log_failure=None):
+    """Around a run's training and saving: Ctrl-C or SIGTERM marks the record ``interrupted`` and goes on; any other
+    error marks it ``failed``, is passed to ``log_failure`` (MLflow), and comes out as one ``MetapeftError`` (a
+    ``MetapeftError`` as it was) whose ``experience_id`` lets callers tell a recorded failure apart."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if store is not None:
+            store.mark(experience_id, "interrupted", error="interrupted by the user (Ctrl-C or SIGTERM)")
+        raise
+    except Exception as exc:
+        if store is not None:
+            store.mark(experience_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        if log_failure is not None:
+            log_failure(exc)
+        error = exc if isinstance(exc, MetapeftError) else MetapeftError(
+            f"training {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience_id})"
+        )  # fmt: skip
+        error.experience_id = experience_id if store is not None else None
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def _prepare_to_save(model, last, switches: list) -> str:
