@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("METAPEFT_SHARED", REPO.parent / "shared"))
 EXAMPLE = REPO / "src" / "metapeft" / "examples" / "sst2-mini"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests run in parallel (pytest -n N): each worker, and the CLI processes its tests start, gets its share of the
+    # cores, so that N workers' torch threads do not fight over them. Set before any test module imports torch.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home(tmp_path_factory):
