@@ -47,8 +47,10 @@ def summary(lines: list[dict]) -> str:
             before, after = statistics.mean(x["initial_loss"] for x in m), statistics.mean(x["loss"] for x in m)
             step = statistics.median(x["step_time_s"] for x in m)
             steps[(task, backend)] = step
-            rows.append(f"| {task} | {backend} | {len(runs)} | {before:.3f} → {after:.3f} | {100 * (1 - after / before):.0f}% | "
-                        f"{statistics.mean(x['exact_match'] for x in m):.3f} | {1000 * step:.0f} |")  # fmt: skip
+            rows.append(
+                f"| {task} | {backend} | {len(runs)} | {before:.3f} → {after:.3f} | {100 * (1 - after / before):.0f}% | "
+                f"{statistics.mean(x['exact_match'] for x in m):.3f} | {1000 * step:.0f} |"
+            )
     ratios = [steps[(t, "mlx")] / steps[(t, "torch")] for t, b in steps if b == "torch" and (t, "mlx") in steps]
     if ratios:
         rows.append(f"\nMLX step time over torch's: {', '.join(f'{r:.2f}x' for r in ratios)} (goal ≤ 3x)")
@@ -90,8 +92,11 @@ def main() -> None:
                 with OUT.open("a") as f:
                     f.write(json.dumps(line) + "\n")
                 m = result.metrics
-                print(f"{name} {backend} #{repeat}: loss {m['initial_loss']:.3f} → {m['loss']:.3f}, exact {m['exact_match']:.3f}, "
-                      f"step {1000 * m['step_time_s']:.0f} ms", flush=True)  # fmt: skip
+                print(
+                    f"{name} {backend} #{repeat}: loss {m['initial_loss']:.3f} → {m['loss']:.3f}, exact {m['exact_match']:.3f}, "
+                    f"step {1000 * m['step_time_s']:.0f} ms",
+                    flush=True,
+                )
     print(summary([json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]))
 
 

@@ -31,7 +31,9 @@ def main() -> None:
     from metapeft.meta._risk import CollapseRisk, failures
     from metapeft.prior import PriorExperience
 
-    records = PriorExperience().records() + (list(ExperienceStore(args.store).iter(status="finished")) if args.store else [])
+    records = PriorExperience().records() + (
+        list(ExperienceStore(args.store).iter(status="finished")) if args.store else []
+    )
     records = [r for r in {r.id: r for r in records}.values() if usable(r)]
     y = failures(records)
     groups = np.array([task_group(r) for r in records])
@@ -45,20 +47,40 @@ def main() -> None:
     for lo, hi in zip(bins[:-1], bins[1:]):
         inside = (p >= lo) & (p < hi)
         if inside.any():
-            table.append({"bin": f"{lo:.2f}–{min(hi, 1):.2f}", "runs": int(inside.sum()), "predicted": round(float(p[inside].mean()), 3), "observed": round(float(y[inside].mean()), 3)})
+            table.append(
+                {
+                    "bin": f"{lo:.2f}–{min(hi, 1):.2f}",
+                    "runs": int(inside.sum()),
+                    "predicted": round(float(p[inside].mean()), 3),
+                    "observed": round(float(y[inside].mean()), 3),
+                }
+            )
     by_size = {}
     for size in sorted({int(r.profile["dataset_size"]) for r in records}):
         mask = np.array([int(r.profile["dataset_size"]) == size for r in records])
         if y[mask].any() and not y[mask].all():
-            by_size[size] = {"runs": int(mask.sum()), "failures": int(y[mask].sum()), "auc": round(float(roc_auc_score(y[mask], p[mask])), 3)}
-    result = {"runs": len(records), "tasks": len(set(groups)), "failures": int(y.sum()), "auc": round(float(roc_auc_score(y, p)), 3),
-              "brier": round(float(brier_score_loss(y, p)), 4), "brier_base_rate": round(float(brier_score_loss(y, np.full(len(y), y.mean()))), 4),
-              "by_size": by_size, "reliability": table}  # fmt: skip
+            by_size[size] = {
+                "runs": int(mask.sum()),
+                "failures": int(y[mask].sum()),
+                "auc": round(float(roc_auc_score(y[mask], p[mask])), 3),
+            }
+    result = {
+        "runs": len(records),
+        "tasks": len(set(groups)),
+        "failures": int(y.sum()),
+        "auc": round(float(roc_auc_score(y, p)), 3),
+        "brier": round(float(brier_score_loss(y, p)), 4),
+        "brier_base_rate": round(float(brier_score_loss(y, np.full(len(y), y.mean()))), 4),
+        "by_size": by_size,
+        "reliability": table,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['runs']} runs on {result['tasks']} tasks, {result['failures']} failed; held-out-task AUC {result['auc']}, Brier {result['brier']} "
-          f"(base rate alone {result['brier_base_rate']})")
+    print(
+        f"{result['runs']} runs on {result['tasks']} tasks, {result['failures']} failed; held-out-task AUC {result['auc']}, Brier {result['brier']} "
+        f"(base rate alone {result['brier_base_rate']})"
+    )
     for size, s in by_size.items():
         print(f"  {size} examples: {s['runs']} runs, {s['failures']} failed, AUC {s['auc']}")
     print("| predicted risk | runs | mean predicted | observed failure rate |\n|---|---:|---:|---:|")

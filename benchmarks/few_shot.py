@@ -134,7 +134,9 @@ def run_setfit(task, support, seed: int, max_steps: int | None) -> tuple[np.ndar
         overrides = {"output_dir": tmp, "report_to": "none", "save_strategy": "no", "show_progress_bar": False}
         overrides["seed"] = seed
         default_steps = setfit_default_steps(support.labels, TrainingArguments())
-        if max_steps is not None and default_steps > max_steps:  # TrainingArguments.max_steps is not a cap: it sets the count
+        if (
+            max_steps is not None and default_steps > max_steps
+        ):  # TrainingArguments.max_steps is not a cap: it sets the count
             overrides["max_steps"] = max_steps
         args = TrainingArguments(**overrides)
         torch.manual_seed(seed)
@@ -148,7 +150,11 @@ def run_setfit(task, support, seed: int, max_steps: int | None) -> tuple[np.ndar
         seconds = time.perf_counter() - started
         steps = int(trainer.st_trainer.state.global_step)
     predictions = model.predict(setfit_texts(task.test), batch_size=64, show_progress_bar=False, as_numpy=True)
-    return np.asarray(predictions, dtype=int), seconds, {"setfit_max_steps": args.max_steps, "setfit_steps": steps, "setfit_default_steps": default_steps}
+    return (
+        np.asarray(predictions, dtype=int),
+        seconds,
+        {"setfit_max_steps": args.max_steps, "setfit_steps": steps, "setfit_default_steps": default_steps},
+    )
 
 
 def setfit_default_steps(labels: list[int], args) -> int:
@@ -206,8 +212,10 @@ def compare(table: dict, shots: int, a: str, b: str) -> str:
     diffs = [means[a][t] - means[b][t] for t in means[a]]
     wins = sum(d > 0 for d in diffs)
     mean_a, mean_b = 100 * np.mean(list(means[a].values())), 100 * np.mean(list(means[b].values()))
-    return (f"K={shots}: {a} {mean_a:.1f} vs {b} {mean_b:.1f}, {a} − {b} = {100 * np.mean(diffs):+.1f} points "
-            f"(mean over {len(diffs)} tasks; {a} ahead on {wins})")
+    return (
+        f"K={shots}: {a} {mean_a:.1f} vs {b} {mean_b:.1f}, {a} − {b} = {100 * np.mean(diffs):+.1f} points "
+        f"(mean over {len(diffs)} tasks; {a} ahead on {wins})"
+    )
 
 
 def order(cell: tuple[str, int]) -> tuple:
@@ -221,14 +229,20 @@ def summary(lines: list[dict]) -> tuple[str, dict]:
     approaches = [a for a in APPROACHES if any(x["approach"] == a for x in lines)]
     shots = sorted({x["shots"] for x in lines})
     acc, f1 = cells(lines), cells(lines, "macro_f1")
-    out = [(f"# Few-shot adaptation benchmark\n\n{len(lines)} runs. Accuracy (%) on each task's whole held-out split, "
-            "mean ± sd over seeded splits (number of splits); every approach on the same support sets.\n")]
+    out = [
+        (
+            f"# Few-shot adaptation benchmark\n\n{len(lines)} runs. Accuracy (%) on each task's whole held-out split, "
+            "mean ± sd over seeded splits (number of splits); every approach on the same support sets.\n"
+        )
+    ]
 
     def found(key: str, only: str | None = None) -> str:
         return ", ".join(sorted({str(x.get(key)) for x in lines if only in (None, x["approach"])})) or "–"
 
-    out.append(f"Settings in the file: init {found('init')}; SetFit max_steps {found('setfit_max_steps', 'setfit')} "
-               f"(-1: SetFit's default, no cap); machine {found('machine')}.\n")
+    out.append(
+        f"Settings in the file: init {found('init')}; SetFit max_steps {found('setfit_max_steps', 'setfit')} "
+        f"(-1: SetFit's default, no cap); machine {found('machine')}.\n"
+    )
     for name, table in (("Accuracy", acc), ("Macro-F1", f1)):
         out.append(f"## {name} per task and K\n")
         out.append("| task | K | " + " | ".join(approaches) + " |")
@@ -237,8 +251,10 @@ def summary(lines: list[dict]) -> tuple[str, dict]:
             out.append(f"| {task} | {k} | " + " | ".join(fmt(table[(task, k)].get(a, [])) for a in approaches) + " |")
         out.append("")
     curve = defaultdict(dict)
-    out.append("## Mean over tasks per K\n\nAccuracy (%), mean over the tasks that have every approach at that K (the "
-               "sd is across tasks).\n")  # fmt: skip
+    out.append(
+        "## Mean over tasks per K\n\nAccuracy (%), mean over the tasks that have every approach at that K (the "
+        "sd is across tasks).\n"
+    )
     out.append("| K | tasks | " + " | ".join(approaches) + " |")
     out.append("|---|---|" + "---|" * len(approaches))
     for k in shots:
@@ -268,8 +284,10 @@ def summary(lines: list[dict]) -> tuple[str, dict]:
     sds = ", ".join(f"{a} {100 * np.mean(v):.1f}" for a, v in spread.items() if v)
     out.append(f"- split-to-split sd (points, mean over task × K cells): {sds or 'needs two or more splits'}")
     for k in shots:
-        per_k = {a: [statistics.stdev(by[a]) for (_, kk), by in acc.items() if kk == k and len(by.get(a, [])) > 1]
-                 for a in ("meta", "setfit")}
+        per_k = {
+            a: [statistics.stdev(by[a]) for (_, kk), by in acc.items() if kk == k and len(by.get(a, [])) > 1]
+            for a in ("meta", "setfit")
+        }
         if all(per_k.values()):
             meta_sd, setfit_sd = 100 * np.mean(per_k["meta"]), 100 * np.mean(per_k["setfit"])
             out.append(f"  - K={k}: meta {meta_sd:.1f}, setfit {setfit_sd:.1f}")
@@ -310,14 +328,26 @@ def main() -> None:
     parser.add_argument("--shots", default="4,8,16", help="K values, comma-separated")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="split seeds, comma-separated")
     parser.add_argument("--approaches", default=",".join(APPROACHES))
-    parser.add_argument("--init", default="meta", help="the meta approach's init: 'meta' (the shipped one) or a "
-                        "folder meta-train wrote; random and prototypes then follow its card")
-    parser.add_argument("--setfit-max-steps", type=int, default=None, help="cap SetFit's contrastive steps (default: "
-                        "SetFit's own, -1: every oversampled pair once, very slow for many labels)")
+    parser.add_argument(
+        "--init",
+        default="meta",
+        help="the meta approach's init: 'meta' (the shipped one) or a "
+        "folder meta-train wrote; random and prototypes then follow its card",
+    )
+    parser.add_argument(
+        "--setfit-max-steps",
+        type=int,
+        default=None,
+        help="cap SetFit's contrastive steps (default: "
+        "SetFit's own, -1: every oversampled pair once, very slow for many labels)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default="benchmarks/results/few_shot.jsonl")
-    parser.add_argument("--summary", action="store_true", help="only print the summary of what --out holds (and "
-                        "rewrite its .md and .png)")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="only print the summary of what --out holds (and rewrite its .md and .png)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
@@ -359,8 +389,12 @@ def run_all(args, out: Path, lines: list[dict]) -> None:
     max_length = card["inner"]["max_length"]
     done = {(x["task"], x["shots"], x["seed"], x["approach"]) for x in lines}
     shots, seeds = [int(k) for k in args.shots.split(",")], [int(s) for s in args.seeds.split(",")]
-    common = {"machine": f"{platform.machine()}, {args.threads} torch threads", "init": args.init,
-              "init_iterations": card.get("iterations"), "max_length": max_length}
+    common = {
+        "machine": f"{platform.machine()}, {args.threads} torch threads",
+        "init": args.init,
+        "init_iterations": card.get("iterations"),
+        "max_length": max_length,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.tasks.split(","):
         todo = [(k, s, a) for k in shots for s in seeds for a in approaches if (name, k, s, a) not in done]
@@ -389,21 +423,38 @@ def run_all(args, out: Path, lines: list[dict]) -> None:
                     predictions, seconds, extra = run_setfit(task, support, seed, args.setfit_max_steps)
                     extra["setfit_version"] = setfit.__version__
                 accuracy, macro_f1 = score(y, predictions)
-            line = {"task": name, "shots": k, "seed": seed, "approach": approach, "accuracy": accuracy,
-                    "macro_f1": macro_f1, "train_time_s": round(seconds, 3), "test_examples": len(y),
-                    "support_size": len(support), "notes": notes, **common, **extra}
+            line = {
+                "task": name,
+                "shots": k,
+                "seed": seed,
+                "approach": approach,
+                "accuracy": accuracy,
+                "macro_f1": macro_f1,
+                "train_time_s": round(seconds, 3),
+                "test_examples": len(y),
+                "support_size": len(support),
+                "notes": notes,
+                **common,
+                **extra,
+            }
             with out.open("a") as f:
                 f.write(json.dumps(line) + "\n")
             lines.append(line)
-            print(f"{name} K={k} seed {seed} {approach}: accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}, "
-                  f"{seconds:.1f} s", flush=True)
+            print(
+                f"{name} K={k} seed {seed} {approach}: accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}, "
+                f"{seconds:.1f} s",
+                flush=True,
+            )
 
 
 def written(out: Path) -> set[tuple]:
     """The (task, K, seed, approach) runs the results file holds now."""
     if not out.exists():
         return set()
-    return {(x["task"], x["shots"], x["seed"], x["approach"]) for x in (json.loads(line) for line in out.read_text().splitlines() if line.strip())}
+    return {
+        (x["task"], x["shots"], x["seed"], x["approach"])
+        for x in (json.loads(line) for line in out.read_text().splitlines() if line.strip())
+    }
 
 
 if __name__ == "__main__":

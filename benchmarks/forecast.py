@@ -53,12 +53,26 @@ def main() -> None:
                 errors[key].append(abs(f.mean - final))
                 naive[key].append(abs(seen[-1]["accuracy"] - final))
                 width[key].append(f.high - f.low)
-    rows = {key: {"points": len(hits[key]), "coverage_80": round(float(np.mean(hits[key])), 3), "mae_points": round(100 * float(np.mean(errors[key])), 2),
-                  "naive_mae_points": round(100 * float(np.mean(naive[key])), 2), "mean_width_points": round(100 * float(np.mean(width[key])), 1)}
-            for key in sorted(hits)}  # fmt: skip
+    rows = {
+        key: {
+            "points": len(hits[key]),
+            "coverage_80": round(float(np.mean(hits[key])), 3),
+            "mae_points": round(100 * float(np.mean(errors[key])), 2),
+            "naive_mae_points": round(100 * float(np.mean(naive[key])), 2),
+            "mean_width_points": round(100 * float(np.mean(width[key])), 1),
+        }
+        for key in sorted(hits)
+    }
     every = [h for v in hits.values() for h in v]
-    summary = {"machine": f"{platform.machine()}", "runs": len(records), "tasks": len(groups), "folds": args.folds,
-               "coverage_80": round(float(np.mean(every)), 3), "points": len(every), "by_point": rows}  # fmt: skip
+    summary = {
+        "machine": f"{platform.machine()}",
+        "runs": len(records),
+        "tasks": len(groups),
+        "folds": args.folds,
+        "coverage_80": round(float(np.mean(every)), 3),
+        "points": len(every),
+        "by_point": rows,
+    }
     text = json.dumps(summary, indent=2)
     print(text)
     Path(args.out).write_text(text + "\n")

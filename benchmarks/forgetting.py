@@ -22,25 +22,59 @@ import numpy as np
 
 TASKS = "sst2,trec6,banking77"
 PROBES = "dbpedia14,dair_emotion"
-METHODS = ("full_finetuning", "lora", "dora", "adalora", "ia3", "loha", "prompt_tuning", "prefix_tuning", "p_tuning", "head_only")
+METHODS = (
+    "full_finetuning",
+    "lora",
+    "dora",
+    "adalora",
+    "ia3",
+    "loha",
+    "prompt_tuning",
+    "prefix_tuning",
+    "p_tuning",
+    "head_only",
+)
 OUT = Path(__file__).parent / "results" / "forgetting.jsonl"
 
 
 def summary(lines: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for x in lines:
-        group = x["name"] if x["to"] is None else "switching, PEFT methods only" if x["peft_only"] else "switching into full fine-tuning"
+        group = (
+            x["name"]
+            if x["to"] is None
+            else "switching, PEFT methods only"
+            if x["peft_only"]
+            else "switching into full fine-tuning"
+        )
         by.setdefault(group, []).append(x)
     probes = list(dict.fromkeys(k for x in lines for k in x["forgetting"]["probe"]))
-    out = ["| run | tasks | mean probe drop (points) | worst | " + " | ".join(f"drop on {p}" for p in probes) + " | accuracy on the task (mean) |",
-           "|---|---:|---:|---:|" + "---:|" * len(probes) + "---:|"]  # fmt: skip
+    out = [
+        "| run | tasks | mean probe drop (points) | worst | "
+        + " | ".join(f"drop on {p}" for p in probes)
+        + " | accuracy on the task (mean) |",
+        "|---|---:|---:|---:|" + "---:|" * len(probes) + "---:|",
+    ]
     for name, xs in by.items():
         drops = [x["forgetting"]["drop"] for x in xs]
-        each = [np.mean([100 * (x["forgetting"]["probe"][p]["before"] - x["forgetting"]["probe"][p]["after"]) for x in xs]) for p in probes]
-        out.append(f"| {name} | {len(xs)} | {np.mean(drops):+.2f} | {max(drops):+.2f} | " + " | ".join(f"{d:+.1f}" for d in each)
-                   + f" | {100 * np.mean([x['accuracy'] for x in xs]):.1f} |")  # fmt: skip
+        each = [
+            np.mean([100 * (x["forgetting"]["probe"][p]["before"] - x["forgetting"]["probe"][p]["after"]) for x in xs])
+            for p in probes
+        ]
+        out.append(
+            f"| {name} | {len(xs)} | {np.mean(drops):+.2f} | {max(drops):+.2f} | "
+            + " | ".join(f"{d:+.1f}" for d in each)
+            + f" | {100 * np.mean([x['accuracy'] for x in xs]):.1f} |"
+        )
     before = {k: v["before"] for x in lines for k, v in x["forgetting"]["probe"].items()}
-    return "\n".join(out + ["", "Probe accuracy of the pretrained encoder: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in before.items()), ""])
+    return "\n".join(
+        out
+        + [
+            "",
+            "Probe accuracy of the pretrained encoder: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in before.items()),
+            "",
+        ]
+    )
 
 
 def main() -> None:
@@ -61,11 +95,11 @@ def main() -> None:
         out.with_suffix(".md").write_text(text + "\n")
         return
     import torch
+    from switching import run_switch
 
     from metapeft._environment import quiet_libraries
     from metapeft.tasks import load_suite
     from metapeft.training import LinearProbe
-    from switching import run_switch
 
     quiet_libraries()
     warnings.simplefilter("ignore")
@@ -75,10 +109,25 @@ def main() -> None:
     if overlap := set(tasks) & set(args.probes.split(",")):
         parser.error(f"probe tasks must not be trained on: {', '.join(overlap)}")
     probes = [suite[name].load() for name in args.probes.split(",")]
-    switched = [json.loads(x) for x in Path(args.switching).read_text().splitlines() if x.strip()] if Path(args.switching).exists() else []
+    switched = (
+        [json.loads(x) for x in Path(args.switching).read_text().splitlines() if x.strip()]
+        if Path(args.switching).exists()
+        else []
+    )
     plan = [(t, m, None) for t in tasks for m in METHODS]
-    plan += [(x["task"], x["start"], {"step": x["step"], "alternative": x["to"], "hyperparameters": x["switches"][0]["hyperparameters"] if x["switches"] else {}})
-             for x in switched if x["kind"] == "run" and x["task"] in tasks]  # fmt: skip
+    plan += [
+        (
+            x["task"],
+            x["start"],
+            {
+                "step": x["step"],
+                "alternative": x["to"],
+                "hyperparameters": x["switches"][0]["hyperparameters"] if x["switches"] else {},
+            },
+        )
+        for x in switched
+        if x["kind"] == "run" and x["task"] in tasks
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     for task, method, decision in plan:
         name = method if decision is None else f"{method} → {decision['alternative']} at {decision['step']}"
@@ -89,7 +138,10 @@ def main() -> None:
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")
         lines.append(line)
-        print(f"{task}: {name}: accuracy {line['accuracy']:.4f}, probe drop {line['forgetting']['drop']:+.2f} points ({line['wall_s']} s)", flush=True)
+        print(
+            f"{task}: {name}: accuracy {line['accuracy']:.4f}, probe drop {line['forgetting']['drop']:+.2f} points ({line['wall_s']} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

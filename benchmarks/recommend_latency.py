@@ -25,7 +25,12 @@ import time
 
 def cli(data: str, env: dict) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "from metapeft.cli import run; run()", "recommend", data, "--json"], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from metapeft.cli import run; run()", "recommend", data, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
@@ -55,10 +60,18 @@ def main() -> None:
         start = time.perf_counter()
         meta.recommend(task)
         warm.append(time.perf_counter() - start)
-    print(json.dumps({
-        "data": args.data, "experience_runs": len(meta.experiences()),
-        "cli_first_s": round(first, 2), "cli_cold_s": round(statistics.median(cold), 2), "api_warm_ms": round(1000 * statistics.median(warm), 1),
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                "experience_runs": len(meta.experiences()),
+                "cli_first_s": round(first, 2),
+                "cli_cold_s": round(statistics.median(cold), 2),
+                "api_warm_ms": round(1000 * statistics.median(warm), 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

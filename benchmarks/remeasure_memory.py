@@ -47,8 +47,14 @@ def main() -> None:
     torch.set_num_threads(1)
     store = ExperienceStore(args.store)
     entries = {e.name: e for e in load_suite(args.suite)}
-    todo = [r for r in store.iter(status="finished") if r.tags.get("design") and not r.metrics.get("memory_measure")
-            and r.environment.get("device", "cpu") == "cpu" and r.model == "all-MiniLM-L6-v2"]  # fmt: skip
+    todo = [
+        r
+        for r in store.iter(status="finished")
+        if r.tags.get("design")
+        and not r.metrics.get("memory_measure")
+        and r.environment.get("device", "cpu") == "cpu"
+        and r.model == "all-MiniLM-L6-v2"
+    ]
     todo.sort(key=lambda r: r.tags["suite_task"])
     todo = todo[: args.limit]
     print(f"{len(todo)} runs to re-measure", flush=True)
@@ -62,18 +68,38 @@ def main() -> None:
         task = full[name].subsample(record.tags["train_size"], seed=record.seed)
         spec = get_method(record.method)
         config = spec.make_config(record.hyperparameters)
-        rows = widest_batch(task, tokenizer, record.metrics["max_length"], config.batch_size, record.metrics["steps"], record.seed)
+        rows = widest_batch(
+            task, tokenizer, record.metrics["max_length"], config.batch_size, record.metrics["steps"], record.seed
+        )
         batch = task.train.select(rows)
         one = Task(name=task.name, label_names=task.label_names, train=batch, test=batch)
-        result = fit(one, spec, spec.make_config({**record.hyperparameters, "max_steps": 2}), backbone, RunConfig(seed=record.seed, eval_size=0, eval_points=1),
-                     max_length=record.metrics["max_length"], device=torch.device("cpu"))  # fmt: skip
-        metrics = {**record.metrics, "peak_rss_mb": record.metrics.get("peak_rss_mb", record.metrics["peak_memory_mb"]),
-                   "peak_memory_mb": result.metrics["peak_memory_mb"], "train_memory_mb": result.metrics["train_memory_mb"],
-                   "memory_measure": result.metrics["memory_measure"]}  # fmt: skip
-        store.finish(record.id, metrics=metrics, tags={**record.tags, "memory_remeasured": "2026-11-21, benchmarks/remeasure_memory.py"})
+        result = fit(
+            one,
+            spec,
+            spec.make_config({**record.hyperparameters, "max_steps": 2}),
+            backbone,
+            RunConfig(seed=record.seed, eval_size=0, eval_points=1),
+            max_length=record.metrics["max_length"],
+            device=torch.device("cpu"),
+        )
+        metrics = {
+            **record.metrics,
+            "peak_rss_mb": record.metrics.get("peak_rss_mb", record.metrics["peak_memory_mb"]),
+            "peak_memory_mb": result.metrics["peak_memory_mb"],
+            "train_memory_mb": result.metrics["train_memory_mb"],
+            "memory_measure": result.metrics["memory_measure"],
+        }
+        store.finish(
+            record.id,
+            metrics=metrics,
+            tags={**record.tags, "memory_remeasured": "2026-11-21, benchmarks/remeasure_memory.py"},
+        )
         if n % 10 == 0 or n == len(todo):
-            print(f"{n}/{len(todo)} {name} {record.method}: {metrics['peak_rss_mb']:.0f} MB RSS → {metrics['peak_memory_mb']:.0f} MB tensors "
-                  f"({time.time() - started:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"{n}/{len(todo)} {name} {record.method}: {metrics['peak_rss_mb']:.0f} MB RSS → {metrics['peak_memory_mb']:.0f} MB tensors "
+                f"({time.time() - started:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

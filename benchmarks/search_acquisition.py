@@ -63,7 +63,10 @@ def main() -> None:
         for name, cls in SAMPLERS.items():
             for seed in range(args.seeds):
                 noise = np.random.default_rng(100 + seed)  # the same noise draws for every sampler
-                study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=cls(meta.surrogate, profile, methods, OBJECTIVES, budget=budget, seed=seed))
+                study = optuna.create_study(
+                    directions=["maximize", "minimize", "minimize"],
+                    sampler=cls(meta.surrogate, profile, methods, OBJECTIVES, budget=budget, seed=seed),
+                )
                 for params, _ in warm:
                     study.enqueue_trial(params)
                 trials = []
@@ -71,8 +74,13 @@ def main() -> None:
                     trial = study.ask(space)
                     method, hp = to_config(trial.params)
                     mean = truth.surrogate.predict(profile, [Candidate(method, {**hp, **budget})]).mean[0]
-                    m = {"method": method, "accuracy": float(np.clip(mean[0] + 0.03 * noise.standard_normal(), 0, 1)), "eval_examples": 1000,
-                         "train_time_s": float(mean[1]), "peak_memory_mb": float(mean[2])}  # fmt: skip
+                    m = {
+                        "method": method,
+                        "accuracy": float(np.clip(mean[0] + 0.03 * noise.standard_normal(), 0, 1)),
+                        "eval_examples": 1000,
+                        "train_time_s": float(mean[1]),
+                        "peak_memory_mb": float(mean[2]),
+                    }
                     trial.set_user_attr("metrics", m)
                     trial.set_user_attr("hyperparameters", hp)
                     study.tell(trial, [m[o] for o in OBJECTIVES])
@@ -85,7 +93,10 @@ def main() -> None:
             head = [sum(m["method"] == "head_only" for m in searches[name, s]) for s in range(args.seeds)]
             best = [max(m["accuracy"] for m in searches[name, s]) for s in range(args.seeds)]
             table[name].append(np.mean(hv))
-            print(f"{task:22s} {name:7s} hypervolume {np.mean(hv):.3f}  head-only trials {np.mean(head):.1f}  best accuracy {np.mean(best):.3f}", flush=True)
+            print(
+                f"{task:22s} {name:7s} hypervolume {np.mean(hv):.3f}  head-only trials {np.mean(head):.1f}  best accuracy {np.mean(best):.3f}",
+                flush=True,
+            )
     for name, hv in table.items():
         print(f"mean over {len(hv)} tasks, {name}: hypervolume after {args.trials} trials {np.mean(hv):.3f}")
 

@@ -45,8 +45,11 @@ CHECKPOINTS = (1, 3, 5, 10, 20, 30)
 def losses(metrics: list[dict], objectives, scale: list[dict] | None = None) -> np.ndarray:
     """(n, k) losses of runs' metrics (1 − accuracy, log time, log memory), scaled to [0, 1] over ``scale``'s runs
     (by default the runs themselves)."""
-    cols = {"accuracy": lambda m: 1 - m["accuracy"], "train_time_s": lambda m: np.log(m["train_time_s"]),
-            "peak_memory_mb": lambda m: np.log(m["peak_memory_mb"])}  # fmt: skip
+    cols = {
+        "accuracy": lambda m: 1 - m["accuracy"],
+        "train_time_s": lambda m: np.log(m["train_time_s"]),
+        "peak_memory_mb": lambda m: np.log(m["peak_memory_mb"]),
+    }
     raw = lambda ms: np.array([[cols[o](m) for o in objectives] for m in ms], float).reshape(len(ms), len(objectives))  # noqa: E731
     x, ref = raw(metrics), raw(scale if scale is not None else metrics)
     lo, hi = ref.min(0), ref.max(0)
@@ -60,8 +63,16 @@ def hypervolume(points: np.ndarray) -> float:
     return float(compute_hypervolume(points, np.full(points.shape[1], 1.1)))
 
 
-def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Surrogate | None, trials: int, seed: int,
-           objectives: tuple[str, ...] = ("accuracy",)) -> list[float]:  # fmt: skip
+def search(
+    sampler_name: str,
+    runs,
+    space,
+    meta: MetaPEFT | None,
+    surrogate: Surrogate | None,
+    trials: int,
+    seed: int,
+    objectives: tuple[str, ...] = ("accuracy",),
+) -> list[float]:
     profile = runs[0].profile
     methods = sorted({r.method for r in runs})
     enc = (surrogate or Surrogate()).encoder
@@ -73,14 +84,20 @@ def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Sur
         x = enc.encode(method, hp, length)
         return runs[min(same, key=lambda i: float(np.sum((coded[i] - x) ** 2)))]
 
-    budget = {k: runs[0].hyperparameters[k] for k in BUDGET_FIELDS if k in runs[0].hyperparameters}  # the table's own budget
+    budget = {
+        k: runs[0].hyperparameters[k] for k in BUDGET_FIELDS if k in runs[0].hyperparameters
+    }  # the table's own budget
     if sampler_name == "meta":
         sampler = MetaSampler(surrogate, profile, methods, objectives, budget=budget, seed=seed)
     else:
-        sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False),
-                   "gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
-                   "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[sampler_name]()  # fmt: skip
-    study = optuna.create_study(directions=["maximize" if o == "accuracy" else "minimize" for o in objectives], sampler=sampler)
+        sampler = {
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False),
+            "gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        }[sampler_name]()
+    study = optuna.create_study(
+        directions=["maximize" if o == "accuracy" else "minimize" for o in objectives], sampler=sampler
+    )
     if sampler_name == "meta":
         for params, source in warm_start_configs(meta, profile, methods, space, budget, 3):
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
@@ -91,7 +108,9 @@ def search(sampler_name: str, runs, space, meta: MetaPEFT | None, surrogate: Sur
         run = answer(*to_config({name: _suggest(trial, name, dist) for name, dist in space.items()}))
         chosen.append(runs.index(run))
         trial.set_user_attr("hyperparameters", run.hyperparameters)
-        trial.set_user_attr("metrics", {k: run.metrics.get(k) for k in ("accuracy", "train_time_s", "peak_memory_mb", "max_length")})
+        trial.set_user_attr(
+            "metrics", {k: run.metrics.get(k) for k in ("accuracy", "train_time_s", "peak_memory_mb", "max_length")}
+        )
         return tuple(float(run.metrics[o]) for o in objectives)
 
     study.optimize(objective, n_trials=trials)
@@ -108,9 +127,15 @@ def summarise(curves: dict[str, list[list[float]]], trials: int) -> dict[str, di
     for name, cs in curves.items():
         reach = [next((i + 1 for i, v in enumerate(c) if v >= 0.99), trials + 1) for c in cs]
         table[name] = {
-            **{f"after_{k}": round(float(np.mean([c[min(k, len(c)) - 1] for c in cs])), 4) for k in CHECKPOINTS if k <= trials},
-            "median_trials_to_99pct": statistics.median(reach), "mean_trials_to_99pct": round(float(np.mean(reach)), 2), "searches": len(cs),
-        }  # fmt: skip
+            **{
+                f"after_{k}": round(float(np.mean([c[min(k, len(c)) - 1] for c in cs])), 4)
+                for k in CHECKPOINTS
+                if k <= trials
+            },
+            "median_trials_to_99pct": statistics.median(reach),
+            "mean_trials_to_99pct": round(float(np.mean(reach)), 2),
+            "searches": len(cs),
+        }
     return table
 
 
@@ -126,7 +151,9 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
     store = ExperienceStore(args.store) if args.store else None
-    records = [r for r in experiences(store, include_prior=not args.no_prior, include_own=store is not None) if usable(r)]
+    records = [
+        r for r in experiences(store, include_prior=not args.no_prior, include_own=store is not None) if usable(r)
+    ]
     groups = sorted({task_group(r) for r in records})
     samplers = args.samplers.split(",")
     objectives = tuple(args.objectives.split(","))
@@ -145,7 +172,9 @@ def main() -> None:
         for runs in cells.values():
             if len({r.method for r in runs}) < 2:
                 continue
-            best = max(r.metrics["accuracy"] for r in runs) if len(objectives) == 1 else 1.0  # hypervolume curves are relative already
+            best = (
+                max(r.metrics["accuracy"] for r in runs) if len(objectives) == 1 else 1.0
+            )  # hypervolume curves are relative already
             space = joint_space(sorted({r.method for r in runs}))
             for name in samplers:
                 # the single-objective meta search is deterministic given its data; ParEGO draws its weightings
@@ -155,9 +184,23 @@ def main() -> None:
         print(f"{n + 1}/{len(groups)} {held} ({time.time() - started:.0f} s)", flush=True)
 
     table = summarise(curves, args.trials)
-    measure = "best accuracy / instance best" if len(objectives) == 1 else "hypervolume / hypervolume of all recorded runs"
-    print(json.dumps({"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "tasks": len(groups), "runs": len(records),
-                      "objectives": list(objectives), "measure": measure, "trials": args.trials, "samplers": table}, indent=2))  # fmt: skip
+    measure = (
+        "best accuracy / instance best" if len(objectives) == 1 else "hypervolume / hypervolume of all recorded runs"
+    )
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+                "tasks": len(groups),
+                "runs": len(records),
+                "objectives": list(objectives),
+                "measure": measure,
+                "trials": args.trials,
+                "samplers": table,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,20 +41,48 @@ from metapeft.prior import PriorExperience
 from metapeft.tasks import load_suite
 
 
-def run_search(task, sampler: str, seed: int, meta: MetaPEFT, objectives: tuple[str, ...], n_trials: int, args) -> dict:
+def run_search(
+    task, sampler: str, seed: int, meta: MetaPEFT, objectives: tuple[str, ...], n_trials: int, args
+) -> dict:
     from metapeft.search import SearchConfig, tune
     from metapeft.training import RunConfig
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:  # adapters and the study are not kept: the trials go to --out
         run = RunConfig(eval_size=args.eval_size, final_eval_size=args.final_eval_size, track=False)
-        config = SearchConfig(trials=n_trials, objectives=objectives, sampler=sampler, seed=seed, max_steps=args.max_steps, storage=f"sqlite:///{tmp}/optuna.db",
-                              output_dir=tmp, run=run)  # fmt: skip
+        config = SearchConfig(
+            trials=n_trials,
+            objectives=objectives,
+            sampler=sampler,
+            seed=seed,
+            max_steps=args.max_steps,
+            storage=f"sqlite:///{tmp}/optuna.db",
+            output_dir=tmp,
+            run=run,
+        )
         result = tune(task, config, meta=meta, store=ExperienceStore(f"sqlite:///{tmp}/store.db"))
-    trials = [{"number": t.number, "state": t.state, "method": t.method, "source": t.source, "accuracy": t.metrics.get("accuracy"),
-               "train_time_s": t.metrics.get("train_time_s"), "peak_memory_mb": t.metrics.get("peak_memory_mb"), "eval_examples": t.metrics.get("eval_examples"),
-               "hyperparameters": t.hyperparameters} for t in result.trials]  # fmt: skip
-    return {"task": task.name, "sampler": sampler, "seed": seed, "objectives": list(objectives), "trials": trials, "wall_s": round(time.monotonic() - started, 1)}
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state,
+            "method": t.method,
+            "source": t.source,
+            "accuracy": t.metrics.get("accuracy"),
+            "train_time_s": t.metrics.get("train_time_s"),
+            "peak_memory_mb": t.metrics.get("peak_memory_mb"),
+            "eval_examples": t.metrics.get("eval_examples"),
+            "hyperparameters": t.hyperparameters,
+        }
+        for t in result.trials
+    ]
+    return {
+        "task": task.name,
+        "sampler": sampler,
+        "seed": seed,
+        "objectives": list(objectives),
+        "trials": trials,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
 
 
 def hypervolume_summary(lines: list[dict], objectives: tuple[str, ...], trials: int) -> dict:
@@ -68,20 +96,37 @@ def hypervolume_summary(lines: list[dict], objectives: tuple[str, ...], trials: 
     for line in lines:
         scale, ts = pooled[line["task"]], line["trials"]
         full = hypervolume(losses(scale, objectives))
-        curve = [hypervolume(losses([t for t in ts[: k + 1] if done(t)], objectives, scale)) / full if any(done(t) for t in ts[: k + 1]) else 0.0
-                 for k in range(len(ts))]  # fmt: skip
+        curve = [
+            hypervolume(losses([t for t in ts[: k + 1] if done(t)], objectives, scale)) / full
+            if any(done(t) for t in ts[: k + 1])
+            else 0.0
+            for k in range(len(ts))
+        ]
         curves[line["sampler"]].append(curve)
         final[line["task"]].setdefault(line["sampler"], []).append(curve)
         # the hypervolume can grow from a cheap corner alone: the accuracy found is shown beside it
         acc = [t["accuracy"] if done(t) else 0.0 for t in ts]
         top[line["task"]].setdefault(line["sampler"], []).append((max(acc[:10]), max(acc)))
-    per_task = {task: {name: {"after_10": round(float(np.mean([c[min(10, len(c)) - 1] for c in cs])), 4),
-                              "after_all": round(float(np.mean([c[-1] for c in cs])), 4), "trials": max(len(c) for c in cs),
-                              "best_accuracy_after_10": round(float(np.mean([a for a, _ in top[task][name]])), 4),
-                              "best_accuracy_after_all": round(float(np.mean([b for _, b in top[task][name]])), 4)}
-                       for name, cs in by.items()} for task, by in final.items()}  # fmt: skip
-    return {"tasks": sorted(pooled), "measure": "hypervolume / hypervolume of all trials on the task",
-            "samplers": summarise(curves, trials), "per_task": per_task, "curves": dict(curves)}  # fmt: skip
+    per_task = {
+        task: {
+            name: {
+                "after_10": round(float(np.mean([c[min(10, len(c)) - 1] for c in cs])), 4),
+                "after_all": round(float(np.mean([c[-1] for c in cs])), 4),
+                "trials": max(len(c) for c in cs),
+                "best_accuracy_after_10": round(float(np.mean([a for a, _ in top[task][name]])), 4),
+                "best_accuracy_after_all": round(float(np.mean([b for _, b in top[task][name]])), 4),
+            }
+            for name, cs in by.items()
+        }
+        for task, by in final.items()
+    }
+    return {
+        "tasks": sorted(pooled),
+        "measure": "hypervolume / hypervolume of all trials on the task",
+        "samplers": summarise(curves, trials),
+        "per_task": per_task,
+        "curves": dict(curves),
+    }
 
 
 def plot_curves(curves: dict[str, list[list[float]]], ylabel: str, path: Path) -> None:
@@ -115,7 +160,9 @@ def summary(lines: list[dict], trials: int) -> dict:
                 best[line["task"]] = max(best[line["task"]], t["accuracy"])
     curves, seconds = defaultdict(list), defaultdict(list)
     for line in lines:
-        acc = [t["accuracy"] if t["state"] == "COMPLETE" and t["accuracy"] is not None else 0.0 for t in line["trials"]][:trials]
+        acc = [
+            t["accuracy"] if t["state"] == "COMPLETE" and t["accuracy"] is not None else 0.0 for t in line["trials"]
+        ][:trials]
         curve = list(np.maximum.accumulate(acc) / best[line["task"]])
         curves[line["sampler"]].append(curve)
         reach = next((i for i, v in enumerate(curve) if v >= 0.99), None)
@@ -123,7 +170,9 @@ def summary(lines: list[dict], trials: int) -> dict:
             seconds[line["sampler"]].append(sum(t["train_time_s"] or 0.0 for t in line["trials"][: reach + 1]))
     table = summarise(curves, trials)
     for name in table:
-        table[name]["median_train_s_to_99pct_when_reached"] = round(float(np.median(seconds[name])), 1) if seconds[name] else None
+        table[name]["median_train_s_to_99pct_when_reached"] = (
+            round(float(np.median(seconds[name])), 1) if seconds[name] else None
+        )
     return {"tasks": sorted(best), "best_accuracy": dict(best), "samplers": table, "curves": dict(curves)}
 
 
@@ -131,25 +180,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="../shared/datasets")
     parser.add_argument("--tasks", default="trec50,atis,snips,tweet_emotion,financial_phrasebank")
-    parser.add_argument("--size", type=int, default=64, help="training examples drawn from each task (stratified, seed 0); 64 is the "
-                        "size the prior's pass 0 covers, so the search is tested where the meta-learner has experience")  # fmt: skip
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="training examples drawn from each task (stratified, seed 0); 64 is the "
+        "size the prior's pass 0 covers, so the search is tested where the meta-learner has experience",
+    )
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--cold-trials", type=int, default=None, help="trials of each cold sampler's search (default: --trials)")
-    parser.add_argument("--objectives", default="accuracy", help="comma-separated among accuracy, train_time_s, peak_memory_mb")
+    parser.add_argument(
+        "--cold-trials", type=int, default=None, help="trials of each cold sampler's search (default: --trials)"
+    )
+    parser.add_argument(
+        "--objectives", default="accuracy", help="comma-separated among accuracy, train_time_s, peak_memory_mb"
+    )
     parser.add_argument("--samplers", default="meta,tpe,random")
-    parser.add_argument("--seeds", type=int, default=1, help="searches per sampler and task, one per seed of the sampler's random draws")
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds --first-seed … --first-seed + --seeds − 1 (to split seeds "
-                        "between processes)")  # fmt: skip
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="searches per sampler and task, one per seed of the sampler's random draws",
+    )
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds --first-seed … --first-seed + --seeds − 1 (to split seeds between processes)",
+    )
     parser.add_argument("--max-steps", type=int, default=80)
-    parser.add_argument("--eval-size", type=int, default=300, help="held-out examples of the learning curve (what the pruner reads)")
-    parser.add_argument("--final-eval-size", type=int, default=1000, help="held-out examples of each trial's final accuracy")
+    parser.add_argument(
+        "--eval-size", type=int, default=300, help="held-out examples of the learning curve (what the pruner reads)"
+    )
+    parser.add_argument(
+        "--final-eval-size", type=int, default=1000, help="held-out examples of each trial's final accuracy"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None, help="default: benchmarks/results/search_real_v2.jsonl for accuracy searches, "
-                        "search_real_mo.jsonl for several objectives")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: benchmarks/results/search_real_v2.jsonl for accuracy searches, "
+        "search_real_mo.jsonl for several objectives",
+    )
     parser.add_argument("--summary", action="store_true", help="only print the table of what --out holds")
-    parser.add_argument("--hv-objectives", default=None, help="measure the hypervolume over these of the searches' objectives "
-                        "(a sensitivity check: how much of a difference one objective makes)")  # fmt: skip
-    parser.add_argument("--plot", default=None, help="also draw each search's curve and the mean per sampler to this PNG")
+    parser.add_argument(
+        "--hv-objectives",
+        default=None,
+        help="measure the hypervolume over these of the searches' objectives "
+        "(a sensitivity check: how much of a difference one objective makes)",
+    )
+    parser.add_argument(
+        "--plot", default=None, help="also draw each search's curve and the mean per sampler to this PNG"
+    )
     args = parser.parse_args()
     objectives = tuple(args.objectives.split(","))
     out = Path(args.out or f"benchmarks/results/search_real_{'v2' if objectives == ('accuracy',) else 'mo'}.jsonl")
@@ -172,14 +253,35 @@ def main() -> None:
                     if (task.name, sampler, seed) in done:
                         continue
                     if meta is None:  # the held-out task's own runs stay out of the meta-learner
-                        meta = MetaPEFT(experiences=[r for r in prior if task_group(r) != name], include_own=False)  # tune fits it
-                    line = run_search(task, sampler, seed, meta, objectives, args.trials if sampler == "meta" else args.cold_trials or args.trials, args)
+                        meta = MetaPEFT(
+                            experiences=[r for r in prior if task_group(r) != name], include_own=False
+                        )  # tune fits it
+                    line = run_search(
+                        task,
+                        sampler,
+                        seed,
+                        meta,
+                        objectives,
+                        args.trials if sampler == "meta" else args.cold_trials or args.trials,
+                        args,
+                    )
                     best = max((t["accuracy"] or 0.0 for t in line["trials"]), default=0.0)
                     print(f"{name} {sampler} seed {seed}: best {best:.3f} in {line['wall_s']:.0f} s", flush=True)
                     with out.open("a") as f:
-                        f.write(json.dumps({**line, "machine": f"{platform.machine()}, {args.threads} torch threads", "size": args.size,
-                                            "max_steps": args.max_steps, "eval_size": args.eval_size,
-                                            "final_eval_size": args.final_eval_size, "prior_runs": len(prior)}) + "\n")  # fmt: skip
+                        f.write(
+                            json.dumps(
+                                {
+                                    **line,
+                                    "machine": f"{platform.machine()}, {args.threads} torch threads",
+                                    "size": args.size,
+                                    "max_steps": args.max_steps,
+                                    "eval_size": args.eval_size,
+                                    "final_eval_size": args.final_eval_size,
+                                    "prior_runs": len(prior),
+                                }
+                            )
+                            + "\n"
+                        )
                     lines.append(line)
     if objectives == ("accuracy",):
         table, ylabel = summary(lines, args.trials), "best accuracy so far / best on the task"

@@ -44,10 +44,21 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
                 continue
             cands = [Candidate(r.method, r.hyperparameters) for r in runs]
             p = model.predict(runs[0].profile, cands)
-            out.append({"task": held, "cell": runs[0].task_name, "size": runs[0].profile.get("dataset_size"),
-                        "methods": [r.method for r in runs], "accuracy": [r.metrics["accuracy"] for r in runs],
-                        "global_gap": [gap.get(r.method, 1.0) for r in runs],
-                        "mean": p.mean, "low": p.low, "high": p.high, "samples": p.joint_draws(), "sd": p.sd()})  # fmt: skip
+            out.append(
+                {
+                    "task": held,
+                    "cell": runs[0].task_name,
+                    "size": runs[0].profile.get("dataset_size"),
+                    "methods": [r.method for r in runs],
+                    "accuracy": [r.metrics["accuracy"] for r in runs],
+                    "global_gap": [gap.get(r.method, 1.0) for r in runs],
+                    "mean": p.mean,
+                    "low": p.low,
+                    "high": p.high,
+                    "samples": p.joint_draws(),
+                    "sd": p.sd(),
+                }
+            )
         print(f"[{n + 1}/{len(groups)}] {held} {time.time() - t0:.0f}s", flush=True)
     return out
 
@@ -119,7 +130,12 @@ def score(cells: list[dict], rule) -> dict:
         per_task[c["task"]].append(regret)
         top1.append(max(a for a, m in zip(acc, methods) if m == methods[i]) >= best - 1e-9)
     tasks = {t: float(np.mean(v)) for t, v in per_task.items()}
-    return {"mean_regret": float(np.mean(list(tasks.values()))), "worst_cell": worst, "top1": float(np.mean(top1)), "tasks": tasks}
+    return {
+        "mean_regret": float(np.mean(list(tasks.values()))),
+        "worst_cell": worst,
+        "top1": float(np.mean(top1)),
+        "tasks": tasks,
+    }
 
 
 def calibration(cells: list[dict]) -> None:
@@ -144,7 +160,9 @@ def calibration(cells: list[dict]) -> None:
     for m in sorted(given):
         print(f"{m:20s} {np.mean(given[m]):14.3f} {np.mean(share[m]):18.3f}")
     conf, split, wins = zip(*first)
-    print(f"ranked first: ECE {expected_calibration_error(conf, split):.3f} (ties split), {expected_calibration_error(conf, wins):.3f} (ties as wins)")
+    print(
+        f"ranked first: ECE {expected_calibration_error(conf, split):.3f} (ties split), {expected_calibration_error(conf, wins):.3f} (ties as wins)"
+    )
 
 
 def main() -> None:
@@ -163,7 +181,11 @@ def main() -> None:
     sizes = sorted({c["size"] for c in cells})
     print(f"{len(cells)} task instances, {len({c['task'] for c in cells})} tasks")
     base = score(cells, RULES["by mean (until 2026-11-22)"])["tasks"]
-    print(f"{'rule':28s} {'regret':>7s} " + " ".join(f"{'@' + str(s):>7s}" for s in sizes) + f" {'worst':>6s} {'top-1':>6s} {'p vs by mean':>12s}")
+    print(
+        f"{'rule':28s} {'regret':>7s} "
+        + " ".join(f"{'@' + str(s):>7s}" for s in sizes)
+        + f" {'worst':>6s} {'top-1':>6s} {'p vs by mean':>12s}"
+    )
     from scipy.stats import wilcoxon
 
     for name, rule in RULES.items():
@@ -172,7 +194,11 @@ def main() -> None:
         a = np.array([s["tasks"][t] for t in sorted(base)])
         b = np.array([base[t] for t in sorted(base)])
         p = wilcoxon(a, b).pvalue if np.any(a != b) else 1.0
-        print(f"{name:28s} {s['mean_regret']:7.2f} " + " ".join(f"{x:7.2f}" for x in at) + f" {s['worst_cell']:6.1f} {100 * s['top1']:5.0f}% {p:12.3f}")
+        print(
+            f"{name:28s} {s['mean_regret']:7.2f} "
+            + " ".join(f"{x:7.2f}" for x in at)
+            + f" {s['worst_cell']:6.1f} {100 * s['top1']:5.0f}% {p:12.3f}"
+        )
     calibration(cells)
 
 

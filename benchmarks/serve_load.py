@@ -46,9 +46,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60) -> tuple[int, bytes, float]:
+def request(
+    url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60
+) -> tuple[int, bytes, float]:
     started = time.perf_counter()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})}, method="POST" if body is not None else "GET")
+    req = urllib.request.Request(
+        url,
+        data=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method="POST" if body is not None else "GET",
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read(), time.perf_counter() - started
@@ -59,8 +66,12 @@ def request(url: str, body: bytes | None = None, headers: dict | None = None, ti
 
 
 def start_server(port: int, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", "from metapeft.cli import run; run()", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from metapeft.cli import run; run()", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         if request(f"http://127.0.0.1:{port}/health", timeout=2)[0] == 200:
@@ -100,10 +111,14 @@ def load(base: str, bodies: list[bytes], concurrency: int) -> dict:
     wall = time.perf_counter() - started
     latencies = [r[2] for r in results]
     return {
-        "requests": len(bodies), "concurrency": concurrency, "errors": sum(r[0] != 200 for r in results),
-        "p50_ms": round(1000 * statistics.median(latencies), 1), "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
-        "max_ms": round(1000 * max(latencies), 1), "throughput_rps": round(len(bodies) / wall, 1),
-    }  # fmt: skip
+        "requests": len(bodies),
+        "concurrency": concurrency,
+        "errors": sum(r[0] != 200 for r in results),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
+        "max_ms": round(1000 * max(latencies), 1),
+        "throughput_rps": round(len(bodies) / wall, 1),
+    }
 
 
 def main() -> None:
@@ -133,7 +148,10 @@ def main() -> None:
         # new tasks: every request a profile the server has not ranked (the prior's task profiles, each with a
         # fingerprint of its own), so that every answer is computed
         pool_profiles = list({r.task_name: r.profile for r in records}.values())
-        fresh = [json.dumps({"profile": {**pool_profiles[i % len(pool_profiles)], "fingerprint": f"load-{i}"}}).encode() for i in range(args.requests)]
+        fresh = [
+            json.dumps({"profile": {**pool_profiles[i % len(pool_profiles)], "fingerprint": f"load-{i}"}}).encode()
+            for i in range(args.requests)
+        ]
         summary["recommend_new_tasks"] = load(base, fresh, args.concurrency)
         # repeated questions: 40 tasks asked again and again (a version's answer is remembered)
         repeated = [json.dumps({"profile": pool_profiles[i % 40]}).encode() for i in range(args.requests)]
@@ -141,11 +159,24 @@ def main() -> None:
             request(f"{base}/v1/recommend", b)
         summary["recommend_repeated"] = load(base, repeated, args.concurrency)
 
-        bad = [b"not json", b"[]", b"{}", json.dumps({"profile": {"task_name": 1}}).encode(), json.dumps({"profile": {**profile, "dataset_size": "x"}}).encode(),
-               json.dumps({"profile": profile, "methods": ["nope"]}).encode(), json.dumps({"profile": profile, "max_memory_mb": -5}).encode(),
-               json.dumps({"rows": [{"text": "a", "label": "b"}] * 6000}).encode(), b"x" * (3 * 1024 * 1024), json.dumps({"rows": "no"}).encode()]  # fmt: skip
+        bad = [
+            b"not json",
+            b"[]",
+            b"{}",
+            json.dumps({"profile": {"task_name": 1}}).encode(),
+            json.dumps({"profile": {**profile, "dataset_size": "x"}}).encode(),
+            json.dumps({"profile": profile, "methods": ["nope"]}).encode(),
+            json.dumps({"profile": profile, "max_memory_mb": -5}).encode(),
+            json.dumps({"rows": [{"text": "a", "label": "b"}] * 6000}).encode(),
+            b"x" * (3 * 1024 * 1024),
+            json.dumps({"rows": "no"}).encode(),
+        ]
         statuses = [request(f"{base}/v1/recommend", bad[i % len(bad)])[0] for i in range(200)]
-        summary["malformed"] = {"requests": 200, "4xx": sum(400 <= s < 500 for s in statuses), "other": sorted({s for s in statuses if not 400 <= s < 500})}
+        summary["malformed"] = {
+            "requests": 200,
+            "4xx": sum(400 <= s < 500 for s in statuses),
+            "other": sorted({s for s in statuses if not 400 <= s < 500}),
+        }
 
         posted = [r.as_dict() for r in records if r.status == "finished"][:500]
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -153,7 +184,9 @@ def main() -> None:
         def client(_) -> int:
             stored = 0
             for i in range(0, len(posted), 50):
-                status, answer, _ = request(f"{base}/v1/experiences", json.dumps({"experiences": posted[i : i + 50]}).encode(), auth)
+                status, answer, _ = request(
+                    f"{base}/v1/experiences", json.dumps({"experiences": posted[i : i + 50]}).encode(), auth
+                )
                 stored += json.loads(answer)["stored"] if status == 201 else 0
             return stored
 
@@ -163,8 +196,14 @@ def main() -> None:
 
         store = ExperienceStore(f"sqlite:///{Path(home) / 'experience.db'}")
         ids = [r.id for r in store.iter()]
-        summary["concurrent_writes"] = {"clients": 4, "records": len(posted), "stored_by_clients": stored, "in_store": len(ids), "distinct": len(set(ids)),
-                                        "exactly_once": len(ids) == len(set(ids)) == len(posted)}  # fmt: skip
+        summary["concurrent_writes"] = {
+            "clients": 4,
+            "records": len(posted),
+            "stored_by_clients": stored,
+            "in_store": len(ids),
+            "distinct": len(set(ids)),
+            "exactly_once": len(ids) == len(set(ids)) == len(posted),
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -186,7 +225,12 @@ def main() -> None:
 
     def writer() -> None:  # posts batches back to back until the server is gone
         for i in range(0, len(fresh), 10):
-            status, answer, _ = request(f"{base}/v1/experiences", json.dumps({"experiences": fresh[i : i + 10]}).encode(), {"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+            status, answer, _ = request(
+                f"{base}/v1/experiences",
+                json.dumps({"experiences": fresh[i : i + 10]}).encode(),
+                {"Authorization": f"Bearer {TOKEN}"},
+                timeout=10,
+            )
             if status != 201:
                 return
             acknowledged.extend(json.loads(answer)["ids"])
@@ -209,8 +253,13 @@ def main() -> None:
         store = ExperienceStore(f"sqlite:///{Path(home) / 'experience.db'}")
         in_store = {r.id: r for r in store.iter()}
         whole = all(in_store[i].metrics.get("accuracy") is not None for i in acknowledged if i in in_store)
-        summary["sigkill"] = {"acknowledged": len(acknowledged), "acknowledged_in_store": sum(i in in_store for i in acknowledged), "integrity": check,
-                              "records_whole": whole, "health_after_restart": request(f"{base}/health")[0]}  # fmt: skip
+        summary["sigkill"] = {
+            "acknowledged": len(acknowledged),
+            "acknowledged_in_store": sum(i in in_store for i in acknowledged),
+            "integrity": check,
+            "records_whole": whole,
+            "health_after_restart": request(f"{base}/health")[0],
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)

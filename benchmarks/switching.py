@@ -32,15 +32,22 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = "sst2,sst5,trec6,banking77,clinc150,ag_news,mrpc,sick_entailment,tweet_irony,financial_phrasebank,cola,yelp_stars"
+TASKS = (
+    "sst2,sst5,trec6,banking77,clinc150,ag_news,mrpc,sick_entailment,tweet_irony,financial_phrasebank,cola,yelp_stars"
+)
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
 OUT = Path(__file__).parent / "results" / "switching.jsonl"
 
 
 def static_runs(store, task: str) -> dict:
     """The curves bench's runs of ``task`` at 1,024 examples, each method at its defaults for 80 steps, by method."""
-    return {r.method: r for r in store.iter(status="finished") if r.task_name == f"{task}@1024" and r.tags.get("config_id") == "default"
-            and int(r.metrics.get("steps") or 0) == 80}  # fmt: skip
+    return {
+        r.method: r
+        for r in store.iter(status="finished")
+        if r.task_name == f"{task}@1024"
+        and r.tags.get("config_id") == "default"
+        and int(r.metrics.get("steps") or 0) == 80
+    }
 
 
 def plan(task: str, records, static: dict, first: str) -> dict:
@@ -64,13 +71,23 @@ def plan(task: str, records, static: dict, first: str) -> dict:
     controller = SwitchController(meta, profile, forecaster, SwitchPolicy(threshold=0.5, max_switches=1))
     for i, point in enumerate(curve[:-1]):
         state = TrainerState(max_steps=80, step=point["step"], method=start, curve=curve[: i + 1])
-        switch = controller.should_switch(state)  # at threshold 0.5: every decision a threshold of the table could take
+        switch = controller.should_switch(
+            state
+        )  # at threshold 0.5: every decision a threshold of the table could take
         if switch is not None:
             controller.decisions[-1]["hyperparameters"] = switch.hyperparameters
-    return {"task": task, "kind": "plan", "first": first, "recommended": recommended, "start": start, "decisions": controller.decisions,
-            "static": {m: r.metrics["accuracy"] for m, r in static.items()},
-            "quarter": {m: next((p["accuracy"] for p in r.curve if p["step"] == 20), None) for m, r in static.items()},
-            "start_curve": curve, "fit_s": round(time.monotonic() - started, 1)}  # fmt: skip
+    return {
+        "task": task,
+        "kind": "plan",
+        "first": first,
+        "recommended": recommended,
+        "start": start,
+        "decisions": controller.decisions,
+        "static": {m: r.metrics["accuracy"] for m, r in static.items()},
+        "quarter": {m: next((p["accuracy"] for p in r.curve if p["step"] == 20), None) for m, r in static.items()},
+        "start_curve": curve,
+        "fit_s": round(time.monotonic() - started, 1),
+    }
 
 
 def switch_of(decisions: list[dict], threshold: float) -> dict | None:
@@ -88,31 +105,59 @@ def run_switch(task_name: str, start: str, decision: dict | None, suite: str, ca
     task = entry.load().subsample(1024, seed=0)
     profile = profile_task(task)
     hyperparameters = {"max_steps": 80, "batch_size": 16, "max_length": min(profile.sequence_length, 128)}
-    run = RunConfig(seed=0, sample_seed=0, eval_size=300, eval_points=4, final_eval_size=1000, save=False, record=False, track=False)
+    run = RunConfig(
+        seed=0,
+        sample_seed=0,
+        eval_size=300,
+        eval_points=4,
+        final_eval_size=1000,
+        save=False,
+        record=False,
+        track=False,
+    )
     if decision is not None:
-        target_hp = {**decision.get("hyperparameters", {}), "batch_size": 16, "max_length": hyperparameters["max_length"]}
+        target_hp = {
+            **decision.get("hyperparameters", {}),
+            "batch_size": 16,
+            "max_length": hyperparameters["max_length"],
+        }
         callbacks = [SwitchAt(decision["step"], decision["alternative"], target_hp, reason="benchmark"), *callbacks]
     started = time.monotonic()
     result = train(task, start, hyperparameters, run, profile=profile, callbacks=callbacks)
-    return {"task": task_name, "kind": "run", "start": start, "step": decision and decision["step"], "to": decision and decision["alternative"],
-            "accuracy": result.metrics["accuracy"], "curve": result.curve, "switches": result.metrics.get("switches", []),
-            **({"forgetting": result.metrics["forgetting"]} if "forgetting" in result.metrics else {}),
-            "wall_s": round(time.monotonic() - started, 1), "machine": f"{platform.machine()}, torch threads 1"}  # fmt: skip
+    return {
+        "task": task_name,
+        "kind": "run",
+        "start": start,
+        "step": decision and decision["step"],
+        "to": decision and decision["alternative"],
+        "accuracy": result.metrics["accuracy"],
+        "curve": result.curve,
+        "switches": result.metrics.get("switches", []),
+        **({"forgetting": result.metrics["forgetting"]} if "forgetting" in result.metrics else {}),
+        "wall_s": round(time.monotonic() - started, 1),
+        "machine": f"{platform.machine()}, torch threads 1",
+    }
 
 
 def summary(lines: list[dict]) -> str:
     parts = []
     for first in dict.fromkeys(x.get("first", "recommended") for x in lines if x["kind"] == "plan"):
-        parts.append(f"### Starting with {'the recommended method (the first of the ranking that can be merged)' if first == 'recommended' else first + ' at its defaults'}\n")
-        parts.append(_table([x for x in lines if x["kind"] != "plan" or x.get("first", "recommended") == first], lines))
+        parts.append(
+            f"### Starting with {'the recommended method (the first of the ranking that can be merged)' if first == 'recommended' else first + ' at its defaults'}\n"
+        )
+        parts.append(
+            _table([x for x in lines if x["kind"] != "plan" or x.get("first", "recommended") == first], lines)
+        )
     return "\n".join(parts)
 
 
 def _table(lines: list[dict], every: list[dict]) -> str:
     plans = {x["task"]: x for x in lines if x["kind"] == "plan"}
     runs = {(x["task"], x["start"], x["step"], x["to"]): x for x in every if x["kind"] == "run"}
-    out = ["| threshold | tasks | switched | mean vs static start method | mean vs recommended static | worst vs it | within 1 pt of hindsight best | mean vs successive halving (3.25× compute) |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    out = [
+        "| threshold | tasks | switched | mean vs static start method | mean vs recommended static | worst vs it | within 1 pt of hindsight best | mean vs successive halving (3.25× compute) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     details = []
     for threshold in THRESHOLDS:
         gains, vs_start, near, vs_sh, switched, n = [], [], 0, [], 0, 0
@@ -121,22 +166,41 @@ def _table(lines: list[dict], every: list[dict]) -> str:
             if d is not None and (task, p["start"], d["step"], d["alternative"]) not in runs:
                 continue  # not trained yet
             n += 1
-            accuracy = p["static"][p["start"]] if d is None else runs[(task, p["start"], d["step"], d["alternative"])]["accuracy"]
+            accuracy = (
+                p["static"][p["start"]]
+                if d is None
+                else runs[(task, p["start"], d["step"], d["alternative"])]["accuracy"]
+            )
             vs_start.append(100 * (accuracy - p["static"][p["start"]]))
             switched += d is not None
             best = max(p["static"].values())
-            sh = p["static"][max((m for m in p["quarter"] if p["quarter"][m] is not None), key=lambda m: p["quarter"][m])]
+            sh = p["static"][
+                max((m for m in p["quarter"] if p["quarter"][m] is not None), key=lambda m: p["quarter"][m])
+            ]
             gains.append(100 * (accuracy - p["static"][p["recommended"]]))
             near += 100 * (best - accuracy) <= 1
             vs_sh.append(100 * (accuracy - sh))
             if threshold == 0.8:
-                details.append(f"| {task} | {p['recommended']} {100 * p['static'][p['recommended']]:.1f} | {p['start']} → {d['alternative'] + ' at ' + str(d['step']) if d else 'no switch'} "
-                               f"| {100 * accuracy:.1f} | {max(p['static'], key=p['static'].get)} {100 * best:.1f} | {100 * sh:.1f} |")  # fmt: skip
+                details.append(
+                    f"| {task} | {p['recommended']} {100 * p['static'][p['recommended']]:.1f} | {p['start']} → {d['alternative'] + ' at ' + str(d['step']) if d else 'no switch'} "
+                    f"| {100 * accuracy:.1f} | {max(p['static'], key=p['static'].get)} {100 * best:.1f} | {100 * sh:.1f} |"
+                )
         if n:
-            out.append(f"| {threshold} | {n} | {switched} | {np.mean(vs_start):+.2f} | {np.mean(gains):+.2f} | {min(gains):+.1f} | {near}/{n} | {np.mean(vs_sh):+.2f} |")
-    return "\n".join(out + ["", "At threshold 0.8, per task (accuracy %, 1,000 held-out examples):", "",
-                            "| task | recommended static | switching | policy | best static in hindsight | successive halving |",
-                            "|---|---:|---|---:|---:|---:|"] + details + [""])  # fmt: skip
+            out.append(
+                f"| {threshold} | {n} | {switched} | {np.mean(vs_start):+.2f} | {np.mean(gains):+.2f} | {min(gains):+.1f} | {near}/{n} | {np.mean(vs_sh):+.2f} |"
+            )
+    return "\n".join(
+        out
+        + [
+            "",
+            "At threshold 0.8, per task (accuracy %, 1,000 held-out examples):",
+            "",
+            "| task | recommended static | switching | policy | best static in hindsight | successive halving |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        + details
+        + [""]
+    )
 
 
 def main() -> None:
@@ -145,9 +209,17 @@ def main() -> None:
     parser.add_argument("--suite", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--static", default=f"sqlite:///{Path(__file__).resolve().parents[1] / '.bench' / 'curves.db'}", help="the curves bench's store")
+    parser.add_argument(
+        "--static",
+        default=f"sqlite:///{Path(__file__).resolve().parents[1] / '.bench' / 'curves.db'}",
+        help="the curves bench's store",
+    )
     parser.add_argument("--plan-only", action="store_true", help="fit and simulate the controller; train nothing")
-    parser.add_argument("--start", default="recommended", help="the method a switching run starts with: recommended, or a method at its defaults (what a user picks unaided)")
+    parser.add_argument(
+        "--start",
+        default="recommended",
+        help="the method a switching run starts with: recommended, or a method at its defaults (what a user picks unaided)",
+    )
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -181,21 +253,42 @@ def main() -> None:
         if len(static) < 10:
             print(f"{task}: {len(static)} of its 10 static runs in {args.static}: not planned yet", flush=True)
             continue
-        if not any(x["kind"] == "plan" and x["task"] == task and x.get("first", "recommended") == args.start for x in lines):
+        if not any(
+            x["kind"] == "plan" and x["task"] == task and x.get("first", "recommended") == args.start for x in lines
+        ):
             write(plan(task, records, static, args.start))
             p = lines[-1]
-            print(f"{task}: recommended {p['recommended']}, start {p['start']}, decisions " +
-                  ", ".join(f"{d['step']}: {d.get('alternative')} P={d.get('p_better')}" for d in p["decisions"]), flush=True)  # fmt: skip
+            print(
+                f"{task}: recommended {p['recommended']}, start {p['start']}, decisions "
+                + ", ".join(f"{d['step']}: {d.get('alternative')} P={d.get('p_better')}" for d in p["decisions"]),
+                flush=True,
+            )
     if args.plan_only:
         return
-    for p in [x for x in lines if x["kind"] == "plan" and x["task"] in args.tasks.split(",") and x.get("first", "recommended") == args.start]:
+    for p in [
+        x
+        for x in lines
+        if x["kind"] == "plan" and x["task"] in args.tasks.split(",") and x.get("first", "recommended") == args.start
+    ]:
         task = p["task"]
-        todo = {(d["step"], d["alternative"]): d for t in THRESHOLDS if (d := switch_of(p["decisions"], t)) is not None}
+        todo = {
+            (d["step"], d["alternative"]): d for t in THRESHOLDS if (d := switch_of(p["decisions"], t)) is not None
+        }
         for (step, to), d in sorted(todo.items()):
-            if any(x["kind"] == "run" and x["task"] == task and x["start"] == p["start"] and x["step"] == step and x["to"] == to for x in lines):
+            if any(
+                x["kind"] == "run"
+                and x["task"] == task
+                and x["start"] == p["start"]
+                and x["step"] == step
+                and x["to"] == to
+                for x in lines
+            ):
                 continue
             write(run_switch(task, p["start"], d, args.suite))
-            print(f"{task}: {p['start']} → {to} at {step}: accuracy {lines[-1]['accuracy']:.4f} ({lines[-1]['wall_s']} s)", flush=True)
+            print(
+                f"{task}: {p['start']} → {to} at {step}: accuracy {lines[-1]['accuracy']:.4f} ({lines[-1]['wall_s']} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

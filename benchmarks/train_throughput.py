@@ -72,7 +72,15 @@ def bare_loop(method, config, task: Task, steps: int, batch: int, seq: int) -> f
 
 
 def engine(method, config, task: Task, steps: int, seq: int) -> float:
-    result = fit(task, method, config, backbone_info(None), RunConfig(eval_size=16, eval_points=1), max_length=seq, device=torch.device("cpu"))
+    result = fit(
+        task,
+        method,
+        config,
+        backbone_info(None),
+        RunConfig(eval_size=16, eval_points=1),
+        max_length=seq,
+        device=torch.device("cpu"),
+    )
     return result.metrics["tokens_per_s"]
 
 
@@ -117,7 +125,9 @@ def main() -> None:
     quiet_libraries()
     task = packed_task(args.seq, args.batch * args.steps)
     peak = matmul_peak()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
     print(f"{'method':<16} {'engine tok/s':>13} {'bare tok/s':>11} {'ratio':>6} {'MFU':>6}")
     rows = []
     for name in args.methods.split(","):
@@ -133,7 +143,15 @@ def main() -> None:
                 bare.append(bare_loop(method, config, task, args.steps, args.batch, args.seq))
         o, b = statistics.median(ours), statistics.median(bare)
         mfu = o * flops_per_token(method, config, args.seq) / peak
-        rows.append({"method": name, "engine_tokens_per_s": round(o, 1), "bare_tokens_per_s": round(b, 1), "ratio": round(o / b, 3), "mfu": round(mfu, 4)})
+        rows.append(
+            {
+                "method": name,
+                "engine_tokens_per_s": round(o, 1),
+                "bare_tokens_per_s": round(b, 1),
+                "ratio": round(o / b, 3),
+                "mfu": round(mfu, 4),
+            }
+        )
         print(f"{name:<16} {o:>13.0f} {b:>11.0f} {o / b:>6.3f} {100 * mfu:>5.1f}%")
     if args.json_path:
         with open(args.json_path, "w") as f:

@@ -81,7 +81,9 @@ def quick_task(small_task):
 
     from metapeft.tasks import stratified_indices
 
-    return dataclasses.replace(small_task, test=small_task.test.select(np.sort(stratified_indices(small_task.test.labels, 64, 0))))
+    return dataclasses.replace(
+        small_task, test=small_task.test.select(np.sort(stratified_indices(small_task.test.labels, 64, 0)))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -118,5 +120,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300):
 
     return subprocess.run(
         [sys.executable, "-c", "from metapeft.cli import run; run()", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )

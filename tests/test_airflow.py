@@ -18,16 +18,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLE, REPO, write_jsonl
 
 if importlib.util.find_spec("airflow") is None:  # not pytest.importorskip: importing airflow here would configure it
     pytest.skip("apache-airflow is not installed (uv sync --inexact --extra airflow)", allow_module_level=True)
 
 DESIGN = {
-    "name": "tiny", "methods": ["lora", "ia3", "head_only"], "fixed": {"max_steps": 3, "batch_size": 8},
-    "passes": [{"sizes": [24], "config": "defaults", "repeats": 1}], "eval_size": 20, "eval_points": 1,
-}  # fmt: skip
+    "name": "tiny",
+    "methods": ["lora", "ia3", "head_only"],
+    "fixed": {"max_steps": 3, "batch_size": 8},
+    "passes": [{"sizes": [24], "config": "defaults", "repeats": 1}],
+    "eval_size": 20,
+    "eval_points": 1,
+}
 
 DAG_FILE = """
 import json
@@ -89,24 +92,38 @@ def airflow(tmp_path_factory):
     manifest = [{"name": n, "domain": "movie reviews", "task_type": "single"} for n in ["sst2_a", "sst2_b"]]
     (suite / "MANIFEST.json").write_text(json.dumps(manifest))
     (suite / "design.json").write_text(json.dumps(DESIGN))
-    paths = {"task": str(root / "reviews"), "tracking": f"sqlite:///{root / 'mlflow.db'}", "suite": str(suite),
-             "design": str(suite / "design.json"), "meta_store": f"sqlite:///{root / 'meta.db'}",
-             "meta_tracking": f"sqlite:///{root / 'meta-mlflow.db'}", "store": f"sqlite:///{root / 'experience.db'}",
-             "metapeft_home": str(root / "metapeft")}  # fmt: skip
+    paths = {
+        "task": str(root / "reviews"),
+        "tracking": f"sqlite:///{root / 'mlflow.db'}",
+        "suite": str(suite),
+        "design": str(suite / "design.json"),
+        "meta_store": f"sqlite:///{root / 'meta.db'}",
+        "meta_tracking": f"sqlite:///{root / 'meta-mlflow.db'}",
+        "store": f"sqlite:///{root / 'experience.db'}",
+        "metapeft_home": str(root / "metapeft"),
+    }
     dags.mkdir()
     (dags / "t_dags.py").write_text(DAG_FILE.format(**paths))
     (dags / "metapeft_dags.py").write_text((REPO / "examples" / "airflow" / "metapeft_dags.py").read_text())
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_", "METAPEFT_"))}
 
     def env(home: Path, metapeft_home: str, **extra: str) -> dict:
-        return {**base, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-                "METAPEFT_HOME": metapeft_home, "METAPEFT_STORE": paths["store"], **extra}  # fmt: skip
+        return {
+            **base,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "METAPEFT_HOME": metapeft_home,
+            "METAPEFT_STORE": paths["store"],
+            **extra,
+        }
 
     (root / "home").mkdir()
     task_env = env(root / "home", paths["metapeft_home"])
-    migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=task_env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    migrate = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=task_env, capture_output=True, text=True, timeout=300
+    )
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
     shutil.copytree(root / "home", root / "home-meta")
     # without the shipped prior the selector fits on the design's 6 runs alone: in seconds instead of minutes
@@ -123,9 +140,14 @@ def dag_runs(airflow):
     meta_dag: the design's 6 runs and a challenger promoted by force; then nothing to run and no promotion."""
     degraded = {"task": airflow["task"], "store": _degraded_store(airflow["root"])}
     bad = [{"task": "/nonexistent/reviews"}, {"task": airflow["task"], "trials": 0}]
-    runs = {"task": [["task", {}, None], ["task", degraded, "profile|recommend|tune|register"],
-                     *[["task", conf, None] for conf in bad]],
-            "meta": [["meta", {"force": True}, None], ["meta", {"force": False}, None]]}  # fmt: skip
+    runs = {
+        "task": [
+            ["task", {}, None],
+            ["task", degraded, "profile|recommend|tune|register"],
+            *[["task", conf, None] for conf in bad],
+        ],
+        "meta": [["meta", {"force": True}, None], ["meta", {"force": False}, None]],
+    }
     procs = {}
     for which, todo in runs.items():
         with open(airflow["root"] / f"{which}.log", "w") as out:
@@ -145,8 +167,9 @@ def dag_runs(airflow):
                 proc.kill()
         output = (airflow["root"] / f"{which}.log").read_text()
         assert proc.returncode == 0, output[-5000:]
-        results = [json.loads(x.removeprefix("=== RESULT ")) for x in output.splitlines()
-                   if x.startswith("=== RESULT ")]  # fmt: skip
+        results = [
+            json.loads(x.removeprefix("=== RESULT ")) for x in output.splitlines() if x.startswith("=== RESULT ")
+        ]
         assert len(results) == len(runs[which]), output[-5000:]
         done[which] = results, output
     return done
@@ -179,14 +202,30 @@ def _degraded_store(root: Path) -> str:
     url = f"sqlite:///{root / 'degraded.db'}"
     store = ExperienceStore(url)
     promised = [("lora", 0.85), ("ia3", 0.8), ("head_only", 0.75)]
-    ranking = [{"method": m, "rank": i + 1, "expected_performance": {"accuracy": {"mean": a, "low": a - 0.03,
-                                                                                  "high": a + 0.03}}}
-               for i, (m, a) in enumerate(promised)]  # fmt: skip
+    ranking = [
+        {
+            "method": m,
+            "rank": i + 1,
+            "expected_performance": {"accuracy": {"mean": a, "low": a - 0.03, "high": a + 0.03}},
+        }
+        for i, (m, a) in enumerate(promised)
+    ]
     for t in range(12):
         record_prediction(store, {"task_name": f"t{t}", "fingerprint": f"fp{t}"}, ranking, source="recommend")
-        store.add_many([Experience(task_name=f"t{t}", task_fingerprint=f"fp{t}", method=m, model="m",
-                                   hyperparameters={}, metrics={"accuracy": a}, status="finished")
-                        for m, a in (("lora", 0.55), ("ia3", 0.75), ("head_only", 0.7))])  # fmt: skip
+        store.add_many(
+            [
+                Experience(
+                    task_name=f"t{t}",
+                    task_fingerprint=f"fp{t}",
+                    method=m,
+                    model="m",
+                    hyperparameters={},
+                    metrics={"accuracy": a},
+                    status="finished",
+                )
+                for m, a in (("lora", 0.55), ("ia3", 0.75), ("head_only", 0.7))
+            ]
+        )
     return url
 
 
@@ -232,16 +271,24 @@ def _failure(stdout: str, run: int, task_id: str) -> list[str]:
     return block[first:end]
 
 
-@pytest.mark.parametrize("run, line", [
-    (2, "metapeft._errors.TaskError: no such file or directory: /nonexistent/reviews (give a JSONL/CSV/TSV/Parquet "
-        "file, a folder with train/test files, or 'example')"),
-    (3, "metapeft._errors.OptionError: trials must be a whole number of at least 1, got 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "run, line",
+    [
+        (
+            2,
+            "metapeft._errors.TaskError: no such file or directory: /nonexistent/reviews (give a JSONL/CSV/TSV/Parquet "
+            "file, a folder with train/test files, or 'example')",
+        ),
+        (3, "metapeft._errors.OptionError: trials must be a whole number of at least 1, got 0"),
+    ],
+)
 def test_a_bad_parameter_fails_the_first_task_with_one_line(task_runs, run, line):
     results, stdout = task_runs
     assert results[run]["state"] == "failed"
-    assert results[run]["tasks"] == {"profile": "failed", **dict.fromkeys(["monitor", "recommend", "register", "tune"],
-                                                                          "upstream_failed")}  # fmt: skip
+    assert results[run]["tasks"] == {
+        "profile": "failed",
+        **dict.fromkeys(["monitor", "recommend", "register", "tune"], "upstream_failed"),
+    }
     error = _failure(stdout, run, "profile")
     assert error[-1] == line, error
     assert sum(x.startswith("Traceback") for x in error) == 1, error  # Airflow's own, no chained one of ours
@@ -258,7 +305,7 @@ def test_the_dag_files_parse_with_help_and_options_are_checked(task_runs):
         "methods must be a non-empty list of names or null, got 'lora'",
         "min_methods must be a whole number of at least 2, got 1",
         "options must be a TaskDagOptions, got MetaDagOptions",
-    ]  # fmt: skip
+    ]
 
 
 def test_meta_dag_benches_the_design_over_mapped_tasks_retrains_evaluates_and_promotes(airflow, meta_runs):
@@ -289,9 +336,11 @@ def test_meta_dag_benches_the_design_over_mapped_tasks_retrains_evaluates_and_pr
 
 
 def test_without_airflow_the_module_says_what_to_install():
-    code = ("import sys\nimport metapeft.orchestration\nassert 'airflow' not in sys.modules\n"
-            "sys.modules['airflow'] = None\ntry:\n    import metapeft.orchestration.airflow\n"
-            "except Exception as exc:\n    print(type(exc).__name__, exc)")  # fmt: skip
+    code = (
+        "import sys\nimport metapeft.orchestration\nassert 'airflow' not in sys.modules\n"
+        "sys.modules['airflow'] = None\ntry:\n    import metapeft.orchestration.airflow\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     said = "MetapeftError metapeft's Airflow DAGs need Apache Airflow 3: pip install 'metapeft[airflow]'"

@@ -1,8 +1,8 @@
 """metapeft bench and report on a tiny real design: 2 tasks × 2 methods × 2 Sobol configs, a few steps each."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,14 +10,19 @@ import time
 from collections import Counter
 
 import pytest
-
 from conftest import EXAMPLE, REPO, run_cli, write_jsonl
+
 from metapeft.bench import Design, Pass, expand, run_bench
 from metapeft.experience import ExperienceStore
 
 DESIGN = {
-    "name": "tiny", "methods": ["lora", "head_only"], "passes": [{"sizes": [24], "config": "sobol", "repeats": 2}],
-    "fixed": {"max_steps": 3, "batch_size": 8}, "eval_size": 20, "eval_points": 1, "pool_size": 60,
+    "name": "tiny",
+    "methods": ["lora", "head_only"],
+    "passes": [{"sizes": [24], "config": "sobol", "repeats": 2}],
+    "fixed": {"max_steps": 3, "batch_size": 8},
+    "eval_size": 20,
+    "eval_points": 1,
+    "pool_size": 60,
 }
 
 
@@ -50,14 +55,26 @@ def test_design_expands_deterministically(suite):
 
 
 def test_training_seeds_and_pass_budgets_get_keys_of_their_own(suite):
-    design = Design(name="d", methods=["lora", "ia3"], passes=[
-        {"sizes": [24], "config": "defaults", "train_seeds": [0, 1], "methods": ["lora"]},
-        {"sizes": [24], "config": "defaults", "fixed": {"max_steps": 12}, "eval_points": 3, "methods": ["lora"]},
-    ])
+    design = Design(
+        name="d",
+        methods=["lora", "ia3"],
+        passes=[
+            {"sizes": [24], "config": "defaults", "train_seeds": [0, 1], "methods": ["lora"]},
+            {"sizes": [24], "config": "defaults", "fixed": {"max_steps": 12}, "eval_points": 3, "methods": ["lora"]},
+        ],
+    )
     design.passes = [Pass(**p) for p in design.passes]
     runs = expand(design, ["sst2_a"])  # a pass's methods: only LoRA, of the design's two
-    assert [r.key for r in runs] == ["d/sst2_a/24/lora/default/0", "d/sst2_a/24/lora/default/0t1", "d/sst2_a/24/lora/default-max_steps12/0"]
-    assert [(r.seed, r.train_seed, r.eval_points, r.hyperparameters["max_steps"]) for r in runs] == [(0, 0, 4, 80), (0, 1, 4, 80), (0, 0, 3, 12)]
+    assert [r.key for r in runs] == [
+        "d/sst2_a/24/lora/default/0",
+        "d/sst2_a/24/lora/default/0t1",
+        "d/sst2_a/24/lora/default-max_steps12/0",
+    ]
+    assert [(r.seed, r.train_seed, r.eval_points, r.hyperparameters["max_steps"]) for r in runs] == [
+        (0, 0, 4, 80),
+        (0, 1, 4, 80),
+        (0, 0, 3, 12),
+    ]
 
 
 def test_the_scoring_pool_holds_no_row_that_a_protocol_sample_trains_on():
@@ -78,15 +95,21 @@ def test_the_scoring_pool_holds_no_row_that_a_protocol_sample_trains_on():
     assert scoring_pool(task, 512, 3, cap=5000)[1] != pool_id  # a sample outside the protocol shrinks its pool
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"eval_points": 0}, "eval_points must be"),
-    ({"fixed": {"max_stepz": 3}}, "unknown hyperparameters: max_stepz"),
-    ({"passes": [{"sizes": [24], "config": "sobolx"}]}, "needs config 'defaults' or 'sobol'"),
-    ({"methods": ["lorax"]}, "unknown method 'lorax'"),
-    ({"passes": [{"sizes": [24], "fixed": {"stepz": 3}}]}, "pass 0's 'fixed' names unknown hyperparameters: stepz"),
-    ({"pool_size": -1}, "pool_size must be"),
-    ({"passes": [{"sizes": [24], "methods": ["full_finetuning"]}]}, "subset of the design's methods"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"eval_points": 0}, "eval_points must be"),
+        ({"fixed": {"max_stepz": 3}}, "unknown hyperparameters: max_stepz"),
+        ({"passes": [{"sizes": [24], "config": "sobolx"}]}, "needs config 'defaults' or 'sobol'"),
+        ({"methods": ["lorax"]}, "unknown method 'lorax'"),
+        (
+            {"passes": [{"sizes": [24], "fixed": {"stepz": 3}}]},
+            "pass 0's 'fixed' names unknown hyperparameters: stepz",
+        ),
+        ({"pool_size": -1}, "pool_size must be"),
+        ({"passes": [{"sizes": [24], "methods": ["full_finetuning"]}]}, "subset of the design's methods"),
+    ],
+)
 def test_bad_designs_are_refused(tmp_path, change, message):
     from metapeft._errors import MetapeftError
 
@@ -99,7 +122,9 @@ def test_a_design_naming_tasks_the_suite_lacks_is_refused_naming_its_file(tmp_pa
     from metapeft._errors import MetapeftError
 
     path = tmp_path / "d.json"
-    path.write_text(json.dumps({**DESIGN, "passes": [{"sizes": [24], "config": "defaults", "tasks": ["sst2_a", "nope"]}]}))
+    path.write_text(
+        json.dumps({**DESIGN, "passes": [{"sizes": [24], "config": "defaults", "tasks": ["sst2_a", "nope"]}]})
+    )
     with pytest.raises(MetapeftError, match=f"^{re.escape(str(path))} names tasks the suite does not have: nope"):
         expand(Design.load(path), ["sst2_a", "sst2_b"])
 
@@ -127,7 +152,9 @@ def test_bench_runs_keep_per_example_outcomes(bench_store):
     records = ExperienceStore(url).query(status="finished")
     for r in records:
         test = unpack_outcomes(r.metrics["outcomes"]["test"])
-        assert len(test) == r.metrics["eval_examples"] == 20 and test.mean() == pytest.approx(r.metrics["accuracy"], abs=1e-5)
+        assert len(test) == r.metrics["eval_examples"] == 20 and test.mean() == pytest.approx(
+            r.metrics["accuracy"], abs=1e-5
+        )
         # 150 training rows: the protocol's 256- and 1,024-example samples are the whole file, so no row is free
         assert "pool" not in r.metrics["outcomes"] and "pool_accuracy" not in r.metrics
     assert len({r.tags["pool_id"] for r in records if r.tags["suite_task"] == "sst2_a"}) == 1
@@ -136,8 +163,24 @@ def test_bench_runs_keep_per_example_outcomes(bench_store):
 @pytest.mark.slow  # several minutes on 2 cores: run by .ci/run's second step
 def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):
     url = f"sqlite:///{tmp_path / 'k.db'}"
-    args = [sys.executable, "-c", "from metapeft.cli import run; run()", "bench", str(suite), "--design", str(suite / "design.json"), "--storage", url]
-    proc = subprocess.Popen(args + ["--workers", "2"], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-c",
+        "from metapeft.cli import run; run()",
+        "bench",
+        str(suite),
+        "--design",
+        str(suite / "design.json"),
+        "--storage",
+        url,
+    ]
+    proc = subprocess.Popen(
+        args + ["--workers", "2"],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store = ExperienceStore(url)
     try:
         deadline = time.time() + 300
@@ -151,7 +194,12 @@ def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):
     assert len(done_before) < 8, "the bench finished before it could be killed"
 
     # Restart as two separate bench processes sharing the SQLite store.
-    procs = [subprocess.Popen(args + ["--workers", "1", "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            args + ["--workers", "1", "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.wait(600)
         assert p.returncode == 0
@@ -166,8 +214,25 @@ def test_ctrl_c_stops_the_bench_without_a_traceback_and_loses_nothing(suite, tmp
     """Ctrl-C (SIGINT to the whole process group, pressed twice as impatient users do) ends the bench with exit code
     130 and no traceback; a run it cut is marked interrupted, not left running."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    args = [sys.executable, "-c", "from metapeft.cli import run; run()", "bench", str(suite), "--design", str(suite / "design.json"), "--storage", url]
-    proc = subprocess.Popen(args + ["--workers", "1"], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-c",
+        "from metapeft.cli import run; run()",
+        "bench",
+        str(suite),
+        "--design",
+        str(suite / "design.json"),
+        "--storage",
+        url,
+    ]
+    proc = subprocess.Popen(
+        args + ["--workers", "1"],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     store = ExperienceStore(url)
     deadline = time.time() + 300
     while time.time() < deadline and store.count(status="finished") < 1 and proc.poll() is None:
@@ -185,8 +250,8 @@ def test_ctrl_c_stops_the_bench_without_a_traceback_and_loses_nothing(suite, tmp
 
 def test_runs_one_by_one_as_a_scheduler_fans_them_out(suite, bench_store, tmp_path):
     """pending_keys + run_one: what an Airflow mapped task does with each run of a design."""
-    from metapeft.bench import pending_keys, run_one
     from metapeft import MetapeftError
+    from metapeft.bench import pending_keys, run_one
 
     url, _ = bench_store
     design = str(suite / "design.json")
@@ -232,7 +297,10 @@ def test_report_renders_json_and_png(bench_store, tmp_path):
         assert entry["by_method"][entry["best_method"]]["gap"] == 0
     assert sum(summary["wins"].values()) == pytest.approx(summary["cells"])
     png = tmp_path / "html" / "wins.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "html" / "index.html").stat().st_size > png.stat().st_size
+    assert (
+        png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        and (tmp_path / "html" / "index.html").stat().st_size > png.stat().st_size
+    )
 
 
 def test_report_leaves_cells_with_too_few_methods_out_of_comparisons():
@@ -250,7 +318,9 @@ def test_report_leaves_cells_with_too_few_methods_out_of_comparisons():
     name, seed = sorted(cells[task])[0]
     begun = [r for r in records if r.task_name == name and (r.seed or 0) == seed][:2]
     summary = analyse([r for r in records if r.tags["suite_task"] != task] + begun)
-    assert summary["partial_cells"] == before["partial_cells"] + 1 and summary["cells"] == before["cells"] - len(cells[task])
+    assert summary["partial_cells"] == before["partial_cells"] + 1 and summary["cells"] == before["cells"] - len(
+        cells[task]
+    )
     assert sum(summary["wins"].values()) == pytest.approx(summary["cells"], abs=0.1)  # each share rounded to 0.01
     assert summary["per_task"][task]["best_method"] in {r.method for r in begun}
 
@@ -291,7 +361,10 @@ def test_shipped_prior_is_real_suite_experience():
     assert records, "the package ships no prior"
     assert all(r.source == "prior" and r.tags["design"] == "prior-v1" for r in records)
     finished = [r for r in records if r.status == "finished"]
-    assert finished and all(0 <= r.metrics["accuracy"] <= 1 and len(r.curve) == 4 and r.profile["dataset_size"] in (64, 256, 1024) for r in finished)
+    assert finished and all(
+        0 <= r.metrics["accuracy"] <= 1 and len(r.curve) == 4 and r.profile["dataset_size"] in (64, 256, 1024)
+        for r in finished
+    )
 
 
 def test_report_counts_methods_within_the_evaluations_noise_of_the_best():
@@ -305,12 +378,18 @@ def test_report_counts_methods_within_the_evaluations_noise_of_the_best():
     records = [r for r in PriorExperience().records() if r.status == "finished"]
 
     def on(n: int) -> dict:
-        return analyse([dataclasses.replace(r, metrics={**r.metrics, "eval_examples": n}) for r in records])["variation"]
+        return analyse([dataclasses.replace(r, metrics={**r.metrics, "eval_examples": n}) for r in records])[
+            "variation"
+        ]
 
     few, many, real = on(4), on(10**8), analyse(records)["variation"]
     assert few["single_best_within_noise_share"] == 1.0 and few["methods_within_noise_of_best"] > 9
     assert many["methods_within_noise_of_best"] < 1.5  # exact ties (e.g. methods stuck at the majority class) remain
-    assert many["methods_within_noise_of_best"] < real["methods_within_noise_of_best"] < few["methods_within_noise_of_best"]
+    assert (
+        many["methods_within_noise_of_best"]
+        < real["methods_within_noise_of_best"]
+        < few["methods_within_noise_of_best"]
+    )
 
 
 def test_report_noise_prices_choosing_by_another_seeds_winner():
@@ -320,7 +399,15 @@ def test_report_noise_prices_choosing_by_another_seeds_winner():
 
     from metapeft.report._analysis import noise
 
-    cells = pd.DataFrame({"task": "t", "size": 64, "seed": [0, 0, 1, 1], "method": ["a", "b", "a", "b"], "score": [0.9, 0.8, 0.80, 0.85]})
+    cells = pd.DataFrame(
+        {
+            "task": "t",
+            "size": 64,
+            "seed": [0, 0, 1, 1],
+            "method": ["a", "b", "a", "b"],
+            "score": [0.9, 0.8, 0.80, 0.85],
+        }
+    )
     n = noise(cells)
     assert n["task_sizes"] == 1 and n["winner_agreement"] == 0.0
     assert n["replicate_regret"] == pytest.approx((0.05 + 0.10) / 2)

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -31,7 +30,19 @@ def test_piped_tables_keep_every_cell_whole():
 
 
 def test_train_json_tracks_in_mlflow_and_stores_the_experience():
-    proc = run_cli("train", "example", "--method", "lora", "--max-steps", "6", "--eval-size", "60", "--register", "sst2-lora", "--json")
+    proc = run_cli(
+        "train",
+        "example",
+        "--method",
+        "lora",
+        "--max-steps",
+        "6",
+        "--eval-size",
+        "60",
+        "--register",
+        "sst2-lora",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert 0 <= result["metrics"]["accuracy"] <= 1 and result["metrics"]["steps"] == 6
@@ -59,7 +70,9 @@ def test_train_json_tracks_in_mlflow_and_stores_the_experience():
 
     assert result["registered"] == {"name": "sst2-lora", "version": 1}
     with MLflowTracker().fluent():  # `train --register` made a pyfunc model: texts in, labels out
-        labels = mlflow.pyfunc.load_model("models:/sst2-lora/1").predict(["a gripping, beautifully made film", "dull and lifeless"])
+        labels = mlflow.pyfunc.load_model("models:/sst2-lora/1").predict(
+            ["a gripping, beautifully made film", "dull and lifeless"]
+        )
     assert len(labels) == 2 and set(labels) <= {"negative", "positive"}
 
 
@@ -94,7 +107,9 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
 
 
 def test_the_prior_can_be_switched_off_from_the_environment(tmp_path):
-    proc = run_cli("recommend", "example", "--store", f"sqlite:///{tmp_path / 'empty.db'}", env={"METAPEFT_PRIOR": "0"})
+    proc = run_cli(
+        "recommend", "example", "--store", f"sqlite:///{tmp_path / 'empty.db'}", env={"METAPEFT_PRIOR": "0"}
+    )
     assert proc.returncode == 2 and "not enough experience" in proc.stderr
 
 
@@ -134,14 +149,32 @@ def test_experience_import_peft_results_and_export(tmp_path):
     assert proc.returncode == 0 and len((tmp_path / "out.jsonl").read_text().splitlines()) == summary["files"]
 
 
-@pytest.mark.parametrize("args, message", [(["train"], "Missing argument"), (["train", "example", "--max-steps", "abc"], "Invalid value for '--max-steps'"), (["frobnicate"], "No such command")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train"], "Missing argument"),
+        (["train", "example", "--max-steps", "abc"], "Invalid value for '--max-steps'"),
+        (["frobnicate"], "No such command"),
+    ],
+)
 def test_usage_errors_are_reported_not_raised(args, message):
     proc = run_cli(*args)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and message in proc.stderr
+        and "Traceback" not in proc.stderr
+        and "internal error" not in proc.stderr
+    )
 
 
 def test_passwords_in_urls_are_never_printed():
-    proc = run_cli("info", "--json", "--store", "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/x", env={"MLFLOW_TRACKING_URI": "postgresql://ann:hidden-pw@db/mlflow"})
+    proc = run_cli(
+        "info",
+        "--json",
+        "--store",
+        "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/x",
+        env={"MLFLOW_TRACKING_URI": "postgresql://ann:hidden-pw@db/mlflow"},
+    )
     assert proc.returncode == 0 and "s3cret-pw" not in proc.stdout and "hidden-pw" not in proc.stdout
     assert json.loads(proc.stdout)["store"] == "postgresql+psycopg://bob:***@127.0.0.1:1/x"
 
@@ -150,7 +183,15 @@ def test_tune_refuses_a_study_name_that_leaves_its_folder_and_a_bad_storage_befo
     proc = run_cli("tune", "example", "--trials", "1", "--study", "../../x")
     assert proc.returncode == 2 and "--study '../../x' names a folder" in proc.stderr
     home = tmp_path / "home"
-    proc = run_cli("tune", "example", "--trials", "1", "--storage", "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/x", env={"METAPEFT_HOME": str(home)})
+    proc = run_cli(
+        "tune",
+        "example",
+        "--trials",
+        "1",
+        "--storage",
+        "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/x",
+        env={"METAPEFT_HOME": str(home)},
+    )
     assert proc.returncode == 2 and "cannot open the Optuna storage" in proc.stderr and "s3cret-pw" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (home / "profiles").exists()  # refused before profiling the task and fitting the meta-learner
@@ -163,6 +204,13 @@ def test_validate_checks_the_setup_and_names_each_problem(tmp_path):
     assert checks["base model (offline)"]["ok"] and "all-MiniLM-L6-v2" in checks["base model (offline)"]["detail"]
     assert checks["experience store"]["ok"] and checks["tracking store"]["ok"]
     (tmp_path / "store.db").write_bytes(b"this is not a database" * 100)
-    proc = run_cli("validate", "--store", f"sqlite:///{tmp_path / 'store.db'}", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'nowhere' / 'x' / 'm.db'}"})
-    assert proc.returncode == 2 and "problem" in proc.stdout and "experience store:" in proc.stderr, proc.stdout + proc.stderr
+    proc = run_cli(
+        "validate",
+        "--store",
+        f"sqlite:///{tmp_path / 'store.db'}",
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'nowhere' / 'x' / 'm.db'}"},
+    )
+    assert proc.returncode == 2 and "problem" in proc.stdout and "experience store:" in proc.stderr, (
+        proc.stdout + proc.stderr
+    )
     assert "Traceback" not in proc.stderr

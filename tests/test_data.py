@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLE, REPO, run_cli
+
 from metapeft import MetapeftError
 from metapeft.experience import ExperienceStore
 
@@ -61,8 +61,20 @@ def repo(tmp_path):
 
 
 def _train(root, *args):
-    result = run_cli("train", str(root / "data"), "-m", "head_only", "--max-steps", "2", "--no-track", "--eval-size", "0", "--json", *args,
-                     env={"METAPEFT_STORE": f"sqlite:///{root.parent / 'runs.db'}"})  # fmt: skip
+    result = run_cli(
+        "train",
+        str(root / "data"),
+        "-m",
+        "head_only",
+        "--max-steps",
+        "2",
+        "--no-track",
+        "--eval-size",
+        "0",
+        "--json",
+        *args,
+        env={"METAPEFT_STORE": f"sqlite:///{root.parent / 'runs.db'}"},
+    )
     return result, (
         ExperienceStore(f"sqlite:///{root.parent / 'runs.db'}").get(json.loads(result.stdout)["experience_id"])
         if result.returncode == 0

@@ -11,16 +11,24 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, run_cli, shared_path
+
 from metapeft._errors import StoreError
 from metapeft.experience import Experience, ExperienceStore, read_peft_results
 from metapeft.training import train
 
 
 def _record(i: int, **kw) -> Experience:
-    return Experience(task_name=f"t{i % 3}", method="lora", model="m", task_fingerprint=f"f{i % 3}",
-                      hyperparameters={"r": i}, metrics={"accuracy": i / 100}, status="finished", **kw)
+    return Experience(
+        task_name=f"t{i % 3}",
+        method="lora",
+        model="m",
+        task_fingerprint=f"f{i % 3}",
+        hyperparameters={"r": i},
+        metrics={"accuracy": i / 100},
+        status="finished",
+        **kw,
+    )
 
 
 def test_round_trip_and_jsonl_exchange(tmp_path):
@@ -61,7 +69,6 @@ def test_failed_run_is_recorded_with_its_error(small_task, example_profile, tmp_
     """A crash inside training (injected here: the store path is what is under test) marks the run failed."""
     import metapeft.training._run as run_module
     from metapeft._errors import MetapeftError
-
     from metapeft.tracking import MLflowTracker
 
     store = ExperienceStore(f"sqlite:///{tmp_path / 'f.db'}")
@@ -83,8 +90,22 @@ def test_sigkill_mid_training_leaves_the_store_readable(tmp_path):
     env = {**os.environ, "METAPEFT_HOME": str(home)}
     store = ExperienceStore(f"sqlite:///{home / 'experience.db'}")
     earlier = store.add(_record(7))
-    proc = subprocess.Popen([sys.executable, "-c", "from metapeft.cli import run; run()", "train", "example", "--max-steps", "5000", "--no-track"],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from metapeft.cli import run; run()",
+            "train",
+            "example",
+            "--max-steps",
+            "5000",
+            "--no-track",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and store.count(status="running") == 0:
@@ -116,7 +137,17 @@ def test_import_peft_method_comparison_results(tmp_path):
     assert lora.metrics["peak_memory_mb"] == raw["train_info"]["accelerator_memory_max"] / 2**20
     assert lora.hyperparameters["r"] == 32 and lora.hyperparameters["learning_rate"] == 1e-4
     methods = {r.method for r in store.query()}
-    assert {"lora", "dora", "adalora", "ia3", "loha", "prompt_tuning", "prefix_tuning", "p_tuning", "full_finetuning"} <= methods
+    assert {
+        "lora",
+        "dora",
+        "adalora",
+        "ia3",
+        "loha",
+        "prompt_tuning",
+        "prefix_tuning",
+        "p_tuning",
+        "full_finetuning",
+    } <= methods
     image = store.query(task="image-gen")
     assert image and all(r.metrics["score_name"] == "dino_similarity" and "accuracy" not in r.metrics for r in image)
 
@@ -163,20 +194,26 @@ def _lines(path, *records):
     return path
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(metrics=[0.5]), "metrics: expected an object, got a list"),
-    (lambda d: d["metrics"].update(accuracy="high"), "metrics.accuracy: expected a number, got 'high'"),
-    (lambda d: d["metrics"].update(accuracy=85), "metrics.accuracy: expected a number from 0 to 1, got 85"),
-    (lambda d: d["metrics"].update(outcomes={"test": 3}), "metrics.outcomes: expected an object of strings"),
-    (lambda d: d.update(status="done"), "status: expected one of running, finished, failed, interrupted, got 'done'"),
-    (lambda d: d.update(created_at="yesterday"), "created_at: expected an ISO date and time, got 'yesterday'"),
-    (lambda d: d.update(seed="1"), "seed: expected a 32-bit integer, got '1'"),
-    (lambda d: d.update(curve={"step": 1}), "curve: expected a list, got an object"),
-    (lambda d: d.update(tags=None), "tags: expected an object, got null"),
-    (lambda d: d.update(task_name="t" * 300), "task_name: expected a non-empty string of at most 256 characters"),
-    (lambda d: d.pop("model"), "missing model"),
-    (lambda d: d.clear() or d.update(a=1) or None, "missing task_name, method, model"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(metrics=[0.5]), "metrics: expected an object, got a list"),
+        (lambda d: d["metrics"].update(accuracy="high"), "metrics.accuracy: expected a number, got 'high'"),
+        (lambda d: d["metrics"].update(accuracy=85), "metrics.accuracy: expected a number from 0 to 1, got 85"),
+        (lambda d: d["metrics"].update(outcomes={"test": 3}), "metrics.outcomes: expected an object of strings"),
+        (
+            lambda d: d.update(status="done"),
+            "status: expected one of running, finished, failed, interrupted, got 'done'",
+        ),
+        (lambda d: d.update(created_at="yesterday"), "created_at: expected an ISO date and time, got 'yesterday'"),
+        (lambda d: d.update(seed="1"), "seed: expected a 32-bit integer, got '1'"),
+        (lambda d: d.update(curve={"step": 1}), "curve: expected a list, got an object"),
+        (lambda d: d.update(tags=None), "tags: expected an object, got null"),
+        (lambda d: d.update(task_name="t" * 300), "task_name: expected a non-empty string of at most 256 characters"),
+        (lambda d: d.pop("model"), "missing model"),
+        (lambda d: d.clear() or d.update(a=1) or None, "missing task_name, method, model"),
+    ],
+)
 def test_import_rejects_a_bad_record_naming_file_and_line_and_imports_nothing(tmp_path, change, message):
     good = _record(1).as_dict()
     good["metrics"].update(memory_measure="tensors", outcomes={"test": "AAE=", "test_rows": "abc"}, tokens_per_s=None)
@@ -192,14 +229,21 @@ def test_import_rejects_a_bad_record_naming_file_and_line_and_imports_nothing(tm
     assert store.import_jsonl(path) == (1, 0)  # the good record, with its non-numeric metrics, alone is fine
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("array.jsonl", b"[1, 2]\n", "line 1: not an experience record (expected a JSON object, got a list)"),
-    ("latin1.jsonl", '{"task_name": "caf\xe9"}\n'.encode("latin-1"), "line 1: not UTF-8 text"),
-    ("packed.jsonl", gzip.compress(b"{}\n"), "line 1: not UTF-8 text, so not an `experience export` file; it is gzip"),
-    ("plain.jsonl.gz", b'{"task_name": "t"}\n', "not a gzip-compressed file (Not a gzipped file"),
-    ("garbage.jsonl.gz", bytes(range(256)) * 4, "not a gzip-compressed file"),
-    ("truncated.jsonl.gz", gzip.compress(b'{"task_name": "t"}\n' * 100)[:30], "not a gzip-compressed file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("array.jsonl", b"[1, 2]\n", "line 1: not an experience record (expected a JSON object, got a list)"),
+        ("latin1.jsonl", '{"task_name": "caf\xe9"}\n'.encode("latin-1"), "line 1: not UTF-8 text"),
+        (
+            "packed.jsonl",
+            gzip.compress(b"{}\n"),
+            "line 1: not UTF-8 text, so not an `experience export` file; it is gzip",
+        ),
+        ("plain.jsonl.gz", b'{"task_name": "t"}\n', "not a gzip-compressed file (Not a gzipped file"),
+        ("garbage.jsonl.gz", bytes(range(256)) * 4, "not a gzip-compressed file"),
+        ("truncated.jsonl.gz", gzip.compress(b'{"task_name": "t"}\n' * 100)[:30], "not a gzip-compressed file"),
+    ],
+)
 def test_import_rejects_files_that_are_not_exports(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -219,18 +263,30 @@ def test_shipped_prior_imports_completely(tmp_path):
     assert store.import_jsonl(EXPERIENCES_PATH) == (n, 0) and n >= 1000
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["train_info"].update(train_time="slow"), "train_info.train_time: expected a number, got str"),
-    (lambda d: d["train_info"].update(accelerator_memory_max="22 GB"),
-     "train_info.accelerator_memory_max: expected a number, got str"),
-    (lambda d: d.update(run_info=[]), "run_info: expected an object, got list"),
-    (lambda d: d["train_info"].update(metrics={"step": 1}), "train_info.metrics: expected a list, got dict"),
-    (lambda d: d["train_info"]["metrics"][20].update({"test accuracy": "high"}),
-     "train_info.metrics[20].test accuracy: expected a number, got str"),
-    (lambda d: d["run_info"].update(created_at="last tuesday"),
-     "run_info.created_at: expected an ISO date and time, got 'last tuesday'"),
-    (lambda d: d["run_info"]["peft_config"].update(peft_type=3), "peft_config.peft_type: expected a string, got int"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["train_info"].update(train_time="slow"), "train_info.train_time: expected a number, got str"),
+        (
+            lambda d: d["train_info"].update(accelerator_memory_max="22 GB"),
+            "train_info.accelerator_memory_max: expected a number, got str",
+        ),
+        (lambda d: d.update(run_info=[]), "run_info: expected an object, got list"),
+        (lambda d: d["train_info"].update(metrics={"step": 1}), "train_info.metrics: expected a list, got dict"),
+        (
+            lambda d: d["train_info"]["metrics"][20].update({"test accuracy": "high"}),
+            "train_info.metrics[20].test accuracy: expected a number, got str",
+        ),
+        (
+            lambda d: d["run_info"].update(created_at="last tuesday"),
+            "run_info.created_at: expected an ISO date and time, got 'last tuesday'",
+        ),
+        (
+            lambda d: d["run_info"]["peft_config"].update(peft_type=3),
+            "peft_config.peft_type: expected a string, got int",
+        ),
+    ],
+)
 def test_import_peft_results_rejects_a_bad_file_naming_it(tmp_path, change, message):
     source = shared_path("peft-method-comparison") / "MetaMathQA" / "lora--llama-3.2-3B-rank32.json"
     folder = tmp_path / "results" / "MetaMathQA"
@@ -250,12 +306,15 @@ def test_import_peft_results_rejects_a_bad_file_naming_it(tmp_path, change, mess
     assert len(read_peft_results(tmp_path / "results")) == 1
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql+psycopg://metapeft:s3cret-pw@127.0.0.1:1/db",  # nothing listens on port 1
-    "postgresql+psycopg://metapeft:s3cret-pw@host:notaport/db",
-    "mysql://metapeft:s3cret-pw@127.0.0.1:1/db",  # no driver
-    "nosuchdb://metapeft:s3cret-pw@host/db",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://metapeft:s3cret-pw@127.0.0.1:1/db",  # nothing listens on port 1
+        "postgresql+psycopg://metapeft:s3cret-pw@host:notaport/db",
+        "mysql://metapeft:s3cret-pw@127.0.0.1:1/db",  # no driver
+        "nosuchdb://metapeft:s3cret-pw@host/db",
+    ],
+)
 def test_store_errors_never_show_the_password(url):
     with pytest.raises(StoreError) as info:
         ExperienceStore(url)
@@ -351,7 +410,11 @@ def _dead_and_live_runs_of_another_host(url: str) -> tuple[str, str]:
     now = datetime.now(timezone.utc)
     with store.engine.begin() as conn:
         for experience_id, age in zip(ids, (timedelta(minutes=20), timedelta(seconds=5))):
-            conn.execute(experiences.update().where(experiences.c.id == experience_id).values(host="another-host", pid=1, updated_at=now - age))
+            conn.execute(
+                experiences.update()
+                .where(experiences.c.id == experience_id)
+                .values(host="another-host", pid=1, updated_at=now - age)
+            )
     return ids[0], ids[1]
 
 
@@ -359,7 +422,10 @@ def test_a_run_on_another_host_is_taken_for_dead_when_its_heartbeat_stops(tmp_pa
     url = f"sqlite:///{tmp_path / 's.db'}"
     silent, beating = _dead_and_live_runs_of_another_host(url)
     store = ExperienceStore(url)  # opening the store reaps
-    assert store.get(silent).status == "interrupted" and "no heartbeat from its process on another-host" in store.get(silent).error
+    assert (
+        store.get(silent).status == "interrupted"
+        and "no heartbeat from its process on another-host" in store.get(silent).error
+    )
     assert store.get(beating).status == "running"
     before = store.get(beating).updated_at
     with store.keep_alive(beating, every=0.05):

@@ -7,10 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli, write_jsonl
+
 from metapeft._errors import MetapeftError
-from metapeft.fewshot import FewShotModel, InnerLoop, ReptileLearner, TaskConfig, adapt, default_init, load_init, sample_episode, save_init
+from metapeft.fewshot import (
+    FewShotModel,
+    InnerLoop,
+    ReptileLearner,
+    TaskConfig,
+    adapt,
+    default_init,
+    load_init,
+    sample_episode,
+    save_init,
+)
 from metapeft.tasks import Split, Task
 
 
@@ -96,12 +106,18 @@ def test_a_meta_initialisation_round_trips_and_refuses_another_base_model_or_met
     with torch.no_grad():
         for p in tiny_model.meta_parameters().values():
             p.add_(0.01)
-    folder = save_init(tiny_model, tmp_path / "init", {"method": "lora", "settings": {"r": 2}, "base_model": "all-MiniLM-L6-v2", "inner": {"steps": 1}})
+    folder = save_init(
+        tiny_model,
+        tmp_path / "init",
+        {"method": "lora", "settings": {"r": 2}, "base_model": "all-MiniLM-L6-v2", "inner": {"steps": 1}},
+    )
     loaded, card = load_init(folder)
     original = tiny_model.meta_parameters()
     for n, p in loaded.meta_parameters().items():
         assert torch.equal(p, original[n]), n
-    with pytest.raises(MetapeftError, match="meta-trained for base model all-MiniLM-L6-v2, not sentence-transformers/other"):
+    with pytest.raises(
+        MetapeftError, match="meta-trained for base model all-MiniLM-L6-v2, not sentence-transformers/other"
+    ):
         load_init(folder, model="sentence-transformers/other")
     with pytest.raises(MetapeftError, match="meta-trained for method lora, not ia3"):
         load_init(folder, method="ia3")
@@ -119,7 +135,9 @@ def test_a_meta_initialisation_round_trips_and_refuses_another_base_model_or_met
 def test_the_shipped_initialisation_is_described_and_loads():
     loaded, card = load_init(default_init())
     assert card["method"] == "lora" and card["base_model"] == "all-MiniLM-L6-v2" and card["iterations"] >= 1
-    assert set(card["excluded"]) >= {"sst5", "cr", "dair_emotion", "ag_news"} and not set(card["tasks"]) & set(card["excluded"])
+    assert set(card["excluded"]) >= {"sst5", "cr", "dair_emotion", "ag_news"} and not set(card["tasks"]) & set(
+        card["excluded"]
+    )
 
 
 def test_adapt_from_the_shipped_initialisation_beats_chance_is_recorded_and_reloads(example_task, tmp_path):
@@ -135,7 +153,9 @@ def test_adapt_from_the_shipped_initialisation_beats_chance_is_recorded_and_relo
     assert record.status == "finished" and record.tags["few_shot"] == {"shots": 16, "init": "meta", "support_size": 32}
     classifier = load_classifier(result.adapter_path)
     predicted = classifier.predict(task.test.texts)
-    assert np.mean([p == task.label_names[y] for p, y in zip(predicted, task.test.labels)]) == pytest.approx(result.accuracy, abs=1e-5)
+    assert np.mean([p == task.label_names[y] for p, y in zip(predicted, task.test.labels)]) == pytest.approx(
+        result.accuracy, abs=1e-5
+    )
 
 
 def test_adapt_bad_input(tmp_path):
@@ -145,12 +165,24 @@ def test_adapt_bad_input(tmp_path):
     proc = run_cli("adapt", str(data.parent), "--shots", "0")
     assert proc.returncode == 2 and "--shots must be at least 1" in proc.stderr
     (tmp_path / "foreign").mkdir()
-    (tmp_path / "foreign" / "card.json").write_text(json.dumps({"method": "lora", "settings": {}, "base_model": "some/other-model", "inner": {}}))
+    (tmp_path / "foreign" / "card.json").write_text(
+        json.dumps({"method": "lora", "settings": {}, "base_model": "some/other-model", "inner": {}})
+    )
     proc = run_cli("adapt", str(data.parent), "--init", str(tmp_path / "foreign"))
     assert proc.returncode == 2 and "meta-trained for base model some/other-model, not all-MiniLM-L6-v2" in proc.stderr
     proc = run_cli("adapt", str(data.parent), "--init", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "is not a meta-initialisation" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("adapt", str(data.parent), "--shots", "12", "--json", "--store", f"sqlite:///{tmp_path / 's.db'}", "-o", str(tmp_path / "o"))
+    proc = run_cli(
+        "adapt",
+        str(data.parent),
+        "--shots",
+        "12",
+        "--json",
+        "--store",
+        f"sqlite:///{tmp_path / 's.db'}",
+        "-o",
+        str(tmp_path / "o"),
+    )
     assert proc.returncode == 0, proc.stderr[-1000:]
     assert "label 'b' has 8 training examples, fewer than --shots 12: all of them are used" in proc.stderr
     assert json.loads(proc.stdout)["support_size"] == 20
@@ -163,7 +195,10 @@ def test_train_and_autotune_adapt_a_few_shot_task_from_the_meta_initialisation(e
     labels = np.asarray(example_task.train.labels)
     rows = [int(i) for c in range(2) for i in np.flatnonzero(labels == c)[:12]]
     train_rows = [{"text": example_task.train.texts[i], "label": example_task.label_names[labels[i]]} for i in rows]
-    test_rows = [{"text": t, "label": example_task.label_names[y]} for t, y in zip(example_task.test.texts[:100], example_task.test.labels[:100])]
+    test_rows = [
+        {"text": t, "label": example_task.label_names[y]}
+        for t, y in zip(example_task.test.texts[:100], example_task.test.labels[:100])
+    ]
     data = write_jsonl(tmp_path / "few" / "train.jsonl", train_rows).parent
     write_jsonl(data / "test.jsonl", test_rows)
     store = f"sqlite:///{tmp_path / 's.db'}"
@@ -174,19 +209,27 @@ def test_train_and_autotune_adapt_a_few_shot_task_from_the_meta_initialisation(e
     result = json.loads(proc.stdout)
     assert result["init"] == "meta" and result["support_size"] == 24 and result["accuracy"] > 0.5
     proc = run_cli("train", str(data), "--set", "r=4", "--store", store)
-    assert proc.returncode == 2 and "add --no-meta-init to fine-tune with them" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "add --no-meta-init to fine-tune with them" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
     from metapeft.tasks import load_task
 
     result = autotune(load_task(str(data)), store=ExperienceStore(store))
     assert result.search is None and result.recommended["few_shot"] and result.final["metrics"]["accuracy"] > 0.5
-    assert result.registered["version"] == 1 and "few-shot, no search" in result.registered["tags"]["metapeft.decision"]
+    assert (
+        result.registered["version"] == 1 and "few-shot, no search" in result.registered["tags"]["metapeft.decision"]
+    )
 
     import mlflow
 
     from metapeft.tracking import MLflowTracker
 
     with MLflowTracker().fluent():
-        model = mlflow.pyfunc.load_model(f"models:/{result.registered['name']}/{result.registered['version']}")  # a pyfunc model, not a folder
+        model = mlflow.pyfunc.load_model(
+            f"models:/{result.registered['name']}/{result.registered['version']}"
+        )  # a pyfunc model, not a folder
     labels = model.predict(example_task.test.texts[:20])
     assert len(labels) == 20 and set(labels) <= set(example_task.label_names)

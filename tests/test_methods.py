@@ -8,7 +8,18 @@ from metapeft._backbone import backbone_info
 from metapeft._errors import IncompatibleMethodError, MethodError
 from metapeft.methods import Method, MethodConfig, get_method, hp, list_methods, register_method, target_modules
 
-ZOO = ["lora", "dora", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "loha", "full_finetuning", "head_only"]
+ZOO = [
+    "lora",
+    "dora",
+    "adalora",
+    "prompt_tuning",
+    "prefix_tuning",
+    "p_tuning",
+    "ia3",
+    "loha",
+    "full_finetuning",
+    "head_only",
+]
 
 
 def test_zoo_has_every_method_with_a_search_space():
@@ -41,8 +52,13 @@ def test_every_point_of_every_search_space_is_a_valid_configuration():
         space = m.search_space()
         sampler = optuna.samplers.RandomSampler(seed=0)
         study = optuna.create_study(sampler=sampler)
-        corners = [{k: getattr(d, "low", None) if i == 0 else getattr(d, "high", None) for k, d in space.items()} for i in (0, 1)]
-        draws = [study.ask(space).params for _ in range(200)] + [{k: v for k, v in c.items() if v is not None} for c in corners]
+        corners = [
+            {k: getattr(d, "low", None) if i == 0 else getattr(d, "high", None) for k, d in space.items()}
+            for i in (0, 1)
+        ]
+        draws = [study.ask(space).params for _ in range(200)] + [
+            {k: v for k, v in c.items() if v is not None} for c in corners
+        ]
         for params in draws:
             m.check_compatible(m.make_config({**params, "max_length": 128}), backbone)
 
@@ -58,7 +74,9 @@ def test_config_parsing_and_errors():
         lora.make_config({"r": "2.5"})
     with pytest.raises(MethodError, match="choose one of"):
         lora.make_config({"target_modules": "everything"})
-    assert lora.make_config({"max_steps": 100.0}).max_steps == 100 and isinstance(lora.make_config({"max_steps": 100.0}).max_steps, int)
+    assert lora.make_config({"max_steps": 100.0}).max_steps == 100 and isinstance(
+        lora.make_config({"max_steps": 100.0}).max_steps, int
+    )
     with pytest.raises(MethodError, match="not a valid int"):
         lora.make_config({"max_steps": 2.5})
     with pytest.raises(MethodError, match="not a boolean"):
@@ -113,7 +131,9 @@ def test_search_leaves_out_methods_the_model_cannot_take(tiny_gpt2):
 
     zoo = _compatible(None, tiny_gpt2)  # the whole zoo: methods that cannot take GPT-2's Conv1D layers are left out
     assert "ia3" in zoo and "full_finetuning" in zoo and not {"lora", "dora", "adalora", "loha"} & set(zoo)
-    with pytest.raises(MetapeftError, match="methods includes lora: .*no torch.nn.Linear layers"):  # named by the user: refused
+    with pytest.raises(
+        MetapeftError, match="methods includes lora: .*no torch.nn.Linear layers"
+    ):  # named by the user: refused
         _compatible(["ia3", "lora"], tiny_gpt2)
 
 
@@ -128,10 +148,22 @@ def test_adding_a_peft_type_is_one_registration(small_task, example_profile):
         r: int = hp(64, IntDistribution(16, 256, log=True), "Rank of the shared random projections.", bounds=(1, 4096))
         learning_rate: float = hp(1e-2, FloatDistribution(1e-3, 5e-2, log=True), "Learning rate.", bounds=(1e-7, 1.0))
 
-    register_method(Method("vera_test", VeraConfig, "VeRA (test registration).",
-                           build=lambda c, b: peft.VeraConfig(r=c.r, target_modules=target_modules("qv", b, "vera"))))
+    register_method(
+        Method(
+            "vera_test",
+            VeraConfig,
+            "VeRA (test registration).",
+            build=lambda c, b: peft.VeraConfig(r=c.r, target_modules=target_modules("qv", b, "vera")),
+        )
+    )
     try:
-        result = train(small_task, "vera_test", {"max_steps": 4}, RunConfig(record=False, track=False, save=False, eval_size=32), profile=example_profile)
+        result = train(
+            small_task,
+            "vera_test",
+            {"max_steps": 4},
+            RunConfig(record=False, track=False, save=False, eval_size=32),
+            profile=example_profile,
+        )
         assert result.metrics["trainable_params"] > 0 and result.metrics["steps"] == 4
     finally:
         Method._registry.pop("vera_test")

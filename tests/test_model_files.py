@@ -19,7 +19,13 @@ def runs(small_task, example_profile, tmp_path_factory):
     """One tiny real run per kind of saved folder (peft adapter, full encoder, head only)."""
     root = tmp_path_factory.mktemp("runs")
     for kind, method in KINDS.items():
-        train(small_task, method, {"max_steps": 1}, RunConfig(record=False, track=False, output_dir=root / kind, eval_size=16, eval_points=1), profile=example_profile)
+        train(
+            small_task,
+            method,
+            {"max_steps": 1},
+            RunConfig(record=False, track=False, output_dir=root / kind, eval_size=16, eval_points=1),
+            profile=example_profile,
+        )
     return root
 
 
@@ -53,9 +59,13 @@ def _refused(folder, file, *fragments) -> str:
 
 @pytest.mark.parametrize(
     "kind,name",
-    [("peft", "adapter_model.safetensors"), ("head", "head.safetensors"), ("full", "encoder/model.safetensors"),
-     ("peft", "head.safetensors")],
-)  # fmt: skip
+    [
+        ("peft", "adapter_model.safetensors"),
+        ("head", "head.safetensors"),
+        ("full", "encoder/model.safetensors"),
+        ("peft", "head.safetensors"),
+    ],
+)
 def test_a_truncated_safetensors_file_is_named(copy_run, kind, name):
     folder = copy_run(kind)
     _truncate(folder / name)
@@ -72,9 +82,12 @@ def test_a_missing_adapter_or_head_file_is_named(copy_run, name):
 
 @pytest.mark.parametrize(
     "kind,name,content",
-    [("peft", "adapter_config.json", None), ("peft", "adapter_config.json", "{}"),
-     ("full", "encoder/config.json", None)],
-)  # fmt: skip
+    [
+        ("peft", "adapter_config.json", None),
+        ("peft", "adapter_config.json", "{}"),
+        ("full", "encoder/config.json", None),
+    ],
+)
 def test_a_damaged_config_beside_the_weights_is_named(copy_run, kind, name, content):
     folder = copy_run(kind)
     _truncate(folder / name) if content is None else (folder / name).write_text(content)

@@ -7,8 +7,8 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, shared_path
+
 from metapeft import MetapeftError
 
 
@@ -43,8 +43,15 @@ def _run_c_encode(text: str, tokens: list[tuple[str, float]]) -> list[int]:
     for ch in text:
         ids += [index[ch]] if ch in index else [b + 3 for b in ch.encode("utf-8")]
     while True:
-        best = max(((tokens[index[tokens[a][0] + tokens[b][0]]][1], i) for i, (a, b) in enumerate(zip(ids, ids[1:]))
-                    if tokens[a][0] + tokens[b][0] in index and a > 2 and b > 2), default=None, key=lambda s: (s[0], -s[1]))  # fmt: skip
+        best = max(
+            (
+                (tokens[index[tokens[a][0] + tokens[b][0]]][1], i)
+                for i, (a, b) in enumerate(zip(ids, ids[1:]))
+                if tokens[a][0] + tokens[b][0] in index and a > 2 and b > 2
+            ),
+            default=None,
+            key=lambda s: (s[0], -s[1]),
+        )
         if best is None:
             return ids
         i = best[1]
@@ -58,8 +65,12 @@ def test_the_tokenizer_encodes_and_decodes_as_run_c(s260k):
 
     tokens = read_tokenizer(shared_path("models", "stories260K", "tok512.bin"), 512)
     tokenizer = AutoTokenizer.from_pretrained(s260k)
-    for text in ["Once upon a time, there was a little girl named Lily.", "The dog's ball was RED!  Zoë said: \"no\" 42",
-                 "Tom and Sue went to the park.\nThey played.", "a"]:  # fmt: skip
+    for text in [
+        "Once upon a time, there was a little girl named Lily.",
+        'The dog\'s ball was RED!  Zoë said: "no" 42',
+        "Tom and Sue went to the park.\nThey played.",
+        "a",
+    ]:
         assert tokenizer(text)["input_ids"] == _run_c_encode(text, tokens), text
         assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
 

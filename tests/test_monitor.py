@@ -7,28 +7,49 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from conftest import run_cli
+
 from metapeft.experience import Experience, ExperienceStore
 from metapeft.monitoring import Thresholds, monitor, record_prediction
 
 
 def _ranking(methods: list[str], means: list[float], half: float = 0.03) -> list[dict]:
-    return [{"method": m, "rank": i + 1, "expected_performance": {"accuracy": {"mean": a, "low": a - half, "high": a + half}}} for i, (m, a) in enumerate(zip(methods, means))]
+    return [
+        {
+            "method": m,
+            "rank": i + 1,
+            "expected_performance": {"accuracy": {"mean": a, "low": a - half, "high": a + half}},
+        }
+        for i, (m, a) in enumerate(zip(methods, means))
+    ]
 
 
 def _run(task: str, fingerprint: str, method: str, accuracy: float) -> Experience:
-    return Experience(task_name=task, task_fingerprint=fingerprint, method=method, model="m", hyperparameters={}, metrics={"accuracy": accuracy}, status="finished")
+    return Experience(
+        task_name=task,
+        task_fingerprint=fingerprint,
+        method=method,
+        model="m",
+        hyperparameters={},
+        metrics={"accuracy": accuracy},
+        status="finished",
+    )
 
 
 def test_an_injected_degradation_raises_the_alert_with_a_retrain_suggestion_and_the_webhook(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     store = ExperienceStore(url)
     methods = ["lora", "ia3", "prefix_tuning"]
-    for t in range(12):  # the selector promised lora ~0.85; every time it came last by 20 points, outside every interval
+    for t in range(
+        12
+    ):  # the selector promised lora ~0.85; every time it came last by 20 points, outside every interval
         fp = f"fp{t}"
-        record_prediction(store, {"task_name": f"t{t}", "fingerprint": fp}, _ranking(methods, [0.85, 0.80, 0.75]), source="recommend")
-        store.add_many([_run(f"t{t}", fp, "lora", 0.55), _run(f"t{t}", fp, "ia3", 0.75), _run(f"t{t}", fp, "prefix_tuning", 0.70)])
+        record_prediction(
+            store, {"task_name": f"t{t}", "fingerprint": fp}, _ranking(methods, [0.85, 0.80, 0.75]), source="recommend"
+        )
+        store.add_many(
+            [_run(f"t{t}", fp, "lora", 0.55), _run(f"t{t}", fp, "ia3", 0.75), _run(f"t{t}", fp, "prefix_tuning", 0.70)]
+        )
     report = monitor(store)
     assert report.predictions == 12 and report.matched_runs == 36
     figures = {f.name: f for f in report.figures}
@@ -61,9 +82,13 @@ def test_an_injected_degradation_raises_the_alert_with_a_retrain_suggestion_and_
 
 def test_too_few_outcomes_do_not_alert_and_a_newer_prediction_takes_over(tmp_path):
     store = ExperienceStore(f"sqlite:///{tmp_path / 's.db'}")
-    record_prediction(store, {"task_name": "t", "fingerprint": "fp"}, _ranking(["lora", "ia3"], [0.9, 0.5]), source="recommend")
+    record_prediction(
+        store, {"task_name": "t", "fingerprint": "fp"}, _ranking(["lora", "ia3"], [0.9, 0.5]), source="recommend"
+    )
     store.add(_run("t", "fp", "lora", 0.5))
-    record_prediction(store, {"task_name": "t", "fingerprint": "fp"}, _ranking(["ia3", "lora"], [0.52, 0.5]), source="recommend")
+    record_prediction(
+        store, {"task_name": "t", "fingerprint": "fp"}, _ranking(["ia3", "lora"], [0.52, 0.5]), source="recommend"
+    )
     store.add(_run("t", "fp", "ia3", 0.51))
     report = monitor(store, Thresholds(min_matches=10))
     coverage = report.figures[0]

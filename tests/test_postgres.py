@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import missing
 
 from metapeft.experience import Experience, ExperienceStore
@@ -32,7 +31,9 @@ def postgres_url():
     if not bins:
         missing("no PostgreSQL server binaries (install postgresql or set METAPEFT_TEST_POSTGRES_URL)")
     bindir = os.path.dirname(bins[-1])
-    root = Path(tempfile.mkdtemp(prefix="metapeft-pg-"))  # not under pytest's tmp root: its mode 700 keeps the postgres user out
+    root = Path(
+        tempfile.mkdtemp(prefix="metapeft-pg-")
+    )  # not under pytest's tmp root: its mode 700 keeps the postgres user out
     data = root / "data"
     as_user = []
     if os.geteuid() == 0:  # initdb refuses to run as root
@@ -41,8 +42,27 @@ def postgres_url():
         shutil.chown(root, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    subprocess.run([*as_user, f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o", f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            f"{bindir}/pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {root}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -59,7 +79,17 @@ def _writer(url: str, worker: int) -> None:
 
 def test_store_on_postgres_round_trips_and_takes_concurrent_writers(postgres_url):
     store = ExperienceStore(postgres_url)
-    rid = store.add(Experience(task_name="sst2", method="lora", model="m", hyperparameters={"r": 8}, metrics={"accuracy": 0.8}, curve=[{"step": 1}], status="finished"))
+    rid = store.add(
+        Experience(
+            task_name="sst2",
+            method="lora",
+            model="m",
+            hyperparameters={"r": 8},
+            metrics={"accuracy": 0.8},
+            curve=[{"step": 1}],
+            status="finished",
+        )
+    )
     got = store.get(rid)
     assert got.hyperparameters == {"r": 8} and got.curve == [{"step": 1}] and got.created_at.tzinfo is not None
     procs = [mp.get_context("spawn").Process(target=_writer, args=(postgres_url, w)) for w in range(3)]
@@ -95,8 +125,9 @@ def test_a_user_who_may_only_read_can_list_a_postgres_store(postgres_url):
     dead.wait()
     running = store.add(Experience(task_name="ro", method="lora", model="m"))
     with store.engine.begin() as conn:  # a run of a process gone from this host: opening would mark it interrupted
-        conn.execute(experiences.update().where(experiences.c.id == running)
-                     .values(host=socket.gethostname(), pid=dead.pid))
+        conn.execute(
+            experiences.update().where(experiences.c.id == running).values(host=socket.gethostname(), pid=dead.pid)
+        )
         try:
             conn.exec_driver_sql("DROP ROLE IF EXISTS metapeft_reader")
             conn.exec_driver_sql("CREATE ROLE metapeft_reader LOGIN PASSWORD 'r3ader-pw'")

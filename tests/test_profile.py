@@ -4,8 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLE, write_jsonl
+
 from metapeft._config import data_dir
 from metapeft.tasks import cached_profile, load_task, profile_task
 

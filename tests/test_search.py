@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, run_cli
 
 
@@ -42,8 +41,14 @@ def test_tune_three_trials_store_track_and_pareto(tiny_task, tmp_path):
     store = ExperienceStore(f"sqlite:///{tmp_path / 'exp.db'}")
     meta = MetaPEFT(store)
     first = meta.recommend(tiny_task, budget={"max_steps": 4})[0]
-    config = SearchConfig(trials=3, max_steps=4, storage=f"sqlite:///{tmp_path / 'optuna.db'}", objectives=("accuracy", "train_time_s", "peak_memory_mb"),
-                          output_dir=tmp_path / "search", run=RunConfig(eval_size=40, final_eval_size=1000))  # fmt: skip
+    config = SearchConfig(
+        trials=3,
+        max_steps=4,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        objectives=("accuracy", "train_time_s", "peak_memory_mb"),
+        output_dir=tmp_path / "search",
+        run=RunConfig(eval_size=40, final_eval_size=1000),
+    )
     result = tune(tiny_task, config, store=store, meta=meta)
     assert [t.state for t in result.trials] == ["COMPLETE"] * 3
     # warm start: the surrogate's pick is the first trial
@@ -55,9 +60,14 @@ def test_tune_three_trials_store_track_and_pareto(tiny_task, tmp_path):
     assert all(t.metrics["eval_examples"] == len(tiny_task.test) == 300 for t in result.trials)
     assert result.pareto and result.pick in result.pareto
     client = MlflowClient(tracking_uri())
-    children = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    children = client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
     assert {r.info.run_id for r in children} == {t.mlflow_run_id for t in result.trials}
-    assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000 and "Pareto set" in (tmp_path / "search" / "index.html").read_text()
+    assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000 and "Pareto set" in (
+        tmp_path / "search" / "index.html"
+    ).read_text()
 
 
 def test_choose_honours_preference_and_limits():
@@ -65,7 +75,9 @@ def test_choose_honours_preference_and_limits():
 
     a = TrialResult(0, "COMPLETE", "lora", metrics={"accuracy": 0.9, "train_time_s": 100, "peak_memory_mb": 3000})
     b = TrialResult(1, "COMPLETE", "ia3", metrics={"accuracy": 0.8, "train_time_s": 20, "peak_memory_mb": 2000})
-    c = TrialResult(2, "COMPLETE", "loha", metrics={"accuracy": 0.85, "train_time_s": 120, "peak_memory_mb": 2000})  # a dominates it
+    c = TrialResult(
+        2, "COMPLETE", "loha", metrics={"accuracy": 0.85, "train_time_s": 120, "peak_memory_mb": 2000}
+    )  # a dominates it
     assert choose([a, b, c], "accuracy", None, None) is a
     assert choose([a, b, c], "time", None, None) is b
     # c is the most accurate trial within 2,500 MB although a (over the limit) dominates it
@@ -78,10 +90,16 @@ def test_search_config_validates_itself_and_names_the_field():
     from metapeft.search import SearchConfig
     from metapeft.training import RunConfig
 
-    assert SearchConfig().trials == 10 and SearchConfig(time_budget=60).trials is None  # a time budget alone bounds the search
+    assert (
+        SearchConfig().trials == 10 and SearchConfig(time_budget=60).trials is None
+    )  # a time budget alone bounds the search
     assert SearchConfig(objectives=["accuracy", "peak_memory_mb"]).objectives == ("accuracy", "peak_memory_mb")
     cases = [
-        ({"prefer": "time"}, "prefer", "add it to the objectives"),  # the pick is made within the Pareto set of the objectives
+        (
+            {"prefer": "time"},
+            "prefer",
+            "add it to the objectives",
+        ),  # the pick is made within the Pareto set of the objectives
         ({"objectives": ("accuracy", "speed")}, "objectives", "distinct names among"),
         ({"objectives": ("accuracy", "accuracy")}, "objectives", "distinct names among"),
         ({"sampler": "magic"}, "sampler", "one of meta, gp, tpe, random"),
@@ -93,7 +111,7 @@ def test_search_config_validates_itself_and_names_the_field():
         ({"study_name": "../elsewhere"}, "study_name", "names a folder"),
         ({"methods": "lora"}, "methods", "list of method names"),
         ({"run": RunConfig(output_dir="x")}, "run", "output_dir"),
-    ]  # fmt: skip
+    ]
     for values, field, words in cases:
         with pytest.raises(OptionError, match=words) as caught:
             SearchConfig(**values)
@@ -107,24 +125,65 @@ def test_search_config_validates_itself_and_names_the_field():
 def test_two_processes_share_one_sqlite_study(tiny_task, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     data = tmp_path / "tiny.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": tiny_task.label_names[y]}) + "\n" for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)))
+    data.write_text(
+        "".join(
+            json.dumps({"text": t, "label": tiny_task.label_names[y]}) + "\n"
+            for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)
+        )
+    )
     # the default (meta) sampler: both processes load the meta-learner, race to warm-start the study and share it
-    args = ["tune", str(data), "--trials", "4", "--max-steps", "3", "--eval-size", "30", "--storage", storage, "--study", "shared", "--json"]
-    procs = [subprocess.Popen([sys.executable, "-c", "from metapeft.cli import run; run()", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    args = [
+        "tune",
+        str(data),
+        "--trials",
+        "4",
+        "--max-steps",
+        "3",
+        "--eval-size",
+        "30",
+        "--storage",
+        storage,
+        "--study",
+        "shared",
+        "--json",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "from metapeft.cli import run; run()", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
     import optuna
 
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert len(trials) == 4 and sorted(t.number for t in trials) == [0, 1, 2, 3]
-    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials), [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials), [
+        (t.number, t.state.name, t.user_attrs) for t in trials
+    ]
     # the pruner is fed each curve point at the step after it, while there is one (3 steps, points at steps 1, 2, 3)
     assert all(list(t.intermediate_values) == [1] for t in trials), [t.intermediate_values for t in trials]
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4  # no configuration run twice
     assert trials[0].user_attrs["source"] == "surrogate"
 
     # the same study with other objectives is refused in one line
-    other = run_cli("tune", str(data), "--trials", "1", "--storage", storage, "--study", "shared", "--objectives", "accuracy,train_time")
+    other = run_cli(
+        "tune",
+        str(data),
+        "--trials",
+        "1",
+        "--storage",
+        storage,
+        "--study",
+        "shared",
+        "--objectives",
+        "accuracy,train_time",
+    )
     assert other.returncode == 2 and "was started with objectives" in other.stderr and "Traceback" not in other.stderr
 
 
@@ -150,8 +209,16 @@ def test_autotune_registers_a_model_version_with_the_decision(tiny_task, tmp_pat
     from metapeft.search import OBJECTIVES, SearchConfig, autotune
     from metapeft.training import RunConfig
 
-    config = SearchConfig(trials=2, max_steps=3, objectives=OBJECTIVES, run=RunConfig(eval_size=40, final_eval_size=1000))
-    result = autotune(tiny_task, config, final_steps=4, store=ExperienceStore(f"sqlite:///{tmp_path / 'a.db'}"), registered_name="tiny-test")
+    config = SearchConfig(
+        trials=2, max_steps=3, objectives=OBJECTIVES, run=RunConfig(eval_size=40, final_eval_size=1000)
+    )
+    result = autotune(
+        tiny_task,
+        config,
+        final_steps=4,
+        store=ExperienceStore(f"sqlite:///{tmp_path / 'a.db'}"),
+        registered_name="tiny-test",
+    )
     assert result.registered["name"] == "tiny-test" and result.final["metrics"]["steps"] == 4
     version = MlflowClient(tracking_uri()).get_model_version("tiny-test", str(result.registered["version"]))
     assert version.tags["metapeft.method"] == result.search.pick.method
@@ -162,7 +229,9 @@ def test_autotune_registers_a_model_version_with_the_decision(tiny_task, tmp_pat
     from metapeft.tracking import MLflowTracker
 
     with MLflowTracker(tracking_uri()).fluent():
-        model = mlflow.pyfunc.load_model(f"models:/tiny-test/{result.registered['version']}")  # the registered adapter is a pyfunc model
+        model = mlflow.pyfunc.load_model(
+            f"models:/tiny-test/{result.registered['version']}"
+        )  # the registered adapter is a pyfunc model
     labels = model.predict(tiny_task.test.texts[:5])
     assert len(labels) == 5 and set(labels) <= set(tiny_task.label_names)
 
@@ -172,7 +241,9 @@ def test_processes_started_together_open_one_new_sqlite_storage(tmp_path):
     code = "import sys; from metapeft.search._tune import _open_storage; _open_storage(sys.argv[1])"
     for i in range(5):
         url = f"sqlite:///{tmp_path / f'race{i}.db'}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(2)
+        ]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
 
@@ -195,13 +266,24 @@ def test_meta_sampler_does_not_repeat_failures_and_keeps_to_limits(example_profi
     def asked(sampler, failed_method: str, error_type: str) -> list[dict]:
         study = optuna.create_study(directions=["maximize"] + ["minimize"] * (len(objectives) - 1), sampler=sampler)
         failed = to_params(failed_method, {}, space)
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=failed, distributions={k: space[k] for k in failed},
-                                                  user_attrs={"error_type": error_type}))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL,
+                params=failed,
+                distributions={k: space[k] for k in failed},
+                user_attrs={"error_type": error_type},
+            )
+        )
         proposals = [sampler.sample_relative(study, study.ask(space)._cached_frozen_trial, space) for _ in range(5)]
         assert failed not in proposals
         return proposals
 
-    assert all(p["method"] != "prefix_tuning" for p in asked(MetaSampler(surrogate, profile, methods, objectives, seed=0), "prefix_tuning", "IncompatibleMethodError"))
+    assert all(
+        p["method"] != "prefix_tuning"
+        for p in asked(
+            MetaSampler(surrogate, profile, methods, objectives, seed=0), "prefix_tuning", "IncompatibleMethodError"
+        )
+    )
     free = MetaSampler(surrogate, profile, methods, objectives, seed=0)
 
     def memory(proposals: list[dict]) -> np.ndarray:
@@ -262,15 +344,46 @@ def test_a_sigkilled_search_resumes_to_its_full_trial_count(tiny_task, tmp_path)
     env = {**os.environ, "METAPEFT_HOME": str(home)}
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     data = tmp_path / "tiny.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": tiny_task.label_names[y]}) + "\n" for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)))
-    args = [sys.executable, "-c", "from metapeft.cli import run; run()", "tune", str(data), "--trials", "3", "--max-steps", "12", "--eval-size", "30",
-            "--final-eval-size", "30", "--sampler", "random", "--seed", "1", "--storage", storage, "--study", "killed", "--json"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    data.write_text(
+        "".join(
+            json.dumps({"text": t, "label": tiny_task.label_names[y]}) + "\n"
+            for t, y in zip(tiny_task.train.texts, tiny_task.train.labels)
+        )
+    )
+    args = [
+        sys.executable,
+        "-c",
+        "from metapeft.cli import run; run()",
+        "tune",
+        str(data),
+        "--trials",
+        "3",
+        "--max-steps",
+        "12",
+        "--eval-size",
+        "30",
+        "--final-eval-size",
+        "30",
+        "--sampler",
+        "random",
+        "--seed",
+        "1",
+        "--storage",
+        storage,
+        "--study",
+        "killed",
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 400
         while time.time() < deadline and proc.poll() is None:
             try:
-                states = {t.number: t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials}
+                states = {
+                    t.number: t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials
+                }
             except KeyError:  # the study is not created yet
                 states = {}
             if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING":

@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import REPO
 
 TOKEN = "test-token-123"
@@ -54,8 +53,12 @@ def test_the_packaged_selector_is_version_1_champion_and_round_trips_through_pyf
     assert version == 1
     client = MLflowTracker().client
     mv = client.get_model_version_by_alias("metapeft-selector", "champion")
-    assert int(mv.version) == 1 and int(mv.tags["metapeft.experience_runs"]) >= 1000 and mv.tags["metapeft.git_revision"]
-    assert float(mv.tags["metapeft.offline.regret"]) > 0 and 0 < float(mv.tags["metapeft.offline.coverage"]) <= 1  # monitoring's thresholds
+    assert (
+        int(mv.version) == 1 and int(mv.tags["metapeft.experience_runs"]) >= 1000 and mv.tags["metapeft.git_revision"]
+    )
+    assert (
+        float(mv.tags["metapeft.offline.regret"]) > 0 and 0 < float(mv.tags["metapeft.offline.coverage"]) <= 1
+    )  # monitoring's thresholds
     with MLflowTracker().fluent():
         model = mlflow.pyfunc.load_model("models:/metapeft-selector@champion")
     out = model.predict([profile, profile])
@@ -72,12 +75,19 @@ def test_health_methods_recommend_similar_and_metrics(client, profile):
     answer = client.post("/v1/recommend", json={"profile": profile, "max_memory_mb": 2000})
     assert answer.status_code == 200, answer.text
     ranking = answer.json()["recommendations"]
-    assert ranking[0]["rank"] == 1 and {"accuracy", "train_time_s", "peak_memory_mb"} <= set(ranking[0]["expected_performance"])
-    limited = client.post("/v1/recommend", json={"profile": profile, "methods": ["lora", "ia3"]}).json()["recommendations"]
+    assert ranking[0]["rank"] == 1 and {"accuracy", "train_time_s", "peak_memory_mb"} <= set(
+        ranking[0]["expected_performance"]
+    )
+    limited = client.post("/v1/recommend", json={"profile": profile, "methods": ["lora", "ia3"]}).json()[
+        "recommendations"
+    ]
     assert {r["method"] for r in limited} == {"lora", "ia3"}
     similar = client.get("/v1/similar", params={"task": "sst2", "k": 3}).json()["similar"]
     assert len(similar) == 3 and all(not s["task"].startswith("sst2@") for s in similar)
-    assert client.post("/v1/similar", json={"profile": profile, "k": 2}).json()["similar"][0]["task"] == similar[0]["task"]
+    assert (
+        client.post("/v1/similar", json={"profile": profile, "k": 2}).json()["similar"][0]["task"]
+        == similar[0]["task"]
+    )
     metrics = client.get("/metrics").text
     assert 'metapeft_requests_total{endpoint="/v1/recommend",status="200"} 2.0' in metrics
     assert "metapeft_selector_version 1.0" in metrics and "metapeft_request_seconds_bucket" in metrics
@@ -104,14 +114,21 @@ def test_bad_requests_get_one_clear_4xx_line(client, path, body, status, message
 
 
 def test_bad_fields_and_sizes(client, profile):
-    for change, message in [({"dataset_size": "big"}, "dataset_size must be a whole number"), ({"task_type": "triple"}, "task_type must be"),
-                            ({"num_classes": 1}, "num_classes >= 2"), ({"class_entropy": float("nan")}, None)]:  # fmt: skip
+    for change, message in [
+        ({"dataset_size": "big"}, "dataset_size must be a whole number"),
+        ({"task_type": "triple"}, "task_type must be"),
+        ({"num_classes": 1}, "num_classes >= 2"),
+        ({"class_entropy": float("nan")}, None),
+    ]:
         body = json.dumps({"profile": {**profile, **change}}).encode()
         response = client.post("/v1/recommend", content=body, headers={"content-type": "application/json"})
         assert response.status_code == 400, response.text
         assert message is None or message in response.json()["detail"]
-    for options, message in [({"max_memory_mb": -1}, "max_memory_mb must be a positive number"), ({"methods": ["nope"]}, "nope"),
-                             ({"max_steps": 0}, "max_steps must be a whole number")]:  # fmt: skip
+    for options, message in [
+        ({"max_memory_mb": -1}, "max_memory_mb must be a positive number"),
+        ({"methods": ["nope"]}, "nope"),
+        ({"max_steps": 0}, "max_steps must be a whole number"),
+    ]:
         response = client.post("/v1/recommend", json={"profile": profile, **options})
         assert response.status_code == 400 and message in response.json()["detail"], response.text
     assert client.get("/v1/similar", params={"task": "no-such-task"}).status_code == 400
@@ -119,13 +136,21 @@ def test_bad_fields_and_sizes(client, profile):
     huge = client.post("/v1/recommend", content=b"x" * (65 * 1024), headers={"content-type": "application/json"})
     assert huge.status_code == 413 and "request body over" in huge.json()["detail"]
     # a chunked body carries no length to refuse it by: it is refused once it has read past the limit
-    chunked = client.post("/v1/recommend", content=(b"x" * 1024 for _ in range(65)), headers={"content-type": "application/json"})
+    chunked = client.post(
+        "/v1/recommend", content=(b"x" * 1024 for _ in range(65)), headers={"content-type": "application/json"}
+    )
     assert chunked.status_code == 413 and "request body over" in chunked.json()["detail"]
-    assert "metapeft_requests_total" in client.get("/metrics").text and 'status="500"' not in client.get("/metrics").text
+    assert (
+        "metapeft_requests_total" in client.get("/metrics").text and 'status="500"' not in client.get("/metrics").text
+    )
 
 
 def test_an_uploaded_dataset_is_profiled_and_ranked(client):
-    rows = [{"text": f"{w} movie, truly {w}", "label": lab} for w, lab in [("great", "pos"), ("awful", "neg")] for _ in range(20)]
+    rows = [
+        {"text": f"{w} movie, truly {w}", "label": lab}
+        for w, lab in [("great", "pos"), ("awful", "neg")]
+        for _ in range(20)
+    ]
     response = client.post("/v1/recommend", json={"rows": rows, "name": "mini"})
     assert response.status_code == 200, response.text
     assert len(response.json()["recommendations"]) >= 5
@@ -137,13 +162,20 @@ def test_posting_experiences_needs_the_token_and_stores_each_record_once(client,
 
     records = [r.as_dict() for r in PriorExperience().records()[:3]]
     assert client.post("/v1/experiences", json={"experiences": records}).status_code == 401
-    assert client.post("/v1/experiences", json={"experiences": records}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        client.post(
+            "/v1/experiences", json={"experiences": records}, headers={"Authorization": "Bearer wrong"}
+        ).status_code
+        == 401
+    )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     first = client.post("/v1/experiences", json={"experiences": records}, headers=auth)
     assert first.status_code == 201 and first.json()["stored"] == 3
     again = client.post("/v1/experiences", json={"experiences": records}, headers=auth)
     assert again.status_code == 201 and again.json()["stored"] == 0
-    bad = client.post("/v1/experiences", json={"experiences": [{**records[0], "metrics": {"accuracy": "high"}}]}, headers=auth)
+    bad = client.post(
+        "/v1/experiences", json={"experiences": [{**records[0], "metrics": {"accuracy": "high"}}]}, headers=auth
+    )
     assert bad.status_code == 400 and "experiences[0]" in bad.json()["detail"]
     store = ExperienceStore(client.app.state.config.store)
     assert {r.id for r in store.iter()} == {r["id"] for r in records}
@@ -178,8 +210,14 @@ def _free_port() -> int:
 def test_metapeft_serve_answers_on_loopback(served):
     port = _free_port()
     env = {**os.environ, "METAPEFT_API_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-c", "from metapeft.cli import run; run()", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from metapeft.cli import run; run()", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, health = time.time() + 120, None
         while time.time() < deadline and health is None:
@@ -203,11 +241,18 @@ def test_retrain_registers_a_challenger_and_promotes_it_only_when_not_worse(serv
 
     store = ExperienceStore(f"sqlite:///{tmp_path / 's.db'}")
     nothing_new = retrain(store)
-    assert not nothing_new.promoted and nothing_new.held_out_tasks == [] and "nothing shows it is better" in nothing_new.reason
+    assert (
+        not nothing_new.promoted
+        and nothing_new.held_out_tasks == []
+        and "nothing shows it is better" in nothing_new.reason
+    )
     client = MLflowTracker().client
     champion = int(client.get_model_version_by_alias("metapeft-selector", "champion").version)
     assert champion == nothing_new.champion_version
-    assert int(client.get_model_version_by_alias("metapeft-selector", "challenger").version) == nothing_new.challenger_version
+    assert (
+        int(client.get_model_version_by_alias("metapeft-selector", "challenger").version)
+        == nothing_new.challenger_version
+    )
 
     copies = []  # a task the champion never saw: the runs of one prior task instance under a new task's name
     for r in PriorExperience().records():
@@ -217,12 +262,20 @@ def test_retrain_registers_a_challenger_and_promotes_it_only_when_not_worse(serv
             copies.append(type(r).from_dict(d))
     store.add_many(copies)
     result = retrain(store)
-    assert result.held_out_tasks == ["trec6copy"] and result.champion_regret is not None and result.challenger_regret is not None
+    assert (
+        result.held_out_tasks == ["trec6copy"]
+        and result.champion_regret is not None
+        and result.challenger_regret is not None
+    )
     assert result.promoted == (result.challenger_regret <= result.champion_regret)
     now = int(client.get_model_version_by_alias("metapeft-selector", "champion").version)
     assert now == (result.challenger_version if result.promoted else champion)
     forced = retrain(store, force=True)
-    assert forced.promoted and int(client.get_model_version_by_alias("metapeft-selector", "champion").version) == forced.challenger_version
+    assert (
+        forced.promoted
+        and int(client.get_model_version_by_alias("metapeft-selector", "champion").version)
+        == forced.challenger_version
+    )
 
 
 def test_mlflow_models_serve_answers_invocations_with_the_champion(served, profile):
@@ -230,13 +283,30 @@ def test_mlflow_models_serve_answers_invocations_with_the_champion(served, profi
 
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": MLflowTracker().uri}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/metapeft-selector@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/metapeft-selector@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline, answer = time.time() + 180, None
         while time.time() < deadline and answer is None:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": [profile]}).encode(),
-                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                data=json.dumps({"inputs": [profile]}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             try:
                 with urllib.request.urlopen(request, timeout=60) as r:
                     answer = json.loads(r.read())

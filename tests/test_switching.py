@@ -15,7 +15,9 @@ class Watch(TrainerCallback):
     """Logits on a fixed batch at each curve point and right after each switch (before the next method's first step)."""
 
     def __init__(self, task, schedule: dict[int, str]):
-        self.batch = Batches(load_tokenizer(None), task.test.select(np.arange(24)), 32).collate(list(range(24)), torch.device("cpu"))
+        self.batch = Batches(load_tokenizer(None), task.test.select(np.arange(24)), 32).collate(
+            list(range(24)), torch.device("cpu")
+        )
         self.schedule, self.at_point, self.at_switch, self.events = schedule, {}, {}, []
 
     def _logits(self, state):
@@ -36,16 +38,29 @@ class Watch(TrainerCallback):
         self.at_switch[state.step] = self._logits(state)
 
 
-def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_reloads(quick_task, example_profile, tmp_path):
+def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_reloads(
+    quick_task, example_profile, tmp_path
+):
     small_task = quick_task
     # every method that changes weights, each merged before the next starts: lora → ia3 → loha → adalora → dora → full → head
     chain = ["ia3", "loha", "adalora", "dora", "full_finetuning", "head_only"]
     steps = 2 * (len(chain) + 1)
     watch = Watch(small_task, {2 * (i + 1): m for i, m in enumerate(chain)})
-    run = RunConfig(record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=len(chain) + 1, final_eval_size=10_000)
-    result = train(small_task, "lora", {"max_steps": steps, "batch_size": 8}, run, profile=example_profile, callbacks=[watch])
+    run = RunConfig(
+        record=False,
+        track=False,
+        output_dir=tmp_path / "run",
+        eval_size=16,
+        eval_points=len(chain) + 1,
+        final_eval_size=10_000,
+    )
+    result = train(
+        small_task, "lora", {"max_steps": steps, "batch_size": 8}, run, profile=example_profile, callbacks=[watch]
+    )
     switches = result.metrics["switches"]
-    assert [(s["from"], s["to"], s["step"]) for s in switches] == list(zip(["lora", *chain[:-1]], chain, range(2, steps, 2)))
+    assert [(s["from"], s["to"], s["step"]) for s in switches] == list(
+        zip(["lora", *chain[:-1]], chain, range(2, steps, 2))
+    )
     for step in watch.at_switch:  # the next method starts as the identity: the model predicts exactly what it did
         torch.testing.assert_close(watch.at_switch[step], watch.at_point[step], atol=1e-4, rtol=1e-4)
     assert [e[1] for e in watch.events] == chain
@@ -53,29 +68,58 @@ def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_re
     assert result.curve[-1]["method"] == "head_only" and result.metrics["steps"] == steps
     # saved as a whole encoder (what the merged methods learned is in its weights) and reloaded like any run
     reloaded = load_classifier(result.adapter_path)
-    assert reloaded.meta["kind"] == "full" and reloaded.meta["started_with"] == "lora" and len(reloaded.meta["switches"]) == len(chain)
+    assert (
+        reloaded.meta["kind"] == "full"
+        and reloaded.meta["started_with"] == "lora"
+        and len(reloaded.meta["switches"]) == len(chain)
+    )
     test = small_task.test
-    accuracy = np.mean([p == small_task.label_names[y] for p, y in zip(reloaded.predict(test.texts, test.pairs), test.labels)])
+    accuracy = np.mean(
+        [p == small_task.label_names[y] for p, y in zip(reloaded.predict(test.texts, test.pairs), test.labels)]
+    )
     assert accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-5)  # the metric is rounded to 5 places
 
 
 def test_a_switch_to_virtual_tokens_saves_them_over_the_merged_encoder(quick_task, example_profile, tmp_path):
     small_task = quick_task
-    run = RunConfig(record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=2, final_eval_size=10_000)
-    result = train(small_task, "lora", {"max_steps": 4}, run, profile=example_profile, callbacks=[SwitchAt(2, "prompt_tuning", {"learning_rate": 3e-2})])
+    run = RunConfig(
+        record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=2, final_eval_size=10_000
+    )
+    result = train(
+        small_task,
+        "lora",
+        {"max_steps": 4},
+        run,
+        profile=example_profile,
+        callbacks=[SwitchAt(2, "prompt_tuning", {"learning_rate": 3e-2})],
+    )
     assert [s["to"] for s in result.metrics["switches"]] == ["prompt_tuning"]
     reloaded = load_classifier(result.adapter_path)
-    assert reloaded.meta["kind"] == "peft" and reloaded.meta["prompt_learning"] and (tmp_path / "run" / "encoder" / "model.safetensors").exists()
+    assert (
+        reloaded.meta["kind"] == "peft"
+        and reloaded.meta["prompt_learning"]
+        and (tmp_path / "run" / "encoder" / "model.safetensors").exists()
+    )
     test = small_task.test
-    accuracy = np.mean([p == small_task.label_names[y] for p, y in zip(reloaded.predict(test.texts, test.pairs), test.labels)])
+    accuracy = np.mean(
+        [p == small_task.label_names[y] for p, y in zip(reloaded.predict(test.texts, test.pairs), test.labels)]
+    )
     assert accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-5)  # the metric is rounded to 5 places
 
 
 def test_virtual_tokens_cannot_be_switched_from(small_task):
     spec = get_method("prompt_tuning")
     with pytest.raises(MetapeftError, match="cannot switch from prompt_tuning: its virtual tokens cannot be merged"):
-        fit(small_task, spec, spec.make_config({"max_steps": 4}), backbone_info(None), RunConfig(eval_size=16, eval_points=2), max_length=32,
-            device=torch.device("cpu"), callbacks=[SwitchAt(2, "lora")])  # fmt: skip
+        fit(
+            small_task,
+            spec,
+            spec.make_config({"max_steps": 4}),
+            backbone_info(None),
+            RunConfig(eval_size=16, eval_points=2),
+            max_length=32,
+            device=torch.device("cpu"),
+            callbacks=[SwitchAt(2, "lora")],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +141,12 @@ def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(c
 
     def decide(accuracies):
         controller = SwitchController(meta, profile, forecaster, SwitchPolicy(threshold=0.8))
-        state = TrainerState(max_steps=80, step=20 * len(accuracies), method="lora", curve=[{"step": 20 * (i + 1), "accuracy": a} for i, a in enumerate(accuracies)])
+        state = TrainerState(
+            max_steps=80,
+            step=20 * len(accuracies),
+            method="lora",
+            curve=[{"step": 20 * (i + 1), "accuracy": a} for i, a in enumerate(accuracies)],
+        )
         return controller.should_switch(state), (controller.decisions or [None])[-1]
 
     failing, why = decide([0.50, 0.51])  # stuck at chance on sst2, where every method reaches ~0.85 in 40 steps
@@ -117,26 +166,43 @@ def test_a_search_switches_only_to_the_methods_it_searches(controller_parts, sma
     meta, profile, _ = controller_parts
     callbacks = switch_callbacks(meta, profile, SwitchPolicy(threshold=0.7), ["lora", "ia3"])
     (controller,) = callbacks("lora")
-    assert isinstance(controller, SwitchController) and controller.policy.methods == ["lora", "ia3"] and controller.policy.threshold == 0.7
+    assert (
+        isinstance(controller, SwitchController)
+        and controller.policy.methods == ["lora", "ia3"]
+        and controller.policy.threshold == 0.7
+    )
     assert callbacks("prompt_tuning") == []  # virtual tokens cannot be merged: such a trial runs as it is
     assert switch_callbacks(meta, profile, None)("lora") == []
-    with pytest.raises(OptionError, match="needs two methods or more") as caught:  # refused before anything is profiled or trained
+    with pytest.raises(
+        OptionError, match="needs two methods or more"
+    ) as caught:  # refused before anything is profiled or trained
         tune(small_task, SearchConfig(methods=["prompt_tuning", "prefix_tuning"], switch=SwitchPolicy()), meta=meta)
     assert caught.value.option == "switch"
     with pytest.raises(OptionError, match="SwitchPolicy"):
         SearchConfig(switch=0.8)
 
 
-def test_the_linear_probe_reads_the_base_encoder_before_training_and_the_trained_one_after(quick_task, example_profile):
+def test_the_linear_probe_reads_the_base_encoder_before_training_and_the_trained_one_after(
+    quick_task, example_profile
+):
     from metapeft.training import LinearProbe
 
     run = RunConfig(record=False, track=False, save=False, eval_size=16, eval_points=1)
     probes = {}
     for method, hp in (("head_only", {}), ("lora", {"learning_rate": 1e-2}), ("prompt_tuning", {})):
         probes[method] = LinearProbe([quick_task], n_train=64, n_test=64)
-        result = train(quick_task, method, {"max_steps": 4, "batch_size": 8, **hp}, run, profile=example_profile, callbacks=[probes[method]])
+        result = train(
+            quick_task,
+            method,
+            {"max_steps": 4, "batch_size": 8, **hp},
+            run,
+            profile=example_profile,
+            callbacks=[probes[method]],
+        )
         figures = result.metrics["forgetting"]
-        assert set(figures["probe"]) == {quick_task.name} and figures["drop"] == pytest.approx(100 * (probes[method].before[quick_task.name] - probes[method].after[quick_task.name]), abs=0.01)
+        assert set(figures["probe"]) == {quick_task.name} and figures["drop"] == pytest.approx(
+            100 * (probes[method].before[quick_task.name] - probes[method].after[quick_task.name]), abs=0.01
+        )
     # with its adapter disabled or its virtual tokens bypassed, the encoder a PEFT run starts from is the pretrained one
     assert probes["head_only"].before == probes["lora"].before == probes["prompt_tuning"].before
     assert probes["head_only"].after == probes["head_only"].before  # head-only leaves the encoder as it was
@@ -153,8 +219,13 @@ def test_the_forecaster_intervals_cover_held_out_tasks():
     groups = sorted({task_group(r) for r in records})
     held = set(groups[::4])
     forecaster = CurveForecaster().fit([r for r in records if task_group(r) not in held])
-    hits = [f.low <= final <= f.high for r in records if task_group(r) in held for seen, final in curve_rows(r)
-            for f in [forecaster.predict(r.method, r.profile["num_classes"], seen, 80)]]  # fmt: skip
+    hits = [
+        f.low <= final <= f.high
+        for r in records
+        if task_group(r) in held
+        for seen, final in curve_rows(r)
+        for f in [forecaster.predict(r.method, r.profile["num_classes"], seen, 80)]
+    ]
     assert len(hits) > 300 and 0.7 <= np.mean(hits) <= 0.9
 
 

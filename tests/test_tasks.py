@@ -3,12 +3,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import EXAMPLE, shared_path, write_jsonl
+
 from metapeft._errors import TaskError
 from metapeft.tasks import load_suite, load_task, stratified_indices
 
-ROWS = [{"text": f"great film number {i}" if i % 2 else f"awful film number {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+ROWS = [
+    {"text": f"great film number {i}" if i % 2 else f"awful film number {i}", "label": "pos" if i % 2 else "neg"}
+    for i in range(40)
+]
 
 
 def test_folder_with_train_and_test_files(example_task):
@@ -44,9 +47,16 @@ def test_single_file_formats_get_a_seeded_stratified_split(tmp_path, suffix):
 def test_saved_to_disk_dataset_with_class_labels(tmp_path):
     import datasets
 
-    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
     rows = {"sentence": [r["text"] for r in ROWS], "label": [int(r["label"] == "pos") for r in ROWS]}
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features), "validation": datasets.Dataset.from_dict(rows, features=features).select(range(10))})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows, features=features),
+            "validation": datasets.Dataset.from_dict(rows, features=features).select(range(10)),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "ds"))
     task = load_task(tmp_path / "ds")
     assert task.label_names == ["neg", "pos"] and len(task.test) == 10 and task.test_source == "file"
@@ -70,11 +80,14 @@ def test_reference_pair_task_is_detected():
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", "label": }\n', r"line 3: not valid JSON"),
+        (
+            '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", "label": }\n',
+            r"line 3: not valid JSON",
+        ),
         ("", "has no rows"),
         ('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n{"text": "c", "label": "x"}\n', "single class"),
         ('{"text": "a", "label": "x"}\n{"text": "b"}\n', "line 2: missing label"),
-        ('[1, 2]\n', "line 1: expected a JSON object"),
+        ("[1, 2]\n", "line 1: expected a JSON object"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path, content, message):

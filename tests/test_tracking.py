@@ -25,7 +25,16 @@ def test_processes_that_first_use_a_fresh_tracking_store_together_all_log(tmp_pa
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.time() + 8  # past the interpreters' imports
-    procs = [subprocess.Popen([sys.executable, "-c", LOG_ONE_RUN, uri, str(start)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOG_ONE_RUN, uri, str(start)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-600:] for _, err in results]
     run_ids = {out.strip() for out, _ in results}

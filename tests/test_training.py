@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from test_methods import ZOO
 
 from metapeft._backbone import backbone_info
 from metapeft.methods import get_method
 from metapeft.training import RunConfig, StopWhen, build_classifier, fit, load_classifier, train
-from metapeft.training._engine import Batches
-from metapeft.training._engine import _seed_everything
+from metapeft.training._engine import Batches, _seed_everything
 from metapeft.training._model import save_classifier
-from test_methods import ZOO
 
 
 def _loss(classifier, data: Batches) -> float:
@@ -34,7 +33,15 @@ def test_every_method_learns(method, small_task, example_profile):
     before = _loss(before_model, data)
     initial = {n: p.detach().clone() for n, p in before_model.encoder.named_parameters() if p.requires_grad}
 
-    result = fit(small_task, spec, config, backbone, RunConfig(eval_size=32, eval_points=2), max_length=48, device=torch.device("cpu"))
+    result = fit(
+        small_task,
+        spec,
+        config,
+        backbone,
+        RunConfig(eval_size=32, eval_points=2),
+        max_length=48,
+        device=torch.device("cpu"),
+    )
     after = _loss(result.model, data)
     assert after < before, f"{method}: loss {before:.4f} -> {after:.4f}"
     trained = {n: p for n, p in result.model.encoder.named_parameters() if p.requires_grad}
@@ -60,16 +67,22 @@ def test_training_is_reproducible(small_task, example_profile):
 
 
 @pytest.mark.parametrize("method", ZOO)
-def test_every_method_saved_through_train_reloads_and_reproduces_its_accuracy(method, quick_task, example_profile, tmp_path):
+def test_every_method_saved_through_train_reloads_and_reproduces_its_accuracy(
+    method, quick_task, example_profile, tmp_path
+):
     """The path users take: ``train`` writes the folder, ``load_classifier`` alone rebuilds it (label names and all)."""
-    run = RunConfig(record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=1, final_eval_size=10_000)
+    run = RunConfig(
+        record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=1, final_eval_size=10_000
+    )
     result = train(quick_task, method, {"max_steps": 3}, run, profile=example_profile)
     reloaded = load_classifier(result.adapter_path)
     test = quick_task.test
     predicted = reloaded.predict(test.texts, test.pairs)
     assert set(predicted) <= set(quick_task.label_names)
     accuracy = np.mean([p == quick_task.label_names[y] for p, y in zip(predicted, test.labels)])
-    assert result.metrics["eval_examples"] == len(test) and accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-5)  # rounded to 5 places
+    assert result.metrics["eval_examples"] == len(test) and accuracy == pytest.approx(
+        result.metrics["accuracy"], abs=1e-5
+    )  # rounded to 5 places
     folder = tmp_path / "run"
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))  # safetensors only
     if get_method(method).kind == "peft":  # the adapter is standard peft format
@@ -79,7 +92,10 @@ def test_every_method_saved_through_train_reloads_and_reproduces_its_accuracy(me
         from metapeft._backbone import resolve_model
 
         peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(resolve_model(None)[1]), folder)
-        assert peft_model.peft_config["default"].peft_type.value == get_method(method).build(get_method(method).make_config({}), backbone_info(None)).peft_type.value
+        assert (
+            peft_model.peft_config["default"].peft_type.value
+            == get_method(method).build(get_method(method).make_config({}), backbone_info(None)).peft_type.value
+        )
 
 
 def test_an_output_folder_that_cannot_be_used_is_refused_before_training(small_task, example_profile, tmp_path):
@@ -92,7 +108,14 @@ def test_an_output_folder_that_cannot_be_used_is_refused_before_training(small_t
     (tmp_path / "used" / "adapter_model.safetensors").write_text("x")
     for out, why in ((tmp_path / "a_file", "not a folder"), (tmp_path / "used", "not empty")):
         with pytest.raises(MetapeftError, match=why):
-            train(small_task, "head_only", {"max_steps": 1}, RunConfig(track=False, output_dir=out, eval_size=16), profile=example_profile, store=store)
+            train(
+                small_task,
+                "head_only",
+                {"max_steps": 1},
+                RunConfig(track=False, output_dir=out, eval_size=16),
+                profile=example_profile,
+                store=store,
+            )
     assert store.count() == 0  # refused before a run was recorded
 
 
@@ -111,7 +134,9 @@ def test_the_final_evaluation_may_use_more_examples_than_the_curve(small_task, e
     assert result.metrics["eval_examples"] == 64 and result.metrics["accuracy"] == result.curve[-1]["accuracy"]
 
 
-def test_the_final_evaluation_keeps_per_example_outcomes_and_scores_the_pool(example_task, small_task, example_profile):
+def test_the_final_evaluation_keeps_per_example_outcomes_and_scores_the_pool(
+    example_task, small_task, example_profile
+):
     """Which examples a run got right is kept (for paired comparisons), on the test sample and on an extra pool; the
     evaluation sample follows sample_seed, not the training seed."""
     from metapeft.experience import unpack_outcomes
@@ -119,14 +144,29 @@ def test_the_final_evaluation_keeps_per_example_outcomes_and_scores_the_pool(exa
     seen = set(small_task.train.texts)
     pool = example_task.train.select([i for i, t in enumerate(example_task.train.texts) if t not in seen][:70])
     kwargs = dict(record=False, track=False, save=False, eval_size=16, eval_points=1, final_eval_size=64)
-    a = train(small_task, "lora", {"max_steps": 3}, RunConfig(seed=1, sample_seed=0, **kwargs), profile=example_profile, pool=pool)
+    a = train(
+        small_task,
+        "lora",
+        {"max_steps": 3},
+        RunConfig(seed=1, sample_seed=0, **kwargs),
+        profile=example_profile,
+        pool=pool,
+    )
     test, scored = unpack_outcomes(a.metrics["outcomes"]["test"]), unpack_outcomes(a.metrics["outcomes"]["pool"])
     assert len(test) == 64 and test.mean() == pytest.approx(a.metrics["accuracy"], abs=1e-5)
-    assert len(scored) == a.metrics["pool_examples"] == 70 and scored.mean() == pytest.approx(a.metrics["pool_accuracy"], abs=1e-5)
-    b = train(small_task, "head_only", {"max_steps": 1}, RunConfig(seed=2, sample_seed=0, **kwargs), profile=example_profile)
-    c = train(small_task, "head_only", {"max_steps": 1}, RunConfig(seed=2, sample_seed=5, **kwargs), profile=example_profile)
+    assert len(scored) == a.metrics["pool_examples"] == 70 and scored.mean() == pytest.approx(
+        a.metrics["pool_accuracy"], abs=1e-5
+    )
+    b = train(
+        small_task, "head_only", {"max_steps": 1}, RunConfig(seed=2, sample_seed=0, **kwargs), profile=example_profile
+    )
+    c = train(
+        small_task, "head_only", {"max_steps": 1}, RunConfig(seed=2, sample_seed=5, **kwargs), profile=example_profile
+    )
     assert "pool" not in b.metrics["outcomes"]
-    assert b.metrics["outcomes"]["test_rows"] == a.metrics["outcomes"]["test_rows"] != c.metrics["outcomes"]["test_rows"]
+    assert (
+        b.metrics["outcomes"]["test_rows"] == a.metrics["outcomes"]["test_rows"] != c.metrics["outcomes"]["test_rows"]
+    )
 
 
 def test_eval_uses_a_stratified_sample_not_the_head(example_task, example_profile):
@@ -143,8 +183,16 @@ def test_adalora_stopped_mid_budget_saves_what_it_evaluated(small_task, tmp_path
     spec = get_method("adalora")
     config = spec.make_config({"max_steps": 400, "batch_size": 8, "tinit_ratio": 0.0, "tfinal_ratio": 0.05})
     # deltaT = (400 - 0 - 20) // 10 = 38: ranks are re-allocated at step 38; stop at 45, after regrowth began.
-    result = fit(small_task, spec, config, backbone_info(None), RunConfig(eval_size=16), max_length=32, device=torch.device("cpu"),
-                 callbacks=[StopWhen(lambda step, curve: step == 45)])  # fmt: skip
+    result = fit(
+        small_task,
+        spec,
+        config,
+        backbone_info(None),
+        RunConfig(eval_size=16),
+        max_length=32,
+        device=torch.device("cpu"),
+        callbacks=[StopWhen(lambda step, curve: step == 45)],
+    )
     assert result.stopped_by == "should_stop" and result.metrics["steps"] == 45 and result.curve[-1]["step"] == 45
     assert result.model.encoder.peft_config["default"].rank_pattern
     meta = {"method": "adalora", "base_model": None, "label_names": small_task.label_names, "max_length": 32}
@@ -153,7 +201,10 @@ def test_adalora_stopped_mid_budget_saves_what_it_evaluated(small_task, tmp_path
     reloaded = load_classifier(tmp_path)
     from metapeft.training._model import SavedClassifier
 
-    torch.testing.assert_close(reloaded.predict_logits(texts), SavedClassifier(result.model, reloaded.tokenizer, small_task.label_names, 32, meta).predict_logits(texts))
+    torch.testing.assert_close(
+        reloaded.predict_logits(texts),
+        SavedClassifier(result.model, reloaded.tokenizer, small_task.label_names, 32, meta).predict_logits(texts),
+    )
 
 
 def test_max_length_beyond_the_model_is_refused(small_task, example_profile):
@@ -168,15 +219,29 @@ def test_adalora_with_equal_ranks_trains(small_task):
     would fail asking torch.kthvalue for the 0th score."""
     spec = get_method("adalora")
     config = spec.make_config({"max_steps": 12, "init_r": 8, "target_r": 8, "tinit_ratio": 0.0, "tfinal_ratio": 0.2})
-    result = fit(small_task, spec, config, backbone_info(None), RunConfig(eval_size=16), max_length=32, device=torch.device("cpu"))
+    result = fit(
+        small_task,
+        spec,
+        config,
+        backbone_info(None),
+        RunConfig(eval_size=16),
+        max_length=32,
+        device=torch.device("cpu"),
+    )
     assert result.metrics["steps"] == 12 and result.stopped_by == "max_steps"
 
 
 def test_a_run_config_checks_itself_and_names_the_field():
     from metapeft._errors import OptionError
 
-    for kwargs, name in (({"eval_size": -1}, "eval_size"), ({"time_budget": 0}, "time_budget"), ({"eval_points": 0}, "eval_points"), ({"seed": 1.5}, "seed"),
-                         ({"final_eval_size": -2}, "final_eval_size"), ({"tags": ["x"]}, "tags")):  # fmt: skip
+    for kwargs, name in (
+        ({"eval_size": -1}, "eval_size"),
+        ({"time_budget": 0}, "time_budget"),
+        ({"eval_points": 0}, "eval_points"),
+        ({"seed": 1.5}, "seed"),
+        ({"final_eval_size": -2}, "final_eval_size"),
+        ({"tags": ["x"]}, "tags"),
+    ):
         with pytest.raises(OptionError) as raised:
             RunConfig(**kwargs)
         assert raised.value.option == name and str(raised.value).startswith(f"{name} ")
@@ -209,8 +274,28 @@ def test_callbacks_follow_the_lifecycle_and_can_end_a_run_as_a_result(small_task
             self.seen.append("finish")
 
     spy, spec = Spy(), get_method("lora")
-    result = fit(small_task, spec, spec.make_config({"max_steps": 10}), backbone_info(None), RunConfig(eval_size=16, eval_points=2, final_eval_size=40),
-                 max_length=32, device=torch.device("cpu"), callbacks=[spy])  # fmt: skip
+    result = fit(
+        small_task,
+        spec,
+        spec.make_config({"max_steps": 10}),
+        backbone_info(None),
+        RunConfig(eval_size=16, eval_points=2, final_eval_size=40),
+        max_length=32,
+        device=torch.device("cpu"),
+        callbacks=[spy],
+    )
     assert result.stopped_by == "enough" and result.metrics["steps"] == 3
-    assert "test" in result.metrics["outcomes"] and result.metrics["eval_examples"] == 40  # a final stop is scored as a result
-    assert spy.seen == ["begin", ("step", 1, True), ("end", 1), ("step", 2, True), ("end", 2), ("step", 3, True), ("evaluate", 3), ("end", 3), "finish"]
+    assert (
+        "test" in result.metrics["outcomes"] and result.metrics["eval_examples"] == 40
+    )  # a final stop is scored as a result
+    assert spy.seen == [
+        "begin",
+        ("step", 1, True),
+        ("end", 1),
+        ("step", 2, True),
+        ("end", 2),
+        ("step", 3, True),
+        ("evaluate", 3),
+        ("end", 3),
+        "finish",
+    ]

@@ -50,7 +50,9 @@ def resolve_model(model: str | None) -> tuple[str, str]:
     local = Path(model).expanduser()
     if local.exists():
         if not (local / "config.json").exists():
-            raise MetapeftError(f"model directory {model} has no config.json; give a Hugging Face model folder or a hub id")
+            raise MetapeftError(
+                f"model directory {model} has no config.json; give a Hugging Face model folder or a hub id"
+            )
         return local.name, str(local.resolve())
     if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model) is None:
         raise MetapeftError(f"model {model!r} is neither an existing folder nor a valid hub id (like 'org/name')")
@@ -75,7 +77,9 @@ def load_tokenizer(model: str | None = None, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise MetapeftError(f"cannot load the tokenizer of {name} ({_first_line(exc)}); check the model path or network{_network_hint(path)}") from None
+        raise MetapeftError(
+            f"cannot load the tokenizer of {name} ({_first_line(exc)}); check the model path or network{_network_hint(path)}"
+        ) from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -87,7 +91,9 @@ def _pristine_encoder(model: str | None, trust_remote_code: bool):
     try:
         encoder = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise MetapeftError(f"cannot load model {name} ({_first_line(exc)}); check the model path or network{_network_hint(path)}") from None
+        raise MetapeftError(
+            f"cannot load model {name} ({_first_line(exc)}); check the model path or network{_network_hint(path)}"
+        ) from None
     encoder.eval()
     return encoder
 
@@ -105,7 +111,11 @@ def backbone_info(model: str | None = None, trust_remote_code: bool = False) -> 
     encoder = _pristine_encoder(model, trust_remote_code)
     config = encoder.config
     linear = sorted(
-        {re.split(r"\.\d+\.", n)[-1] for n, m in encoder.named_modules() if isinstance(m, torch.nn.Linear) and re.search(r"\.\d+\.", n)}
+        {
+            re.split(r"\.\d+\.", n)[-1]
+            for n, m in encoder.named_modules()
+            if isinstance(m, torch.nn.Linear) and re.search(r"\.\d+\.", n)
+        }
     )
     return BackboneInfo(
         name=name,

@@ -23,18 +23,46 @@ def validate_setup(store: str | None = None) -> list[Check]:
     from ._environment import package_version
 
     checks = []
-    for name in ("torch", "transformers", "peft", "mlflow", "sqlalchemy", "optuna", "fastapi", "uvicorn", "prometheus_client"):
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "mlflow",
+        "sqlalchemy",
+        "optuna",
+        "fastapi",
+        "uvicorn",
+        "prometheus_client",
+    ):
         found = package_version(name.replace("_", "-")) or package_version(name)
-        checks.append(Check(f"package {name}", found is not None, found or "missing: reinstall metapeft (pip install -U metapeft)"))
+        checks.append(
+            Check(
+                f"package {name}", found is not None, found or "missing: reinstall metapeft (pip install -U metapeft)"
+            )
+        )
     for extra, module, what in (("postgres", "psycopg", "PostgreSQL stores"),):
         found = package_version(module)
-        checks.append(Check(f"extra {extra}", found is not None, found or f"not installed ({what} need it: pip install 'metapeft[{extra}]')", required=False))
+        checks.append(
+            Check(
+                f"extra {extra}",
+                found is not None,
+                found or f"not installed ({what} need it: pip install 'metapeft[{extra}]')",
+                required=False,
+            )
+        )
     checks.append(_check("base model (offline)", _base_model))
     checks.append(_check("experience store", lambda: _store(store)))
     checks.append(_check("tracking store", _tracking))
     checks.append(_check("selector champion", _champion, required=False))
     token = os.environ.get("METAPEFT_API_TOKEN")
-    checks.append(Check("server token", bool(token), "set (METAPEFT_API_TOKEN)" if token else "METAPEFT_API_TOKEN is not set: `serve` will refuse writes", required=False))
+    checks.append(
+        Check(
+            "server token",
+            bool(token),
+            "set (METAPEFT_API_TOKEN)" if token else "METAPEFT_API_TOKEN is not set: `serve` will refuse writes",
+            required=False,
+        )
+    )
     return checks
 
 
@@ -78,5 +106,7 @@ def _champion() -> str:
     try:
         version = MLflowTracker().client.get_model_version_by_alias(SELECTOR_NAME, CHAMPION)
     except MlflowException:
-        raise RuntimeError(f"no {SELECTOR_NAME}@{CHAMPION} yet: the packaged selector becomes version 1 on the first `metapeft serve` or `retrain`") from None
+        raise RuntimeError(
+            f"no {SELECTOR_NAME}@{CHAMPION} yet: the packaged selector becomes version 1 on the first `metapeft serve` or `retrain`"
+        ) from None
     return f"{SELECTOR_NAME} version {version.version}"

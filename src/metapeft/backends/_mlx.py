@@ -90,8 +90,11 @@ class MLXBackend(Backend):
         finally:
             watch.end()
         # MLX's allocator peak (all arrays, the weights included): not comparable with the torch backend's tensor count
-        extra = {"peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1), "memory_measure": "mlx_allocator",
-                 "trainable_params": sum(v.size for _, v in tree_flatten(lm.trainable_parameters()))}  # fmt: skip
+        extra = {
+            "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
+            "memory_measure": "mlx_allocator",
+            "trainable_params": sum(v.size for _, v in tree_flatten(lm.trainable_parameters())),
+        }
         loss, exact = _held_out_loss(lm, test_rows), _exact_match(lm, tokenizer, test, test_rows)
         adapter_path = None
         if output is not None:

@@ -75,8 +75,12 @@ class TorchBackend(Backend):
             watch.end()
         loss, exact = _held_out_loss(lm, tokenizer, test_rows), _exact_match(lm, tokenizer, test, test_rows)
         peak = memory.memory
-        extra = {"peak_memory_mb": peak.peak_mb, "train_memory_mb": peak.growth_mb, "memory_measure": peak.measure,
-                 "trainable_params": sum(p.numel() for p in params)}  # fmt: skip
+        extra = {
+            "peak_memory_mb": peak.peak_mb,
+            "train_memory_mb": peak.growth_mb,
+            "memory_measure": peak.measure,
+            "trainable_params": sum(p.numel() for p in params),
+        }
         adapter_path = None
         if output is not None:
             output.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,9 @@ class Pass:
     repeats: int = 1  # Sobol points per (task, size, method)
     seeds: list[int] | None = None  # sample seeds (training sample, evaluation sample); default: the design's seeds
     tasks: list[str] | None = None  # default: the design's tasks
-    train_seeds: list[int] | None = None  # initialisation and data order; default: the sample seed (replicates: others)
+    train_seeds: list[int] | None = (
+        None  # initialisation and data order; default: the sample seed (replicates: others)
+    )
     fixed: dict[str, Any] | None = None  # this pass's protocol values over the design's (e.g. a longer step budget)
     eval_points: int | None = None  # learning-curve points; default: the design's
     methods: list[str] | None = None  # this pass's methods, among the design's; default: the design's
@@ -79,7 +81,9 @@ class Design:
         if self.backend not in BACKENDS:
             raise MetapeftError(f"{where}: backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if lacking := [m for m in self.methods if m not in BACKENDS[self.backend].methods and self.backend != "torch"]:
-            raise MetapeftError(f"{where}: backend {self.backend} has no {', '.join(lacking)}; it has: {', '.join(BACKENDS[self.backend].methods)}")
+            raise MetapeftError(
+                f"{where}: backend {self.backend} has no {', '.join(lacking)}; it has: {', '.join(BACKENDS[self.backend].methods)}"
+            )
         known = set().union(*({f.name for f in get_method(m).fields()} for m in self.methods))
         for i, fixed in [(None, self.fixed)] + [(i, p.fixed or {}) for i, p in enumerate(self.passes)]:
             if unknown := set(fixed) - known:
@@ -87,9 +91,19 @@ class Design:
                 raise MetapeftError(f"{where}: {which} names unknown hyperparameters: {', '.join(sorted(unknown))}")
         for i, p in enumerate(self.passes):
             if p.methods is not None and (not p.methods or set(p.methods) - set(self.methods)):
-                raise MetapeftError(f"{where}: pass {i}'s 'methods' must be a non-empty subset of the design's methods")
-            if p.config not in ("defaults", "sobol") or p.repeats < 1 or not p.sizes or min(p.sizes) < 2 or (p.eval_points or 1) < 1:
-                raise MetapeftError(f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1, train sizes >= 2 and eval_points >= 1")
+                raise MetapeftError(
+                    f"{where}: pass {i}'s 'methods' must be a non-empty subset of the design's methods"
+                )
+            if (
+                p.config not in ("defaults", "sobol")
+                or p.repeats < 1
+                or not p.sizes
+                or min(p.sizes) < 2
+                or (p.eval_points or 1) < 1
+            ):
+                raise MetapeftError(
+                    f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1, train sizes >= 2 and eval_points >= 1"
+                )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +131,9 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
     named = set(design.tasks or ()).union(*(p.tasks or () for p in design.passes))
     if missing := sorted(named - set(task_names)):
         where = design.source or f"design {design.name!r}"
-        raise MetapeftError(f"{where} names tasks the suite does not have: {', '.join(missing)}; fix its 'tasks' (the suite has {len(task_names)} tasks)")
+        raise MetapeftError(
+            f"{where} names tasks the suite does not have: {', '.join(missing)}; fix its 'tasks' (the suite has {len(task_names)} tasks)"
+        )
     tasks = [t for t in task_names if design.tasks is None or t in design.tasks]
     studies = {}
     for m in design.methods:
@@ -145,14 +161,29 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
                     for config_id, params in configs:
                         hyperparameters = spec.make_config({**params, **_fixed_for(spec, fixed)}).as_dict()
                         if config_id != "default":
-                            config_id += "-" + hashlib.sha256(json.dumps(hyperparameters, sort_keys=True).encode()).hexdigest()[:8]
+                            config_id += (
+                                "-"
+                                + hashlib.sha256(json.dumps(hyperparameters, sort_keys=True).encode()).hexdigest()[:8]
+                            )
                         elif p.fixed:  # defaults under another protocol (e.g. budget) are another configuration
                             config_id += "-" + "-".join(f"{k}{v}" for k, v in sorted(p.fixed.items()))
                         for seed in p.seeds or design.seeds:
                             for train_seed in p.train_seeds or [seed]:
                                 run_seed = str(seed) if train_seed == seed else f"{seed}t{train_seed}"
                                 key = f"{design.name}/{task}/{size}/{method}/{config_id}/{run_seed}"
-                                runs.append(RunSpec(key, task, size, method, config_id, seed, hyperparameters, train_seed, p.eval_points or design.eval_points))
+                                runs.append(
+                                    RunSpec(
+                                        key,
+                                        task,
+                                        size,
+                                        method,
+                                        config_id,
+                                        seed,
+                                        hyperparameters,
+                                        train_seed,
+                                        p.eval_points or design.eval_points,
+                                    )
+                                )
     return runs
 
 

@@ -51,8 +51,14 @@ def release_stale_claims(store: ExperienceStore, retry_failed: bool = False) -> 
     runs that failed, so that they run again)."""
     engine, host = _engine(store), socket.gethostname()
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(claims.c.key, claims.c.pid).where(claims.c.state == "claimed", claims.c.host == host)).all()
-        failed = conn.execute(sa.select(claims.c.key).where(claims.c.state == "failed")).scalars().all() if retry_failed else []
+        rows = conn.execute(
+            sa.select(claims.c.key, claims.c.pid).where(claims.c.state == "claimed", claims.c.host == host)
+        ).all()
+        failed = (
+            conn.execute(sa.select(claims.c.key).where(claims.c.state == "failed")).scalars().all()
+            if retry_failed
+            else []
+        )
     stale = [r.key for r in rows if process_gone(r.pid)] + list(failed)
     if stale:
         with engine.begin() as conn:
@@ -86,7 +92,15 @@ def progress_counts(store: ExperienceStore, keys: set[str]) -> dict[str, int]:
 def _try_claim(engine, key: str) -> bool:
     try:
         with engine.begin() as conn:
-            conn.execute(claims.insert().values(key=key, host=socket.gethostname(), pid=os.getpid(), claimed_at=datetime.now(timezone.utc), state="claimed"))
+            conn.execute(
+                claims.insert().values(
+                    key=key,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    claimed_at=datetime.now(timezone.utc),
+                    state="claimed",
+                )
+            )
         return True
     except sa.exc.IntegrityError:
         return False
@@ -147,7 +161,14 @@ def _work(args: WorkerArgs) -> int:
     return ran
 
 
-def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceStore, profiles: dict, time_budget: float | None = None) -> str:
+def _run_claimed(
+    spec: RunSpec,
+    design: Design,
+    tasks: dict,
+    store: ExperienceStore,
+    profiles: dict,
+    time_budget: float | None = None,
+) -> str:
     """Train one claimed run and record it: "done" or "failed" (failures are data, not the end of a bench). On
     KeyboardInterrupt the claim is given back, so that a restart does the run, and the interrupt goes on.
     ``tasks`` maps the spec's task to its suite entry or to the loaded task (replaced by the latter)."""
@@ -156,12 +177,20 @@ def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceSt
     from ..training import RunConfig, train
 
     engine = _engine(store)
-    tags = {"design": design.name, "design_key": spec.key, "config_id": spec.config_id, "suite_task": spec.task, "train_size": spec.size}
+    tags = {
+        "design": design.name,
+        "design_key": spec.key,
+        "config_id": spec.config_id,
+        "suite_task": spec.task,
+        "train_size": spec.size,
+    }
     train_seed = spec.seed if spec.train_seed is None else spec.train_seed
     try:
         if isinstance(tasks[spec.task], SuiteEntry):
             tasks[spec.task] = tasks[spec.task].load()
-            if isinstance(tasks[spec.task], Task) and is_causal_model(design.model):  # a causal LM takes labels as words
+            if isinstance(tasks[spec.task], Task) and is_causal_model(
+                design.model
+            ):  # a causal LM takes labels as words
                 tasks[spec.task] = verbalise(tasks[spec.task])
         task = tasks[spec.task].subsample(spec.size, seed=spec.seed)
         pool = None
@@ -172,8 +201,19 @@ def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceSt
         hyperparameters = dict(spec.hyperparameters)
         if design.max_length_cap and not hyperparameters.get("max_length"):
             hyperparameters["max_length"] = min(profiles[task.fingerprint].sequence_length, design.max_length_cap)
-        run = RunConfig(model=design.model, seed=train_seed, sample_seed=spec.seed, time_budget=time_budget, save=False, eval_size=design.eval_size,
-                        eval_points=spec.eval_points, final_eval_size=design.final_eval_size, track=False, tags=tags, backend=design.backend)  # fmt: skip
+        run = RunConfig(
+            model=design.model,
+            seed=train_seed,
+            sample_seed=spec.seed,
+            time_budget=time_budget,
+            save=False,
+            eval_size=design.eval_size,
+            eval_points=spec.eval_points,
+            final_eval_size=design.final_eval_size,
+            track=False,
+            tags=tags,
+            backend=design.backend,
+        )
         train(task, spec.method, hyperparameters, run, profile=profiles[task.fingerprint], store=store, pool=pool)
         _set_state(engine, spec.key, "done")
         return "done"
@@ -184,8 +224,18 @@ def _run_claimed(spec: RunSpec, design: Design, tasks: dict, store: ExperienceSt
     except Exception as exc:  # failures are data, not the end of the bench
         if getattr(exc, "experience_id", None) is None:  # failed before train() recorded the run: record it here
             error = str(exc) if isinstance(exc, MetapeftError) else f"{type(exc).__name__}: {exc}"
-            store.add(Experience(task_name=spec.task, method=spec.method, model=design.model or "default", hyperparameters=spec.hyperparameters,
-                                 status="failed", error=error[:4000], seed=train_seed, tags=tags))
+            store.add(
+                Experience(
+                    task_name=spec.task,
+                    method=spec.method,
+                    model=design.model or "default",
+                    hyperparameters=spec.hyperparameters,
+                    status="failed",
+                    error=error[:4000],
+                    seed=train_seed,
+                    tags=tags,
+                )
+            )
         _set_state(engine, spec.key, "failed")
         return "failed"
 
@@ -213,7 +263,9 @@ def run_one(suite: str, design_path: str, store_url: str, key: str) -> str:
     entries = {e.name: e for e in load_suite(suite)}
     spec = next((r for r in expand(design, list(entries)) if r.key == key), None)
     if spec is None:
-        raise MetapeftError(f"{key!r} is not a run of design {design.name!r} over {suite}; list its runs with bench.pending_keys")
+        raise MetapeftError(
+            f"{key!r} is not a run of design {design.name!r} over {suite}; list its runs with bench.pending_keys"
+        )
     store = ExperienceStore(store_url)
     if key in finished_keys(store, design.name):
         return "finished"
@@ -223,8 +275,16 @@ def run_one(suite: str, design_path: str, store_url: str, key: str) -> str:
     return _run_claimed(spec, design, {spec.task: entries[spec.task]}, store, {})
 
 
-def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_budget: float | None, on_progress=None, retry_failed: bool = False,
-              data_rev: str | None = None) -> dict:  # fmt: skip
+def run_bench(
+    suite: str,
+    design_path: str,
+    store_url: str,
+    workers: int,
+    time_budget: float | None,
+    on_progress=None,
+    retry_failed: bool = False,
+    data_rev: str | None = None,
+) -> dict:
     """Run (or resume) a design with ``workers`` processes; ``on_progress(counts, total)`` is called every ~2 s;
     ``data_rev`` reads the suite at that git revision of its DVC repository."""
     import multiprocessing as mp
@@ -232,7 +292,9 @@ def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_b
     from ..tasks import load_suite
 
     design = Design.load(design_path)
-    names = [e.name for e in load_suite(suite, data_rev)]  # a revision is checked out here, once, before the workers start
+    names = [
+        e.name for e in load_suite(suite, data_rev)
+    ]  # a revision is checked out here, once, before the workers start
     store = ExperienceStore(store_url)
     released = release_stale_claims(store, retry_failed)
     keys = {r.key for r in expand(design, names)}
@@ -240,7 +302,14 @@ def run_bench(suite: str, design_path: str, store_url: str, workers: int, time_b
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker, args=(WorkerArgs(suite, design_path, store.url, threads, time_budget, os.getpid(), data_rev),), daemon=True) for _ in range(workers)]
+    procs = [
+        ctx.Process(
+            target=worker,
+            args=(WorkerArgs(suite, design_path, store.url, threads, time_budget, os.getpid(), data_rev),),
+            daemon=True,
+        )
+        for _ in range(workers)
+    ]
     for p in procs:
         p.start()
     try:

@@ -5,4 +5,15 @@ from ._peft_results import read_peft_results
 from ._record import Experience, pack_outcomes, unpack_outcomes
 from ._store import ExperienceStore, read_jsonl
 
-__all__ = ["Experience", "ExperienceStore", "cell_key", "fingerprint_of", "pack_outcomes", "read_jsonl", "read_peft_results", "task_group", "unpack_outcomes", "usable"]
+__all__ = [
+    "Experience",
+    "ExperienceStore",
+    "cell_key",
+    "fingerprint_of",
+    "pack_outcomes",
+    "read_jsonl",
+    "read_peft_results",
+    "task_group",
+    "unpack_outcomes",
+    "usable",
+]

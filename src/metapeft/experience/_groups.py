@@ -37,7 +37,9 @@ def cell_key(record: Experience) -> str:
     sst2 from 75% to 49%."""
     hp = record.hyperparameters
     backend = (record.profile or {}).get("backend", "torch")  # another framework's runs are another instance
-    return f"{fingerprint_of(record)}|{hp.get('max_steps')}x{hp.get('batch_size')}" + ("" if backend == "torch" else f"|{backend}")
+    return f"{fingerprint_of(record)}|{hp.get('max_steps')}x{hp.get('batch_size')}" + (
+        "" if backend == "torch" else f"|{backend}"
+    )
 
 
 def task_group(record: Experience) -> str:

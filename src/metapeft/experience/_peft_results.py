@@ -32,7 +32,9 @@ def read_peft_results(folder: str | Path) -> list[Experience]:
     for one that is not valid (nothing is returned then, so that an import adds all of the files or none)."""
     folder = Path(folder).expanduser()
     if not folder.exists():
-        raise StoreError(f"no such directory: {folder} (point at method_comparison results, e.g. shared/peft-method-comparison)")
+        raise StoreError(
+            f"no such directory: {folder} (point at method_comparison results, e.g. shared/peft-method-comparison)"
+        )
     files = sorted(p for p in folder.rglob("*.json") if p.name != "SOURCE.json")
     records = []
     for path in files:
@@ -120,10 +122,19 @@ def _to_experience(path: Path, data: dict) -> Experience:
         "max_steps": train_config.get("max_steps"),
         "optimizer": train_config.get("optimizer_type"),
         "lr_scheduler": train_config.get("lr_scheduler"),
-        **{k: v for k, v in peft_config.items() if v not in (None, {}, [], False) and k not in ("task_type", "peft_version", "base_model_name_or_path", "revision")},
+        **{
+            k: v
+            for k, v in peft_config.items()
+            if v not in (None, {}, [], False)
+            and k not in ("task_type", "peft_version", "base_model_name_or_path", "revision")
+        },
     }
     curve = [
-        {"step": m.get("step"), "train_loss": m.get("train loss"), **{k.replace(" ", "_"): v for k, v in m.items() if k.startswith(("valid ", "test "))}}
+        {
+            "step": m.get("step"),
+            "train_loss": m.get("train loss"),
+            **{k.replace(" ", "_"): v for k, v in m.items() if k.startswith(("valid ", "test "))},
+        }
         for m in steps
     ]
     created = run.get("created_at")
@@ -141,7 +152,11 @@ def _to_experience(path: Path, data: dict) -> Experience:
         hyperparameters=hyperparameters,
         metrics={k: v for k, v in metrics.items() if v is not None},
         curve=curve,
-        environment={"packages": meta.get("package_info", {}), "system": meta.get("system_info", {}), "dtype": train_config.get("dtype")},
+        environment={
+            "packages": meta.get("package_info", {}),
+            "system": meta.get("system_info", {}),
+            "dtype": train_config.get("dtype"),
+        },
         tags={"experiment_name": run.get("experiment_name"), "file": path.name, "score_name": score_name},
         status="finished" if status == "success" else "failed",
         error=run.get("error_msg") or (None if status == "success" else f"status: {status}"),

@@ -13,13 +13,26 @@ import numpy as np
 Status = Literal["running", "finished", "failed", "interrupted"]
 STATUSES = get_args(Status)
 # Longest text each column of the store takes (PostgreSQL refuses longer ones).
-MAX_LENGTH = {"id": 32, "status": 16, "source": 64, "task_name": 256, "task_fingerprint": 64, "model": 256,
-              "method": 64}
+MAX_LENGTH = {
+    "id": 32,
+    "status": 16,
+    "source": 64,
+    "task_name": 256,
+    "task_fingerprint": 64,
+    "model": 256,
+    "method": 64,
+}
 # Metrics that are not numbers: how peak memory was taken, what ``score`` is, and the packed per-example outcomes.
 _TEXT_METRICS = ("memory_measure", "score_name")
 _STRUCTURED_METRICS = {  # metrics that are not numbers: what each must be
-    "outcomes": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of strings"),  # per-example bits
-    "switches": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of objects"),  # a switching run's switches
+    "outcomes": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "an object of strings",
+    ),  # per-example bits
+    "switches": (
+        lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+        "a list of objects",
+    ),  # a switching run's switches
     "forgetting": (lambda v: isinstance(v, dict), "an object"),  # a linear probe's figures (training.LinearProbe)
 }
 
@@ -147,7 +160,9 @@ def _kind(value: Any) -> str:
 def pack_outcomes(correct: np.ndarray) -> str:
     """Per-example correctness as text: base64 of the bits (``numpy.packbits``), ~170 characters for 1,000
     examples. :func:`unpack_outcomes` reverses it."""
-    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii") + f":{len(correct)}"
+    return (
+        base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii") + f":{len(correct)}"
+    )
 
 
 def unpack_outcomes(packed: str) -> np.ndarray:

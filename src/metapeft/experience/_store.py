@@ -118,8 +118,10 @@ class ExperienceStore:
             self._create_schema()
         except (ImportError, ValueError, sa.exc.ArgumentError) as exc:  # no driver, a bad port…
             detail = self._hide(_short(exc))
-            raise StoreError(f"cannot open the experience store at {self.display_url} ({detail}); "
-                             "is the URL right and its driver installed?") from None
+            raise StoreError(
+                f"cannot open the experience store at {self.display_url} ({detail}); "
+                "is the URL right and its driver installed?"
+            ) from None
         except SQLAlchemyError as exc:
             raise self._error(exc, "open") from None
         self._host = socket.gethostname()
@@ -147,16 +149,20 @@ class ExperienceStore:
         path, folder = self._file, self._file.parent
         if not folder.is_dir():
             if not create_folder:
-                raise StoreError(f"the folder {folder} of the experience store {self.display_url} does not exist; "
-                                 f"create it (mkdir -p {shlex.quote(str(folder))}) or fix --store / METAPEFT_STORE")
+                raise StoreError(
+                    f"the folder {folder} of the experience store {self.display_url} does not exist; "
+                    f"create it (mkdir -p {shlex.quote(str(folder))}) or fix --store / METAPEFT_STORE"
+                )
             folder.mkdir(parents=True, exist_ok=True)
         if path.exists():
             if not (os.access(path, os.W_OK) and os.access(folder, os.W_OK)):
                 self.read_only = True
                 return _read_only_engine(path)
         elif not os.access(folder, os.W_OK):
-            raise StoreError(f"cannot create the experience store {path}: no write permission on {folder}; "
-                             "fix its permissions or give another --store / METAPEFT_STORE")
+            raise StoreError(
+                f"cannot create the experience store {path}: no write permission on {folder}; "
+                "fix its permissions or give another --store / METAPEFT_STORE"
+            )
         else:
             (log.info if create_folder else log.warning)("creating a new experience store at %s", path)
         return _sqlite_engine(self.url)
@@ -166,8 +172,10 @@ class ExperienceStore:
             with self._reading(), self._engine.connect() as conn:
                 tables = sa.inspect(conn).get_table_names()
                 if experiences.name not in tables:
-                    raise StoreError(f"{self._file} is read-only for this user and holds no experiences; "
-                                     "give a metapeft store (--store / METAPEFT_STORE)")
+                    raise StoreError(
+                        f"{self._file} is read-only for this user and holds no experiences; "
+                        "give a metapeft store (--store / METAPEFT_STORE)"
+                    )
                 if store_info.name in tables:
                     self._check_version(conn.execute(_VERSION).scalar())
             return
@@ -187,8 +195,9 @@ class ExperienceStore:
 
     def _check_version(self, found: str | None) -> None:
         if found is not None and int(found) > SCHEMA_VERSION:
-            raise StoreError(f"the store at {self.display_url} was written by a newer metapeft (schema {found}); "
-                             "upgrade metapeft")
+            raise StoreError(
+                f"the store at {self.display_url} was written by a newer metapeft (schema {found}); upgrade metapeft"
+            )
 
     @contextmanager
     def _reading(self):
@@ -222,10 +231,13 @@ class ExperienceStore:
         if self._file is not None and ("malformed" in detail or "not a database" in detail):
             return self._damaged(detail)
         if self._file is not None and "readonly" in detail:  # "attempt to write a readonly database"
-            return StoreError(f"cannot {doing} the experience store {self._file} ({detail}); "
-                              "check that this user may write it, its folder and its -wal and -shm files")
-        return StoreError(f"cannot {doing} the experience store at {self.display_url} ({detail}); "
-                          "check --store / METAPEFT_STORE")
+            return StoreError(
+                f"cannot {doing} the experience store {self._file} ({detail}); "
+                "check that this user may write it, its folder and its -wal and -shm files"
+            )
+        return StoreError(
+            f"cannot {doing} the experience store at {self.display_url} ({detail}); check --store / METAPEFT_STORE"
+        )
 
     def _damaged(self, detail: str) -> StoreError:
         old, new = self._file, self._file.with_name(self._file.stem + "-recovered.db")
@@ -239,8 +251,10 @@ class ExperienceStore:
         )
 
     def _read_only_error(self) -> StoreError:
-        return StoreError(f"the experience store {self._file} is read-only for this user (no write permission on the "
-                          "file or its folder); it can be read; to write, fix its permissions or give another --store")
+        return StoreError(
+            f"the experience store {self._file} is read-only for this user (no write permission on the "
+            "file or its folder); it can be read; to write, fix its permissions or give another --store"
+        )
 
     def _hide(self, text: str) -> str:
         """``text`` with this store's URL and password hidden (database errors may quote them)."""
@@ -273,24 +287,41 @@ class ExperienceStore:
             ids = [r.id for r in records]
             with self._reading(), self._engine.connect() as conn:
                 for i in range(0, len(ids), 500):
-                    existing |= set(conn.execute(sa.select(experiences.c.id).where(experiences.c.id.in_(ids[i : i + 500]))).scalars())
+                    existing |= set(
+                        conn.execute(
+                            sa.select(experiences.c.id).where(experiences.c.id.in_(ids[i : i + 500]))
+                        ).scalars()
+                    )
             records = [r for r in records if r.id not in existing]
         try:
             self._insert(records, owner=False)
         except sa.exc.IntegrityError:
-            raise StoreError("another process added some of these records at the same time; run the import again (it skips what is stored)") from None
+            raise StoreError(
+                "another process added some of these records at the same time; run the import again (it skips what is stored)"
+            ) from None
         return len(records)
 
-    def add_prediction(self, *, task_name: str, task_fingerprint: str, ranking: list[dict], source: str, selector: str | None = None) -> str:
+    def add_prediction(
+        self, *, task_name: str, task_fingerprint: str, ranking: list[dict], source: str, selector: str | None = None
+    ) -> str:
         """Record what the selector predicted for a task (``ranking``: best first, each ``{"method", "rank",
         "accuracy": {"mean", "low", "high"}}``) so that ``metapeft monitor`` can compare it with the runs that follow."""
         import uuid
 
         if not ranking or not all(isinstance(r, dict) and {"method", "rank", "accuracy"} <= set(r) for r in ranking):
-            raise StoreError("a prediction's ranking lists {method, rank, accuracy: {mean, low, high}} entries, best first")
+            raise StoreError(
+                "a prediction's ranking lists {method, rank, accuracy: {mean, low, high}} entries, best first"
+            )
         pid = uuid.uuid4().hex
-        row = {"id": pid, "created_at": datetime.now(timezone.utc), "task_name": task_name[:256], "task_fingerprint": task_fingerprint, "source": source, "selector": selector,
-               "ranking": ranking}  # fmt: skip
+        row = {
+            "id": pid,
+            "created_at": datetime.now(timezone.utc),
+            "task_name": task_name[:256],
+            "task_fingerprint": task_fingerprint,
+            "source": source,
+            "selector": selector,
+            "ranking": ranking,
+        }
         with self._writing(), self._engine.begin() as conn:
             conn.execute(predictions.insert().values(**row))
         return pid
@@ -304,7 +335,9 @@ class ExperienceStore:
             rows = [dict(r) for r in conn.execute(stmt).mappings()]
         for r in rows:
             if r["created_at"].tzinfo is None:
-                r["created_at"] = r["created_at"].replace(tzinfo=timezone.utc)  # SQLite drops the zone; we always write UTC
+                r["created_at"] = r["created_at"].replace(
+                    tzinfo=timezone.utc
+                )  # SQLite drops the zone; we always write UTC
         return rows[::-1]
 
     def finish(self, experience_id: str, **fields: Any) -> None:
@@ -323,7 +356,10 @@ class ExperienceStore:
                     conn.execute(experiences.insert(), rows)
 
     def _row(self, r: Experience, owner: bool) -> dict[str, Any]:
-        row = {k: getattr(r, k) for k in ("id", "status", "source", "task_name", "task_fingerprint", "model", "method", "seed", "error")}
+        row = {
+            k: getattr(r, k)
+            for k in ("id", "status", "source", "task_name", "task_fingerprint", "model", "method", "seed", "error")
+        }
         for key in ("created_at", "updated_at"):  # SQLite keeps no offsets: store everything in UTC
             stamp = getattr(r, key)
             row[key] = stamp.astimezone(timezone.utc) if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
@@ -349,14 +385,23 @@ class ExperienceStore:
         stale_before = datetime.now(timezone.utc) - timedelta(seconds=STALE_S)
         running = experiences.c.status == "running"
         with self._reading(), self._engine.connect() as conn:
-            rows = conn.execute(sa.select(experiences.c.id, experiences.c.pid).where(running, experiences.c.host == self._host)).all()
-            silent = conn.execute(
-                sa.select(experiences.c.id, experiences.c.host)
-                .where(running, experiences.c.host != self._host, experiences.c.updated_at < stale_before)
+            rows = conn.execute(
+                sa.select(experiences.c.id, experiences.c.pid).where(running, experiences.c.host == self._host)
             ).all()
-        dead = {r.id: "the process running it ended without finishing (killed or crashed)" for r in rows if r.pid is None or process_gone(r.pid)}
+            silent = conn.execute(
+                sa.select(experiences.c.id, experiences.c.host).where(
+                    running, experiences.c.host != self._host, experiences.c.updated_at < stale_before
+                )
+            ).all()
+        dead = {
+            r.id: "the process running it ended without finishing (killed or crashed)"
+            for r in rows
+            if r.pid is None or process_gone(r.pid)
+        }
         for r in silent:
-            dead[r.id] = f"no heartbeat from its process on {r.host} for over {STALE_S / 60:.0f} minutes (killed, crashed or cut off)"
+            dead[r.id] = (
+                f"no heartbeat from its process on {r.host} for over {STALE_S / 60:.0f} minutes (killed, crashed or cut off)"
+            )
         for experience_id, error in dead.items():
             with self._writing(), self._engine.begin() as conn:
                 conn.execute(
@@ -369,8 +414,11 @@ class ExperienceStore:
     def heartbeat(self, experience_id: str) -> None:
         """Say that the process running ``experience_id`` is alive (its ``updated_at`` becomes now)."""
         with self._writing(), self._engine.begin() as conn:
-            conn.execute(experiences.update().where(experiences.c.id == experience_id, experiences.c.status == "running")
-                         .values(updated_at=datetime.now(timezone.utc)))  # fmt: skip
+            conn.execute(
+                experiences.update()
+                .where(experiences.c.id == experience_id, experiences.c.status == "running")
+                .values(updated_at=datetime.now(timezone.utc))
+            )
 
     @contextmanager
     def keep_alive(self, experience_id: str, every: float = HEARTBEAT_S):
@@ -469,14 +517,18 @@ def read_jsonl(path: str | Path) -> list[Experience]:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError:
             hint = "; it is gzip-compressed: name it .jsonl.gz" if data[:2] == b"\x1f\x8b" else ""
-            raise StoreError(f"{path} line {lineno}: not UTF-8 text, so not an `experience export` file{hint} (nothing imported)") from None
+            raise StoreError(
+                f"{path} line {lineno}: not UTF-8 text, so not an `experience export` file{hint} (nothing imported)"
+            ) from None
         if not line.strip():
             continue
         try:
             records.append(Experience.from_dict(json.loads(line)).validate())
         except (ValueError, TypeError) as exc:
             detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise StoreError(f"{path} line {lineno}: not an experience record ({detail}); fix or remove the line (nothing imported)") from None
+            raise StoreError(
+                f"{path} line {lineno}: not an experience record ({detail}); fix or remove the line (nothing imported)"
+            ) from None
     return records
 
 

@@ -11,6 +11,23 @@ from ._learner import FewShotModel, InnerLoop, ReptileLearner, StepResult
 from ._train import MetaTrainConfig, MetaTrainResult, meta_train
 
 __all__ = [
-    "FEW_SHOT_MAX", "AdaptResult", "Episode", "FewShotModel", "InnerLoop", "MetaTrainConfig", "MetaTrainResult", "ReptileLearner", "StepResult",
-    "TaskConfig", "adapt", "default_init", "few_shot_size", "few_shot_split", "load_init", "meta_train", "read_card", "sample_episode", "save_init",
+    "FEW_SHOT_MAX",
+    "AdaptResult",
+    "Episode",
+    "FewShotModel",
+    "InnerLoop",
+    "MetaTrainConfig",
+    "MetaTrainResult",
+    "ReptileLearner",
+    "StepResult",
+    "TaskConfig",
+    "adapt",
+    "default_init",
+    "few_shot_size",
+    "few_shot_split",
+    "load_init",
+    "meta_train",
+    "read_card",
+    "sample_episode",
+    "save_init",
 ]

@@ -17,7 +17,6 @@ from ._episodes import few_shot_split
 from ._init import default_init, inner_loop_of, load_init, read_card
 from ._learner import FewShotModel, adapt_in_place, predict, support_prototypes
 
-
 FEW_SHOT_MAX = 16  # examples per label up to which a task is few-shot (the shots meta-training draws)
 
 
@@ -42,9 +41,20 @@ class AdaptResult:
         return asdict(self)
 
 
-def adapt(task: Task | str | Path, shots: int = 8, *, init: str = "meta", method: str | None = None, seed: int = 0, model: str | None = None,
-          output_dir: str | Path | None = None, save: bool = True, store: ExperienceStore | None = None, record: bool = True,
-          track: bool = False) -> AdaptResult:  # fmt: skip
+def adapt(
+    task: Task | str | Path,
+    shots: int = 8,
+    *,
+    init: str = "meta",
+    method: str | None = None,
+    seed: int = 0,
+    model: str | None = None,
+    output_dir: str | Path | None = None,
+    save: bool = True,
+    store: ExperienceStore | None = None,
+    record: bool = True,
+    track: bool = False,
+) -> AdaptResult:
     """Adapt to ``task`` from ``shots`` training examples per label and evaluate on its whole held-out split.
 
     Args:
@@ -95,34 +105,95 @@ def adapt(task: Task | str | Path, shots: int = 8, *, init: str = "meta", method
 
     accuracy, macro_f1 = float((predictions == y).mean()), float(f1_score(y, predictions, average="macro"))
     init_name = init if init in ("meta", "random") else str(Path(init).resolve())
-    result = AdaptResult(task.name, card["method"], init_name, shots, seed, len(support), round(accuracy, 5), round(macro_f1, 5), round(adapt_time, 3), len(y), notes=notes)
-    hyperparameters = {**card["settings"], "learning_rate": inner.lr, "max_steps": inner.steps, "batch_size": inner.batch_size, "max_length": inner.max_length}
-    experience = Experience(task_name=task.name, task_fingerprint=task.fingerprint, method=card["method"], model=card["base_model"], hyperparameters=hyperparameters,
-                            seed=seed, tags={"few_shot": {"shots": shots, "init": init_name, "support_size": len(support)}})  # fmt: skip
+    result = AdaptResult(
+        task.name,
+        card["method"],
+        init_name,
+        shots,
+        seed,
+        len(support),
+        round(accuracy, 5),
+        round(macro_f1, 5),
+        round(adapt_time, 3),
+        len(y),
+        notes=notes,
+    )
+    hyperparameters = {
+        **card["settings"],
+        "learning_rate": inner.lr,
+        "max_steps": inner.steps,
+        "batch_size": inner.batch_size,
+        "max_length": inner.max_length,
+    }
+    experience = Experience(
+        task_name=task.name,
+        task_fingerprint=task.fingerprint,
+        method=card["method"],
+        model=card["base_model"],
+        hyperparameters=hyperparameters,
+        seed=seed,
+        tags={"few_shot": {"shots": shots, "init": init_name, "support_size": len(support)}},
+    )
     if save:
         with torch.no_grad():
             fsm.classifier.head = torch.nn.Linear(protos.shape[1], protos.shape[0])
             fsm.classifier.head.weight.copy_(fsm.log_scale.exp() * protos)
             fsm.classifier.head.bias.zero_()
         out = out or runs_dir() / experience.id
-        meta = {"method": card["method"], "label_names": task.label_names, "base_model": card["base_model"], "max_length": inner.max_length,
-                "prompt_learning": fsm.classifier.prompt_learning, "pooling": "mean", "normalize": True, "hyperparameters": hyperparameters,
-                "task": task.name, "task_fingerprint": task.fingerprint, "experience_id": experience.id, "few_shot": experience.tags["few_shot"]}  # fmt: skip
+        meta = {
+            "method": card["method"],
+            "label_names": task.label_names,
+            "base_model": card["base_model"],
+            "max_length": inner.max_length,
+            "prompt_learning": fsm.classifier.prompt_learning,
+            "pooling": "mean",
+            "normalize": True,
+            "hyperparameters": hyperparameters,
+            "task": task.name,
+            "task_fingerprint": task.fingerprint,
+            "experience_id": experience.id,
+            "few_shot": experience.tags["few_shot"],
+        }
         save_classifier(fsm.classifier, out, kind="peft", meta=meta)
         result.adapter_path = str(out.resolve())
     if record:
         experience.status = "finished"
-        experience.metrics = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "train_time_s": result.adapt_time_s, "eval_examples": len(y), "steps": inner.steps}
+        experience.metrics = {
+            "accuracy": result.accuracy,
+            "macro_f1": result.macro_f1,
+            "train_time_s": result.adapt_time_s,
+            "eval_examples": len(y),
+            "steps": inner.steps,
+        }
         experience.tags["adapter_path"] = result.adapter_path
         result.experience_id = (store or ExperienceStore()).add(experience)
     if track:
         from ..tracking import MLflowTracker
 
-        metrics = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "train_time_s": result.adapt_time_s, "eval_examples": len(y)}
-        tags = {"metapeft.kind": "adapt", "metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": card["method"],
-                "metapeft.base_model": card["base_model"], "metapeft.init": init_name, "metapeft.shots": shots, "metapeft.experience_id": result.experience_id}  # fmt: skip
-        result.mlflow_run_id = MLflowTracker().log_run(name=f"adapt/{card['method']}", params={**hyperparameters, "shots": shots, "init": init_name, "seed": seed},
-                                                       metrics=metrics, curve=[], tags=tags, artifact_dir=result.adapter_path)  # fmt: skip
+        metrics = {
+            "accuracy": result.accuracy,
+            "macro_f1": result.macro_f1,
+            "train_time_s": result.adapt_time_s,
+            "eval_examples": len(y),
+        }
+        tags = {
+            "metapeft.kind": "adapt",
+            "metapeft.task": task.name,
+            "metapeft.task_fingerprint": task.fingerprint,
+            "metapeft.method": card["method"],
+            "metapeft.base_model": card["base_model"],
+            "metapeft.init": init_name,
+            "metapeft.shots": shots,
+            "metapeft.experience_id": result.experience_id,
+        }
+        result.mlflow_run_id = MLflowTracker().log_run(
+            name=f"adapt/{card['method']}",
+            params={**hyperparameters, "shots": shots, "init": init_name, "seed": seed},
+            metrics=metrics,
+            curve=[],
+            tags=tags,
+            artifact_dir=result.adapter_path,
+        )
     return result
 
 

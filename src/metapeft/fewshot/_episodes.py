@@ -55,7 +55,9 @@ def sample_episode(task: Task, config: TaskConfig, rng: np.random.Generator) -> 
     need = config.shots + config.query
     eligible = [c for c in np.unique(labels) if (labels == c).sum() >= need]
     if len(eligible) < 2:
-        raise MetapeftError(f"task {task.name}: fewer than 2 labels have {need} training examples ({config.shots} shots + {config.query} query); lower shots or query")
+        raise MetapeftError(
+            f"task {task.name}: fewer than 2 labels have {need} training examples ({config.shots} shots + {config.query} query); lower shots or query"
+        )
     chosen = rng.choice(eligible, size=min(config.classes, len(eligible)), replace=False)
     support, query, support_y, query_y = [], [], [], []
     for new, c in enumerate(chosen):
@@ -64,7 +66,12 @@ def sample_episode(task: Task, config: TaskConfig, rng: np.random.Generator) -> 
         query += rows[config.shots :].tolist()
         support_y += [new] * config.shots
         query_y += [new] * config.query
-    return Episode(task.name, _relabel(task.train.select(support), support_y), _relabel(task.train.select(query), query_y), [int(c) for c in chosen])
+    return Episode(
+        task.name,
+        _relabel(task.train.select(support), support_y),
+        _relabel(task.train.select(query), query_y),
+        [int(c) for c in chosen],
+    )
 
 
 def few_shot_split(task: Task, shots: int, seed: int) -> tuple[Split, list[str]]:
@@ -76,9 +83,13 @@ def few_shot_split(task: Task, shots: int, seed: int) -> tuple[Split, list[str]]
     for c in range(task.num_labels):
         own = np.flatnonzero(labels == c)
         if len(own) == 0:
-            raise MetapeftError(f"{task.name}: label {task.label_names[c]!r} has no training example; add some or drop the label")
+            raise MetapeftError(
+                f"{task.name}: label {task.label_names[c]!r} has no training example; add some or drop the label"
+            )
         if len(own) < shots:
-            short.append(f"label {task.label_names[c]!r} has {len(own)} training examples, fewer than --shots {shots}: all of them are used")
+            short.append(
+                f"label {task.label_names[c]!r} has {len(own)} training examples, fewer than --shots {shots}: all of them are used"
+            )
         rows += rng.permutation(own)[:shots].tolist()
     return task.train.select(sorted(rows)), short
 

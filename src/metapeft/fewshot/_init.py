@@ -50,13 +50,20 @@ def read_card(folder: str | Path) -> dict:
     folder = Path(folder)
     path = folder / CARD
     if not path.is_file():
-        raise MetapeftError(f"{folder} is not a meta-initialisation (no {CARD}); give a folder `metapeft meta-train` wrote")
+        raise MetapeftError(
+            f"{folder} is not a meta-initialisation (no {CARD}); give a folder `metapeft meta-train` wrote"
+        )
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise MetapeftError(f"{path} is not valid JSON ({exc}); meta-train again or restore the folder") from None
-    if not isinstance(card, dict) or not all(isinstance(card.get(k), t) for k, t in (("method", str), ("base_model", str), ("settings", dict), ("inner", dict))):
-        raise MetapeftError(f"{path} lacks method, base_model, settings or inner loop; meta-train again or restore the folder")
+    if not isinstance(card, dict) or not all(
+        isinstance(card.get(k), t)
+        for k, t in (("method", str), ("base_model", str), ("settings", dict), ("inner", dict))
+    ):
+        raise MetapeftError(
+            f"{path} lacks method, base_model, settings or inner loop; meta-train again or restore the folder"
+        )
     if card.get("format", 0) > FORMAT:
         raise MetapeftError(f"{path} was written by a newer metapeft (format {card['format']}); upgrade metapeft")
     return card
@@ -73,21 +80,31 @@ def load_init(folder: str | Path, method: str | None = None, model: str | None =
     card = read_card(folder)
     wanted = resolve_model(model)[0]  # the user's base model: the default when none is named
     if wanted != card["base_model"]:
-        raise MetapeftError(f"{folder} was meta-trained for base model {card['base_model']}, not {wanted}; use --model {card['base_model']} or another --init")
+        raise MetapeftError(
+            f"{folder} was meta-trained for base model {card['base_model']}, not {wanted}; use --model {card['base_model']} or another --init"
+        )
     if method and method != card["method"]:
-        raise MetapeftError(f"{folder} was meta-trained for method {card['method']}, not {method}; use --method {card['method']} or another --init")
+        raise MetapeftError(
+            f"{folder} was meta-trained for method {card['method']}, not {method}; use --method {card['method']} or another --init"
+        )
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise MetapeftError(f"{folder / WEIGHTS} is not a readable safetensors file ({str(exc).splitlines()[0]}); meta-train again or restore the folder") from None
+        raise MetapeftError(
+            f"{folder / WEIGHTS} is not a readable safetensors file ({str(exc).splitlines()[0]}); meta-train again or restore the folder"
+        ) from None
     fsm = FewShotModel.build(card["method"], card["settings"], model)
     scale = state.pop("log_scale", None)
     expected = set(fsm_state_keys(fsm))
     if scale is None or set(state) != expected:
-        raise MetapeftError(f"{folder / WEIGHTS} does not hold the {card['method']} parameters its card describes (a foreign or mixed file); meta-train again")
+        raise MetapeftError(
+            f"{folder / WEIGHTS} does not hold the {card['method']} parameters its card describes (a foreign or mixed file); meta-train again"
+        )
     for key, value in state.items():
         if value.shape != fsm_state_keys(fsm)[key]:
-            raise MetapeftError(f"{folder / WEIGHTS}: {key} has shape {tuple(value.shape)}, expected {tuple(fsm_state_keys(fsm)[key])}; a foreign or mixed file")
+            raise MetapeftError(
+                f"{folder / WEIGHTS}: {key} has shape {tuple(value.shape)}, expected {tuple(fsm_state_keys(fsm)[key])}; a foreign or mixed file"
+            )
     set_peft_model_state_dict(fsm.classifier.encoder, state)
     with torch.no_grad():
         fsm.log_scale.copy_(scale.reshape(()))
@@ -105,5 +122,11 @@ def inner_loop_of(card: dict) -> InnerLoop:
 
 
 def card_for(model: FewShotModel, method: str, settings: dict, base_model: str, inner: InnerLoop, **extra) -> dict:
-    return {"method": method, "settings": settings, "base_model": base_model, "inner": asdict(inner), "scale": float(model.log_scale.exp()), **extra}
-
+    return {
+        "method": method,
+        "settings": settings,
+        "base_model": base_model,
+        "inner": asdict(inner),
+        "scale": float(model.log_scale.exp()),
+        **extra,
+    }

@@ -49,7 +49,9 @@ class InnerLoop:
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.batch_size < 2 or self.max_length < 8:
-            raise MetapeftError(f"inner loop: steps >= 0, lr > 0, batch_size >= 2 and max_length >= 8 needed, got {asdict(self)}")
+            raise MetapeftError(
+                f"inner loop: steps >= 0, lr > 0, batch_size >= 2 and max_length >= 8 needed, got {asdict(self)}"
+            )
 
 
 class FewShotModel(nn.Module):
@@ -69,7 +71,9 @@ class FewShotModel(nn.Module):
 
         spec = get_method(method)
         if spec.kind != "peft":
-            raise MetapeftError(f"few-shot adaptation meta-learns PEFT parameters; {method} has none (use lora, ia3, prefix_tuning, prompt_tuning…)")
+            raise MetapeftError(
+                f"few-shot adaptation meta-learns PEFT parameters; {method} has none (use lora, ia3, prefix_tuning, prompt_tuning…)"
+            )
         config = spec.make_config(settings or {})
         backbone = backbone_info(model)
         spec.check_compatible(config, backbone)
@@ -87,7 +91,9 @@ class FewShotModel(nn.Module):
         return self.classifier.embed(**data.collate(list(indices), torch.device("cpu")))
 
     def embed_all(self, data: Batches, batch_size: int = 128) -> torch.Tensor:
-        return torch.cat([self.embed(data, range(i, min(i + batch_size, len(data)))) for i in range(0, len(data), batch_size)])
+        return torch.cat(
+            [self.embed(data, range(i, min(i + batch_size, len(data)))) for i in range(0, len(data), batch_size)]
+        )
 
     def logits(self, embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         return self.log_scale.exp() * embeddings @ prototypes.T
@@ -99,7 +105,9 @@ def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> 
     return nn.functional.normalize(sums, dim=-1)
 
 
-def leave_one_out_loss(model: FewShotModel, embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+def leave_one_out_loss(
+    model: FewShotModel, embeddings: torch.Tensor, labels: torch.Tensor, classes: int
+) -> torch.Tensor:
     """Cross-entropy of each example against the prototypes of the others (its own class's prototype without it);
     examples alone in their class in the batch are left out."""
     sums = torch.zeros(classes, embeddings.shape[1], dtype=embeddings.dtype).index_add_(0, labels, embeddings)
@@ -122,7 +130,11 @@ def adapt_in_place(model: FewShotModel, support: Split, loop: InnerLoop, rng: np
     model.train()
     losses = []
     for _ in range(loop.steps):
-        idx = np.arange(len(data)) if len(data) <= loop.batch_size else _stratified_batch(support.labels, loop.batch_size, rng)
+        idx = (
+            np.arange(len(data))
+            if len(data) <= loop.batch_size
+            else _stratified_batch(support.labels, loop.batch_size, rng)
+        )
         loss = leave_one_out_loss(model, model.embed(data, idx), labels[idx], classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,7 +209,9 @@ class ReptileLearner:
         if self.outer_lr <= 0:
             raise MetapeftError(f"outer_lr must be positive, got {self.outer_lr}")
         if self.outer_optimizer not in OUTER_OPTIMIZERS:
-            raise MetapeftError(f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}")
+            raise MetapeftError(
+                f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}"
+            )
         self._rng = np.random.default_rng(self.seed)
         params = list(self.model.meta_parameters().values())
         self._outer = torch.optim.Adam(params, lr=self.outer_lr) if self.outer_optimizer == "adam" else None
@@ -239,7 +253,9 @@ class ReptileLearner:
             self._outer.step()
             self._outer.zero_grad(set_to_none=True)
         norm = float(torch.sqrt(sum(((p.detach() - start[n]) ** 2).sum() for n, p in params.items())))
-        return StepResult(float(np.mean(support_losses)), float(np.mean(query_losses)), float(np.mean(accuracies)), norm)
+        return StepResult(
+            float(np.mean(support_losses)), float(np.mean(query_losses)), float(np.mean(accuracies)), norm
+        )
 
     def outer_state(self) -> dict[str, torch.Tensor]:
         """The outer optimiser's state as named tensors (empty for SGD), for a checkpoint."""
@@ -249,7 +265,9 @@ class ReptileLearner:
         out = {}
         for p, state in self._outer.state.items():
             for key, value in state.items():
-                out[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().clone().reshape(-1) if key == "step" else value.detach().clone()
+                out[f"{names[id(p)]}::{key}"] = (
+                    torch.as_tensor(value).detach().clone().reshape(-1) if key == "step" else value.detach().clone()
+                )
         return out
 
     def load_outer_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -271,7 +289,9 @@ class ReptileLearner:
         with torch.set_grad_enabled(grad):
             for p in model.meta_parameters().values():
                 p.grad = None
-            protos = prototypes(model.embed_all(model.batches(episode.support, max_length)), labels, int(labels.max()) + 1)
+            protos = prototypes(
+                model.embed_all(model.batches(episode.support, max_length)), labels, int(labels.max()) + 1
+            )
             logits = model.logits(model.embed_all(model.batches(episode.query, max_length)), protos)
             loss = nn.functional.cross_entropy(logits, query_labels)
             if grad:

@@ -85,7 +85,9 @@ class MetaTrainConfig:
         if self.algorithm not in ALGORITHMS:
             raise MetapeftError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.outer_optimizer not in OUTER_OPTIMIZERS:
-            raise MetapeftError(f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}")
+            raise MetapeftError(
+                f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}"
+            )
         if self.outer_lr <= 0:
             raise MetapeftError(f"outer_lr must be positive, got {self.outer_lr}")
 
@@ -127,8 +129,14 @@ class MetaTrainResult:
     model_version: str | None = None
 
 
-def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *, track: bool = True,
-               on_iteration: Callable[[int, int, dict], None] | None = None) -> MetaTrainResult:  # fmt: skip
+def meta_train(
+    suite: str | Path,
+    config: MetaTrainConfig,
+    output: str | Path,
+    *,
+    track: bool = True,
+    on_iteration: Callable[[int, int, dict], None] | None = None,
+) -> MetaTrainResult:
     """Meta-train ``config.method``'s parameters over the tasks of ``suite`` into ``output`` (resumed from its
     checkpoint when it holds one of the same config). Returns the curve; the meta-initialisation is ``output``."""
     from .._backbone import resolve_model
@@ -137,7 +145,9 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
     output = Path(output)
     entries = {e.name: e for e in load_suite(suite)}
     if unknown := sorted((set(config.exclude) | set(config.tasks or ())) - set(entries)):
-        raise MetapeftError(f"tasks not in the suite: {', '.join(unknown)}; the suite has {', '.join(sorted(entries))}")
+        raise MetapeftError(
+            f"tasks not in the suite: {', '.join(unknown)}; the suite has {', '.join(sorted(entries))}"
+        )
     names = [n for n in (config.tasks or entries) if n not in config.exclude]
     if not names:
         raise MetapeftError("no task left to meta-train on after --exclude")
@@ -150,10 +160,14 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
         model, _ = load_init(checkpoint, config.method, config.model)
     else:
         if output.exists() and any(output.iterdir()):
-            raise MetapeftError(f"output folder {output} is not empty and holds no checkpoint of this config; choose a new folder")
+            raise MetapeftError(
+                f"output folder {output} is not empty and holds no checkpoint of this config; choose a new folder"
+            )
         model = FewShotModel.build(config.method, config.settings, config.model)
         state = {"iteration": 0, "history": [], "validation": [], "mlflow_run_id": None}
-    learner = ReptileLearner(model, config.inner, config.outer_lr, config.algorithm, config.seed, config.outer_optimizer)
+    learner = ReptileLearner(
+        model, config.inner, config.outer_lr, config.algorithm, config.seed, config.outer_optimizer
+    )
     if (checkpoint / OUTER).is_file() and state["iteration"]:
         learner.load_outer_state(load_file(str(checkpoint / OUTER)))
     rng = np.random.default_rng(config.seed)
@@ -166,17 +180,35 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
 
     tracker = _Tracker(state.get("mlflow_run_id"), config, names, base_model) if track else None
     state["mlflow_run_id"] = tracker.run_id if tracker else None
-    card = lambda: card_for(model, config.method, model_settings(model, config), base_model, config.adaptation or config.inner, tasks=names, excluded=config.exclude,  # noqa: E731
-                            config=config.as_dict(), iterations=state["iteration"], validation=state["validation"], history_tail=state["history"][-5:])
+
+    def card():
+        return card_for(
+            model,
+            config.method,
+            model_settings(model, config),
+            base_model,
+            config.adaptation or config.inner,
+            tasks=names,
+            excluded=config.exclude,
+            config=config.as_dict(),
+            iterations=state["iteration"],
+            validation=state["validation"],
+            history_tail=state["history"][-5:],
+        )
+
     try:
         if state["iteration"] == 0 and not state["validation"]:
-            state["validation"].append({"iteration": 0, "accuracy": _validate(learner, validation, config.adaptation or config.inner)})
+            state["validation"].append(
+                {"iteration": 0, "accuracy": _validate(learner, validation, config.adaptation or config.inner)}
+            )
         while state["iteration"] < config.iterations:
             i = state["iteration"]
             episodes = []
             for _ in range(config.meta_batch):
                 name = names[rng.integers(len(names))]
-                task_config = TaskConfig(name, min(config.classes, tasks[name].num_labels), int(rng.choice(config.shots)), config.query)
+                task_config = TaskConfig(
+                    name, min(config.classes, tasks[name].num_labels), int(rng.choice(config.shots)), config.query
+                )
                 episodes.append(sample_episode(tasks[name], task_config, rng))
             started = time.perf_counter()
             step = learner.meta_train_step(episodes, outer_lr=config.outer_lr * (1 - i / config.iterations))
@@ -184,12 +216,18 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
             state["history"].append({"iteration": i + 1, **numbers})
             state["iteration"] = i + 1
             if (i + 1) % config.validate_every == 0 or i + 1 == config.iterations:
-                state["validation"].append({"iteration": i + 1, "accuracy": _validate(learner, validation, config.adaptation or config.inner)})
+                state["validation"].append(
+                    {"iteration": i + 1, "accuracy": _validate(learner, validation, config.adaptation or config.inner)}
+                )
                 numbers["validation_accuracy"] = state["validation"][-1]["accuracy"]
             if tracker:
                 tracker.log(i + 1, numbers)
             if (i + 1) % config.checkpoint_every == 0 or i + 1 == config.iterations:
-                state.update(rng=rng.bit_generator.state, learner_rng=learner._rng.bit_generator.state, torch_rng=torch.get_rng_state().tolist())
+                state.update(
+                    rng=rng.bit_generator.state,
+                    learner_rng=learner._rng.bit_generator.state,
+                    torch_rng=torch.get_rng_state().tolist(),
+                )
                 _write_state(learner, checkpoint, state, card())
             if on_iteration:
                 on_iteration(i + 1, config.iterations, numbers)
@@ -199,7 +237,14 @@ def meta_train(suite: str | Path, config: MetaTrainConfig, output: str | Path, *
         raise
     save_init(model, output, card())
     version = tracker.finish(output) if tracker else None
-    return MetaTrainResult(str(output.resolve()), state["iteration"], state["validation"], state["history"], state["mlflow_run_id"], version)
+    return MetaTrainResult(
+        str(output.resolve()),
+        state["iteration"],
+        state["validation"],
+        state["history"],
+        state["mlflow_run_id"],
+        version,
+    )
 
 
 def model_settings(model: FewShotModel, config: MetaTrainConfig) -> dict:
@@ -220,7 +265,11 @@ def _validation_episodes(tasks: dict, config: MetaTrainConfig) -> list:
         held_out = Task(task.name, task.label_names, task.test, task.test)
         shots = sorted(config.shots)[len(config.shots) // 2]
         try:
-            episodes.append(sample_episode(held_out, TaskConfig(task.name, min(config.classes, task.num_labels), shots, config.query), rng))
+            episodes.append(
+                sample_episode(
+                    held_out, TaskConfig(task.name, min(config.classes, task.num_labels), shots, config.query), rng
+                )
+            )
         except MetapeftError:
             continue  # a held-out split too small for an episode
     return episodes
@@ -251,7 +300,9 @@ def _read_state(checkpoint: Path, config: MetaTrainConfig) -> dict | None:
     except ValueError:
         raise MetapeftError(f"{path} is damaged; remove {checkpoint} to start over") from None
     if state.get("config") != json.loads(json.dumps(config.as_dict())):
-        raise MetapeftError(f"{checkpoint} holds a meta-training with another config; use the same options to resume, or a new output folder")
+        raise MetapeftError(
+            f"{checkpoint} holds a meta-training with another config; use the same options to resume, or a new output folder"
+        )
     return state
 
 
@@ -277,8 +328,15 @@ class _Tracker:
         self.tracker = MLflowTracker()
         client = self.tracker.client
         if run_id is None:
-            run_id = self.tracker.start_parent(f"meta-train/{config.method}", {"metapeft.kind": "meta-train", "metapeft.method": config.method,
-                                                                               "metapeft.base_model": base_model, "metapeft.tasks": ",".join(tasks)})  # fmt: skip
+            run_id = self.tracker.start_parent(
+                f"meta-train/{config.method}",
+                {
+                    "metapeft.kind": "meta-train",
+                    "metapeft.method": config.method,
+                    "metapeft.base_model": base_model,
+                    "metapeft.tasks": ",".join(tasks),
+                },
+            )
             params = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in config.as_dict().items()}
             client.log_batch(run_id, params=[_param(k, v) for k, v in params.items()])
         else:
@@ -289,7 +347,10 @@ class _Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, iteration) for k, v in numbers.items() if isinstance(v, (int, float))])
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), now, iteration) for k, v in numbers.items() if isinstance(v, (int, float))],
+        )
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
@@ -298,10 +359,22 @@ class _Tracker:
         card = json.loads((output / "card.json").read_text())
         self.client.log_artifacts(self.run_id, str(output), artifact_path="meta_init")
         self.end("FINISHED")
-        tags = {"metapeft.method": card["method"], "metapeft.base_model": card["base_model"], "metapeft.tasks": ",".join(card["tasks"]),
-                "metapeft.excluded": ",".join(card["excluded"]), "metapeft.settings": json.dumps(card["settings"]), "metapeft.inner": json.dumps(card["inner"]),
-                "metapeft.validation": json.dumps(card["validation"])[:5000]}  # fmt: skip
-        version = self.tracker.register(REGISTERED_NAME, self.run_id, artifact_path="meta_init", tags=tags, description=f"meta-initialisation of {card['method']} for {card['base_model']}")
+        tags = {
+            "metapeft.method": card["method"],
+            "metapeft.base_model": card["base_model"],
+            "metapeft.tasks": ",".join(card["tasks"]),
+            "metapeft.excluded": ",".join(card["excluded"]),
+            "metapeft.settings": json.dumps(card["settings"]),
+            "metapeft.inner": json.dumps(card["inner"]),
+            "metapeft.validation": json.dumps(card["validation"])[:5000],
+        }
+        version = self.tracker.register(
+            REGISTERED_NAME,
+            self.run_id,
+            artifact_path="meta_init",
+            tags=tags,
+            description=f"meta-initialisation of {card['method']} for {card['base_model']}",
+        )
         return str(version.version)
 
 

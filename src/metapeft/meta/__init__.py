@@ -12,4 +12,21 @@ from ._protocol import Selector, check_selector
 from ._recommend import MetaPEFT, MethodRecommendation, SettingCheck, SimilarTask, ship_prior
 from ._surrogate import Candidate, Prediction, Surrogate
 
-__all__ = ["Candidate", "Cell", "Constraint", "CurveForecaster", "Forecast", "MetaPEFT", "MethodRecommendation", "Prediction", "Selector", "SettingCheck", "SimilarTask", "Surrogate", "TaskEmbedder", "check_selector", "evaluate", "ship_prior"]
+__all__ = [
+    "Candidate",
+    "Cell",
+    "Constraint",
+    "CurveForecaster",
+    "Forecast",
+    "MetaPEFT",
+    "MethodRecommendation",
+    "Prediction",
+    "Selector",
+    "SettingCheck",
+    "SimilarTask",
+    "Surrogate",
+    "TaskEmbedder",
+    "check_selector",
+    "evaluate",
+    "ship_prior",
+]

@@ -21,7 +21,6 @@ from ._features import PROFILE_FEATURES, domain_vector, profile_vector
 DOMAIN_COMPONENTS = 8
 
 
-
 @dataclass
 class Cell:
     """What the experience says about one task instance."""
@@ -33,7 +32,9 @@ class Cell:
     profile: dict
     scores: dict[str, float]  # method → best accuracy among its runs
     runs: int = 0
-    seed: int | None = None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
+    seed: int | None = (
+        None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
+    )
 
     @property
     def best_method(self) -> str:
@@ -50,7 +51,9 @@ def cells_of(records: list[Experience]) -> list[Cell]:
         if not usable(r):
             continue
         key = cell_key(r)
-        cell = cells.setdefault(key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed))
+        cell = cells.setdefault(
+            key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed)
+        )
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
         cell.runs += 1
     return list(cells.values())
@@ -89,7 +92,9 @@ class TaskFeaturizer:
         keep = pca.explained_variance_ > 1e-6 * max(float(pca.explained_variance_.max()), 1e-12)
         self.domain_mean = pca.mean_.astype(np.float32)
         # scaled to unit variance, like the other features
-        self.domain_components = (pca.components_[keep] / np.sqrt(pca.explained_variance_[keep])[:, None]).astype(np.float32)
+        self.domain_components = (pca.components_[keep] / np.sqrt(pca.explained_variance_[keep])[:, None]).astype(
+            np.float32
+        )
         return self
 
     @property
@@ -108,7 +113,12 @@ class TaskFeaturizer:
         return np.concatenate([x, np.clip(dom, -5, 5)], axis=1).astype(np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "std": self.std, "domain_mean": self.domain_mean, "domain_components": self.domain_components}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "domain_mean": self.domain_mean,
+            "domain_components": self.domain_components,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> TaskFeaturizer:
@@ -205,12 +215,20 @@ class TaskEmbedder:
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {f"featurizer.{k}": v for k, v in self.featurizer.state().items()}
         arrays.update({f"net.{k}": v for k, v in self.weights.items()})
-        return arrays, {"dim": self.dim, "epochs": self.epochs, "seed": self.seed, "methods": self.methods, "stress": self.stress_}
+        return arrays, {
+            "dim": self.dim,
+            "epochs": self.epochs,
+            "seed": self.seed,
+            "methods": self.methods,
+            "stress": self.stress_,
+        }
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> TaskEmbedder:
         self = cls(meta["dim"], meta["epochs"], meta["seed"])
         self.methods, self.stress_ = meta["methods"], meta["stress"]
-        self.featurizer = TaskFeaturizer.from_state({k[len("featurizer."):]: v for k, v in arrays.items() if k.startswith("featurizer.")})
-        self.weights = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
+        self.featurizer = TaskFeaturizer.from_state(
+            {k[len("featurizer.") :]: v for k, v in arrays.items() if k.startswith("featurizer.")}
+        )
+        self.weights = {k[len("net.") :]: v for k, v in arrays.items() if k.startswith("net.")}
         return self

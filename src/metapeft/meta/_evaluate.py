@@ -63,11 +63,16 @@ class Constraint:
                 raise OptionError("methods", f"must be a non-empty list of method names, got {self.methods!r}")
             for name in self.methods:
                 get_method(name)
-        if self.max_memory_mb is not None and not (isinstance(self.max_memory_mb, (int, float)) and self.max_memory_mb > 0):
+        if self.max_memory_mb is not None and not (
+            isinstance(self.max_memory_mb, (int, float)) and self.max_memory_mb > 0
+        ):
             raise OptionError("max_memory_mb", f"must be a positive number of MB, got {self.max_memory_mb!r}")
         if not self.allowed:
             chosen = ", ".join(self.methods or [m.name for m in list_methods()])
-            raise OptionError("peft_only", f"leaves no method: none of {chosen} is a PEFT method (an adapter or virtual tokens); allow one, or drop the PEFT-only constraint")
+            raise OptionError(
+                "peft_only",
+                f"leaves no method: none of {chosen} is a PEFT method (an adapter or virtual tokens); allow one, or drop the PEFT-only constraint",
+            )
 
     @property
     def allowed(self) -> list[str]:
@@ -85,8 +90,11 @@ class Constraint:
         return memory is not None and memory <= self.max_memory_mb
 
     def describe(self) -> str:
-        parts = ["PEFT methods only" if self.peft_only else None, f"methods {', '.join(self.methods)}" if self.methods else None,
-                 f"peak memory ≤ {self.max_memory_mb:g} MB" if self.max_memory_mb else None]  # fmt: skip
+        parts = [
+            "PEFT methods only" if self.peft_only else None,
+            f"methods {', '.join(self.methods)}" if self.methods else None,
+            f"peak memory ≤ {self.max_memory_mb:g} MB" if self.max_memory_mb else None,
+        ]
         return "; ".join(p for p in parts if p) or "every method"
 
 
@@ -110,7 +118,16 @@ class AlwaysMethod(_ScoreOnly):
         return self
 
     def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
-        return self._prediction(np.array([(c.method == self.method) + 0.5 * (c.method == self.method and at_defaults(c.method, c.hyperparameters)) for c in candidates], float))
+        return self._prediction(
+            np.array(
+                [
+                    (c.method == self.method)
+                    + 0.5 * (c.method == self.method and at_defaults(c.method, c.hyperparameters))
+                    for c in candidates
+                ],
+                float,
+            )
+        )
 
 
 class GlobalBest(_ScoreOnly):
@@ -121,7 +138,11 @@ class GlobalBest(_ScoreOnly):
         return self
 
     def predict(self, profile: dict, candidates: list[Candidate]) -> Prediction:
-        return self._prediction(np.array([-self.gap.get(c.method, 1.0) + 1e-3 * at_defaults(c.method, c.hyperparameters) for c in candidates]))
+        return self._prediction(
+            np.array(
+                [-self.gap.get(c.method, 1.0) + 1e-3 * at_defaults(c.method, c.hyperparameters) for c in candidates]
+            )
+        )
 
 
 class RandomChoice(_ScoreOnly):
@@ -159,10 +180,14 @@ class NearestNeighbours(_ScoreOnly):
         for m in {c.method for c in candidates}:
             gaps = [c.best_accuracy - c.scores[m] for c in near if m in c.scores]
             score[m] = -float(np.mean(gaps)) if gaps else -1.0
-        return self._prediction(np.array([score[c.method] + 1e-3 * at_defaults(c.method, c.hyperparameters) for c in candidates]))
+        return self._prediction(
+            np.array([score[c.method] + 1e-3 * at_defaults(c.method, c.hyperparameters) for c in candidates])
+        )
 
 
-def select(pred: Prediction, candidates: list[Candidate], incumbent: str | None = None) -> tuple[list[str], dict[str, int], np.ndarray]:
+def select(
+    pred: Prediction, candidates: list[Candidate], incumbent: str | None = None
+) -> tuple[list[str], dict[str, int], np.ndarray]:
     """The same rule as ``MetaPEFT.recommend``: per method the candidate with the best cautious score (mean minus
     half an sd), methods ranked by that candidate's mean, ``incumbent`` first unless surely beaten (``rank_methods``).
     Returns the ranking, the chosen candidate per method and each ranked method's probability of being best."""
@@ -171,7 +196,13 @@ def select(pred: Prediction, candidates: list[Candidate], incumbent: str | None 
     return ranking, chosen, pred.take([chosen[m] for m in ranking]).best_probability()
 
 
-def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarray, costs: np.ndarray | None = None, incumbent: str | None = None) -> dict:
+def score_cell(
+    pred: Prediction,
+    candidates: list[Candidate],
+    accuracy: np.ndarray,
+    costs: np.ndarray | None = None,
+    incumbent: str | None = None,
+) -> dict:
     """Regret, top-1, NDCG, confidence and 90%-interval coverage of one ranking; ``costs`` (n × 2: train time s,
     peak memory MB, NaN where not measured comparably) adds the coverage of the time and memory intervals."""
     ranking, chosen, probs = select(pred, candidates, incumbent)
@@ -203,7 +234,11 @@ def score_cell(pred: Prediction, candidates: list[Candidate], accuracy: np.ndarr
         for j, key in ((1, "coverage_time"), (2, "coverage_memory")):
             seen = ~np.isnan(costs[:, j - 1])
             value = costs[seen, j - 1]
-            out[key] = float(((pred.low[seen, j] <= value) & (value <= pred.high[seen, j])).mean()) if seen.any() else math.nan
+            out[key] = (
+                float(((pred.low[seen, j] <= value) & (value <= pred.high[seen, j])).mean())
+                if seen.any()
+                else math.nan
+            )
     return out
 
 
@@ -244,7 +279,9 @@ class _Instance:
 
 def _config_key(r: Experience) -> str:
     """A configuration, whatever the budget fields a run derived from its data (sequence length)."""
-    return r.method + json.dumps({k: v for k, v in r.hyperparameters.items() if k not in BUDGET_FIELDS}, sort_keys=True, default=str)
+    return r.method + json.dumps(
+        {k: v for k, v in r.hyperparameters.items() if k not in BUDGET_FIELDS}, sort_keys=True, default=str
+    )
 
 
 def _instances(held: str, runs: list[Experience], constraint: Constraint, min_methods: int) -> list[_Instance]:
@@ -265,10 +302,14 @@ def _instances(held: str, runs: list[Experience], constraint: Constraint, min_me
         full_defaults = [r for r in full if at_defaults(r.method, r.hyperparameters)]
         references = {
             "lora_defaults": float(np.mean([r.metrics["accuracy"] for r in lora])) if lora else None,
-            "full_finetuning": float(np.mean([r.metrics["accuracy"] for r in (full_defaults or full)])) if full else None,
+            "full_finetuning": float(np.mean([r.metrics["accuracy"] for r in (full_defaults or full)]))
+            if full
+            else None,
             "median": float(np.median([r.metrics["accuracy"] for r in allowed])),
         }
-        out.append(_Instance(held, first[0].task_name, _size(first[0]), first, allowed, references, lora[0] if lora else None))
+        out.append(
+            _Instance(held, first[0].task_name, _size(first[0]), first, allowed, references, lora[0] if lora else None)
+        )
     return out
 
 
@@ -297,9 +338,19 @@ def _size(r: Experience) -> int:
     return int(r.profile.get("dataset_size") or r.tags.get("n_train") or 0)
 
 
-def evaluate(records: list[Experience], *, constraint: Constraint | None = None, selectors: dict[str, Callable[[], Selector]] | None = None,
-             few_shot: int = 2, random_repeats: int = 50, min_methods: int = 5, progress: Callable[[int, int, str], None] | None = None,
-             held_out: list[str] | None = None, bootstrap: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+def evaluate(
+    records: list[Experience],
+    *,
+    constraint: Constraint | None = None,
+    selectors: dict[str, Callable[[], Selector]] | None = None,
+    few_shot: int = 2,
+    random_repeats: int = 50,
+    min_methods: int = 5,
+    progress: Callable[[int, int, str], None] | None = None,
+    held_out: list[str] | None = None,
+    bootstrap: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Leave-one-task-out over ``records`` (module docstring).
 
     Args:
@@ -346,7 +397,9 @@ def evaluate(records: list[Experience], *, constraint: Constraint | None = None,
         replicates = _replicates(own, constraint)
         for inst in instances:
             curse.append({"task": held, **_winners_curse(inst.allowed, seed=len(curse))})
-        incumbent = incumbent_method(cells_of(train))  # the ranking rule reads it only with joint draws (not the baselines)
+        incumbent = incumbent_method(
+            cells_of(train)
+        )  # the ranking rule reads it only with joint draws (not the baselines)
         for name, make in selectors.items():
             model = make()
             if isinstance(model, AlwaysMethod) and model.method not in constraint.allowed:
@@ -357,27 +410,53 @@ def evaluate(records: list[Experience], *, constraint: Constraint | None = None,
                 runs = inst.allowed
                 cands = [Candidate(r.method, r.hyperparameters) for r in runs]
                 acc = np.array([r.metrics["accuracy"] for r in runs])
-                costs = np.array([[r.metrics.get("train_time_s") or math.nan, measured_memory(r.metrics) or math.nan] for r in runs], dtype=float)
-                cells = [score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbent) for _ in range(repeats)]
-                row = {"task": held, "cell": inst.name, "size": inst.size, **{k: float(np.mean([c[k] for c in cells])) for k in cells[0] if k != "pick"},
-                       "references": inst.references}  # fmt: skip
+                costs = np.array(
+                    [
+                        [r.metrics.get("train_time_s") or math.nan, measured_memory(r.metrics) or math.nan]
+                        for r in runs
+                    ],
+                    dtype=float,
+                )
+                cells = [
+                    score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbent)
+                    for _ in range(repeats)
+                ]
+                row = {
+                    "task": held,
+                    "cell": inst.name,
+                    "size": inst.size,
+                    **{k: float(np.mean([c[k] for c in cells])) for k in cells[0] if k != "pick"},
+                    "references": inst.references,
+                }
                 if repeats == 1:
                     row["mcnemar"] = _mcnemar(runs[cells[0]["pick"]], inst.lora_defaults)
                 per_cell[name].append(row)
                 if name == "metapeft" and few_shot and len(runs) > few_shot + 1:
                     few.append(_few_shot(model, runs, few_shot, seed=len(few)))
             for pairs in replicates:
-                crossed[name].append({"task": held, "size": _size(pairs[0][0]), **_cross_fitted(model, pairs, incumbent, repeats)})
+                crossed[name].append(
+                    {"task": held, "size": _size(pairs[0][0]), **_cross_fitted(model, pairs, incumbent, repeats)}
+                )
             if name == "metapeft":
-                embedding_rho += _embedding_agreement(model.embedder, train, [r for inst in instances for r in inst.runs])
+                embedding_rho += _embedding_agreement(
+                    model.embedder, train, [r for inst in instances for r in inst.runs]
+                )
     if progress:
         progress(len(groups), len(groups), "")
     if not per_cell:
-        raise ValueError(f"no task instance has allowed runs of at least {min(min_methods, len(constraint.allowed))} methods ({constraint.describe()})")
+        raise ValueError(
+            f"no task instance has allowed runs of at least {min(min_methods, len(constraint.allowed))} methods ({constraint.describe()})"
+        )
     rng = np.random.default_rng(seed)
     first = next(iter(per_cell.values()))
-    out = {"constraint": constraint.describe(), "tasks": len({r["task"] for r in first}), "cells": len(first), "runs": len(records),
-           "sizes": sorted({r["size"] for r in first}), "selectors": {}}  # fmt: skip
+    out = {
+        "constraint": constraint.describe(),
+        "tasks": len({r["task"] for r in first}),
+        "cells": len(first),
+        "runs": len(records),
+        "sizes": sorted({r["size"] for r in first}),
+        "selectors": {},
+    }
     per_task = {name: _by_task(rows) for name, rows in per_cell.items()}
     for name, rows in per_cell.items():
         tasks = per_task[name]
@@ -391,19 +470,33 @@ def evaluate(records: list[Experience], *, constraint: Constraint | None = None,
             "top1": round(float(np.mean([r["top1"] for r in rows])), 3),
             "ndcg": round(float(np.mean([r["ndcg"] for r in rows])), 3),
             "by_size": {str(size): _regret_summary([r for r in rows if r["size"] == size]) for size in out["sizes"]},
-            "paired": {ref: {"all": _paired(rows, ref, None, rng, bootstrap, wilcoxon), **{str(size): _paired(rows, ref, size, rng, bootstrap, wilcoxon) for size in out["sizes"]}}
-                       for ref in REFERENCES},  # fmt: skip
+            "paired": {
+                ref: {
+                    "all": _paired(rows, ref, None, rng, bootstrap, wilcoxon),
+                    **{str(size): _paired(rows, ref, size, rng, bootstrap, wilcoxon) for size in out["sizes"]},
+                }
+                for ref in REFERENCES
+            },
         }
         tests = [r["mcnemar"] for r in rows if r.get("mcnemar")]
         if tests:
-            summary["mcnemar_vs_lora_defaults"] = {"cells": len(tests), "better": int(sum(t["p"] < 0.05 and t["gain"] > 0 for t in tests)),
-                                                   "worse": int(sum(t["p"] < 0.05 and t["gain"] < 0 for t in tests))}  # fmt: skip
+            summary["mcnemar_vs_lora_defaults"] = {
+                "cells": len(tests),
+                "better": int(sum(t["p"] < 0.05 and t["gain"] > 0 for t in tests)),
+                "worse": int(sum(t["p"] < 0.05 and t["gain"] < 0 for t in tests)),
+            }
         if crossed.get(name):
-            summary["cross_fitted_regret"] = round(float(np.mean(list(_by_task(crossed[name], "cross_fitted").values()))), 3)
+            summary["cross_fitted_regret"] = round(
+                float(np.mean(list(_by_task(crossed[name], "cross_fitted").values()))), 3
+            )
         if name == "metapeft":
             summary["embedding_spearman"] = round(float(np.nanmean(embedding_rho)), 3) if embedding_rho else None
-            summary["ece"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["best_share"] for r in rows]), 3)
-            summary["ece_ties_as_wins"] = round(expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3)
+            summary["ece"] = round(
+                expected_calibration_error([r["confidence"] for r in rows], [r["best_share"] for r in rows]), 3
+            )
+            summary["ece_ties_as_wins"] = round(
+                expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3
+            )
             summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
             for key in ("time", "memory"):  # cells without a comparable measurement are left out
                 values = [r[f"coverage_{key}"] for r in rows if not math.isnan(r[f"coverage_{key}"])]
@@ -411,10 +504,16 @@ def evaluate(records: list[Experience], *, constraint: Constraint | None = None,
         out["selectors"][name] = summary
     any_crossed = next(iter(crossed.values()), [])
     out["replicates"] = {
-        "cells": len(any_crossed), "tasks": len({c["task"] for c in any_crossed}),
-        "other_seed_winner_regret": round(float(np.mean([c["other_seed_winner"] for c in any_crossed])), 3) if any_crossed else None,
-    }  # fmt: skip
-    out["winners_curse"] = {"mean_regret": round(float(np.mean(list(_by_task(curse).values()))), 3), "top1": round(float(np.mean([f["top1"] for f in curse])), 3)}
+        "cells": len(any_crossed),
+        "tasks": len({c["task"] for c in any_crossed}),
+        "other_seed_winner_regret": round(float(np.mean([c["other_seed_winner"] for c in any_crossed])), 3)
+        if any_crossed
+        else None,
+    }
+    out["winners_curse"] = {
+        "mean_regret": round(float(np.mean(list(_by_task(curse).values()))), 3),
+        "top1": round(float(np.mean([f["top1"] for f in curse])), 3),
+    }
     ours = per_task.get("metapeft")
     if ours:
         for name, tasks in per_task.items():
@@ -438,8 +537,13 @@ def _regret_summary(rows: list[dict]) -> dict:
     if not rows:
         return {"cells": 0}
     tasks = _by_task(rows)
-    return {"cells": len(rows), "tasks": len(tasks), "mean_regret": round(float(np.mean(list(tasks.values()))), 3),
-            "disaster_rate": round(float(np.mean([r["regret"] > DISASTER for r in rows])), 3), "worst_cell_regret": round(float(max(r["regret"] for r in rows)), 3)}  # fmt: skip
+    return {
+        "cells": len(rows),
+        "tasks": len(tasks),
+        "mean_regret": round(float(np.mean(list(tasks.values()))), 3),
+        "disaster_rate": round(float(np.mean([r["regret"] > DISASTER for r in rows])), 3),
+        "worst_cell_regret": round(float(max(r["regret"] for r in rows)), 3),
+    }
 
 
 def _paired(rows: list[dict], reference: str, size: int | None, rng, bootstrap: int, wilcoxon) -> dict:
@@ -457,10 +561,15 @@ def _paired(rows: list[dict], reference: str, size: int | None, rng, bootstrap: 
     means = gains[rng.integers(0, len(gains), size=(bootstrap, len(gains)))].mean(1)
     nonzero = gains[np.abs(gains) > 1e-9]
     p = float(wilcoxon(nonzero, alternative="greater").pvalue) if len(nonzero) else 1.0
-    return {"tasks": len(gains), "cells": sum(len(v) for v in by.values()), "mean_gain": round(float(gains.mean()), 3),
-            "interval_90": [round(float(np.percentile(means, 5)), 3), round(float(np.percentile(means, 95)), 3)],
-            "wilcoxon_p": round(p, 4), "win_rate": round(float(np.mean((gains > 1e-9) + 0.5 * (np.abs(gains) <= 1e-9))), 3),
-            "worst_task_gain": round(float(gains.min()), 3)}  # fmt: skip
+    return {
+        "tasks": len(gains),
+        "cells": sum(len(v) for v in by.values()),
+        "mean_gain": round(float(gains.mean()), 3),
+        "interval_90": [round(float(np.percentile(means, 5)), 3), round(float(np.percentile(means, 95)), 3)],
+        "wilcoxon_p": round(p, 4),
+        "win_rate": round(float(np.mean((gains > 1e-9) + 0.5 * (np.abs(gains) <= 1e-9))), 3),
+        "worst_task_gain": round(float(gains.min()), 3),
+    }
 
 
 def _mcnemar(picked: Experience, reference: Experience | None) -> dict | None:
@@ -480,7 +589,9 @@ def _mcnemar(picked: Experience, reference: Experience | None) -> dict | None:
     return {"gain": 100 * float(x.mean() - y.mean()), "p": p}
 
 
-def _cross_fitted(model: Selector, pairs: list[tuple[Experience, Experience]], incumbent: str | None, repeats: int) -> dict:
+def _cross_fitted(
+    model: Selector, pairs: list[tuple[Experience, Experience]], incumbent: str | None, repeats: int
+) -> dict:
     """On an instance trained on two seeds (``pairs``: one configuration's two runs): the pick scored on seed B
     against the configuration best on seed A (and the reverse); beside it, the plain regret of copying seed A's
     winner (best on B minus B's accuracy of A's winner)."""
@@ -514,7 +625,10 @@ def _winners_curse(runs: list[Experience], seed: int, draws: int = 2000) -> dict
         by_method[r.method].append(i)
     best = measured.max(1)
     method_best = measured[:, by_method[runs[truth].method]].max(1)  # top-1 asks for the method, as score_cell does
-    return {"regret": 100 * float((best - measured[:, truth]).mean()), "top1": float((method_best >= best - 1e-9).mean())}
+    return {
+        "regret": 100 * float((best - measured[:, truth]).mean()),
+        "top1": float((method_best >= best - 1e-9).mean()),
+    }
 
 
 def _by_task(rows: list[dict], key: str = "regret") -> dict[str, float]:
@@ -538,10 +652,10 @@ def _embedding_agreement(embedder, train: list[Experience], held: list[Experienc
     z = embedder.predict([c.profile for c in new + past])
     out = []
     for i in range(len(new)):
-        keep = valid[i, len(new):]
+        keep = valid[i, len(new) :]
         if keep.sum() >= 3:
-            d = np.linalg.norm(z[len(new):] - z[i], axis=1)
-            out.append(float(spearmanr(d[keep], dist[i, len(new):][keep]).statistic))
+            d = np.linalg.norm(z[len(new) :] - z[i], axis=1)
+            out.append(float(spearmanr(d[keep], dist[i, len(new) :][keep]).statistic))
     return out
 
 

@@ -24,10 +24,24 @@ TARGETS = ("accuracy", "train_time_s", "peak_memory_mb")
 # imports a backend; experience of one backend informs another only as far as the data shows them alike
 OTHER_BACKENDS = ("mlx",)
 PROFILE_FEATURES = (
-    "log_size", "log_classes", "class_entropy", "log_imbalance", "log_length_p50", "log_length_p95", "pair",
-    "type_token_ratio", "unk_rate", "probe_accuracy", "majority_accuracy", "complexity_score",
-    "log_model_params", "model_layers", "log_hidden_size", "causal_lm", *(f"backend_{b}" for b in OTHER_BACKENDS),
-)  # fmt: skip
+    "log_size",
+    "log_classes",
+    "class_entropy",
+    "log_imbalance",
+    "log_length_p50",
+    "log_length_p95",
+    "pair",
+    "type_token_ratio",
+    "unk_rate",
+    "probe_accuracy",
+    "majority_accuracy",
+    "complexity_score",
+    "log_model_params",
+    "model_layers",
+    "log_hidden_size",
+    "causal_lm",
+    *(f"backend_{b}" for b in OTHER_BACKENDS),
+)
 
 
 def profile_dict(profile: TaskProfile | dict) -> dict:
@@ -64,8 +78,17 @@ def domain_vector(profile: TaskProfile | dict) -> np.ndarray:
     return np.asarray(profile_dict(profile).get("domain_vector") or [], dtype=np.float32)
 
 
-COST_FREE_FIELDS = ("learning_rate", "head_learning_rate", "warmup_ratio", "weight_decay", "lora_alpha", "alpha", "tinit_ratio",
-                    "tfinal_ratio", "prompt_init")  # fmt: skip
+COST_FREE_FIELDS = (
+    "learning_rate",
+    "head_learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+    "lora_alpha",
+    "alpha",
+    "tinit_ratio",
+    "tfinal_ratio",
+    "prompt_init",
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +138,11 @@ class ConfigEncoder:
         """Columns of settings that change what training learns but not what a step costs (learning rates, schedule,
         regularisation, scaling, initialisation): time per step and memory are read with them at their mean, so the
         surrogate cannot invent cost differences between settings that have none."""
-        return [i for i, n in enumerate(self.names) if n.split("=")[0].split(".")[-1] in COST_FREE_FIELDS or n.endswith("dropout")]
+        return [
+            i
+            for i, n in enumerate(self.names)
+            if n.split("=")[0].split(".")[-1] in COST_FREE_FIELDS or n.endswith("dropout")
+        ]
 
     def encode(self, method: str, hyperparameters: dict[str, Any], max_length: int) -> np.ndarray:
         try:
@@ -184,7 +211,9 @@ def targets(record: Experience) -> np.ndarray:
     def log_or_nan(v) -> float:
         return math.log(v) if isinstance(v, (int, float)) and v > 0 else math.nan
 
-    out = np.asarray([float(m["accuracy"]), log_or_nan(m.get("train_time_s")), log_or_nan(measured_memory(m))], dtype=np.float32)
+    out = np.asarray(
+        [float(m["accuracy"]), log_or_nan(m.get("train_time_s")), log_or_nan(measured_memory(m))], dtype=np.float32
+    )
     out[1] -= np.log(steps_of(record.hyperparameters, m))
     return out
 

@@ -67,8 +67,15 @@ class CurveForecaster:
         before = curve[-2]["accuracy"] if len(curve) > 1 else last["accuracy"]
         chance = 1.0 / max(2, num_classes)
         fraction = last["step"] / total_steps
-        return [last["accuracy"], last["accuracy"] - before, fraction, math.log(total_steps), chance, last["accuracy"] - chance,
-                *(float(method == m) for m in self.methods)]  # fmt: skip
+        return [
+            last["accuracy"],
+            last["accuracy"] - before,
+            fraction,
+            math.log(total_steps),
+            chance,
+            last["accuracy"] - chance,
+            *(float(method == m) for m in self.methods),
+        ]
 
     def _rows(self, records: list[Experience]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         x, y, fractions, groups = [], [], [], []
@@ -89,7 +96,14 @@ class CurveForecaster:
 
         # shallow and strongly regularised: on the prior's curves (5 folds by task) deeper trees forecast worse than
         # the last point itself at three quarters of the budget
-        return HistGradientBoostingRegressor(max_iter=60, learning_rate=0.05, max_depth=3, min_samples_leaf=80, l2_regularization=1.0, random_state=self.seed)
+        return HistGradientBoostingRegressor(
+            max_iter=60,
+            learning_rate=0.05,
+            max_depth=3,
+            min_samples_leaf=80,
+            l2_regularization=1.0,
+            random_state=self.seed,
+        )
 
     def fit(self, records: list[Experience]) -> CurveForecaster:
         """Fit on the curves of ``records`` (finished runs with at least two curve points)."""
@@ -97,7 +111,9 @@ class CurveForecaster:
 
         x, y, fractions, groups = self._rows(records)  # y: the gain from each point to the end
         if len(y) < 50 or len(set(groups)) < self.folds:
-            raise ValueError(f"a curve forecaster needs curves of at least {self.folds} tasks and 50 points; the experience has {len(set(groups))} tasks, {len(y)} points")
+            raise ValueError(
+                f"a curve forecaster needs curves of at least {self.folds} tasks and 50 points; the experience has {len(set(groups))} tasks, {len(y)} points"
+            )
         residuals = np.empty(len(y))
         for train, held in GroupKFold(self.folds).split(x, y, groups):
             residuals[held] = y[held] - self._model().fit(x[train], y[train]).predict(x[held])
@@ -117,7 +133,11 @@ class CurveForecaster:
         curve so far is ``curve`` (points with ``step`` and ``accuracy``)."""
         if not curve:
             raise ValueError("a forecast needs at least one curve point")
-        mean = curve[-1]["accuracy"] + float(self.model.predict(np.asarray([self.features(method, num_classes, curve, total_steps)]))[0])
+        mean = curve[-1]["accuracy"] + float(
+            self.model.predict(np.asarray([self.features(method, num_classes, curve, total_steps)]))[0]
+        )
         fraction = curve[-1]["step"] / total_steps
         _, low, high = next(b for b in self.bounds if fraction <= b[0] or b is self.bounds[-1])
-        return Forecast(float(np.clip(mean, 0, 1)), float(np.clip(mean + low, 0, 1)), float(np.clip(mean + high, 0, 1)), self.level)
+        return Forecast(
+            float(np.clip(mean, 0, 1)), float(np.clip(mean + low, 0, 1)), float(np.clip(mean + high, 0, 1)), self.level
+        )

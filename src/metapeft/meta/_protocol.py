@@ -59,11 +59,15 @@ def check_selector(make, records: list[Experience], profile: dict, candidates: l
         value = np.asarray(getattr(pred, name))
         assert value.shape == (n, 3), f"{name} has shape {value.shape}, not ({n}, 3)"
         assert np.isfinite(value).all(), f"{name} is not finite"
-    assert (pred.low <= pred.mean + 1e-9).all() and (pred.mean <= pred.high + 1e-9).all(), "low <= mean <= high must hold"
+    assert (pred.low <= pred.mean + 1e-9).all() and (pred.mean <= pred.high + 1e-9).all(), (
+        "low <= mean <= high must hold"
+    )
     if not getattr(selector, "random", False):
         order = np.random.default_rng(0).permutation(n)
         again = make().fit(records).predict(profile, [candidates[i] for i in order])
-        assert np.allclose(np.asarray(again.mean)[:, 0], np.asarray(pred.mean)[order, 0], atol=1e-6), "predictions depend on the candidates' order or on the run"
+        assert np.allclose(np.asarray(again.mean)[:, 0], np.asarray(pred.mean)[order, 0], atol=1e-6), (
+            "predictions depend on the candidates' order or on the run"
+        )
     half = records[::2]  # every task still, fewer runs
     fresh = make().fit(half)
     assert fresh.partial_fit(records) is fresh, "partial_fit must return the selector"
@@ -79,4 +83,6 @@ def check_selector(make, records: list[Experience], profile: dict, candidates: l
 
             unseen = [Candidate(missing[0], {})]
     if unseen:
-        assert np.isfinite(np.asarray(selector.predict(profile, unseen).mean)).all(), "a method without runs gets no answer"
+        assert np.isfinite(np.asarray(selector.predict(profile, unseen).mean)).all(), (
+            "a method without runs gets no answer"
+        )

@@ -44,7 +44,9 @@ class MethodRecommendation:
     rank: int
     confidence: float  # probability that this method (with these settings) is the best of the ranking
     hyperparameters: dict[str, Any]
-    expected_performance: dict[str, dict[str, float]]  # accuracy / train_time_s / peak_memory_mb → mean, low, high (90%)
+    expected_performance: dict[
+        str, dict[str, float]
+    ]  # accuracy / train_time_s / peak_memory_mb → mean, low, high (90%)
     reasoning: str
     feasible: bool = True
     collapse_risk: float | None = None  # probability that these settings fail on the task (see meta._risk)
@@ -90,20 +92,32 @@ class MetaPEFT:
     >>> ranking[0].method, ranking[0].confidence, ranking[0].hyperparameters   # doctest: +SKIP
     """
 
-    def __init__(self, store: ExperienceStore | str | None = None, *, include_prior: bool | None = None, include_own: bool = True,
-                 model: str | None = None, cache_dir: str | Path | None = None, surrogate: Surrogate | None = None,
-                 experiences: list[Experience] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        store: ExperienceStore | str | None = None,
+        *,
+        include_prior: bool | None = None,
+        include_own: bool = True,
+        model: str | None = None,
+        cache_dir: str | Path | None = None,
+        surrogate: Surrogate | None = None,
+        experiences: list[Experience] | None = None,
+    ):
         self.store = store if isinstance(store, ExperienceStore) or store is None else ExperienceStore(store)
         self.include_prior, self.include_own = include_prior, include_own
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir else data_dir() / "meta"
         self.surrogate = surrogate
         # ``experiences`` replaces the store and prior as what the models learn from (e.g. leave-one-task-out)
-        self._records: list[Experience] | None = [r for r in experiences if usable(r)] if experiences is not None else None
+        self._records: list[Experience] | None = (
+            [r for r in experiences if usable(r)] if experiences is not None else None
+        )
         self._given = experiences is not None
         self._cells: list[Cell] | None = None
         self._cell_z: np.ndarray | None = None
-        self._derived: dict[str, Any] = {}  # facts of the experience that every recommendation reads; cleared with _cells
+        self._derived: dict[
+            str, Any
+        ] = {}  # facts of the experience that every recommendation reads; cleared with _cells
         self._candidates: dict[str, list[dict]] = {}
         self._built: dict[tuple[str, str], list[dict]] = {}
 
@@ -155,12 +169,18 @@ class MetaPEFT:
         # make each choice overwrite the other's models
         selection = f"{self.store.url if self.store is not None else ''}|{prior_enabled(self.include_prior)}|{self.include_own}"
         path = self.cache_dir / f"surrogate-{hashlib.sha256(selection.encode()).hexdigest()[:12]}.safetensors"
-        cached = None if force else (_load_cached(path) or _load_cached(PACKAGED_MODEL))  # the shipped fit on the prior
+        cached = (
+            None if force else (_load_cached(path) or _load_cached(PACKAGED_MODEL))
+        )  # the shipped fit on the prior
         known = set(cached[1]["ids"]) if cached is not None else set()
         if cached is not None and cached[1]["key"] == key:
             self.surrogate = cached[0]
-        elif (cached is not None and known <= set(ids) and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH)
-              and cached[0].covers([r for r in records if r.id not in known])):  # fmt: skip
+        elif (
+            cached is not None
+            and known <= set(ids)
+            and len(ids) < cached[1]["full_fit_records"] * (1 + REFIT_GROWTH)
+            and cached[0].covers([r for r in records if r.id not in known])
+        ):
             self.surrogate = cached[0].partial_fit(records)  # a few new runs: continue training, keep calibration
             _save(path, self.surrogate, key, cached[1]["full_fit_records"], ids)
         else:
@@ -188,9 +208,19 @@ class MetaPEFT:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         records = self.experiences()
-        _save(folder / "surrogate.safetensors", self._fitted(), _experience_key(records), len(records), sorted(r.id for r in records))
+        _save(
+            folder / "surrogate.safetensors",
+            self._fitted(),
+            _experience_key(records),
+            len(records),
+            sorted(r.id for r in records),
+        )
         with open(folder / "experience.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write("".join(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n" for r in records).encode("utf-8"))
+            f.write(
+                "".join(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n" for r in records).encode(
+                    "utf-8"
+                )
+            )
         return folder
 
     @classmethod
@@ -207,10 +237,16 @@ class MetaPEFT:
         import gzip
 
         folder = Path(folder)
-        experience, surrogate = (folder, Path(surrogate)) if surrogate else (folder / "experience.jsonl.gz", folder / "surrogate.safetensors")
+        experience, surrogate = (
+            (folder, Path(surrogate))
+            if surrogate
+            else (folder / "experience.jsonl.gz", folder / "surrogate.safetensors")
+        )
         loaded = _load_cached(surrogate)
         if loaded is None or not experience.is_file():
-            raise MetapeftError(f"{folder} holds no selector this metapeft version reads (surrogate.safetensors and experience.jsonl.gz); write one with `metapeft fit`")
+            raise MetapeftError(
+                f"{folder} holds no selector this metapeft version reads (surrogate.safetensors and experience.jsonl.gz); write one with `metapeft fit`"
+            )
         with gzip.open(experience, "rt", encoding="utf-8") as f:
             records = [Experience.from_dict(json.loads(line)) for line in f if line.strip()]
         return cls(experiences=records, surrogate=loaded[0])
@@ -223,7 +259,9 @@ class MetaPEFT:
     def learn_from_experience(self, experience: Experience) -> None:
         """Record a finished run in your store and update the models with it."""
         if experience.status == "finished":
-            self._own_store().add_many([experience], skip_existing=True)  # runs made by train() or tune() are stored already
+            self._own_store().add_many(
+                [experience], skip_existing=True
+            )  # runs made by train() or tune() are stored already
         if self._records is not None and usable(experience):
             self._records = [r for r in self._records if r.id != experience.id] + [experience]
         self._candidates.clear()  # the settings tried per method may have grown
@@ -262,7 +300,15 @@ class MetaPEFT:
             if c.group in seen:
                 continue
             seen.add(c.group)
-            out.append(SimilarTask(c.task, round(float(dist[i]), 3), c.best_method, round(c.best_accuracy, 4), {m: round(s, 4) for m, s in sorted(c.scores.items(), key=lambda x: -x[1])}))
+            out.append(
+                SimilarTask(
+                    c.task,
+                    round(float(dist[i]), 3),
+                    c.best_method,
+                    round(c.best_accuracy, 4),
+                    {m: round(s, 4) for m, s in sorted(c.scores.items(), key=lambda x: -x[1])},
+                )
+            )
             if len(out) == k:
                 break
         return out
@@ -276,7 +322,11 @@ class MetaPEFT:
         if method not in self._candidates:
             spec = get_method(method)
             space = {k: v for k, v in spec.search_space().items() if k not in BUDGET_FIELDS}
-            seen = {json.dumps({k: v for k, v in r.hyperparameters.items() if k in space}, sort_keys=True) for r in self.experiences() if r.method == method}
+            seen = {
+                json.dumps({k: v for k, v in r.hyperparameters.items() if k in space}, sort_keys=True)
+                for r in self.experiences()
+                if r.method == method
+            }
             settings = [{}] + [json.loads(s) for s in sorted(seen)]
             if len(seen) >= MIN_VARIED:
                 import optuna
@@ -294,11 +344,22 @@ class MetaPEFT:
         a warm call)."""
         key = (method, json.dumps(budget, sort_keys=True, default=str))
         if key not in self._built:
-            self._built[key] = [get_method(method).make_config({**params, **budget}).as_dict() for params in self.candidates(method)]
+            self._built[key] = [
+                get_method(method).make_config({**params, **budget}).as_dict() for params in self.candidates(method)
+            ]
         return self._built[key]
 
-    def recommend(self, task, *, max_memory_mb: float | None = None, max_time_s: float | None = None, methods: list[str] | None = None,
-                  budget: dict[str, Any] | None = None, observed: list[Experience] | None = None, similar_k: int = 5) -> list[MethodRecommendation]:  # fmt: skip
+    def recommend(
+        self,
+        task,
+        *,
+        max_memory_mb: float | None = None,
+        max_time_s: float | None = None,
+        methods: list[str] | None = None,
+        budget: dict[str, Any] | None = None,
+        observed: list[Experience] | None = None,
+        similar_k: int = 5,
+    ) -> list[MethodRecommendation]:
         """Rank methods for ``task`` (a Task, a profile, or a path): confidence that each is the best, expected
         accuracy / train time / peak memory with 90% intervals, suggested settings and the reasons.
 
@@ -325,7 +386,9 @@ class MetaPEFT:
         blocked: dict[str, str] = {}
         for name in names:
             if name not in chosen:  # nothing within the limits: show the setting that comes closest
-                chosen[name] = min((i for i, (m, _) in enumerate(rows) if m == name), key=lambda i: (pred.mean[i, 2], pred.mean[i, 1]))
+                chosen[name] = min(
+                    (i for i, (m, _) in enumerate(rows) if m == name), key=lambda i: (pred.mean[i, 2], pred.mean[i, 1])
+                )
                 blocked[name] = _why_blocked(pred, chosen[name], max_memory_mb, max_time_s)
 
         live = [n for n in names if n not in blocked]
@@ -337,7 +400,9 @@ class MetaPEFT:
         if "incumbent" not in self._derived:
             self._derived["incumbent"] = incumbent_method(cells), method_gaps(cells)
         incumbent, gaps = self._derived["incumbent"]
-        order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + sorted(blocked, key=lambda n: -pred.mean[chosen[n], 0])
+        order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + sorted(
+            blocked, key=lambda n: -pred.mean[chosen[n], 0]
+        )
         context = self._task_context(profile, observed)
         rival = max(live, key=lambda n: pred.mean[chosen[n], 0]) if live else None
         if rival is not None and order[0] == incumbent != rival:  # the rule kept the incumbent first: say why
@@ -349,13 +414,27 @@ class MetaPEFT:
         out = []
         for rank, name in enumerate(order, 1):
             i = chosen[name]
-            expected = {t: {"mean": _round(t, pred.mean[i, j]), "low": _round(t, pred.low[i, j]), "high": _round(t, pred.high[i, j])} for j, t in enumerate(TARGETS)}
-            out.append(MethodRecommendation(
-                method=name, rank=rank, confidence=probs[name], hyperparameters=dict(rows[i][1]), expected_performance=expected,
-                reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1])
-                + f" Collapse risk of these settings (accuracy near chance, or over 10 points below the best run): {risks[name]:.0%}.",
-                feasible=name not in blocked, collapse_risk=round(float(risks[name]), 3),
-            ))  # fmt: skip
+            expected = {
+                t: {
+                    "mean": _round(t, pred.mean[i, j]),
+                    "low": _round(t, pred.low[i, j]),
+                    "high": _round(t, pred.high[i, j]),
+                }
+                for j, t in enumerate(TARGETS)
+            }
+            out.append(
+                MethodRecommendation(
+                    method=name,
+                    rank=rank,
+                    confidence=probs[name],
+                    hyperparameters=dict(rows[i][1]),
+                    expected_performance=expected,
+                    reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1])
+                    + f" Collapse risk of these settings (accuracy near chance, or over 10 points below the best run): {risks[name]:.0%}.",
+                    feasible=name not in blocked,
+                    collapse_risk=round(float(risks[name]), 3),
+                )
+            )
         return out
 
     def check(self, task, method: str, hyperparameters: dict[str, Any] | None = None) -> SettingCheck:
@@ -384,9 +463,18 @@ class MetaPEFT:
             if isinstance(dist, CategoricalDistribution):
                 values = list(dist.choices)
             elif isinstance(dist, FloatDistribution):
-                values = list(np.geomspace(dist.low, dist.high, 7) if dist.log else np.linspace(dist.low, dist.high, 7))
+                values = list(
+                    np.geomspace(dist.low, dist.high, 7) if dist.log else np.linspace(dist.low, dist.high, 7)
+                )
             elif isinstance(dist, IntDistribution):
-                values = sorted({int(round(v)) for v in (np.geomspace(dist.low, dist.high, 5) if dist.log else np.linspace(dist.low, dist.high, 5))})
+                values = sorted(
+                    {
+                        int(round(v))
+                        for v in (
+                            np.geomspace(dist.low, dist.high, 5) if dist.log else np.linspace(dist.low, dist.high, 5)
+                        )
+                    }
+                )
             else:
                 continue
             for value in values:
@@ -394,7 +482,9 @@ class MetaPEFT:
                 if value == user.get(name):
                     continue
                 try:  # a change can break a rule between settings (AdaLoRA's target rank above its initial one)
-                    options.append(({name: value}, spec.make_config({**(hyperparameters or {}), name: value}).as_dict()))
+                    options.append(
+                        ({name: value}, spec.make_config({**(hyperparameters or {}), name: value}).as_dict())
+                    )
                 except MetapeftError:
                     continue
         options.append(({"defaults": True}, spec.make_config(budget).as_dict()))
@@ -404,7 +494,9 @@ class MetaPEFT:
         risks = self.collapse_risk().predict(profile, [(method, c) for c in configs])
         pred = self._fitted().predict(profile, [Candidate(method, c) for c in configs])
         accuracy = pred.mean[:, 0]
-        better = [i for i in range(1, len(configs)) if risks[i] < risks[0] - 0.05 and accuracy[i] >= accuracy[0] - 0.01]
+        better = [
+            i for i in range(1, len(configs)) if risks[i] < risks[0] - 0.05 and accuracy[i] >= accuracy[0] - 0.01
+        ]
         better.sort(key=lambda i: (round(float(risks[i]), 2), -accuracy[i]))
         suggestions, seen = [], set()
         for i in better:
@@ -413,18 +505,36 @@ class MetaPEFT:
             if key in seen:
                 continue
             seen.add(key)
-            shown = {k: v for k, v in configs[i].items() if user.get(k) != v} if key in ("defaults", "suggested") else change
-            suggestions.append({"change": shown, "kind": key if key in ("defaults", "suggested") else "setting", "collapse_risk": round(float(risks[i]), 3),
-                                "expected_accuracy": round(float(accuracy[i]), 4)})  # fmt: skip
+            shown = (
+                {k: v for k, v in configs[i].items() if user.get(k) != v}
+                if key in ("defaults", "suggested")
+                else change
+            )
+            suggestions.append(
+                {
+                    "change": shown,
+                    "kind": key if key in ("defaults", "suggested") else "setting",
+                    "collapse_risk": round(float(risks[i]), 3),
+                    "expected_accuracy": round(float(accuracy[i]), 4),
+                }
+            )
             if len(suggestions) == 3:
                 break
         risk = float(risks[0])
         return SettingCheck(
-            task=profile.get("task_name", ""), method=method, hyperparameters=user, collapse_risk=round(risk, 3),
-            verdict="low" if risk < 0.15 else "moderate" if risk < 0.35 else "high", base_rate=round(float(self.collapse_risk().base_rate), 3),
-            expected_accuracy={"mean": round(float(accuracy[0]), 4), "low": round(float(pred.low[0, 0]), 4), "high": round(float(pred.high[0, 0]), 4)},
+            task=profile.get("task_name", ""),
+            method=method,
+            hyperparameters=user,
+            collapse_risk=round(risk, 3),
+            verdict="low" if risk < 0.15 else "moderate" if risk < 0.35 else "high",
+            base_rate=round(float(self.collapse_risk().base_rate), 3),
+            expected_accuracy={
+                "mean": round(float(accuracy[0]), 4),
+                "low": round(float(pred.low[0, 0]), 4),
+                "high": round(float(pred.high[0, 0]), 4),
+            },
             suggestions=suggestions,
-        )  # fmt: skip
+        )
 
     def collapse_risk(self) -> CollapseRisk:
         """The collapse-risk model fitted on this experience (once; refitted when the experience changes)."""
@@ -451,9 +561,14 @@ class MetaPEFT:
         if "context" not in self._derived:
             sizes = [c.profile["dataset_size"] for c in self.cells()[0]]
             models = {c.profile.get("model", {}).get("name") for c in self.cells()[0]}
-            steps = [r.hyperparameters.get("max_steps") for r in self.experiences() if r.hyperparameters.get("max_steps")]
-            self._derived["context"] = {"size_range": (min(sizes), max(sizes)), "models": sorted(m for m in models if m),
-                                        "steps_range": (min(steps), max(steps)) if steps else None}  # fmt: skip
+            steps = [
+                r.hyperparameters.get("max_steps") for r in self.experiences() if r.hyperparameters.get("max_steps")
+            ]
+            self._derived["context"] = {
+                "size_range": (min(sizes), max(sizes)),
+                "models": sorted(m for m in models if m),
+                "steps_range": (min(steps), max(steps)) if steps else None,
+            }
         return {"profile": profile, "observed": len(observed), **self._derived["context"]}
 
     # --- map -----------------------------------------------------------------------------------------------
@@ -469,10 +584,24 @@ class MetaPEFT:
         def label(c: Cell) -> str:
             if names[c.task] == 1:
                 return c.task
-            return f"{c.task} seed {c.seed}" + (f", {c.key.split('|')[-1]} steps×batch" if seeds[c.task, c.seed] > 1 else "")
+            return f"{c.task} seed {c.seed}" + (
+                f", {c.key.split('|')[-1]} steps×batch" if seeds[c.task, c.seed] > 1 else ""
+            )
 
-        return [{"task": c.task, "label": label(c), "group": c.group, "x": round(float(p[0]), 4), "y": round(float(p[1]), 4), "best_method": c.best_method,
-                 "best_accuracy": round(c.best_accuracy, 4), "size": c.profile.get("dataset_size"), "domain": c.profile.get("domain")} for c, p in zip(cells, xy)]  # fmt: skip
+        return [
+            {
+                "task": c.task,
+                "label": label(c),
+                "group": c.group,
+                "x": round(float(p[0]), 4),
+                "y": round(float(p[1]), 4),
+                "best_method": c.best_method,
+                "best_accuracy": round(c.best_accuracy, 4),
+                "size": c.profile.get("dataset_size"),
+                "domain": c.profile.get("domain"),
+            }
+            for c, p in zip(cells, xy)
+        ]
 
 
 def incumbent_method(cells: list[Cell]) -> str | None:
@@ -481,7 +610,9 @@ def incumbent_method(cells: list[Cell]) -> str | None:
     return min(gaps, key=gaps.get) if gaps else None
 
 
-def rank_methods(pred: Prediction, chosen: dict[str, int], incumbent: str | None = None, sure: float = SURE) -> list[str]:
+def rank_methods(
+    pred: Prediction, chosen: dict[str, int], incumbent: str | None = None, sure: float = SURE
+) -> list[str]:
     """Methods by the predicted accuracy of their chosen candidate, except that the incumbent stays first unless
     the leader beats it in at least ``sure`` of the joint draws. Why: the surrogate learns a task's differences
     between methods from about one run per method and past task, and in leave-one-task-out its unsure departures
@@ -528,13 +659,23 @@ def _why_blocked(pred: Prediction, i: int, max_memory_mb, max_time_s) -> str:
     return "; ".join(reasons)
 
 
-def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask], context: dict, blocked: str | None, hyperparameters: dict) -> str:
+def _reasoning(
+    method: str,
+    rank: int,
+    expected: dict,
+    similar: list[SimilarTask],
+    context: dict,
+    blocked: str | None,
+    hyperparameters: dict,
+) -> str:
     p = context["profile"]
     acc = expected["accuracy"]
     parts = []
     if blocked:
         parts.append(f"Excluded by your limits: {blocked}.")
-    parts.append(f"Expected accuracy {100 * acc['mean']:.1f}% (90% interval {100 * acc['low']:.1f}–{100 * acc['high']:.1f}).")
+    parts.append(
+        f"Expected accuracy {100 * acc['mean']:.1f}% (90% interval {100 * acc['low']:.1f}–{100 * acc['high']:.1f})."
+    )
     wins = [s for s in similar if s.best_method == method]
     gaps = [s.best_accuracy - s.scores[method] for s in similar if method in s.scores]
     if similar:
@@ -544,7 +685,11 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
         if gaps:
             text += f"; {100 * float(np.mean(gaps)):.1f} points behind their best on average"
         parts.append(text + ".")
-    parts.append("Settings: the method's defaults." if at_defaults(method, hyperparameters) else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design.")
+    parts.append(
+        "Settings: the method's defaults."
+        if at_defaults(method, hyperparameters)
+        else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design."
+    )
     if rank == 1:
         if p.get("task_type") == "causal_lm":
             kind = f"{p['num_classes']} label words" if p["num_classes"] else "free-text completions"
@@ -554,17 +699,23 @@ def _reasoning(method: str, rank: int, expected: dict, similar: list[SimilarTask
         parts.append(f"Task traits: {traits}.")
         if kept := context.get("kept_first"):
             rival, lead, beats, gap, cells = kept
-            parts.append(f"Ranked first although {rival} is predicted {lead:.1f} points higher: it beats {method} in only {100 * beats:.0f}% of the "
-                         f"surrogate's joint draws (below {100 * SURE:.0f}%), and {method} is the experience's most reliable method "
-                         f"({100 * gap:.1f} points behind the best on average over {cells} past task instances).")  # fmt: skip
+            parts.append(
+                f"Ranked first although {rival} is predicted {lead:.1f} points higher: it beats {method} in only {100 * beats:.0f}% of the "
+                f"surrogate's joint draws (below {100 * SURE:.0f}%), and {method} is the experience's most reliable method "
+                f"({100 * gap:.1f} points behind the best on average over {cells} past task instances)."
+            )
         low, high = context["size_range"]
         if not low <= p["dataset_size"] <= high:
-            parts.append(f"The experience covers train sizes {low}–{high}; this task's size lies outside, so expect more error than the interval says.")
+            parts.append(
+                f"The experience covers train sizes {low}–{high}; this task's size lies outside, so expect more error than the interval says."
+            )
         steps = hyperparameters.get("max_steps")
         if context["steps_range"] and steps and not context["steps_range"][0] <= steps <= context["steps_range"][1]:
             low, high = context["steps_range"]
             seen = f"{low}" if low == high else f"{low}–{high}"
-            parts.append(f"Past runs made {seen} steps: accuracy at {steps} steps is predicted as at {seen if low == high else 'the nearest'} (time scales with the steps).")
+            parts.append(
+                f"Past runs made {seen} steps: accuracy at {steps} steps is predicted as at {seen if low == high else 'the nearest'} (time scales with the steps)."
+            )
         model = (p.get("model") or {}).get("name")
         if model and model not in context["models"]:
             parts.append(f"No past runs use {model}; the prediction transfers from {', '.join(context['models'])}.")
@@ -632,7 +783,12 @@ def _save(path: Path, surrogate: Surrogate, key: str, full_fit_records: int, ids
 
     arrays, meta = surrogate.state()
     meta = {**meta, "key": key, "full_fit_records": full_fit_records, "ids": ids or [], "cache_version": CACHE_VERSION}
-    _atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata={"meta": json.dumps(meta)}))
+    _atomic_write(
+        path,
+        lambda tmp: save_file(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata={"meta": json.dumps(meta)}
+        ),
+    )
 
 
 def _load_cached(path: Path) -> tuple[Surrogate, dict] | None:
@@ -649,4 +805,3 @@ def _load_cached(path: Path) -> tuple[Surrogate, dict] | None:
         return Surrogate.from_state(load_file(str(path)), meta), meta
     except Exception:  # stale or foreign cache: refit rather than fail
         return None
-

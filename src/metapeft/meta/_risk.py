@@ -66,10 +66,17 @@ class CollapseRisk:
         if y.all() or not y.any():  # one class: the base rate is all there is to say
             self.model = None
             return self
-        x = np.stack([self._features(r.profile, r.method, r.hyperparameters, steps_of(r.hyperparameters, r.metrics)) for r in records])
+        x = np.stack(
+            [
+                self._features(r.profile, r.method, r.hyperparameters, steps_of(r.hyperparameters, r.metrics))
+                for r in records
+            ]
+        )
         # a forest separated held-out tasks' failures best of those tried (AUC 0.76; gradient boosting 0.74, logistic
         # regression 0.73: benchmarks/collapse_risk.py)
-        self.model = RandomForestClassifier(150, min_samples_leaf=5, max_features=0.3, random_state=self.seed, n_jobs=1).fit(x, y)
+        self.model = RandomForestClassifier(
+            150, min_samples_leaf=5, max_features=0.3, random_state=self.seed, n_jobs=1
+        ).fit(x, y)
         return self
 
     def predict(self, profile: dict, configs: list[tuple[str, dict[str, Any]]]) -> np.ndarray:
@@ -81,7 +88,14 @@ class CollapseRisk:
             return np.full(len(configs), self.base_rate)
         from ..methods import get_method
 
-        x = np.ascontiguousarray(np.stack([self._features(profile, m, hp, float(hp.get("max_steps") or get_method(m).defaults().max_steps)) for m, hp in configs]))
+        x = np.ascontiguousarray(
+            np.stack(
+                [
+                    self._features(profile, m, hp, float(hp.get("max_steps") or get_method(m).defaults().max_steps))
+                    for m, hp in configs
+                ]
+            )
+        )
         # the forest's mean of its trees' leaf class fractions, as predict_proba computes it: predict_proba sends every
         # tree through joblib and input checks (18 ms for a ranking's 10 rows, on recommend's path), this takes 2 ms
         failed = list(self.model.classes_).index(True)

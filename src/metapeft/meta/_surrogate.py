@@ -29,10 +29,29 @@ from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, effective_max_length, profile_dict, steps_of, targets
 from ._protocol import Selector
 
-FORMAT = 9  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
+FORMAT = (
+    9  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
+)
 # 5 = time learned per step; 6 = time and memory read without the cost-free settings; 7 = P(best) calibration;
 # 8 = base rates by training-set size: best_won, best_ran, best_size replace best_rate; 9 = causal_lm and backend features
-_STATE_ARRAYS = ("x_mean", "x_std", "x_range", "y_mean", "y_std", "bounds", "method_effect", "extra_var", "task_var", "noise_var", "shrink", "pick_scale", "best_calibration", "best_won", "best_ran", "best_size")  # fitted arrays saved beside the networks
+_STATE_ARRAYS = (
+    "x_mean",
+    "x_std",
+    "x_range",
+    "y_mean",
+    "y_std",
+    "bounds",
+    "method_effect",
+    "extra_var",
+    "task_var",
+    "noise_var",
+    "shrink",
+    "pick_scale",
+    "best_calibration",
+    "best_won",
+    "best_ran",
+    "best_size",
+)  # fitted arrays saved beside the networks
 Z90 = 1.6449  # standard normal quantile of 0.95: a central 90% interval is mean ± Z90·sd
 # a method's setting is chosen by its mean accuracy less CAUTION sds (recommend's cautious_choice); the P(best)
 # calibration must fit on the same choice
@@ -97,8 +116,16 @@ class Prediction:
         def cut(v, axis=0):
             return None if v is None else np.take(v, idx, axis=axis)
 
-        return Prediction(cut(self.mean), cut(self.low), cut(self.high), cut(self.samples, 1), cut(self.accuracy_sd), cut(self.best_prior), self.best_power,
-                          None if self.draws is None else self.draws.take(idx))  # fmt: skip
+        return Prediction(
+            cut(self.mean),
+            cut(self.low),
+            cut(self.high),
+            cut(self.samples, 1),
+            cut(self.accuracy_sd),
+            cut(self.best_prior),
+            self.best_power,
+            None if self.draws is None else self.draws.take(idx),
+        )
 
     def joint_draws(self, idx: list[int] | None = None) -> np.ndarray | None:
         """Joint accuracy draws (draws, len(idx)) of the candidates at ``idx`` (all by default); None without any."""
@@ -136,8 +163,24 @@ class Surrogate(Selector):
     for a task, conditioned on its own runs when ``observed`` holds some.
     """
 
-    def __init__(self, members: int = 5, hidden: int = 64, epochs: int = 400, calibrate: bool = True, folds: int = 4, seed: int = 0, embedder: TaskEmbedder | None = None):
-        self.members, self.hidden, self.epochs, self.calibrate, self.folds, self.seed = members, hidden, epochs, calibrate, folds, seed
+    def __init__(
+        self,
+        members: int = 5,
+        hidden: int = 64,
+        epochs: int = 400,
+        calibrate: bool = True,
+        folds: int = 4,
+        seed: int = 0,
+        embedder: TaskEmbedder | None = None,
+    ):
+        self.members, self.hidden, self.epochs, self.calibrate, self.folds, self.seed = (
+            members,
+            hidden,
+            epochs,
+            calibrate,
+            folds,
+            seed,
+        )
         self.embedder = embedder or TaskEmbedder(seed=seed)
         self.encoder = ConfigEncoder()
         self.weights: _nets.Weights | None = None  # the ensemble's, as numpy arrays (see _nets)
@@ -151,11 +194,15 @@ class Surrogate(Selector):
     def _reset_calibration(self, spread: np.ndarray | None = None) -> None:
         """Uncalibrated defaults: the targets' own spread over past runs, three quarters of it task to task."""
         spread = np.ones(len(TARGETS), np.float32) if spread is None else np.asarray(spread, np.float32)
-        self.extra_var = spread.copy()  # variance added to the members' spread so that 90% intervals cover 90% (held-out tasks)
+        self.extra_var = (
+            spread.copy()
+        )  # variance added to the members' spread so that 90% intervals cover 90% (held-out tasks)
         self.task_var = 0.75 * spread  # variance of a task's offset (held-out tasks)
         self.noise_var = 0.25 * spread  # variance of a run around its task's offset
         self.shrink = np.ones(1, np.float32)  # factor on the network's task-specific correction of the method effects
-        self.pick_scale = np.ones(1, np.float32)  # factor on the run noise of the draws behind best-method probabilities
+        self.pick_scale = np.ones(
+            1, np.float32
+        )  # factor on the run noise of the draws behind best-method probabilities
         # best-method probabilities ∝ (share of draws won)^power × (method's past rate of being best)^weight; the
         # rates come from past task instances (tie-split wins, runs, log2 training-set size), see base_rates
         self.best_calibration = np.array([1.0, 0.0], np.float32)  # (power, weight): uncalibrated, the draws alone
@@ -165,7 +212,9 @@ class Surrogate(Selector):
 
     # --- data ----------------------------------------------------------------------------------------------
     def _x(self, profiles: list[dict], rows: list[tuple[str, dict, int]]) -> np.ndarray:
-        if profiles and all(p is profiles[0] for p in profiles):  # one task's candidates (recommend scores ~700): featurise it once
+        if profiles and all(
+            p is profiles[0] for p in profiles
+        ):  # one task's candidates (recommend scores ~700): featurise it once
             task = np.repeat(self.embedder.featurizer.transform(profiles[:1]), len(profiles), 0)
             z = np.repeat(self.embedder.predict(profiles[:1]), len(profiles), 0)
         else:
@@ -178,9 +227,13 @@ class Surrogate(Selector):
     def _x_runs(self, records: list[Experience], profile: dict | None = None) -> np.ndarray:
         """Inputs for past runs, each with its own task profile unless ``profile`` names the task for all."""
         profiles = [profile or r.profile for r in records]
-        return self._x(profiles, [(r.method, r.hyperparameters, effective_max_length(r, p)) for r, p in zip(records, profiles)])
+        return self._x(
+            profiles, [(r.method, r.hyperparameters, effective_max_length(r, p)) for r, p in zip(records, profiles)]
+        )
 
-    def _rows(self, records: list[Experience], fit_effects: bool = False) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    def _rows(
+        self, records: list[Experience], fit_effects: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
         """Inputs and the four trained targets: accuracy relative to its task instance's mean, log time per step,
         log memory, and that mean (the task's level) above the frozen-probe accuracy of its profile. Selection depends
         only on the relative part, so the network learns it as a target of its own instead of as a small
@@ -202,8 +255,15 @@ class Surrogate(Selector):
         probe = x[:, -1]
         relative = y[:, 0] - level
         if fit_effects:  # each method's mean standing across past tasks: the network learns what a task changes
-            self.method_effect = np.array([np.nanmean(relative[[r.method == m for r in records]]) if any(r.method == m for r in records) else 0.0
-                                           for m in self.encoder.methods], np.float32)  # fmt: skip
+            self.method_effect = np.array(
+                [
+                    np.nanmean(relative[[r.method == m for r in records]])
+                    if any(r.method == m for r in records)
+                    else 0.0
+                    for m in self.encoder.methods
+                ],
+                np.float32,
+            )
             self.method_effect = np.nan_to_num(self.method_effect)
         y4 = np.stack([relative - self._effect(x), y[:, 1], y[:, 2], level - probe], axis=1)
         return x, y4, [task_group(r) for r in records], cells
@@ -227,14 +287,19 @@ class Surrogate(Selector):
         self.embedder.fit(records)
         x, y, groups, cells = self._rows(records, fit_effects=True)
         if np.isnan(y[:, 0]).all():  # the networks would be left at their random initialisation
-            raise ValueError("the surrogate learns how methods compare within a task, and no task instance in the experience has finished runs of 3 "
-                             "or more methods; run more methods on one task (e.g. metapeft bench) or keep the shipped prior")  # fmt: skip
+            raise ValueError(
+                "the surrogate learns how methods compare within a task, and no task instance in the experience has finished runs of 3 "
+                "or more methods; run more methods on one task (e.g. metapeft bench) or keep the shipped prior"
+            )
         self.x_mean, self.x_std = x.mean(0), x.std(0)
         self.x_std[self.x_std < 1e-6] = 1.0
         self.x_range = None
         self._extend_range(x)
         self.y_mean, self.y_std = np.nanmean(y, 0), np.nanstd(y, 0)
-        self.y_mean, self.y_std = np.nan_to_num(self.y_mean), np.where(np.nan_to_num(self.y_std) > 1e-6, self.y_std, 1.0)
+        self.y_mean, self.y_std = (
+            np.nan_to_num(self.y_mean),
+            np.where(np.nan_to_num(self.y_std) > 1e-6, self.y_std, 1.0),
+        )
         import torch
 
         torch.manual_seed(self.seed)
@@ -243,7 +308,9 @@ class Surrogate(Selector):
         self.n_records = len(records)
         seen = np.stack([targets(r) for r in records])
         # predictions of time and memory stay within a factor e of what the experience has seen
-        self.bounds = np.stack([np.nan_to_num(np.nanmin(seen, 0)) - 1.0, np.nan_to_num(np.nanmax(seen, 0)) + 1.0]).astype(np.float32)
+        self.bounds = np.stack(
+            [np.nan_to_num(np.nanmin(seen, 0)) - 1.0, np.nan_to_num(np.nanmax(seen, 0)) + 1.0]
+        ).astype(np.float32)
         self._reset_calibration(np.nanvar(seen, 0))
         if self.calibrate:
             self._calibrate(records)
@@ -278,7 +345,11 @@ class Surrogate(Selector):
     def _extend_range(self, x: np.ndarray) -> None:
         xn = self._standardise(x)
         seen = np.stack([xn.min(0), xn.max(0)]).astype(np.float32)
-        self.x_range = seen if self.x_range is None else np.stack([np.minimum(self.x_range[0], seen[0]), np.maximum(self.x_range[1], seen[1])])
+        self.x_range = (
+            seen
+            if self.x_range is None
+            else np.stack([np.minimum(self.x_range[0], seen[0]), np.maximum(self.x_range[1], seen[1])])
+        )
 
     def _train(self, x: np.ndarray, y: np.ndarray, groups: list[str], epochs: int) -> None:
         import torch
@@ -287,7 +358,9 @@ class Surrogate(Selector):
         names = sorted(set(groups))
         index = np.array([names.index(g) for g in groups])
         # each member sees a bootstrap resample of whole tasks: its errors on unseen tasks differ from the others'
-        counts = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)) for _ in range(self.members)])
+        counts = np.stack(
+            [np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)) for _ in range(self.members)]
+        )
         w = torch.from_numpy(counts[:, index].astype(np.float32))
         xn = self._standardise(x)
         xt, cost, task_only = (torch.from_numpy(v) for v in (xn, self._cost_only(xn), self._task_only(xn)))
@@ -319,7 +392,9 @@ class Surrogate(Selector):
             return
         resid, ens_var, cells, relative, level, truth, methods, tasks, sizes = [], [], [], [], [], [], [], [], []
         for train, test in GroupKFold(n_splits=folds).split(records, groups=groups):
-            sub = Surrogate(self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed).fit([records[i] for i in train])
+            sub = Surrogate(self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed).fit(
+                [records[i] for i in train]
+            )
             held = [records[i] for i in test]
             x = sub._x_runs(held)
             raw = sub._raw(x)  # per member
@@ -363,12 +438,29 @@ class Surrogate(Selector):
             within = np.array([resid[i, t] - offsets[cells[i]] for i in np.flatnonzero(ok)])
             # robust spreads (1.4826 × median absolute deviation): one task the folds predicted badly must not
             # decide how much every task's offset may vary
-            self.noise_var[t] = float(max(_robust_var(within) * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8))  # cell means removed: unbias
-            self.task_var[t] = float(max(_robust_var(np.array(list(offsets.values()))) - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)), 1e-8))
+            self.noise_var[t] = float(
+                max(_robust_var(within) * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8)
+            )  # cell means removed: unbias
+            self.task_var[t] = float(
+                max(
+                    _robust_var(np.array(list(offsets.values())))
+                    - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)),
+                    1e-8,
+                )
+            )
         self.pick_scale[0] = _pick_scale(shrunk, observed, cells, float(np.sqrt(self.noise_var[0])), self.seed)
         self.best_calibration[:], self.best_won, self.best_ran, self.best_size = _best_calibration(
-            shrunk, observed, cells, np.array(methods), np.array(tasks), np.array(sizes), self.encoder.methods,
-            float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]), float(self.extra_var[0]), self.seed)  # fmt: skip
+            shrunk,
+            observed,
+            cells,
+            np.array(methods),
+            np.array(tasks),
+            np.array(sizes),
+            self.encoder.methods,
+            float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]),
+            float(self.extra_var[0]),
+            self.seed,
+        )
 
     # --- prediction ----------------------------------------------------------------------------------------
     def _task_only(self, xn: np.ndarray) -> np.ndarray:
@@ -422,7 +514,9 @@ class Surrogate(Selector):
         mu = self._forward(x)
         return mu.mean(0), np.sqrt(mu.var(0) + self.extra_var)
 
-    def predict(self, profile: dict, candidates: list[Candidate], observed: list[Experience] | None = None, draws: int = 2000) -> Prediction:
+    def predict(
+        self, profile: dict, candidates: list[Candidate], observed: list[Experience] | None = None, draws: int = 2000
+    ) -> Prediction:
         if self.weights is None:
             raise ValueError("Surrogate is not fitted")
         profile = profile_dict(profile)
@@ -430,14 +524,18 @@ class Surrogate(Selector):
         mu = self._forward(self._x([profile] * len(rows), rows))
         offset, extra = self._condition(profile, observed or [])
         mu = mu + offset
-        mu[..., 1] += np.log([steps_of({**self.encoder.defaults[c.method], **c.hyperparameters}) for c in candidates])  # per step → the run's total
+        mu[..., 1] += np.log(
+            [steps_of({**self.encoder.defaults[c.method], **c.hyperparameters}) for c in candidates]
+        )  # per step → the run's total
         mean = mu.mean(0)
         sd = np.sqrt(mu.var(0) + extra)
         low, high = mean - Z90 * sd, mean + Z90 * sd
         # joint draws: a member, then run noise around its mean (the members' disagreement is shared by all
         # candidates of one draw, so a common shift does not change which is best)
         member = np.random.default_rng(self.seed).integers(0, mu.shape[0], draws)
-        joint = Draws(mu[..., 0], member, float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]), self.seed, np.arange(len(rows)))
+        joint = Draws(
+            mu[..., 0], member, float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]), self.seed, np.arange(len(rows))
+        )
         column = {m: j for j, m in enumerate(self.encoder.methods)}
         rate = base_rates(self.best_won, self.best_ran, self.best_size, _log_size(profile))
         prior = self.best_calibration[1] * np.log(rate[[column[c.method] for c in candidates]])
@@ -475,22 +573,34 @@ class Surrogate(Selector):
         arrays.update({f"net.{k}": v for k, v in self.weights.items()})
         for name in _STATE_ARRAYS:
             arrays[name] = np.asarray(getattr(self, name), dtype=np.float32)
-        meta = {"format": FORMAT, "members": self.members, "hidden": self.hidden, "epochs": self.epochs, "folds": self.folds, "seed": self.seed,
-                "methods": self.encoder.methods, "features": self.encoder.names, "n_records": self.n_records, "embedder": emb_meta}  # fmt: skip
+        meta = {
+            "format": FORMAT,
+            "members": self.members,
+            "hidden": self.hidden,
+            "epochs": self.epochs,
+            "folds": self.folds,
+            "seed": self.seed,
+            "methods": self.encoder.methods,
+            "features": self.encoder.names,
+            "n_records": self.n_records,
+            "embedder": emb_meta,
+        }
         return arrays, meta
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> Surrogate:
         if meta.get("format") != FORMAT:
             raise ValueError(f"saved surrogate has format {meta.get('format')}, this version reads {FORMAT}")
-        embedder = TaskEmbedder.from_state({k[len("embedder."):]: v for k, v in arrays.items() if k.startswith("embedder.")}, meta["embedder"])
+        embedder = TaskEmbedder.from_state(
+            {k[len("embedder.") :]: v for k, v in arrays.items() if k.startswith("embedder.")}, meta["embedder"]
+        )
         self = cls(meta["members"], meta["hidden"], meta["epochs"], True, meta["folds"], meta["seed"], embedder)
         self.encoder = ConfigEncoder(meta["methods"])
         if self.encoder.names != meta["features"]:
             raise ValueError("saved surrogate was trained on another method zoo")
         for name in _STATE_ARRAYS:
             setattr(self, name, np.asarray(arrays[name]))
-        self.weights = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
+        self.weights = {k[len("net.") :]: v for k, v in arrays.items() if k.startswith("net.")}
         self.n_records = meta["n_records"]
         return self
 
@@ -500,7 +610,9 @@ def _cell_index(cells: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(cells == c) for c in np.unique(cells)]
 
 
-def _selection_shrink(fitted: float, relative: np.ndarray, level: np.ndarray, observed: np.ndarray, cells: np.ndarray) -> float:
+def _selection_shrink(
+    fitted: float, relative: np.ndarray, level: np.ndarray, observed: np.ndarray, cells: np.ndarray
+) -> float:
     """The factor on the task-specific correction that picks best on held-out tasks: the least-squares factor
     ``fitted`` predicts accuracy best, but a correction can lower the error of the level and still reorder the
     close methods of a task wrongly. Mean held-out regret (best run minus the run ranked first, per task
@@ -518,7 +630,9 @@ def _selection_shrink(fitted: float, relative: np.ndarray, level: np.ndarray, ob
     return fitted if regrets[fitted] - regrets[best] <= 0.0025 else float(best)
 
 
-def _pick_scale(members: np.ndarray, observed: np.ndarray, cells: np.ndarray, noise_sd: float, seed: int, draws: int = 1000) -> float:
+def _pick_scale(
+    members: np.ndarray, observed: np.ndarray, cells: np.ndarray, noise_sd: float, seed: int, draws: int = 1000
+) -> float:
     """The factor on the run noise of ``predict``'s joint draws that makes the probability of being best honest on
     held-out tasks: it minimises the negative log probability given to each task instance's actual best run
     (a proper score, like temperature scaling of a classifier). The robust run-noise estimate ignores the heavy
@@ -549,7 +663,9 @@ def _calibrated(p: np.ndarray, log_prior: np.ndarray, power: float, floor: float
     return q / q.sum()
 
 
-SIZE_BANDWIDTH = 2.0  # octaves: leave-one-task-out log loss of P(best) on 1,027 runs 2.059 without, 2.036 at 1, 2.035 at 2
+SIZE_BANDWIDTH = (
+    2.0  # octaves: leave-one-task-out log loss of P(best) on 1,027 runs 2.059 without, 2.036 at 1, 2.035 at 2
+)
 
 
 def _log_size(profile: dict) -> float:
@@ -565,8 +681,19 @@ def base_rates(won: np.ndarray, ran: np.ndarray, sizes: np.ndarray, size: float)
     return (k @ won + 0.5) / (k @ ran + 0.5 * won.shape[1])
 
 
-def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarray, methods: np.ndarray, tasks: np.ndarray, sizes: np.ndarray,
-                      names: list[str], noise_sd: float, extra_var: float, seed: int, draws: int = 1000) -> tuple[np.ndarray, ...]:  # fmt: skip
+def _best_calibration(
+    members: np.ndarray,
+    observed: np.ndarray,
+    cells: np.ndarray,
+    methods: np.ndarray,
+    tasks: np.ndarray,
+    sizes: np.ndarray,
+    names: list[str],
+    noise_sd: float,
+    extra_var: float,
+    seed: int,
+    draws: int = 1000,
+) -> tuple[np.ndarray, ...]:
     """How far to trust the draws' 'probability that this method is best' against how often the method has been
     best on past tasks. Fitted like temperature scaling (Guo et al., 2017) with the base rate as a second input,
     by the log loss of each held-out task instance's best method(s): probabilities ∝ (share of draws won)^power ×
@@ -579,7 +706,12 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
     rng = np.random.default_rng(seed)
     index = [i for i in _cell_index(cells) if len(set(methods[i])) >= 3]
     if len(index) < 5:
-        return np.array([1.0, 0.0]), np.zeros((0, len(names)), np.float32), np.zeros((0, len(names)), np.float32), np.zeros(0, np.float32)
+        return (
+            np.array([1.0, 0.0]),
+            np.zeros((0, len(names)), np.float32),
+            np.zeros((0, len(names)), np.float32),
+            np.zeros(0, np.float32),
+        )
     names_index = {m: j for j, m in enumerate(names)}
     cautious = members.mean(0) - CAUTION * np.sqrt(members.var(0) + extra_var)
     won = np.zeros((len(index), len(names)))  # tie-split wins per cell and method
@@ -590,7 +722,9 @@ def _best_calibration(members: np.ndarray, observed: np.ndarray, cells: np.ndarr
         top = [m for m in present if best[m] >= max(best.values()) - 1e-9]
         won[n, [names_index[m] for m in top]] = 1.0 / len(top)
         chosen = [i[methods[i] == m][np.argmax(cautious[i[methods[i] == m]])] for m in present]
-        values = members[np.ix_(rng.integers(0, members.shape[0], draws), chosen)] + noise_sd * rng.standard_normal((draws, len(chosen)))
+        values = members[np.ix_(rng.integers(0, members.shape[0], draws), chosen)] + noise_sd * rng.standard_normal(
+            (draws, len(chosen))
+        )
         drawn[n, [names_index[m] for m in present]] = np.bincount(values.argmax(1), minlength=len(present)) / draws
     ran = ~np.isnan(drawn)
     cell_task = np.array([tasks[i[0]] for i in index])
@@ -621,6 +755,7 @@ def _robust_var(x: np.ndarray) -> float:
 def _coverage_variance(resid: np.ndarray, ens_var: np.ndarray, level: float = 0.9) -> float:
     """The smallest variance which, added to the members' spread, puts ``level`` of the held-out errors inside
     their central interval (split-conformal calibration, solved by bisection)."""
+
     def covered(extra: float) -> float:
         return float(np.mean(np.abs(resid) <= Z90 * np.sqrt(ens_var + extra)))
 

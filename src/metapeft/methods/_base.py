@@ -30,13 +30,40 @@ def hp(default: Any, search: BaseDistribution, help: str, *, bounds: tuple[float
 class MethodConfig:
     """Hyperparameters every method shares. Methods subclass this and add (or re-default) fields."""
 
-    learning_rate: float = hp(2e-3, FloatDistribution(1e-4, 1e-2, log=True), "Peak AdamW learning rate of the method's parameters.", bounds=(1e-7, 1.0))
-    head_learning_rate: float = hp(3e-3, FloatDistribution(3e-4, 3e-2, log=True), "Learning rate of the classification head (trained by every method).", bounds=(1e-7, 1.0))
-    batch_size: int = hp(16, CategoricalDistribution([8, 16, 32]), "Training examples per optimisation step.", bounds=(1, 4096))
-    max_steps: int = hp(100, IntDistribution(25, 400, log=True), "Optimisation steps (the run's budget; --time-budget may stop it earlier).", bounds=(1, 1_000_000))
-    warmup_ratio: float = hp(0.1, FloatDistribution(0.0, 0.2), "Fraction of steps of linear learning-rate warm-up (then linear decay to 0).", bounds=(0.0, 0.5))
+    learning_rate: float = hp(
+        2e-3,
+        FloatDistribution(1e-4, 1e-2, log=True),
+        "Peak AdamW learning rate of the method's parameters.",
+        bounds=(1e-7, 1.0),
+    )
+    head_learning_rate: float = hp(
+        3e-3,
+        FloatDistribution(3e-4, 3e-2, log=True),
+        "Learning rate of the classification head (trained by every method).",
+        bounds=(1e-7, 1.0),
+    )
+    batch_size: int = hp(
+        16, CategoricalDistribution([8, 16, 32]), "Training examples per optimisation step.", bounds=(1, 4096)
+    )
+    max_steps: int = hp(
+        100,
+        IntDistribution(25, 400, log=True),
+        "Optimisation steps (the run's budget; --time-budget may stop it earlier).",
+        bounds=(1, 1_000_000),
+    )
+    warmup_ratio: float = hp(
+        0.1,
+        FloatDistribution(0.0, 0.2),
+        "Fraction of steps of linear learning-rate warm-up (then linear decay to 0).",
+        bounds=(0.0, 0.5),
+    )
     weight_decay: float = hp(0.01, FloatDistribution(0.0, 0.1), "AdamW weight decay.", bounds=(0.0, 1.0))
-    max_length: int = hp(0, CategoricalDistribution([0]), "Tokens per example after truncation; 0 = from the task profile (95th percentile, within 16..256).", bounds=(0, 8192))
+    max_length: int = hp(
+        0,
+        CategoricalDistribution([0]),
+        "Tokens per example after truncation; 0 = from the task profile (95th percentile, within 16..256).",
+        bounds=(0, 8192),
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,8 +128,12 @@ class Method:
         kwargs = {}
         for key, raw in values.items():
             if key not in by_name:
-                raise MethodError(f"{self.name} has no hyperparameter {key!r}; valid: {', '.join(by_name)} (fix {overrides_from})")
-            kwargs[key] = _check_value(self.name, by_name[key], _parse(self.name, by_name[key], raw, self.config_class))
+                raise MethodError(
+                    f"{self.name} has no hyperparameter {key!r}; valid: {', '.join(by_name)} (fix {overrides_from})"
+                )
+            kwargs[key] = _check_value(
+                self.name, by_name[key], _parse(self.name, by_name[key], raw, self.config_class)
+            )
         return self.config_class(**kwargs)
 
     def check_compatible(self, config: MethodConfig, backbone: BackboneInfo) -> None:
@@ -167,7 +198,9 @@ def _check_value(method: str, f: dataclasses.Field, value: Any) -> Any:
     dist, bounds = f.metadata["search"], f.metadata["bounds"]
     if isinstance(dist, CategoricalDistribution) and bounds is None:
         if value not in dist.choices:
-            raise MethodError(f"{method}: {f.name}={value!r} is not allowed; choose one of {', '.join(map(str, dist.choices))}")
+            raise MethodError(
+                f"{method}: {f.name}={value!r} is not allowed; choose one of {', '.join(map(str, dist.choices))}"
+            )
         return value
     low, high = bounds if bounds is not None else (dist.low, dist.high)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -200,7 +233,9 @@ def get_method(name: str) -> Method:
     try:
         return Method._registry[key]
     except KeyError:
-        raise MethodError(f"unknown method {name!r}; choose one of: {', '.join(Method._registry)} (see `metapeft methods`)") from None
+        raise MethodError(
+            f"unknown method {name!r}; choose one of: {', '.join(Method._registry)} (see `metapeft methods`)"
+        ) from None
 
 
 def list_methods() -> list[Method]:

@@ -15,24 +15,45 @@ from ._base import TARGET_PRESETS, Method, MethodConfig, check_targets, hp, regi
 
 @dataclass
 class AdaLoraConfig(MethodConfig):
-    learning_rate: float = hp(2e-3, FloatDistribution(1e-4, 1e-2, log=True), "Peak AdamW learning rate of the adapters.", bounds=(1e-7, 1.0))
+    learning_rate: float = hp(
+        2e-3, FloatDistribution(1e-4, 1e-2, log=True), "Peak AdamW learning rate of the adapters.", bounds=(1e-7, 1.0)
+    )
     # the two search ranges meet at 8, so that every point of the search space keeps target_r <= init_r
     init_r: int = hp(12, IntDistribution(8, 48, log=True), "Initial rank of every adapted matrix.", bounds=(1, 1024))
-    target_r: int = hp(6, IntDistribution(2, 8, log=True), "Average rank left after budget re-allocation (<= init_r).", bounds=(1, 1024))
+    target_r: int = hp(
+        6,
+        IntDistribution(2, 8, log=True),
+        "Average rank left after budget re-allocation (<= init_r).",
+        bounds=(1, 1024),
+    )
     lora_alpha: int = hp(16, IntDistribution(4, 128, log=True), "Scaling numerator of the updates.", bounds=(1, 4096))
     lora_dropout: float = hp(0.05, FloatDistribution(0.0, 0.2), "Dropout on the adapter input.", bounds=(0.0, 0.9))
-    tinit_ratio: float = hp(0.1, FloatDistribution(0.0, 0.3), "Fraction of steps of warm-up before ranks are pruned.", bounds=(0.0, 0.8))
-    tfinal_ratio: float = hp(0.2, FloatDistribution(0.05, 0.4), "Fraction of final steps trained with the ranks fixed.", bounds=(0.0, 0.8))
-    target_modules: str = hp("qv", CategoricalDistribution(TARGET_PRESETS), "Which linear layers get adapters (as for LoRA).")
+    tinit_ratio: float = hp(
+        0.1, FloatDistribution(0.0, 0.3), "Fraction of steps of warm-up before ranks are pruned.", bounds=(0.0, 0.8)
+    )
+    tfinal_ratio: float = hp(
+        0.2, FloatDistribution(0.05, 0.4), "Fraction of final steps trained with the ranks fixed.", bounds=(0.0, 0.8)
+    )
+    target_modules: str = hp(
+        "qv", CategoricalDistribution(TARGET_PRESETS), "Which linear layers get adapters (as for LoRA)."
+    )
 
 
 def _check(config: AdaLoraConfig, backbone) -> None:
     if config.target_r > config.init_r:
-        raise MethodError(f"adalora: target_r={config.target_r} exceeds init_r={config.init_r}; the budget can only shrink ranks")
+        raise MethodError(
+            f"adalora: target_r={config.target_r} exceeds init_r={config.init_r}; the budget can only shrink ranks"
+        )
     if config.tinit_ratio + config.tfinal_ratio >= 0.95:
-        raise MethodError("adalora: tinit_ratio + tfinal_ratio must leave steps for budget re-allocation (keep their sum below 0.95)")
-    if config.max_steps - int(config.max_steps * config.tfinal_ratio) < 2:  # peft scores ranks on a step before it prunes them
-        raise MethodError(f"adalora: max_steps={config.max_steps} leaves no step to score ranks before the final phase; use max_steps >= 2 (and tfinal_ratio below 0.5)")
+        raise MethodError(
+            "adalora: tinit_ratio + tfinal_ratio must leave steps for budget re-allocation (keep their sum below 0.95)"
+        )
+    if (
+        config.max_steps - int(config.max_steps * config.tfinal_ratio) < 2
+    ):  # peft scores ranks on a step before it prunes them
+        raise MethodError(
+            f"adalora: max_steps={config.max_steps} leaves no step to score ranks before the final phase; use max_steps >= 2 (and tfinal_ratio below 0.5)"
+        )
     check_targets(config, backbone, "adalora")
 
 
@@ -73,6 +94,13 @@ def _apply_rank_pattern(model) -> None:
 
 
 register_method(
-    Method("adalora", AdaLoraConfig, "LoRA with adaptive rank allocation across layers (peft.AdaLoraConfig).",
-           build=_build, check=_check, on_step=_reallocate, on_end=_apply_rank_pattern)
+    Method(
+        "adalora",
+        AdaLoraConfig,
+        "LoRA with adaptive rank allocation across layers (peft.AdaLoraConfig).",
+        build=_build,
+        check=_check,
+        on_step=_reallocate,
+        on_end=_apply_rank_pattern,
+    )
 )

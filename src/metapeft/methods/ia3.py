@@ -10,7 +10,12 @@ from ._base import Method, MethodConfig, hp, register_method
 
 @dataclass
 class IA3Config(MethodConfig):
-    learning_rate: float = hp(1e-2, FloatDistribution(1e-3, 1e-1, log=True), "Peak AdamW learning rate of the scaling vectors.", bounds=(1e-7, 1.0))
+    learning_rate: float = hp(
+        1e-2,
+        FloatDistribution(1e-3, 1e-1, log=True),
+        "Peak AdamW learning rate of the scaling vectors.",
+        bounds=(1e-7, 1.0),
+    )
     init_ia3_weights: bool = hp(True, CategoricalDistribution([True]), "Start the scaling vectors at one (identity).")
 
 
@@ -18,7 +23,9 @@ def _check(config: IA3Config, backbone) -> None:
     from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGET_MAP
 
     if backbone.model_type not in TARGET_MAP:
-        raise IncompatibleMethodError(f"ia3: peft has no (IA)^3 module mapping for model type {backbone.model_type!r} ({backbone.name})")
+        raise IncompatibleMethodError(
+            f"ia3: peft has no (IA)^3 module mapping for model type {backbone.model_type!r} ({backbone.name})"
+        )
 
 
 def _build(config: IA3Config, backbone):
@@ -33,4 +40,12 @@ def _build(config: IA3Config, backbone):
     )
 
 
-register_method(Method("ia3", IA3Config, "Learned rescaling of keys, values and feed-forward activations (peft.IA3Config).", build=_build, check=_check))
+register_method(
+    Method(
+        "ia3",
+        IA3Config,
+        "Learned rescaling of keys, values and feed-forward activations (peft.IA3Config).",
+        build=_build,
+        check=_check,
+    )
+)

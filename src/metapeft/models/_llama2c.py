@@ -74,12 +74,16 @@ def read_header(path: Path) -> Llama2cHeader:
         or heads % kv_heads
         or (dim // heads) % 2
     ):
-        raise MetapeftError(f"{path}: not a llama2.c checkpoint: its header [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len] reads "
-                            f"{[dim, hidden, layers, heads, kv_heads, vocab, seq_len]}")  # fmt: skip
+        raise MetapeftError(
+            f"{path}: not a llama2.c checkpoint: its header [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len] reads "
+            f"{[dim, hidden, layers, heads, kv_heads, vocab, seq_len]}"
+        )
     expected = HEADER.size + 4 * header.floats()
     if size != expected:
-        raise MetapeftError(f"{path}: a llama2.c checkpoint with header {[dim, hidden, layers, heads, kv_heads, vocab, seq_len]} has {expected} bytes, "
-                            f"this file {size}; the file is truncated or of another format (only the legacy version-0 export is read)")  # fmt: skip
+        raise MetapeftError(
+            f"{path}: a llama2.c checkpoint with header {[dim, hidden, layers, heads, kv_heads, vocab, seq_len]} has {expected} bytes, "
+            f"this file {size}; the file is truncated or of another format (only the legacy version-0 export is read)"
+        )
     return header
 
 
@@ -129,12 +133,19 @@ def read_weights(path: Path) -> tuple[Llama2cHeader, dict[str, np.ndarray]]:
         weights["lm_head.weight"] = take(h.vocab_size, h.dim)
     for i in range(L):
         p = f"model.layers.{i}."
-        weights.update({
-            p + "input_layernorm.weight": rms_att[i], p + "post_attention_layernorm.weight": rms_ffn[i],
-            p + "self_attn.q_proj.weight": _permute(wq[i], h.n_heads), p + "self_attn.k_proj.weight": _permute(wk[i], h.n_kv_heads),
-            p + "self_attn.v_proj.weight": wv[i], p + "self_attn.o_proj.weight": wo[i],
-            p + "mlp.gate_proj.weight": w1[i], p + "mlp.down_proj.weight": w2[i], p + "mlp.up_proj.weight": w3[i],
-        })  # fmt: skip
+        weights.update(
+            {
+                p + "input_layernorm.weight": rms_att[i],
+                p + "post_attention_layernorm.weight": rms_ffn[i],
+                p + "self_attn.q_proj.weight": _permute(wq[i], h.n_heads),
+                p + "self_attn.k_proj.weight": _permute(wk[i], h.n_kv_heads),
+                p + "self_attn.v_proj.weight": wv[i],
+                p + "self_attn.o_proj.weight": wo[i],
+                p + "mlp.gate_proj.weight": w1[i],
+                p + "mlp.down_proj.weight": w2[i],
+                p + "mlp.up_proj.weight": w3[i],
+            }
+        )
     return h, {k: np.ascontiguousarray(v) for k, v in weights.items()}
 
 
@@ -230,10 +241,22 @@ def import_llama2c(
         raise MetapeftError(f"{output} is not empty; give a new folder")
     header, weights = read_weights(weight_files[0])
     tokens = read_tokenizer(tok_files[0], header.vocab_size)
-    config = LlamaConfig(vocab_size=header.vocab_size, hidden_size=header.dim, intermediate_size=header.hidden_dim, num_hidden_layers=header.n_layers,
-                         num_attention_heads=header.n_heads, num_key_value_heads=header.n_kv_heads, head_dim=header.head_size,
-                         max_position_embeddings=header.seq_len, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=header.shared_classifier,
-                         bos_token_id=1, eos_token_id=2, torch_dtype="float32")  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=header.vocab_size,
+        hidden_size=header.dim,
+        intermediate_size=header.hidden_dim,
+        num_hidden_layers=header.n_layers,
+        num_attention_heads=header.n_heads,
+        num_key_value_heads=header.n_kv_heads,
+        head_dim=header.head_size,
+        max_position_embeddings=header.seq_len,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=header.shared_classifier,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype="float32",
+    )
     model = LlamaForCausalLM(config)
     missing, unexpected = model.load_state_dict(
         {k: torch.from_numpy(v.copy()) for k, v in weights.items()}, strict=False
@@ -246,7 +269,12 @@ def import_llama2c(
         model.tie_weights()
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, safe_serialization=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(tokens), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=header.seq_len)  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=build_tokenizer(tokens),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=header.seq_len,
+    )
     fast.save_pretrained(output)
     return output

@@ -29,7 +29,9 @@ from .._errors import MetapeftError
 
 log = logging.getLogger("metapeft.monitor")
 
-OFFLINE_COVERAGE = 0.88  # leave-one-task-out interval coverage of the shipped selector (BENCHMARKS.md, method selection)
+OFFLINE_COVERAGE = (
+    0.88  # leave-one-task-out interval coverage of the shipped selector (BENCHMARKS.md, method selection)
+)
 OFFLINE_REGRET = 2.5  # its leave-one-task-out mean regret, points
 
 
@@ -56,7 +58,9 @@ class Thresholds:
         if not 0 <= self.coverage_min <= 1:
             raise MetapeftError(f"coverage_min must be within 0..1, got {self.coverage_min}")
         if self.regret_max <= 0 or not -1 <= self.rank_agreement_min <= 1:
-            raise MetapeftError(f"regret_max > 0 and rank_agreement_min within -1..1 needed, got {self.regret_max} and {self.rank_agreement_min}")
+            raise MetapeftError(
+                f"regret_max > 0 and rank_agreement_min within -1..1 needed, got {self.regret_max} and {self.rank_agreement_min}"
+            )
         if self.window < 1 or self.min_matches < 1:
             raise MetapeftError(f"window and min_matches must be at least 1, got {self.window} and {self.min_matches}")
 
@@ -119,8 +123,13 @@ def record_prediction(store, profile: dict, recommendations, source: str, select
     from .._errors import StoreError
 
     try:
-        return store.add_prediction(task_name=profile.get("task_name", "?"), task_fingerprint=profile.get("fingerprint", "?"), ranking=ranking_record(recommendations),
-                                    source=source, selector=selector)  # fmt: skip
+        return store.add_prediction(
+            task_name=profile.get("task_name", "?"),
+            task_fingerprint=profile.get("fingerprint", "?"),
+            ranking=ranking_record(recommendations),
+            source=source,
+            selector=selector,
+        )
     except StoreError as exc:
         log.warning("the prediction was not recorded for monitoring: %s", exc)
         return None
@@ -142,14 +151,20 @@ def monitor(store, thresholds: Thresholds | None = None) -> MonitorReport:
     hits, regrets, agreements = [], [], []  # (time, value)
     matched = 0
     for p, until in zip(predictions, reversed(untils)):
-        outcome = [r for r in runs.get(p["task_fingerprint"], []) if r.created_at >= p["created_at"] and (until is None or r.created_at < until)]
+        outcome = [
+            r
+            for r in runs.get(p["task_fingerprint"], [])
+            if r.created_at >= p["created_at"] and (until is None or r.created_at < until)
+        ]
         if not outcome:
             continue
         matched += len(outcome)
         by_method = {e["method"]: e for e in p["ranking"]}
         for r in outcome:
             if (e := by_method.get(r.method)) is not None:
-                hits.append((r.created_at, float(e["accuracy"]["low"] <= r.metrics["accuracy"] <= e["accuracy"]["high"])))
+                hits.append(
+                    (r.created_at, float(e["accuracy"]["low"] <= r.metrics["accuracy"] <= e["accuracy"]["high"]))
+                )
         best = {}
         for r in outcome:
             best[r.method] = max(best.get(r.method, 0.0), r.metrics["accuracy"])
@@ -159,15 +174,24 @@ def monitor(store, thresholds: Thresholds | None = None) -> MonitorReport:
             regrets.append((last, 100 * (max(best.values()) - best[top])))
         shared = [m for m in best if m in by_method]
         if len(shared) >= 3:
-            agreements.append((last, _spearman([by_method[m]["accuracy"]["mean"] for m in shared], [best[m] for m in shared])))
+            agreements.append(
+                (last, _spearman([by_method[m]["accuracy"]["mean"] for m in shared], [best[m] for m in shared]))
+            )
     figures = [
         _figure("interval coverage", hits, thresholds.coverage_min, "min", thresholds),
         _figure("regret (points)", regrets, thresholds.regret_max, "max", thresholds),
         _figure("rank agreement (Spearman)", agreements, thresholds.rank_agreement_min, "min", thresholds),
     ]
-    alerts = [f"{f.name} {f.value:.3g} over the last {f.count} is {'below' if f.direction == 'min' else 'above'} its threshold {f.threshold:.3g}"
-              for f in figures if f.alert]  # fmt: skip
-    suggestion = "selection quality has degraded: run `metapeft retrain` to refit the selector on all experience" if alerts else None
+    alerts = [
+        f"{f.name} {f.value:.3g} over the last {f.count} is {'below' if f.direction == 'min' else 'above'} its threshold {f.threshold:.3g}"
+        for f in figures
+        if f.alert
+    ]
+    suggestion = (
+        "selection quality has degraded: run `metapeft retrain` to refit the selector on all experience"
+        if alerts
+        else None
+    )
     return MonitorReport(len(predictions), matched, figures, alerts, suggestion)
 
 
@@ -177,7 +201,9 @@ def send_alert(report: MonitorReport, webhook: str) -> bool:
 
     if not webhook.startswith(("http://", "https://")):
         raise MetapeftError(f"the webhook must be an http(s) URL, got {webhook!r}")
-    body = json.dumps({"text": "metapeft monitor: " + "; ".join(report.alerts), **report.as_dict()}, default=str).encode()
+    body = json.dumps(
+        {"text": "metapeft monitor: " + "; ".join(report.alerts), **report.as_dict()}, default=str
+    ).encode()
     request = urllib.request.Request(webhook, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -193,7 +219,9 @@ def _figure(name: str, values: list[tuple], threshold: float, direction: str, th
         return Figure(name, None, 0, threshold, direction)
     value = float(np.mean(recent))
     bad = value < threshold if direction == "min" else value > threshold
-    return Figure(name, round(value, 4), len(recent), threshold, direction, bool(bad and len(recent) >= thresholds.min_matches))
+    return Figure(
+        name, round(value, 4), len(recent), threshold, direction, bool(bad and len(recent) >= thresholds.min_matches)
+    )
 
 
 def _spearman(a: list[float], b: list[float]) -> float:

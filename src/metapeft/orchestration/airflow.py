@@ -83,20 +83,26 @@ class TaskDagOptions:
     >>> task_dag(TaskDagOptions(task="data/reviews", trials=8))   # doctest: +SKIP
     """
 
-    task: str | None = _option(None, "The task to fine-tune for: a data file or folder as `metapeft train` reads it, "
-                                     "or `example` (required, here or in the run's conf).")  # fmt: skip
+    task: str | None = _option(
+        None,
+        "The task to fine-tune for: a data file or folder as `metapeft train` reads it, "
+        "or `example` (required, here or in the run's conf).",
+    )
     store: str | None = _option(None, _STORE_HELP)
     tracking_uri: str | None = _option(None, _TRACKING_HELP)
     model: str | None = _option(None, "Base model: a hub id or a local folder (default: all-MiniLM-L6-v2, bundled).")
     trials: int = _option(4, "Search trials.")
     max_steps: int | None = _option(None, "Training steps of each search trial (default: each method's own).")
     final_steps: int | None = _option(None, "Training steps of the pick's final run (default: its method's own).")
-    objectives: tuple[str, ...] | None = _option(None, "What the Pareto set is over, among accuracy, train_time_s "
-                                                       "and peak_memory_mb (default: all three).")  # fmt: skip
-    prefer: str = _option("accuracy", "Which trial of the Pareto set is the pick: the best on accuracy, time or "
-                                      "memory.")  # fmt: skip
-    methods: tuple[str, ...] | None = _option(None, "Methods to rank and search (default: every method that can take "
-                                                    "the model).")  # fmt: skip
+    objectives: tuple[str, ...] | None = _option(
+        None, "What the Pareto set is over, among accuracy, train_time_s and peak_memory_mb (default: all three)."
+    )
+    prefer: str = _option(
+        "accuracy", "Which trial of the Pareto set is the pick: the best on accuracy, time or memory."
+    )
+    methods: tuple[str, ...] | None = _option(
+        None, "Methods to rank and search (default: every method that can take the model)."
+    )
     max_memory_mb: float | None = _option(None, "Pick only configurations within this peak memory (MB).")
     max_time_s: float | None = _option(None, "Pick only configurations within this training time (s).")
     registered_name: str | None = _option(None, "Registered model name (default: metapeft-<task>).")
@@ -127,8 +133,11 @@ class MetaDagOptions:
     >>> meta_dag(MetaDagOptions(suite="suite", design="suite/design.json"), schedule="@weekly")   # doctest: +SKIP
     """
 
-    suite: str | None = _option(None, "The suite the design runs over: its MANIFEST.json or folder, as `metapeft "
-                                      "bench` reads it (required, here or in the run's conf).")  # fmt: skip
+    suite: str | None = _option(
+        None,
+        "The suite the design runs over: its MANIFEST.json or folder, as `metapeft "
+        "bench` reads it (required, here or in the run's conf).",
+    )
     design: str | None = _option(None, "The bench design (a JSON file) whose runs not done yet are run (required).")
     store: str | None = _option(None, _STORE_HELP + " Workers on several machines share one (PostgreSQL).")
     tracking_uri: str | None = _option(None, _TRACKING_HELP + " Its registry holds the selector's versions.")
@@ -147,8 +156,9 @@ class MetaDagOptions:
         return {f.name: f.metadata["help"] for f in fields(cls)}
 
 
-def task_dag(options: TaskDagOptions | None = None, *, dag_id: str = "metapeft_task", schedule: Any = None,
-             **dag_args: Any) -> DAG:  # fmt: skip
+def task_dag(
+    options: TaskDagOptions | None = None, *, dag_id: str = "metapeft_task", schedule: Any = None, **dag_args: Any
+) -> DAG:
     """A DAG that fine-tunes for a task: profile → recommend → tune → register → monitor (module docstring).
 
     Args:
@@ -190,8 +200,9 @@ def task_dag(options: TaskDagOptions | None = None, *, dag_id: str = "metapeft_t
     return metapeft_task()
 
 
-def meta_dag(options: MetaDagOptions | None = None, *, dag_id: str = "metapeft_meta", schedule: Any = None,
-             **dag_args: Any) -> DAG:  # fmt: skip
+def meta_dag(
+    options: MetaDagOptions | None = None, *, dag_id: str = "metapeft_meta", schedule: Any = None, **dag_args: Any
+) -> DAG:
     """A DAG that keeps the selector learning: bench new runs → retrain → evaluate → promote (module docstring).
 
     Args:
@@ -287,9 +298,16 @@ def _methods(options: TaskDagOptions) -> list[str] | None:
 def _search_config(options: TaskDagOptions):
     from ..search import OBJECTIVES, SearchConfig
 
-    return SearchConfig(trials=options.trials, objectives=options.objectives or OBJECTIVES, methods=_methods(options),
-                        max_steps=options.max_steps, prefer=options.prefer, max_memory_mb=options.max_memory_mb,
-                        max_time_s=options.max_time_s, run=SearchConfig.trial_run(model=options.model))  # fmt: skip
+    return SearchConfig(
+        trials=options.trials,
+        objectives=options.objectives or OBJECTIVES,
+        methods=_methods(options),
+        max_steps=options.max_steps,
+        prefer=options.prefer,
+        max_memory_mb=options.max_memory_mb,
+        max_time_s=options.max_time_s,
+        run=SearchConfig.trial_run(model=options.model),
+    )
 
 
 def _load(options: TaskDagOptions, profile: dict | None = None):
@@ -298,8 +316,11 @@ def _load(options: TaskDagOptions, profile: dict | None = None):
 
     quiet_libraries()
     if not options.task:
-        raise OptionError("task", "is not set: give the task's path in the DAG's options or in the run's conf, "
-                                  'e.g. {"task": "path/to/task"}')  # fmt: skip
+        raise OptionError(
+            "task",
+            "is not set: give the task's path in the DAG's options or in the run's conf, "
+            'e.g. {"task": "path/to/task"}',
+        )
     task = load_task(options.task)
     if profile is not None and task.fingerprint != profile.get("fingerprint"):
         raise MetapeftError(f"the data of {options.task} changed since it was profiled in this run; trigger a new run")
@@ -322,13 +343,24 @@ def _recommend(options: TaskDagOptions, profile: dict) -> list:
 
     store = ExperienceStore(options.store)
     meta = MetaPEFT(store, model=options.model).fit()
-    ranking = meta.recommend(profile, max_memory_mb=options.max_memory_mb, max_time_s=options.max_time_s,
-                             methods=_methods(options))  # fmt: skip
+    ranking = meta.recommend(
+        profile, max_memory_mb=options.max_memory_mb, max_time_s=options.max_time_s, methods=_methods(options)
+    )
     record_prediction(store, profile, ranking, source="airflow")
     log.info("ranking for %s: %s", profile["task_name"], ", ".join(f"{r.method} {r.confidence:.0%}" for r in ranking))
-    return _plain([{"method": r.method, "rank": r.rank, "confidence": r.confidence, "feasible": r.feasible,
-                    "hyperparameters": r.hyperparameters, "accuracy": r.expected_performance["accuracy"]}
-                   for r in ranking])  # fmt: skip
+    return _plain(
+        [
+            {
+                "method": r.method,
+                "rank": r.rank,
+                "confidence": r.confidence,
+                "feasible": r.feasible,
+                "hyperparameters": r.hyperparameters,
+                "accuracy": r.expected_performance["accuracy"],
+            }
+            for r in ranking
+        ]
+    )
 
 
 def _tune(options: TaskDagOptions, profile: dict, ranking: list) -> dict:
@@ -346,17 +378,27 @@ def _tune(options: TaskDagOptions, profile: dict, ranking: list) -> dict:
         log.info("trial %d: %s, %s, accuracy %s", t.number, t.method, t.state, t.metrics.get("accuracy"))
 
     with tracker.fluent():  # the search logs to MLFLOW_TRACKING_URI: this tracker's, for the block only
-        search, final = search_and_train(task, config, meta=meta, profile=profile, store=store, tracker=tracker,
-                                         final_steps=options.final_steps, on_trial=on_trial,
-                                         on_stage=log.info)  # fmt: skip
+        search, final = search_and_train(
+            task,
+            config,
+            meta=meta,
+            profile=profile,
+            store=store,
+            tracker=tracker,
+            final_steps=options.final_steps,
+            on_trial=on_trial,
+            on_stage=log.info,
+        )
     tags = decision_tags(task, profile, meta, ranking, search, config, final)
     log.info("%s", tags["metapeft.decision"])
     names = ("method", "hyperparameters", "adapter_path", "experience_id", "mlflow_run_id", "trial")
     kept = {k: final.get(k) for k in names}
-    kept["metrics"] = {k: v for k, v in final["metrics"].items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
-    return _plain({"task": task.name, "study": search.study, "trials": len(search.trials), "final": kept,
-                   "tags": tags})  # fmt: skip
+    kept["metrics"] = {
+        k: v for k, v in final["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return _plain(
+        {"task": task.name, "study": search.study, "trials": len(search.trials), "final": kept, "tags": tags}
+    )
 
 
 def _register(options: TaskDagOptions, chosen: dict) -> dict:
@@ -367,21 +409,30 @@ def _register(options: TaskDagOptions, chosen: dict) -> dict:
 
     final = chosen["final"]
     if not final.get("mlflow_run_id"):
-        raise MetapeftError(f"the final run of {chosen['task']} was not logged to MLflow (the tune task's log says "
-                            "why): there is nothing to register")  # fmt: skip
+        raise MetapeftError(
+            f"the final run of {chosen['task']} was not logged to MLflow (the tune task's log says "
+            "why): there is nothing to register"
+        )
     tracker = _tracker(options)
     with tempfile.TemporaryDirectory() as tmp:
         folder = final.get("adapter_path")
         if not folder or not Path(folder).is_dir():  # trained on another worker: the copy logged with its MLflow run
             import mlflow.artifacts
 
-            folder = mlflow.artifacts.download_artifacts(run_id=final["mlflow_run_id"], artifact_path="adapter",
-                                                         dst_path=tmp, tracking_uri=tracker.uri)  # fmt: skip
-        registered = register_decision(chosen["task"], final, chosen["tags"], options.registered_name, folder=folder,
-                                       tracker=tracker)  # fmt: skip
+            folder = mlflow.artifacts.download_artifacts(
+                run_id=final["mlflow_run_id"], artifact_path="adapter", dst_path=tmp, tracking_uri=tracker.uri
+            )
+        registered = register_decision(
+            chosen["task"], final, chosen["tags"], options.registered_name, folder=folder, tracker=tracker
+        )
     log.info("registered %s version %d (%s)", registered["name"], registered["version"], final["method"])
-    return {"name": registered["name"], "version": registered["version"], "method": final["method"],
-            "accuracy": final["metrics"].get("accuracy"), "mlflow_run_id": final["mlflow_run_id"]}  # fmt: skip
+    return {
+        "name": registered["name"],
+        "version": registered["version"],
+        "method": final["method"],
+        "accuracy": final["metrics"].get("accuracy"),
+        "mlflow_run_id": final["mlflow_run_id"],
+    }
 
 
 def _monitor(options: TaskDagOptions) -> dict:
@@ -392,8 +443,11 @@ def _monitor(options: TaskDagOptions) -> dict:
     if report.alerts:  # a warning, not a failure: the run itself went well
         log.warning("selector monitoring alert: %s; %s", "; ".join(report.alerts), report.suggestion)
     else:
-        log.info("selector monitoring: %d predictions, %d runs after them, no alert", report.predictions,
-                 report.matched_runs)  # fmt: skip
+        log.info(
+            "selector monitoring: %d predictions, %d runs after them, no alert",
+            report.predictions,
+            report.matched_runs,
+        )
     return _plain(report.as_dict())
 
 
@@ -407,8 +461,11 @@ def _bench_inputs(options: MetaDagOptions) -> tuple[str, str, str]:
     quiet_libraries()
     for name in ("suite", "design"):
         if not getattr(options, name):
-            raise OptionError(name, "is not set: give it in the DAG's options or in the run's conf, "
-                                    f'e.g. {{"{name}": "path/to/{name}"}}')  # fmt: skip
+            raise OptionError(
+                name,
+                "is not set: give it in the DAG's options or in the run's conf, "
+                f'e.g. {{"{name}": "path/to/{name}"}}',
+            )
     return options.suite, options.design, ExperienceStore(options.store).url
 
 
@@ -439,13 +496,26 @@ def _retrain(options: MetaDagOptions) -> dict:
 def _evaluate(options: MetaDagOptions, challenger: dict) -> dict:
     from ..serving import evaluate_challenger
 
-    result = evaluate_challenger(challenger["challenger"], force=options.force, min_methods=options.min_methods,
-                                 tracker=_tracker(options), progress=log.info)  # fmt: skip
+    result = evaluate_challenger(
+        challenger["challenger"],
+        force=options.force,
+        min_methods=options.min_methods,
+        tracker=_tracker(options),
+        progress=log.info,
+    )
     log.info("%s", result.reason)
-    return _plain({"champion_version": result.champion_version, "challenger_version": result.challenger_version,
-                   "promote": result.promoted, "held_out_tasks": result.held_out_tasks, "reason": result.reason,
-                   "champion_regret": result.champion_regret, "challenger_regret": result.challenger_regret,
-                   "evaluation_run_id": result.evaluation_run_id})  # fmt: skip
+    return _plain(
+        {
+            "champion_version": result.champion_version,
+            "challenger_version": result.challenger_version,
+            "promote": result.promoted,
+            "held_out_tasks": result.held_out_tasks,
+            "reason": result.reason,
+            "champion_regret": result.champion_regret,
+            "challenger_regret": result.challenger_regret,
+            "evaluation_run_id": result.evaluation_run_id,
+        }
+    )
 
 
 def _promote(options: MetaDagOptions, evaluation: dict) -> dict:

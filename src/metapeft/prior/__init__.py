@@ -37,7 +37,12 @@ class PriorExperience:
     def iter(self, *, status=None, method=None, task=None, source=None, limit=None) -> Iterator[Experience]:
         n = 0
         for r in self.records():
-            if (status and r.status != status) or (method and r.method != method) or (task and r.task_name != task) or (source and r.source != source):
+            if (
+                (status and r.status != status)
+                or (method and r.method != method)
+                or (task and r.task_name != task)
+                or (source and r.source != source)
+            ):
                 continue
             if limit is not None and n >= limit:
                 return
@@ -69,7 +74,9 @@ def prior_enabled(include_prior: bool | None = None) -> bool:
     return os.environ.get("METAPEFT_PRIOR", "1").lower() not in ("0", "false", "no", "off")
 
 
-def experiences(store: ExperienceStore | None = None, *, include_prior: bool | None = None, include_own: bool = True, **filters) -> list[Experience]:
+def experiences(
+    store: ExperienceStore | None = None, *, include_prior: bool | None = None, include_own: bool = True, **filters
+) -> list[Experience]:
     """The prior (unless switched off) followed by the user's own runs, filtered alike; a prior run imported into
     one's own store (e.g. to resume the bench) counts once."""
     out = PriorExperience().query(**filters) if prior_enabled(include_prior) else []
@@ -87,7 +94,10 @@ def write_prior(store: ExperienceStore, design_name: str, path: str | Path = EXP
     for r in records:
         r.source = SOURCE
         lines.append(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n")
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:  # mtime=0: same runs, same bytes
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f,
+    ):  # mtime=0: same runs, same bytes
         f.write("".join(lines).encode("utf-8"))
     _load.cache_clear()
     return len(records)

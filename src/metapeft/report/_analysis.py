@@ -31,13 +31,23 @@ def frame(records: list[Experience]) -> pd.DataFrame:
         task = task_group(r)
         # the size trained on (a design size above a task's size trains on the whole task)
         size = r.profile.get("dataset_size") or r.tags.get("n_train") or r.tags.get("train_size") or 0
-        rows.append({
-            "task": task, "size": int(size), "method": r.method, "accuracy": float(r.metrics["accuracy"]),
-            "macro_f1": r.metrics.get("macro_f1"), "train_time_s": r.metrics.get("train_time_s"),
-            "peak_memory_mb": r.metrics.get("peak_memory_mb"), "trainable_params": r.metrics.get("trainable_params"),
-            "source": r.source, "config_id": r.tags.get("config_id"), "hyperparameters": r.hyperparameters,
-            "seed": int(r.seed or 0), "eval_examples": int(r.metrics.get("eval_examples") or 0),
-        })
+        rows.append(
+            {
+                "task": task,
+                "size": int(size),
+                "method": r.method,
+                "accuracy": float(r.metrics["accuracy"]),
+                "macro_f1": r.metrics.get("macro_f1"),
+                "train_time_s": r.metrics.get("train_time_s"),
+                "peak_memory_mb": r.metrics.get("peak_memory_mb"),
+                "trainable_params": r.metrics.get("trainable_params"),
+                "source": r.source,
+                "config_id": r.tags.get("config_id"),
+                "hyperparameters": r.hyperparameters,
+                "seed": int(r.seed or 0),
+                "eval_examples": int(r.metrics.get("eval_examples") or 0),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -45,11 +55,19 @@ def analyse(records: list[Experience]) -> dict:
     records = list({r.id: r for r in records}.values())  # the prior imported into one's own store counts once
     df = frame(records)
     finished_keys = {r.tags.get("design_key") for r in records if r.status == "finished"}
-    failed = sum(1 for r in records if r.status == "failed" and (r.tags.get("design_key") is None or r.tags["design_key"] not in finished_keys))
+    failed = sum(
+        1
+        for r in records
+        if r.status == "failed" and (r.tags.get("design_key") is None or r.tags["design_key"] not in finished_keys)
+    )
     if df.empty:
         return {"runs": 0, "failed": failed, "tasks": 0, "methods": [], "per_task": {}}
     cell = ["task", "size", "seed"]
-    cells = df.groupby([*cell, "method"]).agg(score=("accuracy", "max"), eval_examples=("eval_examples", "min")).reset_index()
+    cells = (
+        df.groupby([*cell, "method"])
+        .agg(score=("accuracy", "max"), eval_examples=("eval_examples", "min"))
+        .reset_index()
+    )
     best_in_cell = cells.groupby(cell)["score"].transform("max")
     cells["gap"] = best_in_cell - cells["score"]
     cells["within_noise"] = _within_noise(cells["score"], best_in_cell, cells["eval_examples"])
@@ -66,7 +84,14 @@ def analyse(records: list[Experience]) -> dict:
             "best_method": best,
             "best_accuracy": round(float(by_method.max()), 4),
             "sizes": sorted(int(s) for s in group["size"].unique()),
-            "by_method": {m: {"accuracy": round(float(a), 4), "gap": round(float(by_method.max() - a), 4), "runs": int((df.task == task).mul(df.method == m).sum())} for m, a in by_method.sort_values(ascending=False).items()},
+            "by_method": {
+                m: {
+                    "accuracy": round(float(a), 4),
+                    "gap": round(float(by_method.max() - a), 4),
+                    "runs": int((df.task == task).mul(df.method == m).sum()),
+                }
+                for m, a in by_method.sort_values(ascending=False).items()
+            },
             "by_size": {int(size): _best(g.groupby("method").score.mean()) for size, g in group.groupby("size")},
         }
 
@@ -104,7 +129,9 @@ def analyse(records: list[Experience]) -> dict:
             "single_best_mean_regret": round(float(mean_gap.min()), 4),
             "single_best_max_regret": round(float(cells.loc[cells.method == single_best, "gap"].max()), 4),
             # a gap that the evaluation's sampling noise explains is no evidence that another method is better
-            "single_best_within_noise_share": round(float(cells.loc[cells.method == single_best, "within_noise"].mean()), 3),
+            "single_best_within_noise_share": round(
+                float(cells.loc[cells.method == single_best, "within_noise"].mean()), 3
+            ),
             "methods_within_noise_of_best": round(float(cells.groupby(cell).within_noise.sum().mean()), 2),
             "mean_spread_in_cell": round(float(cells.groupby(cell).score.agg(lambda s: s.max() - s.min()).mean()), 4),
             "winner_changes_with_size": _winner_changes(per_task),
@@ -112,8 +139,13 @@ def analyse(records: list[Experience]) -> dict:
         "mean_gap": {m: round(float(g), 4) for m, g in mean_gap.sort_values().items()},
         # share of cells in which the method has a finished run: gaps and wins only count cells it ran in
         "coverage": {m: round(float(c) / n_cells, 3) for m, c in cells.groupby("method").size().items()},
-        "accuracy_by_size": {m: {int(s): round(float(v), 4) for s, v in row.dropna().items()} for m, row in by_size.iterrows()},
-        "tradeoffs": {m: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()} for m, row in tradeoffs.iterrows()},
+        "accuracy_by_size": {
+            m: {int(s): round(float(v), 4) for s, v in row.dropna().items()} for m, row in by_size.iterrows()
+        },
+        "tradeoffs": {
+            m: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()}
+            for m, row in tradeoffs.iterrows()
+        },
         "sensitivity": sensitivity(df),
         "noise": noise(cells),
     }
@@ -158,7 +190,11 @@ def noise(cells: pd.DataFrame) -> dict:
 
 def _best(scores: pd.Series) -> dict:
     """Best method among ``scores`` (indexed by method) and the spread between best and worst."""
-    return {"best_method": scores.idxmax(), "best_accuracy": round(float(scores.max()), 4), "spread": round(float(scores.max() - scores.min()), 4)}
+    return {
+        "best_method": scores.idxmax(),
+        "best_accuracy": round(float(scores.max()), 4),
+        "spread": round(float(scores.max() - scores.min()), 4),
+    }
 
 
 def _winner_changes(per_task: dict) -> float | None:

@@ -75,13 +75,23 @@ def render(summary: dict, records, out_dir: str | Path) -> list[Path]:
     save(fig, "tradeoffs.png")
 
     # 4. Gap of every method to the best, per task.
-    gaps = pd.DataFrame({t: {m: v["gap"] for m, v in d["by_method"].items()} for t, d in summary["per_task"].items()}).T.reindex(columns=methods)
+    gaps = pd.DataFrame(
+        {t: {m: v["gap"] for m, v in d["by_method"].items()} for t, d in summary["per_task"].items()}
+    ).T.reindex(columns=methods)
     fig, ax = plt.subplots(figsize=(8, max(4, 0.22 * len(gaps))))
     points = gaps.values.astype(float) * 100
     image = ax.imshow(points, aspect="auto", cmap="magma_r", vmin=0, vmax=max(1.0, float(np.nanmax(points))))
     for (i, j), value in np.ndenumerate(points):
         if not np.isnan(value):
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="white" if value > 0.6 * np.nanmax(points) else "black")
+            ax.text(
+                j,
+                i,
+                f"{value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if value > 0.6 * np.nanmax(points) else "black",
+            )
     ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(gaps)), gaps.index, fontsize=7)
     fig.colorbar(image, ax=ax, label="accuracy points behind the task's best method")
@@ -95,12 +105,21 @@ def render(summary: dict, records, out_dir: str | Path) -> list[Path]:
     relative = df.accuracy - df.groupby(["task", "size", "seed"]).accuracy.transform("mean")
     for ax, m in zip(axes.flat, methods):
         sel = df.method == m
-        lr = pd.to_numeric(pd.Series([h.get("learning_rate") if m != "head_only" else h.get("head_learning_rate") for h in df.hyperparameters[sel]], index=df.index[sel]), errors="coerce")
+        lr = pd.to_numeric(
+            pd.Series(
+                [
+                    h.get("learning_rate") if m != "head_only" else h.get("head_learning_rate")
+                    for h in df.hyperparameters[sel]
+                ],
+                index=df.index[sel],
+            ),
+            errors="coerce",
+        )
         ax.scatter(lr, relative[sel], s=8, alpha=0.6, color=colours[m])
         ax.set_xscale("log")
         ax.set_title(m, fontsize=9)
         ax.axhline(0, color="grey", lw=0.5)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     fig.supxlabel("learning rate (head learning rate for head_only)")
     fig.supylabel("accuracy − cell mean")
@@ -119,7 +138,11 @@ def markdown(summary: dict) -> str:
     lines = [
         f"**{summary['runs']} finished runs** ({summary['failed']} failed) over **{summary['tasks']} tasks**, "
         f"{summary['cells']} task × train-size × seed cells, {len(summary['methods'])} methods (at least {summary['min_methods_per_task']} per task)"
-        + (f"; {summary['partial_cells']} more cell(s) with too few methods so far left out of the comparisons." if summary.get("partial_cells") else "."),
+        + (
+            f"; {summary['partial_cells']} more cell(s) with too few methods so far left out of the comparisons."
+            if summary.get("partial_cells")
+            else "."
+        ),
         "",
         f"- Distinct winning methods: **{v['distinct_winners']}**; the most frequent winner, {v['top_method']}, wins "
         f"{100 * v['top_method_win_share']:.0f}% of cells.",
@@ -128,8 +151,11 @@ def markdown(summary: dict) -> str:
         f"(two standard errors) in {100 * v['single_best_within_noise_share']:.0f}% of cells, and on average "
         f"{v['methods_within_noise_of_best']:.1f} methods per cell are that close to the best.",
         f"- Mean spread between best and worst method in a cell: {100 * v['mean_spread_in_cell']:.1f} points; "
-        + (f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks with several sizes."
-         if v["winner_changes_with_size"] is not None else "no task has several train sizes yet."),
+        + (
+            f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks with several sizes."
+            if v["winner_changes_with_size"] is not None
+            else "no task has several train sizes yet."
+        ),
     ]
     n = summary.get("noise", {})
     if n.get("task_sizes"):
@@ -147,21 +173,33 @@ def markdown(summary: dict) -> str:
     for task, d in sorted(summary["per_task"].items()):
         ranked = list(d["by_method"].items())
         runner = f"{ranked[1][0]} ({100 * ranked[1][1]['gap']:.1f})" if len(ranked) > 1 else "—"
-        lines.append(f"| {task} | {d['best_method']} | {d['best_accuracy']:.3f} | {runner} | {', '.join(map(str, d['sizes']))} |")
-    lines += ["", "| method | cells won (ties shared) | mean gap to best (points) | cells covered |", "|---|---|---|---|"]
+        lines.append(
+            f"| {task} | {d['best_method']} | {d['best_accuracy']:.3f} | {runner} | {', '.join(map(str, d['sizes']))} |"
+        )
+    lines += [
+        "",
+        "| method | cells won (ties shared) | mean gap to best (points) | cells covered |",
+        "|---|---|---|---|",
+    ]
     for m, g in summary["mean_gap"].items():
-        lines.append(f"| {m} | {summary['wins'].get(m, 0):.1f} | {100 * g:.1f} | {100 * summary['coverage'].get(m, 0):.0f}% |")
+        lines.append(
+            f"| {m} | {summary['wins'].get(m, 0):.1f} | {100 * g:.1f} | {100 * summary['coverage'].get(m, 0):.0f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _html(summary: dict, files: list[Path]) -> str:
     images = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>'
-        for p in files if p.suffix == ".png"
+        for p in files
+        if p.suffix == ".png"
     )
     rows = "".join(
         f"<tr><td>{html.escape(t)}</td><td>{html.escape(d['best_method'])}</td><td>{d['best_accuracy']:.3f}</td>"
-        + "".join(f"<td>{100 * d['by_method'][m]['gap']:.1f}</td>" if m in d["by_method"] else "<td>—</td>" for m in summary["methods"])
+        + "".join(
+            f"<td>{100 * d['by_method'][m]['gap']:.1f}</td>" if m in d["by_method"] else "<td>—</td>"
+            for m in summary["methods"]
+        )
         + "</tr>"
         for t, d in sorted(summary["per_task"].items())
     )
@@ -171,10 +209,10 @@ def _html(summary: dict, files: list[Path]) -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>metapeft report</h1>
-<p>{summary['runs']} finished runs ({summary['failed']} failed) over {summary['tasks']} tasks and {summary['cells']} task × size cells{f" (and {summary['partial_cells']} begun, left out)" if summary.get("partial_cells") else ""}.
-{v['distinct_winners']} distinct winners; {html.escape(str(v['top_method']))} wins {100 * v['top_method_win_share']:.0f}% of cells;
-always choosing {html.escape(v['single_best_method'])} costs {100 * v['single_best_mean_regret']:.1f} points on average (worst {100 * v['single_best_max_regret']:.1f}),
-a gap within the evaluation's sampling noise in {100 * v['single_best_within_noise_share']:.0f}% of cells; {v['methods_within_noise_of_best']:.1f} methods per cell are within that noise of the best.</p>
+<p>{summary["runs"]} finished runs ({summary["failed"]} failed) over {summary["tasks"]} tasks and {summary["cells"]} task × size cells{f" (and {summary['partial_cells']} begun, left out)" if summary.get("partial_cells") else ""}.
+{v["distinct_winners"]} distinct winners; {html.escape(str(v["top_method"]))} wins {100 * v["top_method_win_share"]:.0f}% of cells;
+always choosing {html.escape(v["single_best_method"])} costs {100 * v["single_best_mean_regret"]:.1f} points on average (worst {100 * v["single_best_max_regret"]:.1f}),
+a gap within the evaluation's sampling noise in {100 * v["single_best_within_noise_share"]:.0f}% of cells; {v["methods_within_noise_of_best"]:.1f} methods per cell are within that noise of the best.</p>
 {images}
 <h2>Per task: best method, and every method's gap to it (accuracy points)</h2>
 <table><tr><th>task</th><th>best</th><th>accuracy</th>{head}</tr>{rows}</table></body></html>"""

@@ -7,5 +7,20 @@ from ._sampler import MetaSampler
 from ._space import joint_space
 from ._tune import TrialResult, TuneResult, switch_callbacks, tune
 
-__all__ = ["OBJECTIVES", "PREFERENCES", "SAMPLERS", "AutotuneResult", "MetaSampler", "SearchConfig", "TrialResult", "TuneResult", "autotune", "joint_space", "switch_callbacks", "tune",
-           "decision_tags", "register_decision", "search_and_train"]
+__all__ = [
+    "OBJECTIVES",
+    "PREFERENCES",
+    "SAMPLERS",
+    "AutotuneResult",
+    "MetaSampler",
+    "SearchConfig",
+    "TrialResult",
+    "TuneResult",
+    "autotune",
+    "joint_space",
+    "switch_callbacks",
+    "tune",
+    "decision_tags",
+    "register_decision",
+    "search_and_train",
+]

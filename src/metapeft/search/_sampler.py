@@ -32,11 +32,20 @@ from ._config import OBJECTIVES
 from ._space import joint_space, to_config, to_params
 
 
-
 class MetaSampler(BaseSampler):
-    def __init__(self, surrogate: Surrogate, profile: dict, methods: list[str], objectives: tuple[str, ...] = ("accuracy",), *,
-                 budget: dict[str, Any] | None = None, n_candidates: int = 192, seed: int | None = None,
-                 max_memory_mb: float | None = None, max_time_s: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        surrogate: Surrogate,
+        profile: dict,
+        methods: list[str],
+        objectives: tuple[str, ...] = ("accuracy",),
+        *,
+        budget: dict[str, Any] | None = None,
+        n_candidates: int = 192,
+        seed: int | None = None,
+        max_memory_mb: float | None = None,
+        max_time_s: float | None = None,
+    ):
         self.surrogate, self.profile, self.methods, self.objectives = surrogate, profile, methods, tuple(objectives)
         self.budget = budget or {}
         self.limits = ((1, max_time_s), (2, max_memory_mb))  # (column of predict's means, the user's limit)
@@ -52,19 +61,29 @@ class MetaSampler(BaseSampler):
     def infer_relative_search_space(self, study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self.space)
 
-    def sample_independent(self, study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         return self._random.sample_independent(study, trial, param_name, param_distribution)
 
     def sample_relative(self, study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+        done = [
+            t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs
+        ]
         candidates = self._candidates(study, trial, done)
         # never propose what is already tried, failed or being tried (by this or another process sharing the study);
         # an enqueued trial's settings are still in its fixed_params
-        tried = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
+        tried = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+        )
         taken = {_key(t.params or t.system_attrs.get("fixed_params", {})) for t in tried}
-        broken = {t.params.get("method") for t in tried if t.state == TrialState.FAIL and t.user_attrs.get("error_type") == "IncompatibleMethodError"}
+        broken = {
+            t.params.get("method")
+            for t in tried
+            if t.state == TrialState.FAIL and t.user_attrs.get("error_type") == "IncompatibleMethodError"
+        }
         candidates = [c for c in candidates if c["method"] not in broken] or candidates
         fresh = [c for c in candidates if _key(c) not in taken]
         candidates = fresh or candidates
@@ -75,7 +94,9 @@ class MetaSampler(BaseSampler):
     def _candidates(self, study, trial: FrozenTrial, done: list[FrozenTrial]) -> list[dict[str, Any]]:
         out = [to_params(m, {}, self.space) for m in self.methods]  # every method at its defaults
         for _ in range(self.n_candidates):
-            out.append({name: self._random.sample_independent(study, trial, name, dist) for name, dist in self.space.items()})
+            out.append(
+                {name: self._random.sample_independent(study, trial, name, dist) for name, dist in self.space.items()}
+            )
         best = sorted(done, key=lambda t: -t.user_attrs["metrics"]["accuracy"])[:3]
         for t in best:  # local moves: redraw one or two of the best trials' own settings
             method, _ = to_config(t.params)
@@ -92,7 +113,9 @@ class MetaSampler(BaseSampler):
         """Means (n, 3: accuracy, time, memory) and accuracy sd, conditioned on this study's finished trials."""
         configs = [to_config(c) for c in candidates]
         observed = [self._experience(t) for t in done]
-        pred = self.surrogate.predict(self.profile, [Candidate(m, {**hp, **self.budget}) for m, hp in configs], observed=observed)
+        pred = self.surrogate.predict(
+            self.profile, [Candidate(m, {**hp, **self.budget}) for m, hp in configs], observed=observed
+        )
         mean, sd = pred.mean.copy(), pred.sd()
         if len(done) >= 2:
             mean, sd = self._residual_gp(configs, done, observed, mean, sd)
@@ -112,13 +135,19 @@ class MetaSampler(BaseSampler):
         seen = [to_config(t.params) for t in done]
         x_obs = np.stack([enc.encode(m, hp, length) for m, hp in seen])
         x_new = np.stack([enc.encode(m, hp, length) for m, hp in configs])
-        prior = self.surrogate.predict(self.profile, [Candidate(m, {**hp, **self.budget}) for m, hp in seen], observed=observed).mean
+        prior = self.surrogate.predict(
+            self.profile, [Candidate(m, {**hp, **self.budget}) for m, hp in seen], observed=observed
+        ).mean
         metrics = [t.user_attrs["metrics"] for t in done]
         out = mean.copy()
         resid = np.array([m["accuracy"] for m in metrics]) - prior[:, 0]
         # amplitude fixed to the surrogate's own uncertainty: two or three trials cannot estimate it
-        kernel = ConstantKernel(float(np.mean(sd) ** 2), "fixed") * RBF(1.0, (0.05, 20.0)) + WhiteKernel(1e-4, (1e-6, 1e-2))
-        g_mean, g_sd = GaussianProcessRegressor(kernel, random_state=0).fit(x_obs, resid).predict(x_new, return_std=True)
+        kernel = ConstantKernel(float(np.mean(sd) ** 2), "fixed") * RBF(1.0, (0.05, 20.0)) + WhiteKernel(
+            1e-4, (1e-6, 1e-2)
+        )
+        g_mean, g_sd = (
+            GaussianProcessRegressor(kernel, random_state=0).fit(x_obs, resid).predict(x_new, return_std=True)
+        )
         out[:, 0] += g_mean
         # time and memory over the settings that change a step's cost only: a trial measures them for every
         # configuration that differs from it in learning rate or schedule alone
@@ -129,7 +158,9 @@ class MetaSampler(BaseSampler):
             if len(ok) >= 2:
                 ratio = np.log([metrics[i][name] for i in ok]) - np.log(prior[ok, column])
                 kernel = ConstantKernel(0.01, (1e-4, 1.0)) * RBF(1.0, (0.05, 20.0)) + WhiteKernel(1e-3, (1e-6, 1e-1))
-                out[:, column] *= np.exp(GaussianProcessRegressor(kernel, random_state=0).fit(x_obs[ok], ratio).predict(x_new))
+                out[:, column] *= np.exp(
+                    GaussianProcessRegressor(kernel, random_state=0).fit(x_obs[ok], ratio).predict(x_new)
+                )
         return out, np.sqrt(np.maximum(g_sd**2, 1e-8))
 
     def acquisition(self, candidates: list[dict[str, Any]], done: list[FrozenTrial]) -> np.ndarray:
@@ -154,7 +185,9 @@ class MetaSampler(BaseSampler):
         # any, ParEGO ranks them.
         nodes, node_weights = np.polynomial.hermite_e.hermegauss(7)
         draws = [self._losses(mean[:, 0] + z * sd, mean[:, 1], mean[:, 2]) for z in nodes]
-        seen = [m for m in (t.user_attrs["metrics"] for t in done) if all(m.get(o) is not None for o in self.objectives)]
+        seen = [
+            m for m in (t.user_attrs["metrics"] for t in done) if all(m.get(o) is not None for o in self.objectives)
+        ]
         observed = self._losses(*np.array([[m.get(o) for o in OBJECTIVES] for m in seen], float).reshape(-1, 3).T)
         if "accuracy" in self.objectives:
             # a gain counts only beyond the measurement noise of the trials' accuracies (binomial over their test
@@ -166,7 +199,9 @@ class MetaSampler(BaseSampler):
         both = np.vstack([*draws, observed])
         lo, hi = both.min(0), both.max(0)
         scale = lambda f: (f - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)  # noqa: E731
-        gain = sum(w * _hypervolume_gain(scale(f), scale(observed)) for w, f in zip(node_weights / node_weights.sum(), draws))
+        gain = sum(
+            w * _hypervolume_gain(scale(f), scale(observed)) for w, f in zip(node_weights / node_weights.sum(), draws)
+        )
         if gain.max() > 1e-12:
             return gain
         return self._parego(scale(draws[len(nodes) // 2]))
@@ -184,8 +219,15 @@ class MetaSampler(BaseSampler):
 
     def _experience(self, t: FrozenTrial) -> Experience:
         method, _ = to_config(t.params)
-        return Experience(task_name=self.profile.get("task_name", ""), method=method, model="", hyperparameters=t.user_attrs["hyperparameters"],
-                          metrics=t.user_attrs["metrics"], profile=self.profile, status="finished")  # fmt: skip
+        return Experience(
+            task_name=self.profile.get("task_name", ""),
+            method=method,
+            model="",
+            hyperparameters=t.user_attrs["hyperparameters"],
+            metrics=t.user_attrs["metrics"],
+            profile=self.profile,
+            status="finished",
+        )
 
 
 def _hypervolume_gain(points: np.ndarray, front: np.ndarray, reference: float = 1.1) -> np.ndarray:

@@ -29,7 +29,6 @@ from ._sampler import MetaSampler
 from ._space import joint_space, to_config, to_params
 
 
-
 @dataclass
 class TrialResult:
     number: int
@@ -41,7 +40,9 @@ class TrialResult:
     adapter_path: str | None = None
     mlflow_run_id: str | None = None
     source: str | None = None  # why this trial was proposed: "surrogate", "similar task", or the sampler
-    switches: list[dict[str, Any]] = field(default_factory=list)  # method switches the trial made (SearchConfig.switch)
+    switches: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # method switches the trial made (SearchConfig.switch)
 
 
 @dataclass
@@ -60,8 +61,14 @@ class TuneResult:
         return asdict(self)
 
 
-def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: ExperienceStore | None = None,
-         on_trial: Callable[[TrialResult], None] | None = None) -> TuneResult:
+def tune(
+    task: Task,
+    config: SearchConfig | None = None,
+    *,
+    meta=None,
+    store: ExperienceStore | None = None,
+    on_trial: Callable[[TrialResult], None] | None = None,
+) -> TuneResult:
     """Search methods and hyperparameters for ``task`` as ``config`` says (module docstring).
 
     Args:
@@ -84,11 +91,20 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     from ..training import StopWhen, backend_methods, train
 
     c = config or SearchConfig()
-    objectives, trials, model, sampler, budget = c.objectives, c.trials, c.run.model, c.sampler, ({"max_steps": c.max_steps} if c.max_steps else {})
+    objectives, trials, model, sampler, budget = (
+        c.objectives,
+        c.trials,
+        c.run.model,
+        c.sampler,
+        ({"max_steps": c.max_steps} if c.max_steps else {}),
+    )
     methods = _compatible(c.methods, model, backend_methods(c.run.backend) if isinstance(task, CausalTask) else None)
     if c.switch is not None and (len(methods) < 2 or not any(get_method(m).mergeable for m in methods)):
-        raise OptionError("switch", f"needs two methods or more, one of whose learning can be merged into the weights, among those searched ({', '.join(methods)}); "
-                                    "prompt-learning methods cannot switch")  # fmt: skip
+        raise OptionError(
+            "switch",
+            f"needs two methods or more, one of whose learning can be merged into the weights, among those searched ({', '.join(methods)}); "
+            "prompt-learning methods cannot switch",
+        )
     storage = c.storage or f"sqlite:///{data_dir() / 'optuna.db'}"
     shown = redact_url(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -98,14 +114,27 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     profile = {**meta.profile(task), "backend": c.run.backend}
     space = joint_space(methods)
     # the suffix keeps two searches of one task started in the same second from joining one study
-    study_name = c.study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    study_name = (
+        c.study_name or f"{task.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    )
 
     if sampler == "meta":
-        chosen = MetaSampler(meta.fit().surrogate, profile, methods, objectives, budget=budget, seed=c.seed, max_memory_mb=c.max_memory_mb, max_time_s=c.max_time_s)
+        chosen = MetaSampler(
+            meta.fit().surrogate,
+            profile,
+            methods,
+            objectives,
+            budget=budget,
+            seed=c.seed,
+            max_memory_mb=c.max_memory_mb,
+            max_time_s=c.max_time_s,
+        )
     else:
-        chosen = {"gp": lambda: optuna.samplers.GPSampler(seed=c.seed, warn_independent_sampling=False),
-                  "tpe": lambda: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, warn_independent_sampling=False),
-                  "random": lambda: optuna.samplers.RandomSampler(seed=c.seed)}[sampler]()  # fmt: skip
+        chosen = {
+            "gp": lambda: optuna.samplers.GPSampler(seed=c.seed, warn_independent_sampling=False),
+            "tpe": lambda: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, warn_independent_sampling=False),
+            "random": lambda: optuna.samplers.RandomSampler(seed=c.seed),
+        }[sampler]()
     # the pruner reads the accuracy curve, so it serves only a search for accuracy (Optuna would also take the
     # reported accuracy as a pruned trial's value of the study's objective)
     prune = c.prune and objectives == ("accuracy",)
@@ -113,13 +142,22 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
     folder = Path(c.output_dir) if c.output_dir else runs_dir() / "tune" / study_name
     if folder.is_dir() and any(folder.iterdir()) and study_name not in optuna.study.get_all_study_names(rdb):
-        raise MetapeftError(f"{folder} already holds files and study {study_name!r} is not in {shown}: its trials would mix with them; use another study name or output folder, or empty it")
-    setup = {"objectives": list(objectives), "methods": methods, "task_fingerprint": task.fingerprint, "budget": budget,
-             **({"switch": asdict(c.switch)} if c.switch else {})}  # fmt: skip
+        raise MetapeftError(
+            f"{folder} already holds files and study {study_name!r} is not in {shown}: its trials would mix with them; use another study name or output folder, or empty it"
+        )
+    setup = {
+        "objectives": list(objectives),
+        "methods": methods,
+        "task_fingerprint": task.fingerprint,
+        "budget": budget,
+        **({"switch": asdict(c.switch)} if c.switch else {}),
+    }
     # Optuna's storages have no compare-and-set, so the one process whose insert of the study wins (the name is unique
     # in the database) warm-starts it and opens its MLflow parent; a process that joins waits until that is done
     try:
-        study = optuna.create_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner, directions=directions)
+        study = optuna.create_study(
+            storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner, directions=directions
+        )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=rdb, study_name=study_name, sampler=chosen, pruner=pruner)
@@ -130,9 +168,21 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
         if found is None:
             study.set_user_attr(key, value)
         elif found != value:
-            raise MetapeftError(f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same settings or another study name")
+            raise MetapeftError(
+                f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same settings or another study name"
+            )
     if sampler == "meta" and created:
-        start = warm_start_configs(meta, profile, methods, space, budget, min(c.warm_start, trials or c.warm_start), c.max_memory_mb, c.max_time_s, record_in=store)
+        start = warm_start_configs(
+            meta,
+            profile,
+            methods,
+            space,
+            budget,
+            min(c.warm_start, trials or c.warm_start),
+            c.max_memory_mb,
+            c.max_time_s,
+            record_in=store,
+        )
         for params, source in start:
             study.enqueue_trial(params, user_attrs={"source": source}, skip_if_exists=True)
 
@@ -145,8 +195,15 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
         tracker.close_dead_parents()
         parent = study.user_attrs.get("mlflow_parent_run_id")
         if parent is None:
-            parent = tracker.start_parent(f"tune/{task.name}", {"metapeft.study": study_name, "metapeft.objectives": ",".join(objectives),
-                                                                "metapeft.sampler": sampler, "metapeft.task": task.name})  # fmt: skip
+            parent = tracker.start_parent(
+                f"tune/{task.name}",
+                {
+                    "metapeft.study": study_name,
+                    "metapeft.objectives": ",".join(objectives),
+                    "metapeft.sampler": sampler,
+                    "metapeft.task": task.name,
+                },
+            )
             study.set_user_attr("mlflow_parent_run_id", parent)
         else:
             tracker.reopen_parent(parent)  # resumed or joined: this process now keeps it open
@@ -179,25 +236,77 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
             return trial.should_prune()
 
         try:
-            run = replace(c.run, output_dir=folder / f"trial-{trial.number}", tags={**c.run.tags, "study": study_name, "trial": trial.number, "sampler": sampler})
-            result = train(task, method, {**hp, **budget}, run, profile=task_profile, store=store, tracker=tracker, parent_run_id=parent, callbacks=[StopWhen(should_stop), *switching(method)])
+            run = replace(
+                c.run,
+                output_dir=folder / f"trial-{trial.number}",
+                tags={**c.run.tags, "study": study_name, "trial": trial.number, "sampler": sampler},
+            )
+            result = train(
+                task,
+                method,
+                {**hp, **budget},
+                run,
+                profile=task_profile,
+                store=store,
+                tracker=tracker,
+                parent_run_id=parent,
+                callbacks=[StopWhen(should_stop), *switching(method)],
+            )
         except MetapeftError as exc:  # e.g. a method the model cannot take: the trial fails, the search goes on
             trial.set_user_attr("error", str(exc))
             trial.set_user_attr("error_type", type(exc).__name__)
             if on_trial:
-                on_trial(TrialResult(trial.number, "FAIL", method, hp, {}, getattr(exc, "experience_id", None), source=trial.user_attrs["source"]))
+                on_trial(
+                    TrialResult(
+                        trial.number,
+                        "FAIL",
+                        method,
+                        hp,
+                        {},
+                        getattr(exc, "experience_id", None),
+                        source=trial.user_attrs["source"],
+                    )
+                )
             return tuple(float("nan") for _ in objectives)  # Optuna records the trial as failed
         m = result.metrics
         trial.set_user_attr("hyperparameters", result.hyperparameters)
         if m.get("switches"):
-            trial.set_user_attr("switches", [{k: w[k] for k in ("step", "from", "to", "p_better")} for w in m["switches"]])
-        trial.set_user_attr("metrics", {k: m.get(k) for k in (*OBJECTIVES, "memory_measure", "macro_f1", "max_length", "steps", "trainable_params", "eval_examples")})
+            trial.set_user_attr(
+                "switches", [{k: w[k] for k in ("step", "from", "to", "p_better")} for w in m["switches"]]
+            )
+        trial.set_user_attr(
+            "metrics",
+            {
+                k: m.get(k)
+                for k in (
+                    *OBJECTIVES,
+                    "memory_measure",
+                    "macro_f1",
+                    "max_length",
+                    "steps",
+                    "trainable_params",
+                    "eval_examples",
+                )
+            },
+        )
         for key in ("experience_id", "adapter_path", "mlflow_run_id"):
             trial.set_user_attr(key, getattr(result, key))
         if on_trial:
             state = "PRUNED" if result.stopped_by == "should_stop" else "COMPLETE"
-            on_trial(TrialResult(trial.number, state, method, result.hyperparameters, trial.user_attrs["metrics"], result.experience_id,
-                                 result.adapter_path, result.mlflow_run_id, trial.user_attrs["source"], trial.user_attrs.get("switches") or []))  # fmt: skip
+            on_trial(
+                TrialResult(
+                    trial.number,
+                    state,
+                    method,
+                    result.hyperparameters,
+                    trial.user_attrs["metrics"],
+                    result.experience_id,
+                    result.adapter_path,
+                    result.mlflow_run_id,
+                    trial.user_attrs["source"],
+                    trial.user_attrs.get("switches") or [],
+                )
+            )
         if result.stopped_by == "should_stop":
             raise optuna.TrialPruned()
         return tuple(float(m[o]) for o in objectives)
@@ -222,9 +331,17 @@ def tune(task: Task, config: SearchConfig | None = None, *, meta=None, store: Ex
         from ._plot import render_pareto
 
         result.files = [str(f) for f in render_pareto(result, folder)]
-    if tracker is not None and parent is not None and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    if (
+        tracker is not None
+        and parent is not None
+        and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    ):
         best = max((t.metrics["accuracy"] for t in pareto if t.metrics.get("accuracy") is not None), default=None)
-        metrics = {"trials": len(all_trials), "search_s": time.monotonic() - started, **({"best_accuracy": best} if best is not None else {})}
+        metrics = {
+            "trials": len(all_trials),
+            "search_s": time.monotonic() - started,
+            **({"best_accuracy": best} if best is not None else {}),
+        }
         tracker.end_parent(parent, metrics=metrics, files=result.files)
     return result
 
@@ -243,8 +360,17 @@ def switch_callbacks(meta, profile: dict, policy, methods: list[str] | None = No
     return lambda method: [SwitchController(meta, profile, forecaster, policy)] if get_method(method).mergeable else []
 
 
-def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, budget: dict, k: int,
-                       max_memory_mb: float | None = None, max_time_s: float | None = None, record_in=None) -> list[tuple[dict, str]]:  # fmt: skip
+def warm_start_configs(
+    meta,
+    profile: dict,
+    methods: list[str],
+    space: dict,
+    budget: dict,
+    k: int,
+    max_memory_mb: float | None = None,
+    max_time_s: float | None = None,
+    record_in=None,
+) -> list[tuple[dict, str]]:
     """The first trials: the surrogate's best-predicted configurations within the limits (its pick first), then the
     best run of the most similar past task. ``record_in`` (the store the trials go to) records the ranking for
     monitoring."""
@@ -271,7 +397,9 @@ def warm_start_configs(meta, profile: dict, methods: list[str], space: dict, bud
     return out[:k]
 
 
-def choose(complete: list[TrialResult], prefer: str, max_memory_mb: float | None, max_time_s: float | None) -> TrialResult | None:
+def choose(
+    complete: list[TrialResult], prefer: str, max_memory_mb: float | None, max_time_s: float | None
+) -> TrialResult | None:
     """The finished trial within the limits best on the preferred objective (more accurate on ties). It lies on the
     Pareto set of the trials within the limits, not necessarily on the whole search's: a trial over a limit may
     dominate it."""
@@ -279,7 +407,9 @@ def choose(complete: list[TrialResult], prefer: str, max_memory_mb: float | None
 
     def within(t: TrialResult) -> bool:
         m = t.metrics
-        return (max_memory_mb is None or (m.get("peak_memory_mb") or 0) <= max_memory_mb) and (max_time_s is None or (m.get("train_time_s") or 0) <= max_time_s)
+        return (max_memory_mb is None or (m.get("peak_memory_mb") or 0) <= max_memory_mb) and (
+            max_time_s is None or (m.get("train_time_s") or 0) <= max_time_s
+        )
 
     ok = [t for t in complete if within(t) and t.metrics.get(key) is not None]
     sign = -1 if key == "accuracy" else 1
@@ -296,7 +426,9 @@ def _compatible(methods: list[str] | None, model: str | None, allowed: tuple[str
     specs = [get_method(m) for m in methods] if named else list_methods()
     if allowed is not None:
         if named and (missing := [s.name for s in specs if s.name not in allowed]):
-            raise OptionError("methods", f"includes {', '.join(missing)}, which the backend lacks; it has: {', '.join(allowed)}")
+            raise OptionError(
+                "methods", f"includes {', '.join(missing)}, which the backend lacks; it has: {', '.join(allowed)}"
+            )
         specs = [s for s in specs if s.name in allowed]
     backbone = backbone_info(model)
     out = []
@@ -328,15 +460,24 @@ def _open_storage(storage: str):
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
+    warnings.filterwarnings(
+        "ignore", category=optuna.exceptions.ExperimentalWarning
+    )  # heartbeats are marked experimental
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-                                              engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {})  # fmt: skip
+            return optuna.storages.RDBStorage(
+                storage,
+                heartbeat_interval=30,
+                grace_period=120,
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+                engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {},
+            )
         except Exception as exc:  # bad URL, missing driver, unreachable server; or another process creating the schema
             if attempt == 4 or not isinstance(exc, (OperationalError, IntegrityError)):
                 reason = str(exc).splitlines()[0].replace(storage, redact_url(storage))
-                raise MetapeftError(f"cannot open the Optuna storage {redact_url(storage)!r}: {type(exc).__name__}: {reason} (fix --storage)") from None
+                raise MetapeftError(
+                    f"cannot open the Optuna storage {redact_url(storage)!r}: {type(exc).__name__}: {reason} (fix --storage)"
+                ) from None
             time.sleep(0.5 + attempt)  # processes started together race to create the tables of a new database
 
 
@@ -376,7 +517,10 @@ def _others_running(study) -> bool:
     from optuna.trial import TrialState
 
     me = (socket.gethostname(), os.getpid())
-    return any((t.user_attrs.get("host"), t.user_attrs.get("pid")) != me for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return any(
+        (t.user_attrs.get("host"), t.user_attrs.get("pid")) != me
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    )
 
 
 def _counted(study) -> list:
@@ -404,10 +548,17 @@ def _counted_before(study, number: int) -> int:
 def _trial_result(t) -> TrialResult:
     method = t.params.get("method")
     return TrialResult(
-        number=t.number, state=t.state.name, method=method, hyperparameters=t.user_attrs.get("hyperparameters") or ({} if method is None else to_config(t.params)[1]),
-        metrics=t.user_attrs.get("metrics") or {}, experience_id=t.user_attrs.get("experience_id"), adapter_path=t.user_attrs.get("adapter_path"),
-        mlflow_run_id=t.user_attrs.get("mlflow_run_id"), source=t.user_attrs.get("source"), switches=t.user_attrs.get("switches") or [],
-    )  # fmt: skip
+        number=t.number,
+        state=t.state.name,
+        method=method,
+        hyperparameters=t.user_attrs.get("hyperparameters") or ({} if method is None else to_config(t.params)[1]),
+        metrics=t.user_attrs.get("metrics") or {},
+        experience_id=t.user_attrs.get("experience_id"),
+        adapter_path=t.user_attrs.get("adapter_path"),
+        mlflow_run_id=t.user_attrs.get("mlflow_run_id"),
+        source=t.user_attrs.get("source"),
+        switches=t.user_attrs.get("switches") or [],
+    )
 
 
 __all__ = ["TrialResult", "TuneResult", "choose", "switch_callbacks", "tune", "warm_start_configs"]

@@ -35,18 +35,47 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         return [str(label) for label in self.classifier.predict(list(model_input))]
 
 
-def register_classifier(name: str, run_id: str, folder: str | Path, *, tags: dict[str, Any] | None = None, description: str | None = None, tracker=None):
+def register_classifier(
+    name: str,
+    run_id: str,
+    folder: str | Path,
+    *,
+    tags: dict[str, Any] | None = None,
+    description: str | None = None,
+    tracker=None,
+):
     """Log the classifier saved in ``folder`` as a pyfunc model in run ``run_id`` (under ``artifact_path``) and register it as a new version
     of ``name``. Returns the model version."""
     from ..tracking import MLflowTracker
 
     code = Path(__file__).with_name("_classifier_code.py")
     artifacts = {"classifier": str(folder)}
-    return log_and_register(tracker or MLflowTracker(), name, run_id, ARTIFACT_PATH, code, artifacts, ["metapeft"], tags=tags, description=description)
+    return log_and_register(
+        tracker or MLflowTracker(),
+        name,
+        run_id,
+        ARTIFACT_PATH,
+        code,
+        artifacts,
+        ["metapeft"],
+        tags=tags,
+        description=description,
+    )
 
 
-def log_and_register(tracker, name: str, run_id: str, artifact_path: str, code: Path, artifacts: dict[str, str], pip_requirements: list[str], *,
-                     tags: dict[str, Any] | None = None, description: str | None = None, model_description: str | None = None):  # fmt: skip
+def log_and_register(
+    tracker,
+    name: str,
+    run_id: str,
+    artifact_path: str,
+    code: Path,
+    artifacts: dict[str, str],
+    pip_requirements: list[str],
+    *,
+    tags: dict[str, Any] | None = None,
+    description: str | None = None,
+    model_description: str | None = None,
+):
     """Log a models-from-code pyfunc model (``code`` is the model: no pickle of an instance) with ``artifacts`` in
     run ``run_id`` (under ``artifact_path``) and register it as a new version of ``name``. Returns the model version.
 
@@ -55,10 +84,14 @@ def log_and_register(tracker, name: str, run_id: str, artifact_path: str, code: 
     with tracker.fluent():
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Failed to resolve installed pip version")
-            info = mlflow.pyfunc.log_model(name=artifact_path, python_model=str(code), artifacts=artifacts, pip_requirements=pip_requirements)
+            info = mlflow.pyfunc.log_model(
+                name=artifact_path, python_model=str(code), artifacts=artifacts, pip_requirements=pip_requirements
+            )
         try:
             tracker.client.create_registered_model(name, description=model_description)
         except Exception:  # exists already: add a version
             pass
         tags = {k: str(v)[:5000] for k, v in (tags or {}).items()}
-        return tracker.client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, description=description)
+        return tracker.client.create_model_version(
+            name, info.model_uri, run_id=run_id, tags=tags, description=description
+        )

@@ -14,7 +14,6 @@ The served selector is ``models:/metapeft-selector@champion``; a background thre
 ``reload_s`` seconds and loads a new champion without a restart. Bad input gets a 4xx with one ``detail`` line.
 """
 
-
 import contextlib
 import hmac
 import json
@@ -62,7 +61,9 @@ class ServeConfig:
     reload_s: float = 30.0
     max_body_bytes: int = MAX_BODY_BYTES
     max_upload_rows: int = MAX_UPLOAD_ROWS
-    thresholds: Any = None  # monitoring thresholds (metapeft.monitoring.Thresholds); from the served version's tags when None
+    thresholds: Any = (
+        None  # monitoring thresholds (metapeft.monitoring.Thresholds); from the served version's tags when None
+    )
 
     def __post_init__(self) -> None:
         import os
@@ -108,7 +109,9 @@ class _Served:
         if (answer := self.remembered(key)) is not None:
             return answer
         ranking = rank(self.meta, profile, options)
-        body = json.dumps({"selector_version": self.version, "recommendations": [r.as_dict() for r in ranking]}).encode()
+        body = json.dumps(
+            {"selector_version": self.version, "recommendations": [r.as_dict() for r in ranking]}
+        ).encode()
         with self.lock:
             self.answers[key] = ranking, body
             if len(self.answers) > ANSWERS_KEPT:
@@ -176,11 +179,22 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
     config = config or ServeConfig()
     holder = holder or SelectorHolder(config.alias)
     registry = CollectorRegistry()
-    requests = Counter("metapeft_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=registry)
-    latency = Histogram("metapeft_request_seconds", "Request latency by endpoint", ["endpoint"], registry=registry,
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))  # fmt: skip
-    served_version = Gauge("metapeft_selector_version", "Registry version of the selector being served", registry=registry)
-    monitored = Gauge("metapeft_monitor_value", "Rolling monitoring figures (metapeft monitor)", ["figure"], registry=registry)
+    requests = Counter(
+        "metapeft_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=registry
+    )
+    latency = Histogram(
+        "metapeft_request_seconds",
+        "Request latency by endpoint",
+        ["endpoint"],
+        registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    )
+    served_version = Gauge(
+        "metapeft_selector_version", "Registry version of the selector being served", registry=registry
+    )
+    monitored = Gauge(
+        "metapeft_monitor_value", "Rolling monitoring figures (metapeft monitor)", ["figure"], registry=registry
+    )
     alerting = Gauge("metapeft_monitor_alert", "1 while a monitoring figure is past its threshold", registry=registry)
 
     def update_monitoring() -> None:
@@ -188,7 +202,9 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         from ._selector import version_tags
 
         # the served version's own offline figures set the thresholds unless the config gives them
-        thresholds = config.thresholds or Thresholds.for_selector(version_tags(holder.current().version, holder.tracker))
+        thresholds = config.thresholds or Thresholds.for_selector(
+            version_tags(holder.current().version, holder.tracker)
+        )
         report = monitor(_store(config), thresholds)
         for f in report.figures:
             if f.value is not None:
@@ -196,6 +212,7 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         alerting.set(1 if report.alerts else 0)
         for alert in report.alerts:
             log.warning("monitoring alert: %s; %s", alert, report.suggestion)
+
     stop = threading.Event()
 
     def watch() -> None:
@@ -218,8 +235,12 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         yield
         stop.set()
 
-    app = FastAPI(title="metapeft", version=__version__, description="Choose and configure a PEFT method for a task, from past fine-tuning runs.",
-                  lifespan=lifespan)  # fmt: skip
+    app = FastAPI(
+        title="metapeft",
+        version=__version__,
+        description="Choose and configure a PEFT method for a task, from past fine-tuning runs.",
+        lifespan=lifespan,
+    )
     app.state.config, app.state.holder, app.state.registry = config, holder, registry
 
     app.add_middleware(_LimitsAndMetrics, max_body_bytes=config.max_body_bytes, requests=requests, latency=latency)
@@ -250,7 +271,9 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
     @app.post("/v1/recommend")
     async def recommend(request: Request) -> dict:
         body = await _json_object(request)
-        options = {k: body[k] for k in ("max_memory_mb", "max_time_s", "methods", "max_steps") if body.get(k) is not None}
+        options = {
+            k: body[k] for k in ("max_memory_mb", "max_time_s", "methods", "max_steps") if body.get(k) is not None
+        }
         _check_options(options)
         served = holder.current()
         if "profile" in body:
@@ -258,22 +281,35 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         elif "rows" in body:
             profile = await _profile_rows(body, config)
         else:
-            raise MetapeftError("send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}")
+            raise MetapeftError(
+                "send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}"
+            )
         key = served.key(profile, options)
         # a new question is ranked off the event loop (where the profile is checked): /health, /metrics and remembered
         # answers go on meanwhile
         ranking, answer = served.remembered(key) or await run_in_threadpool(served.recommend, profile, options, key)
         if served.needs_recording(str(profile.get("fingerprint")), key):
-            await run_in_threadpool(record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version))
+            await run_in_threadpool(
+                record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version)
+            )
         return Response(answer, media_type="application/json")  # {"selector_version": ..., "recommendations": [...]}
 
     @app.get("/v1/similar")
-    def similar_by_name(task: str = Query(..., description="A task in the selector's experience (NAME or NAME@SIZE)"), k: int = Query(5, ge=1, le=50)) -> dict:
+    def similar_by_name(
+        task: str = Query(..., description="A task in the selector's experience (NAME or NAME@SIZE)"),
+        k: int = Query(5, ge=1, le=50),
+    ) -> dict:
         served = holder.current()
         # a task's instances are named NAME@SIZE: a bare name means its largest instance
-        found = [r.profile for r in served.meta.experiences() if r.profile and task in (r.task_name, r.task_name.split("@")[0])]
+        found = [
+            r.profile
+            for r in served.meta.experiences()
+            if r.profile and task in (r.task_name, r.task_name.split("@")[0])
+        ]
         if not found:
-            raise MetapeftError(f"task {task!r} is not in the selector's experience; POST its profile to /v1/similar instead")
+            raise MetapeftError(
+                f"task {task!r} is not in the selector's experience; POST its profile to /v1/similar instead"
+            )
         return _similar(served, max(found, key=lambda p: p["dataset_size"]), k)
 
     @app.post("/v1/similar")
@@ -292,17 +328,26 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         if not config.token:
             return _error(403, "writes are disabled: this server has no token (start it with METAPEFT_API_TOKEN set)")
         given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given.removeprefix("Bearer ").encode(), config.token.encode()):
+        if not given.startswith("Bearer ") or not hmac.compare_digest(
+            given.removeprefix("Bearer ").encode(), config.token.encode()
+        ):
             return _error(401, "a valid 'Authorization: Bearer <token>' header is needed to record experiences")
         body = await _json_object(request)
         records = _experiences_from(body.get("experiences"))
         store = _store(config)
         if (prediction := body.get("prediction")) is not None:  # the ranking these runs followed, for monitoring
             _check_prediction(prediction)
-            store.add_prediction(task_name=prediction["task_name"], task_fingerprint=prediction["task_fingerprint"], ranking=prediction["ranking"],
-                                 source="posted", selector=str(prediction.get("selector_version", "")) or None)  # fmt: skip
+            store.add_prediction(
+                task_name=prediction["task_name"],
+                task_fingerprint=prediction["task_fingerprint"],
+                ranking=prediction["ranking"],
+                source="posted",
+                selector=str(prediction.get("selector_version", "")) or None,
+            )
         stored = store.add_many(records, skip_existing=True)
-        return JSONResponse({"received": len(records), "stored": stored, "ids": [r.id for r in records]}, status_code=201)
+        return JSONResponse(
+            {"received": len(records), "stored": stored, "ids": [r.id for r in records]}, status_code=201
+        )
 
     return app
 
@@ -345,7 +390,9 @@ class _LimitsAndMetrics:
         try:
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 if length.isdigit() and int(length) <= DRAINED_BYTES:
-                    await _drain(receive)  # closing on an unread body resets the connection before the client reads the 413
+                    await _drain(
+                        receive
+                    )  # closing on an unread body resets the connection before the client reads the 413
                 await _error(413, too_large)(scope, receive, sending)
             else:
                 try:
@@ -359,7 +406,9 @@ class _LimitsAndMetrics:
                         await _error(413, too_large)(scope, receive, sending)
                     else:  # never a bare 500 page: one line, logged with its traceback
                         log.exception("internal error on %s", path)
-                        await _error(500, f"internal error ({type(exc).__name__}); see the server log")(scope, receive, sending)
+                        await _error(500, f"internal error ({type(exc).__name__}); see the server log")(
+                            scope, receive, sending
+                        )
         finally:
             self.requests.labels(endpoint, str(status or 500)).inc()
             self.latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -379,7 +428,16 @@ async def _drain(receive, limit: int = DRAINED_BYTES) -> None:
             return
 
 
-_ENDPOINTS = {"/health", "/metrics", "/v1/methods", "/v1/recommend", "/v1/similar", "/v1/experiences", "/docs", "/openapi.json"}
+_ENDPOINTS = {
+    "/health",
+    "/metrics",
+    "/v1/methods",
+    "/v1/recommend",
+    "/v1/similar",
+    "/v1/experiences",
+    "/docs",
+    "/openapi.json",
+}
 
 
 def _error(status: int, message: str):
@@ -418,15 +476,31 @@ def _check_options(options: dict) -> None:
 
 
 def _check_prediction(value) -> None:
-    if not isinstance(value, dict) or not isinstance(value.get("task_name"), str) or not isinstance(value.get("task_fingerprint"), str):
-        raise MetapeftError("prediction: send {'task_name', 'task_fingerprint', 'ranking': [{'method', 'rank', 'accuracy': {'mean', 'low', 'high'}}, ...]}")
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("task_name"), str)
+        or not isinstance(value.get("task_fingerprint"), str)
+    ):
+        raise MetapeftError(
+            "prediction: send {'task_name', 'task_fingerprint', 'ranking': [{'method', 'rank', 'accuracy': {'mean', 'low', 'high'}}, ...]}"
+        )
     ranking = value.get("ranking")
-    ok = isinstance(ranking, list) and ranking and all(isinstance(e, dict) and isinstance(e.get("method"), str) and isinstance(e.get("rank"), int)
-                                                          and isinstance(e.get("accuracy"), dict)
-                                                          and all(isinstance(e["accuracy"].get(k), (int, float)) for k in ("mean", "low", "high"))
-                                                          for e in ranking)  # fmt: skip
+    ok = (
+        isinstance(ranking, list)
+        and ranking
+        and all(
+            isinstance(e, dict)
+            and isinstance(e.get("method"), str)
+            and isinstance(e.get("rank"), int)
+            and isinstance(e.get("accuracy"), dict)
+            and all(isinstance(e["accuracy"].get(k), (int, float)) for k in ("mean", "low", "high"))
+            for e in ranking
+        )
+    )
     if not ok:
-        raise MetapeftError("prediction.ranking: a list of {'method', 'rank', 'accuracy': {'mean', 'low', 'high'}}, best first")
+        raise MetapeftError(
+            "prediction.ranking: a list of {'method', 'rank', 'accuracy': {'mean', 'low', 'high'}}, best first"
+        )
 
 
 async def _profile_rows(body: dict, config: ServeConfig) -> dict:
@@ -439,7 +513,9 @@ async def _profile_rows(body: dict, config: ServeConfig) -> dict:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise MetapeftError("rows must be a list of objects such as {'text': ..., 'label': ...}")
     if len(rows) > config.max_upload_rows:
-        raise MetapeftError(f"{len(rows)} rows is over the upload limit of {config.max_upload_rows}; profile the dataset locally (`metapeft profile --json`) and send the profile")
+        raise MetapeftError(
+            f"{len(rows)} rows is over the upload limit of {config.max_upload_rows}; profile the dataset locally (`metapeft profile --json`) and send the profile"
+        )
     name = body.get("name") or "upload"
     if not isinstance(name, str) or len(name) > 200:
         raise MetapeftError("name must be a short text")
@@ -459,7 +535,9 @@ def _experiences_from(value) -> list:
     if not isinstance(value, list) or not value:
         raise MetapeftError("send {'experiences': [<record as `metapeft experience export` writes it>, ...]}")
     if len(value) > MAX_EXPERIENCES:
-        raise MetapeftError(f"{len(value)} records is over the limit of {MAX_EXPERIENCES} per request; send them in parts")
+        raise MetapeftError(
+            f"{len(value)} records is over the limit of {MAX_EXPERIENCES} per request; send them in parts"
+        )
     records = []
     for i, item in enumerate(value):
         try:

@@ -67,8 +67,15 @@ def retrain(store=None, *, force: bool = False, min_methods: int = 5, progress=N
 
     tracker = tracker or MLflowTracker()
     champion_version, version, meta = _register(store, tracker, progress)
-    result = _evaluate(champion_version, version, meta.experiences(), force=force, min_methods=min_methods,
-                       progress=progress, tracker=tracker)  # fmt: skip
+    result = _evaluate(
+        champion_version,
+        version,
+        meta.experiences(),
+        force=force,
+        min_methods=min_methods,
+        progress=progress,
+        tracker=tracker,
+    )
     if result.promoted:
         promote(version, tracker)
         _say(progress, f"version {version} is the new champion")
@@ -90,8 +97,9 @@ def register_challenger(store=None, *, tracker=None, progress=None) -> int:
     return _register(store, tracker, progress)[1]
 
 
-def evaluate_challenger(challenger: int | str = "challenger", *, force: bool = False, min_methods: int = 5, progress=None,
-                        tracker=None) -> RetrainResult:  # fmt: skip
+def evaluate_challenger(
+    challenger: int | str = "challenger", *, force: bool = False, min_methods: int = 5, progress=None, tracker=None
+) -> RetrainResult:
     """Score a registered selector version against ``@champion`` on the tasks the champion never saw, tag the version
     with the figures and log the evaluation run (the second step of :func:`retrain`). Nothing is promoted here.
 
@@ -116,11 +124,13 @@ def evaluate_challenger(challenger: int | str = "challenger", *, force: bool = F
     champion_version = ensure_champion(tracker)
     version = _number(challenger, tracker, "; register one with register_challenger or `metapeft retrain`")
     if version == champion_version:
-        raise MetapeftError(f"version {version} of {SELECTOR_NAME} is @champion already: there is nothing to compare it "
-                            "with")  # fmt: skip
+        raise MetapeftError(
+            f"version {version} of {SELECTOR_NAME} is @champion already: there is nothing to compare it with"
+        )
     records = load_selector(version, tracker).experiences()
-    return _evaluate(champion_version, version, records, force=force, min_methods=min_methods, progress=progress,
-                     tracker=tracker)  # fmt: skip
+    return _evaluate(
+        champion_version, version, records, force=force, min_methods=min_methods, progress=progress, tracker=tracker
+    )
 
 
 def promote(version: int | str, tracker=None) -> int:
@@ -180,8 +190,9 @@ def _register(store, tracker, progress):
     return champion_version, version, meta
 
 
-def _evaluate(champion_version: int, version: int, records: list, *, force: bool, min_methods: int, progress,
-              tracker) -> RetrainResult:  # fmt: skip
+def _evaluate(
+    champion_version: int, version: int, records: list, *, force: bool, min_methods: int, progress, tracker
+) -> RetrainResult:
     from ..experience import task_group
     from ..meta import Surrogate, evaluate
     from ._selector import SELECTOR_NAME, load_selector
@@ -192,10 +203,17 @@ def _evaluate(champion_version: int, version: int, records: list, *, force: bool
     champion_regret = challenger_regret = None
     details: dict[str, Any] = {}
     if new:
-        _say(progress, f"scoring champion and challenger on {len(new)} task(s) the champion never saw: {', '.join(new)}")
+        _say(
+            progress, f"scoring champion and challenger on {len(new)} task(s) the champion never saw: {', '.join(new)}"
+        )
         try:
-            details = evaluate(records, selectors={"champion": lambda: _Fixed(champion.surrogate), "challenger": Surrogate}, few_shot=0,
-                               min_methods=min_methods, held_out=new)  # fmt: skip
+            details = evaluate(
+                records,
+                selectors={"champion": lambda: _Fixed(champion.surrogate), "challenger": Surrogate},
+                few_shot=0,
+                min_methods=min_methods,
+                held_out=new,
+            )
         except ValueError as exc:  # e.g. no new task instance has enough methods run to score a choice
             details = {"not_scored": str(exc)}
     if "selectors" in details:
@@ -205,20 +223,48 @@ def _evaluate(champion_version: int, version: int, records: list, *, force: bool
         reason = f"mean regret on {details['tasks']} new task(s): challenger {challenger_regret:.2f} vs champion {champion_regret:.2f} points"
     else:
         better = False
-        reason = ("no new task with runs of enough methods to score the challenger on" if new else "no task the champion has not seen") + ": nothing shows it is better"
+        reason = (
+            "no new task with runs of enough methods to score the challenger on"
+            if new
+            else "no task the champion has not seen"
+        ) + ": nothing shows it is better"
     decision = better or force
     if force and not better:
         reason += "; promoted by --force"
-    tags = {"metapeft.retrain.reason": reason, "metapeft.retrain.held_out": ",".join(new)[:4000], "metapeft.origin": "retrain"}
+    tags = {
+        "metapeft.retrain.reason": reason,
+        "metapeft.retrain.held_out": ",".join(new)[:4000],
+        "metapeft.origin": "retrain",
+    }
     if challenger_regret is not None:
-        tags.update({"metapeft.offline.regret": challenger_regret, "metapeft.retrain.champion_regret": champion_regret})
+        tags.update(
+            {"metapeft.offline.regret": challenger_regret, "metapeft.retrain.champion_regret": champion_regret}
+        )
         coverage = details["selectors"]["challenger"].get("coverage_90")
         if coverage is not None:
             tags["metapeft.offline.coverage"] = coverage
     for key, value in tags.items():
         tracker.client.set_model_version_tag(SELECTOR_NAME, str(version), key, str(value)[:5000])
-    run_id = tracker.start_parent("retrain", {"metapeft.kind": "retrain", "metapeft.champion": champion_version, "metapeft.challenger": version, "metapeft.reason": reason})
-    metrics = {k: v for k, v in (("champion_mean_regret", champion_regret), ("challenger_mean_regret", challenger_regret), ("held_out_tasks", len(new)),
-                                  ("promoted", float(decision))) if v is not None}  # fmt: skip
+    run_id = tracker.start_parent(
+        "retrain",
+        {
+            "metapeft.kind": "retrain",
+            "metapeft.champion": champion_version,
+            "metapeft.challenger": version,
+            "metapeft.reason": reason,
+        },
+    )
+    metrics = {
+        k: v
+        for k, v in (
+            ("champion_mean_regret", champion_regret),
+            ("challenger_mean_regret", challenger_regret),
+            ("held_out_tasks", len(new)),
+            ("promoted", float(decision)),
+        )
+        if v is not None
+    }
     tracker.end_parent(run_id, metrics=metrics)
-    return RetrainResult(champion_version, version, decision, new, champion_regret, challenger_regret, reason, run_id, details)
+    return RetrainResult(
+        champion_version, version, decision, new, champion_regret, challenger_regret, reason, run_id, details
+    )

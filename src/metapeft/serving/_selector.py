@@ -67,7 +67,10 @@ class SelectorModel(mlflow.pyfunc.PythonModel):
             :class:`~metapeft.meta.MethodRecommendation` gives it.
         """
         profiles = [p.model_dump() if isinstance(p, pydantic.BaseModel) else p for p in model_input]
-        return [{"recommendations": [r.as_dict() for r in recommend(self.meta, profile, params or {})]} for profile in profiles]
+        return [
+            {"recommendations": [r.as_dict() for r in recommend(self.meta, profile, params or {})]}
+            for profile in profiles
+        ]
 
 
 def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
@@ -82,9 +85,17 @@ def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
         raise MetapeftError(f"not a task profile ({exc}); send what `metapeft profile --json` prints") from None
     unknown = set(params) - {"max_memory_mb", "max_time_s", "methods", "max_steps"}
     if unknown:
-        raise MetapeftError(f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, max_steps")
+        raise MetapeftError(
+            f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, max_steps"
+        )
     budget = {"max_steps": int(params["max_steps"])} if params.get("max_steps") else None
-    return meta.recommend(profile, max_memory_mb=params.get("max_memory_mb"), max_time_s=params.get("max_time_s"), methods=params.get("methods"), budget=budget)
+    return meta.recommend(
+        profile,
+        max_memory_mb=params.get("max_memory_mb"),
+        max_time_s=params.get("max_time_s"),
+        methods=params.get("methods"),
+        budget=budget,
+    )
 
 
 def log_selector(meta, *, tags: dict[str, Any] | None = None, alias: str | None = None, tracker=None) -> int:
@@ -111,8 +122,17 @@ def log_selector(meta, *, tags: dict[str, Any] | None = None, alias: str | None 
         run_id = tracker.start_parent("selector", {"metapeft.kind": "selector", **version_tags})
         code = Path(__file__).with_name("_pyfunc_code.py")
         artifacts = {"surrogate": str(surrogate), "experience": str(experience)}
-        version = log_and_register(tracker, SELECTOR_NAME, run_id, ARTIFACT_PATH, code, artifacts, [f"metapeft=={_version()}"], tags=version_tags,
-                                   model_description="metapeft's method selector (profile → ranked PEFT methods)")  # fmt: skip
+        version = log_and_register(
+            tracker,
+            SELECTOR_NAME,
+            run_id,
+            ARTIFACT_PATH,
+            code,
+            artifacts,
+            [f"metapeft=={_version()}"],
+            tags=version_tags,
+            model_description="metapeft's method selector (profile → ranked PEFT methods)",
+        )
     client = tracker.client
     if alias:
         client.set_registered_model_alias(SELECTOR_NAME, alias, version.version)
@@ -127,13 +147,21 @@ def describe(records: list) -> dict[str, Any]:
     from ..experience import task_group
 
     tasks = sorted({r.task_name for r in records})
-    digest = hashlib.sha256("".join(sorted(f"{r.id}:{r.updated_at.isoformat()}|" for r in records)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        "".join(sorted(f"{r.id}:{r.updated_at.isoformat()}|" for r in records)).encode()
+    ).hexdigest()[:16]
     packages = {name: _package_version(name) for name in ("torch", "transformers", "peft", "mlflow", "scikit-learn")}
     return {
-        "metapeft.experience_runs": len(records), "metapeft.experience_tasks": len(tasks), "metapeft.task_groups": len({task_group(r) for r in records}),
-        "metapeft.tasks": ",".join(tasks)[:4000], "metapeft.experience_fingerprint": digest, "metapeft.version": __version__,
-        "metapeft.packages": json.dumps(packages), "metapeft.python": platform.python_version(), "metapeft.git_revision": _git_revision(),
-    }  # fmt: skip
+        "metapeft.experience_runs": len(records),
+        "metapeft.experience_tasks": len(tasks),
+        "metapeft.task_groups": len({task_group(r) for r in records}),
+        "metapeft.tasks": ",".join(tasks)[:4000],
+        "metapeft.experience_fingerprint": digest,
+        "metapeft.version": __version__,
+        "metapeft.packages": json.dumps(packages),
+        "metapeft.python": platform.python_version(),
+        "metapeft.git_revision": _git_revision(),
+    }
 
 
 def ensure_champion(tracker=None) -> int:
@@ -152,7 +180,11 @@ def ensure_champion(tracker=None) -> int:
     from ..monitoring import OFFLINE_COVERAGE, OFFLINE_REGRET
 
     meta = MetaPEFT(include_own=False, include_prior=True).fit()
-    tags = {"metapeft.origin": "packaged (shipped prior)", "metapeft.offline.regret": OFFLINE_REGRET, "metapeft.offline.coverage": OFFLINE_COVERAGE}
+    tags = {
+        "metapeft.origin": "packaged (shipped prior)",
+        "metapeft.offline.regret": OFFLINE_REGRET,
+        "metapeft.offline.coverage": OFFLINE_COVERAGE,
+    }
     return log_selector(meta, tags=tags, alias=CHAMPION, tracker=tracker)
 
 
@@ -204,7 +236,9 @@ def _version() -> str:
 def _git_revision() -> str:
     """The git revision of the metapeft checkout, when it is one; ``unknown`` otherwise."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -52,7 +52,9 @@ class CausalTask:
         if n_train >= len(self.train):
             return self
         rows = random.Random(seed).sample(self.train, n_train)
-        return CausalTask(f"{self.name}@{n_train}", rows, self.test, self.labels, {**self.meta, "n_train": n_train}, self.domain)
+        return CausalTask(
+            f"{self.name}@{n_train}", rows, self.test, self.labels, {**self.meta, "n_train": n_train}, self.domain
+        )
 
 
 def _rows(path: Path) -> list[tuple[str, str]]:
@@ -63,7 +65,9 @@ def _rows(path: Path) -> list[tuple[str, str]]:
         elif isinstance(row.get("text"), str):
             out.append(("", row["text"]))
         else:
-            raise TaskError(f"{path} line {row.get('__line__', '?')}: a causal-LM row needs 'prompt' and 'completion' strings, or 'text'")
+            raise TaskError(
+                f"{path} line {row.get('__line__', '?')}: a causal-LM row needs 'prompt' and 'completion' strings, or 'text'"
+            )
     if not out:
         raise TaskError(f"{path}: no rows")
     return out
@@ -96,7 +100,13 @@ def load_causal_task(
         random.Random(seed).shuffle(rows)
         cut = max(1, round(len(rows) * test_fraction))
         train, test = rows[cut:], rows[:cut]
-    return CausalTask(name or (path.stem if path.is_file() else path.name), train, test, _label_words(train, test), {"source": str(path)})
+    return CausalTask(
+        name or (path.stem if path.is_file() else path.name),
+        train,
+        test,
+        _label_words(train, test),
+        {"source": str(path)},
+    )
 
 
 def _label_words(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> list[str] | None:

@@ -119,8 +119,13 @@ def locate(path: str | Path) -> DataSource:
     tracked = _tracked_md5(path.resolve())
     dirty = tracked is not None and tracked != md5
     if dirty:
-        log.warning("%s differs from the version %s.dvc tracks: the run records the workspace's md5, not a revision; "
-                    "`metapeft data track %s` versions it, --data-rev reads a tracked version", path, path.name, path)  # fmt: skip
+        log.warning(
+            "%s differs from the version %s.dvc tracks: the run records the workspace's md5, not a revision; "
+            "`metapeft data track %s` versions it, --data-rev reads a tracked version",
+            path,
+            path.name,
+            path,
+        )
     git = _git_root(root)
     return DataSource(path, md5, root, rel, None if dirty or git is None else _git_head(git))
 

@@ -13,7 +13,18 @@ from .._errors import TaskError
 from ._data import resolve as resolve_data
 from ._task import Split, Task
 
-TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "question1", "premise", "content", "review", "tweet", "document")
+TEXT_COLUMNS = (
+    "text",
+    "sentence",
+    "sentence1",
+    "question",
+    "question1",
+    "premise",
+    "content",
+    "review",
+    "tweet",
+    "document",
+)
 PAIR_COLUMNS = ("text_pair", "sentence2", "question2", "hypothesis", "pair", "text_b")
 LABEL_COLUMNS = ("label", "labels", "class", "target", "category", "intent", "y")
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -62,8 +73,19 @@ def load_task(
         train_where, test_where = where, None
 
     name = name or (given.stem if given.is_file() else given.name)
-    task = task_from_rows(train_rows, test_rows, name=name, where=where, train_where=train_where, test_where=test_where, test_fraction=test_fraction,
-                          seed=seed, domain=domain, source=str(given), **columns)  # fmt: skip
+    task = task_from_rows(
+        train_rows,
+        test_rows,
+        name=name,
+        where=where,
+        train_where=train_where,
+        test_where=test_where,
+        test_fraction=test_fraction,
+        seed=seed,
+        domain=domain,
+        source=str(given),
+        **columns,
+    )
     task.meta["data"] = source.provenance()
     return task
 
@@ -95,7 +117,9 @@ def task_from_rows(
     train_text, train_pair, train_label, first = _columns(train_rows, keys, train_where)
     label_names = sorted(set(train_label), key=_label_sort_key)
     if len(label_names) < 2:
-        raise TaskError(f"{where}: the training data has a single class ({label_names[0]!r}); classification needs at least two")
+        raise TaskError(
+            f"{where}: the training data has a single class ({label_names[0]!r}); classification needs at least two"
+        )
     index = {label: i for i, label in enumerate(label_names)}
     train = Split(train_text, [index[label] for label in train_label], train_pair)
 
@@ -105,16 +129,28 @@ def task_from_rows(
         unseen = sorted(set(test_label) - set(index), key=_label_sort_key)
         if unseen:
             shown = ", ".join(repr(u) for u in unseen[:5]) + (" …" if len(unseen) > 5 else "")
-            raise TaskError(f"{where}: the held-out split has labels never seen in training: {shown}; add training examples for them or drop those rows")
+            raise TaskError(
+                f"{where}: the held-out split has labels never seen in training: {shown}; add training examples for them or drop those rows"
+            )
         if (test_pair is None) != (train_pair is None):
-            raise TaskError(f"{where}: train and held-out splits disagree on sentence pairs (one has a pair column, the other not)")
+            raise TaskError(
+                f"{where}: train and held-out splits disagree on sentence pairs (one has a pair column, the other not)"
+            )
         test = Split(test_text, [index[label] for label in test_label], test_pair)
         test_source = "file"
     else:
         train, test = _holdout(train, test_fraction, seed, where)
         test_source = "split"
 
-    return Task(name=name, label_names=[str(label) for label in label_names], train=train, test=test, source=source or name, test_source=test_source, domain=domain)
+    return Task(
+        name=name,
+        label_names=[str(label) for label in label_names],
+        train=train,
+        test=test,
+        source=source or name,
+        test_source=test_source,
+        domain=domain,
+    )
 
 
 def _resolve(path: str | Path) -> Path:
@@ -126,7 +162,9 @@ def _resolve(path: str | Path) -> Path:
         return EXAMPLES / chosen
     p = Path(text).expanduser()
     if not p.exists():
-        raise TaskError(f"no such file or directory: {text} (give a JSONL/CSV/TSV/Parquet file, a folder with train/test files, or 'example')")
+        raise TaskError(
+            f"no such file or directory: {text} (give a JSONL/CSV/TSV/Parquet file, a folder with train/test files, or 'example')"
+        )
     return p
 
 
@@ -139,7 +177,9 @@ def _find_split_files(folder: Path) -> tuple[Path, Path | None]:
             return files[0], None
         held = [f.name for f in files if f.stem.lower() in TEST_STEMS]
         found = f" (found held-out {', '.join(held)})" if held else ""
-        raise TaskError(f"{folder}: no train file found{found}; expected train.jsonl, train.csv, train.tsv or train.parquet")
+        raise TaskError(
+            f"{folder}: no train file found{found}; expected train.jsonl, train.csv, train.tsv or train.parquet"
+        )
     test = next((by_stem[s] for s in TEST_STEMS if s in by_stem), None)
     return train, test
 
@@ -154,7 +194,9 @@ def _read_rows(path: Path) -> list[dict]:
         try:
             frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
         except Exception as exc:  # pandas raises several parser error types
-            raise TaskError(f"{path}: cannot parse as {suffix[1:].upper()} ({_first_line(exc)}); check the delimiter and quoting") from None
+            raise TaskError(
+                f"{path}: cannot parse as {suffix[1:].upper()} ({_first_line(exc)}); check the delimiter and quoting"
+            ) from None
         rows = frame.to_dict("records")
     elif suffix == ".parquet":
         import pandas as pd
@@ -197,7 +239,9 @@ def _read_jsonl(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TaskError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove that line") from None
+            raise TaskError(
+                f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove that line"
+            ) from None
         if not isinstance(row, dict):
             raise TaskError(f"{path} line {lineno}: expected a JSON object per line, got {type(row).__name__}")
         row["__line__"] = lineno
@@ -234,7 +278,9 @@ def _decode_class_labels(ds) -> list[dict]:
     return rows
 
 
-def _detect_columns(rows: list[dict], where: str, *, text_column, pair_column, label_column) -> tuple[str, str | None, str]:
+def _detect_columns(
+    rows: list[dict], where: str, *, text_column, pair_column, label_column
+) -> tuple[str, str | None, str]:
     available = [k for k in rows[0] if k != "__line__"]
 
     def pick(explicit: str | None, candidates: tuple[str, ...], what: str, flag: str, required: bool) -> str | None:
@@ -254,7 +300,9 @@ def _detect_columns(rows: list[dict], where: str, *, text_column, pair_column, l
     if pair == text:
         pair = None
     if label in (text, pair):
-        raise TaskError(f"{where}: column {label!r} is taken as both the label and the {'text' if label == text else 'pair'}; name the right columns with --text-column, --pair-column and --label-column")
+        raise TaskError(
+            f"{where}: column {label!r} is taken as both the label and the {'text' if label == text else 'pair'}; name the right columns with --text-column, --pair-column and --label-column"
+        )
     return text, pair, label
 
 
@@ -271,7 +319,9 @@ def _columns(rows: list[dict], keys: tuple[str, str | None, str], where: str, fi
         if label is None or label == "" or (isinstance(label, numbers.Real) and np.isnan(label)):
             raise TaskError(f"{where} {at}: missing label in column {label_key!r}; fill it or drop the row")
         if isinstance(label, (list, dict)):
-            raise TaskError(f"{where} {at}: label must be a single value, got {type(label).__name__} (multi-label tasks are not supported)")
+            raise TaskError(
+                f"{where} {at}: label must be a single value, got {type(label).__name__} (multi-label tasks are not supported)"
+            )
         if type(label) is not str:
             label = _label_value(label)
         kind = _LABEL_KINDS.get(type(label), "text")
@@ -311,7 +361,9 @@ def _holdout(train: Split, fraction: float, seed: int, where: str) -> tuple[Spli
         raise TaskError(f"test fraction must be between 0 and 1, got {fraction}")
     n_test = max(1, round(len(train) * fraction))
     if len(train) - n_test < 2:
-        raise TaskError(f"{where}: only {len(train)} rows, too few to hold out a test split; add data or give a test file")
+        raise TaskError(
+            f"{where}: only {len(train)} rows, too few to hold out a test split; add data or give a test file"
+        )
     test_idx = stratified_indices(train.labels, n_test, seed, leave=1)
     mask = np.ones(len(train), dtype=bool)
     mask[test_idx] = False

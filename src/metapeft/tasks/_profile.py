@@ -67,17 +67,30 @@ class TaskProfile:
             if kind is str:
                 ok = isinstance(value, str) or (f.type == "str | None" and value is None)
             else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+                ok = (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and value >= 0
+                )
                 ok = ok and (kind is float or float(value).is_integer())
             if not ok:
                 raise MetapeftError(f"task profile: {name} must be {_KIND_NAMES[kind]}, got {value!r}")
         if self.task_type not in ("single", "pair", "causal_lm"):
-            raise MetapeftError(f"task profile: task_type must be 'single', 'pair' or 'causal_lm', got {self.task_type!r}")
+            raise MetapeftError(
+                f"task profile: task_type must be 'single', 'pair' or 'causal_lm', got {self.task_type!r}"
+            )
         if (self.num_classes < 2 and self.task_type != "causal_lm") or self.dataset_size < 1:
-            raise MetapeftError(f"task profile: num_classes >= 2 and dataset_size >= 1 needed, got {self.num_classes} and {self.dataset_size}")
+            raise MetapeftError(
+                f"task profile: num_classes >= 2 and dataset_size >= 1 needed, got {self.num_classes} and {self.dataset_size}"
+            )
         if not isinstance(self.model, dict):
-            raise MetapeftError(f"task profile: model must be an object of base-model traits, got {type(self.model).__name__}")
-        if not isinstance(self.domain_vector, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.domain_vector):
+            raise MetapeftError(
+                f"task profile: model must be an object of base-model traits, got {type(self.model).__name__}"
+            )
+        if not isinstance(self.domain_vector, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.domain_vector
+        ):
             raise MetapeftError("task profile: domain_vector must be a list of numbers")
 
     def as_dict(self) -> dict:
@@ -97,7 +110,12 @@ class TaskProfile:
 
 
 _KIND_NAMES = {str: "text", int: "a whole number >= 0", float: "a finite number >= 0"}
-_KINDS = {"str": str, "str | None": str, "int": int, "float": float}  # the field annotations checked (as strings: postponed)
+_KINDS = {
+    "str": str,
+    "str | None": str,
+    "int": int,
+    "float": float,
+}  # the field annotations checked (as strings: postponed)
 
 
 def _texts(task: Task, idx) -> list[str]:
@@ -107,7 +125,9 @@ def _texts(task: Task, idx) -> list[str]:
     return [f"{split.texts[i]} [SEP] {split.pairs[i]}" for i in idx]
 
 
-def profile_task(task: Task | CausalTask, model: str | None = None, seed: int = 0, trust_remote_code: bool = False) -> TaskProfile:
+def profile_task(
+    task: Task | CausalTask, model: str | None = None, seed: int = 0, trust_remote_code: bool = False
+) -> TaskProfile:
     """The profile of ``task`` (a classification or a causal-LM task) for the base model ``model``."""
     if isinstance(task, CausalTask):
         return _profile_causal(task, model, seed, trust_remote_code)
@@ -267,7 +287,9 @@ def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            batch = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
             hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -293,8 +315,14 @@ def _probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
     if len(np.unique(y)) < 2 or len(y) < 6:
         return majority, majority
     min_count = np.bincount(y)[np.bincount(y) > 0].min()
-    folds = StratifiedKFold(3, shuffle=True, random_state=seed) if min_count >= 3 else KFold(3, shuffle=True, random_state=seed)
+    folds = (
+        StratifiedKFold(3, shuffle=True, random_state=seed)
+        if min_count >= 3
+        else KFold(3, shuffle=True, random_state=seed)
+    )
     with warnings.catch_warnings():  # a fold left with one class fails (tiny tasks): scored as NaN and skipped
-        warnings.simplefilter("ignore")  # (the warning would print that fit's traceback); with >= 2 classes one fold fits
+        warnings.simplefilter(
+            "ignore"
+        )  # (the warning would print that fit's traceback); with >= 2 classes one fold fits
         scores = cross_val_score(LogisticRegression(C=10.0, max_iter=300), x, y, cv=folds, error_score=np.nan)
     return float(np.nanmean(scores)), majority

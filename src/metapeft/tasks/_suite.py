@@ -29,7 +29,11 @@ class SuiteEntry:
         task = load_task(self.path, name=self.name, domain=self.meta.get("domain"))
         if self.source is not None:  # the checkout's md5, and the repository, path and revision it was read at
             rel = self.path.relative_to(self.source.local).as_posix()
-            task.meta["data"]["dvc"] = {"repo": str(self.source.repo), "path": f"{self.source.path}/{rel}", "rev": self.source.rev}
+            task.meta["data"]["dvc"] = {
+                "repo": str(self.source.repo),
+                "path": f"{self.source.path}/{rel}",
+                "rev": self.source.rev,
+            }
         return task
 
 
@@ -39,7 +43,9 @@ def load_suite(manifest: str | Path, data_rev: str | None = None) -> list[SuiteE
     manifest = Path(manifest).expanduser()
     source = None
     if data_rev:
-        folder, name = (manifest.parent, manifest.name) if manifest.suffix.lower() == ".json" else (manifest, "MANIFEST.json")
+        folder, name = (
+            (manifest.parent, manifest.name) if manifest.suffix.lower() == ".json" else (manifest, "MANIFEST.json")
+        )
         source = checkout(folder, data_rev)
         manifest = source.local / name
     if manifest.is_dir():

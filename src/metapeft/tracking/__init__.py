@@ -82,14 +82,20 @@ class MLflowTracker:
         except Exception as exc:
             if "filesystem tracking backend" not in str(exc):
                 raise
-            raise MetapeftError(f"the MLflow tracking store {redact_url(self.uri)} is a folder, which this MLflow no longer writes to; point MLFLOW_TRACKING_URI "
-                                f"at a database (e.g. sqlite:///{data_dir() / 'mlflow.db'}), move the folder's runs with `mlflow migrate-filestore`, "
-                                "or set MLFLOW_ALLOW_FILE_STORE=true") from None  # fmt: skip
+            raise MetapeftError(
+                f"the MLflow tracking store {redact_url(self.uri)} is a folder, which this MLflow no longer writes to; point MLFLOW_TRACKING_URI "
+                f"at a database (e.g. sqlite:///{data_dir() / 'mlflow.db'}), move the folder's runs with `mlflow migrate-filestore`, "
+                "or set MLFLOW_ALLOW_FILE_STORE=true"
+            ) from None
         if found is not None:
             self.experiment_id = found.experiment_id
         else:
             # A local store keeps artifacts in the data directory (not ./mlruns of wherever the user stands).
-            location = (data_dir() / "mlartifacts").as_uri() if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri else None
+            location = (
+                (data_dir() / "mlartifacts").as_uri()
+                if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+                else None
+            )
             try:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             except Exception:  # another process created it first
@@ -144,14 +150,20 @@ class MLflowTracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
         run_id = run.info.run_id
         now = int(time.time() * 1000)
-        logged = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        logged = [
+            Metric(k, float(v), now, 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         for point in curve:
             for key in ("accuracy", "macro_f1", "train_loss"):
                 if point.get(key) is not None:
                     logged.append(Metric(f"curve/{key}", float(point[key]), now, int(point["step"])))
         params_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, max(len(logged), len(params_list)), 900):  # log_batch limits: 1000 metrics, 100 params
-            self.client.log_batch(run_id, metrics=logged[i : i + 900], params=params_list[i // 9 : i // 9 + 100] if i == 0 else [])
+            self.client.log_batch(
+                run_id, metrics=logged[i : i + 900], params=params_list[i // 9 : i // 9 + 100] if i == 0 else []
+            )
         if len(params_list) > 100:
             for j in range(100, len(params_list), 100):
                 self.client.log_batch(run_id, params=params_list[j : j + 100])
@@ -169,7 +181,9 @@ class MLflowTracker:
         """Open a run that others nest under (a search); close it with :meth:`end_parent`. It carries this process's
         host and pid, so that :meth:`close_dead_parents` can close it if the process dies first."""
         tags = {**tags, **_owner()}
-        return self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items() if v is not None}).info.run_id
+        return self.client.create_run(
+            self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items() if v is not None}
+        ).info.run_id
 
     def reopen_parent(self, run_id: str) -> None:
         """Make this process the owner of a parent run (a resumed or joined search), RUNNING again if it was closed
@@ -186,13 +200,27 @@ class MLflowTracker:
 
         from ..experience._store import process_gone
 
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`metapeft.host` = '{socket.gethostname()}'")
-        dead = [r for r in runs if r.data.tags.get("metapeft.pid", "").isdigit() and process_gone(int(r.data.tags["metapeft.pid"]))]
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`metapeft.host` = '{socket.gethostname()}'",
+        )
+        dead = [
+            r
+            for r in runs
+            if r.data.tags.get("metapeft.pid", "").isdigit() and process_gone(int(r.data.tags["metapeft.pid"]))
+        ]
         for run in dead:
             self.client.set_terminated(run.info.run_id, "KILLED")
         return len(dead)
 
-    def end_parent(self, run_id: str, *, metrics: dict[str, float] | None = None, files: list[str | Path] = (), status: str = "FINISHED") -> None:
+    def end_parent(
+        self,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        files: list[str | Path] = (),
+        status: str = "FINISHED",
+    ) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -202,7 +230,15 @@ class MLflowTracker:
             self.client.log_artifact(run_id, str(f))
         self.client.set_terminated(run_id, status)
 
-    def register(self, name: str, run_id: str, *, artifact_path: str = "adapter", tags: dict[str, Any] | None = None, description: str | None = None):
+    def register(
+        self,
+        name: str,
+        run_id: str,
+        *,
+        artifact_path: str = "adapter",
+        tags: dict[str, Any] | None = None,
+        description: str | None = None,
+    ):
         """Register ``artifact_path`` of ``run_id`` as a new version of model ``name`` in the model registry."""
         from mlflow.exceptions import MlflowException
 
@@ -211,7 +247,9 @@ class MLflowTracker:
         except MlflowException:
             pass  # exists already: add a version
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        return self.client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()}, description=description)
+        return self.client.create_model_version(
+            name, source, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()}, description=description
+        )
 
 
 __all__ = ["MLflowTracker"]

@@ -1,7 +1,7 @@
 """Fine-tuning: the engine that trains any zoo method and measures it."""
 
-from ._causal import backend_methods
 from ._callbacks import Progress, Stop, StopWhen, Switch, SwitchAt, TimeBudget, TrainerCallback, TrainerState
+from ._causal import backend_methods
 from ._config import RunConfig
 from ._engine import FitResult, build_classifier, evaluate, fit
 from ._forgetting import LinearProbe
@@ -11,6 +11,27 @@ from ._run import TrainResult, train
 from ._switching import SwitchController, SwitchPolicy
 
 __all__ = [
-    "FitResult", "LinearProbe", "backend_methods", "MemoryCount", "Progress", "RunConfig", "SavedClassifier", "Stop", "StopWhen", "Switch", "SwitchAt", "SwitchController", "SwitchPolicy", "TextClassifier", "TimeBudget", "TrainResult", "TrainerCallback",
-    "TrainerState", "build_classifier", "evaluate", "fit", "load_classifier", "train",
-]  # fmt: skip
+    "FitResult",
+    "LinearProbe",
+    "backend_methods",
+    "MemoryCount",
+    "Progress",
+    "RunConfig",
+    "SavedClassifier",
+    "Stop",
+    "StopWhen",
+    "Switch",
+    "SwitchAt",
+    "SwitchController",
+    "SwitchPolicy",
+    "TextClassifier",
+    "TimeBudget",
+    "TrainResult",
+    "TrainerCallback",
+    "TrainerState",
+    "build_classifier",
+    "evaluate",
+    "fit",
+    "load_classifier",
+    "train",
+]

@@ -99,7 +99,11 @@ class Progress(TrainerCallback):
         self.fn = fn
 
     def on_step_end(self, state: TrainerState) -> None:
-        self.fn(state.step, state.max_steps, {"loss": state.loss, **({"accuracy": state.curve[-1]["accuracy"]} if state.curve else {})})
+        self.fn(
+            state.step,
+            state.max_steps,
+            {"loss": state.loss, **({"accuracy": state.curve[-1]["accuracy"]} if state.curve else {})},
+        )
 
 
 class TimeBudget(TrainerCallback):
@@ -127,7 +131,9 @@ class SwitchAt(TrainerCallback):
     """Switches to ``method`` at the first learning-curve point at or after ``step`` (a fixed schedule: tests, and
     baselines such as training one method for part of the budget and another for the rest)."""
 
-    def __init__(self, step: int, method: str, hyperparameters: dict[str, Any] | None = None, reason: str = "scheduled"):
+    def __init__(
+        self, step: int, method: str, hyperparameters: dict[str, Any] | None = None, reason: str = "scheduled"
+    ):
         self.step, self.method, self.hyperparameters, self.reason = step, method, hyperparameters or {}, reason
 
     def should_switch(self, state: TrainerState) -> Switch | None:

@@ -16,21 +16,47 @@ class RunConfig:
     >>> train(task, "lora", {"r": 16}, RunConfig(seed=1, eval_size=300, track=False))   # doctest: +SKIP
     """
 
-    model: str | None = field(default=None, metadata={"help": "Base model: a hub id or a local folder (default: all-MiniLM-L6-v2, bundled)."})
+    model: str | None = field(
+        default=None, metadata={"help": "Base model: a hub id or a local folder (default: all-MiniLM-L6-v2, bundled)."}
+    )
     seed: int = field(default=0, metadata={"help": "Initialisation, data order and dropout."})
-    sample_seed: int | None = field(default=None, metadata={"help": "Draws the evaluation sample (default: seed); runs of two seeds share rows with one."})
-    time_budget: float | None = field(default=None, metadata={"help": "Seconds of training (evaluation excluded) after which the run stops and is evaluated."})
-    eval_size: int = field(default=500, metadata={"help": "Held-out examples each learning-curve point is evaluated on (stratified sample; 0 = all)."})
+    sample_seed: int | None = field(
+        default=None,
+        metadata={"help": "Draws the evaluation sample (default: seed); runs of two seeds share rows with one."},
+    )
+    time_budget: float | None = field(
+        default=None,
+        metadata={"help": "Seconds of training (evaluation excluded) after which the run stops and is evaluated."},
+    )
+    eval_size: int = field(
+        default=500,
+        metadata={"help": "Held-out examples each learning-curve point is evaluated on (stratified sample; 0 = all)."},
+    )
     eval_points: int = field(default=4, metadata={"help": "Learning-curve points, evenly spaced over the steps."})
-    final_eval_size: int | None = field(default=None, metadata={"help": "Held-out examples of the final evaluation when more than eval_size (0 = all)."})
+    final_eval_size: int | None = field(
+        default=None,
+        metadata={"help": "Held-out examples of the final evaluation when more than eval_size (0 = all)."},
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda or mps (default: the best available)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (only for models you trust)."})
-    output_dir: str | Path | None = field(default=None, metadata={"help": "New folder for the adapter and head (default: runs/<run id> in the data directory)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the hub (only for models you trust)."}
+    )
+    output_dir: str | Path | None = field(
+        default=None,
+        metadata={"help": "New folder for the adapter and head (default: runs/<run id> in the data directory)."},
+    )
     save: bool = field(default=True, metadata={"help": "Save the trained adapter and head."})
-    record: bool = field(default=True, metadata={"help": "Record the run in the experience store (before training, completed after)."})
+    record: bool = field(
+        default=True, metadata={"help": "Record the run in the experience store (before training, completed after)."}
+    )
     track: bool = field(default=True, metadata={"help": "Log the run to MLflow."})
-    tags: dict[str, Any] = field(default_factory=dict, metadata={"help": "Extra tags for the experience record and the MLflow run."})
-    backend: str = field(default="torch", metadata={"help": "torch (transformers + peft), or mlx (mlx-lm; causal-LM tasks only, needs metapeft[mlx])."})
+    tags: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Extra tags for the experience record and the MLflow run."}
+    )
+    backend: str = field(
+        default="torch",
+        metadata={"help": "torch (transformers + peft), or mlx (mlx-lm; causal-LM tasks only, needs metapeft[mlx])."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("seed", "eval_size", "eval_points"):

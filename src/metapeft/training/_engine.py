@@ -69,8 +69,15 @@ class Batches:
         return batch
 
 
-def build_classifier(method: Method, config: MethodConfig, backbone: BackboneInfo, num_labels: int, model: str | None, trust_remote_code: bool = False,
-                     normalize: bool = False) -> TextClassifier:  # fmt: skip
+def build_classifier(
+    method: Method,
+    config: MethodConfig,
+    backbone: BackboneInfo,
+    num_labels: int,
+    model: str | None,
+    trust_remote_code: bool = False,
+    normalize: bool = False,
+) -> TextClassifier:
     """Encoder wrapped by the method (peft, all trainable, or frozen) plus a fresh head (on L2-normalised embeddings
     with ``normalize``)."""
     from peft import TaskType, get_peft_model
@@ -82,11 +89,23 @@ def build_classifier(method: Method, config: MethodConfig, backbone: BackboneInf
         encoder = get_peft_model(encoder, peft_config)
     else:
         encoder.requires_grad_(method.kind == "full")
-    return TextClassifier(encoder, num_labels, backbone.hidden_size, prompt_learning=method.prompt_learning, normalize=normalize)
+    return TextClassifier(
+        encoder, num_labels, backbone.hidden_size, prompt_learning=method.prompt_learning, normalize=normalize
+    )
 
 
-def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo, run: RunConfig, *, max_length: int, device: torch.device,
-        callbacks: Sequence[TrainerCallback] = (), pool: Split | None = None) -> FitResult:  # fmt: skip
+def fit(
+    task: Task,
+    method: Method,
+    config: MethodConfig,
+    backbone: BackboneInfo,
+    run: RunConfig,
+    *,
+    max_length: int,
+    device: torch.device,
+    callbacks: Sequence[TrainerCallback] = (),
+    pool: Split | None = None,
+) -> FitResult:
     """Train ``method`` on ``task`` and evaluate at ``run.eval_points`` evenly spaced steps (the learning curve).
 
     Evaluation uses a seeded stratified subset of the held-out split of ``run.eval_size`` examples (0 = all of it),
@@ -112,19 +131,27 @@ def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo
 
     def held_out(size: int) -> tuple[Batches, str]:
         """The evaluation sample and an id of its rows (runs with the same id were scored on the same rows)."""
-        rows = np.arange(len(task.test)) if not size or size >= len(task.test) else np.sort(stratified_indices(task.test.labels, size, sample_seed))
+        rows = (
+            np.arange(len(task.test))
+            if not size or size >= len(task.test)
+            else np.sort(stratified_indices(task.test.labels, size, sample_seed))
+        )
         rows_id = hashlib.sha256(task.fingerprint.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:12]
         return Batches(tokenizer, task.test.select(rows), max_length), rows_id
 
     eval_size, final_eval_size = run.eval_size, run.final_eval_size
     eval_data, _ = held_out(eval_size)
     bigger = final_eval_size is not None and eval_size != 0 and (final_eval_size == 0 or final_eval_size > eval_size)
-    final_data, final_id = held_out(final_eval_size) if bigger else held_out(eval_size)  # never fewer examples than the curve
+    final_data, final_id = (
+        held_out(final_eval_size) if bigger else held_out(eval_size)
+    )  # never fewer examples than the curve
 
     classifier = build_classifier(method, config, backbone, task.num_labels, model, run.trust_remote_code).to(device)
     steps = config.max_steps
     optimizer, schedule, trainable = _optimiser(classifier, config, steps, int(steps * config.warmup_ratio))
-    eval_at = {max(1, math.ceil(steps * k / run.eval_points)) for k in range(1, run.eval_points + 1)}  # at or just after each fraction
+    eval_at = {
+        max(1, math.ceil(steps * k / run.eval_points)) for k in range(1, run.eval_points + 1)
+    }  # at or just after each fraction
     loss_fn = nn.CrossEntropyLoss()
     order = _Order(len(train_data), config.batch_size, seed)
 
@@ -175,18 +202,33 @@ def fit(task: Task, method: Method, config: MethodConfig, backbone: BackboneInfo
                 if final:
                     outcomes.update(test=pack_outcomes(correct), test_rows=final_id)
                 eval_time += time.perf_counter() - started
-                state.curve.append({
-                    "step": step, "fraction": round(step / steps, 4), "train_loss": round(running_loss / running_n, 5),
-                    "accuracy": accuracy, "macro_f1": macro_f1, "train_time_s": round(state.train_time_s, 3), "eval_examples": len(data),
-                    **({"method": state.method} if state.switches else {}),
-                })  # fmt: skip
+                state.curve.append(
+                    {
+                        "step": step,
+                        "fraction": round(step / steps, 4),
+                        "train_loss": round(running_loss / running_n, 5),
+                        "accuracy": accuracy,
+                        "macro_f1": macro_f1,
+                        "train_time_s": round(state.train_time_s, 3),
+                        "eval_examples": len(data),
+                        **({"method": state.method} if state.switches else {}),
+                    }
+                )
                 running_loss, running_n = 0.0, 0
                 for callback in callbacks:
                     callback.on_evaluate(state)
-                switch = None if stop or step == steps else next((w for w in (c.should_switch(state) for c in callbacks) if w is not None), None)
+                switch = (
+                    None
+                    if stop or step == steps
+                    else next((w for w in (c.should_switch(state) for c in callbacks) if w is not None), None)
+                )
                 if switch is not None:
-                    method, config = _switch(classifier, method, switch, backbone, steps - step, state, device, max_length)
-                    optimizer, schedule, trainable = _optimiser(classifier, config, steps - step, max(1, int((steps - step) * config.warmup_ratio)))
+                    method, config = _switch(
+                        classifier, method, switch, backbone, steps - step, state, device, max_length
+                    )
+                    optimizer, schedule, trainable = _optimiser(
+                        classifier, config, steps - step, max(1, int((steps - step) * config.warmup_ratio))
+                    )
                     state.optimizer = optimizer
                     phase_start = step
                     if config.batch_size != order.batch_size:
@@ -249,8 +291,16 @@ def _optimiser(classifier: TextClassifier, config: MethodConfig, steps: int, war
     return optimizer, schedule, [p for p in classifier.parameters() if p.requires_grad]
 
 
-def _switch(classifier: TextClassifier, current: Method, switch, backbone: BackboneInfo, remaining: int, state: TrainerState,
-            device: torch.device, max_length: int) -> tuple[Method, MethodConfig]:  # fmt: skip
+def _switch(
+    classifier: TextClassifier,
+    current: Method,
+    switch,
+    backbone: BackboneInfo,
+    remaining: int,
+    state: TrainerState,
+    device: torch.device,
+    max_length: int,
+) -> tuple[Method, MethodConfig]:
     """Merge-and-continue: fold ``current``'s adapter into the encoder's weights, keep the head, and wrap the encoder
     with the next method for the ``remaining`` steps (ReLoRA's merge, reset, warm-up). The model's predictions are
     the same before and after (the new adapter starts as the identity, or close to it)."""
@@ -261,11 +311,19 @@ def _switch(classifier: TextClassifier, current: Method, switch, backbone: Backb
 
     target = get_method(switch.method)
     if not current.mergeable:
-        raise MetapeftError(f"cannot switch from {current.name}: its virtual tokens cannot be merged into the weights; start with a method that changes weights")
+        raise MetapeftError(
+            f"cannot switch from {current.name}: its virtual tokens cannot be merged into the weights; start with a method that changes weights"
+        )
     config = target.make_config({**switch.hyperparameters, "max_steps": remaining})
     target.check_compatible(config, backbone)
-    if target.prompt_learning and backbone.max_positions and max_length + getattr(config, "num_virtual_tokens", 0) > backbone.max_positions:
-        raise MetapeftError(f"cannot switch to {target.name}: {max_length} tokens and its virtual tokens exceed the model's {backbone.max_positions} positions")
+    if (
+        target.prompt_learning
+        and backbone.max_positions
+        and max_length + getattr(config, "num_virtual_tokens", 0) > backbone.max_positions
+    ):
+        raise MetapeftError(
+            f"cannot switch to {target.name}: {max_length} tokens and its virtual tokens exceed the model's {backbone.max_positions} positions"
+        )
     encoder = classifier.encoder
     if current.kind == "peft":
         if current.on_end is not None:  # e.g. AdaLoRA fixes its rank pattern before it is merged
@@ -280,8 +338,17 @@ def _switch(classifier: TextClassifier, current: Method, switch, backbone: Backb
     classifier.encoder = encoder.to(device)
     classifier.prompt_learning = target.prompt_learning
     state.method = target.name
-    state.switches.append({"step": state.step, "from": current.name, "to": target.name, "reason": switch.reason, "p_better": switch.p_better,
-                           "accuracy_before": state.curve[-1]["accuracy"] if state.curve else None, "hyperparameters": config.as_dict()})  # fmt: skip
+    state.switches.append(
+        {
+            "step": state.step,
+            "from": current.name,
+            "to": target.name,
+            "reason": switch.reason,
+            "p_better": switch.p_better,
+            "accuracy_before": state.curve[-1]["accuracy"] if state.curve else None,
+            "hyperparameters": config.as_dict(),
+        }
+    )
     return target, config
 
 
@@ -291,15 +358,30 @@ def _with_recovery(switches: list[dict], curve: list[dict], steps: int) -> list[
     out = []
     for s in switches:
         after = [p for p in curve if p["step"] > s["step"]]
-        back = next((p["step"] - s["step"] for p in after if s["accuracy_before"] is not None and p["accuracy"] >= s["accuracy_before"]), None)
+        back = next(
+            (
+                p["step"] - s["step"]
+                for p in after
+                if s["accuracy_before"] is not None and p["accuracy"] >= s["accuracy_before"]
+            ),
+            None,
+        )
         left = steps - s["step"]
-        out.append({**s, "accuracy_after": after[0]["accuracy"] if after else None, "recovery_steps": back,
-                    "recovery_fraction": round(back / left, 4) if back is not None and left > 0 else None})  # fmt: skip
+        out.append(
+            {
+                **s,
+                "accuracy_after": after[0]["accuracy"] if after else None,
+                "recovery_steps": back,
+                "recovery_fraction": round(back / left, 4) if back is not None and left > 0 else None,
+            }
+        )
     return out
 
 
 @torch.inference_mode()
-def evaluate(classifier: TextClassifier, data: Batches, device: torch.device, batch_size: int = 128) -> tuple[float, float, np.ndarray]:
+def evaluate(
+    classifier: TextClassifier, data: Batches, device: torch.device, batch_size: int = 128
+) -> tuple[float, float, np.ndarray]:
     """Accuracy, macro-F1 and per-example correctness on ``data`` (batched by length: identical results, less
     padding)."""
     from sklearn.metrics import f1_score

@@ -33,7 +33,16 @@ class LinearProbe(TrainerCallback):
         seed: Draws the samples (the same rows before and after).
     """
 
-    def __init__(self, tasks: Sequence[Task], model: str | None = None, *, n_train: int = 512, n_test: int = 500, max_length: int = 128, seed: int = 0):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        model: str | None = None,
+        *,
+        n_train: int = 512,
+        n_test: int = 500,
+        max_length: int = 128,
+        seed: int = 0,
+    ):
         from .._backbone import load_tokenizer
 
         self.tokenizer = load_tokenizer(model)
@@ -78,8 +87,14 @@ class LinearProbe(TrainerCallback):
         device = next(classifier.parameters()).device
         chunks = []
         for i in range(0, len(split), 64):
-            batch = self.tokenizer(split.texts[i : i + 64], split.pairs[i : i + 64] if split.pairs else None, truncation=True,
-                                   max_length=self.max_length, padding=True, return_tensors="pt")  # fmt: skip
+            batch = self.tokenizer(
+                split.texts[i : i + 64],
+                split.pairs[i : i + 64] if split.pairs else None,
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             chunks.append(classifier.embed(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy())
         return np.concatenate(chunks)
 

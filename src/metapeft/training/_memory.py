@@ -74,7 +74,9 @@ class PeakMemory:
             self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
             return
         grads = _unique_bytes(p.grad for p in self.model.parameters() if p.grad is not None)
-        state = _unique_bytes(v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+        state = _unique_bytes(
+            v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        )
         self.peak_bytes = max(self.peak_bytes, self.start_bytes + grads + state + sum(self._saved.values()))
         self._saved.clear()
 

@@ -36,7 +36,14 @@ class TextClassifier(nn.Module):
     """Encoder → masked mean pooling (→ L2 normalisation with ``normalize``: a cosine classifier, as the few-shot
     prototypes are) → linear head."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, hidden_size: int, prompt_learning: bool = False, normalize: bool = False):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int,
+        hidden_size: int,
+        prompt_learning: bool = False,
+        normalize: bool = False,
+    ):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(hidden_size, num_labels)
@@ -77,8 +84,12 @@ class SavedClassifier:
         out = []
         for i in range(0, len(texts), batch_size):
             batch = self.tokenizer(
-                texts[i : i + batch_size], pairs[i : i + batch_size] if pairs else None,
-                truncation=True, max_length=self.max_length, padding=True, return_tensors="pt",
+                texts[i : i + batch_size],
+                pairs[i : i + batch_size] if pairs else None,
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
             )
             device = next(self.model.parameters()).device
             out.append(self.model(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
@@ -96,7 +107,9 @@ def save_classifier(model: TextClassifier, path: Path, *, kind: str, meta: dict)
     if kind == "peft":
         model.encoder.save_pretrained(path)
         written += [path / ADAPTER_CONFIG_FILE, path / ADAPTER_FILE]
-        if meta.get("switches"):  # the adapter sits on an encoder whose weights earlier methods changed: it is saved too
+        if meta.get(
+            "switches"
+        ):  # the adapter sits on an encoder whose weights earlier methods changed: it is saved too
             model.encoder.get_base_model().save_pretrained(path / ENCODER_DIR, safe_serialization=True)
             written += [f for f in (path / ENCODER_DIR).rglob("*") if f.is_file()]
     elif kind == "full":
@@ -140,12 +153,21 @@ def load_classifier(path: str | Path, device: str = "cpu", trust_remote_code: bo
         raise _damaged(path / HEAD_FILE, problem)
     if kind == "peft":
         encoder = _load_adapter(encoder, path, base)
-    model = TextClassifier(encoder, num_labels, hidden, prompt_learning=meta.get("prompt_learning", False), normalize=meta.get("normalize", False))
+    model = TextClassifier(
+        encoder,
+        num_labels,
+        hidden,
+        prompt_learning=meta.get("prompt_learning", False),
+        normalize=meta.get("normalize", False),
+    )
     model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
     model.to(device).eval()
     if labels is None:  # folders an older `metapeft train` wrote lack them (a bug)
         labels = [str(i) for i in range(num_labels)]
-        warnings.warn(f"{path} has no label names (saved by an older metapeft): predict returns class indices 0..{num_labels - 1} in sorted label order", stacklevel=2)
+        warnings.warn(
+            f"{path} has no label names (saved by an older metapeft): predict returns class indices 0..{num_labels - 1} in sorted label order",
+            stacklevel=2,
+        )
     return SavedClassifier(model, load_tokenizer(base, trust_remote_code), labels, meta["max_length"], meta)
 
 

@@ -42,9 +42,19 @@ class TrainResult:
         return asdict(self)
 
 
-def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[str, Any] | None = None, run: RunConfig | None = None, *,
-          profile: TaskProfile | None = None, store: ExperienceStore | None = None, tracker=None, callbacks: Sequence[TrainerCallback] = (),
-          parent_run_id: str | None = None, pool: Split | None = None) -> TrainResult:  # fmt: skip
+def train(
+    task: Task | CausalTask,
+    method: str = "lora",
+    hyperparameters: dict[str, Any] | None = None,
+    run: RunConfig | None = None,
+    *,
+    profile: TaskProfile | None = None,
+    store: ExperienceStore | None = None,
+    tracker=None,
+    callbacks: Sequence[TrainerCallback] = (),
+    parent_run_id: str | None = None,
+    pool: Split | None = None,
+) -> TrainResult:
     """Fine-tune a base model (default all-MiniLM-L6-v2) on ``task`` with ``method`` and return what it achieved.
 
     Args:
@@ -72,12 +82,30 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
     if isinstance(task, CausalTask):
         from ._causal import train_causal
 
-        return train_causal(task, method, hyperparameters, run, profile=profile, store=store, tracker=tracker, callbacks=callbacks, parent_run_id=parent_run_id)
+        return train_causal(
+            task,
+            method,
+            hyperparameters,
+            run,
+            profile=profile,
+            store=store,
+            tracker=tracker,
+            callbacks=callbacks,
+            parent_run_id=parent_run_id,
+        )
     if run.backend != "torch":
-        raise MetapeftError(f"--backend {run.backend} trains causal-LM tasks only; {task.name} is a classification task: give a causal LM as --model "
-                            "(its labels are then verbalised) or use --backend torch")  # fmt: skip
+        raise MetapeftError(
+            f"--backend {run.backend} trains causal-LM tasks only; {task.name} is a classification task: give a causal LM as --model "
+            "(its labels are then verbalised) or use --backend torch"
+        )
     model, seed, sample_seed, time_budget, tags = run.model, run.seed, run.sample_seed, run.time_budget, run.tags
-    eval_size, final_eval_size, save, track, trust_remote_code = run.eval_size, run.final_eval_size, run.save, run.track, run.trust_remote_code
+    eval_size, final_eval_size, save, track, trust_remote_code = (
+        run.eval_size,
+        run.final_eval_size,
+        run.save,
+        run.track,
+        run.trust_remote_code,
+    )
     spec = get_method(method)
     config = spec.make_config(hyperparameters)
     model_name, model_path = resolve_model(model)
@@ -87,7 +115,9 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
     profile = profile or profile_task(task, model, trust_remote_code=trust_remote_code)
     max_length = config.max_length or profile.sequence_length
     if backbone.max_positions and config.max_length > backbone.max_positions:
-        raise MethodError(f"{spec.name}: max_length={config.max_length} exceeds {model_name}'s {backbone.max_positions} positions; lower max_length")
+        raise MethodError(
+            f"{spec.name}: max_length={config.max_length} exceeds {model_name}'s {backbone.max_positions} positions; lower max_length"
+        )
     if spec.prompt_learning and backbone.max_positions:
         max_length = min(max_length, backbone.max_positions - getattr(config, "num_virtual_tokens", 0))
 
@@ -100,32 +130,64 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
         model=model_name,
         hyperparameters=config.as_dict(),
         profile=profile.as_dict(),
-        environment={**environment(torch_device), "backend": "torch", **({"data": task.meta["data"]} if "data" in task.meta else {})},
-        tags={**(tags or {}), "n_train": len(task.train), "eval_size": eval_size, "final_eval_size": final_eval_size, "time_budget": time_budget,
-              "sample_seed": seed if sample_seed is None else sample_seed},
+        environment={
+            **environment(torch_device),
+            "backend": "torch",
+            **({"data": task.meta["data"]} if "data" in task.meta else {}),
+        },
+        tags={
+            **(tags or {}),
+            "n_train": len(task.train),
+            "eval_size": eval_size,
+            "final_eval_size": final_eval_size,
+            "time_budget": time_budget,
+            "sample_seed": seed if sample_seed is None else sample_seed,
+        },
         seed=seed,
     )
     if store is not None:
         store.start(experience)
 
     alive = store.keep_alive(experience.id) if store is not None else contextlib.nullcontext()
-    log_failure = (lambda exc: _log_failure(tracker, task, spec, model_name, config, experience.id, exc)) if track else None
+    log_failure = (
+        (lambda exc: _log_failure(tracker, task, spec, model_name, config, experience.id, exc)) if track else None
+    )
     with recorded_failures(store, experience.id, f"{spec.name} on {task.name}", log_failure):
         with alive:
-            result = fit(task, spec, config, backbone, run, max_length=max_length, device=torch_device, callbacks=callbacks, pool=pool)
+            result = fit(
+                task,
+                spec,
+                config,
+                backbone,
+                run,
+                max_length=max_length,
+                device=torch_device,
+                callbacks=callbacks,
+                pool=pool,
+            )
         adapter_path = None
         switches = result.metrics.get("switches", [])
         if save:
             out = out or runs_dir() / experience.id
             last = result.method or spec
             meta = {
-                "method": last.name, "label_names": task.label_names,
-                "base_model": model_name if model is None else model_path,  # absolute for local models: reloadable from anywhere
-                "max_length": max_length, "prompt_learning": last.prompt_learning, "pooling": "mean",
-                "hyperparameters": (result.config or config).as_dict(), "task": task.name, "task_fingerprint": task.fingerprint,
-                "experience_id": experience.id, **({"started_with": spec.name, "switches": switches} if switches else {}),
+                "method": last.name,
+                "label_names": task.label_names,
+                "base_model": model_name
+                if model is None
+                else model_path,  # absolute for local models: reloadable from anywhere
+                "max_length": max_length,
+                "prompt_learning": last.prompt_learning,
+                "pooling": "mean",
+                "hyperparameters": (result.config or config).as_dict(),
+                "task": task.name,
+                "task_fingerprint": task.fingerprint,
+                "experience_id": experience.id,
+                **({"started_with": spec.name, "switches": switches} if switches else {}),
             }
-            result.metrics["adapter_size_bytes"] = save_classifier(result.model, out, kind=_prepare_to_save(result.model, last, switches), meta=meta)
+            result.metrics["adapter_size_bytes"] = save_classifier(
+                result.model, out, kind=_prepare_to_save(result.model, last, switches), meta=meta
+            )
             adapter_path = str(out.resolve())
 
     warnings = []
@@ -138,11 +200,30 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
                 params={**config.as_dict(), "seed": seed, "max_length": max_length, "n_train": len(task.train)},
                 metrics={**result.metrics, **({"forgetting_drop": forgetting["drop"]} if forgetting else {})},
                 curve=result.curve,
-                tags={"metapeft.task": task.name, "metapeft.task_fingerprint": task.fingerprint, "metapeft.method": spec.name,
-                      "metapeft.model": model_name, "metapeft.experience_id": experience.id, **(tags or {}), **_data_tags(task.meta.get("data")),
-                      **({"metapeft.switches": " → ".join([spec.name] + [f"{w['to']} (step {w['step']})" for w in switches])} if switches else {})},
-                artifacts={"task_profile.json": profile.as_dict(), "learning_curve.json": result.curve, **({"switches.json": switches} if switches else {}),
-                           **({"forgetting.json": forgetting} if forgetting else {})},
+                tags={
+                    "metapeft.task": task.name,
+                    "metapeft.task_fingerprint": task.fingerprint,
+                    "metapeft.method": spec.name,
+                    "metapeft.model": model_name,
+                    "metapeft.experience_id": experience.id,
+                    **(tags or {}),
+                    **_data_tags(task.meta.get("data")),
+                    **(
+                        {
+                            "metapeft.switches": " → ".join(
+                                [spec.name] + [f"{w['to']} (step {w['step']})" for w in switches]
+                            )
+                        }
+                        if switches
+                        else {}
+                    ),
+                },
+                artifacts={
+                    "task_profile.json": profile.as_dict(),
+                    "learning_curve.json": result.curve,
+                    **({"switches.json": switches} if switches else {}),
+                    **({"forgetting.json": forgetting} if forgetting else {}),
+                },
                 artifact_dir=adapter_path,
                 parent_run_id=parent_run_id,
             )
@@ -152,14 +233,30 @@ def train(task: Task | CausalTask, method: str = "lora", hyperparameters: dict[s
 
     if store is not None:
         store.finish(
-            experience.id, metrics=result.metrics, curve=result.curve,
-            tags={**experience.tags, "adapter_path": adapter_path, "mlflow_run_id": run_id, "stopped_by": result.stopped_by, "max_length": max_length,
-                  **({"switched": True} if switches else {})},
+            experience.id,
+            metrics=result.metrics,
+            curve=result.curve,
+            tags={
+                **experience.tags,
+                "adapter_path": adapter_path,
+                "mlflow_run_id": run_id,
+                "stopped_by": result.stopped_by,
+                "max_length": max_length,
+                **({"switched": True} if switches else {}),
+            },
         )
     return TrainResult(
-        task=task.name, method=spec.name, model=model_name, hyperparameters=config.as_dict(), metrics=result.metrics,
-        curve=result.curve, adapter_path=adapter_path, experience_id=experience.id if store is not None else None,
-        mlflow_run_id=run_id, stopped_by=result.stopped_by, warnings=warnings,
+        task=task.name,
+        method=spec.name,
+        model=model_name,
+        hyperparameters=config.as_dict(),
+        metrics=result.metrics,
+        curve=result.curve,
+        adapter_path=adapter_path,
+        experience_id=experience.id if store is not None else None,
+        mlflow_run_id=run_id,
+        stopped_by=result.stopped_by,
+        warnings=warnings,
     )
 
 
@@ -179,9 +276,13 @@ def recorded_failures(store: ExperienceStore | None, experience_id: str, what: s
             store.mark(experience_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         if log_failure is not None:
             log_failure(exc)
-        error = exc if isinstance(exc, MetapeftError) else MetapeftError(
-            f"training {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience_id})"
-        )  # fmt: skip
+        error = (
+            exc
+            if isinstance(exc, MetapeftError)
+            else MetapeftError(
+                f"training {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience_id})"
+            )
+        )
         error.experience_id = experience_id if store is not None else None
         if error is exc:
             raise
@@ -204,9 +305,18 @@ def _log_failure(tracker, task: Task, spec, model_name: str, config, experience_
     """Failed runs go to MLflow too (status FAILED, the error as a tag), best effort."""
     try:
         (tracker or _default_tracker()).log_run(
-            name=f"{task.name}/{spec.name}", params=config.as_dict(), metrics={}, curve=[], status="FAILED",
-            tags={"metapeft.task": task.name, "metapeft.method": spec.name, "metapeft.model": model_name,
-                  "metapeft.experience_id": experience_id, "metapeft.error": f"{type(exc).__name__}: {exc}"[:5000]},
+            name=f"{task.name}/{spec.name}",
+            params=config.as_dict(),
+            metrics={},
+            curve=[],
+            status="FAILED",
+            tags={
+                "metapeft.task": task.name,
+                "metapeft.method": spec.name,
+                "metapeft.model": model_name,
+                "metapeft.experience_id": experience_id,
+                "metapeft.error": f"{type(exc).__name__}: {exc}"[:5000],
+            },
         )
     except Exception as tracking_error:
         log.warning(f"MLflow logging of the failed run failed: {tracking_error}")
@@ -231,11 +341,15 @@ def usable_output(path: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise MetapeftError(f"output {out} exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()):
-        raise MetapeftError(f"output folder {out} is not empty (saving there would mix this run with what it holds); choose a new folder or remove it")
+        raise MetapeftError(
+            f"output folder {out} is not empty (saving there would mix this run with what it holds); choose a new folder or remove it"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MetapeftError(f"cannot create output folder {out} ({exc.filename}: {exc.strerror}); choose a writable place") from None
+        raise MetapeftError(
+            f"cannot create output folder {out} ({exc.filename}: {exc.strerror}); choose a writable place"
+        ) from None
     return out
 
 
@@ -244,5 +358,10 @@ def _data_tags(data: dict | None) -> dict[str, str]:
     if not data:
         return {}
     dvc = data.get("dvc") or {}
-    named = {"metapeft.data_md5": data.get("md5"), "metapeft.data_repo": dvc.get("repo"), "metapeft.data_path": dvc.get("path"), "metapeft.data_rev": dvc.get("rev")}
+    named = {
+        "metapeft.data_md5": data.get("md5"),
+        "metapeft.data_repo": dvc.get("repo"),
+        "metapeft.data_path": dvc.get("path"),
+        "metapeft.data_rev": dvc.get("rev"),
+    }
     return {k: str(v) for k, v in named.items() if v}

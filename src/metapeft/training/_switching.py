@@ -21,10 +21,16 @@ from ._callbacks import Switch, TrainerCallback, TrainerState
 class SwitchPolicy:
     """When the controller switches."""
 
-    threshold: float = field(default=0.8, metadata={"help": "P(another method ends better) at or above which the run switches to it."})
-    latest: float = field(default=0.75, metadata={"help": "Last fraction of the budget at which a switch is considered."})
+    threshold: float = field(
+        default=0.8, metadata={"help": "P(another method ends better) at or above which the run switches to it."}
+    )
+    latest: float = field(
+        default=0.75, metadata={"help": "Last fraction of the budget at which a switch is considered."}
+    )
     max_switches: int = field(default=1, metadata={"help": "Switches a run may make."})
-    methods: list[str] | None = field(default=None, metadata={"help": "Methods it may switch to (default: every method the meta-learner knows)."})
+    methods: list[str] | None = field(
+        default=None, metadata={"help": "Methods it may switch to (default: every method the meta-learner knows)."}
+    )
 
     def __post_init__(self) -> None:
         from .._errors import OptionError
@@ -64,17 +70,32 @@ class SwitchController(TrainerCallback):
             p = float(norm.cdf((a["mean"] - forecast.mean) / math.hypot(sd, forecast.sd)))
             if best is None or p > best[0]:
                 best = (p, r, a["mean"])
-        decision = {"step": state.step, "method": state.method, "forecast": {"mean": round(forecast.mean, 4), "low": round(forecast.low, 4),
-                    "high": round(forecast.high, 4), "level": forecast.level}}  # fmt: skip
+        decision = {
+            "step": state.step,
+            "method": state.method,
+            "forecast": {
+                "mean": round(forecast.mean, 4),
+                "low": round(forecast.low, 4),
+                "high": round(forecast.high, 4),
+                "level": forecast.level,
+            },
+        }
         if best is None:
             self.decisions.append({**decision, "switched": False})
             return None
         p, r, expected = best
-        decision.update(alternative=r.method, alternative_expected=round(expected, 4), p_better=round(p, 4), switched=p >= self.policy.threshold)
+        decision.update(
+            alternative=r.method,
+            alternative_expected=round(expected, 4),
+            p_better=round(p, 4),
+            switched=p >= self.policy.threshold,
+        )
         self.decisions.append(decision)
         if p < self.policy.threshold:
             return None
         hp = {k: v for k, v in r.hyperparameters.items() if k != "max_steps"}
-        reason = (f"{state.method} forecast {forecast.mean:.3f} [{forecast.low:.3f}, {forecast.high:.3f}] at step {state.max_steps}; "
-                  f"{r.method} expected {expected:.3f} in the {left} steps left")  # fmt: skip
+        reason = (
+            f"{state.method} forecast {forecast.mean:.3f} [{forecast.low:.3f}, {forecast.high:.3f}] at step {state.max_steps}; "
+            f"{r.method} expected {expected:.3f} in the {left} steps left"
+        )
         return Switch(r.method, hp, reason, round(p, 4))
