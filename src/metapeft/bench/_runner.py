@@ -18,8 +18,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from .._errors import MetapeftError
-from ..experience import Experience, ExperienceStore
-from ..experience._store import process_gone
+from ..experience import Experience, ExperienceStore, process_gone
 from ._design import Design, RunSpec, expand, scoring_pool
 
 _metadata = sa.MetaData()
@@ -67,13 +66,8 @@ def release_stale_claims(store: ExperienceStore, retry_failed: bool = False) -> 
 
 
 def finished_keys(store: ExperienceStore, design_name: str | None = None) -> set[str]:
-    """Design keys of finished runs (read with one light query: tags only, not whole records)."""
-    from ..experience._store import experiences
-
-    key = experiences.c.tags["design_key"].as_string()
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(key).where(experiences.c.status == "finished", key.is_not(None))).scalars().all()
-    return {k for k in rows if k and (design_name is None or k.startswith(design_name + "/"))}
+    """Design keys of finished runs."""
+    return {k for k in store.tag_values("design_key") if design_name is None or k.startswith(design_name + "/")}
 
 
 def progress_counts(store: ExperienceStore, keys: set[str]) -> dict[str, int]:

@@ -481,6 +481,14 @@ class ExperienceStore:
         with self._reading(), self._engine.connect() as conn:
             return int(conn.execute(stmt).scalar())
 
+    def tag_values(self, tag: str, status: str = "finished") -> list[str]:
+        """The values of tag ``tag`` on the records with ``status`` that have it (one light query: tags only, not
+        whole records)."""
+        value = experiences.c.tags[tag].as_string()
+        stmt = sa.select(value).where(experiences.c.status == status, value.is_not(None))
+        with self._reading(), self._engine.connect() as conn:
+            return [v for v in conn.execute(stmt).scalars().all() if v]
+
     # --- exchange ----------------------------------------------------------------------------------------------
     def export_jsonl(self, path: str | Path, **filters: Any) -> int:
         n = 0

@@ -74,8 +74,7 @@ def adapt(
     Returns:
         An :class:`AdaptResult`.
     """
-    from ..training._model import save_classifier
-    from ..training._run import usable_output
+    from ..training import save_classifier, usable_output
 
     if shots < 1:
         raise MetapeftError(f"--shots must be at least 1, got {shots}")

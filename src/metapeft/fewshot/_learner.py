@@ -24,8 +24,7 @@ from torch import nn
 from .._errors import MetapeftError
 from ..methods import get_method
 from ..tasks import Split
-from ..training._engine import Batches, build_classifier
-from ..training._model import TextClassifier
+from ..training import Batches, TextClassifier, build_classifier
 
 ALGORITHMS = ("reptile", "fomaml")
 OUTER_OPTIMIZERS = ("sgd", "adam")

@@ -498,7 +498,7 @@ def _fail_dead_trials(study) -> None:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from ..experience._store import process_gone
+    from ..experience import process_gone
 
     storage, host = study._storage, socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

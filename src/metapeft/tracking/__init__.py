@@ -198,7 +198,7 @@ class MLflowTracker:
         search must not look as if it were still running. Returns how many were closed."""
         import socket
 
-        from ..experience._store import process_gone
+        from ..experience import process_gone
 
         runs = self.client.search_runs(
             [self.experiment_id],

@@ -3,14 +3,15 @@
 from ._callbacks import Progress, Stop, StopWhen, Switch, SwitchAt, TimeBudget, TrainerCallback, TrainerState
 from ._causal import backend_methods
 from ._config import RunConfig
-from ._engine import FitResult, build_classifier, evaluate, fit
+from ._engine import Batches, FitResult, build_classifier, evaluate, fit
 from ._forgetting import LinearProbe
 from ._memory import MemoryCount
-from ._model import SavedClassifier, TextClassifier, load_classifier
-from ._run import TrainResult, train
+from ._model import SavedClassifier, TextClassifier, load_classifier, save_classifier
+from ._run import TrainResult, train, usable_output
 from ._switching import SwitchController, SwitchPolicy
 
 __all__ = [
+    "Batches",
     "FitResult",
     "LinearProbe",
     "backend_methods",
@@ -33,5 +34,7 @@ __all__ = [
     "evaluate",
     "fit",
     "load_classifier",
+    "save_classifier",
     "train",
+    "usable_output",
 ]
