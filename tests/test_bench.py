@@ -45,6 +45,21 @@ def _finished_keys(url: str) -> Counter:
     return Counter(r.tags["design_key"] for r in ExperienceStore(url).query(status="finished"))
 
 
+def _bench_command(suite, url: str) -> list[str]:
+    """``metapeft bench`` on the test suite's design into ``url``, as a user's process (add ``--workers``)."""
+    return [
+        sys.executable,
+        "-c",
+        "from metapeft.cli import run; run()",
+        "bench",
+        str(suite),
+        "--design",
+        str(suite / "design.json"),
+        "--storage",
+        url,
+    ]
+
+
 def test_design_expands_deterministically(suite):
     design = Design.load(suite / "design.json")
     runs = expand(design, ["sst2_a", "sst2_b"])
@@ -163,17 +178,7 @@ def test_bench_runs_keep_per_example_outcomes(bench_store):
 @pytest.mark.slow  # several minutes on 2 cores: run by .ci/run's second step
 def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):
     url = f"sqlite:///{tmp_path / 'k.db'}"
-    args = [
-        sys.executable,
-        "-c",
-        "from metapeft.cli import run; run()",
-        "bench",
-        str(suite),
-        "--design",
-        str(suite / "design.json"),
-        "--storage",
-        url,
-    ]
+    args = _bench_command(suite, url)
     proc = subprocess.Popen(
         args + ["--workers", "2"],
         cwd=REPO,
@@ -214,17 +219,7 @@ def test_ctrl_c_stops_the_bench_without_a_traceback_and_loses_nothing(suite, tmp
     """Ctrl-C (SIGINT to the whole process group, pressed twice as impatient users do) ends the bench with exit code
     130 and no traceback; a run it cut is marked interrupted, not left running."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    args = [
-        sys.executable,
-        "-c",
-        "from metapeft.cli import run; run()",
-        "bench",
-        str(suite),
-        "--design",
-        str(suite / "design.json"),
-        "--storage",
-        url,
-    ]
+    args = _bench_command(suite, url)
     proc = subprocess.Popen(
         args + ["--workers", "1"],
         cwd=REPO,
