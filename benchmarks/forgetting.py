@@ -5,7 +5,8 @@ is a frozen linear probe (:class:`metapeft.training.LinearProbe`): a logistic re
 embeddings of two suite tasks that no run here trains on (512 training and 500 test examples each), fitted and
 scored with the pretrained encoder and again with the trained one. The drop is in points, averaged over the two
 probe tasks; full fine-tuning is the reference. Switching runs are those the switching benchmark trained
-(``benchmarks/results/switching.jsonl``), re-run here with the probe.
+(``benchmarks/results/switching.jsonl``): it probes them itself (the same probe), and older ones without the
+figures are re-run here with the probe.
 
     uv run python benchmarks/forgetting.py                 # resumable; one line per run
     uv run python benchmarks/forgetting.py --summary       # the table (benchmarks/results/forgetting.md)
@@ -19,9 +20,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from switching import PROBES  # the probe the switching benchmark runs on its own runs
 
 TASKS = "sst2,trec6,banking77"
-PROBES = "dbpedia14,dair_emotion"
 METHODS = (
     "full_finetuning",
     "lora",
@@ -45,7 +46,7 @@ def summary(lines: list[dict]) -> str:
             if x["to"] is None
             else "switching, PEFT methods only"
             if x["peft_only"]
-            else "switching into full fine-tuning"
+            else "switching to or from full fine-tuning"
         )
         by.setdefault(group, []).append(x)
     probes = list(dict.fromkeys(k for x in lines for k in x["forgetting"]["probe"]))
@@ -81,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=TASKS)
     parser.add_argument("--probes", default=PROBES)
+    parser.add_argument("--methods", default=",".join(METHODS), help="the static runs' methods")
     parser.add_argument("--suite", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
     parser.add_argument("--switching", default=str(Path(__file__).parent / "results" / "switching.jsonl"))
     parser.add_argument("--out", default=str(OUT))
@@ -114,7 +116,14 @@ def main() -> None:
         if Path(args.switching).exists()
         else []
     )
-    plan = [(t, m, None) for t in tasks for m in METHODS]
+    plan = [(t, m, None) for t in tasks for m in args.methods.split(",")]
+    for x in switched:  # probed by the switching benchmark itself: taken as they are
+        name = f"{x['start']} → {x['to']} at {x['step']}" if x["kind"] == "run" else None
+        if name and "forgetting" in x and not any(y["task"] == x["task"] and y["name"] == name for y in lines):
+            line = {"name": name, **x, "peft_only": "full_finetuning" not in (x["start"], x["to"])}
+            with out.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            lines.append(line)
     plan += [
         (
             x["task"],
@@ -126,7 +135,7 @@ def main() -> None:
             },
         )
         for x in switched
-        if x["kind"] == "run" and x["task"] in tasks
+        if x["kind"] == "run" and "forgetting" not in x
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     for task, method, decision in plan:

@@ -5,20 +5,21 @@ at its defaults, 80 steps, curve points every 20 steps on 300 held-out examples,
 so that its static runs are the baselines and each switching run differs from one of them only by the switch. A
 task is planned once all ten of its static runs are in the bench's store.
 
-For each task, with the meta-learner and the learning-curve forecaster fitted on the shipped prior without the task:
+For each task, with the meta-learner and the learning-curve forecaster fitted on the shipped prior without the task
+(the forecaster with the surrogate's out-of-task predictions, as ``train --switch`` fits it):
 1. the recommended static method is the ranking's first at 80 steps; the switching run starts with the first one
-   whose learning can be merged (the same one unless the first is prompt, prefix or P-tuning);
+   whose learning can be merged (the same one unless the first is prompt, prefix or P-tuning), or with LoRA at its
+   defaults (what a user picks unaided); a PEFT-only variant recommends and switches among PEFT methods only;
 2. the controller is run on the prior's curve of that start method (the switching run's curve up to its switch is
    that curve: same data, seed and settings), which gives, for every threshold, where it would switch and to what;
-3. each distinct switch is trained for real (merge-and-continue); a threshold that never switches ends with the
-   static run itself.
+3. each distinct switch is trained for real (merge-and-continue), with the linear probe of the forgetting benchmark
+   (``forgetting.py``); a threshold that never switches ends with the static run itself.
 Baselines from the static runs: the recommended static method, the best static method in hindsight, and successive
 halving (every method's curve at a quarter of the budget, the best one kept: its 80-step run; it costs 10 × 20 + 60 =
 260 steps of training against 80).
 
     uv run python benchmarks/switching.py                   # plans, then trains the switches; resumable
-    uv run python benchmarks/switching.py --start lora      # switching runs that start from LoRA at its defaults
-    uv run python benchmarks/switching.py --summary         # the table (benchmarks/results/switching.md)
+    uv run python benchmarks/switching.py --summary         # the tables (benchmarks/results/switching.md)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ TASKS = (
     "sst2,sst5,trec6,banking77,clinc150,ag_news,mrpc,sick_entailment,tweet_irony,financial_phrasebank,cola,yelp_stars"
 )
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+PROBES = "dbpedia14,dair_emotion"  # the linear probe of every switching run (forgetting); no task here trains on them
 OUT = Path(__file__).parent / "results" / "switching.jsonl"
 
 
@@ -50,8 +52,9 @@ def static_runs(store, task: str) -> dict:
     }
 
 
-def plan(task: str, records, static: dict, first: str) -> dict:
-    """Steps 1–2 of the protocol for one task."""
+def plan(task: str, records, static: dict, variants: list[str], expected: dict[str, float]) -> list[dict]:
+    """Steps 1–2 of the protocol for one task, for each variant (``recommended``, a method name, either with
+    ``:peft``: recommend and switch among PEFT methods only); one meta-learner and forecaster fit serves them all."""
     from metapeft.experience import task_group
     from metapeft.meta import CurveForecaster, MetaPEFT
     from metapeft.methods import get_method
@@ -62,32 +65,44 @@ def plan(task: str, records, static: dict, first: str) -> dict:
     started = time.monotonic()
     meta = MetaPEFT(experiences=train, include_own=False, include_prior=False)
     meta.fit()
-    forecaster = CurveForecaster().fit(train)
+    forecaster = CurveForecaster().fit(train, {r.id: expected[r.id] for r in train if r.id in expected})
+    fit_s = round(time.monotonic() - started, 1)
     profile = own.profile
-    ranking = meta.recommend(profile, budget={"max_steps": 80})
-    recommended = ranking[0].method
-    start = next(r.method for r in ranking if get_method(r.method).mergeable) if first == "recommended" else first
-    curve = [p for p in static[start].curve]
-    controller = SwitchController(meta, profile, forecaster, SwitchPolicy(threshold=0.5, max_switches=1))
-    for i, point in enumerate(curve[:-1]):
-        state = TrainerState(max_steps=80, step=point["step"], method=start, curve=curve[: i + 1])
-        switch = controller.should_switch(
-            state
-        )  # at threshold 0.5: every decision a threshold of the table could take
-        if switch is not None:
-            controller.decisions[-1]["hyperparameters"] = switch.hyperparameters
-    return {
-        "task": task,
-        "kind": "plan",
-        "first": first,
-        "recommended": recommended,
-        "start": start,
-        "decisions": controller.decisions,
-        "static": {m: r.metrics["accuracy"] for m, r in static.items()},
-        "quarter": {m: next((p["accuracy"] for p in r.curve if p["step"] == 20), None) for m, r in static.items()},
-        "start_curve": curve,
-        "fit_s": round(time.monotonic() - started, 1),
-    }
+    plans = []
+    for variant in variants:
+        first, peft_only = variant.removesuffix(":peft"), variant.endswith(":peft")
+        allowed = [m for m in static if not peft_only or get_method(m).kind == "peft"]
+        ranking = meta.recommend(profile, methods=allowed, budget={"max_steps": 80})
+        recommended = ranking[0].method
+        start = next(r.method for r in ranking if get_method(r.method).mergeable) if first == "recommended" else first
+        curve = [p for p in static[start].curve]
+        policy = SwitchPolicy(threshold=0.5, max_switches=1, methods=allowed)
+        controller = SwitchController(meta, profile, forecaster, policy)
+        for i, point in enumerate(curve[:-1]):
+            state = TrainerState(max_steps=80, step=point["step"], method=start, curve=curve[: i + 1])
+            switch = controller.should_switch(state)  # at 0.5: every decision a threshold of the table could take
+            if switch is not None:
+                controller.decisions[-1]["hyperparameters"] = switch.hyperparameters
+        plans.append(
+            {
+                "task": task,
+                "kind": "plan",
+                "first": first,
+                "peft_only": peft_only,
+                "recommended": recommended,
+                "start": start,
+                "decisions": controller.decisions,
+                "static": {m: r.metrics["accuracy"] for m, r in static.items() if m in allowed},
+                "quarter": {
+                    m: next((p["accuracy"] for p in r.curve if p["step"] == 20), None)
+                    for m, r in static.items()
+                    if m in allowed
+                },
+                "start_curve": curve,
+                "fit_s": fit_s,
+            }
+        )
+    return plans
 
 
 def switch_of(decisions: list[dict], threshold: float) -> dict | None:
@@ -141,17 +156,23 @@ def run_switch(task_name: str, start: str, decision: dict | None, suite: str, ca
 
 def summary(lines: list[dict]) -> str:
     parts = []
-    for first in dict.fromkeys(x.get("first", "recommended") for x in lines if x["kind"] == "plan"):
-        parts.append(
-            f"### Starting with {'the recommended method (the first of the ranking that can be merged)' if first == 'recommended' else first + ' at its defaults'}\n"
+    plans = [x for x in lines if x["kind"] == "plan"]
+    for first, peft_only in dict.fromkeys((x.get("first", "recommended"), x.get("peft_only", False)) for x in plans):
+        start = (
+            "the recommended method (the first of the ranking that can be merged)"
+            if first == "recommended"
+            else first + " at its defaults"
         )
-        parts.append(
-            _table([x for x in lines if x["kind"] != "plan" or x.get("first", "recommended") == first], lines)
-        )
+        parts.append(f"### Starting with {start}{', PEFT methods only' if peft_only else ''}\n")
+        mine = [x for x in plans if (x.get("first", "recommended"), x.get("peft_only", False)) == (first, peft_only)]
+        parts.append(_table(mine, lines))
     return "\n".join(parts)
 
 
 def _table(lines: list[dict], every: list[dict]) -> str:
+    from metapeft.training import SwitchPolicy
+
+    default = SwitchPolicy().threshold  # the threshold `train --switch` ships with
     plans = {x["task"]: x for x in lines if x["kind"] == "plan"}
     runs = {(x["task"], x["start"], x["step"], x["to"]): x for x in every if x["kind"] == "run"}
     out = [
@@ -180,7 +201,7 @@ def _table(lines: list[dict], every: list[dict]) -> str:
             gains.append(100 * (accuracy - p["static"][p["recommended"]]))
             near += 100 * (best - accuracy) <= 1
             vs_sh.append(100 * (accuracy - sh))
-            if threshold == 0.8:
+            if threshold == default:
                 details.append(
                     f"| {task} | {p['recommended']} {100 * p['static'][p['recommended']]:.1f} | {p['start']} → {d['alternative'] + ' at ' + str(d['step']) if d else 'no switch'} "
                     f"| {100 * accuracy:.1f} | {max(p['static'], key=p['static'].get)} {100 * best:.1f} | {100 * sh:.1f} |"
@@ -193,7 +214,7 @@ def _table(lines: list[dict], every: list[dict]) -> str:
         out
         + [
             "",
-            "At threshold 0.8, per task (accuracy %, 1,000 held-out examples):",
+            f"At the default threshold, {default}, per task (accuracy %, 1,000 held-out examples):",
             "",
             "| task | recommended static | switching | policy | best static in hindsight | successive halving |",
             "|---|---:|---|---:|---:|---:|",
@@ -216,9 +237,10 @@ def main() -> None:
     )
     parser.add_argument("--plan-only", action="store_true", help="fit and simulate the controller; train nothing")
     parser.add_argument(
-        "--start",
-        default="recommended",
-        help="the method a switching run starts with: recommended, or a method at its defaults (what a user picks unaided)",
+        "--variants",
+        default="recommended,lora,lora:peft",
+        help="where switching runs start: recommended, or a method at its defaults (what a user picks unaided); "
+        "':peft' recommends and switches among PEFT methods only",
     )
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
@@ -246,29 +268,41 @@ def main() -> None:
         lines.append(line)
 
     from metapeft.experience import ExperienceStore
+    from metapeft.meta._recommend import PACKAGED_EXPECTED
+    from metapeft.tasks import load_suite
+    from metapeft.training import LinearProbe
 
+    suite = {e.name: e for e in load_suite(args.suite)}
+    probe = LinearProbe([suite[name].load() for name in PROBES.split(",")])
     store = ExperienceStore(args.static)
+
+    variants = args.variants.split(",")
+    # the surrogate's out-of-task predictions that ship with the prior, as `train --switch` reads them (made with
+    # five task folds: the training curves' inputs come from surrogates that may have seen the held-out task, a
+    # second-order leak; the held-out run's own input comes from this plan's meta-learner, fitted without it)
+    expected = json.loads(PACKAGED_EXPECTED.read_text())
+
+    def variant(x: dict) -> str:
+        return x.get("first", "recommended") + (":peft" if x.get("peft_only") else "")
+
     for task in args.tasks.split(","):
         static = static_runs(store, task)
         if len(static) < 10:
             print(f"{task}: {len(static)} of its 10 static runs in {args.static}: not planned yet", flush=True)
             continue
-        if not any(
-            x["kind"] == "plan" and x["task"] == task and x.get("first", "recommended") == args.start for x in lines
-        ):
-            write(plan(task, records, static, args.start))
-            p = lines[-1]
+        done = {variant(x) for x in lines if x["kind"] == "plan" and x["task"] == task}
+        todo = [v for v in variants if v not in done]
+        for p in plan(task, records, static, todo, expected) if todo else []:
+            write(p)
             print(
-                f"{task}: recommended {p['recommended']}, start {p['start']}, decisions "
+                f"{task} ({variant(p)}): recommended {p['recommended']}, start {p['start']}, decisions "
                 + ", ".join(f"{d['step']}: {d.get('alternative')} P={d.get('p_better')}" for d in p["decisions"]),
                 flush=True,
             )
     if args.plan_only:
         return
     for p in [
-        x
-        for x in lines
-        if x["kind"] == "plan" and x["task"] in args.tasks.split(",") and x.get("first", "recommended") == args.start
+        x for x in lines if x["kind"] == "plan" and x["task"] in args.tasks.split(",") and variant(x) in variants
     ]:
         task = p["task"]
         todo = {
@@ -284,7 +318,7 @@ def main() -> None:
                 for x in lines
             ):
                 continue
-            write(run_switch(task, p["start"], d, args.suite))
+            write(run_switch(task, p["start"], d, args.suite, callbacks=[probe]))
             print(
                 f"{task}: {p['start']} → {to} at {step}: accuracy {lines[-1]['accuracy']:.4f} ({lines[-1]['wall_s']} s)",
                 flush=True,

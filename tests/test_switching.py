@@ -124,14 +124,34 @@ def test_virtual_tokens_cannot_be_switched_from(small_task):
 
 @pytest.fixture(scope="module")
 def controller_parts():
-    from metapeft.meta import CurveForecaster, MetaPEFT
+    from metapeft.meta import MetaPEFT
     from metapeft.prior import PriorExperience
 
     records = PriorExperience().records()
     meta = MetaPEFT(include_own=False)
     meta.fit()
     profile = next(r.profile for r in records if r.task_name == "sst2@1024")
-    return meta, profile, CurveForecaster().fit(records)
+    return meta, profile, meta.forecaster()  # what `train --switch` uses: with the shipped surrogate predictions
+
+
+def test_the_forecaster_reads_the_surrogates_out_of_task_predictions(controller_parts):
+    """The prior ships the surrogate's out-of-task prediction of each of its runs (``write_packaged_model``); the
+    forecaster `train --switch` uses is fitted with them, and early in a run its forecast moves with the
+    surrogate's expectation."""
+    import json
+
+    from metapeft.experience import usable
+    from metapeft.meta._recommend import PACKAGED_EXPECTED
+    from metapeft.prior import PriorExperience
+
+    shipped = json.loads(PACKAGED_EXPECTED.read_text())
+    assert set(shipped) == {r.id for r in PriorExperience().records() if usable(r)}
+    assert all(0 <= v <= 1 for v in shipped.values())
+    meta, _, forecaster = controller_parts
+    assert forecaster.reads_expected
+    curve = [{"step": 20, "accuracy": 0.6}]
+    low, high = (forecaster.predict("lora", 2, curve, 80, expected).mean for expected in (0.55, 0.9))
+    assert high > low + 0.01
 
 
 def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(controller_parts):
@@ -140,7 +160,7 @@ def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(c
     meta, profile, forecaster = controller_parts
 
     def decide(accuracies):
-        controller = SwitchController(meta, profile, forecaster, SwitchPolicy(threshold=0.8))
+        controller = SwitchController(meta, profile, forecaster, SwitchPolicy())  # the shipped threshold
         state = TrainerState(
             max_steps=80,
             step=20 * len(accuracies),
@@ -150,10 +170,11 @@ def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(c
         return controller.should_switch(state), (controller.decisions or [None])[-1]
 
     failing, why = decide([0.50, 0.51])  # stuck at chance on sst2, where every method reaches ~0.85 in 40 steps
-    assert failing is not None and failing.method != "lora" and failing.p_better >= 0.8 and why["switched"]
+    threshold = SwitchPolicy().threshold
+    assert failing is not None and failing.method != "lora" and failing.p_better >= threshold and why["switched"]
     assert "max_steps" not in failing.hyperparameters  # the engine gives it the steps left
     healthy, why = decide([0.86, 0.89])
-    assert healthy is None and why["p_better"] < 0.8 and not why["switched"]
+    assert healthy is None and why["p_better"] < threshold and not why["switched"]
     late, _ = decide([0.50, 0.50, 0.50, 0.50])  # past the last point a switch is considered at, nothing is switched
     assert late is None
 
@@ -238,5 +259,44 @@ def test_switch_bad_input_is_one_line(tmp_path):
     assert bad.returncode == 2 and "--switch needs at least 8 steps" in bad.stderr
     bad = run_cli("train", "example", "--switch", "--switch-threshold", "1.5", "--max-steps", "40")
     assert bad.returncode == 2 and "--switch-threshold must be in [0.5, 1)" in bad.stderr
+    bad = run_cli("train", "example", "--switch", "--peft-only", "--method", "full_finetuning", "--max-steps", "40")
+    assert bad.returncode == 2 and "--peft-only: full_finetuning is not a PEFT method" in bad.stderr
+    bad = run_cli("train", "example", "--peft-only", "--method", "lora", "--max-steps", "40")
+    assert bad.returncode == 2 and "--peft-only restricts the methods --switch starts with" in bad.stderr
     bad = run_cli("train", "example", "--method", "auto")
     assert bad.returncode == 2 and "--method auto picks the recommended method for --switch" in bad.stderr
+
+
+@pytest.mark.slow
+def test_train_switch_peft_only_starts_and_switches_among_peft_methods_and_reloads(tmp_path):
+    """The issue's check with the PEFT-only constraint: `train example --switch --peft-only` (~1.5 min)."""
+    import json
+
+    from conftest import run_cli
+
+    from metapeft.tasks import load_task
+
+    done = run_cli(
+        "train",
+        "example",
+        "--switch",
+        "--peft-only",
+        "--max-steps",
+        "40",
+        "--json",
+        "--no-track",
+        "-o",
+        str(tmp_path / "out"),
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    peft = {"lora", "dora", "adalora", "ia3", "loha", "prompt_tuning", "prefix_tuning", "p_tuning"}
+    assert result["method"] in peft and result["switch_decisions"]
+    assert all(d["alternative"] in peft for d in result["switch_decisions"] if "alternative" in d)
+    assert all(s["to"] in peft for s in result["switches"])
+    classifier = load_classifier(result["adapter_path"])
+    task = load_task("example")
+    predicted = classifier.predict(task.test.texts)
+    accuracy = float(np.mean([p == task.label_names[y] for p, y in zip(predicted, task.test.labels)]))
+    assert accuracy == pytest.approx(result["metrics"]["accuracy"], abs=0.02)

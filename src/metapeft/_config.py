@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# P(another method ends better) at which a run switches: chosen by benchmarks/switching.py (BENCHMARKS.md)
+DEFAULT_SWITCH_THRESHOLD = 0.7
 
 
 def data_dir() -> Path:

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from ._config import DEFAULT_SWITCH_THRESHOLD
 from ._environment import interrupt_once, quiet_libraries
 from ._errors import MetapeftError, OptionError
 
@@ -356,7 +357,14 @@ def train(
     label_column: LabelColumn = None,
     meta_init: MetaInitOption = True,
     switch: SwitchOption = False,
-    switch_threshold: SwitchThresholdOption = 0.8,
+    switch_threshold: SwitchThresholdOption = DEFAULT_SWITCH_THRESHOLD,
+    peft_only: Annotated[
+        bool,
+        typer.Option(
+            "--peft-only",
+            help="With --switch: start with and switch to PEFT methods only (no full fine-tuning or head-only).",
+        ),
+    ] = False,
     probe: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -416,7 +424,9 @@ def train(
         raise MetapeftError(
             "--method auto picks the recommended method for --switch; without --switch, name a method (`metapeft recommend` ranks them)"
         )
-    policy, steps = _switch_policy(method, hyperparameters, switch_threshold) if switch else (None, None)
+    if peft_only and not switch:
+        raise MetapeftError("--peft-only restricts the methods --switch starts with and switches to: add --switch")
+    policy, steps = _switch_policy(method, hyperparameters, switch_threshold, peft_only) if switch else (None, None)
     if method != "auto":
         get_method(method).make_config(hyperparameters)  # fail on bad input before loading anything heavy
     run = _options(
@@ -563,13 +573,16 @@ def train(
         )
 
 
-def _switch_policy(method: str, hyperparameters: dict, threshold: float):
+def _switch_policy(method: str, hyperparameters: dict, threshold: float, peft_only: bool = False):
     """``--switch``'s checks, before anything heavy loads: the policy and the run's steps."""
-    from .methods import get_method
+    from .methods import get_method, list_methods
     from .training import SwitchPolicy
 
-    policy = _options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=threshold)
+    methods = [m.name for m in list_methods() if m.kind == "peft"] if peft_only else None
+    policy = _options(SwitchPolicy, {"threshold": "switch_threshold"}, threshold=threshold, methods=methods)
     spec = get_method("lora" if method == "auto" else method)  # auto: the budget's checks are every method's
+    if peft_only and spec.kind != "peft":
+        raise MetapeftError(f"--peft-only: {method} is not a PEFT method; use --method lora, or auto")
     if not spec.mergeable:
         raise MetapeftError(
             f"--switch needs a first method whose learning can be merged into the weights; {method} adds virtual tokens instead: use --method lora, or auto"
@@ -627,7 +640,7 @@ def _switch_controller(
     profile, method: str, hyperparameters: dict, budget: dict | None, policy, store, model: str | None
 ):
     """The meta-learner, the forecaster fitted on its experience, and the first method (``auto``: the best-ranked
-    one whose learning can be merged)."""
+    one of the policy's methods whose learning can be merged)."""
     from .meta import MetaPEFT
     from .methods import get_method
     from .training import SwitchController
@@ -635,9 +648,8 @@ def _switch_controller(
     meta = MetaPEFT(store, model=model)
     meta.fit()
     if method == "auto":
-        method = next(
-            r.method for r in meta.recommend(profile.as_dict(), budget=budget) if get_method(r.method).mergeable
-        )
+        ranking = meta.recommend(profile.as_dict(), methods=policy.methods, budget=budget)
+        method = next(r.method for r in ranking if get_method(r.method).mergeable)
         get_method(method).make_config(hyperparameters)
     return SwitchController(meta, profile.as_dict(), meta.forecaster(), policy), method
 
@@ -1508,7 +1520,7 @@ def tune(
     pair_column: PairColumn = None,
     label_column: LabelColumn = None,
     switch: SwitchOption = False,
-    switch_threshold: SwitchThresholdOption = 0.8,
+    switch_threshold: SwitchThresholdOption = DEFAULT_SWITCH_THRESHOLD,
     data_rev: DataRevOption = None,
     backend: BackendOption = "torch",
 ) -> None:
@@ -1611,7 +1623,7 @@ def autotune(
     label_column: LabelColumn = None,
     meta_init: MetaInitOption = True,
     switch: SwitchOption = False,
-    switch_threshold: SwitchThresholdOption = 0.8,
+    switch_threshold: SwitchThresholdOption = DEFAULT_SWITCH_THRESHOLD,
     data_rev: DataRevOption = None,
 ) -> None:
     """Profile → recommend → tune → train the pick → register it in MLflow's model registry with the decision."""

@@ -9,7 +9,14 @@ from ._embedding import Cell, TaskEmbedder
 from ._evaluate import Constraint, evaluate
 from ._forecast import CurveForecaster, Forecast
 from ._protocol import Selector, check_selector
-from ._recommend import MetaPEFT, MethodRecommendation, SettingCheck, SimilarTask, ship_prior
+from ._recommend import (
+    MetaPEFT,
+    MethodRecommendation,
+    SettingCheck,
+    SimilarTask,
+    out_of_task_predictions,
+    ship_prior,
+)
 from ._surrogate import Candidate, Prediction, Surrogate
 
 __all__ = [
@@ -28,5 +35,6 @@ __all__ = [
     "TaskEmbedder",
     "check_selector",
     "evaluate",
+    "out_of_task_predictions",
     "ship_prior",
 ]

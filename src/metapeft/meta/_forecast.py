@@ -61,8 +61,11 @@ class CurveForecaster:
             raise ValueError(f"level must be in (0, 1), got {level}")
         self.level, self.folds, self.seed = level, folds, seed
         self.methods = [m.name for m in list_methods()]
+        self.reads_expected = False  # fitted with the surrogate's predictions: ``expected`` is an input
 
-    def features(self, method: str, num_classes: int, curve: list[dict], total_steps: int) -> list[float]:
+    def features(
+        self, method: str, num_classes: int, curve: list[dict], total_steps: int, expected: float | None = None
+    ) -> list[float]:
         last = curve[-1]
         before = curve[-2]["accuracy"] if len(curve) > 1 else last["accuracy"]
         chance = 1.0 / max(2, num_classes)
@@ -74,10 +77,13 @@ class CurveForecaster:
             math.log(total_steps),
             chance,
             last["accuracy"] - chance,
+            *([math.nan if expected is None else expected - last["accuracy"]] if self.reads_expected else []),
             *(float(method == m) for m in self.methods),
         ]
 
-    def _rows(self, records: list[Experience]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    def _rows(
+        self, records: list[Experience], expected: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         x, y, fractions, groups = [], [], [], []
         for r in records:
             if not usable(r):
@@ -85,7 +91,8 @@ class CurveForecaster:
             total = int(r.metrics.get("steps") or r.hyperparameters.get("max_steps") or 0)
             for seen, final in curve_rows(r):
                 if total and seen[-1]["step"] < total:
-                    x.append(self.features(r.method, int((r.profile or {}).get("num_classes", 2)), seen, total))
+                    num_classes = int((r.profile or {}).get("num_classes", 2))
+                    x.append(self.features(r.method, num_classes, seen, total, expected.get(r.id)))
                     y.append(final - seen[-1]["accuracy"])  # the gain still to come
                     fractions.append(seen[-1]["step"] / total)
                     groups.append(task_group(r))
@@ -105,11 +112,21 @@ class CurveForecaster:
             random_state=self.seed,
         )
 
-    def fit(self, records: list[Experience]) -> CurveForecaster:
-        """Fit on the curves of ``records`` (finished runs with at least two curve points)."""
+    def fit(self, records: list[Experience], expected: dict[str, float] | None = None) -> CurveForecaster:
+        """Fit on the curves of ``records`` (finished runs with at least two curve points).
+
+        Args:
+            records: The experience.
+            expected: The surrogate's out-of-task prediction of each run's final accuracy, by record id (runs
+                without one are fitted without it).
+
+        Returns:
+            The fitted forecaster.
+        """
         from sklearn.model_selection import GroupKFold
 
-        x, y, fractions, groups = self._rows(records)  # y: the gain from each point to the end
+        self.reads_expected = bool(expected)  # a column of missing values only is one the trees cannot bin
+        x, y, fractions, groups = self._rows(records, expected or {})  # y: the gain from each point to the end
         if len(y) < 50 or len(set(groups)) < self.folds:
             raise ValueError(
                 f"a curve forecaster needs curves of at least {self.folds} tasks and 50 points; the experience has {len(set(groups))} tasks, {len(y)} points"
@@ -128,14 +145,16 @@ class CurveForecaster:
         self.points_ = len(y)
         return self
 
-    def predict(self, method: str, num_classes: int, curve: list[dict], total_steps: int) -> Forecast:
+    def predict(
+        self, method: str, num_classes: int, curve: list[dict], total_steps: int, expected: float | None = None
+    ) -> Forecast:
         """The final accuracy of a run of ``method`` on a task of ``num_classes`` labels, ``total_steps`` long, whose
-        curve so far is ``curve`` (points with ``step`` and ``accuracy``)."""
+        curve so far is ``curve`` (points with ``step`` and ``accuracy``); ``expected`` is the surrogate's
+        prediction for the run, if there is one."""
         if not curve:
             raise ValueError("a forecast needs at least one curve point")
-        mean = curve[-1]["accuracy"] + float(
-            self.model.predict(np.asarray([self.features(method, num_classes, curve, total_steps)]))[0]
-        )
+        row = self.features(method, num_classes, curve, total_steps, expected)
+        mean = curve[-1]["accuracy"] + float(self.model.predict(np.asarray([row]))[0])
         fraction = curve[-1]["step"] / total_steps
         _, low, high = next(b for b in self.bounds if fraction <= b[0] or b is self.bounds[-1])
         return Forecast(

@@ -31,6 +31,8 @@ from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 7
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
+# the surrogate's out-of-task predictions of the prior's runs: an input of the curve forecaster (``_forecast``)
+PACKAGED_EXPECTED = PACKAGED_MODEL.with_name("expected.json")
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
 SURE = 0.7  # how often, over the surrogate's joint draws, a method must beat the incumbent to be ranked above it
@@ -543,10 +545,20 @@ class MetaPEFT:
         return self._derived["risk"]
 
     def forecaster(self) -> CurveForecaster:
-        """The learning-curve forecaster fitted on this experience's curves (once; refitted when it changes)."""
+        """The learning-curve forecaster fitted on this experience's curves (once; refitted when it changes), with
+        the surrogate's out-of-task predictions that ship with the prior as an input (your own runs have none)."""
         if "forecaster" not in self._derived:
-            self._derived["forecaster"] = CurveForecaster().fit(self.experiences())
+            shipped = json.loads(PACKAGED_EXPECTED.read_text()) if PACKAGED_EXPECTED.exists() else {}
+            records = self.experiences()
+            expected = {r.id: shipped[r.id] for r in records if r.id in shipped}
+            self._derived["forecaster"] = CurveForecaster().fit(records, expected)
         return self._derived["forecaster"]
+
+    def expected_accuracy(self, task, method: str, hyperparameters: dict[str, Any]) -> float:
+        """The surrogate's expected final accuracy of one run of ``method`` with ``hyperparameters`` (the rest at
+        the method's defaults) on ``task`` (a Task, a profile or a path)."""
+        pred = self._fitted().predict(self.profile(task), [Candidate(method, hyperparameters)])
+        return float(pred.mean[0, 0])
 
     def _by_fingerprint(self) -> dict[str, list[Experience]]:
         """The experience's runs by their dataset's fingerprint (a task's own runs condition its prediction)."""
@@ -739,12 +751,52 @@ def ship_prior(store: ExperienceStore, design_name: str) -> int:
 
 def write_packaged_model(path: str | Path = PACKAGED_MODEL) -> int:
     """Fit the meta-learner on the shipped prior alone and store it in the package, so that a fresh install
-    recommends at once (and, with its own runs, updates this fit instead of starting over)."""
+    recommends at once (and, with its own runs, updates this fit instead of starting over); beside it, the
+    surrogate's out-of-task predictions of the prior's runs, which the curve forecaster reads."""
     meta = MetaPEFT(experiences=_prior_records(), include_own=False)
     meta.fit()
     records = meta.experiences()
     _save(Path(path), meta.surrogate, _experience_key(records), len(records), sorted(r.id for r in records))
+    expected = json.dumps(out_of_task_predictions(records), sort_keys=True)
+    _atomic_write(Path(path).with_name(PACKAGED_EXPECTED.name), lambda tmp: Path(tmp).write_text(expected))
     return len(records)
+
+
+def out_of_task_predictions(
+    records: list[Experience], folds: int | list[set[str]] = 5, seed: int = 0, progress=None
+) -> dict[str, float]:
+    """Each run's final accuracy as the surrogate predicts it without the run's task: the tasks are split into
+    folds, and a meta-learner fitted on the other folds predicts each fold's runs (unconditioned on the task's
+    own runs). These are the surrogate's inputs to the curve forecaster's fit: in-sample predictions would be
+    too good, and the forecaster would trust them more than a new task deserves.
+
+    Args:
+        records: The experience.
+        folds: How many folds, or the folds themselves (sets of task groups).
+        seed: Shuffles the tasks into folds.
+        progress: Called with a line after each fold.
+
+    Returns:
+        The predicted final accuracy by record id.
+    """
+    records = [r for r in records if usable(r)]
+    if isinstance(folds, int):
+        groups = sorted({task_group(r) for r in records})
+        np.random.default_rng(seed).shuffle(groups)
+        folds = [set(groups[i::folds]) for i in range(folds)]
+    expected: dict[str, float] = {}
+    for i, held in enumerate(folds):
+        meta = MetaPEFT(experiences=[r for r in records if task_group(r) not in held], include_own=False).fit()
+        by_profile: dict[str, list[Experience]] = {}
+        for r in records:
+            if task_group(r) in held:
+                by_profile.setdefault(json.dumps(r.profile, sort_keys=True), []).append(r)
+        for runs in by_profile.values():
+            pred = meta.surrogate.predict(runs[0].profile, [Candidate(r.method, r.hyperparameters) for r in runs])
+            expected.update({r.id: round(float(m), 5) for r, m in zip(runs, pred.mean[:, 0])})
+        if progress:
+            progress(f"fold {i + 1}/{len(folds)}: the surrogate predicted {len(expected)} runs out of task")
+    return expected
 
 
 def _prior_records() -> list[Experience]:

@@ -27,7 +27,8 @@ from typing import Any
 class TrainerState:
     """What a callback sees: the step just taken (1-based) of ``max_steps``, its loss, seconds of training so far
     (evaluation excluded), the learning curve so far, the model and optimiser (to read, not to replace), the method
-    being trained and the switches made so far."""
+    being trained and its settings (after a switch: the next method's, ``max_steps`` the steps it was given), and
+    the switches made so far."""
 
     max_steps: int
     step: int = 0
@@ -37,6 +38,7 @@ class TrainerState:
     model: Any = None
     optimizer: Any = None
     method: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
     switches: list[dict] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 

@@ -157,7 +157,9 @@ def fit(
 
     memory = MemoryCount(device)
     callbacks = [memory, *([TimeBudget(run.time_budget)] if run.time_budget is not None else []), *callbacks]
-    state = TrainerState(max_steps=steps, model=classifier, optimizer=optimizer, method=method.name)
+    state = TrainerState(
+        max_steps=steps, model=classifier, optimizer=optimizer, method=method.name, hyperparameters=config.as_dict()
+    )
     outcomes: dict[str, str] = {}
     eval_time = 0.0
     tokens = 0
@@ -337,7 +339,7 @@ def _switch(
         encoder = get_peft_model(encoder, peft_config)
     classifier.encoder = encoder.to(device)
     classifier.prompt_learning = target.prompt_learning
-    state.method = target.name
+    state.method, state.hyperparameters = target.name, config.as_dict()
     state.switches.append(
         {
             "step": state.step,

@@ -1,7 +1,8 @@
 """The switching controller: follow the learning curve, switch when another method is expected to finish better.
 
 At each learning-curve point up to ``latest`` of the budget, the controller forecasts the current method's accuracy
-at the end of the budget (:class:`~metapeft.meta.CurveForecaster`, an interval from the experience's curves) and
+at the end of the budget (:class:`~metapeft.meta.CurveForecaster`, an interval from the experience's curves, which
+also reads the meta-learner's expectation for the run's method and settings) and
 asks the meta-learner what each other method is expected to reach if trained for the steps left, from scratch (a
 switched run starts from what was learned, so this errs on the side of staying). With both read as normal, it
 computes P(the other ends better) and switches to the likeliest when that is at least ``threshold``. The engine's
@@ -14,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._config import DEFAULT_SWITCH_THRESHOLD
 from ._callbacks import Switch, TrainerCallback, TrainerState
 
 
@@ -22,7 +24,8 @@ class SwitchPolicy:
     """When the controller switches."""
 
     threshold: float = field(
-        default=0.8, metadata={"help": "P(another method ends better) at or above which the run switches to it."}
+        default=DEFAULT_SWITCH_THRESHOLD,
+        metadata={"help": "P(another method ends better) at or above which the run switches to it."},
     )
     latest: float = field(
         default=0.75, metadata={"help": "Last fraction of the budget at which a switch is considered."}
@@ -61,7 +64,9 @@ class SwitchController(TrainerCallback):
         if len(state.switches) >= self.policy.max_switches or state.step / state.max_steps > self.policy.latest:
             return None
         left = state.max_steps - state.step
-        forecast = self.forecaster.predict(state.method, self.num_classes, state.curve, state.max_steps)
+        settings = {**state.hyperparameters, "max_steps": state.max_steps}
+        expected = self.meta.expected_accuracy(self.profile, state.method, settings)
+        forecast = self.forecaster.predict(state.method, self.num_classes, state.curve, state.max_steps, expected)
         names = [m for m in (self.policy.methods or self.meta.surrogate.encoder.methods) if m != state.method]
         best = None
         for r in self.meta.recommend(self.profile, methods=names, budget={"max_steps": left}):
