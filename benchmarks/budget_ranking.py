@@ -39,9 +39,9 @@ def summarise(acc: dict, methods: int) -> dict:
     tasks, gains, ranks = [], defaultdict(list), {b: defaultdict(list) for b in BUDGETS}
     for task, by in sorted(acc.items()):
         short, long = by.get(BUDGETS[0], {}), by.get(BUDGETS[1], {})
-        if len(short) < methods or len(long) < methods:
+        names = sorted(set(short) & set(long))  # the methods run at both budgets
+        if len(names) < methods:
             continue
-        names = sorted(short)
         a, b = np.array([short[m] for m in names]), np.array([long[m] for m in names])
         for budget, values in zip(BUDGETS, (a, b)):
             order = (-values).argsort().argsort() + 1  # 1 = best

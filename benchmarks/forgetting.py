@@ -39,8 +39,17 @@ OUT = Path(__file__).parent / "results" / "forgetting.jsonl"
 
 
 def summary(lines: list[dict]) -> str:
+    """Static methods on the tasks every method ran on, switching runs by kind; then each switching run beside its
+    start and target methods' static runs on the same task, where those ran (the task moves the probe too)."""
+    methods_of: dict[str, set] = {}
+    for x in lines:
+        if x["to"] is None:
+            methods_of.setdefault(x["task"], set()).add(x["name"])
+    complete = {t for t, names in methods_of.items() if set(METHODS) <= names}
     by: dict[str, list[dict]] = {}
     for x in lines:
+        if x["to"] is None and x["task"] not in complete:
+            continue
         group = (
             x["name"]
             if x["to"] is None
@@ -67,6 +76,19 @@ def summary(lines: list[dict]) -> str:
             + " | ".join(f"{d:+.1f}" for d in each)
             + f" | {100 * np.mean([x['accuracy'] for x in xs]):.1f} |"
         )
+    static = {(x["task"], x["name"]): x["forgetting"]["drop"] for x in lines if x["to"] is None}
+    out += [
+        "",
+        "Each switching run beside its start and target methods' static runs on the same task (probe drop, points):",
+        "",
+        "| task | switching run | its drop | static start | static target |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for x in lines:
+        start, target = static.get((x["task"], x["start"])), static.get((x["task"], x["to"]))
+        if x["to"] is not None and (start is not None or target is not None):
+            shown = ["—" if v is None else f"{v:+.1f}" for v in (start, target)]
+            out.append(f"| {x['task']} | {x['name']} | {x['forgetting']['drop']:+.1f} | {shown[0]} | {shown[1]} |")
     before = {k: v["before"] for x in lines for k, v in x["forgetting"]["probe"].items()}
     return "\n".join(
         out

@@ -237,6 +237,12 @@ def main() -> None:
     )
     parser.add_argument("--plan-only", action="store_true", help="fit and simulate the controller; train nothing")
     parser.add_argument(
+        "--default-lr",
+        action="store_true",
+        help="re-run the trained switches of --tasks with the target method's default learning rates "
+        "(results/switching_default_lr.jsonl): forgetting against the suggested settings",
+    )
+    parser.add_argument(
         "--variants",
         default="recommended,lora,lora:peft",
         help="where switching runs start: recommended, or a method at its defaults (what a user picks unaided); "
@@ -268,7 +274,7 @@ def main() -> None:
         lines.append(line)
 
     from metapeft.experience import ExperienceStore
-    from metapeft.meta._recommend import PACKAGED_EXPECTED
+    from metapeft.prior import expected_accuracies
     from metapeft.tasks import load_suite
     from metapeft.training import LinearProbe
 
@@ -280,7 +286,7 @@ def main() -> None:
     # the surrogate's out-of-task predictions that ship with the prior, as `train --switch` reads them (made with
     # five task folds: the training curves' inputs come from surrogates that may have seen the held-out task, a
     # second-order leak; the held-out run's own input comes from this plan's meta-learner, fitted without it)
-    expected = json.loads(PACKAGED_EXPECTED.read_text())
+    expected = expected_accuracies()
 
     def variant(x: dict) -> str:
         return x.get("first", "recommended") + (":peft" if x.get("peft_only") else "")
@@ -300,6 +306,27 @@ def main() -> None:
                 flush=True,
             )
     if args.plan_only:
+        return
+    if args.default_lr:
+        from metapeft.methods import get_method
+
+        again = out.with_name("switching_default_lr.jsonl")
+        done = [json.loads(x) for x in again.read_text().splitlines() if x.strip()] if again.exists() else []
+        for x in [x for x in lines if x["kind"] == "run" and x["switches"] and x["task"] in args.tasks.split(",")]:
+            key = (x["task"], x["start"], x["step"], x["to"])
+            if any((y["task"], y["start"], y["step"], y["to"]) == key for y in done):
+                continue
+            default = get_method(x["to"]).make_config({})
+            hp = {**x["switches"][0]["hyperparameters"], "learning_rate": default.learning_rate}
+            hp.update(head_learning_rate=default.head_learning_rate)
+            hp.pop("max_steps", None)
+            d = {"step": x["step"], "alternative": x["to"], "hyperparameters": hp}
+            line = {**run_switch(x["task"], x["start"], d, args.suite, callbacks=[probe]), "suggested": x["accuracy"]}
+            with again.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            done.append(line)
+            drop = line["forgetting"]["drop"]
+            print(f"{x['task']}: {x['start']} → {x['to']} at the default lr: {line['accuracy']:.4f}, drop {drop:+.2f}")
         return
     for p in [
         x for x in lines if x["kind"] == "plan" and x["task"] in args.tasks.split(",") and variant(x) in variants

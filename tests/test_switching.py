@@ -138,13 +138,10 @@ def test_the_forecaster_reads_the_surrogates_out_of_task_predictions(controller_
     """The prior ships the surrogate's out-of-task prediction of each of its runs (``write_packaged_model``); the
     forecaster `train --switch` uses is fitted with them, and early in a run its forecast moves with the
     surrogate's expectation."""
-    import json
-
     from metapeft.experience import usable
-    from metapeft.meta._recommend import PACKAGED_EXPECTED
-    from metapeft.prior import PriorExperience
+    from metapeft.prior import PriorExperience, expected_accuracies
 
-    shipped = json.loads(PACKAGED_EXPECTED.read_text())
+    shipped = expected_accuracies()
     assert set(shipped) == {r.id for r in PriorExperience().records() if usable(r)}
     assert all(0 <= v <= 1 for v in shipped.values())
     meta, _, forecaster = controller_parts

@@ -31,8 +31,6 @@ from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
 
 CACHE_VERSION = 7
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
-# the surrogate's out-of-task predictions of the prior's runs: an input of the curve forecaster (``_forecast``)
-PACKAGED_EXPECTED = PACKAGED_MODEL.with_name("expected.json")
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
 SURE = 0.7  # how often, over the surrogate's joint draws, a method must beat the incumbent to be ranked above it
@@ -548,7 +546,9 @@ class MetaPEFT:
         """The learning-curve forecaster fitted on this experience's curves (once; refitted when it changes), with
         the surrogate's out-of-task predictions that ship with the prior as an input (your own runs have none)."""
         if "forecaster" not in self._derived:
-            shipped = json.loads(PACKAGED_EXPECTED.read_text()) if PACKAGED_EXPECTED.exists() else {}
+            from ..prior import expected_accuracies
+
+            shipped = expected_accuracies()
             records = self.experiences()
             expected = {r.id: shipped[r.id] for r in records if r.id in shipped}
             self._derived["forecaster"] = CurveForecaster().fit(records, expected)
@@ -758,7 +758,7 @@ def write_packaged_model(path: str | Path = PACKAGED_MODEL) -> int:
     records = meta.experiences()
     _save(Path(path), meta.surrogate, _experience_key(records), len(records), sorted(r.id for r in records))
     expected = json.dumps(out_of_task_predictions(records), sort_keys=True)
-    _atomic_write(Path(path).with_name(PACKAGED_EXPECTED.name), lambda tmp: Path(tmp).write_text(expected))
+    _atomic_write(Path(path).with_name("expected.json"), lambda tmp: Path(tmp).write_text(expected))
     return len(records)
 
 

@@ -1,6 +1,7 @@
 """The shipped prior: real fine-tuning experience over the 40-task reference suite, which every install starts
 with (protocol: docs/benchmark-protocol.md; design: ``design.json``; records: ``experiences.jsonl.gz``; the
-meta-learner fitted on them: ``surrogate.safetensors``).
+meta-learner fitted on them: ``surrogate.safetensors``; its out-of-task prediction of each run, which the curve
+forecaster reads: ``expected.json``).
 
 It is read-only and kept apart from the user's own runs: :class:`PriorExperience` serves it with the same
 read interface as :class:`~metapeft.experience.ExperienceStore`, and :func:`experiences` merges the two
@@ -22,6 +23,7 @@ from ..experience import Experience, ExperienceStore
 HERE = Path(__file__).resolve().parent
 DESIGN_PATH = HERE / "design.json"
 EXPERIENCES_PATH = HERE / "experiences.jsonl.gz"
+EXPECTED_PATH = HERE / "expected.json"
 SOURCE = "prior"
 
 
@@ -60,6 +62,12 @@ class PriorExperience:
 
 
 @functools.lru_cache(maxsize=2)
+def expected_accuracies() -> dict[str, float]:
+    """The shipped surrogate's out-of-task prediction of each prior run's final accuracy, by record id (empty when
+    the file is absent)."""
+    return json.loads(EXPECTED_PATH.read_text()) if EXPECTED_PATH.exists() else {}
+
+
 def _load(path: str) -> list[Experience]:
     p = Path(path)
     if not p.exists():
