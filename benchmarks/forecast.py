@@ -33,17 +33,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "forecast.json"))
     args = parser.parse_args()
 
-    from metapeft.experience import ExperienceStore, task_group, usable
-    from metapeft.meta import out_of_task_predictions
+    from metapeft.experience import ExperienceStore, usable
+    from metapeft.meta import out_of_task_predictions, task_folds
     from metapeft.prior import PriorExperience
 
     records = [r for r in PriorExperience().records() if usable(r)]
     if args.store:
         records += [r for r in ExperienceStore(args.store).iter(status="finished") if usable(r)]
-    groups = sorted({task_group(r) for r in records})
-    rng = np.random.default_rng(0)
-    rng.shuffle(groups)
-    folds = [set(groups[i :: args.folds]) for i in range(args.folds)]
+    folds = task_folds(records, args.folds)  # the folds out_of_task_predictions makes by default
     expected = {}
     if args.surrogate:  # kept between runs: five meta-learner fits
         cache = Path(__file__).resolve().parents[1] / ".bench" / f"forecast-expected-{args.folds}.json"
@@ -55,7 +52,7 @@ def main() -> None:
     summary = {
         "machine": f"{platform.machine()}",
         "runs": len(records),
-        "tasks": len(groups),
+        "tasks": len(set().union(*folds)),
         "folds": args.folds,
         **scores(records, folds, {}),
     }

@@ -16,6 +16,7 @@ from ._recommend import (
     SimilarTask,
     out_of_task_predictions,
     ship_prior,
+    task_folds,
 )
 from ._surrogate import Candidate, Prediction, Surrogate
 
@@ -37,4 +38,5 @@ __all__ = [
     "evaluate",
     "out_of_task_predictions",
     "ship_prior",
+    "task_folds",
 ]

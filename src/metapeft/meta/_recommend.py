@@ -757,9 +757,18 @@ def write_packaged_model(path: str | Path = PACKAGED_MODEL) -> int:
     meta.fit()
     records = meta.experiences()
     _save(Path(path), meta.surrogate, _experience_key(records), len(records), sorted(r.id for r in records))
+    from ..prior import EXPECTED_PATH
+
     expected = json.dumps(out_of_task_predictions(records), sort_keys=True)
-    _atomic_write(Path(path).with_name("expected.json"), lambda tmp: Path(tmp).write_text(expected))
+    _atomic_write(Path(path).with_name(EXPECTED_PATH.name), lambda tmp: Path(tmp).write_text(expected))
     return len(records)
+
+
+def task_folds(records: list[Experience], folds: int = 5, seed: int = 0) -> list[set[str]]:
+    """The records' task groups shuffled (by ``seed``) into ``folds`` sets of nearly equal size."""
+    groups = sorted({task_group(r) for r in records})
+    np.random.default_rng(seed).shuffle(groups)
+    return [set(groups[i::folds]) for i in range(folds)]
 
 
 def out_of_task_predictions(
@@ -772,7 +781,7 @@ def out_of_task_predictions(
 
     Args:
         records: The experience.
-        folds: How many folds, or the folds themselves (sets of task groups).
+        folds: How many folds (:func:`task_folds` with ``seed``), or the folds themselves.
         seed: Shuffles the tasks into folds.
         progress: Called with a line after each fold.
 
@@ -781,9 +790,7 @@ def out_of_task_predictions(
     """
     records = [r for r in records if usable(r)]
     if isinstance(folds, int):
-        groups = sorted({task_group(r) for r in records})
-        np.random.default_rng(seed).shuffle(groups)
-        folds = [set(groups[i::folds]) for i in range(folds)]
+        folds = task_folds(records, folds, seed)
     expected: dict[str, float] = {}
     for i, held in enumerate(folds):
         meta = MetaPEFT(experiences=[r for r in records if task_group(r) not in held], include_own=False).fit()
