@@ -79,16 +79,35 @@ def summary(lines: list[dict]) -> str:
     static = {(x["task"], x["name"]): x["forgetting"]["drop"] for x in lines if x["to"] is None}
     out += [
         "",
-        "Each switching run beside its start and target methods' static runs on the same task (probe drop, points):",
+        "Each switching run: its probe drop beside its start and target methods' static runs on the same task (where "
+        "those ran; the task moves the probe too), and its recovery on the curve's 300 held-out examples, evaluated "
+        "1, 2, 3, 4, 6, 8, 10 and 12 steps after the switch:",
         "",
-        "| task | switching run | its drop | static start | static target |",
-        "|---|---|---:|---:|---:|",
+        "| task | switching run | its drop | static start | static target | accuracy before | lowest after | "
+        "back at it after (steps) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for x in lines:
-        start, target = static.get((x["task"], x["start"])), static.get((x["task"], x["to"]))
-        if x["to"] is not None and (start is not None or target is not None):
-            shown = ["—" if v is None else f"{v:+.1f}" for v in (start, target)]
-            out.append(f"| {x['task']} | {x['name']} | {x['forgetting']['drop']:+.1f} | {shown[0]} | {shown[1]} |")
+    switching = [x for x in lines if x["to"] is not None]
+    for x in switching:
+        shown = [
+            "—" if v is None else f"{v:+.1f}"
+            for v in (static.get((x["task"], x["start"])), static.get((x["task"], x["to"])))
+        ]
+        r = x.get("recovery") or {}
+        before = x["switches"][0]["accuracy_before"] if x.get("switches") else None
+        out.append(
+            f"| {x['task']} | {x['name']} | {x['forgetting']['drop']:+.1f} | {shown[0]} | {shown[1]} | "
+            + ("—" if before is None else f"{100 * before:.1f}")
+            + " | "
+            + ("—" if r.get("lowest") is None else f"{100 * r['lowest']:.1f}")
+            + " | "
+            + ("—" if not r else "not within 12" if r["steps"] is None else str(r["steps"]))
+            + " |"
+        )
+    measured = [x["recovery"] for x in switching if x.get("recovery")]
+    if measured:
+        soon = sum(r["fraction"] is not None and r["fraction"] <= 0.1 for r in measured)
+        out += ["", f"Back at the pre-switch accuracy within 10% of the steps left: {soon} of {len(measured)} runs."]
     before = {k: v["before"] for x in lines for k, v in x["forgetting"]["probe"].items()}
     return "\n".join(
         out

@@ -12,8 +12,9 @@ For each task, with the meta-learner and the learning-curve forecaster fitted on
    defaults (what a user picks unaided); a PEFT-only variant recommends and switches among PEFT methods only;
 2. the controller is run on the prior's curve of that start method (the switching run's curve up to its switch is
    that curve: same data, seed and settings), which gives, for every threshold, where it would switch and to what;
-3. each distinct switch is trained for real (merge-and-continue), with the linear probe of the forgetting benchmark
-   (``forgetting.py``); a threshold that never switches ends with the static run itself.
+3. each distinct switch is trained for real (merge-and-continue, the target at the settings the controller gives
+   it), with the linear probe of the forgetting benchmark (``forgetting.py``) and the accuracy evaluated 1–12 steps
+   after the switch (``dense_recovery``); a threshold that never switches ends with the static run itself.
 Baselines from the static runs: the recommended static method, the best static method in hindsight, and successive
 halving (every method's curve at a quarter of the budget, the best one kept: its 80-step run; it costs 10 × 20 + 60 =
 260 steps of training against 80).
@@ -110,6 +111,50 @@ def switch_of(decisions: list[dict], threshold: float) -> dict | None:
     return next((d for d in decisions if d.get("p_better") is not None and d["p_better"] >= threshold), None)
 
 
+RECOVERY_OFFSETS = (1, 2, 3, 4, 6, 8, 10, 12)
+
+
+def dense_recovery(task, max_length: int, eval_size: int = 300, sample_seed: int = 0):
+    """A callback: after the run's first switch, the accuracy on the curve's held-out examples (the rows the
+    engine's curve uses) at each of ``RECOVERY_OFFSETS`` steps; the curve has a point every 20 steps, and the
+    recovery target is 10% of the steps left (6 of 60). Evaluating draws no random numbers: the run trains as it
+    would without it."""
+    from metapeft._backbone import load_tokenizer
+    from metapeft.tasks import stratified_indices
+    from metapeft.training import Batches, TrainerCallback, evaluate
+
+    rows = np.sort(stratified_indices(task.test.labels, eval_size, sample_seed))
+    data = Batches(load_tokenizer(), task.test.select(rows), max_length)
+
+    class DenseRecovery(TrainerCallback):
+        at: int | None = None
+
+        def on_train_begin(self, state):
+            self.at, self.points = None, []
+
+        def on_switch(self, state):
+            self.at = state.step if self.at is None else self.at
+
+        def on_step_end(self, state):
+            if self.at is not None and state.step - self.at in RECOVERY_OFFSETS:
+                accuracy = evaluate(state.model, data, next(state.model.parameters()).device)[0]
+                self.points.append({"offset": state.step - self.at, "accuracy": accuracy})
+
+        def on_train_end(self, state):
+            if self.at is None or not self.points:
+                return
+            before = state.switches[0]["accuracy_before"]
+            back = next((p["offset"] for p in self.points if p["accuracy"] >= before), None)
+            state.metrics["recovery"] = {
+                "points": self.points,
+                "lowest": min(p["accuracy"] for p in self.points),
+                "steps": back,
+                "fraction": None if back is None else round(back / (state.max_steps - self.at), 4),
+            }
+
+    return DenseRecovery()
+
+
 def run_switch(task_name: str, start: str, decision: dict | None, suite: str, callbacks=()) -> dict:
     """Step 3: the start method for 80 steps, switched at the decision's step (the bench's protocol); with no
     decision, the static run (``callbacks`` watch the run too: the forgetting benchmark's probe)."""
@@ -136,7 +181,11 @@ def run_switch(task_name: str, start: str, decision: dict | None, suite: str, ca
             "batch_size": 16,
             "max_length": hyperparameters["max_length"],
         }
-        callbacks = [SwitchAt(decision["step"], decision["alternative"], target_hp, reason="benchmark"), *callbacks]
+        callbacks = [
+            SwitchAt(decision["step"], decision["alternative"], target_hp, reason="benchmark"),
+            dense_recovery(task, hyperparameters["max_length"]),
+            *callbacks,
+        ]
     started = time.monotonic()
     result = train(task, start, hyperparameters, run, profile=profile, callbacks=callbacks)
     return {
@@ -148,7 +197,7 @@ def run_switch(task_name: str, start: str, decision: dict | None, suite: str, ca
         "accuracy": result.metrics["accuracy"],
         "curve": result.curve,
         "switches": result.metrics.get("switches", []),
-        **({"forgetting": result.metrics["forgetting"]} if "forgetting" in result.metrics else {}),
+        **{k: result.metrics[k] for k in ("forgetting", "recovery") if k in result.metrics},
         "wall_s": round(time.monotonic() - started, 1),
         "machine": f"{platform.machine()}, torch threads 1",
     }
@@ -237,12 +286,6 @@ def main() -> None:
     )
     parser.add_argument("--plan-only", action="store_true", help="fit and simulate the controller; train nothing")
     parser.add_argument(
-        "--default-lr",
-        action="store_true",
-        help="re-run the trained switches of --tasks with the target method's default learning rates "
-        "(results/switching_default_lr.jsonl): forgetting against the suggested settings",
-    )
-    parser.add_argument(
         "--variants",
         default="recommended,lora,lora:peft",
         help="where switching runs start: recommended, or a method at its defaults (what a user picks unaided); "
@@ -306,27 +349,6 @@ def main() -> None:
                 flush=True,
             )
     if args.plan_only:
-        return
-    if args.default_lr:
-        from metapeft.methods import get_method
-
-        again = out.with_name("switching_default_lr.jsonl")
-        done = [json.loads(x) for x in again.read_text().splitlines() if x.strip()] if again.exists() else []
-        for x in [x for x in lines if x["kind"] == "run" and x["switches"] and x["task"] in args.tasks.split(",")]:
-            key = (x["task"], x["start"], x["step"], x["to"])
-            if any((y["task"], y["start"], y["step"], y["to"]) == key for y in done):
-                continue
-            default = get_method(x["to"]).make_config({})
-            hp = {**x["switches"][0]["hyperparameters"], "learning_rate": default.learning_rate}
-            hp.update(head_learning_rate=default.head_learning_rate)
-            hp.pop("max_steps", None)
-            d = {"step": x["step"], "alternative": x["to"], "hyperparameters": hp}
-            line = {**run_switch(x["task"], x["start"], d, args.suite, callbacks=[probe]), "suggested": x["accuracy"]}
-            with again.open("a") as f:
-                f.write(json.dumps(line) + "\n")
-            done.append(line)
-            drop = line["forgetting"]["drop"]
-            print(f"{x['task']}: {x['start']} → {x['to']} at the default lr: {line['accuracy']:.4f}, drop {drop:+.2f}")
         return
     for p in [
         x for x in lines if x["kind"] == "plan" and x["task"] in args.tasks.split(",") and variant(x) in variants

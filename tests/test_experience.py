@@ -236,12 +236,16 @@ def test_import_rejects_a_bad_record_naming_file_and_line_and_imports_nothing(tm
         ("latin1.jsonl", '{"task_name": "caf\xe9"}\n'.encode("latin-1"), "line 1: not UTF-8 text"),
         (
             "packed.jsonl",
-            gzip.compress(b"{}\n"),
+            gzip.compress(b"{}\n", mtime=0),
             "line 1: not UTF-8 text, so not an `experience export` file; it is gzip",
         ),
         ("plain.jsonl.gz", b'{"task_name": "t"}\n', "not a gzip-compressed file (Not a gzipped file"),
         ("garbage.jsonl.gz", bytes(range(256)) * 4, "not a gzip-compressed file"),
-        ("truncated.jsonl.gz", gzip.compress(b'{"task_name": "t"}\n' * 100)[:30], "not a gzip-compressed file"),
+        (
+            "truncated.jsonl.gz",
+            gzip.compress(b'{"task_name": "t"}\n' * 100, mtime=0)[:30],
+            "not a gzip-compressed file",
+        ),
     ],
 )
 def test_import_rejects_files_that_are_not_exports(tmp_path, name, content, message):

@@ -170,6 +170,14 @@ def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(c
     threshold = SwitchPolicy().threshold
     assert failing is not None and failing.method != "lora" and failing.p_better >= threshold and why["switched"]
     assert "max_steps" not in failing.hyperparameters  # the engine gives it the steps left
+    default = get_method(failing.method).make_config({}).learning_rate
+    suggested = why["suggested_learning_rate"]
+    assert failing.hyperparameters["learning_rate"] == min(suggested, default)  # capped at the default after a merge
+    uncapped = SwitchController(meta, profile, forecaster, SwitchPolicy(cap_learning_rate=False))
+    state = TrainerState(
+        max_steps=80, step=40, method="lora", curve=[{"step": 20, "accuracy": 0.5}, {"step": 40, "accuracy": 0.51}]
+    )
+    assert uncapped.should_switch(state).hyperparameters["learning_rate"] == suggested
     healthy, why = decide([0.86, 0.89])
     assert healthy is None and why["p_better"] < threshold and not why["switched"]
     late, _ = decide([0.50, 0.50, 0.50, 0.50])  # past the last point a switch is considered at, nothing is switched

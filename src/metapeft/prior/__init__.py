@@ -61,13 +61,13 @@ class PriorExperience:
         raise StoreError("the shipped prior is read-only; your runs go to your experience store")
 
 
-@functools.lru_cache(maxsize=2)
 def expected_accuracies() -> dict[str, float]:
     """The shipped surrogate's out-of-task prediction of each prior run's final accuracy, by record id (empty when
     the file is absent)."""
     return json.loads(EXPECTED_PATH.read_text()) if EXPECTED_PATH.exists() else {}
 
 
+@functools.lru_cache(maxsize=2)
 def _load(path: str) -> list[Experience]:
     p = Path(path)
     if not p.exists():

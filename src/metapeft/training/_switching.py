@@ -34,6 +34,14 @@ class SwitchPolicy:
     methods: list[str] | None = field(
         default=None, metadata={"help": "Methods it may switch to (default: every method the meta-learner knows)."}
     )
+    cap_learning_rate: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the next method at no more than its default learning rate. The suggested rates suit a "
+            "run from the pretrained encoder; after a merge they overwrite what the encoder knew (the forgetting "
+            "benchmark in BENCHMARKS.md: linear-probe drops up to 7 points at 4-8x the default, none at it)."
+        },
+    )
 
     def __post_init__(self) -> None:
         from .._errors import OptionError
@@ -94,11 +102,16 @@ class SwitchController(TrainerCallback):
             alternative_expected=round(expected, 4),
             p_better=round(p, 4),
             switched=p >= self.policy.threshold,
+            suggested_learning_rate=r.hyperparameters.get("learning_rate"),
         )
         self.decisions.append(decision)
         if p < self.policy.threshold:
             return None
         hp = {k: v for k, v in r.hyperparameters.items() if k != "max_steps"}
+        if self.policy.cap_learning_rate and "learning_rate" in hp:
+            from ..methods import get_method
+
+            hp["learning_rate"] = min(hp["learning_rate"], get_method(r.method).make_config({}).learning_rate)
         reason = (
             f"{state.method} forecast {forecast.mean:.3f} [{forecast.low:.3f}, {forecast.high:.3f}] at step {state.max_steps}; "
             f"{r.method} expected {expected:.3f} in the {left} steps left"
