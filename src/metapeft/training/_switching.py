@@ -39,7 +39,8 @@ class SwitchPolicy:
         metadata={
             "help": "Train the next method at no more than its default learning rate. The suggested rates suit a "
             "run from the pretrained encoder; after a merge they overwrite what the encoder knew (the forgetting "
-            "benchmark in BENCHMARKS.md: linear-probe drops up to 7 points at 4-8x the default, none at it)."
+            "benchmark in BENCHMARKS.md: linear-probe drops up to 7 points at 4-8x the default; at it, no more "
+            "than static runs)."
         },
     )
 
