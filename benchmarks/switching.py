@@ -117,8 +117,9 @@ RECOVERY_OFFSETS = (1, 2, 3, 4, 6, 8, 10, 12)
 def dense_recovery(task, max_length: int, eval_size: int = 300, sample_seed: int = 0):
     """A callback: after the run's first switch, the accuracy on the curve's held-out examples (the rows the
     engine's curve uses) at each of ``RECOVERY_OFFSETS`` steps; the curve has a point every 20 steps, and the
-    recovery target is 10% of the steps left (6 of 60). Evaluating draws no random numbers: the run trains as it
-    would without it."""
+    recovery target is 10% of the steps left (6 of 60). ``steps`` is the first offset whose accuracy is at or above
+    the pre-switch one (as each switch's ``recovery_steps`` counts on the curve). Evaluating draws no random
+    numbers: the run trains as it would without it."""
     from metapeft._backbone import load_tokenizer
     from metapeft.tasks import stratified_indices
     from metapeft.training import Batches, TrainerCallback, evaluate
@@ -127,8 +128,6 @@ def dense_recovery(task, max_length: int, eval_size: int = 300, sample_seed: int
     data = Batches(load_tokenizer(), task.test.select(rows), max_length)
 
     class DenseRecovery(TrainerCallback):
-        at: int | None = None
-
         def on_train_begin(self, state):
             self.at, self.points = None, []
 
