@@ -19,6 +19,7 @@ class Watch(TrainerCallback):
             list(range(24)), torch.device("cpu")
         )
         self.schedule, self.at_point, self.at_switch, self.events = schedule, {}, {}, []
+        self.head_steps, self.fresh = {}, {}
 
     def _logits(self, state):
         state.model.eval()
@@ -36,6 +37,12 @@ class Watch(TrainerCallback):
     def on_switch(self, state):
         self.events.append((state.step, state.method, type(state.optimizer).__name__))
         self.at_switch[state.step] = self._logits(state)
+        # the head keeps its optimiser state (its step count runs on from the start); the new method starts fresh
+        head = list(state.model.head.parameters())
+        self.head_steps[state.step] = {int(state.optimizer.state.get(p, {}).get("step", 0)) for p in head}
+        self.fresh[state.step] = not any(
+            state.optimizer.state.get(p) for p in state.model.encoder.parameters() if p.requires_grad
+        )
 
 
 def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_reloads(
@@ -64,6 +71,7 @@ def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_re
     for step in watch.at_switch:  # the next method starts as the identity: the model predicts exactly what it did
         torch.testing.assert_close(watch.at_switch[step], watch.at_point[step], atol=1e-4, rtol=1e-4)
     assert [e[1] for e in watch.events] == chain
+    assert watch.head_steps == {step: {step} for step in watch.at_switch} and all(watch.fresh.values())
     assert all(s["accuracy_before"] is not None and s["accuracy_after"] is not None for s in switches)
     assert result.curve[-1]["method"] == "head_only" and result.metrics["steps"] == steps
     # saved as a whole encoder (what the merged methods learned is in its weights) and reloaded like any run

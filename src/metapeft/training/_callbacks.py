@@ -8,7 +8,8 @@ in this lifecycle:
    (memory counting); ``should_stop(state)``, where the first :class:`Stop` ends the run after this step;
    ``on_evaluate(state)`` after each learning-curve point; then, when the run goes on, ``should_switch(state)``,
    where the first :class:`Switch` continues the run with another method (the engine merges the current adapter
-   into the weights, keeps the head, resets the optimiser with a short warm-up, and calls ``on_switch(state)``
+   into the weights, keeps the head and its optimiser state, starts the new method's parameters on a fresh
+   optimiser with a short warm-up, and calls ``on_switch(state)``
    with ``state.switches[-1]`` describing it); ``on_step_end(state)`` last;
 3. ``on_train_end(state)`` once, also when a callback stopped the run.
 

@@ -229,7 +229,11 @@ def fit(
                         classifier, method, switch, backbone, steps - step, state, device, max_length
                     )
                     optimizer, schedule, trainable = _optimiser(
-                        classifier, config, steps - step, max(1, int((steps - step) * config.warmup_ratio))
+                        classifier,
+                        config,
+                        steps - step,
+                        max(1, int((steps - step) * config.warmup_ratio)),
+                        head_state=optimizer,
                     )
                     state.optimizer = optimizer
                     phase_start = step
@@ -279,14 +283,29 @@ def fit(
     return FitResult(classifier, metrics, curve, stopped_by, method, config)
 
 
-def _optimiser(classifier: TextClassifier, config: MethodConfig, steps: int, warmup: int):
+def _optimiser(
+    classifier: TextClassifier,
+    config: MethodConfig,
+    steps: int,
+    warmup: int,
+    head_state: torch.optim.Optimizer | None = None,
+):
     """AdamW over the head and the encoder's trainable parameters (each with its rate), with a linear warm-up of
-    ``warmup`` steps and a linear decay to 0 at ``steps``; and the trainable parameters (gradient clipping)."""
+    ``warmup`` steps and a linear decay to 0 at ``steps``; and the trainable parameters (gradient clipping).
+
+    At a switch, ``head_state`` is the optimiser so far: the head keeps its moments (it goes on learning the same
+    mapping) while the new method's parameters start fresh. A fresh AdamW's first step moves every weight by the full
+    rate whatever its gradient; on a 77- or 150-class head that halved the accuracy in one step and took 8-12 steps
+    to recover (benchmarks/switching.py, BENCHMARKS.md)."""
     encoder_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
     groups = [{"params": classifier.head.parameters(), "lr": config.head_learning_rate}]
     if encoder_params:
         groups.append({"params": encoder_params, "lr": config.learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    if head_state is not None:
+        for parameter in classifier.head.parameters():
+            if parameter in head_state.state:
+                optimizer.state[parameter] = head_state.state[parameter]
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
     )
@@ -304,7 +323,8 @@ def _switch(
     max_length: int,
 ) -> tuple[Method, MethodConfig]:
     """Merge-and-continue: fold ``current``'s adapter into the encoder's weights, keep the head, and wrap the encoder
-    with the next method for the ``remaining`` steps (ReLoRA's merge, reset, warm-up). The model's predictions are
+    with the next method for the ``remaining`` steps (ReLoRA's merge, reset, warm-up; the head keeps its optimiser
+    state, see ``_optimiser``). The model's predictions are
     the same before and after (the new adapter starts as the identity, or close to it)."""
     from peft import TaskType, get_peft_model
 
