@@ -324,8 +324,8 @@ def _switch(
 ) -> tuple[Method, MethodConfig]:
     """Merge-and-continue: fold ``current``'s adapter into the encoder's weights, keep the head, and wrap the encoder
     with the next method for the ``remaining`` steps (ReLoRA's merge, reset, warm-up; the head keeps its optimiser
-    state, see ``_optimiser``). The model's predictions are
-    the same before and after (the new adapter starts as the identity, or close to it)."""
+    state, see ``_optimiser``). The model's predictions are the same before and after (the new adapter starts as the
+    identity, or close to it)."""
     from peft import TaskType, get_peft_model
 
     from .._errors import MetapeftError
