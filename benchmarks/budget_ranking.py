@@ -6,7 +6,7 @@ held-out examples, seed 0. Per task with both passes complete: Spearman's rho be
 at the two budgets, whether the winner changes, the best-to-worst spread; per method, the mean gain from 80 to 320
 steps and the mean rank at each budget.
 
-Two figures guard against reading test-row noise as a ranking change:
+Three figures guard against reading test-row noise as a ranking change:
 - the **noise ceiling**: the Spearman two independent draws of 1,000 test rows would give between the *same* 320-step
   models (a bootstrap over the stored per-example outcomes, rows resampled alike for every method, two draws per
   replicate). An 80-vs-320 Spearman near it says the ranking held as well as the test set can tell; training-seed
@@ -15,7 +15,7 @@ Two figures guard against reading test-row noise as a ranking change:
   scores at least as well at 320 steps as the 320-step winner (near 0.5: a tie the test set cannot split).
 - the **80-step pick's regret at 320**: how far behind, at 320 steps, the method that was best at 80 ends. This is
   what selecting at 80 steps costs a user who trains for 320.
-Both are given for every method and for PEFT methods only (full fine-tuning and head-only left out). Whether 320
+All three are given for every method and for PEFT methods only (full fine-tuning and head-only left out). Whether 320
 steps is itself near convergence: the mean gain over each 320-step run's last 80 curve steps scored on the curve's own
 300 examples (200 → 280; the point at 320 is scored on the final 1,000).
 
