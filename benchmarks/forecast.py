@@ -37,9 +37,10 @@ def main() -> None:
     from metapeft.meta import out_of_task_predictions, task_folds
     from metapeft.prior import PriorExperience
 
-    records = [r for r in PriorExperience().records() if usable(r)]
-    if args.store:
-        records += [r for r in ExperienceStore(args.store).iter(status="finished") if usable(r)]
+    records = PriorExperience().records()
+    if args.store:  # a run both shipped and in the store counts once
+        records = list({r.id: r for r in records + ExperienceStore(args.store).query(status="finished")}.values())
+    records = [r for r in records if usable(r)]
     folds = task_folds(records, args.folds)  # the folds out_of_task_predictions makes by default
     expected = {}
     if args.surrogate:  # kept between runs: five meta-learner fits

@@ -331,7 +331,8 @@ def test_prior_packaging_is_read_only_apart_and_switchable(bench_store, tmp_path
 
     url, _ = bench_store
     path = tmp_path / "prior.jsonl.gz"
-    assert write_prior(ExperienceStore(url), "tiny", path) == 8
+    assert write_prior(ExperienceStore(url), ["other"], path) == 0  # only the named designs' runs
+    assert write_prior(ExperienceStore(url), ["other", "tiny"], path) == 8
     first = path.read_bytes()
     write_prior(ExperienceStore(url), "tiny", path)
     assert path.read_bytes() == first  # same runs, same bytes: the committed prior is reproducible

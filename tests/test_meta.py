@@ -462,6 +462,7 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
     )  # LoRA at its defaults against itself: every task a tie
     ours = result["selectors"]["metapeft"]
     assert 0 <= ours["ece"] <= 1 and all(0 <= ours[f"coverage_90{k}"] <= 1 for k in ("", "_time", "_memory"))
+    assert 0 < ours["interval_width_90_median"] <= 100  # points of accuracy
     assert set(result["per_task_regret"]) == {t.split("@")[0] for t in tasks}
     assert result["few_shot"]["cells"] > 0
     assert result["winners_curse"]["mean_regret"] >= 0 and 0 <= result["winners_curse"]["top1"] <= 1

@@ -1347,7 +1347,8 @@ def evaluate(
         )
         out.print(
             f"metapeft: ECE of the best-method confidence {ours['ece']:.3f} ({ours['ece_ties_as_wins']:.3f} scoring a tie for best as a win); 90% intervals cover "
-            f"{100 * ours['coverage_90']:.1f}% of held-out runs' accuracy" + (f" ({others})" if others else "")
+            f"{100 * ours['coverage_90']:.1f}% of held-out runs' accuracy (median width {ours['interval_width_90_median']:.1f} points)"
+            + (f" ({others})" if others else "")
         )
     if fs := result.get("few_shot"):
         out.print(

@@ -14,7 +14,7 @@ methods, PEFT only, a memory limit). Since those runs' accuracies are known, the
   seed A, everything scored on seed B (and the reverse). Plain regret is biased upwards: the best of many noisy runs
   beats their true best (the winner's curse), so even the truly best choice shows regret. Cross-fitting removes
   that bias: a selector that knew the true accuracies would score ≤ 0 in expectation;
-- calibration of the best-method confidence (ECE) and coverage of the 90% intervals.
+- calibration of the best-method confidence (ECE), coverage of the 90% intervals and their median width.
 
 The **winner's-curse offset** (formerly called a noise floor) is reported for what it is: E[max of noisy runs] −
 max of their true accuracies under the test set's sampling noise alone; it is the same for every selector and is
@@ -226,6 +226,7 @@ def score_cell(
         "ndcg": ndcg,
         "confidence": float(probs[0]),
         "coverage": float(inside.mean()),
+        "width": 100 * float(np.median(pred.high[:, 0] - pred.low[:, 0])),
         "runs": len(candidates),
         "picked": float(picked[0]),
         "pick": int(chosen[ranking[0]]),
@@ -498,6 +499,7 @@ def evaluate(
                 expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3
             )
             summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
+            summary["interval_width_90_median"] = round(float(np.median([r["width"] for r in rows])), 1)
             for key in ("time", "memory"):  # cells without a comparable measurement are left out
                 values = [r[f"coverage_{key}"] for r in rows if not math.isnan(r[f"coverage_{key}"])]
                 summary[f"coverage_90_{key}"] = round(float(np.mean(values)), 3) if values else None

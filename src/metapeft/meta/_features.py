@@ -88,6 +88,7 @@ COST_FREE_FIELDS = (
     "tinit_ratio",
     "tfinal_ratio",
     "prompt_init",
+    "max_steps",  # time is learned per step (the total is steps × it), and memory does not grow with the steps
 )
 
 
@@ -136,8 +137,8 @@ class ConfigEncoder:
     @property
     def cost_free_columns(self) -> list[int]:
         """Columns of settings that change what training learns but not what a step costs (learning rates, schedule,
-        regularisation, scaling, initialisation): time per step and memory are read with them at their mean, so the
-        surrogate cannot invent cost differences between settings that have none."""
+        regularisation, scaling, initialisation, the number of steps): time per step and memory are read with them at
+        their mean, so the surrogate cannot invent cost differences between settings that have none."""
         return [
             i
             for i, n in enumerate(self.names)

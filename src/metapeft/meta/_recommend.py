@@ -12,6 +12,7 @@ import hashlib
 import json
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -739,12 +740,12 @@ def _reasoning(
 # --- cache ---------------------------------------------------------------------------------------------------
 
 
-def ship_prior(store: ExperienceStore, design_name: str) -> int:
-    """Package a bench design's runs as the shipped prior and refit the meta-learner shipped beside it (the two
-    must agree: a test checks it). Returns the runs packaged."""
+def ship_prior(store: ExperienceStore, designs: str | Sequence[str]) -> int:
+    """Package bench designs' runs as the shipped prior and refit the meta-learner shipped beside it (the two must
+    agree: a test checks it). Returns the runs packaged (:func:`metapeft.prior.write_prior` says more)."""
     from ..prior import write_prior
 
-    n = write_prior(store, design_name)
+    n = write_prior(store, designs)
     write_packaged_model()
     return n
 

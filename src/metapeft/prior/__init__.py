@@ -14,7 +14,7 @@ import functools
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .._errors import StoreError
@@ -93,10 +93,20 @@ def experiences(
     return list({r.id: r for r in out}.values())
 
 
-def write_prior(store: ExperienceStore, design_name: str, path: str | Path = EXPERIENCES_PATH) -> int:
-    """Export the finished and failed runs of a bench design as the packaged prior (``source="prior"``). The
-    meta-learner shipped beside it is fitted on it by :func:`metapeft.meta.ship_prior`, which calls this."""
-    records = [r for r in store.iter() if r.tags.get("design") == design_name and r.status in ("finished", "failed")]
+def write_prior(store: ExperienceStore, designs: str | Sequence[str], path: str | Path = EXPERIENCES_PATH) -> int:
+    """Export the finished and failed runs of one or more bench designs as the packaged prior (``source="prior"``).
+    The meta-learner shipped beside it is fitted on it by :func:`metapeft.meta.ship_prior`, which calls this.
+
+    Args:
+        store: The bench store holding the designs' runs (each tagged with its ``design`` and ``design_key``).
+        designs: The design names whose runs make the prior.
+        path: Where to write it (gzipped JSON lines, byte-identical for the same runs).
+
+    Returns:
+        The runs written.
+    """
+    designs = {designs} if isinstance(designs, str) else set(designs)
+    records = [r for r in store.iter() if r.tags.get("design") in designs and r.status in ("finished", "failed")]
     records.sort(key=lambda r: r.tags.get("design_key", r.id))
     lines = []
     for r in records:
