@@ -47,22 +47,13 @@ def runs(records) -> dict[str, dict[int, dict[str, object]]]:
     return out
 
 
-def test_outcomes(records: list) -> np.ndarray | None:
-    """Runs × test rows: which rows each run got right; None unless every run stored them for the same rows (as
-    ``metapeft.meta``'s McNemar test requires)."""
-    from metapeft.experience import unpack_outcomes
-
-    stored = [r.metrics.get("outcomes") or {} for r in records]
-    if not all(o.get("test") for o in stored) or len({o.get("test_rows") for o in stored}) != 1:
-        return None
-    return np.stack([unpack_outcomes(o["test"]) for o in stored])
-
-
 def noise_ceiling(records: list, draws: int = 500, seed: int = 0) -> float | None:
     """Mean Spearman between the methods' accuracies on two independent bootstrap draws of the test rows."""
     from scipy.stats import spearmanr
 
-    correct = test_outcomes(records)  # methods × rows
+    from metapeft.experience import paired_outcomes
+
+    correct = paired_outcomes(records)  # methods × rows
     if correct is None:
         return None
     rng = np.random.default_rng(seed)
@@ -77,7 +68,9 @@ def noise_ceiling(records: list, draws: int = 500, seed: int = 0) -> float | Non
 def change_p(pick, best, draws: int = 2000, seed: int = 0) -> float | None:
     """Paired bootstrap over the test rows: the share of draws in which ``pick`` scores at least ``best`` (both
     320-step runs of one task, scored on the same rows). Small: the winner really changed; near 0.5: a tie."""
-    correct = test_outcomes([pick, best])
+    from metapeft.experience import paired_outcomes
+
+    correct = paired_outcomes([pick, best])
     if correct is None:
         return None
     diff = correct[0].astype(int) - correct[1].astype(int)

@@ -35,12 +35,10 @@ def main() -> None:
 
     from metapeft.experience import ExperienceStore, usable
     from metapeft.meta import out_of_task_predictions, task_folds
-    from metapeft.prior import PriorExperience
+    from metapeft.prior import experiences
 
-    records = PriorExperience().records()
-    if args.store:  # a run both shipped and in the store counts once
-        records = list({r.id: r for r in records + ExperienceStore(args.store).query(status="finished")}.values())
-    records = [r for r in records if usable(r)]
+    store = ExperienceStore(args.store) if args.store else None  # a run both shipped and in the store counts once
+    records = [r for r in experiences(store, include_prior=True, include_own=store is not None) if usable(r)]
     folds = task_folds(records, args.folds)  # the folds out_of_task_predictions makes by default
     expected = {}
     if args.surrogate:  # kept between runs: five meta-learner fits

@@ -174,6 +174,17 @@ def test_bench_runs_keep_per_example_outcomes(bench_store):
         assert "pool" not in r.metrics["outcomes"] and "pool_accuracy" not in r.metrics
     assert len({r.tags["pool_id"] for r in records if r.tags["suite_task"] == "sst2_a"}) == 1
 
+    # paired tests read them through one helper, which refuses runs scored on different rows
+    from metapeft.experience import paired_outcomes
+
+    same = [r for r in records if r.tags["suite_task"] == "sst2_a"]
+    correct = paired_outcomes(same)
+    assert correct.shape == (len(same), 20) and correct.mean(1) == pytest.approx(
+        [r.metrics["accuracy"] for r in same], abs=1e-5
+    )
+    other = next(r for r in records if r.metrics["outcomes"]["test_rows"] != same[0].metrics["outcomes"]["test_rows"])
+    assert paired_outcomes([same[0], other]) is None
+
 
 @pytest.mark.slow  # several minutes on 2 cores: run by .ci/run's second step
 def test_killed_bench_resumes_without_loss_or_duplicates(suite, tmp_path):

@@ -2,7 +2,7 @@
 
 from ._groups import cell_key, fingerprint_of, task_group, usable
 from ._peft_results import read_peft_results
-from ._record import Experience, pack_outcomes, unpack_outcomes
+from ._record import Experience, pack_outcomes, paired_outcomes, unpack_outcomes
 from ._store import ExperienceStore, process_gone, read_jsonl
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "cell_key",
     "fingerprint_of",
     "pack_outcomes",
+    "paired_outcomes",
     "process_gone",
     "read_jsonl",
     "read_peft_results",

@@ -169,3 +169,13 @@ def unpack_outcomes(packed: str) -> np.ndarray:
     """The boolean array :func:`pack_outcomes` packed."""
     bits, n = packed.rsplit(":", 1)
     return np.unpackbits(np.frombuffer(base64.b64decode(bits), dtype=np.uint8))[: int(n)].astype(bool)
+
+
+def paired_outcomes(records: list[Experience]) -> np.ndarray | None:
+    """Runs × test rows: which rows each of ``records`` got right, for paired tests (McNemar, a paired bootstrap);
+    None unless every run stored its outcomes on the same test rows."""
+    stored = [r.metrics.get("outcomes") or {} for r in records]
+    if not all(o.get("test") for o in stored) or len({o.get("test_rows") for o in stored}) != 1:
+        return None
+    correct = [unpack_outcomes(o["test"]) for o in stored]
+    return np.stack(correct) if len({len(c) for c in correct}) == 1 else None

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from .._errors import OptionError
-from ..experience import Experience, cell_key, task_group, unpack_outcomes, usable
+from ..experience import Experience, cell_key, paired_outcomes, task_group, usable
 from ..methods import BUDGET_FIELDS
 from ._embedding import TaskFeaturizer, cells_of, method_gaps
 from ._features import at_defaults, measured_memory
@@ -578,14 +578,12 @@ def _mcnemar(picked: Experience, reference: Experience | None) -> dict | None:
     """Exact McNemar test between the pick and a reference run scored on the same rows (per-example outcomes)."""
     if reference is None or picked.id == reference.id:
         return None
-    a, b = (r.metrics.get("outcomes") or {} for r in (picked, reference))
-    if not a.get("test") or a.get("test_rows") != b.get("test_rows") or not b.get("test"):
+    correct = paired_outcomes([picked, reference])
+    if correct is None:
         return None
     from scipy.stats import binomtest
 
-    x, y = unpack_outcomes(a["test"]), unpack_outcomes(b["test"])
-    if len(x) != len(y):
-        return None
+    x, y = correct
     only_pick, only_ref = int((x & ~y).sum()), int((~x & y).sum())
     p = float(binomtest(only_pick, only_pick + only_ref, 0.5).pvalue) if only_pick + only_ref else 1.0
     return {"gain": 100 * float(x.mean() - y.mean()), "p": p}
