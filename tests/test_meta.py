@@ -341,6 +341,10 @@ def test_surrogate_round_trips_through_safetensors(surrogate, held_out, tmp_path
     assert np.allclose(a.best_probability(), b.best_probability()) and all(
         np.allclose(getattr(loaded, k), getattr(surrogate, k)) for k in ("best_won", "best_ran", "best_size")
     )
+    # the collapse-risk forest travels as arrays and answers exactly as scikit-learn's fitted forest would
+    assert a.fail is not None and np.array_equal(a.fail, b.fail) and 0 < a.fail.min() <= a.fail.max() < 1
+    shifted = [Candidate("lora", {"learning_rate": lr}) for lr in (1e-5, 2e-4, 5e-3, 2e-2)]
+    assert len(set(loaded.predict(held_out[1][0].profile, shifted).fail.round(6))) > 1  # the setting matters
 
 
 def test_recommend_ranks_the_zoo_and_learns_from_a_new_run(held_out, tmp_path):
@@ -405,6 +409,23 @@ def test_the_incumbent_stays_first_unless_surely_beaten():
         "ia3",
         "head_only",
     ]  # incumbent not feasible
+
+
+def test_a_setting_likely_to_collapse_loses_to_a_safe_one():
+    """The rule weighs each setting's collapse risk: a slightly higher mean does not buy a setting that often ends
+    at chance, within a method (``cautious_choice``) or between methods (``rank_methods``)."""
+    from metapeft.meta._recommend import cautious_choice, rank_methods
+    from metapeft.meta._surrogate import Prediction
+
+    mean = np.array([[0.80, 1, 1], [0.78, 1, 1], [0.76, 1, 1]])
+    methods = ["lora", "lora", "ia3"]
+    plain = Prediction(mean, mean - 0.1, mean + 0.1)
+    assert cautious_choice(plain, methods) == {"lora": 0, "ia3": 2}  # without the risk: the highest mean
+    weighed = Prediction(mean, mean - 0.1, mean + 0.1, fail=np.array([0.4, 0.05, 0.02]), chance=0.5)
+    np.testing.assert_allclose(weighed.expected_accuracy(), [0.68, 0.766, 0.7548])
+    assert cautious_choice(weighed, methods) == {"lora": 1, "ia3": 2}
+    assert rank_methods(weighed, {"lora": 0, "ia3": 2}) == ["ia3", "lora"]  # the risky LoRA setting ranks below IA3
+    assert weighed.take([2, 0]).fail.tolist() == [0.02, 0.4] and weighed.take([0]).chance == 0.5
 
 
 def test_empty_experience_is_a_clear_error(tmp_path):
@@ -579,7 +600,7 @@ def held_out_picks(surrogate, prior_records, held_out_groups):
 @pytest.mark.parametrize("constraint", ["all", "peft"])
 def test_on_held_out_tasks_the_pick_beats_the_median_choice_and_the_intervals_cover(held_out_picks, constraint):
     """Fails when the selector gets worse: on 22 instances of 8 tasks it never saw (seeded fit), its pick beats the
-    median allowed configuration on the mean (+1.96 points with every method, +0.95 PEFT only, when written) and
+    median allowed configuration on the mean (+1.85 points with every method, +0.97 PEFT only, when written) and
     in most instances, and its 90% intervals cover 80–95% of the runs."""
     rows = held_out_picks[constraint]
     gains = np.array([r["median"] for r in rows])
@@ -590,7 +611,7 @@ def test_on_held_out_tasks_the_pick_beats_the_median_choice_and_the_intervals_co
 @pytest.mark.xfail(
     strict=True,
     reason="issue 22 target not met yet: on the held-out instances with LoRA at its defaults (64 examples), the pick "
-    "trails it by 0.24 points (every method) and 0.37 (PEFT only); this test passes, and so fails as xfail, once it does not",
+    "trails it by 0.27 points (every method) and 0.03 (PEFT only); this test passes, and so fails as xfail, once it does not",
 )
 def test_on_held_out_tasks_the_pick_beats_lora_at_its_defaults(held_out_picks):
     for rows in held_out_picks.values():
@@ -672,24 +693,53 @@ def test_task_features_of_few_tasks_keep_only_directions_with_variance(prior_rec
 
 
 def test_collapse_risk_separates_failures_on_held_out_tasks(prior_records):
-    """Five folds by task over the prior: failures (near chance, or > 10 points below the best run) get higher risk
-    on tasks the model never saw (AUC 0.76 when written, as in benchmarks/collapse_risk.py)."""
+    """Failures (near chance, or > 10 points below the best run) get higher risk on tasks the model never saw: five
+    folds by task, over three seeded task splits as in benchmarks/collapse_risk.py (which task shares a fold moves one
+    split's AUC by several points: 0.66-0.77 over ten). Mean AUC 0.737 on the shipped prior when written."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold
 
     from metapeft.experience import task_group
     from metapeft.meta._risk import CollapseRisk, failures
 
     y = failures(prior_records)
-    p = np.zeros(len(y))
-    for train, test in GroupKFold(5).split(prior_records, y, [task_group(r) for r in prior_records]):
-        risk = CollapseRisk().fit([prior_records[i] for i in train])
-        p[test] = [
-            risk.predict(prior_records[i].profile, [(prior_records[i].method, prior_records[i].hyperparameters)])[0]
-            for i in test
-        ]
-    assert 0.1 < y.mean() < 0.5 and roc_auc_score(y, p) >= 0.72
-    assert abs(p.mean() - y.mean()) < 0.05  # calibrated in the large
+    groups = np.array([task_group(r) for r in prior_records])
+    names = sorted(set(groups))
+    aucs = []
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(names))
+        fold = np.array([dict(zip([names[j] for j in order], np.arange(len(names)) % 5))[g] for g in groups])
+        p = np.zeros(len(y))
+        for k in range(5):
+            risk = CollapseRisk().fit([r for r, f in zip(prior_records, fold) if f != k])
+            for i in np.flatnonzero(fold == k):
+                r = prior_records[i]
+                p[i] = risk.predict(r.profile, [(r.method, r.hyperparameters)])[0]
+        aucs.append(roc_auc_score(y, p))
+        assert abs(p.mean() - y.mean()) < 0.05  # calibrated in the large
+    assert 0.1 < y.mean() < 0.5 and np.mean(aucs) >= 0.70, aucs
+
+
+def test_collapse_risk_walks_its_saved_trees_as_scikit_learn_does(prior_records):
+    """The forest kept as arrays (what the surrogate saves) gives predict_proba's answer to the last bit."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from metapeft.meta._features import steps_of
+    from metapeft.meta._risk import CollapseRisk, failures
+
+    train, test = prior_records[::3], prior_records[1::7]
+    risk = CollapseRisk.from_state(CollapseRisk(seed=1).fit(train).state())
+    x = np.stack(
+        [risk._features(r.profile, r.method, r.hyperparameters, steps_of(r.hyperparameters, r.metrics)) for r in train]
+    )
+    forest = RandomForestClassifier(150, min_samples_leaf=5, max_features=0.3, random_state=1, n_jobs=1)
+    forest.fit(x, failures(train))
+    expected = forest.predict_proba(
+        np.stack(
+            [risk._features(r.profile, r.method, r.hyperparameters, r.hyperparameters["max_steps"]) for r in test]
+        )
+    )[:, list(forest.classes_).index(True)]
+    ours = np.concatenate([risk.predict(r.profile, [(r.method, r.hyperparameters)]) for r in test])
+    assert np.abs(ours - expected).max() < 1e-12 and expected.std() > 0.05
 
 
 def test_check_rates_a_setting_and_refuses_one_outside_its_range():

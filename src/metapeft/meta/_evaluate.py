@@ -189,7 +189,8 @@ def select(
     pred: Prediction, candidates: list[Candidate], incumbent: str | None = None
 ) -> tuple[list[str], dict[str, int], np.ndarray]:
     """The same rule as ``MetaPEFT.recommend``: per method the candidate with the best cautious score (mean minus
-    half an sd), methods ranked by that candidate's mean, ``incumbent`` first unless surely beaten (``rank_methods``).
+    half an sd, weighed by its collapse risk where the prediction carries it), methods ranked by that candidate's
+    expected accuracy, ``incumbent`` first unless surely beaten (``rank_methods``).
     Returns the ranking, the chosen candidate per method and each ranked method's probability of being best."""
     chosen = cautious_choice(pred, [c.method for c in candidates])
     ranking = rank_methods(pred, chosen, incumbent)

@@ -255,6 +255,8 @@ class MetaPEFT:
     def _fitted(self) -> Surrogate:
         if self.surrogate is None:
             self.fit()
+        if self.surrogate.risk is None:  # a surrogate saved without its collapse-risk model (an older cache)
+            self.surrogate.risk = CollapseRisk().fit(self.experiences())
         return self.surrogate
 
     def learn_from_experience(self, experience: Experience) -> None:
@@ -405,13 +407,14 @@ class MetaPEFT:
             blocked, key=lambda n: -pred.mean[chosen[n], 0]
         )
         context = self._task_context(profile, observed)
-        rival = max(live, key=lambda n: pred.mean[chosen[n], 0]) if live else None
+        expected = pred.expected_accuracy()
+        rival = max(live, key=lambda n: expected[chosen[n]]) if live else None
         if rival is not None and order[0] == incumbent != rival:  # the rule kept the incumbent first: say why
             drawn = pred.joint_draws([chosen[rival], chosen[incumbent]])
             beats = float((drawn[:, 0] > drawn[:, 1]).mean())
-            lead = 100 * (pred.mean[chosen[rival], 0] - pred.mean[chosen[incumbent], 0])
+            lead = 100 * (expected[chosen[rival]] - expected[chosen[incumbent]])
             context["kept_first"] = (rival, lead, beats, gaps[incumbent], len(cells))
-        risks = dict(zip(order, self.collapse_risk().predict(profile, [rows[chosen[n]] for n in order])))
+        risks = {n: pred.fail[chosen[n]] for n in order}
         out = []
         for rank, name in enumerate(order, 1):
             i = chosen[name]
@@ -538,10 +541,9 @@ class MetaPEFT:
         )
 
     def collapse_risk(self) -> CollapseRisk:
-        """The collapse-risk model fitted on this experience (once; refitted when the experience changes)."""
-        if "risk" not in self._derived:
-            self._derived["risk"] = CollapseRisk().fit(self.experiences())
-        return self._derived["risk"]
+        """The collapse-risk model fitted on this experience (with the surrogate; refitted when the experience
+        changes)."""
+        return self._fitted().risk
 
     def forecaster(self) -> CurveForecaster:
         """The learning-curve forecaster fitted on this experience's curves (once; refitted when it changes), with
@@ -626,11 +628,13 @@ def incumbent_method(cells: list[Cell]) -> str | None:
 def rank_methods(
     pred: Prediction, chosen: dict[str, int], incumbent: str | None = None, sure: float = SURE
 ) -> list[str]:
-    """Methods by the predicted accuracy of their chosen candidate, except that the incumbent stays first unless
-    the leader beats it in at least ``sure`` of the joint draws. Why: the surrogate learns a task's differences
-    between methods from about one run per method and past task, and in leave-one-task-out its unsure departures
-    from the incumbent cost more than they gained (benchmarks/selection_rules.py; BENCHMARKS.md)."""
-    order = sorted(chosen, key=lambda m: -pred.mean[chosen[m], 0])
+    """Methods by the expected accuracy of their chosen candidate (``Prediction.expected_accuracy``: weighed by its
+    collapse risk), except that the incumbent stays first unless the leader beats it in at least ``sure`` of the
+    joint draws. Why: the surrogate learns a task's differences between methods from about one run per method and
+    past task, and in leave-one-task-out its unsure departures from the incumbent cost more than they gained
+    (benchmarks/selection_rules.py; BENCHMARKS.md)."""
+    expected = pred.expected_accuracy()
+    order = sorted(chosen, key=lambda m: -expected[chosen[m]])
     if incumbent in chosen and order[0] != incumbent:
         drawn = pred.joint_draws([chosen[order[0]], chosen[incumbent]])
         if drawn is not None and (drawn[:, 0] > drawn[:, 1]).mean() < sure:
@@ -648,10 +652,11 @@ def _rounded_to_one(p: np.ndarray, digits: int = 4) -> list[float]:
 
 
 def cautious_choice(pred: Prediction, methods: list[str], feasible: np.ndarray | None = None) -> dict[str, int]:
-    """Per method, the index of its candidate with the best cautious score (mean minus half an sd) among the
-    feasible ones: prefer settings the experience supports over bold extrapolations. Methods ranked by that
-    candidate's mean is the rule of ``recommend`` and of ``evaluate``."""
-    cautious = pred.mean[:, 0] - CAUTION * pred.sd()
+    """Per method, the index of its candidate with the best cautious score among the feasible ones: the mean less
+    half an sd (prefer settings the experience supports over bold extrapolations), averaged with chance by the
+    setting's collapse risk where the prediction carries it (prefer settings that do not fail). Methods ranked by
+    that candidate's expected accuracy (``rank_methods``) is the rule of ``recommend`` and of ``evaluate``."""
+    cautious = pred.expected_accuracy(CAUTION)
     chosen: dict[str, int] = {}
     for i, m in enumerate(methods):
         if (feasible is None or feasible[i]) and (m not in chosen or cautious[i] > cautious[chosen[m]]):

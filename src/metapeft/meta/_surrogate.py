@@ -28,6 +28,7 @@ from . import _nets
 from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, effective_max_length, profile_dict, steps_of, targets
 from ._protocol import Selector
+from ._risk import CollapseRisk, chance_accuracy
 
 FORMAT = (
     9  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
@@ -109,6 +110,16 @@ class Prediction:
     best_prior: np.ndarray | None = None
     best_power: float = 1.0
     draws: Draws | None = None
+    fail: np.ndarray | None = (
+        None  # (n,): P(a run at this setting fails: near chance or far below the best; meta._risk)
+    )
+    chance: float = 0.0  # the task's chance accuracy: what a failed run is taken to score
+
+    def expected_accuracy(self, caution: float = 0.0) -> np.ndarray:
+        """Each candidate's accuracy as the selection weighs it: the mean less ``caution`` sds and, where the
+        collapse risk is known, averaged with chance: (1 − P(fail))·(mean − caution·sd) + P(fail)·chance."""
+        accuracy = self.mean[:, 0] - caution * self.sd()
+        return accuracy if self.fail is None else (1 - self.fail) * accuracy + self.fail * self.chance
 
     def take(self, idx: list[int]) -> Prediction:
         """The prediction for the candidates at ``idx`` (e.g. one per method, to ask which method is best)."""
@@ -125,6 +136,8 @@ class Prediction:
             cut(self.best_prior),
             self.best_power,
             None if self.draws is None else self.draws.take(idx),
+            cut(self.fail),
+            self.chance,
         )
 
     def joint_draws(self, idx: list[int] | None = None) -> np.ndarray | None:
@@ -160,7 +173,9 @@ class Surrogate(Selector):
     Lifecycle: ``fit(experiences)`` trains the task embedding, the ensemble and (with ``calibrate=True``) the
     uncertainty calibration from scratch; ``partial_fit(experiences)`` continues training both networks on the
     current experience when runs arrive; ``predict(profile, candidates, observed=...)`` scores configurations
-    for a task, conditioned on its own runs when ``observed`` holds some.
+    for a task, conditioned on its own runs when ``observed`` holds some. Both fits also fit ``risk``, the
+    collapse-risk model (``meta._risk.CollapseRisk``), whose P(fail) the predictions carry and the selection rule
+    weighs; ``state`` saves it with the networks.
     """
 
     def __init__(
@@ -172,6 +187,7 @@ class Surrogate(Selector):
         folds: int = 4,
         seed: int = 0,
         embedder: TaskEmbedder | None = None,
+        collapse_risk: bool = True,
     ):
         self.members, self.hidden, self.epochs, self.calibrate, self.folds, self.seed = (
             members,
@@ -190,6 +206,10 @@ class Surrogate(Selector):
         self.method_effect = np.zeros(len(self.encoder.methods), np.float32)
         self._reset_calibration()
         self.n_records = 0
+        self.collapse_risk = (
+            collapse_risk  # fit the collapse-risk model with the ensemble (the calibration's fold fits do not)
+        )
+        self.risk: CollapseRisk | None = None
 
     def _reset_calibration(self, spread: np.ndarray | None = None) -> None:
         """Uncalibrated defaults: the targets' own spread over past runs, three quarters of it task to task."""
@@ -314,6 +334,7 @@ class Surrogate(Selector):
         self._reset_calibration(np.nanvar(seen, 0))
         if self.calibrate:
             self._calibrate(records)
+        self.risk = CollapseRisk(self.seed).fit(records) if self.collapse_risk else None
         return self
 
     @single_threaded
@@ -327,6 +348,7 @@ class Surrogate(Selector):
         self._extend_range(x)
         self._train(x, y, groups, epochs or max(50, self.epochs // 4))
         self.n_records = len(records)
+        self.risk = CollapseRisk(self.seed).fit(records) if self.collapse_risk else None
         return self
 
     def covers(self, records: list[Experience]) -> bool:
@@ -392,9 +414,9 @@ class Surrogate(Selector):
             return
         resid, ens_var, cells, relative, level, truth, methods, tasks, sizes = [], [], [], [], [], [], [], [], []
         for train, test in GroupKFold(n_splits=folds).split(records, groups=groups):
-            sub = Surrogate(self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed).fit(
-                [records[i] for i in train]
-            )
+            sub = Surrogate(
+                self.members, self.hidden, self.epochs, calibrate=False, seed=self.seed, collapse_risk=False
+            ).fit([records[i] for i in train])
             held = [records[i] for i in test]
             x = sub._x_runs(held)
             raw = sub._raw(x)  # per member
@@ -548,6 +570,10 @@ class Surrogate(Selector):
             best_prior=prior,
             best_power=float(self.best_calibration[0]),
             draws=joint,
+            fail=None
+            if self.risk is None
+            else self.risk.predict(profile, [(c.method, c.hyperparameters) for c in candidates]),
+            chance=chance_accuracy(profile),
         )
 
     def _condition(self, profile: dict, observed: list[Experience]) -> tuple[np.ndarray, np.ndarray]:
@@ -573,6 +599,8 @@ class Surrogate(Selector):
         arrays.update({f"net.{k}": v for k, v in self.weights.items()})
         for name in _STATE_ARRAYS:
             arrays[name] = np.asarray(getattr(self, name), dtype=np.float32)
+        if self.risk is not None:
+            arrays.update({f"risk.{k}": v for k, v in self.risk.state().items()})
         meta = {
             "format": FORMAT,
             "members": self.members,
@@ -601,6 +629,8 @@ class Surrogate(Selector):
         for name in _STATE_ARRAYS:
             setattr(self, name, np.asarray(arrays[name]))
         self.weights = {k[len("net.") :]: v for k, v in arrays.items() if k.startswith("net.")}
+        risk = {k[len("risk.") :]: v for k, v in arrays.items() if k.startswith("risk.")}
+        self.risk = CollapseRisk.from_state(risk) if risk else None  # saved before it was: refitted by MetaPEFT
         self.n_records = meta["n_records"]
         return self
 
