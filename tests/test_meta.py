@@ -643,6 +643,13 @@ def test_cli_recommend_similar_map_and_errors(tmp_path):
     assert table.returncode == 0, table.stderr
     head_only = next(line for line in table.stdout.splitlines() if " head_only " in line)
     assert "head_lr=" in head_only and " lr=" not in head_only  # its encoder's lr is fixed at 0: not a suggestion
+    peft = run_cli("recommend", "example", "--peft-only", "--json")
+    assert peft.returncode == 0, peft.stderr
+    ranked = [r["method"] for r in json.loads(peft.stdout)["recommendations"]]
+    assert len(ranked) == 8 and not {"full_finetuning", "head_only"} & set(ranked)
+    assert all(0 <= r["collapse_risk"] <= 1 for r in json.loads(peft.stdout)["recommendations"])
+    none = run_cli("recommend", "example", "--peft-only", "--methods", "full_finetuning,head_only")
+    assert none.returncode == 2 and "leaves no method" in none.stderr and len(none.stderr.strip().splitlines()) == 1
 
     proc = run_cli("similar", "example", "-k", "2", "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 2

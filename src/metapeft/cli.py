@@ -948,6 +948,13 @@ def recommend(
             "--methods", help="Comma-separated methods to rank \\[default: the whole zoo].", show_default=False
         ),
     ] = None,
+    peft_only: Annotated[
+        bool,
+        typer.Option(
+            "--peft-only",
+            help="Rank only PEFT methods (adapters and virtual tokens: no full fine-tuning, no head-only).",
+        ),
+    ] = False,
     max_steps: Annotated[
         Optional[int],
         typer.Option(
@@ -979,6 +986,10 @@ def recommend(
         for name in names or []:
             runner.check(name)
         names = names or list(runner.methods)
+    if peft_only:
+        from .meta import Constraint
+
+        names = _options(Constraint, methods=names, peft_only=True).allowed
     meta = _meta(store, prior, model)
     profile = _task_profile(meta, data, text_column, pair_column, label_column, backend)
     ranking = meta.recommend(
