@@ -59,13 +59,18 @@ def cells_of(records: list[Experience]) -> list[Cell]:
     return list(cells.values())
 
 
-def method_gaps(cells: list[Cell]) -> dict[str, float]:
-    """Per method, its mean gap (accuracy) to the best method over the task instances it was run on."""
-    gaps: dict[str, list[float]] = {}
+def method_gaps(cells: list[Cell], size: float | None = None, bandwidth: float = 2.0) -> dict[str, float]:
+    """Per method, its mean gap (accuracy) to the best method over the task instances it was run on; with ``size``
+    (training examples), instances weighted by a Gaussian kernel of ``bandwidth`` octaves over log2 size."""
+    gaps: dict[str, list[tuple[float, float]]] = {}
     for c in cells:
+        weight = 1.0
+        if size is not None:
+            octaves = np.log2(max(1, c.profile.get("dataset_size") or 1)) - np.log2(max(1.0, size))
+            weight = float(np.exp(-0.5 * (octaves / bandwidth) ** 2))
         for m, s in c.scores.items():
-            gaps.setdefault(m, []).append(c.best_accuracy - s)
-    return {m: float(np.mean(g)) for m, g in gaps.items()}
+            gaps.setdefault(m, []).append((c.best_accuracy - s, weight))
+    return {m: float(np.average([g for g, _ in v], weights=[w for _, w in v])) for m, v in gaps.items()}
 
 
 @dataclass

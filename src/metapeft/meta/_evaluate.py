@@ -399,9 +399,7 @@ def evaluate(
         replicates = _replicates(own, constraint)
         for inst in instances:
             curse.append({"task": held, **_winners_curse(inst.allowed, seed=len(curse))})
-        incumbent = incumbent_method(
-            cells_of(train)
-        )  # the ranking rule reads it only with joint draws (not the baselines)
+        past = cells_of(train)
         for name, make in selectors.items():
             model = make()
             if isinstance(model, AlwaysMethod) and model.method not in constraint.allowed:
@@ -419,6 +417,8 @@ def evaluate(
                     ],
                     dtype=float,
                 )
+                # the ranking rule reads the incumbent only with joint draws (not the baselines)
+                incumbent = incumbent_method(past, {r.method for r in runs}, inst.size)
                 cells = [
                     score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbent)
                     for _ in range(repeats)
@@ -437,7 +437,16 @@ def evaluate(
                     few.append(_few_shot(model, runs, few_shot, seed=len(few)))
             for pairs in replicates:
                 crossed[name].append(
-                    {"task": held, "size": _size(pairs[0][0]), **_cross_fitted(model, pairs, incumbent, repeats)}
+                    {
+                        "task": held,
+                        "size": _size(pairs[0][0]),
+                        **_cross_fitted(
+                            model,
+                            pairs,
+                            incumbent_method(past, {a.method for a, _ in pairs}, _size(pairs[0][0])),
+                            repeats,
+                        ),
+                    }
                 )
             if name == "metapeft":
                 embedding_rho += _embedding_agreement(

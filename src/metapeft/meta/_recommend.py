@@ -400,9 +400,13 @@ class MetaPEFT:
             probs.update(zip(live, _rounded_to_one(pred.take([chosen[n] for n in live]).best_probability())))
         similar = self.similar(profile, similar_k)
         cells = self.cells()[0]
-        if "incumbent" not in self._derived:
-            self._derived["incumbent"] = incumbent_method(cells), method_gaps(cells)
-        incumbent, gaps = self._derived["incumbent"]
+        key = ("incumbent", tuple(names), profile.get("dataset_size"))
+        if key not in self._derived:
+            self._derived[key] = (
+                incumbent_method(cells, names, profile.get("dataset_size")),
+                method_gaps(cells, profile.get("dataset_size")),
+            )
+        incumbent, gaps = self._derived[key]
         order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + sorted(
             blocked, key=lambda n: -pred.mean[chosen[n], 0]
         )
@@ -410,8 +414,7 @@ class MetaPEFT:
         expected = pred.expected_accuracy()
         rival = max(live, key=lambda n: expected[chosen[n]]) if live else None
         if rival is not None and order[0] == incumbent != rival:  # the rule kept the incumbent first: say why
-            drawn = pred.joint_draws([chosen[rival], chosen[incumbent]])
-            beats = float((drawn[:, 0] > drawn[:, 1]).mean())
+            beats = beat_rate(pred, chosen[rival], chosen[incumbent])
             lead = 100 * (expected[chosen[rival]] - expected[chosen[incumbent]])
             context["kept_first"] = (rival, lead, beats, gaps[incumbent], len(cells))
         risks = {n: pred.fail[chosen[n]] for n in order}
@@ -619,9 +622,10 @@ class MetaPEFT:
         ]
 
 
-def incumbent_method(cells: list[Cell]) -> str | None:
-    """The experience's most reliable method: the smallest mean gap to the best over past task instances."""
-    gaps = method_gaps(cells)
+def incumbent_method(cells: list[Cell], allowed: Sequence[str] | None = None, size: float | None = None) -> str | None:
+    """The experience's most reliable method among ``allowed`` (default: all): the smallest mean gap to the best over
+    past task instances, those of a training-set size like ``size`` counting most (``method_gaps``)."""
+    gaps = {m: g for m, g in method_gaps(cells, size).items() if allowed is None or m in allowed}
     return min(gaps, key=gaps.get) if gaps else None
 
 
@@ -636,11 +640,19 @@ def rank_methods(
     expected = pred.expected_accuracy()
     order = sorted(chosen, key=lambda m: -expected[chosen[m]])
     if incumbent in chosen and order[0] != incumbent:
-        drawn = pred.joint_draws([chosen[order[0]], chosen[incumbent]])
-        if drawn is not None and (drawn[:, 0] > drawn[:, 1]).mean() < sure:
+        beats = beat_rate(pred, chosen[order[0]], chosen[incumbent])
+        if beats is not None and beats < sure:
             order.remove(incumbent)
             order.insert(0, incumbent)
     return order
+
+
+def beat_rate(pred: Prediction, a: int, b: int) -> float | None:
+    """The share of the surrogate's joint draws in which candidate ``a`` scores above ``b`` (None without draws).
+    Collapse risk is not drawn: letting a draw fail with its setting's risk (and score chance) changed no pick in
+    leave-one-task-out on the shipped prior (BENCHMARKS.md, "Method selection")."""
+    drawn = pred.joint_draws([a, b])
+    return None if drawn is None else float((drawn[:, 0] > drawn[:, 1]).mean())
 
 
 def _rounded_to_one(p: np.ndarray, digits: int = 4) -> list[float]:
@@ -720,7 +732,8 @@ def _reasoning(
             parts.append(
                 f"Ranked first although {rival} is predicted {lead:.1f} points higher: it beats {method} in only {100 * beats:.0f}% of the "
                 f"surrogate's joint draws (below {100 * SURE:.0f}%), and {method} is the experience's most reliable method "
-                f"({100 * gap:.1f} points behind the best on average over {cells} past task instances)."
+                f"of those ranked ({100 * gap:.1f} points behind the best on average over {cells} past task instances, "
+                "those of a size like this task's counting most)."
             )
         low, high = context["size_range"]
         if not low <= p["dataset_size"] <= high:

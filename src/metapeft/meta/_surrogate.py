@@ -110,9 +110,8 @@ class Prediction:
     best_prior: np.ndarray | None = None
     best_power: float = 1.0
     draws: Draws | None = None
-    fail: np.ndarray | None = (
-        None  # (n,): P(a run at this setting fails: near chance or far below the best; meta._risk)
-    )
+    # (n,): P(a run at this setting fails: near chance or far below the best; meta._risk)
+    fail: np.ndarray | None = None
     chance: float = 0.0  # the task's chance accuracy: what a failed run is taken to score
 
     def expected_accuracy(self, caution: float = 0.0) -> np.ndarray:
@@ -206,9 +205,8 @@ class Surrogate(Selector):
         self.method_effect = np.zeros(len(self.encoder.methods), np.float32)
         self._reset_calibration()
         self.n_records = 0
-        self.collapse_risk = (
-            collapse_risk  # fit the collapse-risk model with the ensemble (the calibration's fold fits do not)
-        )
+        # fit the collapse-risk model with the ensemble (the calibration's fold fits do not need it)
+        self.collapse_risk = collapse_risk
         self.risk: CollapseRisk | None = None
 
     def _reset_calibration(self, spread: np.ndarray | None = None) -> None:
