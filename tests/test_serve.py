@@ -82,6 +82,8 @@ def test_health_methods_recommend_similar_and_metrics(client, profile):
         "recommendations"
     ]
     assert {r["method"] for r in limited} == {"lora", "ia3"}
+    peft = client.post("/v1/recommend", json={"profile": profile, "peft_only": True}).json()["recommendations"]
+    assert len(peft) == 8 and not {"full_finetuning", "head_only"} & {r["method"] for r in peft}
     similar = client.get("/v1/similar", params={"task": "sst2", "k": 3}).json()["similar"]
     assert len(similar) == 3 and all(not s["task"].startswith("sst2@") for s in similar)
     assert (
@@ -89,7 +91,7 @@ def test_health_methods_recommend_similar_and_metrics(client, profile):
         == similar[0]["task"]
     )
     metrics = client.get("/metrics").text
-    assert 'metapeft_requests_total{endpoint="/v1/recommend",status="200"} 2.0' in metrics
+    assert 'metapeft_requests_total{endpoint="/v1/recommend",status="200"} 3.0' in metrics
     assert "metapeft_selector_version 1.0" in metrics and "metapeft_request_seconds_bucket" in metrics
 
 
@@ -102,6 +104,8 @@ BAD = [
     ("/v1/recommend", {"rows": "abc"}, 400, "rows must be a list"),
     ("/v1/recommend", {"rows": [{"text": "a", "label": "x"}] * 201}, 400, "over the upload limit of 200"),
     ("/v1/recommend", {"rows": [{"text": "a", "label": "x"}] * 20}, 400, "single class"),
+    ("/v1/recommend", {"profile": {}, "peft_only": "yes"}, 400, "peft_only must be true or false"),
+    ("/v1/recommend", {"profile": {}, "peft_only": True, "methods": ["full_finetuning"]}, 400, "leaves no method"),
     ("/v1/similar", {"profile": None}, 400, "a task profile is a JSON object"),
     ("/v1/similar", {"k": 0}, 400, "k must be a whole number"),
 ]

@@ -272,7 +272,9 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
     async def recommend(request: Request) -> dict:
         body = await _json_object(request)
         options = {
-            k: body[k] for k in ("max_memory_mb", "max_time_s", "methods", "max_steps") if body.get(k) is not None
+            k: body[k]
+            for k in ("max_memory_mb", "max_time_s", "methods", "peft_only", "max_steps")
+            if body.get(k) is not None
         }
         _check_options(options)
         served = holder.current()
@@ -465,6 +467,8 @@ def _check_options(options: dict) -> None:
     steps = options.get("max_steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise MetapeftError(f"max_steps must be a whole number >= 1, got {steps!r}")
+    if not isinstance(options.get("peft_only", False), bool):
+        raise MetapeftError(f"peft_only must be true or false, got {options['peft_only']!r}")
     names = options.get("methods")
     if names is not None:
         from ..methods import get_method
@@ -473,6 +477,10 @@ def _check_options(options: dict) -> None:
             raise MetapeftError("methods must be a non-empty list of method names")
         for name in names:
             get_method(name)
+    if options.get("peft_only"):
+        from ..meta import Constraint
+
+        Constraint(methods=names, peft_only=True)  # one that leaves no method: a one-line error
 
 
 def _check_prediction(value) -> None:

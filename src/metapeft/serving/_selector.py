@@ -83,17 +83,22 @@ def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
         TaskProfile.from_dict(profile)
     except (KeyError, TypeError, ValueError) as exc:
         raise MetapeftError(f"not a task profile ({exc}); send what `metapeft profile --json` prints") from None
-    unknown = set(params) - {"max_memory_mb", "max_time_s", "methods", "max_steps"}
+    unknown = set(params) - {"max_memory_mb", "max_time_s", "methods", "peft_only", "max_steps"}
     if unknown:
         raise MetapeftError(
-            f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, max_steps"
+            f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, peft_only, max_steps"
         )
+    methods = params.get("methods")
+    if params.get("peft_only"):
+        from ..meta import Constraint
+
+        methods = Constraint(methods=methods, peft_only=True).allowed  # one that leaves no method: a one-line error
     budget = {"max_steps": int(params["max_steps"])} if params.get("max_steps") else None
     return meta.recommend(
         profile,
         max_memory_mb=params.get("max_memory_mb"),
         max_time_s=params.get("max_time_s"),
-        methods=params.get("methods"),
+        methods=methods,
         budget=budget,
     )
 
