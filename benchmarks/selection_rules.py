@@ -1,12 +1,13 @@
 """Which rule turns the surrogate's predictions into a choice? Leave-one-task-out, scored like ``metapeft evaluate``.
 
-Fitting the surrogate 40 times is the slow part (~20 min on 2 cores), so its predictions for every held-out
-instance (means, intervals, joint accuracy draws) are written once to ``--cache`` (npz + json, no pickle) and the
-rules are then scored from the cache in seconds, and the calibration of the draws' P(best) is shown per method.
+Fitting the surrogate 40 times is the slow part (~25 min on one core), so its predictions for every held-out
+instance (means, intervals, joint accuracy draws, collapse risks, each method's size-weighted gap on the training
+tasks) are written once to ``--cache`` (npz + json, no pickle) and the rules are then scored from the cache in
+seconds, with every method or ``--peft-only``, and the calibration of the draws' P(best) is shown per method.
 A rule maps a :class:`Prediction` and the candidates' methods to one chosen candidate index; regret and top-1 are
 those of ``metapeft evaluate`` (best run minus chosen run).
 
-    uv run python benchmarks/selection_rules.py [--store sqlite:///.bench/prior.db] [--cache .bench/loto.npz]
+    uv run python benchmarks/selection_rules.py [--store sqlite:///.bench/prior.db] [--cache .bench/loto.npz] [--peft-only]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from metapeft.experience import ExperienceStore, cell_key, task_group, usable
 from metapeft.meta import Surrogate
+from metapeft.meta._embedding import cells_of, method_gaps
 from metapeft.meta._evaluate import GlobalBest
 from metapeft.meta._recommend import cautious_choice, rank_methods
 from metapeft.meta._surrogate import Candidate, Prediction
@@ -35,6 +37,7 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
         train = [r for r in records if task_group(r) != held]
         model = Surrogate().fit(train)
         gap = GlobalBest().fit(train).gap
+        past = cells_of(train)
         cells = defaultdict(list)
         for r in records:
             if task_group(r) == held:
@@ -44,6 +47,7 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
                 continue
             cands = [Candidate(r.method, r.hyperparameters) for r in runs]
             p = model.predict(runs[0].profile, cands)
+            size_gap = method_gaps(past, runs[0].profile.get("dataset_size"))
             out.append(
                 {
                     "task": held,
@@ -52,6 +56,9 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
                     "methods": [r.method for r in runs],
                     "accuracy": [r.metrics["accuracy"] for r in runs],
                     "global_gap": [gap.get(r.method, 1.0) for r in runs],
+                    "size_gap": [size_gap.get(r.method, 1.0) for r in runs],
+                    "chance": p.chance,
+                    "fail": p.fail,
                     "mean": p.mean,
                     "low": p.low,
                     "high": p.high,
@@ -63,10 +70,16 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
     return out
 
 
+ARRAYS = ("mean", "low", "high", "samples", "sd", "fail")
+
+
 def save(cells: list[dict], path: Path) -> None:
-    arrays = {f"{i}_{k}": c[k] for i, c in enumerate(cells) for k in ("mean", "low", "high", "samples", "sd")}
+    arrays = {f"{i}_{k}": c[k] for i, c in enumerate(cells) for k in ARRAYS}
     np.savez_compressed(path, **arrays)
-    meta = [{k: c[k] for k in ("task", "cell", "size", "methods", "accuracy", "global_gap")} for c in cells]
+    meta = [
+        {k: c[k] for k in ("task", "cell", "size", "methods", "accuracy", "global_gap", "size_gap", "chance")}
+        for c in cells
+    ]
     path.with_suffix(".json").write_text(json.dumps(meta))
 
 
@@ -74,13 +87,46 @@ def load(path: Path) -> list[dict]:
     meta = json.loads(path.with_suffix(".json").read_text())
     with np.load(path) as z:
         for i, c in enumerate(meta):
-            c.update({k: z[f"{i}_{k}"] for k in ("mean", "low", "high", "samples", "sd")})
+            c.update({k: z[f"{i}_{k}"] for k in ARRAYS})
             c["accuracy"] = np.array(c["accuracy"])
     return meta
 
 
-def _pred(c: dict) -> Prediction:
-    return Prediction(c["mean"], c["low"], c["high"], c["samples"], c["sd"])
+def _pred(c: dict, weigh_risk: bool = False) -> Prediction:
+    return Prediction(
+        c["mean"],
+        c["low"],
+        c["high"],
+        c["samples"],
+        c["sd"],
+        fail=c["fail"] if weigh_risk else None,
+        chance=c["chance"],
+    )
+
+
+def restrict(cells: list[dict], allowed: set[str]) -> list[dict]:
+    """The cells with only the candidates of ``allowed`` methods (instances left with fewer than 5 methods go, as in
+    ``metapeft evaluate``)."""
+    out = []
+    for c in cells:
+        keep = [i for i, m in enumerate(c["methods"]) if m in allowed]
+        if len({c["methods"][i] for i in keep}) < min(5, len(allowed)):
+            continue
+        cut = {
+            k: (c[k][:, keep] if k == "samples" else np.asarray(c[k])[keep])
+            for k in (*ARRAYS, "accuracy", "global_gap", "size_gap")
+        }
+        out.append({**c, **cut, "methods": [c["methods"][i] for i in keep]})
+    return out
+
+
+def shipped_rule(c: dict) -> int:
+    """``recommend``'s rule: collapse-weighed cautious choice and ranking, the size-aware incumbent among the
+    candidates' methods unless beaten in 70% of the draws."""
+    p = _pred(c, weigh_risk=True)
+    chosen = cautious_choice(p, c["methods"])
+    gap = dict(zip(c["methods"], c["size_gap"]))
+    return chosen[rank_methods(p, chosen, min(gap, key=gap.get))[0]]
 
 
 def by_method(score):
@@ -114,6 +160,7 @@ RULES = {
     "mean - 1 global gap": by_method(lambda c, i: c["mean"][i, 0] - 1.0 * c["global_gap"][i]),
     "global best": by_method(lambda c, i: -c["global_gap"][i]),
     **{f"incumbent unless beaten {round(100 * t)}%": incumbent_rule(t) for t in (0.55, 0.6, 0.7, 0.8)},
+    "shipped (collapse risk, size-aware incumbent)": shipped_rule,
 }
 
 
@@ -170,6 +217,7 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="also use the runs of this store (default: the shipped prior only)")
     ap.add_argument("--cache", default=".bench/loto.npz")
     ap.add_argument("--refit", action="store_true", help="fit again even when the cache exists")
+    ap.add_argument("--peft-only", action="store_true", help="choose among the PEFT methods' runs only")
     args = ap.parse_args()
     path = Path(args.cache)
     if args.refit or not path.exists():
@@ -178,6 +226,10 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save(predict_all(records), path)
     cells = load(path)
+    if args.peft_only:
+        from metapeft.methods import list_methods
+
+        cells = restrict(cells, {m.name for m in list_methods() if m.kind == "peft"})
     sizes = sorted({c["size"] for c in cells})
     print(f"{len(cells)} task instances, {len({c['task'] for c in cells})} tasks")
     base = score(cells, RULES["by mean (until 2026-11-22)"])["tasks"]
