@@ -498,9 +498,8 @@ class MetaPEFT:
         suggested = self.recommend(profile, methods=[method], budget=budget or None)[0].hyperparameters
         options.append(({"suggested": True}, suggested))
         configs = [user] + [full for _, full in options]
-        risks = self.collapse_risk().predict(profile, [(method, c) for c in configs])
         pred = self._fitted().predict(profile, [Candidate(method, c) for c in configs])
-        accuracy = pred.mean[:, 0]
+        risks, accuracy = pred.fail, pred.mean[:, 0]  # the surrogate's predictions carry each setting's risk
         better = [
             i for i in range(1, len(configs)) if risks[i] < risks[0] - 0.05 and accuracy[i] >= accuracy[0] - 0.01
         ]
