@@ -48,7 +48,8 @@ def summary(lines: list[dict]) -> str:
             step = statistics.median(x["step_time_s"] for x in m)
             steps[(task, backend)] = step
             rows.append(
-                f"| {task} | {backend} | {len(runs)} | {before:.3f} → {after:.3f} | {100 * (1 - after / before):.0f}% | "
+                f"| {task} | {backend} | {len(runs)} | {before:.3f} → {after:.3f} | "
+                f"{100 * (1 - after / before):.0f}% | "
                 f"{statistics.mean(x['exact_match'] for x in m):.3f} | {1000 * step:.0f} |"
             )
     ratios = [steps[(t, "mlx")] / steps[(t, "torch")] for t, b in steps if b == "torch" and (t, "mlx") in steps]
@@ -93,8 +94,8 @@ def main() -> None:
                     f.write(json.dumps(line) + "\n")
                 m = result.metrics
                 print(
-                    f"{name} {backend} #{repeat}: loss {m['initial_loss']:.3f} → {m['loss']:.3f}, exact {m['exact_match']:.3f}, "
-                    f"step {1000 * m['step_time_s']:.0f} ms",
+                    f"{name} {backend} #{repeat}: loss {m['initial_loss']:.3f} → {m['loss']:.3f}, exact "
+                    f"{m['exact_match']:.3f}, step {1000 * m['step_time_s']:.0f} ms",
                     flush=True,
                 )
     print(summary([json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]))

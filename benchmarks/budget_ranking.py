@@ -157,7 +157,8 @@ def table(s: dict) -> str:
     out = [
         f"{'PEFT methods only' if s['peft_only'] else 'Every method'}: {s['tasks']} tasks; mean Spearman "
         f"{s['mean_spearman']} (lowest {s['min_spearman']}; test-noise ceiling {s['mean_noise_ceiling']}); the winner "
-        f"changed on {s['winner_changed']} ({s['winner_changed_p_below_0.05']} at p < 0.05); the 80-step pick's regret at 320: mean "
+        f"changed on {s['winner_changed']} ({s['winner_changed_p_below_0.05']} at p < 0.05); the 80-step "
+        "pick's regret at 320: mean "
         f"{s['mean_regret_of_80_step_pick_points']}, worst {s['max_regret_of_80_step_pick_points']} points",
         "",
         "| task | Spearman 80 vs 320 | noise ceiling | winner at 80 | winner at 320 | 80-step winner behind at 320 "

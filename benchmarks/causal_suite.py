@@ -14,8 +14,10 @@ stories260K import::
 
     uv run metapeft model import-llama2c ../shared/models/stories260K -o .bench/s260k
     uv run python benchmarks/causal_suite.py                    # (re)writes the suite; the same bytes every time
-    uv run metapeft bench benchmarks/causal-suite --design benchmarks/designs/causal-torch-v1.json --storage sqlite:///$PWD/.bench/causal.db
-    uv run --extra mlx metapeft bench benchmarks/causal-suite --design benchmarks/designs/causal-mlx-v1.json --storage sqlite:///$PWD/.bench/causal.db
+    uv run metapeft bench benchmarks/causal-suite --design benchmarks/designs/causal-torch-v1.json \\
+        --storage sqlite:///$PWD/.bench/causal.db
+    uv run --extra mlx metapeft bench benchmarks/causal-suite --design benchmarks/designs/causal-mlx-v1.json \\
+        --storage sqlite:///$PWD/.bench/causal.db
     uv run metapeft experience export benchmarks/results/causal-v1.jsonl.gz --store sqlite:///$PWD/.bench/causal.db
     uv run python benchmarks/causal_suite.py --summary          # per backend and method, from that export
 """

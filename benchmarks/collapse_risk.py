@@ -1,4 +1,5 @@
-"""Collapse risk on held-out tasks (issue 22, item 5): how well P(failure) separates runs that failed from runs that did not.
+"""Collapse risk on held-out tasks (issue 22, item 5): how well P(failure) separates runs that failed from runs \
+that did not.
 
 A run failed when its accuracy is within 2 points of chance or more than 10 points below the best run of its task
 instance (``metapeft.meta._risk``). Five folds by task over the shipped prior (plus, with ``--store``, another
@@ -95,9 +96,10 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(
-        f"{result['runs']} runs on {result['tasks']} tasks, {result['failures']} failed; held-out-task AUC {result['auc']} ± {result['auc_sd']} "
-        f"(range {result['auc_range'][0]}–{result['auc_range'][1]} over {result['splits']} splits), Brier {result['brier']} "
-        f"(base rate alone {result['brier_base_rate']})"
+        f"{result['runs']} runs on {result['tasks']} tasks, {result['failures']} failed; held-out-task AUC "
+        f"{result['auc']} ± {result['auc_sd']} "
+        f"(range {result['auc_range'][0]}–{result['auc_range'][1]} over {result['splits']} splits), Brier "
+        f"{result['brier']} (base rate alone {result['brier_base_rate']})"
     )
     for size, s in by_size.items():
         print(f"  {size} examples: {s['runs']} runs, {s['failures']} failed, AUC {s['auc']}")

@@ -1,10 +1,10 @@
 """Does weighing collapse risk make better picks? ``metapeft evaluate``'s figures for the selection rule with and
 without it, from one surrogate fit per held-out task.
 
-The rule (``cautious_choice`` / ``rank_methods``) scores a candidate by (1 − P(fail))·(mean − ½ sd) + P(fail)·chance,
-where P(fail) is the collapse-risk model's (``meta._risk``); without it, by mean − ½ sd. Both variants share each
-fold's fit (the surrogate and its collapse-risk model), so their difference is the rule's alone. Both constraints
-(every method, PEFT only) are scored; the result is written as JSON and summarised as a table.
+The rule (``cautious_choice`` / ``rank_methods``) scores a candidate by (1 − P(fail))·(mean − ½ sd) +
+P(fail)·chance, where P(fail) is the collapse-risk model's (``meta._risk``); without it, by mean − ½ sd. Both
+variants share each fold's fit (the surrogate and its collapse-risk model), so their difference is the rule's alone.
+Both constraints (every method, PEFT only) are scored; the result is written as JSON and summarised as a table.
 
     uv run python benchmarks/collapse_selection.py [--store sqlite:///$PWD/.bench/curves.db] --out result.json
 """
@@ -84,9 +84,10 @@ def summary(out: dict) -> None:
         for selector, s in result["selectors"].items():
             lora, median = s["paired"]["lora_defaults"]["all"], s["paired"]["median"]["all"]
             print(
-                f"{selector} | {lora.get('mean_gain')} {lora.get('interval_90')} {lora.get('wilcoxon_p')} {lora.get('win_rate')}"
-                f" | {median.get('mean_gain')} | {s['mean_regret']} | {s.get('cross_fitted_regret')} | {s['disaster_rate']}"
-                f" | {s['worst_cell_regret']} ({s['worst_cell']})"
+                f"{selector} | {lora.get('mean_gain')} {lora.get('interval_90')} {lora.get('wilcoxon_p')} "
+                f"{lora.get('win_rate')}"
+                f" | {median.get('mean_gain')} | {s['mean_regret']} | {s.get('cross_fitted_regret')} | "
+                f"{s['disaster_rate']} | {s['worst_cell_regret']} ({s['worst_cell']})"
             )
 
 

@@ -189,7 +189,8 @@ def main() -> None:
             f.write(json.dumps(line) + "\n")
         lines.append(line)
         print(
-            f"{task}: {name}: accuracy {line['accuracy']:.4f}, probe drop {line['forgetting']['drop']:+.2f} points ({line['wall_s']} s)",
+            f"{task}: {name}: accuracy {line['accuracy']:.4f}, probe drop {line['forgetting']['drop']:+.2f} "
+            f"points ({line['wall_s']} s)",
             flush=True,
         )
 

@@ -94,11 +94,13 @@ def main() -> None:
         return
     print(f"{out['runs']} runs, {out['instances']} instances: central 90% ranges of the errors, in points")
     print(
-        "size | runs | error | instance level | within instance (not failed) | landmark level (MAE) | surrogate level MAE"
+        "size | runs | error | instance level | within instance (not failed) | landmark level (MAE) | "
+        "surrogate level MAE"
     )
     for name, f in [("all", out)] + list(out["by_size"].items()):
         print(
-            f"{name} | {f['runs']} | {f['error']} | {f['level']} | {f['within_instance']} ({f['within_instance_not_failed']})"
+            f"{name} | {f['runs']} | {f['error']} | {f['level']} | {f['within_instance']} "
+            f"({f['within_instance_not_failed']})"
             f" | {f['landmark_level']} ({f['landmark_level_mae']}) | {f['surrogate_level_mae']}"
         )
 

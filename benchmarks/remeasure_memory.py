@@ -4,7 +4,8 @@ Until 2026-11-21 the CPU engine recorded process RSS as ``peak_memory_mb``: ~2.2
 worker's high-water mark, so the prior's memory told the methods apart by noise. Memory does not depend on what
 the weights learn, only on the model, the method and its settings, the batch size and the batch's padded width;
 the engine's peak is reached on the widest batch a run draws. So each run's figure is reproduced by the engine
-itself: two training steps (``fit`` with max_steps=2: AdaLoRA scores ranks on a step before it prunes) on the widest batch of the run's own seeded batch order.
+itself: two training steps (``fit`` with max_steps=2: AdaLoRA scores ranks on a step before it prunes) on the
+widest batch of the run's own seeded batch order.
 The old figure stays in ``metrics["peak_rss_mb"]``; a re-measured record carries ``metrics["memory_measure"]`` (which
 the meta-learner requires of a memory figure) and ``tags["memory_remeasured"]``.
 Resumable (re-measured records are skipped) and safe to interrupt (each record is one small update).
@@ -96,7 +97,8 @@ def main() -> None:
         )
         if n % 10 == 0 or n == len(todo):
             print(
-                f"{n}/{len(todo)} {name} {record.method}: {metrics['peak_rss_mb']:.0f} MB RSS → {metrics['peak_memory_mb']:.0f} MB tensors "
+                f"{n}/{len(todo)} {name} {record.method}: {metrics['peak_rss_mb']:.0f} MB RSS → "
+                f"{metrics['peak_memory_mb']:.0f} MB tensors "
                 f"({time.time() - started:.0f} s)",
                 flush=True,
             )

@@ -94,7 +94,8 @@ def main() -> None:
             best = [max(m["accuracy"] for m in searches[name, s]) for s in range(args.seeds)]
             table[name].append(np.mean(hv))
             print(
-                f"{task:22s} {name:7s} hypervolume {np.mean(hv):.3f}  head-only trials {np.mean(head):.1f}  best accuracy {np.mean(best):.3f}",
+                f"{task:22s} {name:7s} hypervolume {np.mean(hv):.3f}  head-only trials {np.mean(head):.1f}  "
+                f"best accuracy {np.mean(best):.3f}",
                 flush=True,
             )
     for name, hv in table.items():

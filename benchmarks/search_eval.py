@@ -50,7 +50,9 @@ def losses(metrics: list[dict], objectives, scale: list[dict] | None = None) -> 
         "train_time_s": lambda m: np.log(m["train_time_s"]),
         "peak_memory_mb": lambda m: np.log(m["peak_memory_mb"]),
     }
-    raw = lambda ms: np.array([[cols[o](m) for o in objectives] for m in ms], float).reshape(len(ms), len(objectives))  # noqa: E731
+    raw = lambda ms: np.array(  # noqa: E731
+        [[cols[o](m) for o in objectives] for m in ms], float
+    ).reshape(len(ms), len(objectives))
     x, ref = raw(metrics), raw(scale if scale is not None else metrics)
     lo, hi = ref.min(0), ref.max(0)
     return (x - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)

@@ -7,7 +7,8 @@ seconds, with every method or ``--peft-only``, and the calibration of the draws'
 A rule maps a :class:`Prediction` and the candidates' methods to one chosen candidate index; regret and top-1 are
 those of ``metapeft evaluate`` (best run minus chosen run).
 
-    uv run python benchmarks/selection_rules.py [--store sqlite:///.bench/prior.db] [--cache .bench/loto.npz] [--peft-only]
+    uv run python benchmarks/selection_rules.py [--store sqlite:///.bench/prior.db] [--cache .bench/loto.npz] \\
+        [--peft-only]
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ def calibration(cells: list[dict]) -> None:
         print(f"{m:20s} {np.mean(given[m]):14.3f} {np.mean(share[m]):18.3f}")
     conf, split, wins = zip(*first)
     print(
-        f"ranked first: ECE {expected_calibration_error(conf, split):.3f} (ties split), {expected_calibration_error(conf, wins):.3f} (ties as wins)"
+        f"ranked first: ECE {expected_calibration_error(conf, split):.3f} (ties split), "
+        f"{expected_calibration_error(conf, wins):.3f} (ties as wins)"
     )
 
 

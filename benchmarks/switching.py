@@ -1,4 +1,5 @@
-"""Dynamic method switching against static methods (issue 21), on tasks the meta-learner and the forecaster did not see.
+"""Dynamic method switching against static methods (issue 21), on tasks the meta-learner and the forecaster \
+did not see.
 
 Protocol: the curves bench's first pass (``benchmarks/designs/curves-v1.json``: 1,024 training examples, each method
 at its defaults, 80 steps, curve points every 20 steps on 300 held-out examples, final accuracy on 1,000, seed 0),
@@ -256,7 +257,8 @@ def _table(lines: list[dict], every: list[dict]) -> str:
     plans = {x["task"]: x for x in lines if x["kind"] == "plan"}
     runs = {(x["task"], x["start"], x["step"], x["to"]): x for x in every if x["kind"] == "run"}
     out = [
-        "| threshold | tasks | switched | mean vs static start method | mean vs recommended static | worst vs it | within 1 pt of hindsight best | mean vs successive halving (3.25× compute) |",
+        "| threshold | tasks | switched | mean vs static start method | mean vs recommended static | worst vs "
+        "it | within 1 pt of hindsight best | mean vs successive halving (3.25× compute) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     details = []
@@ -283,12 +285,15 @@ def _table(lines: list[dict], every: list[dict]) -> str:
             vs_sh.append(100 * (accuracy - sh))
             if threshold == default:
                 details.append(
-                    f"| {task} | {p['recommended']} {100 * p['static'][p['recommended']]:.1f} | {p['start']} → {d['alternative'] + ' at ' + str(d['step']) if d else 'no switch'} "
-                    f"| {100 * accuracy:.1f} | {max(p['static'], key=p['static'].get)} {100 * best:.1f} | {100 * sh:.1f} |"
+                    f"| {task} | {p['recommended']} {100 * p['static'][p['recommended']]:.1f} | {p['start']} "
+                    f"→ {d['alternative'] + ' at ' + str(d['step']) if d else 'no switch'} "
+                    f"| {100 * accuracy:.1f} | {max(p['static'], key=p['static'].get)} {100 * best:.1f} | "
+                    f"{100 * sh:.1f} |"
                 )
         if n:
             out.append(
-                f"| {threshold} | {n} | {switched} | {np.mean(vs_start):+.2f} | {np.mean(gains):+.2f} | {min(gains):+.1f} | {near}/{n} | {np.mean(vs_sh):+.2f} |"
+                f"| {threshold} | {n} | {switched} | {np.mean(vs_start):+.2f} | {np.mean(gains):+.2f} | "
+                f"{min(gains):+.1f} | {near}/{n} | {np.mean(vs_sh):+.2f} |"
             )
     return "\n".join(
         out
@@ -400,7 +405,8 @@ def main() -> None:
                 continue
             write(run_switch(task, p["start"], d, args.suite, callbacks=[probe]))
             print(
-                f"{task}: {p['start']} → {to} at {step}: accuracy {lines[-1]['accuracy']:.4f} ({lines[-1]['wall_s']} s)",
+                f"{task}: {p['start']} → {to} at {step}: accuracy {lines[-1]['accuracy']:.4f} "
+                f"({lines[-1]['wall_s']} s)",
                 flush=True,
             )
 

@@ -126,7 +126,8 @@ def main() -> None:
     task = packed_task(args.seq, args.batch * args.steps)
     peak = matmul_peak()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
+        f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
     )
     print(f"{'method':<16} {'engine tok/s':>13} {'bare tok/s':>11} {'ratio':>6} {'MFU':>6}")
     rows = []

@@ -276,8 +276,8 @@ def _failure(stdout: str, run: int, task_id: str) -> list[str]:
     [
         (
             2,
-            "metapeft._errors.TaskError: no such file or directory: /nonexistent/reviews (give a JSONL/CSV/TSV/Parquet "
-            "file, a folder with train/test files, or 'example')",
+            "metapeft._errors.TaskError: no such file or directory: /nonexistent/reviews (give a "
+            "JSONL/CSV/TSV/Parquet file, a folder with train/test files, or 'example')",
         ),
         (3, "metapeft._errors.OptionError: trials must be a whole number of at least 1, got 0"),
     ],

@@ -495,6 +495,10 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
             and lora["interval_90"][0] <= lora["mean_gain"] <= lora["interval_90"][1]
             and 0 <= lora["wilcoxon_p"] <= 1
         )
+    ceiling = result["ceiling"]["lora_defaults"]["all"]["mean_gain"]  # the best run in hindsight beats every pick
+    assert all(
+        r["paired"]["lora_defaults"]["all"]["mean_gain"] <= ceiling + 1e-9 for r in result["selectors"].values()
+    )
     always = result["selectors"]["always_lora"]["paired"]["lora_defaults"]["all"]
     assert (
         always["mean_gain"] == 0 and always["win_rate"] == 0.5
@@ -530,6 +534,8 @@ def test_a_constraint_that_leaves_no_method_is_refused():
         Constraint(max_memory_mb=0)
     bad = run_cli("evaluate", "--peft-only", "--methods", "full_finetuning")
     assert bad.returncode == 2 and "leaves no method" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("evaluate", "--steps", "7")
+    assert bad.returncode == 2 and "no run was trained for 7 steps" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cross_fitted_regret_is_unbiased_where_plain_regret_is_not(prior_records):

@@ -302,7 +302,8 @@ def test_hypervolume_gain_is_exact_and_nothing_for_dominated_points():
 
     front = np.array([[0.5, 0.5]])
     points = np.array([[0.6, 0.6], [0.5, 0.5], [0.2, 0.9], [1.2, 0.0], [0.4, 0.4]])
-    # [0.2, 0.9] adds the strip (0.5 − 0.2) × (1.1 − 0.9); [0.4, 0.4] adds 0.7² − 0.6²; past the reference: nothing
+    # [0.2, 0.9] adds the strip (0.5 − 0.2) × (1.1 − 0.9); [0.4, 0.4] adds 0.7² − 0.6²;
+    # past the reference: nothing
     assert _hypervolume_gain(points, front) == pytest.approx([0.0, 0.0, 0.06, 0.0, 0.13])
     assert _hypervolume_gain(np.array([[0.1, 0.1]]), np.empty((0, 2))) == pytest.approx([1.0])
 
@@ -329,7 +330,8 @@ def test_of_two_trials_started_at_once_at_the_shared_total_only_the_first_counts
 @pytest.mark.slow
 def test_a_sigkilled_search_resumes_to_its_full_trial_count(tiny_task, tmp_path):
     """A tune killed (SIGKILL) during a trial: its parent run is closed as KILLED, and the same command started again
-    redoes the cut trial (failed and queued again, not counted) and stops at the full --trials with a FINISHED parent."""
+    redoes the cut trial (failed and queued again, not counted) and stops at the full --trials with a FINISHED
+    parent."""
     import os
     import signal
     import time

@@ -12,7 +12,8 @@ from metapeft.training._engine import Batches
 
 
 class Watch(TrainerCallback):
-    """Logits on a fixed batch at each curve point and right after each switch (before the next method's first step)."""
+    """Logits on a fixed batch at each curve point and right after each switch (before the next method's first
+    step)."""
 
     def __init__(self, task, schedule: dict[int, str]):
         self.batch = Batches(load_tokenizer(None), task.test.select(np.arange(24)), 32).collate(
@@ -49,7 +50,8 @@ def test_merge_and_continue_keeps_predictions_through_a_chain_of_switches_and_re
     quick_task, example_profile, tmp_path
 ):
     small_task = quick_task
-    # every method that changes weights, each merged before the next starts: lora → ia3 → loha → adalora → dora → full → head
+    # every method that changes weights, each merged before the next starts:
+    # lora → ia3 → loha → adalora → dora → full → head
     chain = ["ia3", "loha", "adalora", "dora", "full_finetuning", "head_only"]
     steps = 2 * (len(chain) + 1)
     watch = Watch(small_task, {2 * (i + 1): m for i, m in enumerate(chain)})
@@ -235,7 +237,8 @@ def test_the_linear_probe_reads_the_base_encoder_before_training_and_the_trained
         assert set(figures["probe"]) == {quick_task.name} and figures["drop"] == pytest.approx(
             100 * (probes[method].before[quick_task.name] - probes[method].after[quick_task.name]), abs=0.01
         )
-    # with its adapter disabled or its virtual tokens bypassed, the encoder a PEFT run starts from is the pretrained one
+    # with its adapter disabled or its virtual tokens bypassed, the encoder a PEFT run starts from is the pretrained
+    # one
     assert probes["head_only"].before == probes["lora"].before == probes["prompt_tuning"].before
     assert probes["head_only"].after == probes["head_only"].before  # head-only leaves the encoder as it was
 

@@ -13,7 +13,8 @@ start = float(sys.argv[2])
 while time.time() < start:  # every process opens the fresh store at the same moment
     time.sleep(0.001)
 tracker = MLflowTracker(sys.argv[1])
-print(tracker.log_run(name="race", params={"p": 1}, metrics={"accuracy": 0.5}, curve=[{"step": 1, "accuracy": 0.5}], tags={}))
+print(tracker.log_run(name="race", params={"p": 1}, metrics={"accuracy": 0.5}, \
+curve=[{"step": 1, "accuracy": 0.5}], tags={}))
 """
 
 

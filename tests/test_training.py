@@ -70,7 +70,8 @@ def test_training_is_reproducible(small_task, example_profile):
 def test_every_method_saved_through_train_reloads_and_reproduces_its_accuracy(
     method, quick_task, example_profile, tmp_path
 ):
-    """The path users take: ``train`` writes the folder, ``load_classifier`` alone rebuilds it (label names and all)."""
+    """The path users take: ``train`` writes the folder, ``load_classifier`` alone rebuilds it (label names and
+    all)."""
     run = RunConfig(
         record=False, track=False, output_dir=tmp_path / "run", eval_size=16, eval_points=1, final_eval_size=10_000
     )

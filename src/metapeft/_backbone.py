@@ -65,7 +65,8 @@ def _quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.logging.set_verbosity_error()  # its "Retrying in 8s" lines while an unreachable hub times out
+    # its "Retrying in 8s" lines while an unreachable hub times out
+    huggingface_hub.utils.logging.set_verbosity_error()
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,7 +79,8 @@ def load_tokenizer(model: str | None = None, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise MetapeftError(
-            f"cannot load the tokenizer of {name} ({_first_line(exc)}); check the model path or network{_network_hint(path)}"
+            f"cannot load the tokenizer of {name} ({_first_line(exc)}); check the model path or "
+            f"network{_network_hint(path)}"
         ) from None
 
 

@@ -107,6 +107,7 @@ def _champion() -> str:
         version = MLflowTracker().client.get_model_version_by_alias(SELECTOR_NAME, CHAMPION)
     except MlflowException:
         raise RuntimeError(
-            f"no {SELECTOR_NAME}@{CHAMPION} yet: the packaged selector becomes version 1 on the first `metapeft serve` or `retrain`"
+            f"no {SELECTOR_NAME}@{CHAMPION} yet: the packaged selector becomes version 1 on the first "
+            "`metapeft serve` or `retrain`"
         ) from None
     return f"{SELECTOR_NAME} version {version.version}"

@@ -1243,6 +1243,14 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    steps: Annotated[
+        Optional[int],
+        typer.Option(
+            "--steps",
+            help="Score only the task instances trained for this many steps \\[default: every step budget].",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Leave-one-task-out evaluation of the recommendation: paired gains over LoRA at defaults and full fine-tuning, regret, disaster rate, calibration."""
@@ -1252,6 +1260,8 @@ def evaluate(
 
     if few_shot < 0:
         raise MetapeftError(f"--few-shot must be 0 or positive, got {few_shot}")
+    if steps is not None and steps < 1:
+        raise MetapeftError(f"--steps must be a positive number of training steps, got {steps}")
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     constraint = _options(Constraint, methods=names, peft_only=peft_only, max_memory_mb=max_memory)
     records = _experience(store, prior, own, experience)
@@ -1267,6 +1277,7 @@ def evaluate(
                 few_shot=few_shot,
                 min_methods=min_methods,
                 held_out=held,
+                steps=steps,
                 progress=lambda i, n, task: bar.update(job, completed=i, total=n, info=task),
             )
         except ValueError as exc:
@@ -1312,9 +1323,21 @@ def evaluate(
             f"{100 * full.get('win_rate', 0):.0f}%",
             gain(median),
         )
+    ceiling = [result["ceiling"][ref]["all"] for ref in ("lora_defaults", "full_finetuning", "median")]
+    table.add_row(
+        "[dim]best run in hindsight (ceiling)[/dim]",
+        gain(ceiling[0]),
+        "",
+        "",
+        gain(ceiling[1]),
+        "",
+        "",
+        gain(ceiling[2]),
+    )
     out.print(table)
     out.print(
-        "[dim]mean over tasks [90% interval, resampling tasks]; p: one-sided Wilcoxon over tasks (gain > 0); won: share of tasks with a gain (ties half)[/dim]"
+        "[dim]mean over tasks [90% interval, resampling tasks]; p: one-sided Wilcoxon over tasks (gain > 0); won: share of tasks with a gain (ties half); "
+        "the ceiling is the best allowed run of each instance, chosen knowing its test accuracy[/dim]"
     )
     table = Table(title="Regret (best run of the instance minus the chosen run, points)")
     for column in (

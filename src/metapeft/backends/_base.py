@@ -164,7 +164,8 @@ class Backend(ABC):
         Args:
             task: The task.
             method: A method of :attr:`methods`.
-            hyperparameters: The method's settings (validated by its config: ``r``, ``learning_rate``, ``max_steps``…).
+            hyperparameters: The method's settings (validated by its config: ``r``, ``learning_rate``,
+                ``max_steps``…).
             model: A Hugging Face Llama-family folder.
             seed: Initialisation and data order.
             eval_size: Held-out rows evaluated (the first ones; 0 = all).

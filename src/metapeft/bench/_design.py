@@ -82,7 +82,8 @@ class Design:
             raise MetapeftError(f"{where}: backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if lacking := [m for m in self.methods if m not in BACKENDS[self.backend].methods and self.backend != "torch"]:
             raise MetapeftError(
-                f"{where}: backend {self.backend} has no {', '.join(lacking)}; it has: {', '.join(BACKENDS[self.backend].methods)}"
+                f"{where}: backend {self.backend} has no {', '.join(lacking)}; it has: "
+                f"{', '.join(BACKENDS[self.backend].methods)}"
             )
         known = set().union(*({f.name for f in get_method(m).fields()} for m in self.methods))
         for i, fixed in [(None, self.fixed)] + [(i, p.fixed or {}) for i, p in enumerate(self.passes)]:
@@ -102,7 +103,8 @@ class Design:
                 or (p.eval_points or 1) < 1
             ):
                 raise MetapeftError(
-                    f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1, train sizes >= 2 and eval_points >= 1"
+                    f"{where}: pass {i} needs config 'defaults' or 'sobol', repeats >= 1, train sizes >= 2 "
+                    "and eval_points >= 1"
                 )
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,7 +134,8 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
     if missing := sorted(named - set(task_names)):
         where = design.source or f"design {design.name!r}"
         raise MetapeftError(
-            f"{where} names tasks the suite does not have: {', '.join(missing)}; fix its 'tasks' (the suite has {len(task_names)} tasks)"
+            f"{where} names tasks the suite does not have: {', '.join(missing)}; fix its 'tasks' (the suite "
+            f"has {len(task_names)} tasks)"
         )
     tasks = [t for t in task_names if design.tasks is None or t in design.tasks]
     studies = {}
@@ -157,7 +160,8 @@ def expand(design: Design, task_names: list[str]) -> list[RunSpec]:
                                 params = studies[method].ask(space).params
                             configs.append((f"p{p_index}s{r}", params))
                     # Sobol points depend on the order of all earlier draws; the key carries a hash of the values so
-                    # that a changed expansion (tasks added or reordered) can never file other settings under an old key.
+                    # that a changed expansion (tasks added or reordered) can never file other settings under an old
+                    # key.
                     for config_id, params in configs:
                         hyperparameters = spec.make_config({**params, **_fixed_for(spec, fixed)}).as_dict()
                         if config_id != "default":

@@ -297,7 +297,8 @@ class ExperienceStore:
             self._insert(records, owner=False)
         except sa.exc.IntegrityError:
             raise StoreError(
-                "another process added some of these records at the same time; run the import again (it skips what is stored)"
+                "another process added some of these records at the same time; run the import again (it skips "
+                "what is stored)"
             ) from None
         return len(records)
 
@@ -305,7 +306,8 @@ class ExperienceStore:
         self, *, task_name: str, task_fingerprint: str, ranking: list[dict], source: str, selector: str | None = None
     ) -> str:
         """Record what the selector predicted for a task (``ranking``: best first, each ``{"method", "rank",
-        "accuracy": {"mean", "low", "high"}}``) so that ``metapeft monitor`` can compare it with the runs that follow."""
+        "accuracy": {"mean", "low", "high"}}``) so that ``metapeft monitor`` can compare it with the runs that
+        follow."""
         import uuid
 
         if not ranking or not all(isinstance(r, dict) and {"method", "rank", "accuracy"} <= set(r) for r in ranking):
@@ -400,7 +402,8 @@ class ExperienceStore:
         }
         for r in silent:
             dead[r.id] = (
-                f"no heartbeat from its process on {r.host} for over {STALE_S / 60:.0f} minutes (killed, crashed or cut off)"
+                f"no heartbeat from its process on {r.host} for over {STALE_S / 60:.0f} minutes (killed, "
+                "crashed or cut off)"
             )
         for experience_id, error in dead.items():
             with self._writing(), self._engine.begin() as conn:

@@ -56,7 +56,8 @@ def sample_episode(task: Task, config: TaskConfig, rng: np.random.Generator) -> 
     eligible = [c for c in np.unique(labels) if (labels == c).sum() >= need]
     if len(eligible) < 2:
         raise MetapeftError(
-            f"task {task.name}: fewer than 2 labels have {need} training examples ({config.shots} shots + {config.query} query); lower shots or query"
+            f"task {task.name}: fewer than 2 labels have {need} training examples ({config.shots} shots + "
+            f"{config.query} query); lower shots or query"
         )
     chosen = rng.choice(eligible, size=min(config.classes, len(eligible)), replace=False)
     support, query, support_y, query_y = [], [], [], []
@@ -88,7 +89,8 @@ def few_shot_split(task: Task, shots: int, seed: int) -> tuple[Split, list[str]]
             )
         if len(own) < shots:
             short.append(
-                f"label {task.label_names[c]!r} has {len(own)} training examples, fewer than --shots {shots}: all of them are used"
+                f"label {task.label_names[c]!r} has {len(own)} training examples, fewer than --shots {shots}: "
+                "all of them are used"
             )
         rows += rng.permutation(own)[:shots].tolist()
     return task.train.select(sorted(rows)), short

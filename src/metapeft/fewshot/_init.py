@@ -81,29 +81,34 @@ def load_init(folder: str | Path, method: str | None = None, model: str | None =
     wanted = resolve_model(model)[0]  # the user's base model: the default when none is named
     if wanted != card["base_model"]:
         raise MetapeftError(
-            f"{folder} was meta-trained for base model {card['base_model']}, not {wanted}; use --model {card['base_model']} or another --init"
+            f"{folder} was meta-trained for base model {card['base_model']}, not {wanted}; use --model "
+            f"{card['base_model']} or another --init"
         )
     if method and method != card["method"]:
         raise MetapeftError(
-            f"{folder} was meta-trained for method {card['method']}, not {method}; use --method {card['method']} or another --init"
+            f"{folder} was meta-trained for method {card['method']}, not {method}; use --method "
+            f"{card['method']} or another --init"
         )
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MetapeftError(
-            f"{folder / WEIGHTS} is not a readable safetensors file ({str(exc).splitlines()[0]}); meta-train again or restore the folder"
+            f"{folder / WEIGHTS} is not a readable safetensors file ({str(exc).splitlines()[0]}); meta-train "
+            "again or restore the folder"
         ) from None
     fsm = FewShotModel.build(card["method"], card["settings"], model)
     scale = state.pop("log_scale", None)
     expected = set(fsm_state_keys(fsm))
     if scale is None or set(state) != expected:
         raise MetapeftError(
-            f"{folder / WEIGHTS} does not hold the {card['method']} parameters its card describes (a foreign or mixed file); meta-train again"
+            f"{folder / WEIGHTS} does not hold the {card['method']} parameters its card describes (a foreign "
+            "or mixed file); meta-train again"
         )
     for key, value in state.items():
         if value.shape != fsm_state_keys(fsm)[key]:
             raise MetapeftError(
-                f"{folder / WEIGHTS}: {key} has shape {tuple(value.shape)}, expected {tuple(fsm_state_keys(fsm)[key])}; a foreign or mixed file"
+                f"{folder / WEIGHTS}: {key} has shape {tuple(value.shape)}, expected "
+                f"{tuple(fsm_state_keys(fsm)[key])}; a foreign or mixed file"
             )
     set_peft_model_state_dict(fsm.classifier.encoder, state)
     with torch.no_grad():

@@ -65,13 +65,15 @@ class FewShotModel(nn.Module):
 
     @classmethod
     def build(cls, method: str = "lora", settings: dict | None = None, model: str | None = None) -> FewShotModel:
-        """A fresh model: ``method`` with ``settings`` (its hyperparameters) on ``model`` (default all-MiniLM-L6-v2)."""
+        """A fresh model: ``method`` with ``settings`` (its hyperparameters) on ``model`` (default
+        all-MiniLM-L6-v2)."""
         from .._backbone import backbone_info, load_tokenizer
 
         spec = get_method(method)
         if spec.kind != "peft":
             raise MetapeftError(
-                f"few-shot adaptation meta-learns PEFT parameters; {method} has none (use lora, ia3, prefix_tuning, prompt_tuning…)"
+                f"few-shot adaptation meta-learns PEFT parameters; {method} has none (use lora, ia3, "
+                "prefix_tuning, prompt_tuning…)"
             )
         config = spec.make_config(settings or {})
         backbone = backbone_info(model)

@@ -301,7 +301,8 @@ def _read_state(checkpoint: Path, config: MetaTrainConfig) -> dict | None:
         raise MetapeftError(f"{path} is damaged; remove {checkpoint} to start over") from None
     if state.get("config") != json.loads(json.dumps(config.as_dict())):
         raise MetapeftError(
-            f"{checkpoint} holds a meta-training with another config; use the same options to resume, or a new output folder"
+            f"{checkpoint} holds a meta-training with another config; use the same options to resume, or a "
+            "new output folder"
         )
     return state
 

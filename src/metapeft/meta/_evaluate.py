@@ -8,6 +8,8 @@ methods, PEFT only, a memory limit). Since those runs' accuracies are known, the
 - **paired gain** of the pick over references a user would run otherwise, in the same instance: LoRA at its
   defaults, always full fine-tuning, and the median allowed configuration. Per task (mean over its instances), with
   a 90% interval from resampling tasks, a one-sided Wilcoxon p and the share of tasks won; by training-set size too;
+- the **ceiling** of those gains: the same figures for the best allowed run of each instance, chosen knowing its
+  test accuracy (what no selector can beat among the runs that exist);
 - **regret** (best run minus chosen run, in accuracy points), regret@3, top-1, NDCG; the **disaster rate** (share of
   instances with regret > 5) and the worst instance;
 - **cross-fitted regret** where an instance was trained on two training seeds: the best configuration chosen on
@@ -350,6 +352,7 @@ def evaluate(
     min_methods: int = 5,
     progress: Callable[[int, int, str], None] | None = None,
     held_out: list[str] | None = None,
+    steps: int | None = None,
     bootstrap: int = 2000,
     seed: int = 0,
 ) -> dict:
@@ -367,12 +370,14 @@ def evaluate(
             scored (too small a choice), though their runs still train the selectors.
         progress: Called with (tasks done, tasks, task) as it goes.
         held_out: Limit the tasks held out (and scored) to these task groups (default: every task).
+        steps: Score only the task instances trained for this many steps (default: every step budget); the
+            selectors still learn from every run.
         bootstrap: Task resamples for the paired gains' intervals.
         seed: Seeds the resampling and the random baseline.
 
     Returns:
         A JSON-ready dict: per selector, regret figures, disaster rate and paired gains over each reference (all
-        sizes and by size); cross-fitted regret where replicates exist; the winner's-curse offset; per-task regret;
+        sizes and by size), and the ceiling: the same gains for the best allowed run in hindsight; cross-fitted regret where replicates exist; the winner's-curse offset; per-task regret;
         calibration and coverage of metapeft's intervals; few-shot conditioning.
     """
     from scipy.stats import wilcoxon
@@ -385,6 +390,9 @@ def evaluate(
         raise ValueError(f"leave-one-task-out needs runs on at least 3 tasks; the experience has {len(groups)}")
     if held_out is not None:
         groups = [g for g in groups if g in set(held_out)]
+    if steps is not None and not any(r.hyperparameters.get("max_steps") == steps for r in records):
+        budgets = sorted({r.hyperparameters.get("max_steps") for r in records} - {None})
+        raise ValueError(f"no run was trained for {steps} steps (the experience has {budgets})")
     per_cell: dict[str, list[dict]] = defaultdict(list)
     crossed: dict[str, list[dict]] = defaultdict(list)
     curse: list[dict] = []
@@ -395,8 +403,9 @@ def evaluate(
             progress(n, len(groups), held)
         train = [r for r in records if task_group(r) != held]
         own = [r for r in records if task_group(r) == held]
-        instances = _instances(held, own, constraint, min_methods)
-        replicates = _replicates(own, constraint)
+        scored = [r for r in own if steps is None or r.hyperparameters.get("max_steps") == steps]
+        instances = _instances(held, scored, constraint, min_methods)
+        replicates = _replicates(scored, constraint)
         for inst in instances:
             curse.append({"task": held, **_winners_curse(inst.allowed, seed=len(curse))})
         past = cells_of(train)
@@ -456,12 +465,14 @@ def evaluate(
         progress(len(groups), len(groups), "")
     if not per_cell:
         raise ValueError(
-            f"no task instance has allowed runs of at least {min(min_methods, len(constraint.allowed))} methods ({constraint.describe()})"
+            f"no task instance has allowed runs of at least {min(min_methods, len(constraint.allowed))} methods "
+            f"({constraint.describe()}" + (f", {steps} steps" if steps is not None else "") + ")"
         )
     rng = np.random.default_rng(seed)
     first = next(iter(per_cell.values()))
     out = {
         "constraint": constraint.describe(),
+        "steps": steps,
         "tasks": len({r["task"] for r in first}),
         "cells": len(first),
         "runs": len(records),
@@ -469,6 +480,15 @@ def evaluate(
         "selectors": {},
     }
     per_task = {name: _by_task(rows) for name, rows in per_cell.items()}
+    # the best allowed run in hindsight: its gain over each reference is the ceiling of any selector's
+    ceiling = [{**r, "picked": r["picked"] + r["regret"] / 100} for r in first]
+    out["ceiling"] = {
+        ref: {
+            "all": _paired(ceiling, ref, None, rng, bootstrap, wilcoxon),
+            **{str(size): _paired(ceiling, ref, size, rng, bootstrap, wilcoxon) for size in out["sizes"]},
+        }
+        for ref in REFERENCES
+    }
     for name, rows in per_cell.items():
         tasks = per_task[name]
         summary = {

@@ -2,9 +2,10 @@
 
 Fitted on the experience's curves: every curve point before the last is one example (what was seen up to it →
 the final accuracy). The point forecast is the last accuracy plus the gain a gradient-boosted regression expects
-from the run's last two accuracies, its fraction of the budget, the budget, the task's chance level and the method; the interval is split-conformal: the
-quantiles of the out-of-fold residuals (folds by task, so that an interval is what a new task gets), per stretch of
-the budget (a forecast at a quarter of the budget is wider than one at three quarters).
+from the run's last two accuracies, its fraction of the budget, the budget, the task's chance level and the method;
+the interval is split-conformal: the quantiles of the out-of-fold residuals (folds by task, so that an interval is
+what a new task gets), per stretch of the budget (a forecast at a quarter of the budget is wider than one at three
+quarters).
 
 The switching controller (:class:`~metapeft.training.SwitchController`) weighs it against the surrogate's
 prediction for the methods it could switch to.
@@ -129,7 +130,8 @@ class CurveForecaster:
         x, y, fractions, groups = self._rows(records, expected or {})  # y: the gain from each point to the end
         if len(y) < 50 or len(set(groups)) < self.folds:
             raise ValueError(
-                f"a curve forecaster needs curves of at least {self.folds} tasks and 50 points; the experience has {len(set(groups))} tasks, {len(y)} points"
+                f"a curve forecaster needs curves of at least {self.folds} tasks and 50 points; the "
+                f"experience has {len(set(groups))} tasks, {len(y)} points"
             )
         residuals = np.empty(len(y))
         for train, held in GroupKFold(self.folds).split(x, y, groups):

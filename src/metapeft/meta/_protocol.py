@@ -1,4 +1,5 @@
-"""The one protocol every selector follows (the meta-learner and the evaluation's baselines), and its conformance check.
+"""The one protocol every selector follows (the meta-learner and the evaluation's baselines), and its conformance
+check.
 
 A selector learns from past runs which configurations do well on which tasks. Lifecycle:
 

@@ -34,7 +34,8 @@ FORMAT = (
     9  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
 )
 # 5 = time learned per step; 6 = time and memory read without the cost-free settings; 7 = P(best) calibration;
-# 8 = base rates by training-set size: best_won, best_ran, best_size replace best_rate; 9 = causal_lm and backend features
+# 8 = base rates by training-set size: best_won, best_ran, best_size replace best_rate;
+# 9 = causal_lm and backend features
 _STATE_ARRAYS = (
     "x_mean",
     "x_std",
@@ -306,7 +307,8 @@ class Surrogate(Selector):
         x, y, groups, cells = self._rows(records, fit_effects=True)
         if np.isnan(y[:, 0]).all():  # the networks would be left at their random initialisation
             raise ValueError(
-                "the surrogate learns how methods compare within a task, and no task instance in the experience has finished runs of 3 "
+                "the surrogate learns how methods compare within a task, and no task instance in the "
+                "experience has finished runs of 3 "
                 "or more methods; run more methods on one task (e.g. metapeft bench) or keep the shipped prior"
             )
         self.x_mean, self.x_std = x.mean(0), x.std(0)
@@ -492,7 +494,8 @@ class Surrogate(Selector):
 
     def _cost_only(self, xn: np.ndarray) -> np.ndarray:
         """Standardised inputs with the settings that do not change a step's cost at their mean: time and memory are
-        read from these (before, head-only runs were predicted at 73-83 MB by learning rate; measured, 87 MB at any)."""
+        read from these (before, head-only runs were predicted at 73-83 MB by learning rate; measured, 87 MB at
+        any)."""
         return self._at_mean(xn, self.encoder.cost_free_columns)
 
     def _at_mean(self, xn: np.ndarray, columns: list[int]) -> np.ndarray:

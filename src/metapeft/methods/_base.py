@@ -259,7 +259,8 @@ def target_modules(preset: str, backbone: BackboneInfo, method: str) -> list[str
     modules = set(backbone.linear_modules)
     if not modules:
         raise IncompatibleMethodError(
-            f"{method}: {backbone.name} ({backbone.architecture}) has no torch.nn.Linear layers in its blocks to adapt (e.g. GPT-2's Conv1D); choose another method"
+            f"{method}: {backbone.name} ({backbone.architecture}) has no torch.nn.Linear layers in its blocks "
+            "to adapt (e.g. GPT-2's Conv1D); choose another method"
         )
     if preset == "all-linear":
         return sorted(modules)
@@ -270,7 +271,8 @@ def target_modules(preset: str, backbone: BackboneInfo, method: str) -> list[str
             chosen = {"qv": [q, v], "qkv": [q, k, v], "attention": [q, k, v, o]}[preset]
             return [m for m in chosen if m]
     raise IncompatibleMethodError(
-        f"{method}: cannot find query/value projections in {backbone.name} ({backbone.architecture}); use target_modules=all-linear"
+        f"{method}: cannot find query/value projections in {backbone.name} ({backbone.architecture}); use "
+        "target_modules=all-linear"
     )
 
 
@@ -283,5 +285,6 @@ def check_prompt_room(config: Any, backbone: BackboneInfo, method: str) -> None:
     room = backbone.max_positions - config.num_virtual_tokens
     if backbone.max_positions and room < 16:
         raise IncompatibleMethodError(
-            f"{method}: {config.num_virtual_tokens} virtual tokens leave {room} of {backbone.name}'s {backbone.max_positions} positions for text; lower num_virtual_tokens"
+            f"{method}: {config.num_virtual_tokens} virtual tokens leave {room} of {backbone.name}'s "
+            f"{backbone.max_positions} positions for text; lower num_virtual_tokens"
         )

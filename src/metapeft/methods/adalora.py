@@ -52,7 +52,8 @@ def _check(config: AdaLoraConfig, backbone) -> None:
         config.max_steps - int(config.max_steps * config.tfinal_ratio) < 2
     ):  # peft scores ranks on a step before it prunes them
         raise MethodError(
-            f"adalora: max_steps={config.max_steps} leaves no step to score ranks before the final phase; use max_steps >= 2 (and tfinal_ratio below 0.5)"
+            f"adalora: max_steps={config.max_steps} leaves no step to score ranks before the final phase; use "
+            "max_steps >= 2 (and tfinal_ratio below 0.5)"
         )
     check_targets(config, backbone, "adalora")
 

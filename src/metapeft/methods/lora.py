@@ -26,7 +26,8 @@ class LoraConfig(MethodConfig):
     target_modules: str = hp(
         "qv",
         CategoricalDistribution(TARGET_PRESETS),
-        "Which linear layers get adapters: query+value, query+key+value, all attention projections, or every linear layer.",
+        "Which linear layers get adapters: query+value, query+key+value, all attention projections, or every "
+        "linear layer.",
     )
 
 

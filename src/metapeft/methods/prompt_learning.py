@@ -105,7 +105,8 @@ def _p_tuning(config: PTuningConfig, backbone):
 def _check_prefix(config: PrefixTuningConfig, backbone) -> None:
     if not backbone.supports_past_key_values:
         raise IncompatibleMethodError(
-            f"prefix_tuning: {backbone.name} ({backbone.architecture}) does not accept past_key_values, which prefix tuning feeds its prefixes through"
+            f"prefix_tuning: {backbone.name} ({backbone.architecture}) does not accept past_key_values, which "
+            "prefix tuning feeds its prefixes through"
         )
 
 

@@ -75,13 +75,14 @@ def read_header(path: Path) -> Llama2cHeader:
         or (dim // heads) % 2
     ):
         raise MetapeftError(
-            f"{path}: not a llama2.c checkpoint: its header [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len] reads "
-            f"{[dim, hidden, layers, heads, kv_heads, vocab, seq_len]}"
+            f"{path}: not a llama2.c checkpoint: its header [dim, hidden_dim, n_layers, n_heads, n_kv_heads, "
+            f"vocab_size, seq_len] reads {[dim, hidden, layers, heads, kv_heads, vocab, seq_len]}"
         )
     expected = HEADER.size + 4 * header.floats()
     if size != expected:
         raise MetapeftError(
-            f"{path}: a llama2.c checkpoint with header {[dim, hidden, layers, heads, kv_heads, vocab, seq_len]} has {expected} bytes, "
+            f"{path}: a llama2.c checkpoint with header "
+            f"{[dim, hidden, layers, heads, kv_heads, vocab, seq_len]} has {expected} bytes, "
             f"this file {size}; the file is truncated or of another format (only the legacy version-0 export is read)"
         )
     return header
@@ -162,7 +163,8 @@ def read_tokenizer(path: Path, vocab_size: int) -> list[tuple[str, float]]:
         raise MetapeftError(f"{path}: not a llama2.c tokenizer for {vocab_size} tokens ({exc})") from None
     if at != len(raw):
         raise MetapeftError(
-            f"{path}: a llama2.c tokenizer of {vocab_size} tokens ends at byte {at}, the file has {len(raw)}; it belongs to another model"
+            f"{path}: a llama2.c tokenizer of {vocab_size} tokens ends at byte {at}, the file has {len(raw)}; "
+            "it belongs to another model"
         )
     return tokens
 
@@ -220,7 +222,8 @@ def import_llama2c(
     folder = source if source.is_dir() else source.parent
     if not source.exists():
         raise MetapeftError(
-            f"no such file or directory: {source} (give a llama2.c checkpoint .bin or the folder holding it and its tokenizer)"
+            f"no such file or directory: {source} (give a llama2.c checkpoint .bin or the folder holding it "
+            "and its tokenizer)"
         )
     bins = sorted(folder.glob("*.bin"))
     tok_files = [p for p in bins if p.name.startswith("tok")] if tokenizer is None else [folder / tokenizer]
@@ -231,11 +234,13 @@ def import_llama2c(
     )
     if len(weight_files) != 1 or not weight_files[0].is_file():
         raise MetapeftError(
-            f"{source}: expected one llama2.c checkpoint (*.bin), found {[p.name for p in weight_files]}; name it with --checkpoint"
+            f"{source}: expected one llama2.c checkpoint (*.bin), found {[p.name for p in weight_files]}; "
+            "name it with --checkpoint"
         )
     if len(tok_files) != 1 or not tok_files[0].is_file():
         raise MetapeftError(
-            f"{folder}: expected one llama2.c tokenizer (tok*.bin) beside the checkpoint, found {[p.name for p in tok_files]}; name it with --tokenizer"
+            f"{folder}: expected one llama2.c tokenizer (tok*.bin) beside the checkpoint, found "
+            f"{[p.name for p in tok_files]}; name it with --tokenizer"
         )
     if output.exists() and any(output.iterdir()):
         raise MetapeftError(f"{output} is not empty; give a new folder")

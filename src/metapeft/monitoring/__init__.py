@@ -59,7 +59,8 @@ class Thresholds:
             raise MetapeftError(f"coverage_min must be within 0..1, got {self.coverage_min}")
         if self.regret_max <= 0 or not -1 <= self.rank_agreement_min <= 1:
             raise MetapeftError(
-                f"regret_max > 0 and rank_agreement_min within -1..1 needed, got {self.regret_max} and {self.rank_agreement_min}"
+                f"regret_max > 0 and rank_agreement_min within -1..1 needed, got {self.regret_max} and "
+                f"{self.rank_agreement_min}"
             )
         if self.window < 1 or self.min_matches < 1:
             raise MetapeftError(f"window and min_matches must be at least 1, got {self.window} and {self.min_matches}")
@@ -183,7 +184,8 @@ def monitor(store, thresholds: Thresholds | None = None) -> MonitorReport:
         _figure("rank agreement (Spearman)", agreements, thresholds.rank_agreement_min, "min", thresholds),
     ]
     alerts = [
-        f"{f.name} {f.value:.3g} over the last {f.count} is {'below' if f.direction == 'min' else 'above'} its threshold {f.threshold:.3g}"
+        f"{f.name} {f.value:.3g} over the last {f.count} is {'below' if f.direction == 'min' else 'above'} "
+        f"its threshold {f.threshold:.3g}"
         for f in figures
         if f.alert
     ]

@@ -137,7 +137,8 @@ def markdown(summary: dict) -> str:
     v = summary["variation"]
     lines = [
         f"**{summary['runs']} finished runs** ({summary['failed']} failed) over **{summary['tasks']} tasks**, "
-        f"{summary['cells']} task × train-size × seed cells, {len(summary['methods'])} methods (at least {summary['min_methods_per_task']} per task)"
+        f"{summary['cells']} task × train-size × seed cells, {len(summary['methods'])} methods (at least "
+        f"{summary['min_methods_per_task']} per task)"
         + (
             f"; {summary['partial_cells']} more cell(s) with too few methods so far left out of the comparisons."
             if summary.get("partial_cells")
@@ -146,13 +147,16 @@ def markdown(summary: dict) -> str:
         "",
         f"- Distinct winning methods: **{v['distinct_winners']}**; the most frequent winner, {v['top_method']}, wins "
         f"{100 * v['top_method_win_share']:.0f}% of cells.",
-        f"- Best single method for every cell: {v['single_best_method']}, mean regret {100 * v['single_best_mean_regret']:.1f} "
-        f"accuracy points, worst {100 * v['single_best_max_regret']:.1f}; its gap lies within the evaluation's sampling noise "
+        f"- Best single method for every cell: {v['single_best_method']}, mean regret "
+        f"{100 * v['single_best_mean_regret']:.1f} "
+        f"accuracy points, worst {100 * v['single_best_max_regret']:.1f}; its gap lies within the "
+        "evaluation's sampling noise "
         f"(two standard errors) in {100 * v['single_best_within_noise_share']:.0f}% of cells, and on average "
         f"{v['methods_within_noise_of_best']:.1f} methods per cell are that close to the best.",
         f"- Mean spread between best and worst method in a cell: {100 * v['mean_spread_in_cell']:.1f} points; "
         + (
-            f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks with several sizes."
+            f"the winner changes with train size on {100 * v['winner_changes_with_size']:.0f}% of tasks with "
+            "several sizes."
             if v["winner_changes_with_size"] is not None
             else "no task has several train sizes yet."
         ),
@@ -160,9 +164,11 @@ def markdown(summary: dict) -> str:
     n = summary.get("noise", {})
     if n.get("task_sizes"):
         lines.append(
-            f"- Noise (a second seed: another training sample, initialisation and order, on {n['task_sizes']} task × size pairs): "
+            f"- Noise (a second seed: another training sample, initialisation and order, on {n['task_sizes']} "
+            "task × size pairs): "
             f"a method's accuracy moves {100 * n['mean_abs_seed_difference']:.1f} points on average (90th percentile "
-            f"{100 * n['p90_abs_seed_difference']:.1f}); the winner is the same on {100 * n['winner_agreement']:.0f}%; "
+            f"{100 * n['p90_abs_seed_difference']:.1f}); the winner is the same on "
+            f"{100 * n['winner_agreement']:.0f}%; "
             f"choosing by the other seed's winner costs {100 * n['replicate_regret']:.1f} points of regret."
         )
     lines += [
@@ -174,7 +180,8 @@ def markdown(summary: dict) -> str:
         ranked = list(d["by_method"].items())
         runner = f"{ranked[1][0]} ({100 * ranked[1][1]['gap']:.1f})" if len(ranked) > 1 else "—"
         lines.append(
-            f"| {task} | {d['best_method']} | {d['best_accuracy']:.3f} | {runner} | {', '.join(map(str, d['sizes']))} |"
+            f"| {task} | {d['best_method']} | {d['best_accuracy']:.3f} | {runner} | "
+            f"{', '.join(map(str, d['sizes']))} |"
         )
     lines += [
         "",
@@ -190,7 +197,8 @@ def markdown(summary: dict) -> str:
 
 def _html(summary: dict, files: list[Path]) -> str:
     images = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>'
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
+        f'alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>'
         for p in files
         if p.suffix == ".png"
     )
@@ -206,13 +214,20 @@ def _html(summary: dict, files: list[Path]) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in summary["methods"])
     v = summary["variation"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>metapeft report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}\
+table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}\
+figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>metapeft report</h1>
-<p>{summary["runs"]} finished runs ({summary["failed"]} failed) over {summary["tasks"]} tasks and {summary["cells"]} task × size cells{f" (and {summary['partial_cells']} begun, left out)" if summary.get("partial_cells") else ""}.
-{v["distinct_winners"]} distinct winners; {html.escape(str(v["top_method"]))} wins {100 * v["top_method_win_share"]:.0f}% of cells;
-always choosing {html.escape(v["single_best_method"])} costs {100 * v["single_best_mean_regret"]:.1f} points on average (worst {100 * v["single_best_max_regret"]:.1f}),
-a gap within the evaluation's sampling noise in {100 * v["single_best_within_noise_share"]:.0f}% of cells; {v["methods_within_noise_of_best"]:.1f} methods per cell are within that noise of the best.</p>
+<p>{summary["runs"]} finished runs ({summary["failed"]} failed) over {summary["tasks"]} tasks and \
+{summary["cells"]} task × size cells\
+{f" (and {summary['partial_cells']} begun, left out)" if summary.get("partial_cells") else ""}.
+{v["distinct_winners"]} distinct winners; {html.escape(str(v["top_method"]))} wins \
+{100 * v["top_method_win_share"]:.0f}% of cells;
+always choosing {html.escape(v["single_best_method"])} costs {100 * v["single_best_mean_regret"]:.1f} points \
+on average (worst {100 * v["single_best_max_regret"]:.1f}),
+a gap within the evaluation's sampling noise in {100 * v["single_best_within_noise_share"]:.0f}% of cells; \
+{v["methods_within_noise_of_best"]:.1f} methods per cell are within that noise of the best.</p>
 {images}
 <h2>Per task: best method, and every method's gap to it (accuracy points)</h2>
 <table><tr><th>task</th><th>best</th><th>accuracy</th>{head}</tr>{rows}</table></body></html>"""
@@ -241,15 +256,19 @@ def render_map(points: list[dict], out_dir: str | Path) -> list[Path]:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     rows = "".join(
-        f"<tr><td>{html.escape(p['label'])}</td><td>{html.escape(str(p.get('domain') or ''))}</td><td>{html.escape(p['best_method'])}</td>"
+        f"<tr><td>{html.escape(p['label'])}</td><td>{html.escape(str(p.get('domain') or ''))}</td>"
+        f"<td>{html.escape(p['best_method'])}</td>"
         f"<td>{p['best_accuracy']:.3f}</td><td>{p['x']:.3f}</td><td>{p['y']:.3f}</td></tr>"
         for p in sorted(points, key=lambda p: p["label"])
     )
     page = out / "index.html"
     page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>metapeft task map</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}td,th{{padding:2px 8px;text-align:left}}img{{max-width:100%}}</style></head><body>
-<h1>Task map</h1><p>{len(points)} past task instances placed by the learned task embedding: tasks close together are tasks on which the
+<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}td,th{{padding:2px 8px;text-align:left}}\
+img{{max-width:100%}}</style></head><body>
+<h1>Task map</h1><p>{len(points)} past task instances placed by the learned task embedding: tasks close together \
+are tasks on which the
 methods performed alike. Colour: the best method measured on the task.</p>
 <img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" alt="task map">
-<table><tr><th>task</th><th>domain</th><th>best method</th><th>best accuracy</th><th>x</th><th>y</th></tr>{rows}</table></body></html>""")
+<table><tr><th>task</th><th>domain</th><th>best method</th><th>best accuracy</th><th>x</th><th>y</th></tr>\
+{rows}</table></body></html>""")
     return [png, page]

@@ -1,4 +1,5 @@
-"""``autotune``: profile → recommend → tune within a budget → train the pick with the full budget → register it.
+"""``autotune``: profile → recommend → tune within a budget → train the pick with the full budget →
+register it.
 
 Search trials train with each method's default budget unless ``search_steps`` shortens them; then the pick is
 trained again with ``final_steps`` (default: its method's). When the search already used the final budget, the
@@ -130,7 +131,8 @@ def _autotune_few_shot(
     from ..fewshot import adapt
 
     stage(
-        f"{task.name} has at most {shots} examples per label: adapting from the meta-initialisation instead of searching"
+        f"{task.name} has at most {shots} examples per label: adapting from the meta-initialisation instead "
+        "of searching"
     )
     result = adapt(task, shots, init="meta", model=model, store=store, track=register)
     final = {
@@ -143,7 +145,10 @@ def _autotune_few_shot(
     }
     registered = None
     if register and result.mlflow_run_id:
-        decision = f"{result.method} adapted from the meta-initialisation: {task.name} has at most {shots} training examples per label (few-shot, no search)"
+        decision = (
+            f"{result.method} adapted from the meta-initialisation: {task.name} has at most {shots} training "
+            "examples per label (few-shot, no search)"
+        )
         tags = {
             "metapeft.task": task.name,
             "metapeft.task_fingerprint": task.fingerprint,
@@ -269,7 +274,10 @@ def decision_tags(
         "metapeft.method": pick.method,
         "metapeft.method_confidence": confidence,
         "metapeft.accuracy": final["metrics"].get("accuracy"),
-        "metapeft.decision": f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of {len(search.pareto)} by preference '{config.prefer}'{_limits(config.max_memory_mb, config.max_time_s)}",
+        "metapeft.decision": (
+            f"{pick.method} (trial {pick.number}, proposed by {pick.source}) chosen from a Pareto set of "
+            f"{len(search.pareto)} by preference '{config.prefer}'{_limits(config.max_memory_mb, config.max_time_s)}"
+        ),
         "metapeft.pareto": json.dumps(
             [
                 {"trial": t.number, "method": t.method, **{o: t.metrics.get(o) for o in config.objectives}}

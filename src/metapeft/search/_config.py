@@ -22,7 +22,9 @@ class SearchConfig:
     """The options of one search (``tune``; ``autotune`` searches with one too), checked on construction
     (``OptionError`` names the field).
 
-    >>> tune(task, SearchConfig(trials=20, objectives=("accuracy", "peak_memory_mb"), max_memory_mb=2000))   # doctest: +SKIP
+    >>> tune(  # doctest: +SKIP
+    ...     task, SearchConfig(trials=20, objectives=("accuracy", "peak_memory_mb"), max_memory_mb=2000)
+    ... )
     """
 
     trials: int | None = field(
@@ -45,7 +47,10 @@ class SearchConfig:
     sampler: str = field(
         default="meta",
         metadata={
-            "help": f"{' | '.join(SAMPLERS)}: meta is warm-started and guided by the meta-learner; the others are Optuna's, cold."
+            "help": (
+                f"{' | '.join(SAMPLERS)}: meta is warm-started and guided by the meta-learner; the others are "
+                "Optuna's, cold."
+            )
         },
     )
     storage: str | None = field(
@@ -90,7 +95,10 @@ class SearchConfig:
     output_dir: str | Path | None = field(
         default=None,
         metadata={
-            "help": "Folder of the trials' adapters and the Pareto plot (default: runs/tune/<study> in the data directory)."
+            "help": (
+                "Folder of the trials' adapters and the Pareto plot (default: runs/tune/<study> in the data "
+                "directory)."
+            )
         },
     )
     run: RunConfig = field(
@@ -102,7 +110,10 @@ class SearchConfig:
     switch: SwitchPolicy | None = field(
         default=None,
         metadata={
-            "help": "Let each trial whose learning can be merged switch method mid-run when its learning curve says another will finish better (autotune's final run too)."
+            "help": (
+                "Let each trial whose learning can be merged switch method mid-run when its learning curve says "
+                "another will finish better (autotune's final run too)."
+            )
         },
     )
 
@@ -126,7 +137,8 @@ class SearchConfig:
         ):  # with one objective the Pareto set is just the most accurate trials
             raise OptionError(
                 "prefer",
-                f"{self.prefer} picks within the Pareto set of the objectives, which lack {PREFERENCES[self.prefer]}; add it to the objectives or prefer accuracy",
+                f"{self.prefer} picks within the Pareto set of the objectives, which lack "
+                f"{PREFERENCES[self.prefer]}; add it to the objectives or prefer accuracy",
             )
         for name, least in (("trials", 1), ("max_steps", 1), ("warm_start", 0)):
             value = getattr(self, name)
@@ -144,7 +156,8 @@ class SearchConfig:
             # a study name becomes a folder under runs/tune: it may not lead out of it
             raise OptionError(
                 "study_name",
-                f"{self.study_name!r} names a folder, so it may not be empty, start with '.' or hold '/' or '\\'; choose a plain name such as 'sst2-search'",
+                f"{self.study_name!r} names a folder, so it may not be empty, start with '.' or hold '/' or "
+                "'\\'; choose a plain name such as 'sst2-search'",
             )
         if self.methods is not None:
             from ..methods import get_method

@@ -95,10 +95,16 @@ def render_pareto(result, folder: str | Path) -> list[Path]:
     }:  # limits can keep the pick off the front
         shown.append(result.pick)
     page = out / "index.html"
-    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>metapeft search {html.escape(result.study)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;text-align:left;font-size:13px}}img{{max-width:100%}}</style></head><body>
-<h1>Search {html.escape(result.study)}</h1><p>Sampler {html.escape(result.sampler)}; {len(result.trials)} trials; the pick (bold) is trial
-{result.pick.number if result.pick else "—"}.</p><img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" alt="Pareto plot">
-<h2>Pareto set{" and the pick (within the limits)" if len(shown) > len(result.pareto) else ""}</h2><table><tr><th>trial</th><th>method</th><th>proposed by</th><th>accuracy</th><th>train s</th><th>peak MB</th><th>settings</th><th>adapter</th></tr>
+    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8">\
+<title>metapeft search {html.escape(result.study)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}\
+td,th{{padding:2px 8px;text-align:left;font-size:13px}}img{{max-width:100%}}</style></head><body>
+<h1>Search {html.escape(result.study)}</h1><p>Sampler {html.escape(result.sampler)}; {len(result.trials)} trials; \
+the pick (bold) is trial
+{result.pick.number if result.pick else "—"}.</p>\
+<img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" alt="Pareto plot">
+<h2>Pareto set{" and the pick (within the limits)" if len(shown) > len(result.pareto) else ""}</h2>\
+<table><tr><th>trial</th><th>method</th><th>proposed by</th><th>accuracy</th><th>train s</th><th>peak MB</th>\
+<th>settings</th><th>adapter</th></tr>
 {"".join(row(t) for t in shown)}</table></body></html>""")
     return [png, page]

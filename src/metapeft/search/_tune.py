@@ -102,8 +102,8 @@ def tune(
     if c.switch is not None and (len(methods) < 2 or not any(get_method(m).mergeable for m in methods)):
         raise OptionError(
             "switch",
-            f"needs two methods or more, one of whose learning can be merged into the weights, among those searched ({', '.join(methods)}); "
-            "prompt-learning methods cannot switch",
+            "needs two methods or more, one of whose learning can be merged into the weights, among those "
+            f"searched ({', '.join(methods)}); prompt-learning methods cannot switch",
         )
     storage = c.storage or f"sqlite:///{data_dir() / 'optuna.db'}"
     shown = redact_url(storage)
@@ -143,7 +143,8 @@ def tune(
     folder = Path(c.output_dir) if c.output_dir else runs_dir() / "tune" / study_name
     if folder.is_dir() and any(folder.iterdir()) and study_name not in optuna.study.get_all_study_names(rdb):
         raise MetapeftError(
-            f"{folder} already holds files and study {study_name!r} is not in {shown}: its trials would mix with them; use another study name or output folder, or empty it"
+            f"{folder} already holds files and study {study_name!r} is not in {shown}: its trials would mix "
+            "with them; use another study name or output folder, or empty it"
         )
     setup = {
         "objectives": list(objectives),
@@ -169,7 +170,8 @@ def tune(
             study.set_user_attr(key, value)
         elif found != value:
             raise MetapeftError(
-                f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same settings or another study name"
+                f"study {study_name!r} in {shown} was started with {key}={found}, not {value}; use the same "
+                "settings or another study name"
             )
     if sampler == "meta" and created:
         start = warm_start_configs(
@@ -476,7 +478,8 @@ def _open_storage(storage: str):
             if attempt == 4 or not isinstance(exc, (OperationalError, IntegrityError)):
                 reason = str(exc).splitlines()[0].replace(storage, redact_url(storage))
                 raise MetapeftError(
-                    f"cannot open the Optuna storage {redact_url(storage)!r}: {type(exc).__name__}: {reason} (fix --storage)"
+                    f"cannot open the Optuna storage {redact_url(storage)!r}: {type(exc).__name__}: {reason} "
+                    "(fix --storage)"
                 ) from None
             time.sleep(0.5 + attempt)  # processes started together race to create the tables of a new database
 

@@ -44,8 +44,8 @@ def register_classifier(
     description: str | None = None,
     tracker=None,
 ):
-    """Log the classifier saved in ``folder`` as a pyfunc model in run ``run_id`` (under ``artifact_path``) and register it as a new version
-    of ``name``. Returns the model version."""
+    """Log the classifier saved in ``folder`` as a pyfunc model in run ``run_id`` (under ``artifact_path``) and
+    register it as a new version of ``name``. Returns the model version."""
     from ..tracking import MLflowTracker
 
     code = Path(__file__).with_name("_classifier_code.py")

@@ -85,7 +85,8 @@ class _Served:
     version: int
     loaded_at: float = field(default_factory=time.time)
     answers: OrderedDict = field(default_factory=OrderedDict)
-    recorded: OrderedDict = field(default_factory=OrderedDict)  # task fingerprint → the question last recorded for it
+    # task fingerprint → the question last recorded for it
+    recorded: OrderedDict = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def remembered(self, key: str) -> tuple[list, bytes] | None:
@@ -284,7 +285,8 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
             profile = await _profile_rows(body, config)
         else:
             raise MetapeftError(
-                "send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}"
+                "send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., "
+                "'label': ...}, ...]}"
             )
         key = served.key(profile, options)
         # a new question is ranked off the event loop (where the profile is checked): /health, /metrics and remembered
@@ -490,7 +492,8 @@ def _check_prediction(value) -> None:
         or not isinstance(value.get("task_fingerprint"), str)
     ):
         raise MetapeftError(
-            "prediction: send {'task_name', 'task_fingerprint', 'ranking': [{'method', 'rank', 'accuracy': {'mean', 'low', 'high'}}, ...]}"
+            "prediction: send {'task_name', 'task_fingerprint', 'ranking': [{'method', 'rank', 'accuracy': "
+            "{'mean', 'low', 'high'}}, ...]}"
         )
     ranking = value.get("ranking")
     ok = (
@@ -522,7 +525,8 @@ async def _profile_rows(body: dict, config: ServeConfig) -> dict:
         raise MetapeftError("rows must be a list of objects such as {'text': ..., 'label': ...}")
     if len(rows) > config.max_upload_rows:
         raise MetapeftError(
-            f"{len(rows)} rows is over the upload limit of {config.max_upload_rows}; profile the dataset locally (`metapeft profile --json`) and send the profile"
+            f"{len(rows)} rows is over the upload limit of {config.max_upload_rows}; profile the dataset "
+            "locally (`metapeft profile --json`) and send the profile"
         )
     name = body.get("name") or "upload"
     if not isinstance(name, str) or len(name) > 200:

@@ -220,7 +220,10 @@ def _evaluate(
         champion_regret = details["selectors"]["champion"]["mean_regret"]
         challenger_regret = details["selectors"]["challenger"]["mean_regret"]
         better = challenger_regret <= champion_regret
-        reason = f"mean regret on {details['tasks']} new task(s): challenger {challenger_regret:.2f} vs champion {champion_regret:.2f} points"
+        reason = (
+            f"mean regret on {details['tasks']} new task(s): challenger {challenger_regret:.2f} vs champion "
+            f"{champion_regret:.2f} points"
+        )
     else:
         better = False
         reason = (

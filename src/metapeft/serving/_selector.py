@@ -86,7 +86,8 @@ def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
     unknown = set(params) - {"max_memory_mb", "max_time_s", "methods", "peft_only", "max_steps"}
     if unknown:
         raise MetapeftError(
-            f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, peft_only, max_steps"
+            f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, "
+            "peft_only, max_steps"
         )
     methods = params.get("methods")
     if params.get("peft_only"):

@@ -66,7 +66,8 @@ def _rows(path: Path) -> list[tuple[str, str]]:
             out.append(("", row["text"]))
         else:
             raise TaskError(
-                f"{path} line {row.get('__line__', '?')}: a causal-LM row needs 'prompt' and 'completion' strings, or 'text'"
+                f"{path} line {row.get('__line__', '?')}: a causal-LM row needs 'prompt' and 'completion' "
+                "strings, or 'text'"
             )
     if not out:
         raise TaskError(f"{path}: no rows")

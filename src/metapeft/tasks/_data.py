@@ -163,7 +163,8 @@ def checkout(path: str | Path, rev: str) -> DataSource:
     root = dvc_root(given)
     if root is None:
         raise MetapeftError(
-            f"{path}: not inside a DVC repository, so it has no revisions; track it with `metapeft data track {path}` and commit, or drop --data-rev"
+            f"{path}: not inside a DVC repository, so it has no revisions; track it with `metapeft data track "
+            f"{path}` and commit, or drop --data-rev"
         )
     repo_module = _dvc()
     rel = given.resolve().relative_to(root).as_posix()
@@ -172,13 +173,15 @@ def checkout(path: str | Path, rev: str) -> DataSource:
 
         if isinstance(repo.scm, NoSCM):
             raise MetapeftError(
-                f"{path}: its DVC repository {root} has no git (dvc init --no-scm), so it has no revisions; drop --data-rev, or use DVC in a git repository"
+                f"{path}: its DVC repository {root} has no git (dvc init --no-scm), so it has no revisions; "
+                "drop --data-rev, or use DVC in a git repository"
             )
         try:
             commit = repo.scm.resolve_rev(rev)
         except Exception:
             raise MetapeftError(
-                f"--data-rev {rev}: no such revision in the git repository of {root}; give a commit, branch or tag (git log shows them)"
+                f"--data-rev {rev}: no such revision in the git repository of {root}; give a commit, branch "
+                "or tag (git log shows them)"
             ) from None
     local = data_dir() / "data-revs" / commit / rel
     done = local.parent / (local.name + ".complete")

@@ -130,7 +130,8 @@ def task_from_rows(
         if unseen:
             shown = ", ".join(repr(u) for u in unseen[:5]) + (" …" if len(unseen) > 5 else "")
             raise TaskError(
-                f"{where}: the held-out split has labels never seen in training: {shown}; add training examples for them or drop those rows"
+                f"{where}: the held-out split has labels never seen in training: {shown}; add training "
+                "examples for them or drop those rows"
             )
         if (test_pair is None) != (train_pair is None):
             raise TaskError(
@@ -163,7 +164,8 @@ def _resolve(path: str | Path) -> Path:
     p = Path(text).expanduser()
     if not p.exists():
         raise TaskError(
-            f"no such file or directory: {text} (give a JSONL/CSV/TSV/Parquet file, a folder with train/test files, or 'example')"
+            f"no such file or directory: {text} (give a JSONL/CSV/TSV/Parquet file, a folder with train/test "
+            "files, or 'example')"
         )
     return p
 
@@ -301,7 +303,9 @@ def _detect_columns(
         pair = None
     if label in (text, pair):
         raise TaskError(
-            f"{where}: column {label!r} is taken as both the label and the {'text' if label == text else 'pair'}; name the right columns with --text-column, --pair-column and --label-column"
+            f"{where}: column {label!r} is taken as both the label and the "
+            f"{'text' if label == text else 'pair'}; name the right columns with --text-column, --pair-column "
+            "and --label-column"
         )
     return text, pair, label
 
@@ -320,7 +324,8 @@ def _columns(rows: list[dict], keys: tuple[str, str | None, str], where: str, fi
             raise TaskError(f"{where} {at}: missing label in column {label_key!r}; fill it or drop the row")
         if isinstance(label, (list, dict)):
             raise TaskError(
-                f"{where} {at}: label must be a single value, got {type(label).__name__} (multi-label tasks are not supported)"
+                f"{where} {at}: label must be a single value, got {type(label).__name__} (multi-label tasks "
+                "are not supported)"
             )
         if type(label) is not str:
             label = _label_value(label)

@@ -82,7 +82,8 @@ class TaskProfile:
             )
         if (self.num_classes < 2 and self.task_type != "causal_lm") or self.dataset_size < 1:
             raise MetapeftError(
-                f"task profile: num_classes >= 2 and dataset_size >= 1 needed, got {self.num_classes} and {self.dataset_size}"
+                f"task profile: num_classes >= 2 and dataset_size >= 1 needed, got {self.num_classes} and "
+                f"{self.dataset_size}"
             )
         if not isinstance(self.model, dict):
             raise MetapeftError(

@@ -1,4 +1,5 @@
-"""A suite: a manifest (JSON list of task entries, like ``shared/datasets/MANIFEST.json``) beside one folder per task."""
+"""A suite: a manifest (JSON list of task entries, like ``shared/datasets/MANIFEST.json``) beside one folder per
+task."""
 
 from __future__ import annotations
 

@@ -83,9 +83,10 @@ class MLflowTracker:
             if "filesystem tracking backend" not in str(exc):
                 raise
             raise MetapeftError(
-                f"the MLflow tracking store {redact_url(self.uri)} is a folder, which this MLflow no longer writes to; point MLFLOW_TRACKING_URI "
-                f"at a database (e.g. sqlite:///{data_dir() / 'mlflow.db'}), move the folder's runs with `mlflow migrate-filestore`, "
-                "or set MLFLOW_ALLOW_FILE_STORE=true"
+                f"the MLflow tracking store {redact_url(self.uri)} is a folder, which this MLflow no longer "
+                "writes to; point MLFLOW_TRACKING_URI "
+                f"at a database (e.g. sqlite:///{data_dir() / 'mlflow.db'}), move the folder's runs with "
+                "`mlflow migrate-filestore`, or set MLFLOW_ALLOW_FILE_STORE=true"
             ) from None
         if found is not None:
             self.experiment_id = found.experiment_id

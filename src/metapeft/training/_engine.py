@@ -334,7 +334,8 @@ def _switch(
     target = get_method(switch.method)
     if not current.mergeable:
         raise MetapeftError(
-            f"cannot switch from {current.name}: its virtual tokens cannot be merged into the weights; start with a method that changes weights"
+            f"cannot switch from {current.name}: its virtual tokens cannot be merged into the weights; start "
+            "with a method that changes weights"
         )
     config = target.make_config({**switch.hyperparameters, "max_steps": remaining})
     target.check_compatible(config, backbone)
@@ -344,7 +345,8 @@ def _switch(
         and max_length + getattr(config, "num_virtual_tokens", 0) > backbone.max_positions
     ):
         raise MetapeftError(
-            f"cannot switch to {target.name}: {max_length} tokens and its virtual tokens exceed the model's {backbone.max_positions} positions"
+            f"cannot switch to {target.name}: {max_length} tokens and its virtual tokens exceed the model's "
+            f"{backbone.max_positions} positions"
         )
     encoder = classifier.encoder
     if current.kind == "peft":

@@ -101,7 +101,8 @@ class PeakMemory:
 
     @property
     def measure(self) -> str:
-        """How the peak was taken, recorded with it: figures taken otherwise (process RSS before 2026-11-21) are not comparable."""
+        """How the peak was taken, recorded with it: figures taken otherwise (process RSS before 2026-11-21) are not
+        comparable."""
         return "tensors" if self._counted else "cuda_allocator"
 
     @property

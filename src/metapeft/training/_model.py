@@ -165,7 +165,8 @@ def load_classifier(path: str | Path, device: str = "cpu", trust_remote_code: bo
     if labels is None:  # folders an older `metapeft train` wrote lack them (a bug)
         labels = [str(i) for i in range(num_labels)]
         warnings.warn(
-            f"{path} has no label names (saved by an older metapeft): predict returns class indices 0..{num_labels - 1} in sorted label order",
+            f"{path} has no label names (saved by an older metapeft): predict returns class indices "
+            f"0..{num_labels - 1} in sorted label order",
             stacklevel=2,
         )
     return SavedClassifier(model, load_tokenizer(base, trust_remote_code), labels, meta["max_length"], meta)

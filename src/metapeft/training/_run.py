@@ -95,8 +95,8 @@ def train(
         )
     if run.backend != "torch":
         raise MetapeftError(
-            f"--backend {run.backend} trains causal-LM tasks only; {task.name} is a classification task: give a causal LM as --model "
-            "(its labels are then verbalised) or use --backend torch"
+            f"--backend {run.backend} trains causal-LM tasks only; {task.name} is a classification task: give "
+            "a causal LM as --model (its labels are then verbalised) or use --backend torch"
         )
     model, seed, sample_seed, time_budget, tags = run.model, run.seed, run.sample_seed, run.time_budget, run.tags
     eval_size, final_eval_size, save, track, trust_remote_code = (
@@ -116,7 +116,8 @@ def train(
     max_length = config.max_length or profile.sequence_length
     if backbone.max_positions and config.max_length > backbone.max_positions:
         raise MethodError(
-            f"{spec.name}: max_length={config.max_length} exceeds {model_name}'s {backbone.max_positions} positions; lower max_length"
+            f"{spec.name}: max_length={config.max_length} exceeds {model_name}'s {backbone.max_positions} "
+            "positions; lower max_length"
         )
     if spec.prompt_learning and backbone.max_positions:
         max_length = min(max_length, backbone.max_positions - getattr(config, "num_virtual_tokens", 0))
@@ -280,7 +281,8 @@ def recorded_failures(store: ExperienceStore | None, experience_id: str, what: s
             exc
             if isinstance(exc, MetapeftError)
             else MetapeftError(
-                f"training {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience_id})"
+                f"training {what} failed: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''} (recorded as failed run {experience_id})"
             )
         )
         error.experience_id = experience_id if store is not None else None
@@ -342,7 +344,8 @@ def usable_output(path: str | Path) -> Path:
         raise MetapeftError(f"output {out} exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()):
         raise MetapeftError(
-            f"output folder {out} is not empty (saving there would mix this run with what it holds); choose a new folder or remove it"
+            f"output folder {out} is not empty (saving there would mix this run with what it holds); choose a "
+            "new folder or remove it"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)

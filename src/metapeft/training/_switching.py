@@ -114,7 +114,7 @@ class SwitchController(TrainerCallback):
 
             hp["learning_rate"] = min(hp["learning_rate"], get_method(r.method).make_config({}).learning_rate)
         reason = (
-            f"{state.method} forecast {forecast.mean:.3f} [{forecast.low:.3f}, {forecast.high:.3f}] at step {state.max_steps}; "
-            f"{r.method} expected {expected:.3f} in the {left} steps left"
+            f"{state.method} forecast {forecast.mean:.3f} [{forecast.low:.3f}, {forecast.high:.3f}] at step "
+            f"{state.max_steps}; {r.method} expected {expected:.3f} in the {left} steps left"
         )
         return Switch(r.method, hp, reason, round(p, 4))
