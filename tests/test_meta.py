@@ -140,7 +140,8 @@ def test_settings_that_do_not_change_a_steps_cost_do_not_change_predicted_time_o
 
 
 def test_memory_is_learned_only_when_the_run_says_how_it_was_measured(prior_records):
-    """CPU runs before 2026-11-21 recorded process RSS (~2.3 GB for every method), not comparable with tensor memory."""
+    """CPU runs before 2026-11-21 recorded process RSS (~2.3 GB for every method), not comparable with tensor
+    memory."""
     import dataclasses
 
     from metapeft.meta._features import targets
@@ -640,8 +641,8 @@ def test_on_held_out_tasks_the_pick_beats_the_median_choice_and_the_intervals_co
 @pytest.mark.xfail(
     strict=True,
     reason="issue 22 target not met yet: on the held-out instances with LoRA at its defaults (64 examples), the pick "
-    "trails it by 0.24 points with every method (PEFT only it leads by 0.13); this test passes, and so fails as xfail, once "
-    "neither trails",
+    "trails it by 0.24 points with every method (PEFT only it leads by 0.13); this test passes, and so fails as "
+    "xfail, once neither trails",
 )
 def test_on_held_out_tasks_the_pick_beats_lora_at_its_defaults(held_out_picks):
     for rows in held_out_picks.values():
@@ -805,7 +806,10 @@ def test_check_rates_a_setting_and_refuses_one_outside_its_range():
 
 def test_the_prior_does_not_import_the_meta_learners():
     """Data flows one way: the prior is experience; the meta-learners read it (``ship_prior`` packages both)."""
-    code = "import sys, metapeft.prior; assert not any(m.startswith('metapeft.meta') for m in sys.modules), sorted(m for m in sys.modules if m.startswith('metapeft'))"
+    code = (
+        "import sys, metapeft.prior; assert not any(m.startswith('metapeft.meta') for m in sys.modules), "
+        "sorted(m for m in sys.modules if m.startswith('metapeft'))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import metapeft.prior

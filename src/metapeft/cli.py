@@ -55,7 +55,10 @@ MetaInitOption = Annotated[
     bool,
     typer.Option(
         "--meta-init/--no-meta-init",
-        help="On a few-shot task (at most 16 examples per label), adapt from the meta-initialisation as `metapeft adapt` does.",
+        help=(
+            "On a few-shot task (at most 16 examples per label), adapt from the meta-initialisation as `metapeft "
+            "adapt` does."
+        ),
     ),
 ]
 TrackOption = Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")]
@@ -136,7 +139,10 @@ SwitchOption = Annotated[
     bool,
     typer.Option(
         "--switch",
-        help="Switch to another method mid-run when its learning curve says another will finish better (merged, head kept).",
+        help=(
+            "Switch to another method mid-run when its learning curve says another will finish better (merged, head "
+            "kept)."
+        ),
     ),
 ]
 SwitchThresholdOption = Annotated[
@@ -344,7 +350,10 @@ def train(
         Optional[str],
         typer.Option(
             "--register",
-            help="Register the trained classifier in MLflow's model registry under this name (a pyfunc model: texts in, labels out).",
+            help=(
+                "Register the trained classifier in MLflow's model registry under this name (a pyfunc model: texts "
+                "in, labels out)."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -369,7 +378,10 @@ def train(
         Optional[list[str]],
         typer.Option(
             "--probe",
-            help="Another task's data (repeatable): measure forgetting as a frozen linear probe's accuracy on it before and after training.",
+            help=(
+                "Another task's data (repeatable): measure forgetting as a frozen linear probe's accuracy on it "
+                "before and after training."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -405,7 +417,8 @@ def train(
         ]
         if unsupported:
             raise MetapeftError(
-                f"{', '.join(unsupported)}: not available for causal LMs yet (a classification encoder as --model takes them)"
+                f"{', '.join(unsupported)}: not available for causal LMs yet (a classification encoder as --model "
+                "takes them)"
             )
         run = _options(
             RunConfig,
@@ -422,7 +435,8 @@ def train(
         return
     if method == "auto" and not switch:
         raise MetapeftError(
-            "--method auto picks the recommended method for --switch; without --switch, name a method (`metapeft recommend` ranks them)"
+            "--method auto picks the recommended method for --switch; without --switch, name a method (`metapeft "
+            "recommend` ranks them)"
         )
     if peft_only and not switch:
         raise MetapeftError("--peft-only restricts the methods --switch starts with and switches to: add --switch")
@@ -526,11 +540,13 @@ def train(
         ),
         (
             "peak memory",
-            f"{m['peak_memory_mb']:.0f} MB ({m['train_memory_mb']:.0f} MB above the loaded model: activations, gradients, optimiser)",
+            f"{m['peak_memory_mb']:.0f} MB ({m['train_memory_mb']:.0f} MB above the loaded model: activations, "
+            "gradients, optimiser)",
         ),
         (
             "trainable params",
-            f"{m['trainable_params']:,} of {m['total_params']:,} ({100 * m['trainable_params'] / m['total_params']:.2f}%)",
+            f"{m['trainable_params']:,} of {m['total_params']:,} "
+            f"({100 * m['trainable_params'] / m['total_params']:.2f}%)",
         ),
         ("adapter size", f"{m.get('adapter_size_bytes', 0) / 1024:.0f} KiB"),
         ("learning curve", "  ".join(f"{p['step']}:{p['accuracy']:.3f}" for p in result.curve)),
@@ -543,8 +559,8 @@ def train(
             (
                 "switches",
                 "; ".join(
-                    f"step {w['step']}: {w['from']} → {w['to']} (P(better) {fmt(w['p_better'])}; accuracy {fmt(w['accuracy_before'])} → "
-                    f"{fmt(w['accuracy_after'])})"
+                    f"step {w['step']}: {w['from']} → {w['to']} (P(better) {fmt(w['p_better'])}; accuracy "
+                    f"{fmt(w['accuracy_before'])} → {fmt(w['accuracy_after'])})"
                     for w in switching["switches"]
                 )
                 or "none: no other method was likely enough to end better",
@@ -585,12 +601,14 @@ def _switch_policy(method: str, hyperparameters: dict, threshold: float, peft_on
         raise MetapeftError(f"--peft-only: {method} is not a PEFT method; use --method lora, or auto")
     if not spec.mergeable:
         raise MetapeftError(
-            f"--switch needs a first method whose learning can be merged into the weights; {method} adds virtual tokens instead: use --method lora, or auto"
+            f"--switch needs a first method whose learning can be merged into the weights; {method} adds virtual "
+            "tokens instead: use --method lora, or auto"
         )
     steps = spec.make_config(hyperparameters).max_steps
     if steps < 8:
         raise MetapeftError(
-            f"--switch needs at least 8 steps (a learning-curve point to decide at and steps left to switch into); got {steps}: raise --max-steps"
+            "--switch needs at least 8 steps (a learning-curve point to decide at and steps left to switch into); "
+            f"got {steps}: raise --max-steps"
         )
     return policy, steps
 
@@ -606,7 +624,8 @@ def _train_causal(data, method, hyperparameters, run, store, as_json) -> None:
 
     if run.model is None:
         raise MetapeftError(
-            f"--backend {run.backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)"
+            f"--backend {run.backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model "
+            "import-llama2c`)"
         )
     get_backend(run.backend).check(method)
     get_method(method).make_config(hyperparameters)
@@ -626,8 +645,9 @@ def _train_causal(data, method, hyperparameters, run, store, as_json) -> None:
         return
     m = result.metrics
     out.print(
-        f"{method} on {task.name} ({run.backend}): held-out loss {m['initial_loss']:.3f} → {m['loss']:.3f} (perplexity {m['perplexity']:.2f}), "
-        f"exact match {m['exact_match']:.3f}, {m['steps']} steps, {1000 * m['step_time_s']:.0f} ms a step"
+        f"{method} on {task.name} ({run.backend}): held-out loss {m['initial_loss']:.3f} → {m['loss']:.3f} "
+        f"(perplexity {m['perplexity']:.2f}), exact match {m['exact_match']:.3f}, {m['steps']} steps, "
+        f"{1000 * m['step_time_s']:.0f} ms a step"
         + (" (stopped by --time-budget)" if result.stopped_by == "time_budget" else "")
         + f"; adapter {result.adapter_path}; experience id {result.experience_id}",
         highlight=False,
@@ -668,7 +688,8 @@ def _register(
         return None
     if run_id is None or adapter_path is None:
         raise MetapeftError(
-            "the run was not logged to MLflow (see the warning above), so it cannot be registered; register it later from its adapter folder"
+            "the run was not logged to MLflow (see the warning above), so it cannot be registered; register it later "
+            "from its adapter folder"
         )
     from .serving import register_classifier
 
@@ -695,18 +716,19 @@ def _few_shot(task, method: str | None, hyperparameters: dict, command: str) -> 
     init_method = read_card(default_init())["method"]
     if method is not None and method != init_method:
         console.print(
-            f"[yellow]note:[/] {task.name} has at most {shots} examples per label; the meta-initialisation is for {init_method}, not {method}: fine-tuning as usual",
+            f"[yellow]note:[/] {task.name} has at most {shots} examples per label; the meta-initialisation is for "
+            f"{init_method}, not {method}: fine-tuning as usual",
             soft_wrap=True,
         )
         return False
     if hyperparameters:
         raise MetapeftError(
-            f"{task.name} has at most {shots} examples per label, so `{command}` adapts it from the meta-initialisation, which takes no "
-            f"--set/--max-steps; add --no-meta-init to fine-tune with them"
+            f"{task.name} has at most {shots} examples per label, so `{command}` adapts it from the "
+            "meta-initialisation, which takes no --set/--max-steps; add --no-meta-init to fine-tune with them"
         )
     console.print(
-        f"{task.name} has at most {shots} examples per label (≤ {FEW_SHOT_MAX}): adapting from the meta-initialisation "
-        f"(as `metapeft adapt`; --no-meta-init fine-tunes as usual)",
+        f"{task.name} has at most {shots} examples per label (≤ {FEW_SHOT_MAX}): adapting from the "
+        "meta-initialisation (as `metapeft adapt`; --no-meta-init fine-tunes as usual)",
         highlight=False,
         soft_wrap=True,
     )
@@ -840,7 +862,8 @@ def bench(
         _print_json(summary)
     else:
         console.print(
-            f"{summary['design']}: {summary['done']} of {summary['total']} runs done, {summary['failed']} failed ({summary['elapsed_s']:.0f} s)"
+            f"{summary['design']}: {summary['done']} of {summary['total']} runs done, {summary['failed']} failed "
+            f"({summary['elapsed_s']:.0f} s)"
         )
 
 
@@ -877,7 +900,8 @@ def report(
     summary = analyse(records)
     if summary["runs"] == 0:
         raise MetapeftError(
-            "no finished runs to report on (the store is empty and the prior is off or missing); run `metapeft train` or `metapeft bench` first"
+            "no finished runs to report on (the store is empty and the prior is off or missing); run `metapeft train` "
+            "or `metapeft bench` first"
         )
     if html_dir is not None:
         files = render(summary, records, html_dir)
@@ -911,7 +935,8 @@ def _task_profile(meta, data: str, text_column, pair_column, label_column, backe
     causal = backend != "torch" or is_causal_model(meta.model)
     if causal and not is_causal_model(meta.model):
         raise MetapeftError(
-            f"--backend {backend} serves causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)"
+            f"--backend {backend} serves causal LMs: give --model (a Llama folder, e.g. from `metapeft model "
+            "import-llama2c`)"
         )
     task = load_for_causal(data) if causal else _load(data, text_column, pair_column, label_column)
     with console.status(f"profiling {task.name}…"):
@@ -959,7 +984,9 @@ def recommend(
         Optional[int],
         typer.Option(
             "--max-steps",
-            help="Training steps you will run (the budget every prediction assumes) \\[default: each method's default].",
+            help=(
+                "Training steps you will run (the budget every prediction assumes) \\[default: each method's default]."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -1008,7 +1035,8 @@ def recommend(
             r = min(ranking, key=lambda r: r.expected_performance[key]["mean"])
             return (
                 [
-                    f"{flag} {limit:g} {unit} (lowest expected: {r.method}, {r.expected_performance[key]['mean']:.0f} {unit})"
+                    f"{flag} {limit:g} {unit} (lowest expected: {r.method}, {r.expected_performance[key]['mean']:.0f} "
+                    f"{unit})"
                 ]
                 if limit
                 else []
@@ -1018,7 +1046,8 @@ def recommend(
             "train_time_s", "--max-time", max_time, "s"
         )
         raise MetapeftError(
-            f"no method is expected to keep within {' and '.join(limits)}{' together' if len(limits) > 1 else ''}; raise a limit"
+            f"no method is expected to keep within {' and '.join(limits)}{' together' if len(limits) > 1 else ''}; "
+            "raise a limit"
         )
     similar = meta.similar(profile)
     if as_json:
@@ -1179,8 +1208,9 @@ def check(
     e = result.expected_accuracy
     colour = {"low": "green", "moderate": "yellow", "high": "red"}[result.verdict]
     out.print(
-        f"{method} on {result.task}: collapse risk [{colour}]{result.collapse_risk:.0%} ({result.verdict})[/] — the experience's base rate is "
-        f"{result.base_rate:.0%}; expected accuracy {100 * e['mean']:.1f}% (90% interval {100 * e['low']:.1f}–{100 * e['high']:.1f})"
+        f"{method} on {result.task}: collapse risk [{colour}]{result.collapse_risk:.0%} ({result.verdict})[/] — the "
+        f"experience's base rate is {result.base_rate:.0%}; expected accuracy {100 * e['mean']:.1f}% (90% interval "
+        f"{100 * e['low']:.1f}–{100 * e['high']:.1f})"
     )
     if not result.suggestions:
         out.print(
@@ -1253,7 +1283,8 @@ def evaluate(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Leave-one-task-out evaluation of the recommendation: paired gains over LoRA at defaults and full fine-tuning, regret, disaster rate, calibration."""
+    """Leave-one-task-out evaluation of the recommendation: paired gains over LoRA at defaults and full fine-tuning, \
+regret, disaster rate, calibration."""
     from .experience import task_group
     from .meta import Constraint
     from .meta import evaluate as run_evaluation
@@ -1289,8 +1320,8 @@ def evaluate(
         return
     sel = result["selectors"]
     table = Table(
-        title=f"Paired gain of each choice over what a user runs otherwise, in accuracy points ({result['constraint']}; "
-        f"leave-one-task-out over {result['tasks']} tasks, {result['cells']} task instances)"
+        title="Paired gain of each choice over what a user runs otherwise, in accuracy points "
+        f"({result['constraint']}; leave-one-task-out over {result['tasks']} tasks, {result['cells']} task instances)"
     )
     for column in (
         "selector",
@@ -1336,8 +1367,9 @@ def evaluate(
     )
     out.print(table)
     out.print(
-        "[dim]mean over tasks [90% interval, resampling tasks]; p: one-sided Wilcoxon over tasks (gain > 0); won: share of tasks with a gain (ties half); "
-        "the ceiling is the best allowed run of each instance, chosen knowing its test accuracy[/dim]"
+        "[dim]mean over tasks [90% interval, resampling tasks]; p: one-sided Wilcoxon over tasks (gain > 0); won: "
+        "share of tasks with a gain (ties half); the ceiling is the best allowed run of each instance, chosen knowing "
+        "its test accuracy[/dim]"
     )
     table = Table(title="Regret (best run of the instance minus the chosen run, points)")
     for column in (
@@ -1366,10 +1398,12 @@ def evaluate(
     out.print(table)
     rep, curse = result["replicates"], result["winners_curse"]
     out.print(
-        f"cross-fitted: on {rep['cells']} instances trained on two seeds, the pick scored on one seed against the configuration best on the other "
-        f"(a selector knowing the true accuracies scores ≤ 0); copying the other seed's winner has plain regret "
+        f"cross-fitted: on {rep['cells']} instances trained on two seeds, the pick scored on one seed against the "
+        "configuration best on the other (a selector knowing the true accuracies scores ≤ 0); copying the other "
+        "seed's winner has plain regret "
         f"{'—' if rep['other_seed_winner_regret'] is None else format(rep['other_seed_winner_regret'], '.2f')}. "
-        f"Winner's-curse offset of plain regret (test-set noise alone; the same for every selector, not a bound): {curse['mean_regret']:.2f}.",
+        "Winner's-curse offset of plain regret (test-set noise alone; the same for every selector, not a bound): "
+        f"{curse['mean_regret']:.2f}.",
         highlight=False,
     )
     ours = sel.get("metapeft")
@@ -1380,14 +1414,15 @@ def evaluate(
             if ours.get(f"coverage_90_{key}") is not None
         )
         out.print(
-            f"metapeft: ECE of the best-method confidence {ours['ece']:.3f} ({ours['ece_ties_as_wins']:.3f} scoring a tie for best as a win); 90% intervals cover "
-            f"{100 * ours['coverage_90']:.1f}% of held-out runs' accuracy (median width {ours['interval_width_90_median']:.1f} points)"
-            + (f" ({others})" if others else "")
+            f"metapeft: ECE of the best-method confidence {ours['ece']:.3f} ({ours['ece_ties_as_wins']:.3f} scoring a "
+            f"tie for best as a win); 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs' accuracy "
+            f"(median width {ours['interval_width_90_median']:.1f} points)" + (f" ({others})" if others else "")
         )
     if fs := result.get("few_shot"):
         out.print(
-            f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error {fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, "
-            f"90% interval coverage {100 * fs['coverage_zero_shot']:.0f}% → {100 * fs['coverage_conditioned']:.0f}%"
+            f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error "
+            f"{fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, 90% interval coverage "
+            f"{100 * fs['coverage_zero_shot']:.0f}% → {100 * fs['coverage_conditioned']:.0f}%"
         )
 
 
@@ -1440,7 +1475,8 @@ def _options(cls, flags: dict[str, str] | None = None, **values):
 def _print_trial(t) -> None:
     switched = "".join(f" → {w['to']} at step {w['step']}" for w in t.switches)
     console.print(
-        f"trial {t.number}: {t.method}{switched} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, {t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}",
+        f"trial {t.number}: {t.method}{switched} ({t.source}) accuracy {t.metrics.get('accuracy', float('nan')):.4f}, "
+        f"{t.metrics.get('train_time_s', 0):.0f} s {'— pruned' if t.state == 'PRUNED' else ''}",
         highlight=False,
     )
 
@@ -1572,11 +1608,13 @@ def tune(
     causal = backend != "torch" or is_causal_model(model)
     if causal and (switch or data_rev):
         raise MetapeftError(
-            f"{'--switch' if switch else '--data-rev'}: not available for causal LMs yet (a classification encoder as --model takes it)"
+            f"{'--switch' if switch else '--data-rev'}: not available for causal LMs yet (a classification encoder as "
+            "--model takes it)"
         )
     if causal and not is_causal_model(model):
         raise MetapeftError(
-            f"--backend {backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model import-llama2c`)"
+            f"--backend {backend} trains causal LMs: give --model (a Llama folder, e.g. from `metapeft model "
+            "import-llama2c`)"
         )
     config = _options(
         SearchConfig,
@@ -1700,8 +1738,8 @@ def autotune(
     f = result.final
     if result.search is None:
         out.print(
-            f"{f['method']} adapted from the meta-initialisation ({f['hyperparameters']['shots']} examples per label): accuracy "
-            f"{f['metrics']['accuracy']:.4f}; adapter {f['adapter_path']}",
+            f"{f['method']} adapted from the meta-initialisation ({f['hyperparameters']['shots']} examples per "
+            f"label): accuracy {f['metrics']['accuracy']:.4f}; adapter {f['adapter_path']}",
             highlight=False,
         )
     else:
@@ -1711,13 +1749,15 @@ def autotune(
             )
         )
         out.print(
-            f"recommended: {result.recommended['method']} (P(best) {result.recommended['confidence']:.2f}); picked: {f['method']} — "
-            f"accuracy {f['metrics']['accuracy']:.4f} after {f['metrics']['steps']} steps; adapter {f['adapter_path']}",
+            f"recommended: {result.recommended['method']} (P(best) {result.recommended['confidence']:.2f}); picked: "
+            f"{f['method']} — accuracy {f['metrics']['accuracy']:.4f} after {f['metrics']['steps']} steps; adapter "
+            f"{f['adapter_path']}",
             highlight=False,
         )
     if result.registered:
         out.print(
-            f"registered as {result.registered['name']} version {result.registered['version']} in MLflow's model registry",
+            f"registered as {result.registered['name']} version {result.registered['version']} in MLflow's model "
+            "registry",
             highlight=False,
         )
 
@@ -1791,7 +1831,8 @@ def serve(
         float, typer.Option("--reload-s", help="Seconds between looks at the alias for a new version.")
     ] = 30.0,
 ) -> None:
-    """Serve the selector over HTTP: /v1/recommend, /v1/similar, /v1/methods, /v1/experiences (token), /health, /metrics."""
+    """Serve the selector over HTTP: /v1/recommend, /v1/similar, /v1/methods, /v1/experiences (token), /health, \
+/metrics."""
     from .serving import SelectorHolder, ServeConfig, create_app
 
     config = ServeConfig(host=host, port=port, store=store, alias=alias, reload_s=reload_s)
@@ -1806,7 +1847,8 @@ def serve(
         served = holder.current()
     console.print(
         f"serving metapeft-selector version {served.version} (@{config.alias}) on http://{config.host}:{config.port} "
-        f"(docs at /docs); writes {'need the token in METAPEFT_API_TOKEN' if config.token else 'are disabled: METAPEFT_API_TOKEN is not set'}",
+        "(docs at /docs); writes "
+        f"{'need the token in METAPEFT_API_TOKEN' if config.token else 'are disabled: METAPEFT_API_TOKEN is not set'}",
         highlight=False,
         soft_wrap=True,
     )
@@ -1824,7 +1866,8 @@ def _champion_tags() -> dict:
         return version_tags()
     except Exception as exc:  # the registry is a refinement here, not a requirement
         console.print(
-            f"[yellow]note:[/] thresholds from the shipped selector's figures: the model registry could not be read ({type(exc).__name__})"
+            "[yellow]note:[/] thresholds from the shipped selector's figures: the model registry could not be read "
+            f"({type(exc).__name__})"
         )
         return {}
 
@@ -2036,7 +2079,8 @@ def meta_train_command(
         return
     curve = "  ".join(f"{v['iteration']}:{v['accuracy']:.3f}" for v in result.validation)
     console.print(
-        f"meta-initialisation in {result.output} after {result.iterations} iterations; validation accuracy by iteration: {curve}"
+        f"meta-initialisation in {result.output} after {result.iterations} iterations; validation accuracy by "
+        f"iteration: {curve}"
         + (
             f"; registered as {result.model_version and 'metapeft-fewshot-init version ' + result.model_version}"
             if result.model_version
@@ -2205,14 +2249,16 @@ def run() -> None:
             raise
         if isinstance(exc, OSError) and exc.filename is not None:  # a path given that cannot be read or written
             console.print(
-                f"[bold red]error:[/] cannot use {escape(str(exc.filename))}: {escape(exc.strerror or str(exc))}; check the path and its permissions",
+                f"[bold red]error:[/] cannot use {escape(str(exc.filename))}: {escape(exc.strerror or str(exc))}; "
+                "check the path and its permissions",
                 highlight=False,
                 soft_wrap=True,
             )
             sys.exit(2)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {first} (set METAPEFT_DEBUG=1 for the traceback; please report it)",
+            f"[bold red]internal error:[/] {type(exc).__name__}: {first} (set METAPEFT_DEBUG=1 for the traceback; "
+            "please report it)",
             highlight=False,
             soft_wrap=True,
         )
