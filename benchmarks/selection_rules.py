@@ -25,13 +25,16 @@ from metapeft.experience import ExperienceStore, cell_key, task_group, usable
 from metapeft.meta import Surrogate
 from metapeft.meta._embedding import cells_of, method_gaps
 from metapeft.meta._evaluate import GlobalBest
+from metapeft.meta._features import at_defaults
 from metapeft.meta._recommend import cautious_choice, rank_methods
 from metapeft.meta._surrogate import Candidate, Prediction
 from metapeft.prior import experiences
 
 
-def predict_all(records, min_methods: int = 5) -> list[dict]:
-    groups = sorted({task_group(r) for r in records})
+def predict_all(
+    records, min_methods: int = 5, held_out: set[str] | None = None, steps: int | None = None
+) -> list[dict]:
+    groups = sorted({task_group(r) for r in records} & (held_out or {task_group(r) for r in records}))
     out = []
     for n, held in enumerate(groups):
         t0 = time.time()
@@ -41,7 +44,7 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
         past = cells_of(train)
         cells = defaultdict(list)
         for r in records:
-            if task_group(r) == held:
+            if task_group(r) == held and (steps is None or r.hyperparameters.get("max_steps") == steps):
                 cells[cell_key(r)].append(r)
         for runs in cells.values():
             if len({r.method for r in runs}) < min_methods:
@@ -49,15 +52,18 @@ def predict_all(records, min_methods: int = 5) -> list[dict]:
             cands = [Candidate(r.method, r.hyperparameters) for r in runs]
             p = model.predict(runs[0].profile, cands)
             size_gap = method_gaps(past, runs[0].profile.get("dataset_size"))
+            default_gap = method_gaps(past, runs[0].profile.get("dataset_size"), defaults=True)
             out.append(
                 {
                     "task": held,
                     "cell": runs[0].task_name,
                     "size": runs[0].profile.get("dataset_size"),
                     "methods": [r.method for r in runs],
+                    "defaults": [at_defaults(r.method, r.hyperparameters) for r in runs],
                     "accuracy": [r.metrics["accuracy"] for r in runs],
                     "global_gap": [gap.get(r.method, 1.0) for r in runs],
                     "size_gap": [size_gap.get(r.method, 1.0) for r in runs],
+                    "default_gap": [default_gap.get(r.method, 1.0) for r in runs],
                     "chance": p.chance,
                     "fail": p.fail,
                     "mean": p.mean,
@@ -78,7 +84,14 @@ def save(cells: list[dict], path: Path) -> None:
     arrays = {f"{i}_{k}": c[k] for i, c in enumerate(cells) for k in ARRAYS}
     np.savez_compressed(path, **arrays)
     meta = [
-        {k: c[k] for k in ("task", "cell", "size", "methods", "accuracy", "global_gap", "size_gap", "chance")}
+        {
+            k: c[k]
+            for k in (
+                *("task", "cell", "size", "methods", "defaults", "accuracy"),
+                *("global_gap", "size_gap", "default_gap", "chance"),
+            )
+            if k in c
+        }
         for c in cells
     ]
     path.with_suffix(".json").write_text(json.dumps(meta))
@@ -115,7 +128,8 @@ def restrict(cells: list[dict], allowed: set[str]) -> list[dict]:
             continue
         cut = {
             k: (c[k][:, keep] if k == "samples" else np.asarray(c[k])[keep])
-            for k in (*ARRAYS, "accuracy", "global_gap", "size_gap")
+            for k in (*ARRAYS, "accuracy", "global_gap", "size_gap", "default_gap", "defaults")
+            if k in c
         }
         out.append({**c, **cut, "methods": [c["methods"][i] for i in keep]})
     return out
@@ -123,10 +137,13 @@ def restrict(cells: list[dict], allowed: set[str]) -> list[dict]:
 
 def shipped_rule(c: dict) -> int:
     """``recommend``'s rule: collapse-weighed cautious choice and ranking, the size-aware incumbent among the
-    candidates' methods unless beaten in 70% of the draws."""
+    candidates' methods unless beaten in 70% of the draws, judged on past runs at defaults where every chosen
+    setting is its method's defaults (``Incumbents``; a cache without the defaults' gaps uses every run)."""
     p = _pred(c, weigh_risk=True)
     chosen = cautious_choice(p, c["methods"])
-    gap = dict(zip(c["methods"], c["size_gap"]))
+    defaults = "default_gap" in c and all(c["defaults"][i] for i in chosen.values())
+    key = "default_gap" if defaults and np.sum(np.asarray(c["default_gap"]) < 1.0) >= 2 else "size_gap"
+    gap = dict(zip(c["methods"], c[key]))
     return chosen[rank_methods(p, chosen, min(gap, key=gap.get))[0]]
 
 
@@ -220,13 +237,18 @@ def main() -> None:
     ap.add_argument("--cache", default=".bench/loto.npz")
     ap.add_argument("--refit", action="store_true", help="fit again even when the cache exists")
     ap.add_argument("--peft-only", action="store_true", help="choose among the PEFT methods' runs only")
+    ap.add_argument(
+        "--held-out", default=None, help="comma-separated tasks to hold out and score (default: every task)"
+    )
+    ap.add_argument("--steps", type=int, default=None, help="score only task instances trained for this many steps")
     args = ap.parse_args()
     path = Path(args.cache)
     if args.refit or not path.exists():
         store = ExperienceStore(args.store) if args.store else None
         records = [r for r in experiences(store, include_own=store is not None) if usable(r)]
         path.parent.mkdir(parents=True, exist_ok=True)
-        save(predict_all(records), path)
+        held = set(args.held_out.split(",")) if args.held_out else None
+        save(predict_all(records, held_out=held, steps=args.steps), path)
     cells = load(path)
     if args.peft_only:
         from metapeft.methods import list_methods

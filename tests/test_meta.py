@@ -430,6 +430,28 @@ def test_the_incumbent_is_the_most_reliable_allowed_method_at_the_tasks_size():
     assert incumbent_method(cells, ["prompt_tuning"]) is None
 
 
+def test_the_incumbent_is_judged_on_runs_of_the_kind_the_ranking_compares():
+    """Where the chosen settings are the methods' defaults, the incumbent is the method most reliable at its
+    defaults, though another is more reliable over randomly set runs (which it rarely collapses on); where past
+    instances ran no defaults, every run counts."""
+    from metapeft.meta import Candidate, Cell
+    from metapeft.meta._recommend import Incumbents, incumbent_method
+
+    def cell(scores: dict, defaults: dict) -> Cell:
+        return Cell("k", "f", "t@1024", "t", {"dataset_size": 1024}, scores, defaults=defaults)
+
+    random = {"lora": 0.60, "ia3": 0.85, "dora": 0.50}  # random settings: LoRA and DoRA collapse, IA3 holds up
+    at_defaults = {"lora": 0.90, "ia3": 0.87, "dora": 0.89}
+    cells = [cell(random, {})] * 3 + [cell({m: max(random[m], a) for m, a in at_defaults.items()}, at_defaults)]
+    incumbents = Incumbents.of(cells, ["lora", "ia3", "dora"], 1024)
+    assert (incumbents.at_defaults, incumbents.any) == ("lora", "ia3")
+    defaults = [Candidate(m, {}) for m in ("lora", "ia3", "dora")]
+    tuned = [Candidate("lora", {"learning_rate": 3e-2}), *defaults[1:]]
+    assert incumbents.among(defaults, {"lora": 0, "ia3": 1, "dora": 2}) == "lora"
+    assert incumbents.among(tuned, {"lora": 0, "ia3": 1, "dora": 2}) == "ia3"
+    assert incumbent_method([cell(random, {})], ["lora", "ia3"], 1024, defaults=True) == "ia3"  # none at defaults
+
+
 def test_a_setting_likely_to_collapse_loses_to_a_safe_one():
     """The rule weighs each setting's collapse risk: a slightly higher mean does not buy a setting that often ends
     at chance, within a method (``cautious_choice``) or between methods (``rank_methods``)."""
@@ -601,7 +623,7 @@ def held_out_picks(surrogate, held_out, prior_records, held_out_groups):
     from metapeft.meta import Candidate, Constraint
     from metapeft.meta._embedding import cells_of
     from metapeft.meta._evaluate import _instances, select
-    from metapeft.meta._recommend import incumbent_method
+    from metapeft.meta._recommend import Incumbents
 
     past = cells_of(held_out[0])  # what the surrogate was fitted on
     out = {}
@@ -612,7 +634,7 @@ def held_out_picks(surrogate, held_out, prior_records, held_out_groups):
                 cands = [Candidate(r.method, r.hyperparameters) for r in inst.allowed]
                 pred = surrogate.predict(inst.allowed[0].profile, cands)
                 ranking, chosen, _ = select(
-                    pred, cands, incumbent_method(past, {r.method for r in inst.allowed}, inst.size)
+                    pred, cands, Incumbents.of(past, sorted({r.method for r in inst.allowed}), inst.size)
                 )
                 acc = np.array([r.metrics["accuracy"] for r in inst.allowed])
                 picked, lora = acc[chosen[ranking[0]]], inst.references["lora_defaults"]

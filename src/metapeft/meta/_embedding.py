@@ -16,7 +16,7 @@ import numpy as np
 from .._environment import single_threaded
 from ..experience import Experience, cell_key, fingerprint_of, task_group, usable
 from . import _nets
-from ._features import PROFILE_FEATURES, domain_vector, profile_vector
+from ._features import PROFILE_FEATURES, at_defaults, domain_vector, profile_vector
 
 DOMAIN_COMPONENTS = 8
 
@@ -32,6 +32,7 @@ class Cell:
     profile: dict
     scores: dict[str, float]  # method → best accuracy among its runs
     runs: int = 0
+    defaults: dict[str, float] = field(default_factory=dict)  # method → best accuracy among its runs at defaults
     seed: int | None = (
         None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
     )
@@ -55,21 +56,30 @@ def cells_of(records: list[Experience]) -> list[Cell]:
             key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed)
         )
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
+        if at_defaults(r.method, r.hyperparameters):
+            cell.defaults[r.method] = max(cell.defaults.get(r.method, 0.0), float(r.metrics["accuracy"]))
         cell.runs += 1
     return list(cells.values())
 
 
-def method_gaps(cells: list[Cell], size: float | None = None, bandwidth: float = 2.0) -> dict[str, float]:
+def method_gaps(
+    cells: list[Cell], size: float | None = None, bandwidth: float = 2.0, defaults: bool = False
+) -> dict[str, float]:
     """Per method, its mean gap (accuracy) to the best method over the task instances it was run on; with ``size``
-    (training examples), instances weighted by a Gaussian kernel of ``bandwidth`` octaves over log2 size."""
+    (training examples), instances weighted by a Gaussian kernel of ``bandwidth`` octaves over log2 size; with
+    ``defaults``, only runs at the methods' defaults count (instances with fewer than two such methods go)."""
     gaps: dict[str, list[tuple[float, float]]] = {}
     for c in cells:
+        scores = c.defaults if defaults else c.scores
+        if len(scores) < 2:
+            continue
         weight = 1.0
         if size is not None:
             octaves = np.log2(max(1, c.profile.get("dataset_size") or 1)) - np.log2(max(1.0, size))
             weight = float(np.exp(-0.5 * (octaves / bandwidth) ** 2))
-        for m, s in c.scores.items():
-            gaps.setdefault(m, []).append((c.best_accuracy - s, weight))
+        best = max(scores.values())
+        for m, s in scores.items():
+            gaps.setdefault(m, []).append((best - s, weight))
     return {m: float(np.average([g for g, _ in v], weights=[w for _, w in v])) for m, v in gaps.items()}
 
 

@@ -42,7 +42,7 @@ from ..methods import BUDGET_FIELDS
 from ._embedding import TaskFeaturizer, cells_of, method_gaps
 from ._features import at_defaults, measured_memory
 from ._protocol import Selector
-from ._recommend import cautious_choice, incumbent_method, rank_methods
+from ._recommend import Incumbents, cautious_choice, rank_methods
 from ._surrogate import Candidate, Prediction, Surrogate
 
 DISASTER = 5.0  # regret (points) above which a choice counts as a disaster
@@ -188,14 +188,14 @@ class NearestNeighbours(_ScoreOnly):
 
 
 def select(
-    pred: Prediction, candidates: list[Candidate], incumbent: str | None = None
+    pred: Prediction, candidates: list[Candidate], incumbents: Incumbents | None = None
 ) -> tuple[list[str], dict[str, int], np.ndarray]:
     """The same rule as ``MetaPEFT.recommend``: per method the candidate with the best cautious score (mean minus
     half an sd, weighed by its collapse risk where the prediction carries it), methods ranked by that candidate's
-    expected accuracy, ``incumbent`` first unless surely beaten (``rank_methods``).
+    expected accuracy, the incumbent first unless surely beaten (``rank_methods``; ``Incumbents.among``).
     Returns the ranking, the chosen candidate per method and each ranked method's probability of being best."""
     chosen = cautious_choice(pred, [c.method for c in candidates])
-    ranking = rank_methods(pred, chosen, incumbent)
+    ranking = rank_methods(pred, chosen, incumbents.among(candidates, chosen) if incumbents else None)
     return ranking, chosen, pred.take([chosen[m] for m in ranking]).best_probability()
 
 
@@ -204,11 +204,11 @@ def score_cell(
     candidates: list[Candidate],
     accuracy: np.ndarray,
     costs: np.ndarray | None = None,
-    incumbent: str | None = None,
+    incumbents: Incumbents | None = None,
 ) -> dict:
     """Regret, top-1, NDCG, confidence and 90%-interval coverage of one ranking; ``costs`` (n × 2: train time s,
     peak memory MB, NaN where not measured comparably) adds the coverage of the time and memory intervals."""
-    ranking, chosen, probs = select(pred, candidates, incumbent)
+    ranking, chosen, probs = select(pred, candidates, incumbents)
     method_best = {m: max(accuracy[i] for i, c in enumerate(candidates) if c.method == m) for m in ranking}
     best = max(method_best.values())
     best_methods = {m for m, a in method_best.items() if a >= best - 1e-9}
@@ -427,9 +427,9 @@ def evaluate(
                     dtype=float,
                 )
                 # the ranking rule reads the incumbent only with joint draws (not the baselines)
-                incumbent = incumbent_method(past, {r.method for r in runs}, inst.size)
+                incumbents = Incumbents.of(past, sorted({r.method for r in runs}), inst.size)
                 cells = [
-                    score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbent)
+                    score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbents)
                     for _ in range(repeats)
                 ]
                 row = {
@@ -452,7 +452,7 @@ def evaluate(
                         **_cross_fitted(
                             model,
                             pairs,
-                            incumbent_method(past, {a.method for a, _ in pairs}, _size(pairs[0][0])),
+                            Incumbents.of(past, sorted({a.method for a, _ in pairs}), _size(pairs[0][0])),
                             repeats,
                         ),
                     }
@@ -620,7 +620,7 @@ def _mcnemar(picked: Experience, reference: Experience | None) -> dict | None:
 
 
 def _cross_fitted(
-    model: Selector, pairs: list[tuple[Experience, Experience]], incumbent: str | None, repeats: int
+    model: Selector, pairs: list[tuple[Experience, Experience]], incumbents: Incumbents | None, repeats: int
 ) -> dict:
     """On an instance trained on two seeds (``pairs``: one configuration's two runs): the pick scored on seed B
     against the configuration best on seed A (and the reverse); beside it, the plain regret of copying seed A's
@@ -630,7 +630,7 @@ def _cross_fitted(
     regrets, copy = [], []
     for _ in range(repeats):
         pred = model.predict(pairs[0][0].profile, cands)
-        ranking, chosen, _ = select(pred, cands, incumbent)
+        ranking, chosen, _ = select(pred, cands, incumbents)
         pick = chosen[ranking[0]]
         for fit_on, score_on in ((0, 1), (1, 0)):
             reference = int(np.argmax(acc[:, fit_on]))
