@@ -73,7 +73,8 @@ class Constraint:
             chosen = ", ".join(self.methods or [m.name for m in list_methods()])
             raise OptionError(
                 "peft_only",
-                f"leaves no method: none of {chosen} is a PEFT method (an adapter or virtual tokens); allow one, or drop the PEFT-only constraint",
+                f"leaves no method: none of {chosen} is a PEFT method (an adapter or virtual tokens); allow one, or "
+                "drop the PEFT-only constraint",
             )
 
     @property
@@ -377,8 +378,9 @@ def evaluate(
 
     Returns:
         A JSON-ready dict: per selector, regret figures, disaster rate and paired gains over each reference (all
-        sizes and by size), and the ceiling: the same gains for the best allowed run in hindsight; cross-fitted regret where replicates exist; the winner's-curse offset; per-task regret;
-        calibration and coverage of metapeft's intervals; few-shot conditioning.
+        sizes and by size), and the ceiling: the same gains for the best allowed run in hindsight; cross-fitted regret
+        where replicates exist; the winner's-curse offset; per-task regret; calibration and coverage of metapeft's
+        intervals; few-shot conditioning.
     """
     from scipy.stats import wilcoxon
 

@@ -148,12 +148,14 @@ class MetaPEFT:
         if len({task_group(r) for r in records}) < 2:
             raise MetapeftError(
                 f"not enough experience to learn from: {len(records)} finished runs on fewer than 2 tasks "
-                "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior or METAPEFT_PRIOR=0)"
+                "(is the prior switched off? run `metapeft train` or `metapeft bench`, or drop --no-prior or "
+                "METAPEFT_PRIOR=0)"
             )
         if max(len(c.scores) for c in cells_of(records)) < 3:
             raise MetapeftError(
-                f"not enough experience to learn from: no task in the {len(records)} finished runs has runs of 3 or more methods "
-                "(at the same size and step budget) to compare; run more methods on one task (`metapeft bench`), or drop --no-prior or METAPEFT_PRIOR=0"
+                f"not enough experience to learn from: no task in the {len(records)} finished runs has runs of 3 or "
+                "more methods (at the same size and step budget) to compare; run more methods on one task "
+                "(`metapeft bench`), or drop --no-prior or METAPEFT_PRIOR=0"
             )
         if self._given:  # an explicit experience list (e.g. leave-one-task-out) is fitted in memory, never cached
             if progress:
@@ -168,7 +170,10 @@ class MetaPEFT:
         ids = sorted(r.id for r in records)
         # one cache per choice of experience (store, prior on/off), so that switching the prior off and on does not
         # make each choice overwrite the other's models
-        selection = f"{self.store.url if self.store is not None else ''}|{prior_enabled(self.include_prior)}|{self.include_own}"
+        selection = (
+            f"{self.store.url if self.store is not None else ''}|"
+            f"{prior_enabled(self.include_prior)}|{self.include_own}"
+        )
         path = self.cache_dir / f"surrogate-{hashlib.sha256(selection.encode()).hexdigest()[:12]}.safetensors"
         cached = (
             None if force else (_load_cached(path) or _load_cached(PACKAGED_MODEL))
@@ -246,7 +251,8 @@ class MetaPEFT:
         loaded = _load_cached(surrogate)
         if loaded is None or not experience.is_file():
             raise MetapeftError(
-                f"{folder} holds no selector this metapeft version reads (surrogate.safetensors and experience.jsonl.gz); write one with `metapeft fit`"
+                f"{folder} holds no selector this metapeft version reads (surrogate.safetensors and "
+                "experience.jsonl.gz); write one with `metapeft fit`"
             )
         with gzip.open(experience, "rt", encoding="utf-8") as f:
             records = [Experience.from_dict(json.loads(line)) for line in f if line.strip()]
@@ -439,7 +445,8 @@ class MetaPEFT:
                     hyperparameters=dict(rows[i][1]),
                     expected_performance=expected,
                     reasoning=_reasoning(name, rank, expected, similar, context, blocked.get(name), rows[i][1])
-                    + f" Collapse risk of these settings (accuracy near chance, or over 10 points below the best run): {risks[name]:.0%}.",
+                    + " Collapse risk of these settings (accuracy near chance, or over 10 points below the best run): "
+                    f"{risks[name]:.0%}.",
                     feasible=name not in blocked,
                     collapse_risk=round(float(risks[name]), 3),
                 )
@@ -753,9 +760,17 @@ def _reasoning(
     if rank == 1:
         if p.get("task_type") == "causal_lm":
             kind = f"{p['num_classes']} label words" if p["num_classes"] else "free-text completions"
-            traits = f"{p['dataset_size']} training examples, causal LM on {p.get('backend', 'torch')}, {kind}, p95 length {p.get('token_length_p95', 0):.0f} tokens"
+            traits = (
+                f"{p['dataset_size']} training examples, causal LM on {p.get('backend', 'torch')}, {kind}, "
+                f"p95 length {p.get('token_length_p95', 0):.0f} tokens"
+            )
         else:
-            traits = f"{p['dataset_size']} training examples, {p['num_classes']} classes, {'sentence pairs' if p.get('task_type') == 'pair' else 'single texts'}, p95 length {p.get('token_length_p95', 0):.0f} tokens, frozen-probe accuracy {100 * p.get('probe_accuracy', 0):.0f}%"
+            traits = (
+                f"{p['dataset_size']} training examples, {p['num_classes']} classes, "
+                f"{'sentence pairs' if p.get('task_type') == 'pair' else 'single texts'}, "
+                f"p95 length {p.get('token_length_p95', 0):.0f} tokens, "
+                f"frozen-probe accuracy {100 * p.get('probe_accuracy', 0):.0f}%"
+            )
         parts.append(f"Task traits: {traits}.")
         if kept := context.get("kept_first"):
             rival, lead, beats, gap, defaults = kept
@@ -769,14 +784,16 @@ def _reasoning(
         low, high = context["size_range"]
         if not low <= p["dataset_size"] <= high:
             parts.append(
-                f"The experience covers train sizes {low}–{high}; this task's size lies outside, so expect more error than the interval says."
+                f"The experience covers train sizes {low}–{high}; this task's size lies outside, so expect more error "
+                "than the interval says."
             )
         steps = hyperparameters.get("max_steps")
         if context["steps_range"] and steps and not context["steps_range"][0] <= steps <= context["steps_range"][1]:
             low, high = context["steps_range"]
             seen = f"{low}" if low == high else f"{low}–{high}"
             parts.append(
-                f"Past runs made {seen} steps: accuracy at {steps} steps is predicted as at {seen if low == high else 'the nearest'} (time scales with the steps)."
+                f"Past runs made {seen} steps: accuracy at {steps} steps is predicted as at "
+                f"{seen if low == high else 'the nearest'} (time scales with the steps)."
             )
         model = (p.get("model") or {}).get("name")
         if model and model not in context["models"]:
