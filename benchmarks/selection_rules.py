@@ -52,7 +52,8 @@ def predict_all(
             cands = [Candidate(r.method, r.hyperparameters) for r in runs]
             p = model.predict(runs[0].profile, cands)
             size_gap = method_gaps(past, runs[0].profile.get("dataset_size"))
-            default_gap = method_gaps(past, runs[0].profile.get("dataset_size"), defaults=True)
+            default_gap = method_gaps(past, runs[0].profile.get("dataset_size"), runs="defaults")
+            other_gap = method_gaps(past, runs[0].profile.get("dataset_size"), runs="others")
             out.append(
                 {
                     "task": held,
@@ -64,6 +65,7 @@ def predict_all(
                     "global_gap": [gap.get(r.method, 1.0) for r in runs],
                     "size_gap": [size_gap.get(r.method, 1.0) for r in runs],
                     "default_gap": [default_gap.get(r.method, 1.0) for r in runs],
+                    "other_gap": [other_gap.get(r.method, 1.0) for r in runs],
                     "chance": p.chance,
                     "fail": p.fail,
                     "mean": p.mean,
@@ -88,7 +90,7 @@ def save(cells: list[dict], path: Path) -> None:
             k: c[k]
             for k in (
                 *("task", "cell", "size", "methods", "defaults", "accuracy"),
-                *("global_gap", "size_gap", "default_gap", "chance"),
+                *("global_gap", "size_gap", "default_gap", "other_gap", "chance"),
             )
             if k in c
         }
@@ -128,7 +130,7 @@ def restrict(cells: list[dict], allowed: set[str]) -> list[dict]:
             continue
         cut = {
             k: (c[k][:, keep] if k == "samples" else np.asarray(c[k])[keep])
-            for k in (*ARRAYS, "accuracy", "global_gap", "size_gap", "default_gap", "defaults")
+            for k in (*ARRAYS, "accuracy", "global_gap", "size_gap", "default_gap", "other_gap", "defaults")
             if k in c
         }
         out.append({**c, **cut, "methods": [c["methods"][i] for i in keep]})
@@ -137,12 +139,14 @@ def restrict(cells: list[dict], allowed: set[str]) -> list[dict]:
 
 def shipped_rule(c: dict) -> int:
     """``recommend``'s rule: collapse-weighed cautious choice and ranking, the size-aware incumbent among the
-    candidates' methods unless beaten in 70% of the draws, judged on past runs at defaults where every chosen
-    setting is its method's defaults (``Incumbents``; a cache without the defaults' gaps uses every run)."""
+    candidates' methods unless beaten in 70% of the draws, judged on every past run where every chosen setting is
+    its method's defaults and on the runs at other settings elsewhere (``Incumbents``; a cache without these gaps
+    uses every run)."""
     p = _pred(c, weigh_risk=True)
     chosen = cautious_choice(p, c["methods"])
-    defaults = "default_gap" in c and all(c["defaults"][i] for i in chosen.values())
-    key = "default_gap" if defaults and np.sum(np.asarray(c["default_gap"]) < 1.0) >= 2 else "size_gap"
+    key = "size_gap"
+    if "other_gap" in c and not all(c["defaults"][i] for i in chosen.values()):
+        key = "other_gap" if np.sum(np.asarray(c["other_gap"]) < 1.0) >= 2 else key
     gap = dict(zip(c["methods"], c[key]))
     return chosen[rank_methods(p, chosen, min(gap, key=gap.get))[0]]
 

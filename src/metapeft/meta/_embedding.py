@@ -33,6 +33,7 @@ class Cell:
     scores: dict[str, float]  # method → best accuracy among its runs
     runs: int = 0
     defaults: dict[str, float] = field(default_factory=dict)  # method → best accuracy among its runs at defaults
+    others: dict[str, float] = field(default_factory=dict)  # method → best accuracy among its other runs
     seed: int | None = (
         None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
     )
@@ -56,21 +57,22 @@ def cells_of(records: list[Experience]) -> list[Cell]:
             key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed)
         )
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
-        if at_defaults(r.method, r.hyperparameters):
-            cell.defaults[r.method] = max(cell.defaults.get(r.method, 0.0), float(r.metrics["accuracy"]))
+        kind = cell.defaults if at_defaults(r.method, r.hyperparameters) else cell.others
+        kind[r.method] = max(kind.get(r.method, 0.0), float(r.metrics["accuracy"]))
         cell.runs += 1
     return list(cells.values())
 
 
 def method_gaps(
-    cells: list[Cell], size: float | None = None, bandwidth: float = 2.0, defaults: bool = False
+    cells: list[Cell], size: float | None = None, bandwidth: float = 2.0, runs: str = "all"
 ) -> dict[str, float]:
     """Per method, its mean gap (accuracy) to the best method over the task instances it was run on; with ``size``
     (training examples), instances weighted by a Gaussian kernel of ``bandwidth`` octaves over log2 size; with
-    ``defaults``, only runs at the methods' defaults count (instances with fewer than two such methods go)."""
+    ``runs`` "defaults" or "others", only the runs at the methods' defaults or only the other runs count (instances
+    with fewer than two such methods go)."""
     gaps: dict[str, list[tuple[float, float]]] = {}
     for c in cells:
-        scores = c.defaults if defaults else c.scores
+        scores = {"all": c.scores, "defaults": c.defaults, "others": c.others}[runs]
         if len(scores) < 2:
             continue
         weight = 1.0
