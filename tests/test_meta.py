@@ -533,6 +533,8 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
     assert 0 < ours["interval_width_90_median"] <= 100  # points of accuracy
     assert set(result["per_task_regret"]) == {t.split("@")[0] for t in tasks}
     assert result["few_shot"]["cells"] > 0
+    fs = result["few_shot"]  # observed runs of the task narrow the intervals
+    assert 0 < fs["width_conditioned"] < fs["width_zero_shot"] <= 100
     assert result["winners_curse"]["mean_regret"] >= 0 and 0 <= result["winners_curse"]["top1"] <= 1
 
     # PEFT only: the baselines it rules out are not run; every pick is a PEFT method's

@@ -1422,7 +1422,8 @@ regret, disaster rate, calibration."""
         out.print(
             f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error "
             f"{fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, 90% interval coverage "
-            f"{100 * fs['coverage_zero_shot']:.0f}% → {100 * fs['coverage_conditioned']:.0f}%"
+            f"{100 * fs['coverage_zero_shot']:.0f}% → {100 * fs['coverage_conditioned']:.0f}% (median width "
+            f"{fs['width_zero_shot']:.1f} → {fs['width_conditioned']:.1f} points)"
         )
 
 

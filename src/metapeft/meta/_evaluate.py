@@ -692,8 +692,8 @@ def _embedding_agreement(embedder, train: list[Experience], held: list[Experienc
 
 
 def _few_shot(model: Surrogate, runs: list[Experience], k: int, seed: int) -> dict:
-    """Observe ``k`` random runs of a task instance, predict the others: accuracy error and interval coverage
-    with and without conditioning on the observed runs."""
+    """Observe ``k`` random runs of a task instance, predict the others: accuracy error, interval coverage and the
+    intervals' median width (points) with and without conditioning on the observed runs."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(runs))
     seen, rest = [runs[i] for i in order[:k]], [runs[i] for i in order[k:]]
@@ -708,4 +708,6 @@ def _few_shot(model: Surrogate, runs: list[Experience], k: int, seed: int) -> di
         "mae_conditioned": 100 * float(np.abs(warm.mean[:, 0] - acc).mean()),
         "coverage_zero_shot": float(((cold.low[:, 0] <= acc) & (acc <= cold.high[:, 0])).mean()),
         "coverage_conditioned": float(((warm.low[:, 0] <= acc) & (acc <= warm.high[:, 0])).mean()),
+        "width_zero_shot": 100 * float(np.median(cold.high[:, 0] - cold.low[:, 0])),
+        "width_conditioned": 100 * float(np.median(warm.high[:, 0] - warm.low[:, 0])),
     }
