@@ -52,7 +52,6 @@ def predict_all(
             cands = [Candidate(r.method, r.hyperparameters) for r in runs]
             p = model.predict(runs[0].profile, cands)
             size_gap = method_gaps(past, runs[0].profile.get("dataset_size"))
-            default_gap = method_gaps(past, runs[0].profile.get("dataset_size"), runs="defaults")
             other_gap = method_gaps(past, runs[0].profile.get("dataset_size"), runs="others")
             out.append(
                 {
@@ -64,7 +63,6 @@ def predict_all(
                     "accuracy": [r.metrics["accuracy"] for r in runs],
                     "global_gap": [gap.get(r.method, 1.0) for r in runs],
                     "size_gap": [size_gap.get(r.method, 1.0) for r in runs],
-                    "default_gap": [default_gap.get(r.method, 1.0) for r in runs],
                     "other_gap": [other_gap.get(r.method, 1.0) for r in runs],
                     "chance": p.chance,
                     "fail": p.fail,
@@ -90,7 +88,7 @@ def save(cells: list[dict], path: Path) -> None:
             k: c[k]
             for k in (
                 *("task", "cell", "size", "methods", "defaults", "accuracy"),
-                *("global_gap", "size_gap", "default_gap", "other_gap", "chance"),
+                *("global_gap", "size_gap", "other_gap", "chance"),
             )
             if k in c
         }
@@ -130,7 +128,7 @@ def restrict(cells: list[dict], allowed: set[str]) -> list[dict]:
             continue
         cut = {
             k: (c[k][:, keep] if k == "samples" else np.asarray(c[k])[keep])
-            for k in (*ARRAYS, "accuracy", "global_gap", "size_gap", "default_gap", "other_gap", "defaults")
+            for k in (*ARRAYS, "accuracy", "global_gap", "size_gap", "other_gap", "defaults")
             if k in c
         }
         out.append({**c, **cut, "methods": [c["methods"][i] for i in keep]})

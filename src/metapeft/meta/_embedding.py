@@ -32,8 +32,7 @@ class Cell:
     profile: dict
     scores: dict[str, float]  # method → best accuracy among its runs
     runs: int = 0
-    defaults: dict[str, float] = field(default_factory=dict)  # method → best accuracy among its runs at defaults
-    others: dict[str, float] = field(default_factory=dict)  # method → best accuracy among its other runs
+    others: dict[str, float] = field(default_factory=dict)  # method → best accuracy among its runs not at defaults
     seed: int | None = (
         None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
     )
@@ -57,8 +56,8 @@ def cells_of(records: list[Experience]) -> list[Cell]:
             key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed)
         )
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
-        kind = cell.defaults if at_defaults(r.method, r.hyperparameters) else cell.others
-        kind[r.method] = max(kind.get(r.method, 0.0), float(r.metrics["accuracy"]))
+        if not at_defaults(r.method, r.hyperparameters):
+            cell.others[r.method] = max(cell.others.get(r.method, 0.0), float(r.metrics["accuracy"]))
         cell.runs += 1
     return list(cells.values())
 
@@ -68,11 +67,11 @@ def method_gaps(
 ) -> dict[str, float]:
     """Per method, its mean gap (accuracy) to the best method over the task instances it was run on; with ``size``
     (training examples), instances weighted by a Gaussian kernel of ``bandwidth`` octaves over log2 size; with
-    ``runs`` "defaults" or "others", only the runs at the methods' defaults or only the other runs count (instances
-    with fewer than two such methods go)."""
+    ``runs="others"``, only the runs at settings other than the methods' defaults count (instances with fewer than
+    two such methods go)."""
     gaps: dict[str, list[tuple[float, float]]] = {}
     for c in cells:
-        scores = {"all": c.scores, "defaults": c.defaults, "others": c.others}[runs]
+        scores = c.others if runs == "others" else c.scores
         if len(scores) < 2:
             continue
         weight = 1.0

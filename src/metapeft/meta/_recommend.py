@@ -410,8 +410,8 @@ class MetaPEFT:
         key = ("incumbent", tuple(names), profile.get("dataset_size"))
         if key not in self._derived:
             self._derived[key] = Incumbents.of(cells, names, profile.get("dataset_size"))
-        defaults = compares_defaults(candidates, {n: chosen[n] for n in live})
-        incumbent = self._derived[key].every if defaults else self._derived[key].others
+        incumbents, defaults = self._derived[key], compares_defaults(candidates, {n: chosen[n] for n in live})
+        incumbent = incumbents.incumbent(defaults)
         order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + sorted(
             blocked, key=lambda n: -pred.mean[chosen[n], 0]
         )
@@ -421,10 +421,7 @@ class MetaPEFT:
         if rival is not None and order[0] == incumbent != rival:  # the rule kept the incumbent first: say why
             beats = beat_rate(pred, chosen[rival], chosen[incumbent])
             lead = 100 * (expected[chosen[rival]] - expected[chosen[incumbent]])
-            gap = method_gaps(cells, profile.get("dataset_size"), runs="all" if defaults else "others").get(incumbent)
-            if gap is None:  # no past runs at other settings: the incumbent was judged on every run
-                gap = method_gaps(cells, profile.get("dataset_size"))[incumbent]
-            context["kept_first"] = (rival, lead, beats, gap, defaults)
+            context["kept_first"] = (rival, lead, beats, incumbents.gaps(defaults)[incumbent], defaults)
         risks = {n: pred.fail[chosen[n]] for n in order}
         out = []
         for rank, name in enumerate(order, 1):
@@ -630,40 +627,53 @@ class MetaPEFT:
         ]
 
 
+def judged_gaps(
+    cells: list[Cell], allowed: Sequence[str] | None = None, size: float | None = None, runs: str = "all"
+) -> dict[str, float]:
+    """Each allowed method's (default: all) mean gap to the best over past task instances, those of a training-set
+    size like ``size`` counting most (``method_gaps``); ``runs="others"`` judges on the past runs at settings other
+    than the methods' defaults only (on every run where fewer than two allowed methods have such runs)."""
+    gaps = {m: g for m, g in method_gaps(cells, size, runs=runs).items() if allowed is None or m in allowed}
+    return judged_gaps(cells, allowed, size) if runs != "all" and len(gaps) < 2 else gaps
+
+
 def incumbent_method(
     cells: list[Cell], allowed: Sequence[str] | None = None, size: float | None = None, runs: str = "all"
 ) -> str | None:
-    """The experience's most reliable method among ``allowed`` (default: all): the smallest mean gap to the best over
-    past task instances, those of a training-set size like ``size`` counting most (``method_gaps``); ``runs``
-    "defaults" or "others" judges it on the past runs at the methods' defaults or on the other runs only (on every
-    run where fewer than two allowed methods have such runs)."""
-    gaps = {m: g for m, g in method_gaps(cells, size, runs=runs).items() if allowed is None or m in allowed}
-    if runs != "all" and len(gaps) < 2:
-        return incumbent_method(cells, allowed, size)
+    """The experience's most reliable method among ``allowed``: the smallest of ``judged_gaps``."""
+    gaps = judged_gaps(cells, allowed, size, runs)
     return min(gaps, key=gaps.get) if gaps else None
 
 
 @dataclass(frozen=True)
 class Incumbents:
-    """The incumbent among some methods, judged on the past runs that match what a ranking compares: on every past
+    """The methods' gaps to the best, judged on the past runs that match what a ranking compares: on every past
     run where every method's chosen setting is its defaults (``every``), on the runs at other settings only
-    elsewhere (``others``). Why apart: over randomly set runs (IA)³ is the most reliable PEFT method at 1,024
-    examples (it rarely collapses) while LoRA and DoRA lead at their defaults, so the bench's runs at defaults made
-    DoRA the incumbent over random settings, where it can collapse (dbpedia14: 90.7 points of regret). Judging the
-    defaults on the runs at defaults alone was measured too and not adopted: at 64 examples full fine-tuning and DoRA
-    are nearly tied there, and the tie flipped a pick to a collapsed DoRA run (BENCHMARKS.md, "Method
-    selection")."""
+    elsewhere (``others``); the incumbent is the method with the smallest. Why apart: over randomly set runs (IA)³ is
+    the most reliable PEFT method at 1,024 examples (it rarely collapses) while LoRA and DoRA lead at their defaults,
+    so the bench's runs at defaults made DoRA the incumbent over random settings, where it can collapse (dbpedia14:
+    90.7 points of regret). Judging the defaults on the runs at defaults alone was measured too and not adopted: at
+    64 examples full fine-tuning and DoRA are nearly tied there, and the tie flipped a pick to a collapsed DoRA run
+    (BENCHMARKS.md, "Method selection")."""
 
-    every: str | None
-    others: str | None
+    every: dict[str, float]
+    others: dict[str, float]
 
     @classmethod
     def of(cls, cells: list[Cell], allowed: Sequence[str] | None = None, size: float | None = None) -> Incumbents:
-        return cls(*(incumbent_method(cells, allowed, size, runs) for runs in ("all", "others")))
+        return cls(*(judged_gaps(cells, allowed, size, runs) for runs in ("all", "others")))
+
+    def gaps(self, defaults: bool) -> dict[str, float]:
+        """The gaps a ranking of settings at their defaults (``defaults``) or of other settings is judged on."""
+        return self.every if defaults else self.others
+
+    def incumbent(self, defaults: bool) -> str | None:
+        gaps = self.gaps(defaults)
+        return min(gaps, key=gaps.get) if gaps else None
 
     def among(self, candidates: Sequence[Candidate], chosen: dict[str, int]) -> str | None:
         """The incumbent for a ranking of ``chosen`` (method → index into ``candidates``)."""
-        return self.every if compares_defaults(candidates, chosen) else self.others
+        return self.incumbent(compares_defaults(candidates, chosen))
 
 
 def compares_defaults(candidates: Sequence[Candidate], chosen: dict[str, int]) -> bool:
