@@ -317,12 +317,12 @@ def test_report_leaves_cells_with_too_few_methods_out_of_comparisons():
 
     records = PriorExperience().records()
     before = analyse(records)
-    cells: dict[str, set] = {}  # a cell is a (task, size, seed): its runs share task name and seed
+    cells: dict[str, set] = {}  # a cell is a (task, size, step budget, seed): its runs share task name, steps and seed
     for r in records:
-        cells.setdefault(r.tags["suite_task"], set()).add((r.task_name, r.seed or 0))
+        cells.setdefault(r.tags["suite_task"], set()).add((r.task_name, r.hyperparameters["max_steps"], r.seed or 0))
     task = sorted(cells)[0]  # of this task keep only two runs of one cell
-    name, seed = sorted(cells[task])[0]
-    begun = [r for r in records if r.task_name == name and (r.seed or 0) == seed][:2]
+    cell = sorted(cells[task])[0]
+    begun = [r for r in records if (r.task_name, r.hyperparameters["max_steps"], r.seed or 0) == cell][:2]
     summary = analyse([r for r in records if r.tags["suite_task"] != task] + begun)
     assert summary["partial_cells"] == before["partial_cells"] + 1 and summary["cells"] == before["cells"] - len(
         cells[task]
@@ -366,12 +366,28 @@ def test_shipped_prior_is_real_suite_experience():
 
     records = PriorExperience().records()
     assert records, "the package ships no prior"
-    assert all(r.source == "prior" and r.tags["design"] == "prior-v1" for r in records)
+    designs = {r.tags["design"] for r in records}
+    assert all(r.source == "prior" for r in records) and designs == {"prior-v1", "curves-v1", "selection-v1"}
     finished = [r for r in records if r.status == "finished"]
     assert finished and all(
-        0 <= r.metrics["accuracy"] <= 1 and len(r.curve) == 4 and r.profile["dataset_size"] in (64, 256, 1024)
+        0 <= r.metrics["accuracy"] <= 1 and len(r.curve) >= 4 and r.profile["dataset_size"] in (64, 256, 1024)
         for r in finished
     )
+    # the learning-curve passes: two budgets, a curve point every 40 steps
+    assert {r.hyperparameters["max_steps"] for r in finished} == {80, 320}
+    assert all(len(r.curve) == 8 for r in finished if r.hyperparameters["max_steps"] == 320)
+
+
+def test_report_cells_are_the_task_instances_the_selector_compares():
+    """A run of 320 steps and one of 80 on the same data are different contests (the slow learners gain 7-8 points
+    from 80 to 320 steps): the report's cells are the experience's task instances, data and step budget."""
+    from metapeft.experience import cell_key
+    from metapeft.prior import PriorExperience
+    from metapeft.report import analyse
+
+    records = [r for r in PriorExperience().records() if r.status == "finished"]
+    budgets = {r.hyperparameters["max_steps"] for r in records}
+    assert len(budgets) > 1 and analyse(records)["cells"] == len({cell_key(r) for r in records})
 
 
 def test_report_counts_methods_within_the_evaluations_noise_of_the_best():
@@ -410,6 +426,7 @@ def test_report_noise_prices_choosing_by_another_seeds_winner():
         {
             "task": "t",
             "size": 64,
+            "steps": 80,
             "seed": [0, 0, 1, 1],
             "method": ["a", "b", "a", "b"],
             "score": [0.9, 0.8, 0.80, 0.85],

@@ -143,7 +143,8 @@ class TaskFeaturizer:
 
 def performance_distances(cells: list[Cell], methods: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise distances between the cells' standardised performance vectors, and which pairs share >= 3
-    methods (others carry too little to compare)."""
+    methods and a step budget (others carry too little to compare; and the same data trained for 80 and for 320
+    steps ranks the methods differently, which an embedding of the data alone cannot tell apart)."""
     v = np.full((len(cells), len(methods)), np.nan)
     for i, c in enumerate(cells):
         for j, m in enumerate(methods):
@@ -157,7 +158,8 @@ def performance_distances(cells: list[Cell], methods: list[str]) -> tuple[np.nda
     shared = present.astype(float) @ present.T.astype(float)
     sq = (z**2 * present) @ present.T + present @ (z**2 * present).T - 2 * (z * present) @ (z * present).T
     dist = np.sqrt(np.maximum(sq, 0) / np.maximum(shared, 1))
-    valid = shared >= 3
+    budget = np.array([c.key.split("|", 1)[-1] for c in cells])
+    valid = (shared >= 3) & (budget[:, None] == budget[None])
     np.fill_diagonal(valid, False)
     return dist.astype(np.float32), valid
 

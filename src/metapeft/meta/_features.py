@@ -205,8 +205,8 @@ def measured_memory(metrics: dict) -> float | None:
 def targets(record: Experience) -> np.ndarray:
     """Accuracy, log train time *per step* and log peak memory (NaN where the run did not measure one). Time is
     steps × a cost per step that the task, method and settings decide; learned as a total, it could not leave the
-    experience's one budget (the prior's 80 steps): 400 steps were predicted to cost what 80 do. Memory only where
-    it was measured comparably (``measured_memory``)."""
+    experience's budgets (the prior then had only 80 steps: 400 steps were predicted to cost what 80 do). Memory
+    only where it was measured comparably (``measured_memory``)."""
     m = record.metrics
 
     def log_or_nan(v) -> float:

@@ -808,7 +808,7 @@ def _reasoning(
             seen = f"{low}" if low == high else f"{low}–{high}"
             parts.append(
                 f"Past runs made {seen} steps: accuracy at {steps} steps is predicted as at "
-                f"{seen if low == high else 'the nearest'} (time scales with the steps)."
+                f"{low if steps < low else high} (time scales with the steps)."
             )
         model = (p.get("model") or {}).get("name")
         if model and model not in context["models"]:

@@ -1,12 +1,12 @@
 """What the experience says: per task the best method and every method's gap to it, how often each method
 wins, accuracy against train-set size, accuracy/time/memory trade-offs and hyperparameter sensitivity.
 
-A *cell* is a (task, train size, seed) triple — the seed draws the training sample, so each seed is another
-instance of the task at that size; a method's score in a cell is the best accuracy among its runs there (what a
-user would get after choosing that method and trying those settings). Task-level scores average a method's cell
-scores over the task's cells. Cells that differ only by seed measure the noise. Comparisons (wins, gaps, variation)
-count only cells in which at least ``MIN_METHODS`` methods (or every method of the experience, if fewer) ran: a cell a
-bench has only begun is no contest.
+A *cell* is a (task, train size, step budget, seed) tuple — the seed draws the training sample, so each seed is
+another instance of the task at that size, and runs of another step budget are another contest; a method's score
+in a cell is the best accuracy among its runs there (what a user would get after choosing that method and trying
+those settings). Task-level scores average a method's cell scores over the task's cells. Cells that differ only by
+seed measure the noise. Comparisons (wins, gaps, variation) count only cells in which at least ``MIN_METHODS``
+methods (or every method of the experience, if fewer) ran: a cell a bench has only begun is no contest.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def frame(records: list[Experience]) -> pd.DataFrame:
                 "config_id": r.tags.get("config_id"),
                 "hyperparameters": r.hyperparameters,
                 "seed": int(r.seed or 0),
+                "steps": int(r.hyperparameters.get("max_steps") or 0),
                 "eval_examples": int(r.metrics.get("eval_examples") or 0),
             }
         )
@@ -62,7 +63,7 @@ def analyse(records: list[Experience]) -> dict:
     )
     if df.empty:
         return {"runs": 0, "failed": failed, "tasks": 0, "methods": [], "per_task": {}}
-    cell = ["task", "size", "seed"]
+    cell = ["task", "size", "steps", "seed"]
     cells = (
         df.groupby([*cell, "method"])
         .agg(score=("accuracy", "max"), eval_examples=("eval_examples", "min"))
@@ -162,19 +163,19 @@ def _within_noise(score: pd.Series, best: pd.Series, n: pd.Series) -> pd.Series:
 def noise(cells: pd.DataFrame) -> dict:
     """Run-to-run noise from cells that differ only by seed: how far a method's score moves, and how often the
     winner stays the same."""
-    multi = cells.groupby(["task", "size"]).seed.nunique()
+    multi = cells.groupby(["task", "size", "steps"]).seed.nunique()
     multi = multi[multi > 1]
     if multi.empty:
         return {"task_sizes": 0}
-    sub = cells.set_index(["task", "size"]).loc[multi.index].reset_index()
-    spread = sub.groupby(["task", "size", "method"]).score.agg(lambda s: s.max() - s.min())
-    winners = sub.loc[sub.groupby(["task", "size", "seed"]).score.idxmax()]
-    agree = winners.groupby(["task", "size"]).method.nunique().eq(1).mean()
+    sub = cells.set_index(["task", "size", "steps"]).loc[multi.index].reset_index()
+    spread = sub.groupby(["task", "size", "steps", "method"]).score.agg(lambda s: s.max() - s.min())
+    winners = sub.loc[sub.groupby(["task", "size", "steps", "seed"]).score.idxmax()]
+    agree = winners.groupby(["task", "size", "steps"]).method.nunique().eq(1).mean()
     # regret, in one seed's cell, of the method that won another seed's cell of the same task and size: what a
     # selector that had seen a whole replicate of the task would lose to noise — one that sees only the task's
     # profile cannot expect to do better
     regrets = []
-    for _, g in sub.groupby(["task", "size"]):
+    for _, g in sub.groupby(["task", "size", "steps"]):
         scores = g.pivot_table(index="seed", columns="method", values="score").dropna(axis=1)
         for a in scores.index:
             for b in scores.index.drop(a):
@@ -210,7 +211,7 @@ def sensitivity(df: pd.DataFrame) -> dict:
     (log scale for learning rates), over the method's runs with varied settings."""
     from scipy.stats import spearmanr
 
-    df = df.assign(relative=df.accuracy - df.groupby(["task", "size", "seed"]).accuracy.transform("mean"))
+    df = df.assign(relative=df.accuracy - df.groupby(["task", "size", "steps", "seed"]).accuracy.transform("mean"))
     out = {}
     for method, group in df.groupby("method"):
         params = pd.DataFrame(list(group.hyperparameters), index=group.index)

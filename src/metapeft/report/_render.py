@@ -44,7 +44,7 @@ def render(summary: dict, records, out_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     wins = pd.Series(summary["wins"]).reindex(methods).fillna(0).sort_values()
     ax.barh(wins.index, wins.values, color=[colours[m] for m in wins.index])
-    ax.set_xlabel(f"cells won (of {summary['cells']} task × train-size × seed cells; ties shared)")
+    ax.set_xlabel(f"cells won (of {summary['cells']} task × train-size × step-budget × seed cells; ties shared)")
     ax.set_title("Which method wins")
     save(fig, "wins.png")
 
@@ -137,8 +137,8 @@ def markdown(summary: dict) -> str:
     v = summary["variation"]
     lines = [
         f"**{summary['runs']} finished runs** ({summary['failed']} failed) over **{summary['tasks']} tasks**, "
-        f"{summary['cells']} task × train-size × seed cells, {len(summary['methods'])} methods (at least "
-        f"{summary['min_methods_per_task']} per task)"
+        f"{summary['cells']} task × train-size × step-budget × seed cells, {len(summary['methods'])} methods "
+        f"(at least {summary['min_methods_per_task']} per task)"
         + (
             f"; {summary['partial_cells']} more cell(s) with too few methods so far left out of the comparisons."
             if summary.get("partial_cells")
@@ -220,7 +220,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}td:first-child,td
 figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>metapeft report</h1>
 <p>{summary["runs"]} finished runs ({summary["failed"]} failed) over {summary["tasks"]} tasks and \
-{summary["cells"]} task × size cells\
+{summary["cells"]} task × size × step-budget cells\
 {f" (and {summary['partial_cells']} begun, left out)" if summary.get("partial_cells") else ""}.
 {v["distinct_winners"]} distinct winners; {html.escape(str(v["top_method"]))} wins \
 {100 * v["top_method_win_share"]:.0f}% of cells;

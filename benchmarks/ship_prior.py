@@ -1,0 +1,62 @@
+"""Refresh the shipped prior from the bench store: the committed prior's runs plus the bench designs' finished runs of
+whole task instances (a task the bench is part-way through waits for the next refresh), packaged with
+``metapeft.meta.ship_prior``, which also refits the model shipped beside it and its out-of-task predictions.
+
+    uv run python benchmarks/ship_prior.py --store sqlite:///$PWD/.bench/curves.db [--dry-run]   # ~13 min on 1 core
+
+Then regenerate the report (``metapeft report --no-own --html docs/prior-report``) and re-measure the selection
+(``metapeft evaluate --no-own [--peft-only] --json``); docs/benchmark-protocol.md says what the prior holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from metapeft.experience import ExperienceStore, cell_key
+from metapeft.meta import ship_prior
+from metapeft.prior import EXPERIENCES_PATH, PriorExperience
+
+PRIOR_DESIGN = "prior-v1"  # the committed prior's own design: its runs come from the committed file
+BENCH_DESIGNS = ("curves-v1", "selection-v1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", required=True, help="SQLAlchemy URL of the bench store holding the designs' runs.")
+    parser.add_argument("--designs", default=",".join(BENCH_DESIGNS), help="Bench designs to add to prior-v1.")
+    parser.add_argument(
+        "--methods", type=int, default=10, help="Finished methods a task instance needs to count as whole."
+    )
+    parser.add_argument("--dry-run", action="store_true", help="Say what would ship; write nothing.")
+    args = parser.parse_args()
+    designs = [d for d in args.designs.split(",") if d]
+
+    prior = [r for r in PriorExperience().records() if r.tags.get("design") == PRIOR_DESIGN]
+    runs = [
+        r
+        for r in ExperienceStore(args.store).iter()
+        if r.status in ("finished", "failed") and r.tags.get("design") in designs
+    ]
+    methods = Counter()
+    for key in {(r.tags["design"], cell_key(r), r.method) for r in runs if r.status == "finished"}:
+        methods[key[:2]] += 1
+    whole = [r for r in runs if methods[(r.tags["design"], cell_key(r))] >= args.methods]
+    for design in designs:
+        tasks = sorted({r.task_name for r in whole if r.tags["design"] == design})
+        print(f"{design}: {sum(r.tags['design'] == design for r in whole)} runs, whole instances on {tasks}")
+    left = sorted({r.task_name for r in runs} - {r.task_name for r in whole})
+    print(f"{PRIOR_DESIGN}: {len(prior)} runs; left for the next refresh: {left or 'nothing'}")
+    if args.dry_run:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ExperienceStore(f"sqlite:///{Path(tmp) / 'ship.db'}")
+        store.import_jsonl(EXPERIENCES_PATH)
+        store.add_many(whole)
+        print(f"shipped {ship_prior(store, [PRIOR_DESIGN, *designs])} runs")
+
+
+if __name__ == "__main__":
+    main()
