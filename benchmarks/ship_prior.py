@@ -40,9 +40,8 @@ def main() -> None:
         for r in ExperienceStore(args.store).iter()
         if r.status in ("finished", "failed") and r.tags.get("design") in designs
     ]
-    methods = Counter()
-    for key in {(r.tags["design"], cell_key(r), r.method) for r in runs if r.status == "finished"}:
-        methods[key[:2]] += 1
+    finished = {(r.tags["design"], cell_key(r), r.method) for r in runs if r.status == "finished"}
+    methods = Counter((design, cell) for design, cell, _ in finished)  # finished methods per task instance
     whole = [r for r in runs if methods[(r.tags["design"], cell_key(r))] >= args.methods]
     for design in designs:
         tasks = sorted({r.task_name for r in whole if r.tags["design"] == design})

@@ -31,15 +31,19 @@ def fingerprint_of(record: Experience) -> str:
     return record.task_fingerprint or record.profile.get("fingerprint") or record.task_name
 
 
+def budget_key(record: Experience) -> str:
+    """What a run trained under apart from its data: its step budget (steps × batch size) and, when it is not
+    torch, its framework (another framework's runs are another instance)."""
+    hp = record.hyperparameters
+    backend = (record.profile or {}).get("backend", "torch")
+    return f"{hp.get('max_steps')}x{hp.get('batch_size')}" + ("" if backend == "torch" else f"|{backend}")
+
+
 def cell_key(record: Experience) -> str:
-    """The task instance a run belongs to: its data under one step budget (steps × batch size). Runs of 3 steps
+    """The task instance a run belongs to: its data under one step budget (``budget_key``). Runs of 3 steps
     and runs of 80 do not share a level: four own runs of 3 steps on sst2-mini (48%) once took the prediction for
     sst2 from 75% to 49%."""
-    hp = record.hyperparameters
-    backend = (record.profile or {}).get("backend", "torch")  # another framework's runs are another instance
-    return f"{fingerprint_of(record)}|{hp.get('max_steps')}x{hp.get('batch_size')}" + (
-        "" if backend == "torch" else f"|{backend}"
-    )
+    return f"{fingerprint_of(record)}|{budget_key(record)}"
 
 
 def task_group(record: Experience) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._environment import single_threaded
-from ..experience import Experience, cell_key, fingerprint_of, task_group, usable
+from ..experience import Experience, budget_key, cell_key, fingerprint_of, task_group, usable
 from . import _nets
 from ._features import PROFILE_FEATURES, at_defaults, domain_vector, profile_vector
 
@@ -36,6 +36,7 @@ class Cell:
     seed: int | None = (
         None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
     )
+    budget: str = ""  # what its runs trained under apart from the data (see budget_key)
 
     @property
     def best_method(self) -> str:
@@ -53,7 +54,8 @@ def cells_of(records: list[Experience]) -> list[Cell]:
             continue
         key = cell_key(r)
         cell = cells.setdefault(
-            key, Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed)
+            key,
+            Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed, budget=budget_key(r)),
         )
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
         if not at_defaults(r.method, r.hyperparameters):
@@ -158,7 +160,7 @@ def performance_distances(cells: list[Cell], methods: list[str]) -> tuple[np.nda
     shared = present.astype(float) @ present.T.astype(float)
     sq = (z**2 * present) @ present.T + present @ (z**2 * present).T - 2 * (z * present) @ (z * present).T
     dist = np.sqrt(np.maximum(sq, 0) / np.maximum(shared, 1))
-    budget = np.array([c.key.split("|", 1)[-1] for c in cells])
+    budget = np.array([c.budget for c in cells])
     valid = (shared >= 3) & (budget[:, None] == budget[None])
     np.fill_diagonal(valid, False)
     return dist.astype(np.float32), valid

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from .._errors import OptionError
-from ..experience import Experience, cell_key, paired_outcomes, task_group, usable
+from ..experience import Experience, budget_key, cell_key, paired_outcomes, task_group, usable
 from ..methods import BUDGET_FIELDS
 from ._embedding import TaskFeaturizer, cells_of, method_gaps
 from ._features import at_defaults, measured_memory
@@ -325,8 +325,7 @@ def _replicates(runs: list[Experience], constraint: Constraint) -> list[list[tup
     groups: dict[str, dict[str, dict[int, Experience]]] = defaultdict(lambda: defaultdict(dict))
     for r in runs:
         if constraint.allows(r):
-            budget = cell_key(r).split("|")[-1]
-            groups[f"{r.task_name}|{budget}"][_config_key(r)].setdefault(r.seed or 0, r)
+            groups[f"{r.task_name}|{budget_key(r)}"][_config_key(r)].setdefault(r.seed or 0, r)
     out = []
     for configs in groups.values():
         seeds = sorted({s for by_seed in configs.values() for s in by_seed})

@@ -20,6 +20,8 @@ import pandas as pd
 from ..experience import Experience, task_group
 
 MIN_METHODS = 5  # the methods a cell needs to count in comparisons (as in `metapeft evaluate`)
+INSTANCE = ["task", "size", "steps"]  # a task at a train size and step budget; its cells differ by seed
+CELL = [*INSTANCE, "seed"]
 
 
 def frame(records: list[Experience]) -> pd.DataFrame:
@@ -63,17 +65,16 @@ def analyse(records: list[Experience]) -> dict:
     )
     if df.empty:
         return {"runs": 0, "failed": failed, "tasks": 0, "methods": [], "per_task": {}}
-    cell = ["task", "size", "steps", "seed"]
     cells = (
-        df.groupby([*cell, "method"])
+        df.groupby([*CELL, "method"])
         .agg(score=("accuracy", "max"), eval_examples=("eval_examples", "min"))
         .reset_index()
     )
-    best_in_cell = cells.groupby(cell)["score"].transform("max")
+    best_in_cell = cells.groupby(CELL)["score"].transform("max")
     cells["gap"] = best_in_cell - cells["score"]
     cells["within_noise"] = _within_noise(cells["score"], best_in_cell, cells["eval_examples"])
-    complete = cells.groupby(cell).method.transform("nunique") >= min(MIN_METHODS, df.method.nunique())
-    partial_cells = int(cells.loc[~complete].groupby(cell).ngroups)
+    complete = cells.groupby(CELL).method.transform("nunique") >= min(MIN_METHODS, df.method.nunique())
+    partial_cells = int(cells.loc[~complete].groupby(CELL).ngroups)
 
     per_task = {}
     for task, group in cells.groupby("task"):
@@ -98,9 +99,9 @@ def analyse(records: list[Experience]) -> dict:
 
     cells = cells.loc[complete]
     winners = cells.loc[cells.gap == 0]
-    n_cells = cells.groupby(cell).ngroups
+    n_cells = cells.groupby(CELL).ngroups
     wins: Counter = Counter()
-    for _, group in winners.groupby(cell):  # ties share the win
+    for _, group in winners.groupby(CELL):  # ties share the win
         for m in group.method:
             wins[m] += 1 / len(group)
     mean_gap = cells.groupby("method")["gap"].mean()
@@ -133,8 +134,8 @@ def analyse(records: list[Experience]) -> dict:
             "single_best_within_noise_share": round(
                 float(cells.loc[cells.method == single_best, "within_noise"].mean()), 3
             ),
-            "methods_within_noise_of_best": round(float(cells.groupby(cell).within_noise.sum().mean()), 2),
-            "mean_spread_in_cell": round(float(cells.groupby(cell).score.agg(lambda s: s.max() - s.min()).mean()), 4),
+            "methods_within_noise_of_best": round(float(cells.groupby(CELL).within_noise.sum().mean()), 2),
+            "mean_spread_in_cell": round(float(cells.groupby(CELL).score.agg(lambda s: s.max() - s.min()).mean()), 4),
             "winner_changes_with_size": _winner_changes(per_task),
         },
         "mean_gap": {m: round(float(g), 4) for m, g in mean_gap.sort_values().items()},
@@ -163,19 +164,19 @@ def _within_noise(score: pd.Series, best: pd.Series, n: pd.Series) -> pd.Series:
 def noise(cells: pd.DataFrame) -> dict:
     """Run-to-run noise from cells that differ only by seed: how far a method's score moves, and how often the
     winner stays the same."""
-    multi = cells.groupby(["task", "size", "steps"]).seed.nunique()
+    multi = cells.groupby(INSTANCE).seed.nunique()
     multi = multi[multi > 1]
     if multi.empty:
         return {"task_sizes": 0}
-    sub = cells.set_index(["task", "size", "steps"]).loc[multi.index].reset_index()
-    spread = sub.groupby(["task", "size", "steps", "method"]).score.agg(lambda s: s.max() - s.min())
-    winners = sub.loc[sub.groupby(["task", "size", "steps", "seed"]).score.idxmax()]
-    agree = winners.groupby(["task", "size", "steps"]).method.nunique().eq(1).mean()
+    sub = cells.set_index(INSTANCE).loc[multi.index].reset_index()
+    spread = sub.groupby([*INSTANCE, "method"]).score.agg(lambda s: s.max() - s.min())
+    winners = sub.loc[sub.groupby(CELL).score.idxmax()]
+    agree = winners.groupby(INSTANCE).method.nunique().eq(1).mean()
     # regret, in one seed's cell, of the method that won another seed's cell of the same task and size: what a
     # selector that had seen a whole replicate of the task would lose to noise — one that sees only the task's
     # profile cannot expect to do better
     regrets = []
-    for _, g in sub.groupby(["task", "size", "steps"]):
+    for _, g in sub.groupby(INSTANCE):
         scores = g.pivot_table(index="seed", columns="method", values="score").dropna(axis=1)
         for a in scores.index:
             for b in scores.index.drop(a):
@@ -211,7 +212,7 @@ def sensitivity(df: pd.DataFrame) -> dict:
     (log scale for learning rates), over the method's runs with varied settings."""
     from scipy.stats import spearmanr
 
-    df = df.assign(relative=df.accuracy - df.groupby(["task", "size", "steps", "seed"]).accuracy.transform("mean"))
+    df = df.assign(relative=df.accuracy - df.groupby(CELL).accuracy.transform("mean"))
     out = {}
     for method, group in df.groupby("method"):
         params = pd.DataFrame(list(group.hyperparameters), index=group.index)
