@@ -435,3 +435,21 @@ def test_a_run_on_another_host_is_taken_for_dead_when_its_heartbeat_stops(tmp_pa
     with store.keep_alive(beating, every=0.05):
         time.sleep(0.4)
     assert store.get(beating).updated_at > before
+
+
+def test_a_paused_workers_pause_is_taken_out_of_its_training_time():
+    """A worker stopped for 10 minutes between two curve points counted them as training (29 runs of the prior):
+    the stretch is counted at the run's median; a run without one, or already corrected, is left as it is."""
+    from metapeft.experience import without_suspensions
+
+    curve = [{"step": 40 * k, "train_time_s": t} for k, t in enumerate([60, 120, 180, 840, 900, 960], 1)]
+    paused = _record(0, curve=curve)
+    paused.metrics = {"accuracy": 0.8, "train_time_s": 960.0, "tokens_per_s": 100.0}
+    fixed = without_suspensions(paused)
+    assert fixed.metrics["train_time_s"] == pytest.approx(360.0) and fixed.metrics["suspended_s"] == 600.0
+    assert fixed.metrics["tokens_per_s"] == pytest.approx(100.0 * 960 / 360, abs=0.1)
+    assert [p["train_time_s"] for p in fixed.curve] == [60, 120, 180, 240, 300, 360]
+    assert paused.metrics["train_time_s"] == 960.0  # the record itself is not changed
+    assert without_suspensions(fixed) is fixed
+    steady = _record(1, curve=curve[:3] + [{"step": 160, "train_time_s": 300}])
+    assert without_suspensions(steady) is steady  # 2x the median: contention, not a pause

@@ -34,13 +34,29 @@ def test_zoo_has_every_method_with_a_search_space():
 
 
 def test_defaults_sit_inside_their_bounds_and_build_on_minilm():
+    from metapeft.methods import with_default_steps
+
     backbone = backbone_info(None)
     for m in list_methods():
         config = m.defaults()
         assert m.make_config(config.as_dict()) == config  # defaults pass validation
         m.check_compatible(config, backbone)
-        if m.kind == "peft":
-            assert m.build(config, backbone) is not None
+        if m.kind == "peft":  # built as training builds it: with its step budget resolved (AdaLoRA schedules by it)
+            assert m.build(with_default_steps(config, 1024), backbone) is not None
+
+
+def test_the_default_budget_is_about_five_epochs_within_the_experiences_budgets():
+    """max_steps=0 (the default) resolves to ~5 epochs, 80..320 steps: the budgets the selector has seen."""
+    from metapeft.methods import default_steps, get_method, with_default_steps
+
+    assert [default_steps(n, 16) for n in (10, 64, 256, 500, 1024, 100_000)] == [80, 80, 80, 156, 320, 320]
+    assert default_steps(1024, 32) == 160
+    lora = get_method("lora")
+    assert lora.defaults().max_steps == 0
+    assert with_default_steps(lora.make_config({"batch_size": 8}), 300).max_steps == 188
+    assert with_default_steps(lora.make_config({"max_steps": 12}), 300).max_steps == 12  # a budget given is kept
+    adalora = get_method("adalora")
+    adalora.check_compatible(adalora.defaults(), backbone_info(None))  # 0 is no step count to check
 
 
 def test_every_point_of_every_search_space_is_a_valid_configuration():

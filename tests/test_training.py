@@ -95,7 +95,9 @@ def test_every_method_saved_through_train_reloads_and_reproduces_its_accuracy(
         peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(resolve_model(None)[1]), folder)
         assert (
             peft_model.peft_config["default"].peft_type.value
-            == get_method(method).build(get_method(method).make_config({}), backbone_info(None)).peft_type.value
+            == get_method(method)
+            .build(get_method(method).make_config({"max_steps": 3}), backbone_info(None))
+            .peft_type.value
         )
 
 
@@ -300,3 +302,16 @@ def test_callbacks_follow_the_lifecycle_and_can_end_a_run_as_a_result(small_task
         ("end", 3),
         "finish",
     ]
+
+
+def test_a_suspended_step_is_counted_at_the_median_not_the_wall_clock():
+    """A worker paused with SIGSTOP resumes mid-step: the pause is not the method's training time (29 runs of the
+    prior had it counted); a slow step under contention (a few times the median) still counts in full."""
+    from metapeft.training import StepClock
+
+    clock = StepClock()
+    counted = [clock.add(s) for s in [2.0, 2.1, 1.9, 2.0, 2.2, 6.0, 2.0, 900.0, 2.1]]
+    assert counted[5] == 6.0  # 3x the median: contention, counted
+    assert counted[7] == 2.0 and clock.suspended_s == 898.0  # the median of the steps before it
+    early = StepClock()
+    assert early.add(40.0) == 40.0  # the first steps are not judged (allocation, caches)

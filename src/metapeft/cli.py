@@ -483,7 +483,7 @@ def train(
     callbacks = []
     if policy is not None:
         with console.status("fitting the meta-learner and the learning-curve forecaster…"):
-            budget = {"max_steps": steps} if "max_steps" in hyperparameters else None  # else each method's own
+            budget = {"max_steps": steps} if "max_steps" in hyperparameters else None  # else the default
             controller, method = _switch_controller(
                 task_profile, method, hyperparameters, budget, policy, experience_store, model
             )
@@ -605,7 +605,7 @@ def _switch_policy(method: str, hyperparameters: dict, threshold: float, peft_on
             "tokens instead: use --method lora, or auto"
         )
     steps = spec.make_config(hyperparameters).max_steps
-    if steps < 8:
+    if steps and steps < 8:  # 0: the default budget, at least 80 steps
         raise MetapeftError(
             "--switch needs at least 8 steps (a learning-curve point to decide at and steps left to switch into); "
             f"got {steps}: raise --max-steps"
@@ -985,7 +985,8 @@ def recommend(
         typer.Option(
             "--max-steps",
             help=(
-                "Training steps you will run (the budget every prediction assumes) \\[default: each method's default]."
+                "Training steps you will run (the budget every prediction assumes) \\[default: about 5 epochs of the "
+                "task's training examples, 80..320 steps, as `train` runs]."
             ),
             show_default=False,
         ),
@@ -1067,8 +1068,10 @@ def recommend(
         if profile["task_type"] != "causal_lm"
         else f"causal LM on {backend}; accuracy = exact match"
     )
+    steps = ranking[0].hyperparameters.get("max_steps")
     table = Table(
-        title=f"methods for {profile['task_name']} ({profile['dataset_size']} examples, {kind}) — 90% intervals"
+        title=f"methods for {profile['task_name']} ({profile['dataset_size']} examples, {kind}) at {steps} training "
+        "steps — 90% intervals"
     )
     for column in ("#", "method", "P(best)", "accuracy %", "collapse risk", "train s", "peak MB", "settings"):
         table.add_column(column)
@@ -1538,7 +1541,9 @@ def tune(
     max_steps: Annotated[
         Optional[int],
         typer.Option(
-            "--max-steps", help="Training steps of each trial \\[default: each method's default].", show_default=False
+            "--max-steps",
+            help="Training steps of each trial \\[default: about 5 epochs, 80..320 steps].",
+            show_default=False,
         ),
     ] = None,
     sampler: Annotated[
@@ -1665,7 +1670,7 @@ def autotune(
         Optional[int],
         typer.Option(
             "--search-steps",
-            help="Training steps of each search trial \\[default: each method's default].",
+            help="Training steps of each search trial \\[default: 80, a pilot].",
             show_default=False,
         ),
     ] = None,
@@ -1673,7 +1678,7 @@ def autotune(
         Optional[int],
         typer.Option(
             "--final-steps",
-            help="Training steps of the final run of the pick \\[default: the method's default].",
+            help="Training steps of the final run of the pick \\[default: about 5 epochs, 80..320 steps].",
             show_default=False,
         ),
     ] = None,

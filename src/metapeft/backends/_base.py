@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .._errors import MetapeftError
-from ..methods import MethodConfig, get_method
+from ..methods import MethodConfig, get_method, with_default_steps
 
 
 @dataclass
@@ -176,7 +176,7 @@ class Backend(ABC):
             A :class:`CausalResult`.
         """
         self.check(method)
-        config = get_method(method).make_config(hyperparameters or {})
+        config = with_default_steps(get_method(method).make_config(hyperparameters or {}), len(task.train))
         model = Path(model).expanduser()
         if not (model / "config.json").is_file():
             raise MetapeftError(

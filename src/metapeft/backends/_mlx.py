@@ -46,6 +46,7 @@ class MLXBackend(Backend):
 
         from .._backbone import backbone_info
         from ..methods import target_modules
+        from ..training import StepClock
 
         mx.random.seed(seed)
         lm, wrapper = load(str(model))
@@ -72,7 +73,7 @@ class MLXBackend(Backend):
             learning_rate=config.learning_rate, weight_decay=config.weight_decay, bias_correction=True
         )  # as torch's AdamW
         step_fn = nn.value_and_grad(lm, _loss_mean)
-        losses, times = [], []
+        losses, times, clock = [], [], StepClock()
         watch = Watch(callbacks, config.max_steps, method, lm, optimiser)
         mx.reset_peak_memory()
         lm.train()
@@ -83,7 +84,7 @@ class MLXBackend(Backend):
                 loss, grads = step_fn(lm, *_collate([train_rows[i] for i in index]))
                 optimiser.update(lm, grads)
                 mx.eval(lm.parameters(), optimiser.state, loss)
-                times.append(time.perf_counter() - started)
+                times.append(clock.add(time.perf_counter() - started))
                 losses.append(loss.item())
                 if watch.step(step + 1, losses[-1], times[-1]):
                     break
@@ -103,6 +104,8 @@ class MLXBackend(Backend):
             (output / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
             adapter_path = str(output)
         metrics = summarise(losses, times, initial, loss, exact, **extra)
+        if clock.suspended_s:
+            metrics["suspended_s"] = round(clock.suspended_s, 1)
         return CausalResult(self.name, method, metrics, losses, adapter_path, watch.stopped_by)
 
     def evaluate(

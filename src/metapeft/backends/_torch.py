@@ -33,7 +33,7 @@ class TorchBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .._backbone import backbone_info
-        from ..training import MemoryCount
+        from ..training import MemoryCount, StepClock
 
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -52,7 +52,7 @@ class TorchBackend(Backend):
         initial = _held_out_loss(lm, tokenizer, test_rows)
         params = [p for p in lm.parameters() if p.requires_grad]
         optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        losses, times = [], []
+        losses, times, clock = [], [], StepClock()
         memory = MemoryCount(torch.device("cpu"))
         watch = Watch([memory, *callbacks], config.max_steps, method, lm, optimiser)
         lm.train()
@@ -65,7 +65,7 @@ class TorchBackend(Backend):
                 loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
                 loss.backward()
                 optimiser.step()
-                times.append(time.perf_counter() - started)
+                times.append(clock.add(time.perf_counter() - started))
                 losses.append(loss.item())
                 stop = watch.step(step + 1, losses[-1], times[-1])  # gradients still here: the memory count reads them
                 optimiser.zero_grad(set_to_none=True)
@@ -87,6 +87,8 @@ class TorchBackend(Backend):
             lm.save_pretrained(output, safe_serialization=True)
             adapter_path = str(output)
         metrics = summarise(losses, times, initial, loss, exact, **extra)
+        if clock.suspended_s:
+            metrics["suspended_s"] = round(clock.suspended_s, 1)
         return CausalResult(self.name, method, metrics, losses, adapter_path, watch.stopped_by)
 
     def evaluate(

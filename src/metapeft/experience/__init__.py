@@ -2,7 +2,7 @@
 
 from ._groups import budget_key, cell_key, fingerprint_of, task_group, usable
 from ._peft_results import read_peft_results
-from ._record import Experience, pack_outcomes, paired_outcomes, unpack_outcomes
+from ._record import Experience, pack_outcomes, paired_outcomes, unpack_outcomes, without_suspensions
 from ._store import ExperienceStore, process_gone, read_jsonl
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "task_group",
     "unpack_outcomes",
     "usable",
+    "without_suspensions",
 ]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._errors import MetapeftError
-from ..methods import get_method
+from ..methods import get_method, with_default_steps
 from ..tasks import Split
 from ..training import Batches, TextClassifier, build_classifier
 
@@ -75,7 +75,9 @@ class FewShotModel(nn.Module):
                 f"few-shot adaptation meta-learns PEFT parameters; {method} has none (use lora, ia3, "
                 "prefix_tuning, prompt_tuning…)"
             )
-        config = spec.make_config(settings or {})
+        # the method's own step budget does not apply (adaptation runs its inner steps), but a peft config that
+        # schedules by it (AdaLoRA) needs one: the smallest default
+        config = with_default_steps(spec.make_config(settings or {}), 0)
         backbone = backbone_info(model)
         spec.check_compatible(config, backbone)
         classifier = build_classifier(spec, config, backbone, num_labels=1, model=model, normalize=True)

@@ -16,7 +16,7 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution
 
 from ..experience import Experience
-from ..methods import BUDGET_FIELDS, get_method, list_methods
+from ..methods import BUDGET_FIELDS, MethodConfig, default_steps, get_method, list_methods
 from ..tasks import TaskProfile
 
 TARGETS = ("accuracy", "train_time_s", "peak_memory_mb")
@@ -189,6 +189,15 @@ def effective_max_length(record_or_hp: Experience | dict, profile: dict) -> int:
     else:
         hp = record_or_hp
     return int(hp.get("max_length") or profile.get("sequence_length") or 128)
+
+
+def budgeted(hyperparameters: dict[str, Any], profile: dict) -> dict[str, Any]:
+    """A configuration to predict with its step budget resolved as training will resolve it: a missing or 0
+    ``max_steps`` is :func:`~metapeft.methods.default_steps` of the task's training set."""
+    if hyperparameters.get("max_steps"):
+        return hyperparameters
+    batch = hyperparameters.get("batch_size") or MethodConfig.batch_size
+    return {**hyperparameters, "max_steps": default_steps(int(profile.get("dataset_size") or 0), batch)}
 
 
 def steps_of(hyperparameters: dict, metrics: dict | None = None) -> float:

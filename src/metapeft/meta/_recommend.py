@@ -25,7 +25,7 @@ from ..experience import Experience, ExperienceStore, fingerprint_of, task_group
 from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
-from ._features import TARGETS, at_defaults, profile_dict
+from ._features import TARGETS, at_defaults, budgeted, profile_dict
 from ._forecast import CurveForecaster
 from ._risk import CollapseRisk
 from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
@@ -381,7 +381,9 @@ class MetaPEFT:
             get_method(name)
         if observed is None:
             observed = self._by_fingerprint().get(profile.get("fingerprint"), [])
-        budget = budget or {}
+        budget = {k: v for k, v in (budget or {}).items() if k != "max_steps" or v}
+        # the steps training will make (its default: ~5 epochs, 80..320 steps): the suggested settings say them
+        budget["max_steps"] = budgeted(budget, profile)["max_steps"]
 
         rows = [(name, hp) for name in names for hp in self._configs(name, budget)]
         candidates = [Candidate(m, hp) for m, hp in rows]

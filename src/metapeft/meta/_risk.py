@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..experience import Experience, cell_key, usable
-from ._features import ConfigEncoder, effective_max_length, profile_vector, steps_of
+from ._features import ConfigEncoder, budgeted, effective_max_length, profile_vector, steps_of
 
 CHANCE_MARGIN = 0.02  # within this of the majority class's share: no better than chance
 REGRET_LIMIT = 10.0  # points below the best run of the task instance
@@ -108,19 +108,13 @@ class CollapseRisk:
 
     def predict(self, profile: dict, configs: list[tuple[str, dict[str, Any]]]) -> np.ndarray:
         """P(failure) of each (method, hyperparameters) on the task ``profile`` (a missing setting is its default;
-        ``max_steps`` the budget, default the method's)."""
+        ``max_steps`` the budget, default :func:`~metapeft.methods.default_steps` of the task's size)."""
         if self.base_rate is None:
             raise RuntimeError("fit the collapse-risk model first")
         if self.nodes is None:
             return np.full(len(configs), self.base_rate)
-        from ..methods import get_method
-
-        x = np.stack(
-            [
-                self._features(profile, m, hp, float(hp.get("max_steps") or get_method(m).defaults().max_steps))
-                for m, hp in configs
-            ]
-        )
+        configs = [(m, budgeted(hp, profile)) for m, hp in configs]
+        x = np.stack([self._features(profile, m, hp, float(hp["max_steps"])) for m, hp in configs])
         # every (tree, row) pair walks down its tree at once, a level per step, those at a leaf dropping out: the
         # forest's mean of its leaves' failure shares, as scikit-learn's predict_proba computes it (a float32 input
         # against float64 thresholds)

@@ -26,7 +26,7 @@ from .._environment import single_threaded
 from ..experience import Experience, cell_key, task_group, usable
 from . import _nets
 from ._embedding import TaskEmbedder
-from ._features import TARGETS, ConfigEncoder, effective_max_length, profile_dict, steps_of, targets
+from ._features import TARGETS, ConfigEncoder, budgeted, effective_max_length, profile_dict, steps_of, targets
 from ._protocol import Selector
 from ._risk import CollapseRisk, chance_accuracy
 
@@ -62,7 +62,8 @@ CAUTION = 0.5
 
 @dataclass
 class Candidate:
-    """A configuration to predict: a method and its hyperparameters (missing ones are the method's defaults)."""
+    """A configuration to predict: a method and its hyperparameters (missing ones are the method's defaults; a missing
+    or 0 ``max_steps`` is the budget training gives the task, :func:`~metapeft.methods.default_steps`)."""
 
     method: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
@@ -543,6 +544,7 @@ class Surrogate(Selector):
         if self.weights is None:
             raise ValueError("Surrogate is not fitted")
         profile = profile_dict(profile)
+        candidates = [Candidate(c.method, budgeted(c.hyperparameters, profile)) for c in candidates]
         rows = [(c.method, c.hyperparameters, effective_max_length(c.hyperparameters, profile)) for c in candidates]
         mu = self._forward(self._x([profile] * len(rows), rows))
         offset, extra = self._condition(profile, observed or [])

@@ -10,24 +10,30 @@ from . import lora, adalora, prompt_learning, ia3, loha, reference  # noqa: F401
 # isort: on
 from ._base import (
     BUDGET_FIELDS,
+    DEFAULT_STEPS,
     TARGET_PRESETS,
     Method,
     MethodConfig,
+    default_steps,
     get_method,
     hp,
     list_methods,
     register_method,
     target_modules,
+    with_default_steps,
 )
 
 __all__ = [
     "BUDGET_FIELDS",
+    "DEFAULT_STEPS",
     "TARGET_PRESETS",
     "Method",
     "MethodConfig",
+    "default_steps",
     "get_method",
     "hp",
     "list_methods",
     "register_method",
     "target_modules",
+    "with_default_steps",
 ]

@@ -49,8 +49,8 @@ def _check(config: AdaLoraConfig, backbone) -> None:
             "adalora: tinit_ratio + tfinal_ratio must leave steps for budget re-allocation (keep their sum below 0.95)"
         )
     if (
-        config.max_steps - int(config.max_steps * config.tfinal_ratio) < 2
-    ):  # peft scores ranks on a step before it prunes them
+        config.max_steps and config.max_steps - int(config.max_steps * config.tfinal_ratio) < 2
+    ):  # peft scores ranks on a step before it prunes them (0: the default budget, at least 80 steps)
         raise MethodError(
             f"adalora: max_steps={config.max_steps} leaves no step to score ranks before the final phase; use "
             "max_steps >= 2 (and tfinal_ratio below 0.5)"
@@ -62,6 +62,11 @@ def _build(config: AdaLoraConfig, backbone):
     import peft
 
     steps = config.max_steps
+    if not steps:
+        raise MethodError(
+            "adalora schedules its rank budget over max_steps: give the run's steps (training resolves 0 with "
+            "metapeft.methods.with_default_steps before it builds the method)"
+        )
     tinit, tfinal = int(steps * config.tinit_ratio), int(steps * config.tfinal_ratio)
     return peft.AdaLoraConfig(
         init_r=config.init_r,

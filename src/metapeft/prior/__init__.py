@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .._errors import StoreError
-from ..experience import Experience, ExperienceStore
+from ..experience import Experience, ExperienceStore, without_suspensions
 
 HERE = Path(__file__).resolve().parent
 DESIGN_PATH = HERE / "design.json"
@@ -100,7 +100,8 @@ def write_prior(store: ExperienceStore, designs: str | Sequence[str], path: str 
     Args:
         store: The bench store holding the designs' runs (each tagged with its ``design`` and ``design_key``).
         designs: The design names whose runs make the prior.
-        path: Where to write it (gzipped JSON lines, byte-identical for the same runs).
+        path: Where to write it (gzipped JSON lines, byte-identical for the same runs). Training times are written
+            without the time a paused bench worker was stopped (:func:`~metapeft.experience.without_suspensions`).
 
     Returns:
         The runs written.
@@ -109,7 +110,7 @@ def write_prior(store: ExperienceStore, designs: str | Sequence[str], path: str 
     records = [r for r in store.iter() if r.tags.get("design") in designs and r.status in ("finished", "failed")]
     records.sort(key=lambda r: r.tags.get("design_key", r.id))
     lines = []
-    for r in records:
+    for r in map(without_suspensions, records):  # training times without a paused worker's pauses
         r.source = SOURCE
         lines.append(json.dumps(r.as_dict(), default=str, separators=(",", ":")) + "\n")
     with (

@@ -2,6 +2,7 @@
 
 from ._callbacks import Progress, Stop, StopWhen, Switch, SwitchAt, TimeBudget, TrainerCallback, TrainerState
 from ._causal import backend_methods
+from ._clock import StepClock
 from ._config import RunConfig
 from ._engine import Batches, FitResult, build_classifier, evaluate, fit
 from ._forgetting import LinearProbe
@@ -19,6 +20,7 @@ __all__ = [
     "Progress",
     "RunConfig",
     "SavedClassifier",
+    "StepClock",
     "Stop",
     "StopWhen",
     "Switch",

@@ -14,7 +14,7 @@ from .._config import runs_dir
 from .._environment import environment
 from .._errors import MetapeftError
 from ..experience import Experience, ExperienceStore
-from ..methods import get_method
+from ..methods import get_method, with_default_steps
 from ..tasks import CausalTask, TaskProfile, cached_profile
 from ._callbacks import TimeBudget, TrainerCallback
 from ._config import RunConfig
@@ -56,7 +56,7 @@ def train_causal(
             "import one with `metapeft model import-llama2c`"
         )
     spec = get_method(method)
-    config = spec.make_config(hyperparameters)
+    config = with_default_steps(spec.make_config(hyperparameters), len(task.train))
     spec.check_compatible(config, backbone_info(run.model))
     model_path = str(Path(run.model).expanduser().resolve())
     profile = dataclasses.replace(profile or cached_profile(task, run.model), backend=run.backend)

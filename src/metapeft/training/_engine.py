@@ -21,9 +21,10 @@ from torch import nn
 
 from .._backbone import BackboneInfo, load_encoder, load_tokenizer
 from ..experience import pack_outcomes
-from ..methods import Method, MethodConfig
+from ..methods import Method, MethodConfig, with_default_steps
 from ..tasks import Split, Task, stratified_indices
 from ._callbacks import TimeBudget, TrainerCallback, TrainerState
+from ._clock import StepClock
 from ._config import RunConfig
 from ._memory import MemoryCount
 from ._model import TextClassifier
@@ -124,6 +125,7 @@ def fit(
     order, so that runs of two training seeds are scored on the same rows.
     """
     seed, model = run.seed, run.model
+    config = with_default_steps(config, len(task.train))
     _seed_everything(seed)
     sample_seed = seed if run.sample_seed is None else run.sample_seed
     tokenizer = load_tokenizer(model, run.trust_remote_code)
@@ -161,6 +163,7 @@ def fit(
         max_steps=steps, model=classifier, optimizer=optimizer, method=method.name, hyperparameters=config.as_dict()
     )
     outcomes: dict[str, str] = {}
+    clock = StepClock()
     eval_time = 0.0
     tokens = 0
     running_loss, running_n = 0.0, 0
@@ -187,7 +190,7 @@ def fit(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
-            state.train_time_s += time.perf_counter() - started
+            state.train_time_s += clock.add(time.perf_counter() - started)
             tokens += int(batch["attention_mask"].sum())
             state.loss = loss.item()
             running_loss += state.loss
@@ -276,6 +279,7 @@ def fit(
         "max_length": max_length,
         **pool_metrics,
         "outcomes": outcomes,
+        **({"suspended_s": round(clock.suspended_s, 1)} if clock.suspended_s else {}),
         **state.metrics,
     }
     if state.switches:

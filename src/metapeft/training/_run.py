@@ -14,7 +14,7 @@ from .._config import runs_dir
 from .._environment import environment, pick_device
 from .._errors import MetapeftError, MethodError
 from ..experience import Experience, ExperienceStore
-from ..methods import get_method
+from ..methods import get_method, with_default_steps
 from ..tasks import CausalTask, Split, Task, TaskProfile, profile_task
 from ._callbacks import TrainerCallback
 from ._config import RunConfig
@@ -107,7 +107,7 @@ def train(
         run.trust_remote_code,
     )
     spec = get_method(method)
-    config = spec.make_config(hyperparameters)
+    config = with_default_steps(spec.make_config(hyperparameters), len(task.train))
     model_name, model_path = resolve_model(model)
     backbone = backbone_info(model, trust_remote_code)
     spec.check_compatible(config, backbone)
