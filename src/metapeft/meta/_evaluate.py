@@ -521,6 +521,7 @@ def evaluate(
             summary["cross_fitted_regret"] = round(
                 float(np.mean(list(_by_task(crossed[name], "cross_fitted").values()))), 3
             )
+            summary["cross_fitted_gain_over_lora_defaults"] = _task_means_by_size(crossed[name], "gain_lora")
         if name == "metapeft":
             summary["embedding_spearman"] = round(float(np.nanmean(embedding_rho)), 3) if embedding_rho else None
             summary["ece"] = round(
@@ -542,6 +543,8 @@ def evaluate(
         "other_seed_winner_regret": round(float(np.mean([c["other_seed_winner"] for c in any_crossed])), 3)
         if any_crossed
         else None,
+        # the paired gain's ceiling without the winner's curse: the best configuration chosen on the other seed
+        "other_seed_winner_gain_over_lora_defaults": _task_means_by_size(any_crossed, "other_seed_winner_gain_lora"),
     }
     out["winners_curse"] = {
         "mean_regret": round(float(np.mean(list(_by_task(curse).values()))), 3),
@@ -625,10 +628,15 @@ def _cross_fitted(
 ) -> dict:
     """On an instance trained on two seeds (``pairs``: one configuration's two runs): the pick scored on seed B
     against the configuration best on seed A (and the reverse); beside it, the plain regret of copying seed A's
-    winner (best on B minus B's accuracy of A's winner)."""
+    winner (best on B minus B's accuracy of A's winner). Where LoRA at its defaults is among the pairs, also the
+    gains over it on seed B of the pick and of seed A's winner: the latter is the ceiling of the paired gain without
+    the winner's curse (the best configuration in hindsight is chosen on one seed and scored on the other)."""
     cands = [Candidate(a.method, a.hyperparameters) for a, _ in pairs]
     acc = np.array([[a.metrics["accuracy"], b.metrics["accuracy"]] for a, b in pairs])
-    regrets, copy = [], []
+    lora = next(
+        (i for i, (a, _) in enumerate(pairs) if a.method == "lora" and at_defaults(a.method, a.hyperparameters)), None
+    )
+    regrets, copy, gains, ceiling = [], [], [], []
     for _ in range(repeats):
         pred = model.predict(pairs[0][0].profile, cands)
         ranking, chosen, _ = select(pred, cands, incumbents)
@@ -637,7 +645,15 @@ def _cross_fitted(
             reference = int(np.argmax(acc[:, fit_on]))
             regrets.append(100 * (acc[reference, score_on] - acc[pick, score_on]))
             copy.append(100 * (acc[:, score_on].max() - acc[reference, score_on]))
-    return {"cross_fitted": float(np.mean(regrets)), "other_seed_winner": float(np.mean(copy))}
+            if lora is not None:
+                gains.append(100 * (acc[pick, score_on] - acc[lora, score_on]))
+                ceiling.append(100 * (acc[reference, score_on] - acc[lora, score_on]))
+    return {
+        "cross_fitted": float(np.mean(regrets)),
+        "other_seed_winner": float(np.mean(copy)),
+        "gain_lora": float(np.mean(gains)) if gains else None,
+        "other_seed_winner_gain_lora": float(np.mean(ceiling)) if ceiling else None,
+    }
 
 
 def _winners_curse(runs: list[Experience], seed: int, draws: int = 2000) -> dict:
@@ -660,6 +676,21 @@ def _winners_curse(runs: list[Experience], seed: int, draws: int = 2000) -> dict
         "regret": 100 * float((best - measured[:, truth]).mean()),
         "top1": float((method_best >= best - 1e-9).mean()),
     }
+
+
+def _task_means_by_size(rows: list[dict], key: str) -> dict[str, dict[str, float | int]]:
+    """The mean over tasks of ``key`` (each task's mean over its instances; rows without it left out), over all
+    sizes and by size: ``{"all": {"mean": m, "tasks": n}, "1024": {...}}``."""
+    out = {}
+    for size in [None, *sorted({r["size"] for r in rows})]:
+        kept = [r for r in rows if r.get(key) is not None and (size is None or r["size"] == size)]
+        if kept:
+            tasks = _by_task(kept, key)
+            out["all" if size is None else str(size)] = {
+                "mean": round(float(np.mean(list(tasks.values()))), 3),
+                "tasks": len(tasks),
+            }
+    return out
 
 
 def _by_task(rows: list[dict], key: str = "regret") -> dict[str, float]:
