@@ -9,6 +9,11 @@ times (seeded permutations of the tasks) and the AUC and Brier score are reporte
 splits; the per-size AUCs and the reliability table (predicted vs observed failure rate by bins) pool every split's
 held-out predictions.
 
+The **replicate ceiling** asks how reproducible the label itself is: over configurations run on two training seeds of
+one task and budget, the AUC with which one seed's shortfall (its run's distance to the best run of its instance)
+separates the other seed's failures — what a model would score that knew the configuration's outcome on that very
+task but for the seed. The model's pooled held-out AUC on the same runs stands beside it.
+
     uv run python benchmarks/collapse_risk.py [--store sqlite:///$PWD/.bench/curves.db]
 """
 
@@ -31,7 +36,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
-    from metapeft.experience import ExperienceStore, task_group, usable
+    from metapeft.experience import ExperienceStore, budget_key, cell_key, task_group, usable
     from metapeft.meta._risk import CollapseRisk, failures
     from metapeft.prior import PriorExperience
 
@@ -79,6 +84,7 @@ def main() -> None:
                 "failures": int(y_all[mask].sum()) // args.repeats,
                 "auc": round(float(roc_auc_score(y_all[mask], p[mask])), 3),
             }
+    replicates = _replicate_ceiling(records, y, p, args.repeats, budget_key, cell_key, roc_auc_score)
     result = {
         "runs": len(records),
         "tasks": len(set(groups)),
@@ -91,6 +97,7 @@ def main() -> None:
         "brier_base_rate": round(float(brier_score_loss(y, np.full(len(y), y.mean()))), 4),
         "by_size": by_size,
         "reliability": table,
+        "replicate_ceiling": replicates,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -103,9 +110,48 @@ def main() -> None:
     )
     for size, s in by_size.items():
         print(f"  {size} examples: {s['runs']} runs, {s['failures']} failed, AUC {s['auc']}")
+    if replicates:
+        print(
+            f"replicate ceiling: {replicates['pairs']} configurations on two seeds ({replicates['tasks']} tasks, "
+            f"{replicates['failures']} failed runs of {2 * replicates['pairs']}): the other seed's shortfall "
+            f"separates failures at AUC {replicates['auc_other_seed']}, the model (held out) at "
+            f"{replicates['auc_model']}"
+        )
     print("| predicted risk | runs | mean predicted | observed failure rate |\n|---|---:|---:|---:|")
     for row in table:
         print(f"| {row['bin']} | {row['runs']} | {row['predicted']:.3f} | {row['observed']:.3f} |")
+
+
+def _replicate_ceiling(records, y, pooled, repeats, budget_key, cell_key, roc_auc_score) -> dict | None:
+    """The label's reproducibility across training seeds (module docstring), and the model's AUC on the same runs."""
+    from collections import defaultdict
+
+    from metapeft.methods import BUDGET_FIELDS
+
+    best: dict[str, float] = defaultdict(float)
+    for r in records:
+        best[cell_key(r)] = max(best[cell_key(r)], float(r.metrics["accuracy"]))
+    by_config: dict[tuple, dict[int, int]] = defaultdict(dict)
+    for i, r in enumerate(records):
+        settings = {k: v for k, v in r.hyperparameters.items() if k not in BUDGET_FIELDS}
+        config = (r.task_name, budget_key(r), r.method, json.dumps(settings, sort_keys=True, default=str))
+        by_config[config][r.seed or 0] = i  # the training seed (benches that split seeds record it as the seed)
+    pairs = [sorted(seeds.values())[:2] for seeds in by_config.values() if len(seeds) >= 2]
+    if not pairs:
+        return None
+    first, second = (np.array([p[k] for p in pairs]) for k in (0, 1))
+    labels = np.r_[y[second], y[first]]
+    if labels.all() or not labels.any():
+        return None
+    shortfall = np.array([best[cell_key(r)] - float(r.metrics["accuracy"]) for r in records])
+    model = pooled.reshape(repeats, len(records)).mean(0)
+    return {
+        "pairs": len(pairs),
+        "tasks": len({records[i].task_name for i in first}),
+        "failures": int(labels.sum()),
+        "auc_other_seed": round(float(roc_auc_score(labels, np.r_[shortfall[first], shortfall[second]])), 3),
+        "auc_model": round(float(roc_auc_score(labels, np.r_[model[second], model[first]])), 3),
+    }
 
 
 if __name__ == "__main__":
