@@ -841,13 +841,20 @@ def test_check_rates_a_setting_and_refuses_one_outside_its_range():
     )
     for s in found["suggestions"]:  # each lowers the risk by 5 points or more
         assert s["collapse_risk"] < found["collapse_risk"] - 0.05 and s["change"]
-    bad = run_cli("check", "example", "--method", "lora", "--set", "learning_rate=5")
-    assert (
-        bad.returncode == 2
-        and "learning_rate" in bad.stderr
-        and "Traceback" not in bad.stderr
-        and len(bad.stderr.strip().splitlines()) == 1
-    )
+    for args, said in (
+        (("lora", "--set", "learning_rate=5"), "learning_rate"),
+        (
+            ("adalora", "--set", "init_r=8", "--set", "target_r=64"),
+            "target_r=64 exceeds init_r=8",
+        ),  # a rule between two
+    ):
+        bad = run_cli("check", "example", "--method", *args)
+        assert (
+            bad.returncode == 2
+            and said in bad.stderr
+            and "Traceback" not in bad.stderr
+            and len(bad.stderr.strip().splitlines()) == 1
+        )
 
 
 def test_the_prior_does_not_import_the_meta_learners():

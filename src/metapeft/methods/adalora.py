@@ -38,16 +38,21 @@ class AdaLoraConfig(MethodConfig):
         "qv", CategoricalDistribution(TARGET_PRESETS), "Which linear layers get adapters (as for LoRA)."
     )
 
+    def __post_init__(self) -> None:
+        # rules between settings: refused wherever a config is made (train, check, recommend's budget), before anything
+        # loads; the rules that need the model or the resolved step budget are in _check
+        if self.target_r > self.init_r:
+            raise MethodError(
+                f"adalora: target_r={self.target_r} exceeds init_r={self.init_r}; the budget can only shrink ranks"
+            )
+        if self.tinit_ratio + self.tfinal_ratio >= 0.95:
+            raise MethodError(
+                "adalora: tinit_ratio + tfinal_ratio must leave steps for budget re-allocation (keep their sum below "
+                "0.95)"
+            )
+
 
 def _check(config: AdaLoraConfig, backbone) -> None:
-    if config.target_r > config.init_r:
-        raise MethodError(
-            f"adalora: target_r={config.target_r} exceeds init_r={config.init_r}; the budget can only shrink ranks"
-        )
-    if config.tinit_ratio + config.tfinal_ratio >= 0.95:
-        raise MethodError(
-            "adalora: tinit_ratio + tfinal_ratio must leave steps for budget re-allocation (keep their sum below 0.95)"
-        )
     if (
         config.max_steps and config.max_steps - int(config.max_steps * config.tfinal_ratio) < 2
     ):  # peft scores ranks on a step before it prunes them (0: the default budget, at least 80 steps)
