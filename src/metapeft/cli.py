@@ -1681,7 +1681,7 @@ def autotune(
         Optional[int],
         typer.Option(
             "--search-steps",
-            help="Training steps of each search trial \\[default: 80, a pilot].",
+            help="Training steps of each search trial \\[default: about 5 epochs, 80..320 steps].",
             show_default=False,
         ),
     ] = None,

@@ -92,7 +92,7 @@ class TaskDagOptions:
     tracking_uri: str | None = _option(None, _TRACKING_HELP)
     model: str | None = _option(None, "Base model: a hub id or a local folder (default: all-MiniLM-L6-v2, bundled).")
     trials: int = _option(4, "Search trials.")
-    max_steps: int | None = _option(None, "Training steps of each search trial (default: 80, a pilot).")
+    max_steps: int | None = _option(None, "Training steps of each search trial (default: ~5 epochs, 80..320).")
     final_steps: int | None = _option(None, "Training steps of the pick's final run (default: ~5 epochs, 80..320).")
     objectives: tuple[str, ...] | None = _option(
         None, "What the Pareto set is over, among accuracy, train_time_s and peak_memory_mb (default: all three)."

@@ -1,11 +1,11 @@
 """``autotune``: profile → recommend → tune within a budget → train the pick with the full budget →
 register it.
 
-Search trials are pilots: 80 steps unless the search's ``max_steps`` says otherwise (BENCHMARKS.md "Step budget":
-the method first at 80 steps ends within a point of the best at 320 on 7 of 12 tasks, 0.4 points behind on the mean
-among PEFT methods). Then the pick is trained again with ``final_steps`` (default: the default budget,
-:func:`~metapeft.methods.default_steps`: about 5 epochs, 80..320 steps). When the search already used the final
-budget (256 examples or fewer), the pick's own run is the result: nothing is trained twice.
+Search trials train with the default budget (:func:`~metapeft.methods.default_steps`: about 5 epochs, 80..320 steps)
+unless ``search_steps`` shortens them: a search at a shorter budget ranks how fast methods learn (BENCHMARKS.md "Step
+budget": the 80-step pick ends 1.04 points behind the 320-step one on the mean). Then the pick is trained again with
+``final_steps`` (default: the default budget); when the search already used that budget, the pick's own run is the
+result: nothing is trained twice.
 
 The registered model version carries the meta-learning decision as tags: the task embedding, the recommended
 method and its confidence, the pick and why, and the Pareto set it came from.
@@ -20,12 +20,9 @@ from typing import Any, Callable
 
 from .._errors import MetapeftError, OptionError
 from ..experience import ExperienceStore
-from ..methods import DEFAULT_STEPS
 from ..tasks import Task, TaskProfile
 from ._config import OBJECTIVES, SearchConfig
 from ._tune import TrialResult, TuneResult, switch_callbacks, tune
-
-PILOT_STEPS = DEFAULT_STEPS[0]  # a search trial's budget: the shortest default (module docstring)
 
 
 @dataclass
@@ -57,7 +54,7 @@ def autotune(
     Args:
         task: the task to fine-tune for.
         search: the search (default: 4 trials over accuracy, training time and peak memory). Its ``max_steps`` is
-            each search trial's budget (default: 80 steps, a pilot); its ``run`` how the trials and the final run
+            each search trial's budget (default: the default budget); its ``run`` how the trials and the final run
             are trained.
         final_steps: the final run's training steps (default: about 5 epochs, 80..320 steps:
             :func:`~metapeft.methods.default_steps`).
@@ -193,7 +190,7 @@ def search_and_train(
 
     Args:
         task: the task.
-        config: the search (its ``max_steps`` default here: 80, a pilot).
+        config: the search.
         meta: the fitted :class:`~metapeft.meta.MetaPEFT` that guides the search.
         profile: the task's profile (``meta.profile(task)``).
         store: where the runs are recorded.
@@ -210,8 +207,6 @@ def search_and_train(
     from ..methods import default_steps
     from ..training import train
 
-    if config.max_steps is None:
-        config = replace(config, max_steps=PILOT_STEPS)
     search = tune(task, config, meta=meta, store=store, on_trial=on_trial)
     pick = search.pick
     if pick is None:
