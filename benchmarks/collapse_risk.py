@@ -36,7 +36,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
-    from metapeft.experience import ExperienceStore, budget_key, cell_key, task_group, usable
+    from metapeft.experience import ExperienceStore, task_group, usable
     from metapeft.meta._risk import CollapseRisk, failures
     from metapeft.prior import PriorExperience
 
@@ -84,7 +84,7 @@ def main() -> None:
                 "failures": int(y_all[mask].sum()) // args.repeats,
                 "auc": round(float(roc_auc_score(y_all[mask], p[mask])), 3),
             }
-    replicates = _replicate_ceiling(records, y, p, args.repeats, budget_key, cell_key, roc_auc_score)
+    replicates = _replicate_ceiling(records, y, p, args.repeats)
     result = {
         "runs": len(records),
         "tasks": len(set(groups)),
@@ -122,10 +122,13 @@ def main() -> None:
         print(f"| {row['bin']} | {row['runs']} | {row['predicted']:.3f} | {row['observed']:.3f} |")
 
 
-def _replicate_ceiling(records, y, pooled, repeats, budget_key, cell_key, roc_auc_score) -> dict | None:
+def _replicate_ceiling(records, y: np.ndarray, pooled: np.ndarray, repeats: int) -> dict | None:
     """The label's reproducibility across training seeds (module docstring), and the model's AUC on the same runs."""
     from collections import defaultdict
 
+    from sklearn.metrics import roc_auc_score
+
+    from metapeft.experience import budget_key, cell_key
     from metapeft.methods import BUDGET_FIELDS
 
     best: dict[str, float] = defaultdict(float)

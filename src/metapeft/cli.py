@@ -1409,15 +1409,15 @@ regret, disaster rate, calibration."""
         f"{curse['mean_regret']:.2f}.",
         highlight=False,
     )
-    ceiling = rep.get("other_seed_winner_gain_over_lora_defaults") or {}
-    if ceiling.get("all"):
+    crossed = rep.get("other_seed_winner_gain_over_lora_defaults") or {}
+    if crossed.get("all"):
         ours_gain = (sel.get("metapeft") or {}).get("cross_fitted_gain_over_lora_defaults", {}).get("all")
-        by_size = ", ".join(f"{v['mean']:+.2f} at {k}" for k, v in ceiling.items() if k != "all")
+        by_size = ", ".join(f"{v['mean']:+.2f} at {k}" for k, v in crossed.items() if k != "all")
         out.print(
             "cross-fitted gain over LoRA at its defaults (chosen on one seed, scored on the other): "
             + (f"metapeft {ours_gain['mean']:+.2f}; " if ours_gain else "")
-            + f"the other seed's winner, the ceiling without the winner's curse, {ceiling['all']['mean']:+.2f} "
-            f"({ceiling['all']['tasks']} tasks; {by_size}).",
+            + f"the other seed's winner, the ceiling without the winner's curse, {crossed['all']['mean']:+.2f} "
+            f"({crossed['all']['tasks']} tasks; {by_size}).",
             highlight=False,
         )
     ours = sel.get("metapeft")

@@ -544,7 +544,11 @@ class Surrogate(Selector):
         if self.weights is None:
             raise ValueError("Surrogate is not fitted")
         profile = profile_dict(profile)
-        candidates = [Candidate(c.method, budgeted(c.hyperparameters, profile)) for c in candidates]
+        # a candidate without a step budget is predicted at the one training will give it
+        candidates = [
+            c if c.hyperparameters.get("max_steps") else Candidate(c.method, budgeted(c.hyperparameters, profile))
+            for c in candidates
+        ]
         rows = [(c.method, c.hyperparameters, effective_max_length(c.hyperparameters, profile)) for c in candidates]
         mu = self._forward(self._x([profile] * len(rows), rows))
         offset, extra = self._condition(profile, observed or [])

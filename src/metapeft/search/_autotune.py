@@ -204,7 +204,7 @@ def search_and_train(
         The search and the final run (as :meth:`~metapeft.training.TrainResult.as_dict` gives it, plus ``trial``
         when the pick's own run is kept).
     """
-    from ..methods import default_steps
+    from ..methods import MethodConfig, default_steps
     from ..training import train
 
     search = tune(task, config, meta=meta, store=store, on_trial=on_trial)
@@ -213,7 +213,9 @@ def search_and_train(
         raise MetapeftError(
             "no trial finished within the limits; search more trials or loosen the memory or time limit"
         )
-    steps = final_steps or default_steps(len(task.train), pick.hyperparameters.get("batch_size") or 16)
+    steps = final_steps or default_steps(
+        len(task.train), pick.hyperparameters.get("batch_size") or MethodConfig.batch_size
+    )
     if steps == pick.metrics.get("steps"):  # the pick was trained with the final budget already: keep that run
         final = {
             "method": pick.method,
