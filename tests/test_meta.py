@@ -441,6 +441,24 @@ def test_the_incumbent_is_the_most_reliable_allowed_method_at_the_tasks_size():
     assert incumbent_method(cells, ["prompt_tuning"]) is None
 
 
+def test_the_incumbent_is_judged_on_past_runs_of_a_like_step_budget():
+    """The methods that lead after 80 steps need not lead after 320: a task trained for 320 steps takes the incumbent
+    of past 320-step instances, though 80-step instances of its size outnumber them; without a budget, all count."""
+    from metapeft.meta import Cell
+    from metapeft.meta._recommend import incumbent_method
+
+    def cell(budget: str, scores: dict) -> Cell:
+        return Cell("k", "f", "t@1024", "t", {"dataset_size": 1024}, scores, budget=budget)
+
+    short = {"lora": 0.80, "ia3": 0.86}  # IA3 learns fastest
+    long = {"lora": 0.90, "ia3": 0.89}  # LoRA leads once both have converged
+    cells = [cell("80x16", short)] * 6 + [cell("320x16", long)] * 2
+    assert incumbent_method(cells, size=1024) == "ia3"
+    assert incumbent_method(cells, size=1024, seen=80 * 16) == "ia3"
+    assert incumbent_method(cells, size=1024, seen=320 * 16) == "lora"
+    assert incumbent_method([cell("Nonex16", long)], size=1024, seen=320 * 16) == "lora"  # no budget: counts as near
+
+
 def test_the_incumbent_is_judged_on_runs_of_the_kind_the_ranking_compares():
     """Where a chosen setting is not its method's defaults, the incumbent is the method most reliable over the past
     runs at other settings, though runs at defaults, where another method leads, outnumber them; where every chosen

@@ -64,13 +64,28 @@ def cells_of(records: list[Experience]) -> list[Cell]:
     return list(cells.values())
 
 
+def examples_seen(budget: str) -> float | None:
+    """The training examples a step budget (``budget_key``: steps × batch size) feeds, None where it says neither."""
+    steps, _, batch = budget.split("|")[0].partition("x")
+    try:
+        return float(steps) * float(batch)
+    except ValueError:
+        return None
+
+
 def method_gaps(
-    cells: list[Cell], size: float | None = None, bandwidth: float = 2.0, runs: str = "all"
+    cells: list[Cell],
+    size: float | None = None,
+    bandwidth: float = 2.0,
+    runs: str = "all",
+    seen: float | None = None,
+    seen_bandwidth: float = 0.5,
 ) -> dict[str, float]:
     """Per method, its mean gap (accuracy) to the best method over the task instances it was run on; with ``size``
     (training examples), instances weighted by a Gaussian kernel of ``bandwidth`` octaves over log2 size; with
-    ``runs="others"``, only the runs at settings other than the methods' defaults count (instances with fewer than
-    two such methods go)."""
+    ``seen`` (steps × batch size), also by one of ``seen_bandwidth`` octaves over the examples their runs trained on
+    (methods that lead after 80 steps need not lead after 320); with ``runs="others"``, only the runs at settings
+    other than the methods' defaults count (instances with fewer than two such methods go)."""
     gaps: dict[str, list[tuple[float, float]]] = {}
     for c in cells:
         scores = c.others if runs == "others" else c.scores
@@ -80,6 +95,9 @@ def method_gaps(
         if size is not None:
             octaves = np.log2(max(1, c.profile.get("dataset_size") or 1)) - np.log2(max(1.0, size))
             weight = float(np.exp(-0.5 * (octaves / bandwidth) ** 2))
+        if seen is not None and examples_seen(c.budget):
+            octaves = np.log2(examples_seen(c.budget)) - np.log2(max(1.0, seen))
+            weight *= float(np.exp(-0.5 * (octaves / seen_bandwidth) ** 2))
         best = max(scores.values())
         for m, s in scores.items():
             gaps.setdefault(m, []).append((best - s, weight))
