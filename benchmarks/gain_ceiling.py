@@ -78,7 +78,8 @@ def main() -> None:
     copy_regret: dict[tuple, list[float]] = defaultdict(list)  # plain regret of the other seed's winner
     per_task: dict[tuple, list[tuple[str, float, float]]] = defaultdict(list)
     for (task, size, steps), configs in sorted(runs.items()):
-        if "lora-defaults" not in configs or len(configs) < 2:
+        methods = {"lora" if c == "lora-defaults" else c.split("{")[0] for c in configs}
+        if "lora-defaults" not in configs or len(methods) < 6:  # an instance still running: too few choices yet
             continue
         group = (size, steps)
         seeds = sorted(configs["lora-defaults"])
@@ -89,7 +90,7 @@ def main() -> None:
             continue
         a, b = seeds[:2]
         both = {c: s for c, s in configs.items() if a in s and b in s}
-        if len(both) < 2:
+        if len(both) < max(2, len(on_first)):  # a replicate still running: its ceiling would be over fewer choices
             continue
         gains, best, regret = [], [], []
         for fit_on, score_on in ((a, b), (b, a)):
