@@ -49,8 +49,8 @@ def main() -> None:
 
     from metapeft.experience import ExperienceStore, usable
     from metapeft.meta import Constraint
+    from metapeft.meta._evaluate import _config_key
     from metapeft.meta._features import at_defaults
-    from metapeft.methods import BUDGET_FIELDS
     from metapeft.prior import PriorExperience
 
     records = PriorExperience().records() + (
@@ -66,9 +66,7 @@ def main() -> None:
         hp = r.hyperparameters
         size = int(r.profile.get("dataset_size") or 0)
         key = (r.task_name.split("@")[0], size, int(hp.get("max_steps") or 0))
-        config = r.method + json.dumps({k: v for k, v in hp.items() if k not in BUDGET_FIELDS}, sort_keys=True)
-        if at_defaults(r.method, hp) and r.method == "lora":
-            config = "lora-defaults"
+        config = "lora-defaults" if r.method == "lora" and at_defaults(r.method, hp) else _config_key(r)
         seed = int(r.seed or 0)
         runs[key][config].setdefault(seed, 100 * r.metrics["accuracy"])
 
@@ -97,9 +95,10 @@ def main() -> None:
             top = max(s[fit_on] for s in both.values())
             winners = [c for c in both if both[c][fit_on] == top]  # tied on one test set: each as likely
             scored = float(np.mean([both[c][score_on] for c in winners]))
+            top_here = max(s[score_on] for s in both.values())
             gains.append(scored - both["lora-defaults"][score_on])
-            best.append(max(s[score_on] for s in both.values()) - both["lora-defaults"][score_on])
-            regret.append(max(s[score_on] for s in both.values()) - scored)
+            best.append(top_here - both["lora-defaults"][score_on])
+            regret.append(top_here - scored)
         crossed[group].append(float(np.mean(gains)))
         copy_regret[group].append(float(np.mean(regret)))
         paired_hindsight[group].append(float(np.mean(best)))

@@ -447,16 +447,18 @@ def test_the_incumbent_is_judged_on_past_runs_of_a_like_step_budget():
     from metapeft.meta import Cell
     from metapeft.meta._recommend import incumbent_method
 
-    def cell(budget: str, scores: dict) -> Cell:
-        return Cell("k", "f", "t@1024", "t", {"dataset_size": 1024}, scores, budget=budget)
+    def cell(steps: int | None, scores: dict) -> Cell:
+        return Cell(
+            "k", "f", "t@1024", "t", {"dataset_size": 1024}, scores, budget=f"{steps}x16", seen=steps and steps * 16
+        )
 
     short = {"lora": 0.80, "ia3": 0.86}  # IA3 learns fastest
     long = {"lora": 0.90, "ia3": 0.89}  # LoRA leads once both have converged
-    cells = [cell("80x16", short)] * 6 + [cell("320x16", long)] * 2
+    cells = [cell(80, short)] * 6 + [cell(320, long)] * 2
     assert incumbent_method(cells, size=1024) == "ia3"
     assert incumbent_method(cells, size=1024, seen=80 * 16) == "ia3"
     assert incumbent_method(cells, size=1024, seen=320 * 16) == "lora"
-    assert incumbent_method([cell("Nonex16", long)], size=1024, seen=320 * 16) == "lora"  # no budget: counts as near
+    assert incumbent_method([cell(None, long)], size=1024, seen=320 * 16) == "lora"  # no budget: counts as near
 
 
 def test_the_incumbent_is_judged_on_runs_of_the_kind_the_ranking_compares():

@@ -1,6 +1,6 @@
 """The experience store: every fine-tuning run, ours or imported, as a record the meta-learner learns from."""
 
-from ._groups import budget_key, cell_key, fingerprint_of, task_group, usable
+from ._groups import budget_key, cell_key, examples_seen, fingerprint_of, task_group, usable
 from ._peft_results import read_peft_results
 from ._record import Experience, pack_outcomes, paired_outcomes, unpack_outcomes, without_suspensions
 from ._store import ExperienceStore, process_gone, read_jsonl
@@ -10,6 +10,7 @@ __all__ = [
     "ExperienceStore",
     "budget_key",
     "cell_key",
+    "examples_seen",
     "fingerprint_of",
     "pack_outcomes",
     "paired_outcomes",

@@ -39,6 +39,12 @@ def budget_key(record: Experience) -> str:
     return f"{hp.get('max_steps')}x{hp.get('batch_size')}" + ("" if backend == "torch" else f"|{backend}")
 
 
+def examples_seen(record: Experience) -> float | None:
+    """The training examples a run's step budget feeds (steps × batch size); None where it does not say both."""
+    steps, batch = record.hyperparameters.get("max_steps"), record.hyperparameters.get("batch_size")
+    return float(steps) * float(batch) if steps and batch else None
+
+
 def cell_key(record: Experience) -> str:
     """The task instance a run belongs to: its data under one step budget (``budget_key``). Runs of 3 steps
     and runs of 80 do not share a level: four own runs of 3 steps on sst2-mini (48%) once took the prediction for

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._environment import single_threaded
-from ..experience import Experience, budget_key, cell_key, fingerprint_of, task_group, usable
+from ..experience import Experience, budget_key, cell_key, examples_seen, fingerprint_of, task_group, usable
 from . import _nets
 from ._features import PROFILE_FEATURES, at_defaults, domain_vector, profile_vector
 
@@ -37,6 +37,7 @@ class Cell:
         None  # of its first run: a bench draws the task's sample with it (tells two samples of cr@64 apart)
     )
     budget: str = ""  # what its runs trained under apart from the data (see budget_key)
+    seen: float | None = None  # the training examples that budget feeds (steps × batch size; see examples_seen)
 
     @property
     def best_method(self) -> str:
@@ -55,22 +56,23 @@ def cells_of(records: list[Experience]) -> list[Cell]:
         key = cell_key(r)
         cell = cells.setdefault(
             key,
-            Cell(key, fingerprint_of(r), r.task_name, task_group(r), r.profile, {}, seed=r.seed, budget=budget_key(r)),
+            Cell(
+                key,
+                fingerprint_of(r),
+                r.task_name,
+                task_group(r),
+                r.profile,
+                {},
+                seed=r.seed,
+                budget=budget_key(r),
+                seen=examples_seen(r),
+            ),
         )
         cell.scores[r.method] = max(cell.scores.get(r.method, 0.0), float(r.metrics["accuracy"]))
         if not at_defaults(r.method, r.hyperparameters):
             cell.others[r.method] = max(cell.others.get(r.method, 0.0), float(r.metrics["accuracy"]))
         cell.runs += 1
     return list(cells.values())
-
-
-def examples_seen(budget: str) -> float | None:
-    """The training examples a step budget (``budget_key``: steps × batch size) feeds, None where it says neither."""
-    steps, _, batch = budget.split("|")[0].partition("x")
-    try:
-        return float(steps) * float(batch)
-    except ValueError:
-        return None
 
 
 def method_gaps(
@@ -95,8 +97,8 @@ def method_gaps(
         if size is not None:
             octaves = np.log2(max(1, c.profile.get("dataset_size") or 1)) - np.log2(max(1.0, size))
             weight = float(np.exp(-0.5 * (octaves / bandwidth) ** 2))
-        if seen is not None and examples_seen(c.budget):
-            octaves = np.log2(examples_seen(c.budget)) - np.log2(max(1.0, seen))
+        if seen is not None and c.seen:
+            octaves = np.log2(c.seen) - np.log2(max(1.0, seen))
             weight *= float(np.exp(-0.5 * (octaves / seen_bandwidth) ** 2))
         best = max(scores.values())
         for m, s in scores.items():

@@ -37,9 +37,9 @@ from typing import Callable
 import numpy as np
 
 from .._errors import OptionError
-from ..experience import Experience, budget_key, cell_key, paired_outcomes, task_group, usable
+from ..experience import Experience, budget_key, cell_key, examples_seen, paired_outcomes, task_group, usable
 from ..methods import BUDGET_FIELDS
-from ._embedding import TaskFeaturizer, cells_of, examples_seen, method_gaps
+from ._embedding import TaskFeaturizer, cells_of, method_gaps
 from ._features import at_defaults, measured_memory
 from ._protocol import Selector
 from ._recommend import Incumbents, cautious_choice, rank_methods
@@ -428,9 +428,7 @@ def evaluate(
                     dtype=float,
                 )
                 # the ranking rule reads the incumbent only with joint draws (not the baselines)
-                incumbents = Incumbents.of(
-                    past, sorted({r.method for r in runs}), inst.size, examples_seen(budget_key(runs[0]))
-                )
+                incumbents = Incumbents.of(past, sorted({r.method for r in runs}), inst.size, examples_seen(runs[0]))
                 cells = [
                     score_cell(model.predict(runs[0].profile, cands), cands, acc, costs, incumbents)
                     for _ in range(repeats)
@@ -459,7 +457,7 @@ def evaluate(
                                 past,
                                 sorted({a.method for a, _ in pairs}),
                                 _size(pairs[0][0]),
-                                examples_seen(budget_key(pairs[0][0])),
+                                examples_seen(pairs[0][0]),
                             ),
                             repeats,
                         ),
