@@ -194,6 +194,36 @@ def test_similar_tasks_leave_out_the_task_itself(surrogate, prior_records):
     assert len(names) == 5 and "trec6@64" not in names
 
 
+def test_check_shows_the_past_runs_nearest_the_users_setting(surrogate, prior_records):
+    """The prior's LoRA run at the highest learning rate among those that failed: checked on its own data at its
+    learning rate and steps, that run leads the evidence (the user's chosen settings match it exactly), the rest
+    come from the instance's own runs and then from other tasks that ``similar`` lists, each judged as the
+    collapse-risk label judges it."""
+    from metapeft.meta import MetaPEFT
+    from metapeft.meta._risk import failures
+
+    meta = MetaPEFT(surrogate=surrogate, experiences=prior_records, include_own=False)
+    failed = failures(prior_records)
+    run = max(
+        (r for r, f in zip(prior_records, failed) if f and r.method == "lora"),
+        key=lambda r: r.hyperparameters["learning_rate"],
+    )
+    chosen = {k: run.hyperparameters[k] for k in ("learning_rate", "max_steps")}
+    evidence = meta.check(run.profile, "lora", chosen).evidence
+    first = evidence[0]
+    assert first["task"] == run.task_name and first["task_distance"] is None and first["failed"]
+    assert first["accuracy"] == round(run.metrics["accuracy"], 4) and not set(chosen) & set(first["differs"])
+    others = [e["task"] for e in evidence if e["task_distance"] is not None]
+    similar = [s.task for s in meta.similar(run.profile, 3)]
+    assert (
+        others and set(others) <= set(similar) and run.task_name.split("@")[0] not in {t.split("@")[0] for t in others}
+    )
+    label = {
+        (r.task_name, r.metrics["accuracy"]): bool(f) for r, f in zip(prior_records, failed) if r.method == "lora"
+    }
+    assert all(label[(e["task"], e["accuracy"])] == e["failed"] for e in evidence[1:] if e["task_distance"] is None)
+
+
 def test_observed_runs_condition_the_prediction(surrogate, held_out):
     from metapeft.meta import Candidate
 

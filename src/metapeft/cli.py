@@ -1230,6 +1230,21 @@ def check(
             f"  {what} {change}: risk {s['collapse_risk']:.0%}, expected accuracy {100 * s['expected_accuracy']:.1f}%",
             highlight=False,
         )
+    if result.evidence:
+        failed = sum(e["failed"] for e in result.evidence)
+        out.print(f"the past runs of {method} nearest your setting ({failed} of {len(result.evidence)} failed):")
+    for e in result.evidence:
+        where = "your data" if e["task_distance"] is None else f"{e['task']} (task distance {e['task_distance']:.2f})"
+        shown = {k: v for k, v in e["differs"].items() if k in hyperparameters or k == "max_steps"}
+        differs = ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        if len(e["differs"]) > len(shown):
+            differs += f"{', ' if differs else ''}{len(e['differs']) - len(shown)} other settings differ"
+        outcome = "[red]failed[/]" if e["failed"] else "did not fail"
+        out.print(
+            f"  {where}, {differs or 'your setting'}: {100 * e['accuracy']:.1f}% (chance {100 * e['chance']:.1f}%), "
+            f"{outcome}",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -71,6 +71,7 @@ class SettingCheck:
     base_rate: float
     expected_accuracy: dict[str, float]
     suggestions: list[dict[str, Any]] = field(default_factory=list)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -549,7 +550,68 @@ class MetaPEFT:
                 "high": round(float(pred.high[0, 0]), 4),
             },
             suggestions=suggestions,
+            evidence=self._evidence(profile, method, user, set(hyperparameters or {})),
         )
+
+    def _evidence(
+        self, profile: dict, method: str, user: dict[str, Any], chosen: set[str], k: int = 3
+    ) -> list[dict[str, Any]]:
+        """The past runs of ``method`` nearest the ``user``'s setting: on the task's own data first (runs in the store
+        with its fingerprint), then on each of the ``k`` task instances most like it (``similar``), the run whose
+        settings lie closest — first in the settings the user ``chosen`` (set rather than left at their defaults),
+        then in the others, then in the step budget; a setting's difference is a share of its searched range, on a
+        log scale where it is searched on one. Each with the settings that differ from the user's, its accuracy, the
+        task's chance level and whether it failed (``meta._risk``: near chance, or over 10 points below the best
+        run of its instance): the runs the risk model generalises from, for the user to weigh."""
+        from optuna.distributions import CategoricalDistribution
+
+        from ._risk import chance_accuracy, failures
+
+        space = {n: d for n, d in get_method(method).search_space().items() if n not in BUDGET_FIELDS}
+        steps = budgeted(user, profile)["max_steps"]
+
+        def distance(r: Experience) -> tuple[float, float, float]:
+            apart = {True: 0.0, False: 0.0}
+            for name, dist in space.items():
+                a, b = user.get(name), r.hyperparameters.get(name, user.get(name))
+                if isinstance(dist, CategoricalDistribution) or not isinstance(a, (int, float)):
+                    gap = float(a != b)
+                elif getattr(dist, "log", False):
+                    gap = abs(np.log(a / b)) / np.log(dist.high / dist.low)
+                else:
+                    gap = abs(a - b) / (dist.high - dist.low)
+                apart[name in chosen] += gap
+            steps_apart = abs(np.log2(budgeted(r.hyperparameters, r.profile)["max_steps"] / steps))
+            return round(apart[True], 6), round(apart[False], 6), steps_apart
+
+        mine = self._by_fingerprint().get(profile.get("fingerprint"), [])
+        own = [r for r in mine if r.method == method]
+        near = {s.task: s.distance for s in self.similar(profile, k)}
+        pool = [r for r in self.experiences() if r.task_name in near]  # whole instances: failures needs their best
+        failed = {r.id: bool(f) for runs in (pool, mine) for r, f in zip(runs, failures(runs))}
+        picks = [(r, None) for r in sorted(own, key=distance)[:k]] + [
+            (min(runs, key=distance), d)
+            for task, d in near.items()
+            if (runs := [r for r in pool if r.task_name == task and r.method == method])
+        ]
+        out = []
+        for r, task_distance in picks:
+            settings = budgeted(r.hyperparameters, r.profile)
+            out.append(
+                {
+                    "task": r.task_name,
+                    "task_distance": task_distance,  # None: your own data
+                    "differs": {
+                        n: settings[n]
+                        for n in (*space, "max_steps")
+                        if n in settings and settings[n] != (steps if n == "max_steps" else user.get(n))
+                    },
+                    "accuracy": round(float(r.metrics["accuracy"]), 4),
+                    "chance": round(chance_accuracy(r.profile), 4),
+                    "failed": failed[r.id],
+                }
+            )
+        return out
 
     def collapse_risk(self) -> CollapseRisk:
         """The collapse-risk model fitted on this experience (with the surrogate; refitted when the experience
