@@ -84,6 +84,7 @@ def main() -> None:
                 "failures": int(y_all[mask].sum()) // args.repeats,
                 "auc": round(float(roc_auc_score(y_all[mask], p[mask])), 3),
             }
+    by_learning_rate = _by_learning_rate(records, y, p, args.repeats)
     replicates = _replicate_ceiling(records, y, p, args.repeats)
     result = {
         "runs": len(records),
@@ -97,6 +98,7 @@ def main() -> None:
         "brier_base_rate": round(float(brier_score_loss(y, np.full(len(y), y.mean()))), 4),
         "by_size": by_size,
         "reliability": table,
+        "by_learning_rate": by_learning_rate,
         "replicate_ceiling": replicates,
     }
     if args.json:
@@ -120,6 +122,45 @@ def main() -> None:
     print("| predicted risk | runs | mean predicted | observed failure rate |\n|---|---:|---:|---:|")
     for row in table:
         print(f"| {row['bin']} | {row['runs']} | {row['predicted']:.3f} | {row['observed']:.3f} |")
+    print("| learning rate against its method's default | runs | mean predicted | observed failure rate |")
+    print("|---|---:|---:|---:|")
+    for name, row in by_learning_rate.items():
+        print(f"| {name} | {row['runs']} | {row['predicted']:.3f} | {row['observed']:.3f} |")
+
+
+def _by_learning_rate(records, y: np.ndarray, pooled: np.ndarray, repeats: int) -> dict:
+    """Held-out predicted and observed failure rates by how far a run's learning rate lies from its method's
+    default (a factor, either way): is the risk calibrated for the unusual settings ``metapeft check`` is asked
+    about, not only on the whole (where most runs are at the defaults)?"""
+    from metapeft.methods import get_method
+
+    default = {m: get_method(m).defaults().learning_rate for m in {r.method for r in records}}
+    factor = np.array(
+        [
+            np.log2(r.hyperparameters["learning_rate"] / default[r.method])
+            if default[r.method] and r.hyperparameters.get("learning_rate")
+            else 0.0
+            for r in records
+        ]
+    )
+    model = pooled.reshape(repeats, len(records)).mean(0)
+    bands = {
+        "4× or more below": factor <= -2,
+        "2–4× below": (factor > -2) & (factor <= -1),
+        "within 2×, not the default": (np.abs(factor) < 1) & (np.abs(factor) > 0.01),
+        "the default": np.abs(factor) <= 0.01,
+        "2–4× above": (factor >= 1) & (factor < 2),
+        "4× or more above": factor >= 2,
+    }
+    return {
+        name: {
+            "runs": int(band.sum()),
+            "predicted": round(float(model[band].mean()), 3),
+            "observed": round(float(y[band].mean()), 3),
+        }
+        for name, band in bands.items()
+        if band.any()
+    }
 
 
 def _replicate_ceiling(records, y: np.ndarray, pooled: np.ndarray, repeats: int) -> dict | None:
