@@ -224,6 +224,25 @@ def test_check_shows_the_past_runs_nearest_the_users_setting(surrogate, prior_re
     assert all(label[(e["task"], e["accuracy"])] == e["failed"] for e in evidence[1:] if e["task_distance"] is None)
 
 
+def test_settings_are_suggested_only_where_the_experience_varied_them_at_a_like_budget(surrogate, prior_records):
+    """The prior's 320-step runs are all at the defaults: at that budget every method's suggestion is its defaults,
+    and the reasoning says why; at 80 steps, where settings were varied, tried settings and a random design are
+    scored too."""
+    from metapeft.experience import examples_seen
+    from metapeft.meta import MetaPEFT
+    from metapeft.meta._features import at_defaults
+
+    long = [r for r in prior_records if examples_seen(r) == 320 * 16]
+    assert long and all(at_defaults(r.method, r.hyperparameters) for r in long)
+    meta = MetaPEFT(surrogate=surrogate, experiences=prior_records, include_own=False)
+    assert all(at_defaults("lora", c) for c in meta.candidates("lora", seen=320 * 16))
+    assert sum(not at_defaults("lora", c) for c in meta.candidates("lora", seen=80 * 16)) >= 10
+    profile = next(r for r in prior_records if r.task_name.endswith("@1024")).profile
+    ranked = meta.recommend(profile, methods=["lora", "dora", "ia3"], budget={"max_steps": 320})
+    assert all(at_defaults(r.method, r.hyperparameters) for r in ranked)
+    assert all("not varied its settings at a step budget like this one" in r.reasoning for r in ranked)
+
+
 def test_observed_runs_condition_the_prediction(surrogate, held_out):
     from metapeft.meta import Candidate
 

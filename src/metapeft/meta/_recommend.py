@@ -21,7 +21,7 @@ import numpy as np
 
 from .._config import data_dir
 from .._errors import MetapeftError
-from ..experience import Experience, ExperienceStore, fingerprint_of, task_group, usable
+from ..experience import Experience, ExperienceStore, examples_seen, fingerprint_of, task_group, usable
 from ..methods import BUDGET_FIELDS, MethodConfig, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
@@ -34,6 +34,7 @@ CACHE_VERSION = 7
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
+LIKE_BUDGET = 2.0  # a past run's step budget is like the user's when it fed within this factor as many examples
 SURE = 0.7  # how often, over the surrogate's joint draws, a method must beat the incumbent to be ranked above it
 
 
@@ -120,7 +121,7 @@ class MetaPEFT:
         self._derived: dict[
             str, Any
         ] = {}  # facts of the experience that every recommendation reads; cleared with _cells
-        self._candidates: dict[str, list[dict]] = {}
+        self._candidates: dict[tuple, list[dict]] = {}
         self._built: dict[tuple[str, str], list[dict]] = {}
 
     # --- experience and models -----------------------------------------------------------------------------
@@ -324,21 +325,32 @@ class MetaPEFT:
         return out
 
     # --- recommendation ------------------------------------------------------------------------------------
-    def candidates(self, method: str, n: int = 24, seed: int = 0) -> list[dict]:
+    def candidates(self, method: str, n: int = 24, seed: int = 0, seen: float | None = None) -> list[dict]:
         """Settings to score for a method: its defaults, every setting the experience has tried for it, and — once
         the experience has tried at least ``MIN_VARIED`` settings, so that the surrogate has seen settings vary —
         a random design over its search space (Optuna's RandomSampler). Batch size, steps and sequence length
-        are left out: they are the user's budget, not a choice."""
-        if method not in self._candidates:
+        are left out: they are the user's budget, not a choice.
+
+        Given ``seen``, the training examples the user's budget feeds (steps × batch size), only the experience at a
+        like budget counts (runs that fed within a factor ``LIKE_BUDGET`` of it): where settings were never varied at
+        such a budget (the experience's 320-step runs are all at the defaults), the surrogate would carry the
+        settings' effects over from shorter runs, which rank how fast a setting learns rather than where it ends, so
+        the defaults, the settings measured there, are all that is scored."""
+        key = (method, seen)
+        if key not in self._candidates:
             spec = get_method(method)
             space = {k: v for k, v in spec.search_space().items() if k not in BUDGET_FIELDS}
-            seen = {
+            tried = {
                 json.dumps({k: v for k, v in r.hyperparameters.items() if k in space}, sort_keys=True)
                 for r in self.experiences()
                 if r.method == method
+                and (
+                    seen is None
+                    or ((fed := examples_seen(r)) is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET)
+                )
             }
-            settings = [{}] + [json.loads(s) for s in sorted(seen)]
-            if len(seen) >= MIN_VARIED:
+            settings = [{}] + [json.loads(s) for s in sorted(tried)]
+            if len(tried) >= MIN_VARIED:
                 import optuna
 
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -346,16 +358,18 @@ class MetaPEFT:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     settings += [study.ask(space).params for _ in range(n)]
-            self._candidates[method] = settings
-        return self._candidates[method]
+            self._candidates[key] = settings
+        return self._candidates[key]
 
     def _configs(self, method: str, budget: dict[str, Any]) -> list[dict]:
-        """The method's candidates as full, validated settings under ``budget`` (kept: building them was a third of
-        a warm call)."""
+        """The method's candidates at the budget's like (``candidates``) as full, validated settings under ``budget``
+        (kept: building them was a third of a warm call)."""
         key = (method, json.dumps(budget, sort_keys=True, default=str))
         if key not in self._built:
+            seen = budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
             self._built[key] = [
-                get_method(method).make_config({**params, **budget}).as_dict() for params in self.candidates(method)
+                get_method(method).make_config({**params, **budget}).as_dict()
+                for params in self.candidates(method, seen=seen)
             ]
         return self._built[key]
 
@@ -420,6 +434,8 @@ class MetaPEFT:
             blocked, key=lambda n: -pred.mean[chosen[n], 0]
         )
         context = self._task_context(profile, observed)
+        context["seen"] = seen
+        context["unvaried"] = {n for n in names if all(at_defaults(n, c) for c in self._configs(n, budget))}
         expected = pred.expected_accuracy()
         rival = max(live, key=lambda n: expected[chosen[n]]) if live else None
         if rival is not None and order[0] == incumbent != rival:  # the rule kept the incumbent first: say why
@@ -851,7 +867,10 @@ def _reasoning(
             text += f"; {100 * float(np.mean(gaps)):.1f} points behind their best on average"
         parts.append(text + ".")
     parts.append(
-        "Settings: the method's defaults."
+        "Settings: the method's defaults: the experience has not varied its settings at a step budget like this one "
+        f"({context['seen']:g} training examples fed), so no other is suggested."
+        if method in context["unvaried"]
+        else "Settings: the method's defaults."
         if at_defaults(method, hyperparameters)
         else "Settings: the best-predicted among its defaults, the settings tried on past tasks and a random design."
     )
