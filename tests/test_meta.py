@@ -551,27 +551,6 @@ def test_a_setting_likely_to_collapse_loses_to_a_safe_one():
     assert weighed.take([2, 0]).fail.tolist() == [0.02, 0.4] and weighed.take([0]).chance == 0.5
 
 
-def test_a_method_keeps_its_defaults_unless_another_setting_surely_beats_them():
-    """Within a method, a setting predicted a little higher than the defaults does not replace them unless it wins
-    in at least 70% of the surrogate's joint draws (``cautious_choice`` given which candidates are defaults)."""
-    from metapeft.meta._recommend import cautious_choice
-    from metapeft.meta._surrogate import Prediction
-
-    mean = np.array([[0.80, 1, 1], [0.81, 1, 1], [0.70, 1, 1]])
-    methods, defaults = ["lora", "lora", "ia3"], [True, False, True]
-    rng = np.random.default_rng(0)
-    shared = rng.normal(0, 0.05, (2000, 1))  # the task's level, common to every candidate
-
-    def draws(noise: float) -> np.ndarray:
-        return mean[:, 0] + shared + rng.normal(0, noise, (2000, 3))
-
-    unsure = Prediction(mean, mean - 0.1, mean + 0.1, samples=draws(0.03))  # the 0.01 lead wins ~60% of draws
-    sure = Prediction(mean, mean - 0.1, mean + 0.1, samples=draws(0.001))  # ... nearly all
-    assert cautious_choice(unsure, methods) == {"lora": 1, "ia3": 2}  # without the defaults named: the higher one
-    assert cautious_choice(unsure, methods, defaults=defaults) == {"lora": 0, "ia3": 2}
-    assert cautious_choice(sure, methods, defaults=defaults) == {"lora": 1, "ia3": 2}
-
-
 def test_empty_experience_is_a_clear_error(tmp_path):
     from metapeft import MetapeftError
     from metapeft.experience import ExperienceStore

@@ -195,9 +195,7 @@ def select(
     half an sd, weighed by its collapse risk where the prediction carries it), methods ranked by that candidate's
     expected accuracy, the incumbent first unless surely beaten (``rank_methods``; ``Incumbents.among``).
     Returns the ranking, the chosen candidate per method and each ranked method's probability of being best."""
-    chosen = cautious_choice(
-        pred, [c.method for c in candidates], defaults=[at_defaults(c.method, c.hyperparameters) for c in candidates]
-    )
+    chosen = cautious_choice(pred, [c.method for c in candidates])
     ranking = rank_methods(pred, chosen, incumbents.among(candidates, chosen) if incumbents else None)
     return ranking, chosen, pred.take([chosen[m] for m in ranking]).best_probability()
 

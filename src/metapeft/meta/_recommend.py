@@ -409,7 +409,7 @@ class MetaPEFT:
         if max_time_s is not None:
             feasible &= pred.mean[:, 1] <= max_time_s
 
-        chosen = cautious_choice(pred, [m for m, _ in rows], feasible, [at_defaults(m, hp) for m, hp in rows])
+        chosen = cautious_choice(pred, [m for m, _ in rows], feasible)
         blocked: dict[str, str] = {}
         for name in names:
             if name not in chosen:  # nothing within the limits: show the setting that comes closest
@@ -814,31 +814,15 @@ def _rounded_to_one(p: np.ndarray, digits: int = 4) -> list[float]:
     return [float(u) / 10**digits for u in units]
 
 
-def cautious_choice(
-    pred: Prediction,
-    methods: list[str],
-    feasible: np.ndarray | None = None,
-    defaults: Sequence[bool] | None = None,
-    sure: float = SURE,
-) -> dict[str, int]:
+def cautious_choice(pred: Prediction, methods: list[str], feasible: np.ndarray | None = None) -> dict[str, int]:
     """Per method, the index of its candidate with the best cautious score among the feasible ones: the mean less
     half an sd (prefer settings the experience supports over bold extrapolations), averaged with chance by the
-    setting's collapse risk where the prediction carries it (prefer settings that do not fail). Given which
-    candidates are their method's ``defaults``, a method keeps its defaults unless that candidate beats them in at
-    least ``sure`` of the surrogate's joint draws: as with methods (``rank_methods``), the surrogate's unsure
-    departures from the defaults did not pay on held-out tasks (BENCHMARKS.md, "Method selection"). Methods ranked by
+    setting's collapse risk where the prediction carries it (prefer settings that do not fail). Methods ranked by
     that candidate's expected accuracy (``rank_methods``) is the rule of ``recommend`` and of ``evaluate``."""
     cautious = pred.expected_accuracy(CAUTION)
     chosen: dict[str, int] = {}
-    default: dict[str, int] = {}
     for i, m in enumerate(methods):
-        if feasible is None or feasible[i]:
-            if m not in chosen or cautious[i] > cautious[chosen[m]]:
-                chosen[m] = i
-            if defaults is not None and defaults[i] and m not in default:
-                default[m] = i
-    for m, i in default.items():
-        if chosen[m] != i and (beats := beat_rate(pred, chosen[m], i)) is not None and beats < sure:
+        if (feasible is None or feasible[i]) and (m not in chosen or cautious[i] > cautious[chosen[m]]):
             chosen[m] = i
     return chosen
 

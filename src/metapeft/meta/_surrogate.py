@@ -734,13 +734,12 @@ def _best_calibration(
     """How far to trust the draws' 'probability that this method is best' against how often the method has been
     best on past tasks. Fitted like temperature scaling (Guo et al., 2017) with the base rate as a second input,
     by the log loss of each held-out task instance's best method(s): probabilities ∝ (share of draws won)^power ×
-    rate^weight, the draws over one run per method chosen as ``recommend`` chooses (best mean − sd/2; its
-    preference for a method's defaults, which changes the choice only where an instance ran a method at its defaults
-    and at other settings, is left out). Why: on the 880-run prior the draws alone were underconfident for full
-    fine-tuning (0.25 given, best on 33% of task instances) and overconfident for head-only (0.08 given, 1%): the
-    method ranking has little task-specific signal yet (fitted leave-one-task-out there: power 0.1, weight 1; the
-    shipped fit: see docs/meta-learning.md). Methods tied for best share the win. Returns ([power, weight], and per
-    instance: wins and runs per method of ``names``, log2 training-set size — what ``base_rates`` reads)."""
+    rate^weight, the draws over one run per method chosen as ``recommend`` chooses (best mean − sd/2). Why: on the
+    880-run prior the draws alone were underconfident for full fine-tuning (0.25 given, best on 33% of task
+    instances) and overconfident for head-only (0.08 given, 1%): the method ranking has little task-specific
+    signal yet (fitted leave-one-task-out there: power 0.1, weight 1; the shipped fit: see docs/meta-learning.md).
+    Methods tied for best share the win. Returns ([power, weight], and per instance: wins and runs per method of
+    ``names``, log2 training-set size — what ``base_rates`` reads)."""
     rng = np.random.default_rng(seed)
     index = [i for i in _cell_index(cells) if len(set(methods[i])) >= 3]
     if len(index) < 5:
