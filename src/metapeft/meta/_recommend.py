@@ -522,7 +522,8 @@ class MetaPEFT:
                     continue
         options.append(({"defaults": True}, spec.make_config(budget).as_dict()))
         suggested = self.recommend(profile, methods=[method], budget=budget or None)[0].hyperparameters
-        options.append(({"suggested": True}, suggested))
+        if not at_defaults(method, suggested):  # at a budget where settings were never varied it is the defaults
+            options.append(({"suggested": True}, suggested))
         configs = [user] + [full for _, full in options]
         pred = self._fitted().predict(profile, [Candidate(method, c) for c in configs])
         risks, accuracy = pred.fail, pred.mean[:, 0]  # the surrogate's predictions carry each setting's risk
