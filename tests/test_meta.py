@@ -613,6 +613,10 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
     ours = result["selectors"]["metapeft"]
     assert 0 <= ours["ece"] <= 1 and all(0 <= ours[f"coverage_90{k}"] <= 1 for k in ("", "_time", "_memory"))
     assert 0 < ours["interval_width_90_median"] <= 100  # points of accuracy
+    assert ours["intervals_by_size"]["64"] == {  # one size here: its figures are the whole's
+        "coverage_90": ours["coverage_90"],
+        "interval_width_90_median": ours["interval_width_90_median"],
+    }
     assert set(result["per_task_regret"]) == {t.split("@")[0] for t in tasks}
     assert result["few_shot"]["cells"] > 0
     fs = result["few_shot"]  # observed runs of the task narrow the intervals

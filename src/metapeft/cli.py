@@ -1447,6 +1447,15 @@ regret, disaster rate, calibration."""
             f"tie for best as a win); 90% intervals cover {100 * ours['coverage_90']:.1f}% of held-out runs' accuracy "
             f"(median width {ours['interval_width_90_median']:.1f} points)" + (f" ({others})" if others else "")
         )
+        if len(ours.get("intervals_by_size", {})) > 1:
+            out.print(
+                "  by training-set size: "
+                + "; ".join(
+                    f"{size} examples {100 * v['coverage_90']:.1f}% at {v['interval_width_90_median']:.1f} points"
+                    for size, v in ours["intervals_by_size"].items()
+                ),
+                highlight=False,
+            )
     if fs := result.get("few_shot"):
         out.print(
             f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error "

@@ -537,6 +537,14 @@ def evaluate(
             )
             summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
             summary["interval_width_90_median"] = round(float(np.median([r["width"] for r in rows])), 1)
+            summary["intervals_by_size"] = {  # the targets are per size: a wide 64-example interval is not a 1,024's
+                str(size): {
+                    "coverage_90": round(float(np.mean([r["coverage"] for r in at])), 3),
+                    "interval_width_90_median": round(float(np.median([r["width"] for r in at])), 1),
+                }
+                for size in out["sizes"]
+                if (at := [r for r in rows if r["size"] == size])
+            }
             for key in ("time", "memory"):  # cells without a comparable measurement are left out
                 values = [r[f"coverage_{key}"] for r in rows if not math.isnan(r[f"coverage_{key}"])]
                 summary[f"coverage_90_{key}"] = round(float(np.mean(values)), 3) if values else None
