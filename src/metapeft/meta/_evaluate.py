@@ -535,15 +535,9 @@ def evaluate(
             summary["ece_ties_as_wins"] = round(
                 expected_calibration_error([r["confidence"] for r in rows], [r["top1"] for r in rows]), 3
             )
-            summary["coverage_90"] = round(float(np.mean([r["coverage"] for r in rows])), 3)
-            summary["interval_width_90_median"] = round(float(np.median([r["width"] for r in rows])), 1)
+            summary.update(_intervals(rows))
             summary["intervals_by_size"] = {  # the targets are per size: a wide 64-example interval is not a 1,024's
-                str(size): {
-                    "coverage_90": round(float(np.mean([r["coverage"] for r in at])), 3),
-                    "interval_width_90_median": round(float(np.median([r["width"] for r in at])), 1),
-                }
-                for size in out["sizes"]
-                if (at := [r for r in rows if r["size"] == size])
+                str(size): _intervals(at) for size in out["sizes"] if (at := [r for r in rows if r["size"] == size])
             }
             for key in ("time", "memory"):  # cells without a comparable measurement are left out
                 values = [r[f"coverage_{key}"] for r in rows if not math.isnan(r[f"coverage_{key}"])]
@@ -690,6 +684,14 @@ def _winners_curse(runs: list[Experience], seed: int, draws: int = 2000) -> dict
     return {
         "regret": 100 * float((best - measured[:, truth]).mean()),
         "top1": float((method_best >= best - 1e-9).mean()),
+    }
+
+
+def _intervals(rows: list[dict]) -> dict[str, float]:
+    """The 90% accuracy intervals' mean coverage and median width (points) over scored cells."""
+    return {
+        "coverage_90": round(float(np.mean([r["coverage"] for r in rows])), 3),
+        "interval_width_90_median": round(float(np.median([r["width"] for r in rows])), 1),
     }
 
 

@@ -25,7 +25,7 @@ from ..experience import Experience, ExperienceStore, examples_seen, fingerprint
 from ..methods import BUDGET_FIELDS, MethodConfig, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
-from ._features import TARGETS, at_defaults, budgeted, profile_dict
+from ._features import TARGETS, _scale, at_defaults, budgeted, profile_dict
 from ._forecast import CurveForecaster
 from ._risk import CollapseRisk
 from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
@@ -593,10 +593,8 @@ class MetaPEFT:
                 a, b = user.get(name), r.hyperparameters.get(name, user.get(name))
                 if isinstance(dist, CategoricalDistribution) or not isinstance(a, (int, float)):
                     gap = float(a != b)
-                elif getattr(dist, "log", False):
-                    gap = abs(np.log(a / b)) / np.log(dist.high / dist.low)
-                else:
-                    gap = abs(a - b) / (dist.high - dist.low)
+                else:  # each as a share of its searched range, as the surrogate's encoder scales it
+                    gap = abs(_scale(a, dist) - _scale(b, dist))
                 apart[name in chosen] += gap
             steps_apart = abs(np.log2(budgeted(r.hyperparameters, r.profile)["max_steps"] / steps))
             return round(apart[True], 6), round(apart[False], 6), steps_apart
