@@ -383,12 +383,17 @@ def test_a_sigkilled_search_resumes_to_its_full_trial_count(tiny_task, tmp_path)
         deadline = time.time() + 400
         while time.time() < deadline and proc.poll() is None:
             try:
-                states = {
-                    t.number: t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials
-                }
+                seen = optuna.load_study(study_name="killed", storage=storage).trials
             except KeyError:  # the study is not created yet
-                states = {}
-            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING":
+                seen = []
+            states = {t.number: t.state.name for t in seen}
+            # kill in training: trial 1 running with all its settings drawn (a kill while it is still drawing them
+            # would leave the retry only the part drawn, and a fresh draw for the rest)
+            if (
+                states.get(0) == "COMPLETE"
+                and states.get(1) == "RUNNING"
+                and len(seen[1].params) == len(seen[0].params)
+            ):
                 break
             time.sleep(0.3)
         assert proc.poll() is None and states.get(1) == "RUNNING", states
