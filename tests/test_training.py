@@ -51,6 +51,7 @@ def test_every_method_learns(method, small_task, example_profile):
         assert trained and any(not torch.equal(initial[n], trained[n].detach()) for n in trained if n in initial)
     m = result.metrics
     assert m["steps"] == 12 and 0 <= m["accuracy"] <= 1
+    assert 0.1 < m["cpu_share"] < 1.5  # a CPU run says how much of its cores it got (measured: StepClock)
     # tensor memory: fp32 weights, then each trainable parameter's gradient and AdamW's two moments, then activations
     weights_mb, optimiser_mb = 4 * m["total_params"] / 2**20, 12 * m["trainable_params"] / 2**20
     assert m["peak_memory_mb"] >= weights_mb - 0.1 and m["train_memory_mb"] >= optimiser_mb - 0.1
@@ -315,3 +316,45 @@ def test_a_suspended_step_is_counted_at_the_median_not_the_wall_clock():
     assert counted[7] == 2.0 and clock.suspended_s == 898.0  # the median of the steps before it
     early = StepClock()
     assert early.add(40.0) == 40.0  # the first steps are not judged (allocation, caches)
+
+
+def test_the_clock_measures_the_share_of_its_cores_a_run_got():
+    """A step that computes gets CPU time for its wall time; one that waits (as a process does while others hold the
+    cores) gets none: the share tells a run timed alone from one timed under contention, whose time the meta-learner
+    must not learn as the method's cost."""
+    import time
+
+    from metapeft.training import StepClock
+
+    def step(work):
+        started, cpu = time.perf_counter(), time.process_time()
+        work()
+        return time.perf_counter() - started, time.process_time() - cpu
+
+    def busy():
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+
+    computing, waiting = StepClock(), StepClock()
+    for _ in range(3):
+        computing.add(*step(busy))
+        waiting.add(*step(lambda: time.sleep(0.2)))
+    assert computing.cpu_share(1) > 0.3 and waiting.cpu_share(1) < 0.1
+    assert StepClock().cpu_share(1) is None  # nothing measured yet
+
+
+def test_time_is_learned_only_from_runs_that_had_their_cores_to_themselves():
+    from metapeft.experience import Experience
+    from metapeft.meta._features import measured_time, targets
+
+    def run(**extra):
+        tags = extra.pop("tags", {})
+        metrics = {"accuracy": 0.8, "train_time_s": 100.0, "steps": 80, **extra}
+        return Experience("t", "lora", "m", metrics=metrics, tags=tags)
+
+    assert measured_time(run()) == 100.0  # before the engine measured the share: taken as it is
+    assert measured_time(run(cpu_share=0.97)) == 100.0
+    assert measured_time(run(cpu_share=0.6)) is None
+    assert measured_time(run(tags={"timing": "contended"})) is None
+    assert np.isnan(targets(run(cpu_share=0.6))[1]) and targets(run(cpu_share=0.6))[0] == pytest.approx(0.8)

@@ -47,9 +47,10 @@ class Experience:
 
     ``metrics`` holds the final numbers (accuracy, macro_f1, train_time_s, eval_time_s, peak_memory_mb — peak tensor
     memory — and train_memory_mb — its part above the loaded model —, trainable_params, total_params,
-    adapter_size_bytes, steps, tokens_per_s); ``curve`` the evaluations during
-    training (step, fraction, train_loss, accuracy, macro_f1, train_time_s). ``source`` says where the record
-    came from: ``metapeft`` for our own runs, ``hf-peft-method-comparison`` for imported results, ….
+    adapter_size_bytes, steps, tokens_per_s, and for CPU runs cpu_share — the share of its cores the run got);
+    ``curve`` the evaluations during training (step, fraction, train_loss, accuracy, macro_f1, train_time_s).
+    ``source`` says where the record came from: ``metapeft`` for our own runs, ``hf-peft-method-comparison`` for
+    imported results, ….
     """
 
     task_name: str

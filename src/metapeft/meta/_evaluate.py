@@ -40,7 +40,7 @@ from .._errors import OptionError
 from ..experience import Experience, budget_key, cell_key, examples_seen, paired_outcomes, task_group, usable
 from ..methods import BUDGET_FIELDS
 from ._embedding import TaskFeaturizer, cells_of, method_gaps
-from ._features import at_defaults, measured_memory
+from ._features import at_defaults, measured_memory, measured_time
 from ._protocol import Selector
 from ._recommend import Incumbents, cautious_choice, rank_methods
 from ._surrogate import Candidate, Prediction, Surrogate
@@ -421,10 +421,7 @@ def evaluate(
                 cands = [Candidate(r.method, r.hyperparameters) for r in runs]
                 acc = np.array([r.metrics["accuracy"] for r in runs])
                 costs = np.array(
-                    [
-                        [r.metrics.get("train_time_s") or math.nan, measured_memory(r.metrics) or math.nan]
-                        for r in runs
-                    ],
+                    [[measured_time(r) or math.nan, measured_memory(r.metrics) or math.nan] for r in runs],
                     dtype=float,
                 )
                 # the ranking rule reads the incumbent only with joint draws (not the baselines)

@@ -211,18 +211,32 @@ def measured_memory(metrics: dict) -> float | None:
     return metrics.get("peak_memory_mb") if metrics.get("memory_measure") else None
 
 
+CONTENDED_SHARE = 0.8  # of its CPU time a run must have got for its time to be the method's cost (StepClock)
+
+
+def measured_time(record: Experience) -> float | None:
+    """Training seconds of a run that had its cores to itself; None for one that did not: a CPU run whose threads got
+    under :data:`CONTENDED_SHARE` of the CPU time they could use (``cpu_share``, recorded since the engine measured it)
+    or one tagged ``timing: contended`` (earlier runs known to be so; ``benchmarks/ship_prior.py`` says which)."""
+    share = record.metrics.get("cpu_share")
+    if record.tags.get("timing") == "contended" or (share is not None and share < CONTENDED_SHARE):
+        return None
+    return record.metrics.get("train_time_s")
+
+
 def targets(record: Experience) -> np.ndarray:
     """Accuracy, log train time *per step* and log peak memory (NaN where the run did not measure one). Time is
     steps × a cost per step that the task, method and settings decide; learned as a total, it could not leave the
-    experience's budgets (the prior then had only 80 steps: 400 steps were predicted to cost what 80 do). Memory
-    only where it was measured comparably (``measured_memory``)."""
+    experience's budgets (the prior then had only 80 steps: 400 steps were predicted to cost what 80 do). Time only
+    where the run had its cores to itself (``measured_time``), memory only where it was measured comparably
+    (``measured_memory``)."""
     m = record.metrics
 
     def log_or_nan(v) -> float:
         return math.log(v) if isinstance(v, (int, float)) and v > 0 else math.nan
 
     out = np.asarray(
-        [float(m["accuracy"]), log_or_nan(m.get("train_time_s")), log_or_nan(measured_memory(m))], dtype=np.float32
+        [float(m["accuracy"]), log_or_nan(measured_time(record)), log_or_nan(measured_memory(m))], dtype=np.float32
     )
     out[1] -= np.log(steps_of(record.hyperparameters, m))
     return out
