@@ -345,8 +345,8 @@ def test_the_clock_measures_the_share_of_its_cores_a_run_got():
 
 
 def test_time_is_learned_only_from_runs_that_had_their_cores_to_themselves():
-    from metapeft.experience import Experience
-    from metapeft.meta._features import measured_time, targets
+    from metapeft.experience import Experience, measured_time
+    from metapeft.meta._features import targets
 
     def run(**extra):
         tags = extra.pop("tags", {})

@@ -2,7 +2,15 @@
 
 from ._groups import budget_key, cell_key, examples_seen, fingerprint_of, task_group, usable
 from ._peft_results import read_peft_results
-from ._record import Experience, pack_outcomes, paired_outcomes, unpack_outcomes, without_suspensions
+from ._record import (
+    Experience,
+    measured_memory,
+    measured_time,
+    pack_outcomes,
+    paired_outcomes,
+    unpack_outcomes,
+    without_suspensions,
+)
 from ._store import ExperienceStore, process_gone, read_jsonl
 
 __all__ = [
@@ -12,6 +20,8 @@ __all__ = [
     "cell_key",
     "examples_seen",
     "fingerprint_of",
+    "measured_memory",
+    "measured_time",
     "pack_outcomes",
     "paired_outcomes",
     "process_gone",

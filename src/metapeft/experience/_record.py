@@ -182,6 +182,25 @@ def paired_outcomes(records: list[Experience]) -> np.ndarray | None:
     return np.stack(correct) if len({len(c) for c in correct}) == 1 else None
 
 
+def measured_memory(metrics: dict) -> float | None:
+    """Peak memory (MB) of a run that says how it was taken (``memory_measure``); None for earlier CPU runs, which
+    recorded process RSS (~2.3 GB whatever the method) and cannot be compared with tensor memory."""
+    return metrics.get("peak_memory_mb") if metrics.get("memory_measure") else None
+
+
+CONTENDED_SHARE = 0.8  # of its CPU time a run must have got for its time to be the method's cost (StepClock)
+
+
+def measured_time(record: Experience) -> float | None:
+    """Training seconds of a run that had its cores to itself; None for one that did not: a CPU run whose threads got
+    under :data:`CONTENDED_SHARE` of the CPU time they could use (``cpu_share``, recorded since the engine measured it)
+    or one tagged ``timing: contended`` (earlier runs known to be so; ``benchmarks/ship_prior.py`` says which)."""
+    share = record.metrics.get("cpu_share")
+    if record.tags.get("timing") == "contended" or (share is not None and share < CONTENDED_SHARE):
+        return None
+    return record.metrics.get("train_time_s")
+
+
 SUSPECT_SEGMENT = 3.0  # × the run's median time between curve points…
 MIN_EXCESS_S = 60.0  # …and this many seconds over it: a pause, not the method's cost
 

@@ -37,10 +37,20 @@ from typing import Callable
 import numpy as np
 
 from .._errors import OptionError
-from ..experience import Experience, budget_key, cell_key, examples_seen, paired_outcomes, task_group, usable
+from ..experience import (
+    Experience,
+    budget_key,
+    cell_key,
+    examples_seen,
+    measured_memory,
+    measured_time,
+    paired_outcomes,
+    task_group,
+    usable,
+)
 from ..methods import BUDGET_FIELDS
 from ._embedding import TaskFeaturizer, cells_of, method_gaps
-from ._features import at_defaults, measured_memory, measured_time
+from ._features import at_defaults
 from ._protocol import Selector
 from ._recommend import Incumbents, cautious_choice, rank_methods
 from ._surrogate import Candidate, Prediction, Surrogate

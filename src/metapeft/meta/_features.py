@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
-from ..experience import Experience
+from ..experience import Experience, measured_memory, measured_time
 from ..methods import BUDGET_FIELDS, MethodConfig, default_steps, get_method, list_methods
 from ..tasks import TaskProfile
 
@@ -203,25 +203,6 @@ def budgeted(hyperparameters: dict[str, Any], profile: dict) -> dict[str, Any]:
 def steps_of(hyperparameters: dict, metrics: dict | None = None) -> float:
     """Optimisation steps a run made (fewer than ``max_steps`` when a time budget stopped it) or will make."""
     return float(max(1, (metrics or {}).get("steps") or hyperparameters.get("max_steps") or 1))
-
-
-def measured_memory(metrics: dict) -> float | None:
-    """Peak memory (MB) of a run that says how it was taken (``memory_measure``); None for earlier CPU runs, which
-    recorded process RSS (~2.3 GB whatever the method) and cannot be compared with tensor memory."""
-    return metrics.get("peak_memory_mb") if metrics.get("memory_measure") else None
-
-
-CONTENDED_SHARE = 0.8  # of its CPU time a run must have got for its time to be the method's cost (StepClock)
-
-
-def measured_time(record: Experience) -> float | None:
-    """Training seconds of a run that had its cores to itself; None for one that did not: a CPU run whose threads got
-    under :data:`CONTENDED_SHARE` of the CPU time they could use (``cpu_share``, recorded since the engine measured it)
-    or one tagged ``timing: contended`` (earlier runs known to be so; ``benchmarks/ship_prior.py`` says which)."""
-    share = record.metrics.get("cpu_share")
-    if record.tags.get("timing") == "contended" or (share is not None and share < CONTENDED_SHARE):
-        return None
-    return record.metrics.get("train_time_s")
 
 
 def targets(record: Experience) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..experience import Experience, task_group
+from ..experience import Experience, measured_memory, measured_time, task_group
 
 MIN_METHODS = 5  # the methods a cell needs to count in comparisons (as in `metapeft evaluate`)
 INSTANCE = ["task", "size", "steps"]  # a task at a train size and step budget; its cells differ by seed
@@ -40,8 +40,8 @@ def frame(records: list[Experience]) -> pd.DataFrame:
                 "method": r.method,
                 "accuracy": float(r.metrics["accuracy"]),
                 "macro_f1": r.metrics.get("macro_f1"),
-                "train_time_s": r.metrics.get("train_time_s"),
-                "peak_memory_mb": r.metrics.get("peak_memory_mb"),
+                "train_time_s": measured_time(r),
+                "peak_memory_mb": measured_memory(r.metrics),
                 "trainable_params": r.metrics.get("trainable_params"),
                 "source": r.source,
                 "config_id": r.tags.get("config_id"),
