@@ -154,6 +154,9 @@ def bench_store(suite, tmp_path_factory):
 def test_two_workers_do_every_run_once(bench_store):
     url, summary = bench_store
     assert summary["done"] == 8 and summary["failed"] == 0
+    records = ExperienceStore(url).query(status="finished")
+    assert all(0 < r.metrics["cpu_share"] < 1.5 for r in records)  # each run says how much of its cores it got
+    assert summary["contended"] == sum(r.metrics["cpu_share"] < 0.8 for r in records)
     keys = _finished_keys(url)
     assert len(keys) == 8 and set(keys.values()) == {1}
     record = ExperienceStore(url).query(status="finished")[0]

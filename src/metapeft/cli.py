@@ -865,6 +865,12 @@ def bench(
             f"{summary['design']}: {summary['done']} of {summary['total']} runs done, {summary['failed']} failed "
             f"({summary['elapsed_s']:.0f} s)"
         )
+        if summary["contended"]:
+            console.print(
+                f"{summary['contended']} of the runs made got under 80% of their cores (other work beside the bench): "
+                "their accuracy counts, their training time is not learned from. Use fewer --workers or leave the "
+                "machine to the bench for timings."
+            )
 
 
 # None leaves it to METAPEFT_PRIOR (on unless 0/false/no/off), as the Python API does

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from .._errors import MetapeftError
-from ..experience import Experience, ExperienceStore, process_gone
+from ..experience import Experience, ExperienceStore, measured_time, process_gone
 from ._design import Design, RunSpec, expand, scoring_pool
 
 _metadata = sa.MetaData()
@@ -292,6 +292,7 @@ def run_bench(
     store = ExperienceStore(store_url)
     released = release_stale_claims(store, retry_failed)
     keys = {r.key for r in expand(design, names)}
+    before = {r.id for r in store.iter(status="finished")}
     # the cores this process may use (taskset, a container's cpuset), not the machine's
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
@@ -323,4 +324,13 @@ def run_bench(
     counts = progress_counts(store, keys)
     if on_progress is not None:
         on_progress(counts, len(keys))
-    return {"design": design.name, "total": len(keys), **counts, "released_stale_claims": released}
+    made = [r for r in store.iter(status="finished") if r.id not in before and r.tags.get("design_key") in keys]
+    # runs timed with other work on their cores: their accuracy counts, their time is not learned from
+    contended = sum("cpu_share" in r.metrics and measured_time(r) is None for r in made)
+    return {
+        "design": design.name,
+        "total": len(keys),
+        **counts,
+        "released_stale_claims": released,
+        "contended": contended,
+    }
