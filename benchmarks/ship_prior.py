@@ -17,7 +17,7 @@ from pathlib import Path
 
 from metapeft.experience import ExperienceStore, cell_key
 from metapeft.meta import ship_prior
-from metapeft.prior import EXPERIENCES_PATH, PriorExperience
+from metapeft.prior import PriorExperience
 
 PRIOR_DESIGN = "prior-v1"  # the committed prior's own design: its runs come from the committed file
 BENCH_DESIGNS = ("curves-v1", "selection-v1")
@@ -70,8 +70,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         store = ExperienceStore(f"sqlite:///{Path(tmp) / 'ship.db'}")
-        store.import_jsonl(EXPERIENCES_PATH)
-        store.add_many(whole)
+        store.add_many(prior + whole)  # the bench store's runs as they are now (tags included), not as last shipped
         print(f"shipped {ship_prior(store, [PRIOR_DESIGN, *designs])} runs")
 
 
