@@ -164,8 +164,8 @@ def markdown(summary: dict) -> str:
     n = summary.get("noise", {})
     if n.get("task_sizes"):
         lines.append(
-            f"- Noise (a second seed: another training sample, initialisation and order, on {n['task_sizes']} "
-            "task × size pairs): "
+            f"- Noise (a second seed: another initialisation and data order, on some pairs another training sample "
+            f"too; {n['task_sizes']} task × size pairs): "
             f"a method's accuracy moves {100 * n['mean_abs_seed_difference']:.1f} points on average (90th percentile "
             f"{100 * n['p90_abs_seed_difference']:.1f}); the winner is the same on "
             f"{100 * n['winner_agreement']:.0f}%; "
