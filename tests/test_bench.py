@@ -383,14 +383,15 @@ def test_shipped_prior_is_real_suite_experience():
 
 def test_report_cells_are_the_task_instances_the_selector_compares():
     """A run of 320 steps and one of 80 on the same data are different contests (the slow learners gain 7-8 points
-    from 80 to 320 steps): the report's cells are the experience's task instances, data and step budget."""
+    from 80 to 320 steps): the report's cells are the experience's task instances, data and step budget, one per
+    training seed (a replicate on the same sample is another cell of the same instance)."""
     from metapeft.experience import cell_key
     from metapeft.prior import PriorExperience
     from metapeft.report import analyse
 
     records = [r for r in PriorExperience().records() if r.status == "finished"]
     budgets = {r.hyperparameters["max_steps"] for r in records}
-    assert len(budgets) > 1 and analyse(records)["cells"] == len({cell_key(r) for r in records})
+    assert len(budgets) > 1 and analyse(records)["cells"] == len({(cell_key(r), r.seed) for r in records})
 
 
 def test_report_counts_methods_within_the_evaluations_noise_of_the_best():

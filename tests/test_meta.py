@@ -143,7 +143,10 @@ def test_settings_that_do_not_change_a_steps_cost_do_not_change_predicted_time_o
         ],
     )
     assert pred.mean[0, 1:] == pytest.approx(pred.mean[1, 1:]) and pred.mean[2, 1:] == pytest.approx(pred.mean[3, 1:])
-    assert pred.mean[0, 0] != pytest.approx(pred.mean[1, 0], abs=1e-4)  # accuracy still reads them
+    # what a run achieves still reads them: the collapse risk that ranks a method's settings, and the accuracy where
+    # the fit keeps the network's task-specific correction (held-out selection may shrink it to 0: _selection_shrink)
+    assert pred.fail[0] != pytest.approx(pred.fail[1], abs=1e-3)
+    assert surrogate.shrink[0] == 0 or pred.mean[0, 0] != pytest.approx(pred.mean[1, 0], abs=1e-4)
     assert pred.mean[4, 2] > pred.mean[2, 2]  # a larger adapter on more modules does cost more memory
 
 

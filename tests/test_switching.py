@@ -182,14 +182,49 @@ def test_the_controller_switches_on_a_failing_curve_and_holds_on_a_healthy_one(c
     assert "max_steps" not in failing.hyperparameters  # the engine gives it the steps left
     default = get_method(failing.method).make_config({}).learning_rate
     suggested = why["suggested_learning_rate"]
-    assert suggested > default  # the suggestion is above the default here, so the cap is what is tested
-    assert failing.hyperparameters["learning_rate"] == default  # capped at the default after a merge
-    uncapped, _ = decide([0.50, 0.51], SwitchPolicy(cap_learning_rate=False))
-    assert uncapped.hyperparameters["learning_rate"] == suggested
+    assert failing.hyperparameters["learning_rate"] == min(suggested, default)  # never above the default
     healthy, why = decide([0.86, 0.89])
     assert healthy is None and why["p_better"] < threshold and not why["switched"]
     late, _ = decide([0.50, 0.50, 0.50, 0.50])  # past the last point a switch is considered at, nothing is switched
     assert late is None
+
+
+def test_a_switch_trains_the_next_method_at_no_more_than_its_default_learning_rate(controller_parts):
+    """After a merge, a learning rate above the next method's default overwrites what the encoder knew (the forgetting
+    benchmark): the switch caps it there unless the policy says not to. The meta-learner here is the shipped one with
+    its suggested learning rates raised to 4× each method's default, the case the cap is for."""
+    from dataclasses import replace
+
+    from metapeft.training import SwitchController, SwitchPolicy, TrainerState
+
+    meta, profile, forecaster = controller_parts
+
+    class Eager:  # the shipped meta-learner, suggesting 4× each method's default learning rate
+        def __getattr__(self, name):
+            return getattr(meta, name)
+
+        def recommend(self, *args, **kwargs):
+            return [
+                replace(r, hyperparameters={**r.hyperparameters, "learning_rate": 4 * default(r.method)})
+                for r in meta.recommend(*args, **kwargs)
+            ]
+
+    def default(method):
+        return get_method(method).make_config({}).learning_rate
+
+    def switch(policy):
+        state = TrainerState(
+            max_steps=80,
+            step=40,
+            method="lora",
+            curve=[{"step": 20, "accuracy": 0.50}, {"step": 40, "accuracy": 0.51}],
+        )
+        return SwitchController(Eager(), profile, forecaster, policy).should_switch(state)
+
+    capped, uncapped = switch(SwitchPolicy()), switch(SwitchPolicy(cap_learning_rate=False))
+    assert capped is not None and capped.method == uncapped.method
+    assert capped.hyperparameters["learning_rate"] == default(capped.method)
+    assert uncapped.hyperparameters["learning_rate"] == 4 * default(capped.method)
 
 
 def test_a_search_switches_only_to_the_methods_it_searches(controller_parts, small_task):
