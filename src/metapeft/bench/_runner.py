@@ -292,7 +292,7 @@ def run_bench(
     store = ExperienceStore(store_url)
     released = release_stale_claims(store, retry_failed)
     keys = {r.key for r in expand(design, names)}
-    before = {r.id for r in store.iter(status="finished")}
+    before = finished_keys(store) & keys  # design keys (a light query), not records
     # the cores this process may use (taskset, a container's cpuset), not the machine's
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
@@ -324,9 +324,13 @@ def run_bench(
     counts = progress_counts(store, keys)
     if on_progress is not None:
         on_progress(counts, len(keys))
-    made = [r for r in store.iter(status="finished") if r.id not in before and r.tags.get("design_key") in keys]
+    made = (finished_keys(store) & keys) - before
     # runs timed with other work on their cores: their accuracy counts, their time is not learned from
-    contended = sum("cpu_share" in r.metrics and measured_time(r) is None for r in made)
+    contended = sum(
+        "cpu_share" in r.metrics and measured_time(r) is None
+        for r in (store.iter(status="finished") if made else [])
+        if r.tags.get("design_key") in made
+    )
     return {
         "design": design.name,
         "total": len(keys),
