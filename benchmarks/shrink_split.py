@@ -17,9 +17,8 @@ import numpy as np
 from sklearn.model_selection import GroupKFold
 
 from metapeft.experience import cell_key, task_group, usable
-from metapeft.meta import Surrogate, _nets
+from metapeft.meta import Surrogate
 from metapeft.meta._features import at_defaults, targets
-from metapeft.methods import BUDGET_FIELDS
 from metapeft.prior import PriorExperience
 
 GRID = np.round(np.linspace(0.0, 1.0, 6), 2)
@@ -34,16 +33,13 @@ def main() -> None:
         held = [records[i] for i in test]
         x = sub._x_runs(held)
         raw = sub._raw(x)
-        xn = np.clip(sub._standardise(x), sub.x_range[0], sub.x_range[1]).astype(np.float32)
-        enc = sub.encoder
-        settings = [
-            i
-            for i, n in enumerate(enc.names)
-            if not n.startswith("method=") and n.split("=")[0] not in ("log_max_length", *BUDGET_FIELDS)
-        ]
-        at_mean = _nets.ensemble(sub.weights, sub._at_mean(xn, settings))[..., :1] * sub.y_std[:1] + sub.y_mean[:1]
+        # the settings (every configuration feature but the method one-hot and the budget) at their mean
+        start, enc = sub._config_columns().start, sub.encoder
+        settings = [start + i for i in range(len(enc.methods), enc.dim) if i not in enc.budget_columns]
+        at_mean = x.copy()
+        at_mean[:, settings] = sub.x_mean[settings]
         rel.append(raw[..., 0].mean(0))
-        rel_method.append(at_mean[..., 0].mean(0))
+        rel_method.append(sub._raw(at_mean)[..., 0].mean(0))
         level.append((raw[..., 3] + x[:, -1] + sub._effect(x)).mean(0))
         truth.append(np.array([targets(r)[0] for r in held]))
         cells += [cell_key(r) for r in held]
