@@ -866,8 +866,11 @@ def bench(
             f"({summary['elapsed_s']:.0f} s)"
         )
         if summary["contended"]:
+            from .experience import CONTENDED_SHARE
+
             console.print(
-                f"{summary['contended']} of the runs made got under 80% of their cores (other work beside the bench): "
+                f"{summary['contended']} of the runs made got under {CONTENDED_SHARE:.0%} of their cores (other work "
+                "beside the bench): "
                 "their accuracy counts, their training time is not learned from. Use fewer --workers or leave the "
                 "machine to the bench for timings."
             )

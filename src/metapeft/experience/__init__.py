@@ -3,6 +3,7 @@
 from ._groups import budget_key, cell_key, examples_seen, fingerprint_of, task_group, usable
 from ._peft_results import read_peft_results
 from ._record import (
+    CONTENDED_SHARE,
     Experience,
     measured_memory,
     measured_time,
@@ -14,6 +15,7 @@ from ._record import (
 from ._store import ExperienceStore, process_gone, read_jsonl
 
 __all__ = [
+    "CONTENDED_SHARE",
     "Experience",
     "ExperienceStore",
     "budget_key",
