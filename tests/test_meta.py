@@ -336,6 +336,27 @@ def test_base_rates_follow_the_training_set_size():
     assert between[0] == pytest.approx(between[1])
 
 
+def test_intervals_are_calibrated_within_each_training_set_size():
+    """Errors shrink as data grows: the interval is calibrated per size group, so small tasks get wider intervals
+    and large ones narrower, each covering 90% of its own held-out runs; a size with too few tasks joins its
+    neighbour."""
+    from metapeft.meta._surrogate import Z90, _coverage_by_size
+
+    rng = np.random.default_rng(0)
+    sizes = np.repeat([6.0, 8.0, 10.0], 400)  # log2: 64, 256 and 1,024 examples
+    resid = rng.normal(0, 1, len(sizes)) * np.where(sizes == 6.0, 0.2, 0.08)
+    ens_var = np.full(len(sizes), 1e-4)
+    tasks = np.array([f"t{i % 20}" for i in range(len(sizes))])
+    knots, variances = _coverage_by_size(resid, ens_var, sizes, tasks)
+    assert knots.tolist() == [6.0, 8.0, 10.0] and variances[0] > 4 * variances[2]
+    for k, v in zip(knots, variances):
+        inside = np.abs(resid[sizes == k]) <= Z90 * np.sqrt(ens_var[sizes == k] + v)
+        assert inside.mean() == pytest.approx(0.9, abs=0.01)
+    few = np.where(sizes == 8.0, "one", tasks)  # 256 examples seen on one task only: calibrated with 1,024
+    knots, _ = _coverage_by_size(resid, ens_var, sizes, few)
+    assert len(knots) == 2 and knots[0] == 6.0 and 8.0 < knots[1] <= 10.0
+
+
 def test_numpy_forward_passes_match_the_trained_torch_networks():
     """The meta-learners train with torch and answer with numpy (no torch import in `recommend`)."""
     import torch
