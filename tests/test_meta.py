@@ -956,6 +956,40 @@ def test_check_rates_a_setting_and_refuses_one_outside_its_range():
         )
 
 
+def test_check_says_where_a_setting_lies_outside_what_the_experience_measured(prior_records):
+    """A low risk at a setting no past run came near is an absence of evidence: check says so, for a setting beyond
+    every value the experience tried and for non-default settings at a step budget it ran only at the defaults."""
+    from metapeft.experience import examples_seen
+    from metapeft.meta._features import at_defaults
+
+    highest = max(r.hyperparameters["learning_rate"] for r in prior_records if r.method == "lora")
+    outside, inside = (
+        run_cli("check", "example", "--method", "lora", "--set", f"learning_rate={2 * highest}", "--json"),
+        run_cli(
+            "check",
+            "example",
+            "--method",
+            "lora",
+            "--set",
+            f"learning_rate={highest / 2}",
+            "--set",
+            "max_steps=320",
+            "--json",
+        ),
+    )
+    assert outside.returncode == inside.returncode == 0, (outside.stderr[-2000:], inside.stderr[-2000:])
+    outside, inside = json.loads(outside.stdout)["notes"], json.loads(inside.stdout)["notes"]
+    assert any(n.startswith(f"learning_rate={2 * highest:g} lies above every lora run") for n in outside), outside
+    assert not any("lies above" in n or "lies below" in n for n in inside), inside
+    varied = any(  # a LoRA run at other settings than the defaults, fed within 2x of 320 steps x 16 examples
+        r.method == "lora"
+        and not at_defaults("lora", r.hyperparameters)
+        and 0.5 <= (examples_seen(r) or 0) / 5120 <= 2
+        for r in prior_records
+    )
+    assert any("only at its defaults" in n for n in inside) != varied, inside
+
+
 def test_the_prior_does_not_import_the_meta_learners():
     """Data flows one way: the prior is experience; the meta-learners read it (``ship_prior`` packages both)."""
     code = (

@@ -1224,6 +1224,8 @@ def check(
         f"experience's base rate is {result.base_rate:.0%}; expected accuracy {100 * e['mean']:.1f}% (90% interval "
         f"{100 * e['low']:.1f}–{100 * e['high']:.1f})"
     )
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
     if not result.suggestions:
         out.print(
             "no single change lowers the risk without lowering the expected accuracy"

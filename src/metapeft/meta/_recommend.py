@@ -60,9 +60,10 @@ class MethodRecommendation:
 @dataclass
 class SettingCheck:
     """What ``MetaPEFT.check`` says of a user's setting: its collapse risk (``verdict``: low under 15%, high from
-    35%), beside the experience's base rate of failure, its expected accuracy (90% interval), and up to three changes
+    35%), beside the experience's base rate of failure, its expected accuracy (90% interval), up to three changes
     that lower the risk without lowering the expected accuracy (``kind``: one setting, the defaults, or the setting
-    ``recommend`` suggests for this method)."""
+    ``recommend`` suggests for this method), the past runs nearest it (``evidence``), and ``notes`` where the
+    setting lies outside what the experience measured (the figures there are extrapolated)."""
 
     task: str
     method: str
@@ -73,6 +74,7 @@ class SettingCheck:
     expected_accuracy: dict[str, float]
     suggestions: list[dict[str, Any]] = field(default_factory=list)
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -568,7 +570,45 @@ class MetaPEFT:
             },
             suggestions=suggestions,
             evidence=self._evidence(profile, method, user, set(hyperparameters or {})),
+            notes=self._unmeasured(profile, method, user, set(hyperparameters or {})),
         )
+
+    def _unmeasured(self, profile: dict, method: str, user: dict[str, Any], chosen: set[str]) -> list[str]:
+        """Where the ``user``'s setting lies outside what the experience measured for ``method``: a numeric setting
+        among those ``chosen`` (set, not left at their defaults) beyond the values its past runs tried, or settings
+        other than the defaults at a step budget where the experience ran the method only at its defaults. The risk
+        and expected accuracy there are the models' extrapolation: a low risk is then an absence of evidence, not
+        evidence of safety."""
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        space = get_method(method).search_space()
+        runs = [r.hyperparameters for r in self.experiences() if r.method == method]
+        notes = []
+        for name in sorted(chosen):
+            if name in BUDGET_FIELDS or not isinstance(space.get(name), (FloatDistribution, IntDistribution)):
+                continue
+            tried = [hp[name] for hp in runs if isinstance(hp.get(name), (int, float))]
+            value = user[name]
+            if tried and not min(tried) <= value <= max(tried):
+                side, edge = (
+                    ("above", f"highest {max(tried):.2g}")
+                    if value > max(tried)
+                    else ("below", f"lowest {min(tried):.2g}")
+                )
+                notes.append(
+                    f"{name}={value:g} lies {side} every {method} run in the experience ({edge}): its risk and "
+                    "expected accuracy are extrapolated, not measured"
+                )
+        full = budgeted(user, profile)
+        budget = {k: full[k] for k in BUDGET_FIELDS if k in full}
+        if not at_defaults(method, user) and all(at_defaults(method, c) for c in self._configs(method, budget)):
+            seen = budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
+            notes.append(
+                f"the experience ran {method} at a step budget like this one ({seen:g} training examples fed) only at "
+                "its defaults: the risk and expected accuracy of other settings are carried over from runs at other "
+                "budgets"
+            )
+        return notes
 
     def _evidence(
         self, profile: dict, method: str, user: dict[str, Any], chosen: set[str], k: int = 3
