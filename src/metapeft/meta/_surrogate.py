@@ -813,7 +813,7 @@ def _coverage_by_size(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split-conformal calibration within groups of training-set size (Mondrian conformal prediction, Vovk et al.,
     2005): the added variance at each size group's median log2 size. Why: one variance for all sizes covered 83% of
-    held-out runs at 64 examples and 93-95% at 256 and 1,024 (errors shrink as data grows), so small tasks got
+    held-out runs at 64 examples and 93-94% at 256 and 1,024 (errors shrink as data grows), so small tasks got
     intervals too narrow and large ones too wide. Sizes group by the nearest power of two; a group with fewer than
     ``min_tasks`` tasks or ``min_runs`` runs joins the next larger one (the last joins the one before it). Returns
     (knots, variances), sorted by size."""
