@@ -106,6 +106,12 @@ BAD = [
     ("/v1/recommend", {"rows": [{"text": "a", "label": "x"}] * 20}, 400, "single class"),
     ("/v1/recommend", {"profile": {}, "peft_only": "yes"}, 400, "peft_only must be true or false"),
     ("/v1/recommend", {"profile": {}, "peft_only": True, "methods": ["full_finetuning"]}, 400, "leaves no method"),
+    ("/v1/check", {"profile": {}}, 400, "send {'method'"),
+    ("/v1/check", {"method": "nope", "profile": {}}, 400, "nope"),
+    ("/v1/check", {"method": "lora", "hyperparameters": "lr=1"}, 400, "hyperparameters must be a JSON object"),
+    ("/v1/check", {"method": "lora", "hyperparameters": {"learning_rate": 5}}, 400, "learning_rate"),
+    ("/v1/check", {"method": "lora"}, 400, "send {'profile'"),
+    ("/v1/check", {"method": "lora", "profile": {"task_name": "x"}}, 400, "task profile lacks"),
     ("/v1/similar", {"profile": None}, 400, "a task profile is a JSON object"),
     ("/v1/similar", {"k": 0}, 400, "k must be a whole number"),
 ]
@@ -115,6 +121,19 @@ BAD = [
 def test_bad_requests_get_one_clear_4xx_line(client, path, body, status, message):
     response = client.post(path, content=body) if isinstance(body, bytes) else client.post(path, json=body)
     assert response.status_code == status and message in response.json()["detail"], response.text
+
+
+def test_check_rates_a_setting_over_http(client, profile):
+    """``metapeft check`` served: the collapse risk of a user's setting, what to change, the evidence, and a note
+    where the setting lies beyond what the experience measured."""
+    answer = client.post(
+        "/v1/check", json={"profile": profile, "method": "lora", "hyperparameters": {"learning_rate": 0.05}}
+    )
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert found["selector_version"] == 1 and found["method"] == "lora"
+    assert found["hyperparameters"]["learning_rate"] == 0.05 and 0 <= found["collapse_risk"] <= 1
+    assert found["evidence"] and any("lies above every lora run" in n for n in found["notes"]), found["notes"]
 
 
 def test_bad_fields_and_sizes(client, profile):

@@ -48,7 +48,7 @@ class ServeConfig:
         alias: Registry alias of the selector version served.
         reload_s: Seconds between looks at the alias for a new version.
         max_body_bytes: Largest request body accepted.
-        max_upload_rows: Most dataset rows a ``/v1/recommend`` upload may hold.
+        max_upload_rows: Most dataset rows a ``/v1/recommend`` or ``/v1/check`` upload may hold.
         thresholds: Monitoring thresholds for the ``/metrics`` gauges (default: from the served version's offline
             figures, :meth:`Thresholds.for_selector`).
     """
@@ -279,15 +279,7 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         }
         _check_options(options)
         served = holder.current()
-        if "profile" in body:
-            profile = body["profile"]
-        elif "rows" in body:
-            profile = await _profile_rows(body, config)
-        else:
-            raise MetapeftError(
-                "send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., "
-                "'label': ...}, ...]}"
-            )
+        profile = await _task_of(body, config)
         key = served.key(profile, options)
         # a new question is ranked off the event loop (where the profile is checked): /health, /metrics and remembered
         # answers go on meanwhile
@@ -297,6 +289,23 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
                 record_prediction, _store(config), profile, ranking, source="serve", selector=str(served.version)
             )
         return Response(answer, media_type="application/json")  # {"selector_version": ..., "recommendations": [...]}
+
+    @app.post("/v1/check")
+    async def check(request: Request) -> dict:
+        from ..methods import get_method
+        from ..tasks import TaskProfile
+
+        body = await _json_object(request)
+        method, settings = body.get("method"), body.get("hyperparameters", {})
+        if not isinstance(method, str):
+            raise MetapeftError("send {'method': <a method name>, 'hyperparameters': {...}} with the task's 'profile'")
+        if not isinstance(settings, dict):
+            raise MetapeftError("hyperparameters must be a JSON object of setting: value")
+        get_method(method).make_config(settings)  # an unknown method or a setting outside its range: one line
+        profile = TaskProfile.from_dict(await _task_of(body, config)).as_dict()
+        served = holder.current()
+        result = await run_in_threadpool(served.meta.check, profile, method, settings)
+        return {"selector_version": served.version, **result.as_dict()}
 
     @app.get("/v1/similar")
     def similar_by_name(
@@ -437,6 +446,7 @@ _ENDPOINTS = {
     "/metrics",
     "/v1/methods",
     "/v1/recommend",
+    "/v1/check",
     "/v1/similar",
     "/v1/experiences",
     "/docs",
@@ -512,6 +522,17 @@ def _check_prediction(value) -> None:
         raise MetapeftError(
             "prediction.ranking: a list of {'method', 'rank', 'accuracy': {'mean', 'low', 'high'}}, best first"
         )
+
+
+async def _task_of(body: dict, config: ServeConfig) -> dict:
+    """The task a request asks about: its ``profile`` as sent, or its uploaded ``rows`` profiled."""
+    if "profile" in body:
+        return body["profile"]
+    if "rows" in body:
+        return await _profile_rows(body, config)
+    raise MetapeftError(
+        "send {'profile': <what `metapeft profile --json` prints>} or {'rows': [{'text': ..., 'label': ...}, ...]}"
+    )
 
 
 async def _profile_rows(body: dict, config: ServeConfig) -> dict:
