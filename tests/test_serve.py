@@ -142,11 +142,16 @@ def test_bad_fields_and_sizes(client, profile):
         ({"task_type": "triple"}, "task_type must be"),
         ({"num_classes": 1}, "num_classes >= 2"),
         ({"class_entropy": float("nan")}, None),
+        ({"dataset_size": 10**400}, "dataset_size must be a whole number"),
+        ({"domain_vector": [float("nan")] * len(profile["domain_vector"])}, "domain_vector must be a list of finite"),
+        ({"domain_vector": [0.5, 0.5]}, "domain_vector has 2 numbers"),
+        ({"model": {**profile["model"], "num_parameters": "big"}}, "model.num_parameters must be a finite number"),
     ]:
-        body = json.dumps({"profile": {**profile, **change}}).encode()
-        response = client.post("/v1/recommend", content=body, headers={"content-type": "application/json"})
-        assert response.status_code == 400, response.text
-        assert message is None or message in response.json()["detail"]
+        for path, extra in (("/v1/recommend", {}), ("/v1/check", {"method": "lora"})):
+            body = json.dumps({"profile": {**profile, **change}, **extra}).encode()
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 400, response.text
+            assert message is None or message in response.json()["detail"], response.text
     for options, message in [
         ({"max_memory_mb": -1}, "max_memory_mb must be a positive number"),
         ({"methods": ["nope"]}, "nope"),

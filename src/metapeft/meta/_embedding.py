@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._environment import single_threaded
+from .._errors import MetapeftError
 from ..experience import Experience, budget_key, cell_key, examples_seen, fingerprint_of, task_group, usable
 from . import _nets
 from ._features import PROFILE_FEATURES, at_defaults, domain_vector, profile_vector
@@ -145,7 +146,10 @@ class TaskFeaturizer:
         x = np.clip((np.stack([profile_vector(p) for p in profiles]) - self.mean) / self.std, -3, 3)
         d = np.stack([domain_vector(p) for p in profiles])
         if d.shape[1] != self.domain_mean.shape[0]:
-            raise ValueError(f"domain vector of size {d.shape[1]}, expected {self.domain_mean.shape[0]}")
+            raise MetapeftError(
+                f"task profile: domain_vector has {d.shape[1]} numbers where this selector's profiles have "
+                f"{self.domain_mean.shape[0]}; profile the task with the same base model (`metapeft profile`)"
+            )
         dom = (d - self.domain_mean) @ self.domain_components.T
         dom = np.pad(dom, ((0, 0), (0, DOMAIN_COMPONENTS - dom.shape[1])))
         return np.concatenate([x, np.clip(dom, -5, 5)], axis=1).astype(np.float32)

@@ -575,34 +575,45 @@ class MetaPEFT:
 
     def _unmeasured(self, profile: dict, method: str, user: dict[str, Any], chosen: set[str]) -> list[str]:
         """Where the ``user``'s setting lies outside what the experience measured for ``method``: a numeric setting
-        among those ``chosen`` (set, not left at their defaults) beyond the values its past runs tried, or settings
-        other than the defaults at a step budget where the experience ran the method only at its defaults. The risk
-        and expected accuracy there are the models' extrapolation: a low risk is then an absence of evidence, not
-        evidence of safety."""
+        among those ``chosen`` (set, not left at their defaults) beyond the values its past runs tried; a step budget
+        at which the experience never ran the method (none fed within ``LIKE_BUDGET`` as many examples); or settings
+        other than the defaults at a budget where it ran the method only at its defaults. The risk and expected
+        accuracy there are the models' extrapolation: a low risk is then an absence of evidence, not evidence of
+        safety."""
         from optuna.distributions import FloatDistribution, IntDistribution
 
+        def shown(v: float) -> str:
+            return f"{v:.2g}" if isinstance(v, float) else str(v)
+
         space = get_method(method).search_space()
-        runs = [r.hyperparameters for r in self.experiences() if r.method == method]
+        runs = [r for r in self.experiences() if r.method == method]
         notes = []
         for name in sorted(chosen):
             if name in BUDGET_FIELDS or not isinstance(space.get(name), (FloatDistribution, IntDistribution)):
                 continue
-            tried = [hp[name] for hp in runs if isinstance(hp.get(name), (int, float))]
+            tried = [r.hyperparameters[name] for r in runs if isinstance(r.hyperparameters.get(name), (int, float))]
             value = user[name]
             if tried and not min(tried) <= value <= max(tried):
                 side, edge = (
-                    ("above", f"highest {max(tried):.2g}")
+                    ("above", f"highest {shown(max(tried))}")
                     if value > max(tried)
-                    else ("below", f"lowest {min(tried):.2g}")
+                    else ("below", f"lowest {shown(min(tried))}")
                 )
                 notes.append(
-                    f"{name}={value:g} lies {side} every {method} run in the experience ({edge}): its risk and "
+                    f"{name}={shown(value)} lies {side} every {method} run in the experience ({edge}): its risk and "
                     "expected accuracy are extrapolated, not measured"
                 )
-        full = budgeted(user, profile)
-        budget = {k: full[k] for k in BUDGET_FIELDS if k in full}
-        if not at_defaults(method, user) and all(at_defaults(method, c) for c in self._configs(method, budget)):
-            seen = budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
+        budget = budgeted(user, profile)
+        seen = budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
+        like = [
+            r for r in runs if (fed := examples_seen(r)) is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
+        ]
+        if not like:
+            notes.append(
+                f"the experience never ran {method} at a step budget like this one ({seen:g} training examples fed): "
+                "its risk and expected accuracy are carried over from runs at other budgets"
+            )
+        elif not at_defaults(method, user) and all(at_defaults(method, r.hyperparameters) for r in like):
             notes.append(
                 f"the experience ran {method} at a step budget like this one ({seen:g} training examples fed) only at "
                 "its defaults: the risk and expected accuracy of other settings are carried over from runs at other "

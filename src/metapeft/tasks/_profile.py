@@ -67,15 +67,9 @@ class TaskProfile:
             if kind is str:
                 ok = isinstance(value, str) or (f.type == "str | None" and value is None)
             else:
-                ok = (
-                    isinstance(value, (int, float))
-                    and not isinstance(value, bool)
-                    and math.isfinite(value)
-                    and value >= 0
-                )
-                ok = ok and (kind is float or float(value).is_integer())
+                ok = _finite(value) and value >= 0 and (kind is float or float(value).is_integer())
             if not ok:
-                raise MetapeftError(f"task profile: {name} must be {_KIND_NAMES[kind]}, got {value!r}")
+                raise MetapeftError(f"task profile: {name} must be {_KIND_NAMES[kind]}, got {value!r:.60}")
         if self.task_type not in ("single", "pair", "causal_lm"):
             raise MetapeftError(
                 f"task profile: task_type must be 'single', 'pair' or 'causal_lm', got {self.task_type!r}"
@@ -89,10 +83,13 @@ class TaskProfile:
             raise MetapeftError(
                 f"task profile: model must be an object of base-model traits, got {type(self.model).__name__}"
             )
-        if not isinstance(self.domain_vector, list) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.domain_vector
-        ):
-            raise MetapeftError("task profile: domain_vector must be a list of numbers")
+        for trait in MODEL_NUMBERS:  # what the meta-learners read of the base model
+            if self.model.get(trait) is not None and not (_finite(self.model[trait]) and self.model[trait] >= 0):
+                raise MetapeftError(
+                    f"task profile: model.{trait} must be a finite number >= 0, got {self.model[trait]!r}"
+                )
+        if not isinstance(self.domain_vector, list) or not all(_finite(v) for v in self.domain_vector):
+            raise MetapeftError("task profile: domain_vector must be a list of finite numbers")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +114,17 @@ _KINDS = {
     "int": int,
     "float": float,
 }  # the field annotations checked (as strings: postponed)
+MODEL_NUMBERS = ("num_parameters", "num_layers", "hidden_size")  # base-model traits the meta-learners read
+
+
+def _finite(value) -> bool:
+    """A finite number (not a bool; an integer too large for a float is not finite either)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _texts(task: Task, idx) -> list[str]:
