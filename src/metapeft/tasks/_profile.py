@@ -86,7 +86,7 @@ class TaskProfile:
         for trait in MODEL_NUMBERS:  # what the meta-learners read of the base model
             if self.model.get(trait) is not None and not (_finite(self.model[trait]) and self.model[trait] >= 0):
                 raise MetapeftError(
-                    f"task profile: model.{trait} must be a finite number >= 0, got {self.model[trait]!r}"
+                    f"task profile: model.{trait} must be a finite number >= 0, got {self.model[trait]!r:.60}"
                 )
         if not isinstance(self.domain_vector, list) or not all(_finite(v) for v in self.domain_vector):
             raise MetapeftError("task profile: domain_vector must be a list of finite numbers")
