@@ -345,11 +345,7 @@ class MetaPEFT:
             tried = {
                 json.dumps({k: v for k, v in r.hyperparameters.items() if k in space}, sort_keys=True)
                 for r in self.experiences()
-                if r.method == method
-                and (
-                    seen is None
-                    or ((fed := examples_seen(r)) is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET)
-                )
+                if r.method == method and (seen is None or _like_budget(r, seen))
             }
             settings = [{}] + [json.loads(s) for s in sorted(tried)]
             if len(tried) >= MIN_VARIED:
@@ -368,7 +364,7 @@ class MetaPEFT:
         (kept: building them was a third of a warm call)."""
         key = (method, json.dumps(budget, sort_keys=True, default=str))
         if key not in self._built:
-            seen = budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
+            seen = _fed(budget)
             self._built[key] = [
                 get_method(method).make_config({**params, **budget}).as_dict()
                 for params in self.candidates(method, seen=seen)
@@ -426,7 +422,7 @@ class MetaPEFT:
             probs.update(zip(live, _rounded_to_one(pred.take([chosen[n] for n in live]).best_probability())))
         similar = self.similar(profile, similar_k)
         cells = self.cells()[0]
-        seen = budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
+        seen = _fed(budget)
         key = ("incumbent", tuple(names), profile.get("dataset_size"), seen)
         if key not in self._derived:
             self._derived[key] = Incumbents.of(cells, names, profile.get("dataset_size"), seen)
@@ -604,10 +600,8 @@ class MetaPEFT:
                     "expected accuracy are extrapolated, not measured"
                 )
         budget = budgeted(user, profile)
-        seen = budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
-        like = [
-            r for r in runs if (fed := examples_seen(r)) is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
-        ]
+        seen = _fed(budget)
+        like = [r for r in runs if _like_budget(r, seen)]
         if not like:
             notes.append(
                 f"the experience never ran {method} at a step budget like this one ({seen:g} training examples fed): "
@@ -971,6 +965,17 @@ def _reasoning(
 
 
 # --- cache ---------------------------------------------------------------------------------------------------
+
+
+def _fed(budget: dict[str, Any]) -> int:
+    """The training examples a budget feeds: steps × batch size (the default batch size where it names none)."""
+    return budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
+
+
+def _like_budget(record: Experience, seen: float) -> bool:
+    """Whether a past run fed within a factor ``LIKE_BUDGET`` of ``seen`` training examples."""
+    fed = examples_seen(record)
+    return fed is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
 
 
 def ship_prior(store: ExperienceStore, designs: str | Sequence[str]) -> int:
