@@ -338,23 +338,48 @@ def test_base_rates_follow_the_training_set_size():
 
 def test_intervals_are_calibrated_within_each_training_set_size():
     """Errors shrink as data grows: the interval is calibrated per size group, so small tasks get wider intervals
-    and large ones narrower, each covering 90% of its own held-out runs; a size with too few tasks joins its
-    neighbour."""
-    from metapeft.meta._surrogate import Z90, _coverage_by_size
+    and large ones narrower, each covering 90% of its own held-out runs; so are the intervals after runs of the
+    task; a size with too few tasks joins its neighbour."""
+    from metapeft.meta._surrogate import (
+        Z90,
+        _cell_index,
+        _conditioned_scale,
+        _coverage_variance,
+        _size_groups,
+        _variance_parts,
+    )
 
     rng = np.random.default_rng(0)
     sizes = np.repeat([6.0, 8.0, 10.0], 400)  # log2: 64, 256 and 1,024 examples
-    resid = rng.normal(0, 1, len(sizes)) * np.where(sizes == 6.0, 0.2, 0.08)
-    ens_var = np.full(len(sizes), 1e-4)
     tasks = np.array([f"t{i % 20}" for i in range(len(sizes))])
-    knots, variances = _coverage_by_size(resid, ens_var, sizes, tasks)
-    assert knots.tolist() == [6.0, 8.0, 10.0] and variances[0] > 4 * variances[2]
-    for k, v in zip(knots, variances):
-        inside = np.abs(resid[sizes == k]) <= Z90 * np.sqrt(ens_var[sizes == k] + v)
+    cells = np.char.add(tasks, sizes.astype(str))
+    scale = np.where(sizes == 6.0, 0.2, 0.08)
+    offset = {c: rng.normal(0, 1) for c in set(cells)}
+    resid = (np.array([offset[c] for c in cells]) + rng.normal(0, 1, len(sizes))) * scale
+    ens_var = np.full(len(sizes), 1e-4)
+    groups = _size_groups(sizes, tasks)
+    assert [float(sizes[g][0]) for g in groups] == [6.0, 8.0, 10.0]
+    variances = [_coverage_variance(resid[g], ens_var[g]) for g in groups]
+    assert variances[0] > 4 * variances[2]
+    for g, v in zip(groups, variances):
+        inside = np.abs(resid[g]) <= Z90 * np.sqrt(ens_var[g] + v)
         assert inside.mean() == pytest.approx(0.9, abs=0.01)
+    # after runs of the task: the pooled task and noise variances are too narrow at 64 examples and too wide at
+    # 1,024; the factor per size corrects both, and covers 90% of the simulated others
+    task, noise = _variance_parts(resid, cells)
+    cap = np.full(len(resid), 1.0)
+    scale = _conditioned_scale(resid, ens_var, cells, groups, task, noise, cap)
+    assert scale[0] > 1.5 and scale[2] < 0.67, scale
+    for g, factor in zip(groups, scale):
+        inside = []
+        for k in (1, 2, 3):  # the first k runs of each instance observed, the others predicted
+            sd = np.sqrt(ens_var[g][0] + factor * (task * noise / (k * task + noise) + noise))
+            for r in _cell_index(cells[g]):
+                error = resid[g][r[k:]] - k * task / (k * task + noise) * resid[g][r[:k]].mean()
+                inside += list(np.abs(error) <= Z90 * sd)
+        assert np.mean(inside) == pytest.approx(0.9, abs=0.03)
     few = np.where(sizes == 8.0, "one", tasks)  # 256 examples seen on one task only: calibrated with 1,024
-    knots, _ = _coverage_by_size(resid, ens_var, sizes, few)
-    assert len(knots) == 2 and knots[0] == 6.0 and 8.0 < knots[1] <= 10.0
+    assert [sorted(set(sizes[g])) for g in _size_groups(sizes, few)] == [[6.0], [8.0, 10.0]]
 
 
 def test_numpy_forward_passes_match_the_trained_torch_networks():
@@ -639,6 +664,7 @@ def test_evaluate_scores_ours_and_every_baseline(prior_records):
     assert result["few_shot"]["cells"] > 0
     fs = result["few_shot"]  # observed runs of the task narrow the intervals
     assert 0 < fs["width_conditioned"] < fs["width_zero_shot"] <= 100
+    assert fs["by_size"] == {"64": {k: v for k, v in fs.items() if k not in ("observed_runs", "by_size")}}
     assert result["winners_curse"]["mean_regret"] >= 0 and 0 <= result["winners_curse"]["top1"] <= 1
 
     # PEFT only: the baselines it rules out are not run; every pick is a PEFT method's
@@ -755,11 +781,22 @@ def held_out_picks(surrogate, held_out, prior_records, held_out_groups):
                 )
                 acc = np.array([r.metrics["accuracy"] for r in inst.allowed])
                 picked, lora = acc[chosen[ranking[0]]], inst.references["lora_defaults"]
+                # after two of its runs (seeded), the intervals of the others
+                seen = np.random.default_rng(len(rows)).permutation(len(acc))[:2]
+                rest = np.setdiff1d(np.arange(len(acc)), seen)
+                warm = surrogate.predict(
+                    inst.allowed[0].profile, [cands[i] for i in rest], observed=[inst.allowed[i] for i in seen]
+                )
                 rows.append(
                     {
                         "median": 100 * (picked - inst.references["median"]),
                         "lora": None if lora is None else 100 * (picked - lora),
                         "coverage": float(np.mean((pred.low[:, 0] <= acc) & (acc <= pred.high[:, 0]))),
+                        "width": float(np.median(pred.high[:, 0] - pred.low[:, 0])),
+                        "conditioned_coverage": float(
+                            np.mean((warm.low[:, 0] <= acc[rest]) & (acc[rest] <= warm.high[:, 0]))
+                        ),
+                        "conditioned_width": float(np.median(warm.high[:, 0] - warm.low[:, 0])),
                     }
                 )
         out[name] = rows
@@ -775,6 +812,15 @@ def test_on_held_out_tasks_the_pick_beats_the_median_choice_and_the_intervals_co
     gains = np.array([r["median"] for r in rows])
     assert len(rows) >= 20 and gains.mean() > 0.5 and (gains > 0).mean() >= 0.5, (gains.mean(), (gains > 0).mean())
     assert 0.8 <= np.mean([r["coverage"] for r in rows]) <= 0.95
+
+
+def test_on_held_out_tasks_two_runs_of_the_task_narrow_the_intervals_and_they_still_cover(held_out_picks):
+    """Conditioning on two runs of a task it never saw narrows the intervals of its other runs and they keep covering
+    about 90% of them (on these 27 instances when written: narrower by a fifth or more on 96%, median width 32 → 18
+    points, coverage 88%)."""
+    rows = held_out_picks["all"]
+    narrower = np.array([r["conditioned_width"] < 0.8 * r["width"] for r in rows])
+    assert narrower.mean() >= 0.8 and 0.8 <= np.mean([r["conditioned_coverage"] for r in rows]) <= 0.97
 
 
 @pytest.mark.xfail(

@@ -885,13 +885,14 @@ PriorOption = Annotated[
         show_default=False,
     ),
 ]
+OwnOption = Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")]
 
 
 @app.command()
 def report(
     store: StoreOption = None,
     prior: PriorOption = None,
-    own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")] = True,
+    own: OwnOption = True,
     html_dir: Annotated[
         Optional[Path],
         typer.Option(
@@ -1262,7 +1263,7 @@ def check(
 def evaluate(
     store: StoreOption = None,
     prior: PriorOption = None,
-    own: Annotated[bool, typer.Option("--own/--no-own", help="Include your own runs from the store.")] = True,
+    own: OwnOption = True,
     methods: Annotated[
         Optional[str],
         typer.Option(
@@ -1472,7 +1473,12 @@ regret, disaster rate, calibration."""
             f"few-shot ({fs['observed_runs']} observed runs, {fs['cells']} instances): accuracy error "
             f"{fs['mae_zero_shot']:.1f} → {fs['mae_conditioned']:.1f} points, 90% interval coverage "
             f"{100 * fs['coverage_zero_shot']:.0f}% → {100 * fs['coverage_conditioned']:.0f}% (median width "
-            f"{fs['width_zero_shot']:.1f} → {fs['width_conditioned']:.1f} points)"
+            f"{fs['width_zero_shot']:.1f} → {fs['width_conditioned']:.1f} points); by training-set size: "
+            + "; ".join(
+                f"{size} examples {100 * v['coverage_conditioned']:.1f}% at {v['width_conditioned']:.1f} points"
+                for size, v in fs["by_size"].items()
+            ),
+            highlight=False,
         )
 
 

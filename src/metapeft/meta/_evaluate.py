@@ -451,7 +451,7 @@ def evaluate(
                     row["mcnemar"] = _mcnemar(runs[cells[0]["pick"]], inst.lora_defaults)
                 per_cell[name].append(row)
                 if name == "metapeft" and few_shot and len(runs) > few_shot + 1:
-                    few.append(_few_shot(model, runs, few_shot, seed=len(few)))
+                    few.append({"size": inst.size, **_few_shot(model, runs, few_shot, seed=len(few))})
             for pairs in replicates:
                 crossed[name].append(
                     {
@@ -575,10 +575,19 @@ def evaluate(
             out["selectors"][name]["wilcoxon_p_ours_lower"] = round(p, 4) if not math.isnan(p) else None
         out["per_task_regret"] = {t: {name: round(per_task[name][t], 2) for name in per_task} for t in sorted(ours)}
     if few:
+
+        def mean_of(rows: list[dict]) -> dict:
+            return {
+                "cells": len(rows),
+                **{k: round(float(np.mean([f[k] for f in rows])), 4) for k in rows[0] if k != "size"},
+            }
+
         out["few_shot"] = {
             "observed_runs": few_shot,
-            "cells": len(few),
-            **{k: round(float(np.mean([f[k] for f in few])), 4) for k in few[0]},
+            **mean_of(few),
+            "by_size": {
+                str(size): mean_of([f for f in few if f["size"] == size]) for size in sorted({f["size"] for f in few})
+            },
         }
     return out
 

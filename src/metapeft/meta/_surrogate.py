@@ -31,11 +31,12 @@ from ._protocol import Selector
 from ._risk import CollapseRisk, chance_accuracy
 
 FORMAT = (
-    10  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
+    11  # of the saved state: 2 = numpy weights without the unused variance outputs; 3 = with pick_scale; 4 = x_range;
 )
 # 5 = time learned per step; 6 = time and memory read without the cost-free settings; 7 = P(best) calibration;
 # 8 = base rates by training-set size: best_won, best_ran, best_size replace best_rate;
-# 9 = causal_lm and backend features; 10 = accuracy's interval calibrated by training-set size
+# 9 = causal_lm and backend features; 10 = accuracy's interval calibrated by training-set size; 11 = accuracy's
+# interval after runs of the task calibrated by training-set size (cond_by_size)
 _STATE_ARRAYS = (
     "x_mean",
     "x_std",
@@ -49,6 +50,7 @@ _STATE_ARRAYS = (
     "extra_by_size",
     "task_var",
     "noise_var",
+    "cond_by_size",
     "shrink",
     "pick_scale",
     "best_calibration",
@@ -224,6 +226,8 @@ class Surrogate(Selector):
         self.extra_by_size = np.zeros(0, np.float32)
         self.task_var = 0.75 * spread  # variance of a task's offset (held-out tasks)
         self.noise_var = 0.25 * spread  # variance of a run around its task's offset
+        # factor on accuracy's conditioned variance (after runs of the task) at the knots extra_size (empty: 1)
+        self.cond_by_size = np.zeros(0, np.float32)
         self.shrink = np.ones(1, np.float32)  # factor on the network's task-specific correction of the method effects
         self.pick_scale = np.ones(
             1, np.float32
@@ -462,35 +466,32 @@ class Surrogate(Selector):
             if ok.sum() < 10:
                 continue
             self.extra_var[t] = _coverage_variance(resid[ok, t], ens_var[ok, t])
-            if t == 0:
-                self.extra_size, self.extra_by_size = _coverage_by_size(
-                    resid[ok, t], ens_var[ok, t], np.array(sizes)[ok], np.array(tasks)[ok]
-                )
-            offsets = {c: resid[ok & (cells == c), t].mean() for c in set(cells[ok])}
-            within = np.array([resid[i, t] - offsets[cells[i]] for i in np.flatnonzero(ok)])
-            # robust spreads (1.4826 × median absolute deviation): one task the folds predicted badly must not
-            # decide how much every task's offset may vary
-            self.noise_var[t] = float(
-                max(_robust_var(within) * ok.sum() / max(1, ok.sum() - len(offsets)), 1e-8)
-            )  # cell means removed: unbias
-            self.task_var[t] = float(
-                max(
-                    _robust_var(np.array(list(offsets.values())))
-                    - self.noise_var[t] / max(1.0, ok.sum() / len(offsets)),
-                    1e-8,
-                )
-            )
+            self.task_var[t], self.noise_var[t] = _variance_parts(resid[ok, t], cells[ok])
+        sizes, tasks = np.array(sizes), np.array(tasks)
+        groups = _size_groups(sizes, tasks)  # accuracy is known for every usable run
+        self.extra_size = np.array([np.median(sizes[g]) for g in groups], np.float32)
+        self.extra_by_size = np.array([_coverage_variance(resid[g, 0], ens_var[g, 0]) for g in groups], np.float32)
+        self.cond_by_size = _conditioned_scale(
+            resid[:, 0],
+            ens_var[:, 0],
+            cells,
+            groups,
+            self.task_var[0],
+            self.noise_var[0],
+            self._extra(sizes)[:, 0],
+            seed=self.seed,
+        )
         self.pick_scale[0] = _pick_scale(shrunk, observed, cells, float(np.sqrt(self.noise_var[0])), self.seed)
         self.best_calibration[:], self.best_won, self.best_ran, self.best_size = _best_calibration(
             shrunk,
             observed,
             cells,
             np.array(methods),
-            np.array(tasks),
-            np.array(sizes),
+            tasks,
+            sizes,
             self.encoder.methods,
             float(np.sqrt(self.noise_var[0]) * self.pick_scale[0]),
-            self._extra(np.array(sizes))[:, 0],
+            self._extra(sizes)[:, 0],
             self.seed,
         )
 
@@ -598,10 +599,11 @@ class Surrogate(Selector):
 
     def _condition(self, profile: dict, observed: list[Experience]) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean of the task's offset from its observed runs, and the variance to add to the members'
-        spread (conjugate normal update with the held-out task and noise variances; without runs, the calibrated
-        variance)."""
+        spread (conjugate normal update with the held-out task and noise variances, accuracy's scaled to cover 90%
+        at the task's training-set size; without runs, the calibrated variance)."""
         observed = [r for r in observed if usable(r)]
-        extra = self._extra(np.array([_log_size(profile)]))[0]
+        size = _log_size(profile)
+        extra = self._extra(np.array([size]))[0]
         if not observed:
             return np.zeros(len(TARGETS)), extra
         x = self._x_runs(observed, profile)
@@ -610,8 +612,10 @@ class Surrogate(Selector):
         n = (~np.isnan(resid)).sum(0)
         r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), 0.0)
         gain = n * self.task_var / (n * self.task_var + self.noise_var)
-        post_var = self.task_var * self.noise_var / (n * self.task_var + self.noise_var)
-        return gain * r, np.minimum(post_var + self.noise_var, extra)
+        conditioned = self.task_var * self.noise_var / (n * self.task_var + self.noise_var) + self.noise_var
+        if len(self.cond_by_size):
+            conditioned[0] *= np.interp(size, self.extra_size, self.cond_by_size)
+        return gain * r, np.minimum(conditioned, extra)
 
     # --- persistence ---------------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -803,20 +807,12 @@ def _robust_var(x: np.ndarray) -> float:
     return float((1.4826 * np.median(np.abs(x - np.median(x)))) ** 2)
 
 
-def _coverage_by_size(
-    resid: np.ndarray,
-    ens_var: np.ndarray,
-    sizes: np.ndarray,
-    tasks: np.ndarray,
-    min_tasks: int = 5,
-    min_runs: int = 50,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split-conformal calibration within groups of training-set size (Mondrian conformal prediction, Vovk et al.,
-    2005): the added variance at each size group's median log2 size. Why: one variance for all sizes covered 83% of
-    held-out runs at 64 examples and 93-94% at 256 and 1,024 (errors shrink as data grows), so small tasks got
-    intervals too narrow and large ones too wide. Sizes group by the nearest power of two; a group with fewer than
-    ``min_tasks`` tasks or ``min_runs`` runs joins the next larger one (the last joins the one before it). Returns
-    (knots, variances), sorted by size."""
+def _size_groups(sizes: np.ndarray, tasks: np.ndarray, min_tasks: int = 5, min_runs: int = 50) -> list[np.ndarray]:
+    """Masks of held-out runs grouped by training-set size, for calibration within each (Mondrian conformal
+    prediction, Vovk et al., 2005). Why: one variance for all sizes covered 83% of held-out runs at 64 examples and
+    93-94% at 256 and 1,024 (errors shrink as data grows), so small tasks got intervals too narrow and large ones
+    too wide. Sizes (log2) group by the nearest power of two; a group with fewer than ``min_tasks`` tasks or
+    ``min_runs`` runs joins the next larger one (the last joins the one before it). Sorted by size."""
     bins = np.round(sizes)
     groups: list[np.ndarray] = []
     current = np.zeros(len(sizes), bool)
@@ -830,9 +826,73 @@ def _coverage_by_size(
             groups[-1] = groups[-1] | current
         else:
             groups.append(current)
-    knots = np.array([np.median(sizes[g]) for g in groups], np.float32)
-    variances = np.array([_coverage_variance(resid[g], ens_var[g]) for g in groups], np.float32)
-    return knots, variances
+    return groups
+
+
+def _variance_parts(resid: np.ndarray, cells: np.ndarray) -> tuple[float, float]:
+    """Held-out errors split into the variance of a task instance's offset and of a run around it: (task, noise).
+    Robust spreads (1.4826 × median absolute deviation): one task the folds predicted badly must not decide how
+    much every task's offset may vary."""
+    offsets = {c: resid[cells == c].mean() for c in set(cells)}
+    within = resid - np.array([offsets[c] for c in cells])
+    noise = max(_robust_var(within) * len(resid) / max(1, len(resid) - len(offsets)), 1e-8)  # cell means removed
+    task = max(_robust_var(np.array(list(offsets.values()))) - noise / max(1.0, len(resid) / len(offsets)), 1e-8)
+    return float(task), float(noise)
+
+
+def _conditioned_scale(
+    resid: np.ndarray,
+    ens_var: np.ndarray,
+    cells: np.ndarray,
+    groups: list[np.ndarray],
+    task_var: float,
+    noise_var: float,
+    cap: np.ndarray,
+    level: float = 0.9,
+    draws: int = 3,
+    seed: int = 0,
+) -> np.ndarray:
+    """Split-conformal calibration of accuracy's interval after runs of the task, per size group: the factor on the
+    conditioned variance (posterior task variance + run noise, as ``Surrogate._condition`` makes it, capped at the
+    zero-shot ``cap``) that puts ``level`` of the held-out errors inside their intervals. Each held-out instance is
+    simulated with 1, 2 and 3 of its runs observed (``draws`` random choices each) and the rest predicted. Why: the
+    conjugate update's variances alone covered 97% of the rest at 64 examples and 83% at 256 (5 folds of the
+    prior)."""
+    rng = np.random.default_rng(seed)
+    err, base, part, limit, rows = [], [], [], [], []
+    for instance in _cell_index(cells):
+        for k in (1, 2, 3):
+            if len(instance) <= k + 1:
+                continue
+            post = task_var * noise_var / (k * task_var + noise_var) + noise_var
+            gain = k * task_var / (k * task_var + noise_var)
+            for _ in range(draws):
+                order = rng.permutation(instance)
+                seen, rest = order[:k], order[k:]
+                err.append(resid[rest] - gain * resid[seen].mean())
+                base.append(ens_var[rest])
+                part.append(np.full(len(rest), post))
+                limit.append(cap[rest])
+                rows.append(rest)
+    if not rows:
+        return np.zeros(0, np.float32)
+    err, base, part, limit, rows = map(np.concatenate, (err, base, part, limit, rows))
+    out = np.ones(len(groups), np.float32)
+    for i, g in enumerate(groups):
+        mine = g[rows]
+        if mine.sum() < 10:
+            continue
+
+        def covered(log_scale: float) -> float:
+            var = base[mine] + np.minimum(np.exp(log_scale) * part[mine], limit[mine])
+            return float(np.mean(np.abs(err[mine]) <= Z90 * np.sqrt(var)))
+
+        low, high = np.log(1e-2), np.log(1e3)
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (low, mid) if covered(mid) >= level else (mid, high)
+        out[i] = np.exp(high)
+    return out
 
 
 def _coverage_variance(resid: np.ndarray, ens_var: np.ndarray, level: float = 0.9) -> float:
