@@ -394,9 +394,8 @@ def train(
     from .experience import ExperienceStore
     from .methods import get_method
     from .tasks import profile_task
-    from .training import LinearProbe, Progress, RunConfig
+    from .training import LinearProbe, Progress, RunConfig, usable_output
     from .training import train as run_training
-    from .training._run import usable_output
 
     hyperparameters = _parse_sets(sets or [])
     if max_steps is not None:
@@ -618,9 +617,8 @@ def _train_causal(data, method, hyperparameters, run, store, as_json) -> None:
     from .backends import get_backend, load_for_causal
     from .experience import ExperienceStore
     from .methods import get_method
-    from .training import Progress
+    from .training import Progress, usable_output
     from .training import train as run_training
-    from .training._run import usable_output
 
     if run.model is None:
         raise MetapeftError(
@@ -1918,7 +1916,7 @@ def serve(
 def _champion_tags() -> dict:
     """The @champion selector's tags (its offline figures set the alert thresholds); empty, with a note, when the
     tracking store cannot be read (monitoring then uses the shipped selector's figures)."""
-    from .serving._selector import version_tags
+    from .serving import version_tags
 
     try:
         return version_tags()
@@ -2159,13 +2157,10 @@ def experience_list(
     as_json: JsonOption = False,
 ) -> None:
     """List stored experiences."""
-    from typing import get_args
+    from .experience import STATUSES, ExperienceStore
 
-    from .experience import ExperienceStore
-    from .experience._record import Status
-
-    if status is not None and status not in get_args(Status):
-        raise MetapeftError(f"--status must be one of {', '.join(get_args(Status))}, got {status!r}")
+    if status is not None and status not in STATUSES:
+        raise MetapeftError(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
     if limit < 1:
         raise MetapeftError(f"--limit must be at least 1, got {limit}")
     records = ExperienceStore(store).query(method=method, task=task, status=status)[-limit:]

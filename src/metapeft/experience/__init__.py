@@ -4,6 +4,7 @@ from ._groups import budget_key, cell_key, examples_seen, fingerprint_of, task_g
 from ._peft_results import read_peft_results
 from ._record import (
     CONTENDED_SHARE,
+    STATUSES,
     Experience,
     measured_memory,
     measured_time,
@@ -16,6 +17,7 @@ from ._store import ExperienceStore, process_gone, read_jsonl
 
 __all__ = [
     "CONTENDED_SHARE",
+    "STATUSES",
     "Experience",
     "ExperienceStore",
     "budget_key",

@@ -12,6 +12,7 @@ from ._selector import (
     load_selector,
     log_selector,
     selector_uri,
+    version_tags,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "register_classifier",
     "retrain",
     "selector_uri",
+    "version_tags",
     "evaluate_challenger",
     "promote",
     "register_challenger",
