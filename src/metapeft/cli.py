@@ -1117,6 +1117,11 @@ def recommend(
     if not all(r.feasible for r in ranking):
         table.caption = "dimmed: expected to exceed your limits"
     out.print(table)
+    out.print(
+        "[dim]train s and peak MB are as the experience measured them (the shipped prior: one CPU thread per run); "
+        "your finished runs of this task move them toward your machine's[/]",
+        highlight=False,
+    )
     for r in ranking[:3]:
         out.print(f"[bold]{r.method}[/]: {r.reasoning}", highlight=False)
     out.print(
