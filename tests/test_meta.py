@@ -3,6 +3,7 @@ metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -262,6 +263,34 @@ def test_observed_runs_condition_the_prediction(surrogate, held_out):
     seen = slice(0, 3)
     before, after = cold.mean[seen, 0].mean() - truth[seen].mean(), warm.mean[seen, 0].mean() - truth[seen].mean()
     assert abs(after) < abs(before) and np.sign(after) in (0, np.sign(before))
+    # runs of the task at another step budget say nothing of its level at this one: they are left out
+    other = [
+        dataclasses.replace(r, hyperparameters={**r.hyperparameters, "max_steps": 16 * r.hyperparameters["max_steps"]})
+        for r in runs[:3]
+    ]
+    assert np.allclose(surrogate.predict(runs[0].profile, cands, observed=other).mean, cold.mean)
+
+
+def test_recommend_conditions_on_the_tasks_runs_at_its_step_budget_only(prior_records):
+    """Your runs of a task correct its predicted level only at a like step budget: sst2's 80-step runs leave its
+    320-step recommendation as it was (and the reasoning says so), its 320-step runs move it."""
+    from metapeft.meta import MetaPEFT
+
+    meta = MetaPEFT(include_own=False)  # the packaged model: no fit
+    runs = [r for r in prior_records if r.task_name == "sst2@1024"]
+    short = [r for r in runs if r.hyperparameters["max_steps"] == 80][:3]
+    long = [r for r in runs if r.hyperparameters["max_steps"] == 320][:3]
+    profile, budget = long[0].profile, {"max_steps": 320}
+
+    def predicted(observed):
+        ranking = meta.recommend(profile, budget=budget, observed=observed, methods=["lora", "ia3"])
+        return {r.method: r.expected_performance["accuracy"]["mean"] for r in ranking}, ranking[0].reasoning
+
+    cold, _ = predicted([])
+    after_short, why = predicted(short)
+    assert after_short == pytest.approx(cold) and "3 run(s) of this task at other step budgets left out" in why
+    after_long, why = predicted(long)
+    assert after_long != pytest.approx(cold) and "Conditioned on 3 run(s) of this task" in why
 
 
 @pytest.mark.parametrize("true_scale", [1.0, 3.0])
@@ -1000,10 +1029,9 @@ def test_check_says_where_a_setting_lies_outside_what_the_experience_measured():
     """A low risk at a setting no past run came near is an absence of evidence: check says so, for a setting beyond
     every value the experience tried, for a step budget it never ran, and for non-default settings at a budget it ran
     only at the defaults."""
-    from metapeft.experience import examples_seen
+    from metapeft.experience import LIKE_BUDGET, examples_seen
     from metapeft.meta import MetaPEFT
     from metapeft.meta._features import at_defaults
-    from metapeft.meta._recommend import LIKE_BUDGET
 
     lora = [r for r in MetaPEFT().experiences() if r.method == "lora"]  # what the CLI below reads
     highest = max(r.hyperparameters["learning_rate"] for r in lora)

@@ -1,6 +1,6 @@
 """The experience store: every fine-tuning run, ours or imported, as a record the meta-learner learns from."""
 
-from ._groups import budget_key, cell_key, examples_seen, fingerprint_of, task_group, usable
+from ._groups import LIKE_BUDGET, budget_key, cell_key, examples_seen, fingerprint_of, like_budget, task_group, usable
 from ._peft_results import read_peft_results
 from ._record import (
     CONTENDED_SHARE,
@@ -17,6 +17,7 @@ from ._store import ExperienceStore, process_gone, read_jsonl
 
 __all__ = [
     "CONTENDED_SHARE",
+    "LIKE_BUDGET",
     "STATUSES",
     "Experience",
     "ExperienceStore",
@@ -24,6 +25,7 @@ __all__ = [
     "cell_key",
     "examples_seen",
     "fingerprint_of",
+    "like_budget",
     "measured_memory",
     "measured_time",
     "pack_outcomes",

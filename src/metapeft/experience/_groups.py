@@ -45,6 +45,15 @@ def examples_seen(record: Experience) -> float | None:
     return float(steps) * float(batch) if steps and batch else None
 
 
+LIKE_BUDGET = 2.0  # a run's step budget is like another's when it fed within this factor as many examples
+
+
+def like_budget(record: Experience, seen: float) -> bool:
+    """Whether a run fed within a factor :data:`LIKE_BUDGET` of ``seen`` training examples (steps × batch size)."""
+    fed = examples_seen(record)
+    return fed is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
+
+
 def cell_key(record: Experience) -> str:
     """The task instance a run belongs to: its data under one step budget (``budget_key``). Runs of 3 steps
     and runs of 80 do not share a level: four own runs of 3 steps on sst2-mini (48%) once took the prediction for

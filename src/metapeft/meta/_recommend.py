@@ -21,7 +21,7 @@ import numpy as np
 
 from .._config import data_dir
 from .._errors import MetapeftError
-from ..experience import Experience, ExperienceStore, examples_seen, fingerprint_of, task_group, usable
+from ..experience import Experience, ExperienceStore, fingerprint_of, like_budget, task_group, usable
 from ..methods import BUDGET_FIELDS, MethodConfig, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
@@ -34,7 +34,6 @@ CACHE_VERSION = 7
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "prior" / "surrogate.safetensors"
 REFIT_GROWTH = 0.25
 MIN_VARIED = 10
-LIKE_BUDGET = 2.0  # a past run's step budget is like the user's when it fed within this factor as many examples
 SURE = 0.7  # how often, over the surrogate's joint draws, a method must beat the incumbent to be ranked above it
 
 
@@ -345,7 +344,7 @@ class MetaPEFT:
             tried = {
                 json.dumps({k: v for k, v in r.hyperparameters.items() if k in space}, sort_keys=True)
                 for r in self.experiences()
-                if r.method == method and (seen is None or _like_budget(r, seen))
+                if r.method == method and (seen is None or like_budget(r, seen))
             }
             settings = [{}] + [json.loads(s) for s in sorted(tried)]
             if len(tried) >= MIN_VARIED:
@@ -431,7 +430,10 @@ class MetaPEFT:
         order = rank_methods(pred, {n: chosen[n] for n in live}, incumbent) + sorted(
             blocked, key=lambda n: -pred.mean[chosen[n], 0]
         )
-        context = self._task_context(profile, observed)
+        # the runs the prediction was conditioned on: this task's, at a like step budget (Surrogate.predict)
+        own = [r for r in observed if usable(r)]
+        context = self._task_context(profile, [r for r in own if like_budget(r, seen)])
+        context["other_budget"] = len(own) - context["observed"]
         context["seen"] = seen
         context["unvaried"] = {n for n in names if all(at_defaults(n, c) for c in self._configs(n, budget))}
         expected = pred.expected_accuracy()
@@ -601,7 +603,7 @@ class MetaPEFT:
                 )
         budget = budgeted(user, profile)
         seen = _fed(budget)
-        like = [r for r in runs if _like_budget(r, seen)]
+        like = [r for r in runs if like_budget(r, seen)]
         if not like:
             notes.append(
                 f"the experience never ran {method} at a step budget like this one ({seen:g} training examples fed): "
@@ -961,6 +963,11 @@ def _reasoning(
             parts.append(f"No past runs use {model}; the prediction transfers from {', '.join(context['models'])}.")
         if context["observed"]:
             parts.append(f"Conditioned on {context['observed']} run(s) of this task.")
+        if context.get("other_budget"):
+            parts.append(
+                f"{context['other_budget']} run(s) of this task at other step budgets left out: a task's level at one "
+                "budget does not carry to another."
+            )
     return " ".join(parts)
 
 
@@ -970,12 +977,6 @@ def _reasoning(
 def _fed(budget: dict[str, Any]) -> int:
     """The training examples a budget feeds: steps × batch size (the default batch size where it names none)."""
     return budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
-
-
-def _like_budget(record: Experience, seen: float) -> bool:
-    """Whether a past run fed within a factor ``LIKE_BUDGET`` of ``seen`` training examples."""
-    fed = examples_seen(record)
-    return fed is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
 
 
 def ship_prior(store: ExperienceStore, designs: str | Sequence[str]) -> int:
