@@ -25,7 +25,7 @@ from ..experience import Experience, ExperienceStore, fingerprint_of, like_budge
 from ..methods import BUDGET_FIELDS, MethodConfig, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
-from ._features import TARGETS, _scale, at_defaults, budgeted, profile_dict
+from ._features import TARGETS, _scale, at_defaults, budgeted, effective_max_length, profile_dict
 from ._forecast import CurveForecaster
 from ._risk import CollapseRisk
 from ._surrogate import CAUTION, Candidate, Prediction, Surrogate
@@ -557,7 +557,8 @@ class MetaPEFT:
         return SettingCheck(
             task=profile.get("task_name", ""),
             method=method,
-            hyperparameters=user,
+            # as training will run them: the step budget and tokens per example resolved from the task
+            hyperparameters={**budgeted(user, profile), "max_length": effective_max_length(user, profile)},
             collapse_risk=round(risk, 3),
             verdict="low" if risk < 0.15 else "moderate" if risk < 0.35 else "high",
             base_rate=round(float(self.collapse_risk().base_rate), 3),
