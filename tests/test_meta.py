@@ -291,6 +291,12 @@ def test_recommend_conditions_on_the_tasks_runs_at_its_step_budget_only(prior_re
     assert after_short == pytest.approx(cold) and "3 run(s) of this task at other step budgets left out" in why
     after_long, why = predicted(long)
     assert after_long != pytest.approx(cold) and "Conditioned on 3 run(s) of this task" in why
+    # check reads the same runs as recommend (by default, the experience's runs of the task: sst2@1024's own)
+    rated = meta.check(profile, "lora", budget).expected_accuracy["mean"]
+    ranked = meta.recommend(profile, budget=budget, methods=["lora"])[0]
+    assert "Conditioned on" in ranked.reasoning and rated == pytest.approx(
+        ranked.expected_performance["accuracy"]["mean"], abs=1e-3
+    )
 
 
 @pytest.mark.parametrize("true_scale", [1.0, 3.0])

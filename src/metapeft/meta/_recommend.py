@@ -473,7 +473,8 @@ class MetaPEFT:
     def check(self, task, method: str, hyperparameters: dict[str, Any] | None = None) -> SettingCheck:
         """How risky a user's own setting of ``method`` is on ``task`` and what to change: its collapse risk and
         expected accuracy, and the single-setting changes (each searched setting over its range, the defaults, the
-        setting ``recommend`` suggests) that lower the risk most without lowering the expected accuracy.
+        setting ``recommend`` suggests) that lower the risk most without lowering the expected accuracy. As in
+        ``recommend``, the expected accuracy is conditioned on the experience's runs of this task at a like budget.
 
         Args:
             task: A Task, a profile, or a path.
@@ -525,7 +526,8 @@ class MetaPEFT:
         if not at_defaults(method, suggested):  # at a budget where settings were never varied it is the defaults
             options.append(({"suggested": True}, suggested))
         configs = [user] + [full for _, full in options]
-        pred = self._fitted().predict(profile, [Candidate(method, c) for c in configs])
+        observed = self._by_fingerprint().get(profile.get("fingerprint"), [])  # as recommend: this task's runs
+        pred = self._fitted().predict(profile, [Candidate(method, c) for c in configs], observed=observed)
         risks, accuracy = pred.fail, pred.mean[:, 0]  # the surrogate's predictions carry each setting's risk
         better = [
             i for i in range(1, len(configs)) if risks[i] < risks[0] - 0.05 and accuracy[i] >= accuracy[0] - 0.01
