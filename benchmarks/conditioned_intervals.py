@@ -76,8 +76,10 @@ def main() -> None:
                 seen = [short[i] for i in rng.permutation(len(short))[:2]]
                 by_budget["2 runs at 80 steps, like budget only"].append(scored(model, long, seen))
                 surrogate_module.like_budget = lambda record, seen: True  # noqa: ARG005 - every observed run counts
-                by_budget["2 runs at 80 steps, any budget"].append(scored(model, long, seen))
-                surrogate_module.like_budget = like_budget
+                try:
+                    by_budget["2 runs at 80 steps, any budget"].append(scored(model, long, seen))
+                finally:
+                    surrogate_module.like_budget = like_budget
                 order = rng.permutation(len(long))
                 by_budget["2 other runs at 320 steps"].append(
                     scored(model, [long[i] for i in order[2:]], [long[i] for i in order[:2]])

@@ -263,12 +263,47 @@ def test_observed_runs_condition_the_prediction(surrogate, held_out):
     seen = slice(0, 3)
     before, after = cold.mean[seen, 0].mean() - truth[seen].mean(), warm.mean[seen, 0].mean() - truth[seen].mean()
     assert abs(after) < abs(before) and np.sign(after) in (0, np.sign(before))
-    # runs of the task at another step budget say nothing of its level at this one: they are left out
+    # runs of the task at another step budget say nothing of its accuracy at this one (they do of its time per step)
     other = [
         dataclasses.replace(r, hyperparameters={**r.hyperparameters, "max_steps": 16 * r.hyperparameters["max_steps"]})
         for r in runs[:3]
     ]
-    assert np.allclose(surrogate.predict(runs[0].profile, cands, observed=other).mean, cold.mean)
+    assert np.allclose(surrogate.predict(runs[0].profile, cands, observed=other).mean[:, 0], cold.mean[:, 0])
+
+
+def test_the_interval_after_runs_is_the_calibrated_one(surrogate, held_out):
+    """After runs of the task, predict adds the conjugate update's variance times its size group's calibrated factor,
+    capped at the zero-shot variance; a run at 1.5× the budget conditions accuracy, one at 16× does not."""
+    import copy
+
+    from metapeft.meta import Candidate
+    from metapeft.meta._surrogate import _log_size
+
+    steps = held_out[1][0].hyperparameters["max_steps"]
+    runs = [r for r in held_out[1] if r.hyperparameters["max_steps"] == steps]
+    cands, profile = [Candidate(r.method, r.hyperparameters) for r in runs], runs[0].profile
+    size = _log_size(profile)
+    zero_shot = float(surrogate._extra(np.array([size]))[0, 0])
+    cold = surrogate.predict(profile, cands)
+    members = cold.accuracy_sd**2 - zero_shot  # the ensemble's own spread: conditioning shifts it, never widens it
+    t, n = surrogate.task_var[0], surrogate.noise_var[0]
+    factor = np.interp(size, surrogate.extra_size, surrogate.cond_by_size)
+    warm = surrogate.predict(profile, cands, observed=runs[:2])
+    assert len(surrogate.cond_by_size) and np.allclose(
+        warm.accuracy_sd**2 - members, min(factor * (t * n / (2 * t + n) + n), zero_shot), rtol=1e-3, atol=1e-7
+    )
+    capped = copy.copy(surrogate)
+    capped.cond_by_size = np.full_like(surrogate.cond_by_size, 1e3)
+    assert np.allclose(capped.predict(profile, cands, observed=runs[:2]).accuracy_sd, cold.accuracy_sd)
+
+    def at(factor: float) -> list:
+        return [
+            dataclasses.replace(r, hyperparameters={**r.hyperparameters, "max_steps": int(factor * steps)})
+            for r in runs[:2]
+        ]
+
+    assert not np.allclose(surrogate.predict(profile, cands, observed=at(1.5)).mean[:, 0], cold.mean[:, 0])
+    assert np.allclose(surrogate.predict(profile, cands, observed=at(16)).mean[:, 0], cold.mean[:, 0])
 
 
 def test_recommend_conditions_on_the_tasks_runs_at_its_step_budget_only(prior_records):
@@ -288,7 +323,10 @@ def test_recommend_conditions_on_the_tasks_runs_at_its_step_budget_only(prior_re
 
     cold, _ = predicted([])
     after_short, why = predicted(short)
-    assert after_short == pytest.approx(cold) and "3 run(s) of this task at other step budgets left out" in why
+    assert (
+        after_short == pytest.approx(cold)
+        and "3 run(s) of this task at other step budgets left out of its accuracy" in why
+    )
     after_long, why = predicted(long)
     assert after_long != pytest.approx(cold) and "Conditioned on 3 run(s) of this task" in why
     # check reads the same runs as recommend (by default, the experience's runs of the task: sst2@1024's own)

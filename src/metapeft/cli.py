@@ -1117,9 +1117,12 @@ def recommend(
     if not all(r.feasible for r in ranking):
         table.caption = "dimmed: expected to exceed your limits"
     out.print(table)
+    from .prior import prior_enabled
+
     out.print(
-        "[dim]train s and peak MB are as the experience measured them (the shipped prior: one CPU thread per run); "
-        "your finished runs of this task move them toward your machine's[/]",
+        "[dim]train s and peak MB are as the experience's runs measured them"
+        + (" (the shipped prior's: one CPU thread per run)" if prior_enabled(meta.include_prior) else "")
+        + "; your finished runs of this task move them toward your machine's[/]",
         highlight=False,
     )
     for r in ranking[:3]:

@@ -49,9 +49,16 @@ LIKE_BUDGET = 2.0  # a run's step budget is like another's when it fed within th
 
 
 def like_budget(record: Experience, seen: float) -> bool:
-    """Whether a run fed within a factor :data:`LIKE_BUDGET` of ``seen`` training examples (steps × batch size)."""
-    fed = examples_seen(record)
-    return fed is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
+    """Whether a run fed within a factor :data:`LIKE_BUDGET` of ``seen`` training examples (steps × batch size; a
+    run that does not say its batch size trained at the default one). The experience's budgets lie 4× apart (80 and
+    320 steps), so the factor is a choice between them, not a measured tolerance."""
+    from ..methods import MethodConfig
+
+    steps = record.hyperparameters.get("max_steps")
+    if not steps:
+        return False
+    fed = float(steps) * float(record.hyperparameters.get("batch_size") or MethodConfig.batch_size)
+    return 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
 
 
 def cell_key(record: Experience) -> str:

@@ -333,7 +333,7 @@ class MetaPEFT:
         are left out: they are the user's budget, not a choice.
 
         Given ``seen``, the training examples the user's budget feeds (steps × batch size), only the experience at a
-        like budget counts (runs that fed within a factor ``LIKE_BUDGET`` of it): where settings were never varied at
+        like budget counts (``experience.like_budget``): where settings were never varied at
         such a budget (the experience's 320-step runs are all at the defaults), the surrogate would carry the
         settings' effects over from shorter runs, which rank how fast a setting learns rather than where it ends, so
         the defaults, the settings measured there, are all that is scored."""
@@ -577,7 +577,7 @@ class MetaPEFT:
     def _unmeasured(self, profile: dict, method: str, user: dict[str, Any], chosen: set[str]) -> list[str]:
         """Where the ``user``'s setting lies outside what the experience measured for ``method``: a numeric setting
         among those ``chosen`` (set, not left at their defaults) beyond the values its past runs tried; a step budget
-        at which the experience never ran the method (none fed within ``LIKE_BUDGET`` as many examples); or settings
+        at which the experience never ran the method (none at a like budget, ``experience.like_budget``); or settings
         other than the defaults at a budget where it ran the method only at its defaults. The risk and expected
         accuracy there are the models' extrapolation: a low risk is then an absence of evidence, not evidence of
         safety."""
@@ -968,8 +968,8 @@ def _reasoning(
             parts.append(f"Conditioned on {context['observed']} run(s) of this task.")
         if context.get("other_budget"):
             parts.append(
-                f"{context['other_budget']} run(s) of this task at other step budgets left out: a task's level at one "
-                "budget does not carry to another."
+                f"{context['other_budget']} run(s) of this task at other step budgets left out of its accuracy (they "
+                "inform time and memory): a task's level at one budget does not carry to another."
             )
     return " ".join(parts)
 

@@ -469,19 +469,20 @@ class Surrogate(Selector):
             self.extra_var[t] = _coverage_variance(resid[ok, t], ens_var[ok, t])
             self.task_var[t], self.noise_var[t] = _variance_parts(resid[ok, t], cells[ok])
         sizes, tasks = np.array(sizes), np.array(tasks)
-        groups = _size_groups(sizes, tasks)  # accuracy is known for every usable run
-        self.extra_size = np.array([np.median(sizes[g]) for g in groups], np.float32)
-        self.extra_by_size = np.array([_coverage_variance(resid[g, 0], ens_var[g, 0]) for g in groups], np.float32)
-        self.cond_by_size = _conditioned_scale(
-            resid[:, 0],
-            ens_var[:, 0],
-            cells,
-            groups,
-            self.task_var[0],
-            self.noise_var[0],
-            self._extra(sizes)[:, 0],
-            seed=self.seed,
-        )
+        if len(sizes) >= 10:  # else too few held-out runs to calibrate by size: extra_var at every size
+            groups = _size_groups(sizes, tasks)  # accuracy is known for every usable run
+            self.extra_size = np.array([np.median(sizes[g]) for g in groups], np.float32)
+            self.extra_by_size = np.array([_coverage_variance(resid[g, 0], ens_var[g, 0]) for g in groups], np.float32)
+            self.cond_by_size = _conditioned_scale(
+                resid[:, 0],
+                ens_var[:, 0],
+                cells,
+                groups,
+                self.task_var[0],
+                self.noise_var[0],
+                self._extra(sizes)[:, 0],
+                seed=self.seed,
+            )
         self.pick_scale[0] = _pick_scale(shrunk, observed, cells, float(np.sqrt(self.noise_var[0])), self.seed)
         self.best_calibration[:], self.best_won, self.best_ran, self.best_size = _best_calibration(
             shrunk,
@@ -567,15 +568,16 @@ class Surrogate(Selector):
         rows = [(c.method, c.hyperparameters, effective_max_length(c.hyperparameters, profile)) for c in candidates]
         mu = self._forward(self._x([profile] * len(rows), rows))
         settings = [{**self.encoder.defaults[c.method], **c.hyperparameters} for c in candidates]
-        # each candidate is conditioned on the observed runs at a step budget like its own: a task's level after 80
-        # steps does not carry to 320 (5 task folds of the prior: two 80-step runs of a task took the error of its
-        # 320-step predictions from 5.1 points to 8.5 and their coverage from 96% to 66%; two 320-step runs, to 2.3
-        # at 97%; benchmarks/conditioned_intervals.py)
+        # time (per step) and memory are conditioned on every observed run of the task; accuracy on those at a step
+        # budget like the candidate's: a task's level after 80 steps does not carry to 320 (5 task folds of the
+        # prior: two 80-step runs of a task took the error of its 320-step predictions from 5.1 points to 8.5 and
+        # their coverage from 96% to 66%; two 320-step runs, to 2.3 at 97%; benchmarks/conditioned_intervals.py)
+        every = self._condition(profile, observed or [])
+        offset, extra = np.tile(every[0], (len(rows), 1)), np.tile(every[1], (len(rows), 1))
         fed = np.array([steps_of(hp) * (hp.get("batch_size") or MethodConfig.batch_size) for hp in settings], float)
-        offset, extra = np.zeros((len(rows), len(TARGETS))), np.zeros((len(rows), len(TARGETS)))
         for seen in np.unique(fed):
-            like = [r for r in observed or [] if like_budget(r, seen)]
-            offset[fed == seen], extra[fed == seen] = self._condition(profile, like)
+            like = self._condition(profile, [r for r in observed or [] if like_budget(r, seen)])
+            offset[fed == seen, 0], extra[fed == seen, 0] = like[0][0], like[1][0]
         mu = mu + offset
         mu[..., 1] += np.log([steps_of(hp) for hp in settings])  # per step → the run's total
         mean = mu.mean(0)
@@ -606,10 +608,9 @@ class Surrogate(Selector):
         )
 
     def _condition(self, profile: dict, observed: list[Experience]) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean of the task's offset from its observed runs (at the predicted runs' step budget), and the
-        variance to add to the members'
-        spread (conjugate normal update with the held-out task and noise variances, accuracy's scaled to cover 90%
-        at the task's training-set size; without runs, the calibrated variance)."""
+        """Posterior mean of the task's offset from its observed runs, and the variance to add to the members' spread
+        (conjugate normal update with the held-out task and noise variances, accuracy's scaled to cover 90% at the
+        task's training-set size; without runs, the calibrated variance). ``predict`` chooses the runs."""
         observed = [r for r in observed if usable(r)]
         size = _log_size(profile)
         extra = self._extra(np.array([size]))[0]
@@ -866,9 +867,10 @@ def _conditioned_scale(
     zero-shot ``cap``) that puts ``level`` of the held-out errors inside their intervals. Each held-out instance is
     simulated with 1, 2 and 3 of its runs observed (``draws`` random choices each) and the rest predicted. Why: the
     conjugate update's variances alone covered 97% of the rest at 64 examples and 83% at 256 (5 folds of the
-    prior)."""
+    prior). The factor lies in [0.01, 1000]: at 1000 the cap binds (the intervals after runs are the zero-shot ones);
+    a group with fewer than 10 simulated predictions keeps 1 (the conjugate update as it is)."""
     rng = np.random.default_rng(seed)
-    err, base, part, limit, rows = [], [], [], [], []
+    simulated: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows predicted, their errors, conditioned var)
     for instance in _cell_index(cells):
         for k in (1, 2, 3):
             if len(instance) <= k + 1:
@@ -878,29 +880,21 @@ def _conditioned_scale(
             for _ in range(draws):
                 order = rng.permutation(instance)
                 seen, rest = order[:k], order[k:]
-                err.append(resid[rest] - gain * resid[seen].mean())
-                base.append(ens_var[rest])
-                part.append(np.full(len(rest), post))
-                limit.append(cap[rest])
-                rows.append(rest)
-    if not rows:
+                simulated.append((rest, resid[rest] - gain * resid[seen].mean(), np.full(len(rest), post)))
+    if not simulated:
         return np.zeros(0, np.float32)
-    err, base, part, limit, rows = map(np.concatenate, (err, base, part, limit, rows))
+    rows, err, part = (np.concatenate(column) for column in zip(*simulated))
     out = np.ones(len(groups), np.float32)
     for i, g in enumerate(groups):
         mine = g[rows]
-        if mine.sum() < 10:
-            continue
-
-        def covered(log_scale: float) -> float:
-            var = base[mine] + np.minimum(np.exp(log_scale) * part[mine], limit[mine])
-            return float(np.mean(np.abs(err[mine]) <= Z90 * np.sqrt(var)))
-
-        low, high = np.log(1e-2), np.log(1e3)
-        for _ in range(40):
-            mid = (low + high) / 2
-            low, high = (low, mid) if covered(mid) >= level else (mid, high)
-        out[i] = np.exp(high)
+        if mine.sum() >= 10:
+            e, base, conditioned, limit = err[mine], ens_var[rows[mine]], part[mine], cap[rows[mine]]
+            low, high = np.log(1e-2), np.log(1e3)
+            for _ in range(40):  # bisection on the log factor: coverage grows with it
+                mid = (low + high) / 2
+                inside = np.abs(e) <= Z90 * np.sqrt(base + np.minimum(np.exp(mid) * conditioned, limit))
+                low, high = (low, mid) if inside.mean() >= level else (mid, high)
+            out[i] = np.exp(high)
     return out
 
 
