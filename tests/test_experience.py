@@ -44,6 +44,11 @@ def test_round_trip_and_jsonl_exchange(tmp_path):
     assert other.get(ids[2]).as_dict() == got.as_dict()
     assert store.export_jsonl(tmp_path / "x.jsonl.gz") == 5
     assert ExperienceStore(f"sqlite:///{tmp_path / 'c.db'}").import_jsonl(tmp_path / "x.jsonl.gz") == (5, 0)
+    # a run still going when exported is nobody's run in the store it goes to
+    going = store.start(_record(9))
+    assert store.export_jsonl(tmp_path / "y.jsonl") == 6
+    fresh = ExperienceStore(f"sqlite:///{tmp_path / 'd.db'}")
+    assert fresh.import_jsonl(tmp_path / "y.jsonl") == (6, 0) and fresh.get(going).status == "interrupted"
 
 
 def _writer(url: str, worker: int, n: int) -> None:

@@ -503,8 +503,12 @@ class ExperienceStore:
 
     def import_jsonl(self, path: str | Path) -> tuple[int, int]:
         """Add the records of a JSONL export (gzip-compressed if named .gz); returns (added, already present).
-        Every line is checked first: a file with one bad line adds nothing."""
+        Every line is checked first: a file with one bad line adds nothing. A record exported while its run was
+        still going comes in as ``interrupted``: no process here runs it (a bench resumes such runs)."""
         records = read_jsonl(path)
+        for r in records:
+            if r.status == "running":
+                r.status, r.error = "interrupted", "it was running when exported; imported as interrupted"
         added = self.add_many(records)
         return added, len(records) - added
 
