@@ -1,6 +1,16 @@
 """The experience store: every fine-tuning run, ours or imported, as a record the meta-learner learns from."""
 
-from ._groups import LIKE_BUDGET, budget_key, cell_key, examples_seen, fingerprint_of, like_budget, task_group, usable
+from ._groups import (
+    LIKE_BUDGET,
+    budget_key,
+    cell_key,
+    examples_fed,
+    examples_seen,
+    fingerprint_of,
+    like_budget,
+    task_group,
+    usable,
+)
 from ._peft_results import read_peft_results
 from ._record import (
     CONTENDED_SHARE,
@@ -23,6 +33,7 @@ __all__ = [
     "ExperienceStore",
     "budget_key",
     "cell_key",
+    "examples_fed",
     "examples_seen",
     "fingerprint_of",
     "like_budget",

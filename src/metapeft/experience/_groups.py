@@ -48,17 +48,21 @@ def examples_seen(record: Experience) -> float | None:
 LIKE_BUDGET = 2.0  # a run's step budget is like another's when it fed within this factor as many examples
 
 
-def like_budget(record: Experience, seen: float) -> bool:
-    """Whether a run fed within a factor :data:`LIKE_BUDGET` of ``seen`` training examples (steps × batch size; a
-    run that does not say its batch size trained at the default one). The experience's budgets lie 4× apart (80 and
-    320 steps), so the factor is a choice between them, not a measured tolerance."""
+def examples_fed(hyperparameters: dict) -> float | None:
+    """The training examples a step budget feeds: ``max_steps`` × batch size (the default batch size where the
+    settings name none); None without ``max_steps``."""
     from ..methods import MethodConfig
 
-    steps = record.hyperparameters.get("max_steps")
-    if not steps:
-        return False
-    fed = float(steps) * float(record.hyperparameters.get("batch_size") or MethodConfig.batch_size)
-    return 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
+    steps = hyperparameters.get("max_steps")
+    return float(steps) * float(hyperparameters.get("batch_size") or MethodConfig.batch_size) if steps else None
+
+
+def like_budget(record: Experience, seen: float) -> bool:
+    """Whether a run fed within a factor :data:`LIKE_BUDGET` of ``seen`` training examples (:func:`examples_fed`).
+    The experience's budgets lie 4× apart (80 and 320 steps), so the factor is a choice between them, not a measured
+    tolerance."""
+    fed = examples_fed(record.hyperparameters)
+    return fed is not None and 1 / LIKE_BUDGET <= fed / seen <= LIKE_BUDGET
 
 
 def cell_key(record: Experience) -> str:

@@ -21,8 +21,8 @@ import numpy as np
 
 from .._config import data_dir
 from .._errors import MetapeftError
-from ..experience import Experience, ExperienceStore, fingerprint_of, like_budget, task_group, usable
-from ..methods import BUDGET_FIELDS, MethodConfig, get_method, list_methods
+from ..experience import Experience, ExperienceStore, examples_fed, fingerprint_of, like_budget, task_group, usable
+from ..methods import BUDGET_FIELDS, get_method, list_methods
 from ..tasks import Task, TaskProfile
 from ._embedding import Cell, cells_of, method_gaps
 from ._features import TARGETS, _scale, at_defaults, budgeted, effective_max_length, profile_dict
@@ -363,7 +363,7 @@ class MetaPEFT:
         (kept: building them was a third of a warm call)."""
         key = (method, json.dumps(budget, sort_keys=True, default=str))
         if key not in self._built:
-            seen = _fed(budget)
+            seen = examples_fed(budget)
             self._built[key] = [
                 get_method(method).make_config({**params, **budget}).as_dict()
                 for params in self.candidates(method, seen=seen)
@@ -421,7 +421,7 @@ class MetaPEFT:
             probs.update(zip(live, _rounded_to_one(pred.take([chosen[n] for n in live]).best_probability())))
         similar = self.similar(profile, similar_k)
         cells = self.cells()[0]
-        seen = _fed(budget)
+        seen = examples_fed(budget)
         key = ("incumbent", tuple(names), profile.get("dataset_size"), seen)
         if key not in self._derived:
             self._derived[key] = Incumbents.of(cells, names, profile.get("dataset_size"), seen)
@@ -605,7 +605,7 @@ class MetaPEFT:
                     "expected accuracy are extrapolated, not measured"
                 )
         budget = budgeted(user, profile)
-        seen = _fed(budget)
+        seen = examples_fed(budget)
         like = [r for r in runs if like_budget(r, seen)]
         if not like:
             notes.append(
@@ -975,11 +975,6 @@ def _reasoning(
 
 
 # --- cache ---------------------------------------------------------------------------------------------------
-
-
-def _fed(budget: dict[str, Any]) -> int:
-    """The training examples a budget feeds: steps × batch size (the default batch size where it names none)."""
-    return budget["max_steps"] * (budget.get("batch_size") or MethodConfig.batch_size)
 
 
 def ship_prior(store: ExperienceStore, designs: str | Sequence[str]) -> int:

@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._environment import single_threaded
-from ..experience import Experience, cell_key, like_budget, task_group, usable
-from ..methods import MethodConfig
+from ..experience import Experience, cell_key, examples_fed, like_budget, task_group, usable
 from . import _nets
 from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, budgeted, effective_max_length, profile_dict, steps_of, targets
@@ -574,7 +573,7 @@ class Surrogate(Selector):
         # their coverage from 96% to 66%; two 320-step runs, to 2.3 at 97%; benchmarks/conditioned_intervals.py)
         every = self._condition(profile, observed or [])
         offset, extra = np.tile(every[0], (len(rows), 1)), np.tile(every[1], (len(rows), 1))
-        fed = np.array([steps_of(hp) * (hp.get("batch_size") or MethodConfig.batch_size) for hp in settings], float)
+        fed = np.array([examples_fed(hp) for hp in settings], float)  # every candidate has its max_steps by now
         for seen in np.unique(fed):
             like = self._condition(profile, [r for r in observed or [] if like_budget(r, seen)])
             offset[fed == seen, 0], extra[fed == seen, 0] = like[0][0], like[1][0]
