@@ -571,11 +571,13 @@ class Surrogate(Selector):
         # budget like the candidate's: a task's level after 80 steps does not carry to 320 (5 task folds of the
         # prior: two 80-step runs of a task took the error of its 320-step predictions from 5.1 points to 8.5 and
         # their coverage from 96% to 66%; two 320-step runs, to 2.3 at 97%; benchmarks/conditioned_intervals.py)
-        every = self._condition(profile, observed or [])
+        observed = [r for r in observed or [] if usable(r)]
+        resid, size = self._residuals(profile, observed), _log_size(profile)
+        every = self._condition(resid, size)
         offset, extra = np.tile(every[0], (len(rows), 1)), np.tile(every[1], (len(rows), 1))
         fed = np.array([examples_fed(hp) for hp in settings], float)  # every candidate has its max_steps by now
         for seen in np.unique(fed):
-            like = self._condition(profile, [r for r in observed or [] if like_budget(r, seen)])
+            like = self._condition(resid[[like_budget(r, seen) for r in observed]], size)
             offset[fed == seen, 0], extra[fed == seen, 0] = like[0][0], like[1][0]
         mu = mu + offset
         mu[..., 1] += np.log([steps_of(hp) for hp in settings])  # per step → the run's total
@@ -606,18 +608,21 @@ class Surrogate(Selector):
             chance=chance_accuracy(profile),
         )
 
-    def _condition(self, profile: dict, observed: list[Experience]) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean of the task's offset from its observed runs, and the variance to add to the members' spread
-        (conjugate normal update with the held-out task and noise variances, accuracy's scaled to cover 90% at the
-        task's training-set size; without runs, the calibrated variance). ``predict`` chooses the runs."""
-        observed = [r for r in observed if usable(r)]
-        size = _log_size(profile)
-        extra = self._extra(np.array([size]))[0]
+    def _residuals(self, profile: dict, observed: list[Experience]) -> np.ndarray:
+        """Observed runs' targets less the ensemble's mean prediction for them: (runs, targets), NaN where a run did
+        not measure a target."""
         if not observed:
+            return np.zeros((0, len(TARGETS)))
+        return np.stack([targets(r) for r in observed]) - self._forward(self._x_runs(observed, profile)).mean(0)
+
+    def _condition(self, resid: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean of the task's offset from its observed runs' residuals (``_residuals``), and the variance to
+        add to the members' spread (conjugate normal update with the held-out task and noise variances, accuracy's
+        scaled to cover 90% at the task's log2 training-set ``size``; without runs, the calibrated variance).
+        ``predict`` chooses the runs."""
+        extra = self._extra(np.array([size]))[0]
+        if not len(resid):
             return np.zeros(len(TARGETS)), extra
-        x = self._x_runs(observed, profile)
-        mean = self._forward(x).mean(0)
-        resid = np.stack([targets(r) for r in observed]) - mean
         n = (~np.isnan(resid)).sum(0)
         r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), 0.0)
         gain = n * self.task_var / (n * self.task_var + self.noise_var)
