@@ -18,7 +18,7 @@ per-configuration evidence is the search's job (its GP on the surrogate's residu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -893,12 +893,12 @@ def _conditioned_scale(
         mine = g[rows]
         if mine.sum() >= 10:
             e, base, conditioned, limit = err[mine], ens_var[rows[mine]], part[mine], cap[rows[mine]]
-            low, high = np.log(1e-2), np.log(1e3)
-            for _ in range(40):  # bisection on the log factor: coverage grows with it
-                mid = (low + high) / 2
-                inside = np.abs(e) <= Z90 * np.sqrt(base + np.minimum(np.exp(mid) * conditioned, limit))
-                low, high = (low, mid) if inside.mean() >= level else (mid, high)
-            out[i] = np.exp(high)
+
+            def covers(log_factor: float) -> bool:  # coverage grows with the factor
+                var = base + np.minimum(np.exp(log_factor) * conditioned, limit)
+                return bool(np.mean(np.abs(e) <= Z90 * np.sqrt(var)) >= level)
+
+            out[i] = np.exp(_smallest(covers, np.log(1e-2), np.log(1e3), 40))
     return out
 
 
@@ -906,13 +906,16 @@ def _coverage_variance(resid: np.ndarray, ens_var: np.ndarray, level: float = 0.
     """The smallest variance which, added to the members' spread, puts ``level`` of the held-out errors inside
     their central interval (split-conformal calibration, solved by bisection)."""
 
-    def covered(extra: float) -> float:
-        return float(np.mean(np.abs(resid) <= Z90 * np.sqrt(ens_var + extra)))
+    def covers(extra: float) -> bool:
+        return bool(np.mean(np.abs(resid) <= Z90 * np.sqrt(ens_var + extra)) >= level)
 
-    low, high = 0.0, float(np.max(resid**2)) + 1e-12
-    if covered(low) >= level:
-        return 1e-12
-    for _ in range(60):
+    return 1e-12 if covers(0.0) else _smallest(covers, 0.0, float(np.max(resid**2)) + 1e-12, 60)
+
+
+def _smallest(holds: Callable[[float], bool], low: float, high: float, steps: int) -> float:
+    """The smallest value in [``low``, ``high``] at which ``holds`` (false below it, true above) is true, by
+    ``steps`` bisections; ``high`` where it never holds."""
+    for _ in range(steps):
         mid = (low + high) / 2
-        low, high = (low, mid) if covered(mid) >= level else (mid, high)
+        low, high = (low, mid) if holds(mid) else (mid, high)
     return high
