@@ -337,6 +337,77 @@ def test_recommend_conditions_on_the_tasks_runs_at_its_step_budget_only(prior_re
     )
 
 
+def test_a_machines_runs_of_other_tasks_scale_its_train_times(surrogate, held_out):
+    """A user whose machine runs 20x faster than the experience's: its runs of three other tasks (the experience's,
+    timed as that machine would run them) bring a new task's predicted train times to about 1/20 — the interval
+    around them, in log terms, widened by how unsure that factor is — and leave accuracy and memory as they were.
+    A task's own runs made on another machine count as made on this one, scaled by the factor."""
+    import os
+    import platform
+    import uuid
+    from datetime import timedelta
+
+    from metapeft._environment import machine_key, processor
+    from metapeft.experience import task_group
+    from metapeft.meta import MetaPEFT
+
+    train, runs = held_out
+    others = sorted({task_group(r) for r in train})[:3]
+    fast = [
+        dataclasses.replace(
+            r,
+            id=uuid.uuid4().hex,
+            environment={"device": "cuda:0", "accelerator": "Fast GPU", "backend": "torch"},
+            metrics={**r.metrics, "train_time_s": r.metrics["train_time_s"] / 20},
+        )
+        for r in train
+        if task_group(r) in others
+    ]
+    here = machine_key(fast[0].environment)
+    assert here == "torch|cuda|Fast GPU" and machine_key(train[0].environment) != here
+    meta = MetaPEFT(surrogate=surrogate, experiences=train + fast, include_own=False)
+    factor, tasks = meta.machine_speed(here)
+    assert tasks == 3 and 0.035 < factor < 0.08, factor
+    assert meta.machine_speed("torch|cuda|another GPU") == (1.0, 0)
+
+    def predicted(observed, machine):
+        ranked = meta.recommend(runs[0].profile, observed=observed, methods=["lora", "ia3"], machine=machine)
+        return {r.method: r.expected_performance for r in sorted(ranked, key=lambda r: r.method)}
+
+    plain, scaled = predicted([], None), predicted([], here)
+    for method, e in plain.items():
+        s = scaled[method]
+        assert s["train_time_s"]["mean"] == pytest.approx(factor * e["train_time_s"]["mean"], rel=1e-3)
+        assert (
+            s["train_time_s"]["high"] / s["train_time_s"]["low"] > e["train_time_s"]["high"] / e["train_time_s"]["low"]
+        )
+        assert s["accuracy"] == pytest.approx(e["accuracy"]) and s["peak_memory_mb"] == pytest.approx(
+            e["peak_memory_mb"]
+        )
+    own = runs[:2]  # made on the experience's machine
+    plain, scaled = predicted(own, None), predicted(own, here)
+    for method, e in plain.items():
+        ratio = scaled[method]["train_time_s"]["mean"] / e["train_time_s"]["mean"]
+        assert 0.8 * factor < ratio < 1.25 * factor, (ratio, factor)
+    # `recommend` on the command line asks for this computer's machine: that of its newest run made here
+    assert meta.local_machine() is None  # none of these runs was made on this computer
+    local = {"machine": platform.machine(), "processor": processor(), "cpu_count": os.cpu_count()}
+    newest = max(r.created_at for r in train)
+    mine = [
+        dataclasses.replace(r, id=uuid.uuid4().hex, created_at=newest + timedelta(seconds=k), environment=env)
+        for k, (r, env) in enumerate(
+            [
+                (train[0], {**local, "device": "cuda", "accelerator": "Old GPU"}),
+                (train[1], {**local, "device": "cpu", "torch_threads": 3}),
+                (train[2], {**local, "device": "cpu", "torch_threads": 3, "backend": "mlx"}),
+            ]
+        )
+    ]
+    meta = MetaPEFT(surrogate=surrogate, experiences=train + fast + mine, include_own=False)
+    assert meta.local_machine() == f"torch|cpu|{processor()}|3 threads"
+    assert meta.local_machine("mlx") == f"mlx|cpu|{processor()}|3 threads"
+
+
 @pytest.mark.parametrize("true_scale", [1.0, 3.0])
 def test_best_method_probabilities_are_calibrated_to_the_held_out_noise(true_scale):
     """The draws behind 'probability of being best' take the run noise the held-out tasks show: when runs

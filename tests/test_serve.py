@@ -156,6 +156,7 @@ def test_bad_fields_and_sizes(client, profile):
         ({"max_memory_mb": -1}, "max_memory_mb must be a positive number"),
         ({"methods": ["nope"]}, "nope"),
         ({"max_steps": 0}, "max_steps must be a whole number"),
+        ({"machine": 3}, "machine must be the machine_key"),
     ]:
         response = client.post("/v1/recommend", json={"profile": profile, **options})
         assert response.status_code == 400 and message in response.json()["detail"], response.text

@@ -45,6 +45,7 @@ def environment(device=None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "processor": processor(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
@@ -59,6 +60,43 @@ def environment(device=None) -> dict:
     except ImportError:
         pass
     return info
+
+
+def processor() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; elsewhere what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def same_host(env: dict) -> bool:
+    """Whether a recorded ``environment()`` is this computer's, as far as can be told without importing torch (its
+    architecture, processor and core count)."""
+    return (env.get("machine"), env.get("processor"), env.get("cpu_count")) == (
+        platform.machine(),
+        processor(),
+        os.cpu_count(),
+    )
+
+
+def machine_key(env: dict) -> str | None:
+    """What a run's speed depends on besides the run itself, from its recorded ``environment()``: the backend and the
+    device — the GPU's name, or the processor and the threads torch used on CPU. Runs with the same key ran at the same
+    speed up to noise; ``None`` when the record says too little (runs recorded before the processor was)."""
+    device = str(env.get("device", "")).split(":")[0]
+    if not device:
+        return None
+    where = env.get("accelerator") if device == "cuda" else env.get("processor")
+    if not where:
+        return None
+    n = env.get("torch_threads")
+    threads = f"|{n} thread{'' if n == 1 else 's'}" if device == "cpu" else ""
+    return f"{env.get('backend', 'torch')}|{device}|{where}{threads}"
 
 
 def quiet_libraries() -> None:

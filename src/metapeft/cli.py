@@ -195,12 +195,13 @@ DataArgument = Annotated[
 def info(store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Versions, compute device, and where the store, tracking and runs live."""
     from ._config import data_dir, redact_url, runs_dir, store_url, tracking_uri
-    from ._environment import environment
+    from ._environment import environment, machine_key
 
     env = environment()
     data = {
         "metapeft": __version__,
         **{k: v for k, v in env.items() if k != "packages"},
+        "machine_key": machine_key({**env, "backend": "torch"}),  # whose runs scale recommend's train times
         "packages": env["packages"],
         "data_dir": str(data_dir()),
         "store": redact_url(store or store_url()),
@@ -1028,13 +1029,16 @@ def recommend(
         names = _options(Constraint, methods=names, peft_only=True).allowed
     meta = _meta(store, prior, model)
     profile = _task_profile(meta, data, text_column, pair_column, label_column, backend)
+    here = meta.local_machine(backend)  # the device and threads of your latest run on this computer
     ranking = meta.recommend(
         profile,
         max_memory_mb=max_memory,
         max_time_s=max_time,
         methods=names,
         budget={"max_steps": max_steps} if max_steps else None,
+        machine=here,
     )
+    speed, machine_tasks = meta.machine_speed(here)
     from .monitoring import record_prediction
 
     record_prediction(meta.own_store, profile, ranking, source="recommend")
@@ -1066,6 +1070,7 @@ def recommend(
                 "fingerprint": profile["fingerprint"],
                 "model": profile["model"].get("name"),
                 "experience": {"runs": len(meta.experiences()), "tasks": len({c.group for c in meta.cells()[0]})},
+                "machine": {"key": here, "time_factor": round(speed, 4), "tasks": machine_tasks},
                 "recommendations": [r.as_dict() for r in ranking],
                 "similar_tasks": [vars(s) for s in similar],
             }
@@ -1119,10 +1124,14 @@ def recommend(
     out.print(table)
     from .prior import prior_enabled
 
+    measured = " (the shipped prior's: one CPU thread per run)" if prior_enabled(meta.include_prior) else ""
     out.print(
-        "[dim]train s and peak MB are as the experience's runs measured them"
-        + (" (the shipped prior's: one CPU thread per run)" if prior_enabled(meta.include_prior) else "")
-        + "; your finished runs of this task move them toward your machine's[/]",
+        f"[dim]train s is for this machine as your latest run here used it ({here}): runs of {machine_tasks} "
+        f"task(s) on it make its runs take {speed:.2g}x the experience's times{measured}; peak MB is as the "
+        "experience's runs measured it[/]"
+        if machine_tasks
+        else f"[dim]train s and peak MB are as the experience's runs measured them{measured}; your first runs on this "
+        "machine, of any task, will scale the times to it[/]",
         highlight=False,
     )
     for r in ranking[:3]:

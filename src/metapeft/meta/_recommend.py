@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._config import data_dir
+from .._environment import machine_key, same_host
 from .._errors import MetapeftError
 from ..experience import Experience, ExperienceStore, examples_fed, fingerprint_of, like_budget, task_group, usable
 from ..methods import BUDGET_FIELDS, get_method, list_methods
@@ -380,12 +381,15 @@ class MetaPEFT:
         budget: dict[str, Any] | None = None,
         observed: list[Experience] | None = None,
         similar_k: int = 5,
+        machine: str | None = None,
     ) -> list[MethodRecommendation]:
         """Rank methods for ``task`` (a Task, a profile, or a path): confidence that each is the best, expected
         accuracy / train time / peak memory with 90% intervals, suggested settings and the reasons.
 
         ``budget`` fixes shared settings such as ``max_steps`` for every candidate; ``observed`` are runs of this
-        task (by default: your store's finished runs with the task's fingerprint) to condition the prediction on."""
+        task (by default: your store's finished runs with the task's fingerprint) to condition the prediction on;
+        ``machine`` is the key (``machine_key``) of the machine whose train times to predict: the experience's runs
+        on it, of any task, scale the times (``machine_speed``); ``None``: the times of the experience's machines."""
         profile = self.profile(task)
         surrogate = self._fitted()
         names = methods or [m.name for m in list_methods() if m.name in surrogate.encoder.methods]
@@ -399,7 +403,7 @@ class MetaPEFT:
 
         rows = [(name, hp) for name in names for hp in self._configs(name, budget)]
         candidates = [Candidate(m, hp) for m, hp in rows]
-        pred = surrogate.predict(profile, candidates, observed=observed)
+        pred = surrogate.predict(profile, candidates, observed=observed, machine=self._on_machine(machine))
         feasible = np.ones(len(rows), bool)
         if max_memory_mb is not None:
             feasible &= pred.mean[:, 2] <= max_memory_mb
@@ -709,6 +713,33 @@ class MetaPEFT:
                 found.setdefault(fingerprint_of(r), []).append(r)
             self._derived["by_fingerprint"] = found
         return self._derived["by_fingerprint"]
+
+    def _on_machine(self, machine: str | None) -> list[Experience]:
+        """The experience's usable runs made on ``machine`` (a ``machine_key``; ``""``: all of them), oldest first."""
+        if machine is None:
+            return []
+        if "by_machine" not in self._derived:
+            found: dict[str | None, list[Experience]] = {"": []}
+            for r in sorted((r for r in self.experiences() if usable(r)), key=lambda r: r.created_at):
+                found[""].append(r)
+                found.setdefault(machine_key(r.environment), []).append(r)
+            self._derived["by_machine"] = found
+        return self._derived["by_machine"].get(machine, [])
+
+    def local_machine(self, backend: str = "torch") -> str | None:
+        """The ``machine_key`` of the newest run in the experience made on this computer with ``backend`` (its device
+        and threads as that run had them; found without importing torch), or ``None`` before the first."""
+        for r in reversed(self._on_machine("")):  # every usable run, newest last
+            if r.environment.get("backend", "torch") == backend and same_host(r.environment):
+                return machine_key(r.environment)
+        return None
+
+    def machine_speed(self, machine: str | None) -> tuple[float, int]:
+        """How long a run takes on ``machine`` (a ``machine_key``) against the experience's machines, as
+        ``recommend`` scales its train times for it (0.1: ten times faster), and over how many tasks' runs on it
+        that was measured (0: none, the factor is 1)."""
+        runs = self._on_machine(machine)
+        return float(np.exp(self._fitted()._machine_shift(runs)[0])), len({task_group(r) for r in runs})
 
     def _task_context(self, profile: dict, observed: list[Experience]) -> dict:
         if "context" not in self._derived:

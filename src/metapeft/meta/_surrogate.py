@@ -62,6 +62,11 @@ Z90 = 1.6449  # standard normal quantile of 0.95: a central 90% interval is mean
 # a method's setting is chosen by its mean accuracy less CAUTION sds (recommend's cautious_choice); the P(best)
 # calibration must fit on the same choice
 CAUTION = 0.5
+# a machine's speed for one run, against the experience's (the shipped prior: one CPU thread per run), is unknown
+# until it has runs: prior variance of its log-time offset, broad enough for a datacenter GPU (~50x faster, log 3.9:
+# two sds) that one run of another task takes it most of the way; the newest MACHINE_RUNS runs set it
+MACHINE_VAR = 4.0
+MACHINE_RUNS = 256
 
 
 @dataclass
@@ -554,8 +559,27 @@ class Surrogate(Selector):
         return out
 
     def predict(
-        self, profile: dict, candidates: list[Candidate], observed: list[Experience] | None = None, draws: int = 2000
+        self,
+        profile: dict,
+        candidates: list[Candidate],
+        observed: list[Experience] | None = None,
+        draws: int = 2000,
+        machine: list[Experience] | None = None,
     ) -> Prediction:
+        """Each candidate's accuracy, train time and peak memory on the task with 90% intervals, and joint draws.
+
+        Args:
+            profile: The task's profile.
+            candidates: The configurations to predict.
+            observed: Runs of this task: their residuals move its predictions and narrow the intervals.
+            draws: Joint accuracy draws (for P(best)).
+            machine: Runs made on the machine whose times are wanted, of any task: the other tasks' set how much
+                faster or slower it is than the experience's machines (``_machine_shift``), and the runs of
+                ``observed`` among them count as made there. ``None``: the experience's times.
+
+        Returns:
+            The :class:`Prediction`.
+        """
         if self.weights is None:
             raise ValueError("Surrogate is not fitted")
         profile = profile_dict(profile)
@@ -573,11 +597,14 @@ class Surrogate(Selector):
         # their coverage from 96% to 66%; two 320-step runs, to 2.3 at 97%; benchmarks/conditioned_intervals.py)
         observed = [r for r in observed or [] if usable(r)]
         resid, size = self._residuals(profile, observed), _log_size(profile)
-        every = self._condition(resid, size)
+        here = {r.id for r in machine or []}
+        shift = self._machine_shift([r for r in machine or [] if r.id not in {o.id for o in observed}])
+        resid[[r.id not in here for r in observed], 1] += shift[0]  # runs made elsewhere, as if made here
+        every = self._condition(resid, size, shift)
         offset, extra = np.tile(every[0], (len(rows), 1)), np.tile(every[1], (len(rows), 1))
         fed = np.array([examples_fed(hp) for hp in settings], float)  # every candidate has its max_steps by now
         for seen in np.unique(fed):
-            like = self._condition(resid[[like_budget(r, seen) for r in observed]], size)
+            like = self._condition(resid[[like_budget(r, seen) for r in observed]], size, shift)
             offset[fed == seen, 0], extra[fed == seen, 0] = like[0][0], like[1][0]
         mu = mu + offset
         mu[..., 1] += np.log([steps_of(hp) for hp in settings])  # per step → the run's total
@@ -608,28 +635,54 @@ class Surrogate(Selector):
             chance=chance_accuracy(profile),
         )
 
-    def _residuals(self, profile: dict, observed: list[Experience]) -> np.ndarray:
+    def _residuals(self, profile: dict | None, observed: list[Experience]) -> np.ndarray:
         """Observed runs' targets less the ensemble's mean prediction for them: (runs, targets), NaN where a run did
-        not measure a target."""
+        not measure a target; each run with its own task's profile when ``profile`` is ``None``."""
         if not observed:
             return np.zeros((0, len(TARGETS)))
         return np.stack([targets(r) for r in observed]) - self._forward(self._x_runs(observed, profile)).mean(0)
 
-    def _condition(self, resid: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+    def _condition(
+        self, resid: np.ndarray, size: float, shift: tuple[float, float] = (0.0, 0.0)
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean of the task's offset from its observed runs' residuals (``_residuals``), and the variance to
         add to the members' spread (conjugate normal update with the held-out task and noise variances, accuracy's
         scaled to cover 90% at the task's log2 training-set ``size``; without runs, the calibrated variance).
-        ``predict`` chooses the runs."""
-        extra = self._extra(np.array([size]))[0]
+        ``shift`` is the machine's log-time offset and its variance (``_machine_shift``): the prior mean of the time
+        offset, whose variance it adds to the task's. ``predict`` chooses the runs."""
+        prior, unsure = np.zeros(len(TARGETS)), np.zeros(len(TARGETS))
+        prior[1], unsure[1] = shift
+        extra = self._extra(np.array([size]))[0] + unsure
         if not len(resid):
-            return np.zeros(len(TARGETS)), extra
+            return prior, extra
+        task_var = self.task_var + unsure
         n = (~np.isnan(resid)).sum(0)
-        r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), 0.0)
-        gain = n * self.task_var / (n * self.task_var + self.noise_var)
-        conditioned = self.task_var * self.noise_var / (n * self.task_var + self.noise_var) + self.noise_var
+        r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), prior)
+        gain = n * task_var / (n * task_var + self.noise_var)
+        conditioned = task_var * self.noise_var / (n * task_var + self.noise_var) + self.noise_var
         if len(self.cond_by_size):
             conditioned[0] *= np.interp(size, self.extra_size, self.cond_by_size)
-        return gain * r, np.minimum(conditioned, extra)
+        return prior + gain * (r - prior), np.minimum(conditioned, extra)
+
+    def _machine_shift(self, runs: list[Experience]) -> tuple[float, float]:
+        """How much slower a machine is than the experience's (log s per step), from its ``runs`` of other tasks, and
+        the variance of that estimate: a conjugate normal update of ``MACHINE_VAR`` with the mean of the tasks'
+        mean residuals, each carrying its task's offset and run noise (so tasks count, not runs). (0, 0) without
+        runs: the experience's own times."""
+        runs = [r for r in runs if usable(r)][-MACHINE_RUNS:]
+        if not runs:
+            return 0.0, 0.0
+        by_task: dict[str, list[float]] = {}
+        for r, t in zip(runs, self._residuals(None, runs)[:, 1]):
+            if np.isfinite(t):
+                by_task.setdefault(task_group(r), []).append(float(t))
+        if not by_task:
+            return 0.0, 0.0
+        n, spread = len(by_task), float(self.task_var[1] + self.noise_var[1])
+        gain = n * MACHINE_VAR / (n * MACHINE_VAR + spread)
+        return gain * float(np.mean([np.mean(v) for v in by_task.values()])), MACHINE_VAR * spread / (
+            n * MACHINE_VAR + spread
+        )
 
     # --- persistence ---------------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -274,7 +274,7 @@ def create_app(config: ServeConfig | None = None, holder: SelectorHolder | None 
         body = await _json_object(request)
         options = {
             k: body[k]
-            for k in ("max_memory_mb", "max_time_s", "methods", "peft_only", "max_steps")
+            for k in ("max_memory_mb", "max_time_s", "methods", "peft_only", "max_steps", "machine")
             if body.get(k) is not None
         }
         _check_options(options)
@@ -481,6 +481,9 @@ def _check_options(options: dict) -> None:
         raise MetapeftError(f"max_steps must be a whole number >= 1, got {steps!r}")
     if not isinstance(options.get("peft_only", False), bool):
         raise MetapeftError(f"peft_only must be true or false, got {options['peft_only']!r}")
+    machine = options.get("machine")
+    if machine is not None and (not isinstance(machine, str) or not 0 < len(machine) <= 200):
+        raise MetapeftError(f"machine must be the machine_key `metapeft info` prints (a string), got {machine!r}")
     names = options.get("methods")
     if names is not None:
         from ..methods import get_method

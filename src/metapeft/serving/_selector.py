@@ -59,8 +59,8 @@ class SelectorModel(mlflow.pyfunc.PythonModel):
         Args:
             context: MLflow's model context (unused after loading).
             model_input: Task profiles, each as ``metapeft profile --json`` prints it.
-            params: Optional ``max_memory_mb``, ``max_time_s``, ``methods`` (a list) and ``max_steps``, as
-                ``recommend`` takes them.
+            params: Optional ``max_memory_mb``, ``max_time_s``, ``methods`` (a list), ``max_steps`` and
+                ``machine`` (the ``machine_key`` that ``metapeft info`` prints), as ``recommend`` takes them.
 
         Returns:
             One ``{"recommendations": [...]}`` per profile, best first, each recommendation as
@@ -83,11 +83,11 @@ def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
         TaskProfile.from_dict(profile)
     except (KeyError, TypeError, ValueError) as exc:
         raise MetapeftError(f"not a task profile ({exc}); send what `metapeft profile --json` prints") from None
-    unknown = set(params) - {"max_memory_mb", "max_time_s", "methods", "peft_only", "max_steps"}
+    unknown = set(params) - {"max_memory_mb", "max_time_s", "methods", "peft_only", "max_steps", "machine"}
     if unknown:
         raise MetapeftError(
             f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, "
-            "peft_only, max_steps"
+            "peft_only, max_steps, machine"
         )
     methods = params.get("methods")
     if params.get("peft_only"):
@@ -101,6 +101,7 @@ def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
         max_time_s=params.get("max_time_s"),
         methods=methods,
         budget=budget,
+        machine=params.get("machine"),
     )
 
 
