@@ -408,8 +408,9 @@ def test_read_only_store_can_be_listed_and_exported_but_not_written(tmp_path):
         (folder / "ro.db").chmod(0o644)
 
 
-def _dead_and_live_runs_of_another_host(url: str) -> tuple[str, str]:
-    """Two running records of a process on another host: one silent for 20 minutes, one that beat a moment ago."""
+def _dead_and_live_runs_of_another_host(url: str, host: str | None = "another-host") -> tuple[str, str]:
+    """Two running records of a process on another host (``None``: not recorded, as in records imported from an old
+    export): one silent for 20 minutes, one that beat a moment ago."""
     from datetime import datetime, timedelta, timezone
 
     from metapeft.experience._store import experiences
@@ -422,7 +423,7 @@ def _dead_and_live_runs_of_another_host(url: str) -> tuple[str, str]:
             conn.execute(
                 experiences.update()
                 .where(experiences.c.id == experience_id)
-                .values(host="another-host", pid=1, updated_at=now - age)
+                .values(host=host, pid=1, updated_at=now - age)
             )
     return ids[0], ids[1]
 
@@ -440,6 +441,14 @@ def test_a_run_on_another_host_is_taken_for_dead_when_its_heartbeat_stops(tmp_pa
     with store.keep_alive(beating, every=0.05):
         time.sleep(0.4)
     assert store.get(beating).updated_at > before
+
+
+def test_a_running_record_of_no_known_host_is_taken_for_dead_when_silent(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    silent, beating = _dead_and_live_runs_of_another_host(url, host=None)
+    store = ExperienceStore(url)
+    assert store.get(silent).status == "interrupted" and "an unknown host" in store.get(silent).error
+    assert store.get(beating).status == "running"
 
 
 def test_a_paused_workers_pause_is_taken_out_of_its_training_time():

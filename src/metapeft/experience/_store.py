@@ -392,7 +392,10 @@ class ExperienceStore:
             ).all()
             silent = conn.execute(
                 sa.select(experiences.c.id, experiences.c.host).where(
-                    running, experiences.c.host != self._host, experiences.c.updated_at < stale_before
+                    running,
+                    # a record imported before the import marked running ones interrupted has no host
+                    sa.or_(experiences.c.host.is_(None), experiences.c.host != self._host),
+                    experiences.c.updated_at < stale_before,
                 )
             ).all()
         dead = {
@@ -402,8 +405,8 @@ class ExperienceStore:
         }
         for r in silent:
             dead[r.id] = (
-                f"no heartbeat from its process on {r.host} for over {STALE_S / 60:.0f} minutes (killed, "
-                "crashed or cut off)"
+                f"no heartbeat from its process on {r.host or 'an unknown host'} for over {STALE_S / 60:.0f} "
+                "minutes (killed, crashed or cut off)"
             )
         for experience_id, error in dead.items():
             with self._writing(), self._engine.begin() as conn:
