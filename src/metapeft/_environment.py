@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 
 
@@ -62,8 +64,9 @@ def environment(device=None) -> dict:
     return info
 
 
+@functools.cache
 def processor() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux; elsewhere what ``platform`` knows)."""
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS; elsewhere what ``platform`` knows)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -71,6 +74,15 @@ def processor() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    if platform.system() == "Darwin":  # platform.processor() says only "arm" on every Apple silicon Mac
+        try:
+            brand = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            if brand:
+                return brand
+        except (OSError, subprocess.SubprocessError):
+            pass
     return platform.processor() or platform.machine()
 
 
@@ -85,9 +97,15 @@ def same_host(env: dict) -> bool:
 
 
 def machine_key(env: dict) -> str | None:
-    """What a run's speed depends on besides the run itself, from its recorded ``environment()``: the backend and the
-    device — the GPU's name, or the processor and the threads torch used on CPU. Runs with the same key ran at the same
-    speed up to noise; ``None`` when the record says too little (runs recorded before the processor was)."""
+    """What a run's speed depends on besides the run itself: runs with the same key ran at the same speed up to noise.
+
+    Args:
+        env: A run's recorded ``environment()`` (with its ``backend``).
+
+    Returns:
+        ``backend|device|GPU name`` or, on CPU, ``backend|device|processor|N threads`` (torch's); ``None`` when the
+        record says too little (runs recorded before the processor was).
+    """
     device = str(env.get("device", "")).split(":")[0]
     if not device:
         return None
@@ -97,6 +115,18 @@ def machine_key(env: dict) -> str | None:
     n = env.get("torch_threads")
     threads = f"|{n} thread{'' if n == 1 else 's'}" if device == "cpu" else ""
     return f"{env.get('backend', 'torch')}|{device}|{where}{threads}"
+
+
+def check_machine(machine) -> None:
+    """A request's ``machine`` option: ``None`` or the ``machine_key`` string that ``metapeft info`` prints.
+
+    Raises:
+        MetapeftError: Anything else.
+    """
+    from ._errors import MetapeftError
+
+    if machine is not None and (not isinstance(machine, str) or not 0 < len(machine) <= 200):
+        raise MetapeftError(f"machine must be the machine_key `metapeft info` prints (a string), got {machine!r:.60}")
 
 
 def quiet_libraries() -> None:

@@ -727,19 +727,32 @@ class MetaPEFT:
         return self._derived["by_machine"].get(machine, [])
 
     def local_machine(self, backend: str = "torch") -> str | None:
-        """The ``machine_key`` of the newest run in the experience made on this computer with ``backend`` (its device
-        and threads as that run had them; found without importing torch), or ``None`` before the first."""
+        """This computer's machine, as its newest run in the experience used it (found without importing torch).
+
+        Args:
+            backend: The training backend (``torch`` or ``mlx``) the run must have used.
+
+        Returns:
+            That run's ``machine_key`` (its device and threads), or ``None`` before the first run made here.
+        """
         for r in reversed(self._on_machine("")):  # every usable run, newest last
             if r.environment.get("backend", "torch") == backend and same_host(r.environment):
                 return machine_key(r.environment)
         return None
 
     def machine_speed(self, machine: str | None) -> tuple[float, int]:
-        """How long a run takes on ``machine`` (a ``machine_key``) against the experience's machines, as
-        ``recommend`` scales its train times for it (0.1: ten times faster), and over how many tasks' runs on it
-        that was measured (0: none, the factor is 1)."""
-        runs = self._on_machine(machine)
-        return float(np.exp(self._fitted()._machine_shift(runs)[0])), len({task_group(r) for r in runs})
+        """How long runs take on a machine against the experience's machines, as ``recommend`` scales train times
+        for it (from its runs of other tasks than the one asked about, so a task's factor can differ a little).
+
+        Args:
+            machine: A ``machine_key`` (``None``: none).
+
+        Returns:
+            The factor (0.1: ten times faster; 1 without timed runs on it) and the number of tasks whose timed runs
+            on it gave it.
+        """
+        shift, _, tasks = self._fitted().machine_shift(self._on_machine(machine))
+        return float(np.exp(shift)), tasks
 
     def _task_context(self, profile: dict, observed: list[Experience]) -> dict:
         if "context" not in self._derived:

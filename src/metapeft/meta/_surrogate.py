@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._environment import single_threaded
+from .._environment import machine_key, single_threaded
 from ..experience import Experience, cell_key, examples_fed, like_budget, task_group, usable
 from . import _nets
 from ._embedding import TaskEmbedder
@@ -574,8 +574,9 @@ class Surrogate(Selector):
             observed: Runs of this task: their residuals move its predictions and narrow the intervals.
             draws: Joint accuracy draws (for P(best)).
             machine: Runs made on the machine whose times are wanted, of any task: the other tasks' set how much
-                faster or slower it is than the experience's machines (``_machine_shift``), and the runs of
-                ``observed`` among them count as made there. ``None``: the experience's times.
+                faster or slower it is than the experience's machines (``machine_shift``); ``observed`` runs made on
+                it (the same ``machine_key``) read the task on it, those recorded without one (the experience's)
+                the task alone, those of another machine nothing of its time. ``None``: the experience's times.
 
         Returns:
             The :class:`Prediction`.
@@ -597,14 +598,19 @@ class Surrogate(Selector):
         # their coverage from 96% to 66%; two 320-step runs, to 2.3 at 97%; benchmarks/conditioned_intervals.py)
         observed = [r for r in observed or [] if usable(r)]
         resid, size = self._residuals(profile, observed), _log_size(profile)
-        here = {r.id for r in machine or []}
-        shift = self._machine_shift([r for r in machine or [] if r.id not in {o.id for o in observed}])
-        resid[[r.id not in here for r in observed], 1] += shift[0]  # runs made elsewhere, as if made here
-        every = self._condition(resid, size, shift)
+        every = self._condition(resid, size)
+        # the machine's shift, from its runs of other tasks (this task's offset must not count twice)
+        task = {task_group(r) for r in observed} | {str(profile.get("task_name", "")).split("@")[0]}
+        shift, unsure, _ = self.machine_shift([r for r in machine or [] if task_group(r) not in task])
+        if unsure > 0:
+            here = {machine_key(r.environment) for r in machine or []}
+            keys = [machine_key(r.environment) for r in observed]
+            where = [1 if k in here else 0 if k is None else -1 for k in keys]
+            every[0][1], every[1][1] = self._time_on_machine(resid[:, 1], np.array(where), shift, unsure, size)
         offset, extra = np.tile(every[0], (len(rows), 1)), np.tile(every[1], (len(rows), 1))
         fed = np.array([examples_fed(hp) for hp in settings], float)  # every candidate has its max_steps by now
         for seen in np.unique(fed):
-            like = self._condition(resid[[like_budget(r, seen) for r in observed]], size, shift)
+            like = self._condition(resid[[like_budget(r, seen) for r in observed]], size)
             offset[fed == seen, 0], extra[fed == seen, 0] = like[0][0], like[1][0]
         mu = mu + offset
         mu[..., 1] += np.log([steps_of(hp) for hp in settings])  # per step → the run's total
@@ -642,46 +648,69 @@ class Surrogate(Selector):
             return np.zeros((0, len(TARGETS)))
         return np.stack([targets(r) for r in observed]) - self._forward(self._x_runs(observed, profile)).mean(0)
 
-    def _condition(
-        self, resid: np.ndarray, size: float, shift: tuple[float, float] = (0.0, 0.0)
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _condition(self, resid: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean of the task's offset from its observed runs' residuals (``_residuals``), and the variance to
         add to the members' spread (conjugate normal update with the held-out task and noise variances, accuracy's
         scaled to cover 90% at the task's log2 training-set ``size``; without runs, the calibrated variance).
-        ``shift`` is the machine's log-time offset and its variance (``_machine_shift``): the prior mean of the time
-        offset, whose variance it adds to the task's. ``predict`` chooses the runs."""
-        prior, unsure = np.zeros(len(TARGETS)), np.zeros(len(TARGETS))
-        prior[1], unsure[1] = shift
-        extra = self._extra(np.array([size]))[0] + unsure
+        ``predict`` chooses the runs."""
+        extra = self._extra(np.array([size]))[0]
         if not len(resid):
-            return prior, extra
-        task_var = self.task_var + unsure
+            return np.zeros(len(TARGETS)), extra
         n = (~np.isnan(resid)).sum(0)
-        r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), prior)
-        gain = n * task_var / (n * task_var + self.noise_var)
-        conditioned = task_var * self.noise_var / (n * task_var + self.noise_var) + self.noise_var
+        r = np.where(n > 0, np.nansum(resid, 0) / np.maximum(n, 1), 0.0)
+        gain = n * self.task_var / (n * self.task_var + self.noise_var)
+        conditioned = self.task_var * self.noise_var / (n * self.task_var + self.noise_var) + self.noise_var
         if len(self.cond_by_size):
             conditioned[0] *= np.interp(size, self.extra_size, self.cond_by_size)
-        return prior + gain * (r - prior), np.minimum(conditioned, extra)
+        return gain * r, np.minimum(conditioned, extra)
 
-    def _machine_shift(self, runs: list[Experience]) -> tuple[float, float]:
-        """How much slower a machine is than the experience's (log s per step), from its ``runs`` of other tasks, and
-        the variance of that estimate: a conjugate normal update of ``MACHINE_VAR`` with the mean of the tasks'
-        mean residuals, each carrying its task's offset and run noise (so tasks count, not runs). (0, 0) without
-        runs: the experience's own times."""
-        runs = [r for r in runs if usable(r)][-MACHINE_RUNS:]
-        if not runs:
-            return 0.0, 0.0
+    def _time_on_machine(
+        self, resid: np.ndarray, where: np.ndarray, shift: float, unsure: float, size: float
+    ) -> tuple[float, float]:
+        """The task's log-time offset on a machine whose shift (``machine_shift``) is ``shift`` ± ``unsure``, and
+        the variance to add to the members' spread: a joint normal update of the machine's offset m and the
+        task's τ from the task's runs' time ``resid``, those made on that machine (``where`` 1) reading m + τ,
+        those made on the experience's machines (0) τ alone, those made on another (-1) nothing; without any, the
+        calibrated zero-shot variance widened by ``unsure``."""
+        extra = float(self._extra(np.array([size]))[0, 1]) + unsure
+        keep = (where >= 0) & np.isfinite(resid)
+        if not keep.any():
+            return shift, extra
+        noise = float(self.noise_var[1])
+        design = np.stack([where[keep], np.ones(int(keep.sum()))], 1).astype(float)
+        prior_precision = np.diag([1.0 / unsure, 1.0 / float(self.task_var[1])])
+        cov = np.linalg.inv(prior_precision + design.T @ design / noise)
+        mean = cov @ (prior_precision @ np.array([shift, 0.0]) + design.T @ resid[keep] / noise)
+        return float(mean.sum()), min(float(cov.sum()) + noise, extra)
+
+    def machine_shift(self, runs: list[Experience]) -> tuple[float, float, int]:
+        """How much slower a machine is than the experience's, from its runs of other tasks.
+
+        A conjugate normal update of ``MACHINE_VAR`` with the mean of the tasks' mean log-time residuals, each
+        carrying its task's offset and run noise (so tasks count, not runs); runs without a measured time (timed
+        beside other work) say nothing.
+
+        Args:
+            runs: Runs made on the machine (the newest ``MACHINE_RUNS`` are read).
+
+        Returns:
+            The log-time shift (s per step; 0 without timed runs: the experience's times), its variance, and the
+            number of tasks it was read from.
+        """
         by_task: dict[str, list[float]] = {}
-        for r, t in zip(runs, self._residuals(None, runs)[:, 1]):
-            if np.isfinite(t):
-                by_task.setdefault(task_group(r), []).append(float(t))
+        runs = [r for r in runs if usable(r)][-MACHINE_RUNS:]
+        if runs:
+            for r, t in zip(runs, self._residuals(None, runs)[:, 1]):
+                if np.isfinite(t):
+                    by_task.setdefault(task_group(r), []).append(float(t))
         if not by_task:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0
         n, spread = len(by_task), float(self.task_var[1] + self.noise_var[1])
-        gain = n * MACHINE_VAR / (n * MACHINE_VAR + spread)
-        return gain * float(np.mean([np.mean(v) for v in by_task.values()])), MACHINE_VAR * spread / (
-            n * MACHINE_VAR + spread
+        mean = float(np.mean([np.mean(v) for v in by_task.values()]))
+        return (
+            n * MACHINE_VAR / (n * MACHINE_VAR + spread) * mean,
+            MACHINE_VAR * spread / (n * MACHINE_VAR + spread),
+            n,
         )
 
     # --- persistence ---------------------------------------------------------------------------------------

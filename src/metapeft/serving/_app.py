@@ -24,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._environment import check_machine
 from .._errors import MetapeftError
 
 log = logging.getLogger("metapeft.serve")
@@ -110,9 +111,11 @@ class _Served:
         if (answer := self.remembered(key)) is not None:
             return answer
         ranking = rank(self.meta, profile, options)
-        body = json.dumps(
-            {"selector_version": self.version, "recommendations": [r.as_dict() for r in ranking]}
-        ).encode()
+        answer: dict = {"selector_version": self.version, "recommendations": [r.as_dict() for r in ranking]}
+        if options.get("machine"):  # whether the key matched runs, and what they make of the times
+            factor, tasks = self.meta.machine_speed(options["machine"])
+            answer["machine"] = {"key": options["machine"], "time_factor": round(factor, 4), "tasks": tasks}
+        body = json.dumps(answer).encode()
         with self.lock:
             self.answers[key] = ranking, body
             if len(self.answers) > ANSWERS_KEPT:
@@ -481,9 +484,7 @@ def _check_options(options: dict) -> None:
         raise MetapeftError(f"max_steps must be a whole number >= 1, got {steps!r}")
     if not isinstance(options.get("peft_only", False), bool):
         raise MetapeftError(f"peft_only must be true or false, got {options['peft_only']!r}")
-    machine = options.get("machine")
-    if machine is not None and (not isinstance(machine, str) or not 0 < len(machine) <= 200):
-        raise MetapeftError(f"machine must be the machine_key `metapeft info` prints (a string), got {machine!r}")
+    check_machine(options.get("machine"))
     names = options.get("methods")
     if names is not None:
         from ..methods import get_method

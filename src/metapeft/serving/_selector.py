@@ -24,6 +24,7 @@ from typing import Any
 import mlflow.pyfunc
 import pydantic
 
+from .._environment import check_machine
 from .._errors import MetapeftError
 from ._adapters import log_and_register
 
@@ -89,6 +90,7 @@ def recommend(meta, profile: dict[str, Any], params: dict[str, Any]) -> list:
             f"unknown options {', '.join(sorted(unknown))}; known: max_memory_mb, max_time_s, methods, "
             "peft_only, max_steps, machine"
         )
+    check_machine(params.get("machine"))  # a list would reach a dict lookup: a 500
     methods = params.get("methods")
     if params.get("peft_only"):
         from ..meta import Constraint
