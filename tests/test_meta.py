@@ -424,6 +424,23 @@ def test_a_machines_runs_of_other_tasks_scale_its_train_times(surrogate, held_ou
     assert meta.local_machine("mlx") == f"mlx|cpu|{processor()}|3 threads"
 
 
+def test_the_network_learns_time_on_the_experiences_reference_machines_only(prior_records):
+    """A network fitted on a fast machine's runs too would absorb its speed into their tasks' features, and the shift
+    read off that machine's residuals would come out small: the fit sees the times of the shipped prior's runs when
+    it is in the experience, else of the machine with the most runs; the others' accuracies and memory stay."""
+    from metapeft.meta._surrogate import _timed_on_reference
+
+    gpu = {"device": "cuda", "accelerator": "Fast GPU", "backend": "torch"}
+    own = [dataclasses.replace(r, source="metapeft", environment=gpu) for r in prior_records[:3]]
+    kept = _timed_on_reference(prior_records[3:6] + own)
+    assert [("train_time_s" in r.metrics) for r in kept] == [True] * 3 + [False] * 3
+    assert [r.metrics["accuracy"] for r in kept] == [r.metrics["accuracy"] for r in prior_records[3:6] + own]
+    assert all("train_time_s" in r.metrics for r in own)  # copies: the records themselves keep their times
+    cpu = [dataclasses.replace(r, source="metapeft") for r in prior_records[3:8]]  # no machine recorded: one key
+    kept = _timed_on_reference(cpu + own)
+    assert [("train_time_s" in r.metrics) for r in kept] == [True] * 5 + [False] * 3
+
+
 @pytest.mark.parametrize("true_scale", [1.0, 3.0])
 def test_best_method_probabilities_are_calibrated_to_the_held_out_noise(true_scale):
     """The draws behind 'probability of being best' take the run noise the held-out tasks show: when runs
