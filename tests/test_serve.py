@@ -93,6 +93,9 @@ def test_health_methods_recommend_similar_and_metrics(client, profile):
     metrics = client.get("/metrics").text
     assert 'metapeft_requests_total{endpoint="/v1/recommend",status="200"} 3.0' in metrics
     assert "metapeft_selector_version 1.0" in metrics and "metapeft_request_seconds_bucket" in metrics
+    # a machine the served experience has no runs of: the experience's times, and the answer says so
+    elsewhere = client.post("/v1/recommend", json={"profile": profile, "machine": "torch|cuda|Unseen GPU"}).json()
+    assert elsewhere["machine"] == {"key": "torch|cuda|Unseen GPU", "time_factor": 1.0, "tasks": 0}
 
 
 BAD = [
