@@ -720,7 +720,8 @@ class MetaPEFT:
             return []
         if "by_machine" not in self._derived:
             found: dict[str | None, list[Experience]] = {"": []}
-            for r in sorted((r for r in self.experiences() if usable(r)), key=lambda r: r.created_at):
+            # by timestamp: a record read from a JSON file without an offset must not break the sort
+            for r in sorted((r for r in self.experiences() if usable(r)), key=lambda r: r.created_at.timestamp()):
                 found[""].append(r)
                 found.setdefault(machine_key(r.environment), []).append(r)
             self._derived["by_machine"] = found
