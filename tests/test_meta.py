@@ -394,7 +394,10 @@ def test_a_machines_runs_of_other_tasks_scale_its_train_times(surrogate, held_ou
     for env, speed in ((fast[0].environment, 20), ({"device": "cuda", "accelerator": "Other GPU"}, 7)):
         moved = [
             dataclasses.replace(
-                r, environment=env, metrics={**r.metrics, "train_time_s": r.metrics["train_time_s"] / speed}
+                r,
+                source="metapeft",  # a user's run
+                environment=env,
+                metrics={**r.metrics, "train_time_s": r.metrics["train_time_s"] / speed},
             )
             for r in own
         ]
@@ -405,6 +408,22 @@ def test_a_machines_runs_of_other_tasks_scale_its_train_times(surrogate, held_ou
                 assert 0.8 * factor < ratio < 1.25 * factor, (ratio, factor)
             else:
                 assert after[method]["train_time_s"] == pytest.approx(cold[method]["train_time_s"], rel=1e-2)
+    # the machine's first runs are of this task: they give its offset (the prior's runs of the task say τ alone)
+    made_here = [
+        dataclasses.replace(
+            r,
+            source="metapeft",
+            environment=fast[0].environment,
+            metrics={**r.metrics, "train_time_s": r.metrics["train_time_s"] / 20},
+        )
+        for r in own
+    ]
+    alone = MetaPEFT(surrogate=surrogate, experiences=train + made_here, include_own=False)
+    with_runs = alone.recommend(runs[0].profile, observed=runs[2:6] + made_here, methods=["lora", "ia3"], machine=here)
+    without = alone.recommend(runs[0].profile, observed=runs[2:6], methods=["lora", "ia3"])
+    for a, b in zip(sorted(with_runs, key=lambda r: r.method), sorted(without, key=lambda r: r.method)):
+        ratio = a.expected_performance["train_time_s"]["mean"] / b.expected_performance["train_time_s"]["mean"]
+        assert 1 / 60 < ratio < 1 / 7, ratio  # blended with the prior's runs as one offset, they gave 0.29
     # `recommend` on the command line asks for this computer's machine: that of its newest run made here
     assert meta.local_machine() is None  # none of these runs was made on this computer
     local = {"machine": platform.machine(), "processor": processor(), "cpu_count": os.cpu_count()}
@@ -439,6 +458,9 @@ def test_the_network_learns_time_on_the_experiences_reference_machines_only(prio
     cpu = [dataclasses.replace(r, source="metapeft") for r in prior_records[3:8]]  # no machine recorded: one key
     kept = _timed_on_reference(cpu + own)
     assert [("train_time_s" in r.metrics) for r in kept] == [True] * 5 + [False] * 3
+    # a calibration fold's fit sees a subset with the times already left out: it keeps the same reference
+    again = _timed_on_reference(kept[3:])
+    assert [("train_time_s" in r.metrics) for r in again] == [True] * 2 + [False] * 3
 
 
 @pytest.mark.parametrize("true_scale", [1.0, 3.0])

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._environment import machine_key, single_threaded
-from ..experience import Experience, cell_key, examples_fed, like_budget, task_group, usable
+from ..experience import Experience, cell_key, examples_fed, like_budget, measured_time, task_group, usable
 from . import _nets
 from ._embedding import TaskEmbedder
 from ._features import TARGETS, ConfigEncoder, budgeted, effective_max_length, profile_dict, steps_of, targets
@@ -575,8 +575,8 @@ class Surrogate(Selector):
             draws: Joint accuracy draws (for P(best)).
             machine: Runs made on the machine whose times are wanted, of any task: the other tasks' set how much
                 faster or slower it is than the experience's machines (``machine_shift``); ``observed`` runs made on
-                it (the same ``machine_key``) read the task on it, those recorded without one (the experience's)
-                the task alone, those of another machine nothing of its time. ``None``: the experience's times.
+                it (the same ``machine_key``) read the task on it, the shipped prior's the task alone, others
+                nothing of its time. ``None``: the experience's times.
 
         Returns:
             The :class:`Prediction`.
@@ -602,11 +602,16 @@ class Surrogate(Selector):
         # the machine's shift, from its runs of other tasks (this task's offset must not count twice)
         task = {task_group(r) for r in observed} | {str(profile.get("task_name", "")).split("@")[0]}
         shift, unsure, _ = self.machine_shift([r for r in machine or [] if task_group(r) not in task])
+        here = {machine_key(r.environment) for r in machine or []} - {None}
+        # the task's runs made on the machine read m + τ; the shipped prior's (the reference machines') τ; the rest
+        # (another machine, or a user's run recorded before the processor was) nothing of its time
+        where = np.array(
+            [1 if machine_key(r.environment) in here else 0 if r.source == "prior" else -1 for r in observed]
+        )
+        if unsure == 0 and (where == 1).any():  # the machine's first runs are of this task: its offset from them
+            unsure = MACHINE_VAR
         if unsure > 0:
-            here = {machine_key(r.environment) for r in machine or []}
-            keys = [machine_key(r.environment) for r in observed]
-            where = [1 if k in here else 0 if k is None else -1 for k in keys]
-            every[0][1], every[1][1] = self._time_on_machine(resid[:, 1], np.array(where), shift, unsure, size)
+            every[0][1], every[1][1] = self._time_on_machine(resid[:, 1], where, shift, unsure, size)
         offset, extra = np.tile(every[0], (len(rows), 1)), np.tile(every[1], (len(rows), 1))
         fed = np.array([examples_fed(hp) for hp in settings], float)  # every candidate has its max_steps by now
         for seen in np.unique(fed):
@@ -670,8 +675,8 @@ class Surrogate(Selector):
         """The task's log-time offset on a machine whose shift (``machine_shift``) is ``shift`` ± ``unsure``, and
         the variance to add to the members' spread: a joint normal update of the machine's offset m and the
         task's τ from the task's runs' time ``resid``, those made on that machine (``where`` 1) reading m + τ,
-        those made on the experience's machines (0) τ alone, those made on another (-1) nothing; without any, the
-        calibrated zero-shot variance widened by ``unsure``."""
+        those made on the reference machines (0) τ alone, the others (-1) nothing; without any, the calibrated
+        zero-shot variance widened by ``unsure``."""
         extra = float(self._extra(np.array([size]))[0, 1]) + unsure
         keep = (where >= 0) & np.isfinite(resid)
         if not keep.any():
@@ -765,9 +770,10 @@ def _timed_on_reference(records: list[Experience]) -> list[Experience]:
     machine's runs, where 1.2–1.35x with them kept out (``benchmarks/machine_times.py``)."""
     if any(r.source == "prior" for r in records):
         reference = [r.source == "prior" for r in records]
-    else:
+    else:  # among the timed runs only, so that a subset (a calibration fold's fit) keeps the same reference
         keys = [machine_key(r.environment) for r in records]
-        common = max(set(keys), key=keys.count) if keys else None
+        timed = [k for k, r in zip(keys, records) if measured_time(r)]
+        common = max(sorted(set(timed), key=str), key=timed.count) if timed else None
         reference = [k == common for k in keys]
     return [
         r
